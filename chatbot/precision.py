@@ -1,0 +1,181 @@
+"""The precision decision: which mode the model runs in, on which device, and why.
+
+The rules are pure functions of (request, checkpoint, device), so they are tested with simulated
+devices. The loader walks the planned chain: it loads the first candidate, runs a probe forward,
+and steps down (fp8 -> fp16 -> bf16 -> fp32) when loading raises or the logits are not finite,
+recording every attempt. The final ``PrecisionDecision`` is what the log, the UI badge, the API's
+``/health`` and ``doctor`` all show.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+from .device import BF16_MIN_CAPABILITY, FP8_MIN_CAPABILITY, DeviceInfo
+from .errors import InvalidRequestError
+
+MODES = ("fp8", "fp16", "bf16", "fp32")
+CHAIN = MODES  # step-down order
+ENV_VAR = "QWEN_PRECISION"
+
+# Dtype that activations (and, except for fp8, weights) use in each mode.
+COMPUTE_DTYPES = {"fp8": torch.bfloat16, "fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
+
+
+@dataclass(frozen=True)
+class Candidate:
+    mode: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class Attempt:
+    mode: str
+    ok: bool
+    detail: str
+
+
+@dataclass(frozen=True)
+class PrecisionDecision:
+    """The mode the model runs in, with the reason in one sentence and every attempt made."""
+
+    mode: str
+    device: str
+    reason: str
+    source: str = "auto"
+    attempts: tuple[Attempt, ...] = ()
+    checkpoint_fp8: bool = True
+    compute_dtype: str = "bfloat16"
+    prefill_dtype: str | None = None  # CPU only: dtype the long prompt matmuls run in
+    fp8_kernel: str | None = None  # fp8 only: which matmul kernel passed the self-check
+    device_name: str = ""
+    details: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return getattr(torch, self.compute_dtype)
+
+    @property
+    def label(self) -> str:
+        """Short name for badges: "FP8 native", "FP16 fallback", "BF16", ..."""
+        if self.mode == "fp8":
+            return "FP8 native"
+        name = self.mode.upper()
+        return f"{name} fallback" if self.checkpoint_fp8 else name
+
+    def summary(self) -> str:
+        """The one log line: label, device and reason."""
+        return f"{self.label} on {self.device} ({self.device_name}): {self.reason}"
+
+    def to_dict(self) -> dict[str, object]:
+        data = asdict(self)
+        data["label"] = self.label
+        data["attempts"] = [asdict(a) for a in self.attempts]
+        return data
+
+
+def resolve_request(argument: str | None, environ: dict[str, str] | None = None) -> tuple[str, str]:
+    """Apply the priority argument > ``QWEN_PRECISION`` > auto.
+
+    Returns:
+        (requested mode or "auto", where it came from)
+    Raises:
+        InvalidRequestError: the value is not one of auto, fp8, fp16, bf16, fp32.
+    """
+    environ = os.environ if environ is None else environ
+    if argument is not None and argument != "auto":
+        return _validated(argument, "precision argument"), "argument"
+    env_value = environ.get(ENV_VAR, "").strip().lower()
+    if env_value and env_value != "auto" and argument is None:
+        return _validated(env_value, ENV_VAR), f"environment ({ENV_VAR})"
+    return "auto", "auto"
+
+
+def _validated(value: str, where: str) -> str:
+    value = value.strip().lower()
+    if value not in MODES:
+        raise InvalidRequestError(
+            f"Unknown precision {value!r} from {where}.", param="precision", fix="Use auto, fp8, fp16, bf16 or fp32."
+        )
+    return value
+
+
+def unsupported_reason(mode: str, device: DeviceInfo) -> str | None:
+    """Why ``device`` cannot run ``mode``, or None when it can."""
+    if mode == "fp8" and not device.has_fp8:
+        if device.kind == "cuda":
+            return (
+                f"GPU compute capability {device.capability_text} < "
+                f"{FP8_MIN_CAPABILITY[0]}.{FP8_MIN_CAPABILITY[1]} has no FP8 tensor cores"
+            )
+        return f"no CUDA GPU ({device.kind}) to run FP8 matmuls"
+    if mode == "bf16" and not device.has_bf16:
+        if device.kind == "cuda":
+            return (
+                f"GPU compute capability {device.capability_text} < "
+                f"{BF16_MIN_CAPABILITY[0]}.{BF16_MIN_CAPABILITY[1]} has no native BF16"
+            )
+        return f"{device.kind} has no reliable BF16 support"
+    return None
+
+
+def plan_precision(
+    requested: str, device: DeviceInfo, *, checkpoint_fp8: bool, checkpoint_dtype: str = "bfloat16"
+) -> tuple[list[Candidate], list[Attempt]]:
+    """Order the modes to try, best first, each with the sentence that explains it.
+
+    Args:
+        requested: "auto" or a mode the user asked for.
+        device: the device (real or simulated).
+        checkpoint_fp8: whether the checkpoint stores FP8 weights.
+        checkpoint_dtype: dtype of a plain checkpoint ("bfloat16", "float16", "float32").
+    Returns:
+        (candidates, refused) where refused records requested modes the device cannot run.
+    """
+    refused: list[Attempt] = []
+    first: Candidate
+    if requested != "auto":
+        why_not = unsupported_reason(requested, device)
+        if why_not is None:
+            first = Candidate(requested, f"{requested.upper()} as requested")
+        else:
+            refused.append(Attempt(requested, False, f"{requested.upper()} requested but {why_not}"))
+            first = _auto_choice(device, checkpoint_fp8, checkpoint_dtype, requested_failed=requested)
+    else:
+        first = _auto_choice(device, checkpoint_fp8, checkpoint_dtype)
+
+    candidates = [first]
+    for mode in CHAIN[CHAIN.index(first.mode) + 1 :]:
+        if unsupported_reason(mode, device) is None:
+            candidates.append(Candidate(mode, f"{mode.upper()} after {{failed}}"))
+    return candidates, refused
+
+
+def _auto_choice(
+    device: DeviceInfo, checkpoint_fp8: bool, checkpoint_dtype: str, requested_failed: str | None = None
+) -> Candidate:
+    prefix = f"{requested_failed.upper()} unavailable, " if requested_failed else ""
+    if device.kind == "cuda":
+        if checkpoint_fp8 and device.has_fp8:
+            return Candidate(
+                "fp8", f"FP8 native: GPU compute capability {device.capability_text} >= 8.9 has FP8 tensor cores"
+            )
+        if checkpoint_fp8:
+            why = unsupported_reason("fp8", device)
+            return Candidate("fp16", f"{prefix}FP16 fallback: {why}")
+        if checkpoint_dtype == "bfloat16" and device.has_bf16:
+            return Candidate("bf16", f"{prefix}BF16: the checkpoint's own dtype, supported by this GPU")
+        if checkpoint_dtype == "float32":
+            return Candidate("fp32", f"{prefix}FP32: the checkpoint's own dtype")
+        return Candidate("fp16", f"{prefix}FP16: half precision supported by every CUDA GPU")
+    if device.kind == "mps":
+        return Candidate("fp16", f"{prefix}FP16 fallback: Apple GPU has no FP8; weights loaded on CPU, then moved")
+    # CPU: decode is bound by memory bandwidth, so 16-bit weights halve the bytes read per token.
+    # The loader measures which dtype the long prompt matmuls run fastest in and adds it to the reason.
+    why = unsupported_reason("fp8", device)
+    if checkpoint_fp8:
+        return Candidate("fp16", f"{prefix}FP16 fallback: {why}, so the FP8 weights are dequantized to FP16")
+    return Candidate("fp16", f"{prefix}FP16 on CPU: 16-bit weights halve the bytes read per generated token")

@@ -1,0 +1,71 @@
+"""Settings: one typed object, built once from CLI flags and ``QWEN_*`` environment variables.
+
+Priority for every field: explicit argument / CLI flag > environment variable > the default below.
+The README's "Options" table lists the same fields.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_MODEL = "Qwen/Qwen3-0.6B-FP8"
+PrecisionChoice = Literal["auto", "fp8", "fp16", "bf16", "fp32"]
+
+
+class Settings(BaseSettings):
+    """Everything the app can be told, with its default and range."""
+
+    model_config = SettingsConfigDict(env_prefix="QWEN_", extra="ignore", validate_default=True)
+
+    model: str = Field(DEFAULT_MODEL, description="Hub id or local folder of a Qwen3 checkpoint.")
+    device: str = Field("auto", description="auto, cpu, cuda, cuda:N or mps.")
+    precision: PrecisionChoice = Field("auto", description="auto, fp8, fp16, bf16 or fp32.")
+    gpu_memory_limit: float | None = Field(
+        None, gt=0.0, le=1.0, description="Fraction of GPU memory this process may use, e.g. 0.8."
+    )
+    max_context: int | None = Field(
+        None, ge=256, description="Context window in tokens (default: the model's own, at most 32768)."
+    )
+    demo: bool = Field(False, description="Use a generated tiny demo model (random weights, scripted replies).")
+    trust_remote_code: bool = Field(False, description="Allow code shipped inside a checkpoint to run.")
+
+    host: str = Field("127.0.0.1", description="Interface the web UI and API bind to.")
+    port: int = Field(7860, ge=1, le=65535, description="Web UI port.")
+    api_port: int = Field(8000, ge=0, le=65535, description="OpenAI-compatible API port; 0 turns the API off.")
+    auth: SecretStr | None = Field(None, description="user:password for the web UI login.")
+    api_key: SecretStr | None = Field(None, description="Bearer key required by the API when set.")
+    queue_size: int = Field(16, ge=1, le=1024, description="Requests that may wait for the model at once.")
+    system_prompt: str = Field("", description="Default system prompt of the web UI.")
+    prefix_cache_tokens: int = Field(
+        16384, ge=0, description="Tokens of conversation key/value cache kept for reuse (0 disables)."
+    )
+    threads: int | None = Field(None, ge=1, description="CPU threads for torch (default: all cores).")
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @field_validator("auth")
+    @classmethod
+    def _auth_has_user_and_password(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and ":" not in value.get_secret_value():
+            raise ValueError("auth must look like user:password")
+        return value
+
+    @classmethod
+    def from_overrides(cls, **overrides: object) -> Settings:
+        """Build settings where every non-None keyword beats the environment."""
+        return cls(**{key: value for key, value in overrides.items() if value is not None})
+
+    def auth_pair(self) -> tuple[str, str] | None:
+        if self.auth is None:
+            return None
+        user, _, password = self.auth.get_secret_value().partition(":")
+        return user, password
+
+    def public_dict(self) -> dict[str, object]:
+        """Settings for logs and ``/health``: secrets replaced by whether they are set."""
+        data = self.model_dump()
+        data["auth"] = self.auth is not None
+        data["api_key"] = self.api_key is not None
+        return data
