@@ -1,0 +1,36 @@
+"""Qwen3 Chat: a local chat app around Qwen3 (FP8 on GPUs that can, FP16 fallback elsewhere).
+
+``from chatbot import Qwen3ChatBot`` is the Python entry point; ``python -m chatbot --help`` the
+command line (serve, make-model, quantize, doctor, bench, batch).
+"""
+
+from .bot import Qwen3ChatBot
+from .chat import AnswerDelta, ChatDone, Conversation, Loading, QueuePosition, ThinkingDelta
+from .errors import (
+    ChatbotError,
+    CheckpointError,
+    ContextLengthError,
+    GenerationError,
+    InvalidRequestError,
+    ModelUnavailableError,
+    PrecisionError,
+    QueueFullError,
+)
+
+__version__ = "0.1.0"
+__all__ = [
+    "AnswerDelta",
+    "ChatDone",
+    "ChatbotError",
+    "CheckpointError",
+    "ContextLengthError",
+    "Conversation",
+    "GenerationError",
+    "InvalidRequestError",
+    "Loading",
+    "ModelUnavailableError",
+    "PrecisionError",
+    "QueuePosition",
+    "Qwen3ChatBot",
+    "ThinkingDelta",
+]

@@ -64,7 +64,7 @@ class PrecisionDecision:
         if self.mode == "fp8":
             return "FP8 native"
         name = self.mode.upper()
-        return f"{name} fallback" if self.checkpoint_fp8 else name
+        return f"{name} fallback" if self.checkpoint_fp8 and self.source == "auto" else name
 
     def summary(self) -> str:
         """The one log line: label, device and reason."""

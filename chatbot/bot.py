@@ -1,0 +1,103 @@
+"""``Qwen3ChatBot``: a multi-turn chat with a Qwen3 model, in a few lines of Python.
+
+    from chatbot import Qwen3ChatBot
+    bot = Qwen3ChatBot("Qwen/Qwen3-0.6B-FP8")          # cheap: the model loads on first use
+    reply = bot.chat("Hello!", enable_thinking=True)  # {"thinking", "answer", "full_response", ...}
+    for event in bot.stream_chat("And in French?"):   # ThinkingDelta / AnswerDelta / ... / ChatDone
+        ...
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+from .chat import ChatDone, ChatEvent, Conversation, stream_reply
+from .engine import ChatEngine
+from .loader import LoadedModel
+from .precision import PrecisionDecision
+from .settings import DEFAULT_MODEL
+
+
+class Qwen3ChatBot:
+    """A conversation with a Qwen3 model: history, thinking mode, streaming.
+
+    Args:
+        model_path: hub id or local checkpoint folder.
+        device: "auto", "cpu", "cuda", "cuda:N" or "mps".
+        precision: "auto", "fp8", "fp16", "bf16", "fp32"; None reads ``QWEN_PRECISION`` (default auto).
+        system_prompt: sent first in every prompt; never dropped when the history is trimmed.
+        engine: share an existing engine (and its loaded model) instead of creating one.
+        load: "lazy" (on first use), "background" (start now in a thread) or "now" (block here).
+        **engine_kwargs: max_context, gpu_memory_limit, queue_size, prefix_cache_tokens, trust_remote_code.
+    """
+
+    def __init__(self, model_path: str = DEFAULT_MODEL, device: str = "auto", precision: str | None = None, *,
+                 system_prompt: str = "", engine: ChatEngine | None = None, load: str = "lazy",
+                 **engine_kwargs: Any) -> None:
+        self.engine = engine or ChatEngine(model_path, device=device, precision=precision, **engine_kwargs)
+        self.conversation = Conversation(system_prompt)
+        self._lock = threading.Lock()
+        if load == "background":
+            self.engine.start_loading()
+        elif load == "now":
+            self.engine.load()
+        elif load != "lazy":
+            raise ValueError("load must be 'lazy', 'background' or 'now'")
+
+    # --- the loaded model ---------------------------------------------------------------------------------
+
+    def load(self) -> LoadedModel:
+        """Load the model now (no-op when loaded); raises CheckpointError/ModelUnavailableError/PrecisionError."""
+        return self.engine.load()
+
+    @property
+    def model(self) -> Any:
+        return self.load().model
+
+    @property
+    def tokenizer(self) -> Any:
+        return self.load().tokenizer
+
+    @property
+    def precision(self) -> PrecisionDecision:
+        """Mode, device, reason and attempts of the precision decision (loads the model)."""
+        return self.load().precision
+
+    # --- chatting -----------------------------------------------------------------------------------------
+
+    def stream_chat(self, message: str, enable_thinking: bool = False, *, cancel: threading.Event | None = None,
+                    **generation_kwargs: Any) -> Iterator[ChatEvent]:
+        """Send ``message`` and stream the reply; the exchange joins the history when it ends.
+
+        Yields Loading, QueuePosition, ThinkingDelta and AnswerDelta events, then one ChatDone.
+        Raises InvalidRequestError / ContextLengthError (nothing sent, history unchanged),
+        QueueFullError, GenerationError.
+        """
+        with self._lock:
+            messages = self.conversation.messages_with(message)
+            for event in stream_reply(self.engine, messages, enable_thinking=enable_thinking, cancel=cancel,
+                                      **generation_kwargs):
+                if isinstance(event, ChatDone):
+                    self.conversation.add_exchange(message, event)
+                yield event
+
+    def chat(self, message: str, enable_thinking: bool = False, **generation_kwargs: Any) -> dict[str, Any]:
+        """Send ``message`` and return {"thinking", "answer", "full_response", "finish_reason", "stats"}."""
+        done = None
+        for event in self.stream_chat(message, enable_thinking, **generation_kwargs):
+            if isinstance(event, ChatDone):
+                done = event
+        assert done is not None  # stream_chat always ends with ChatDone or raises
+        return done.as_dict()
+
+    def clear_history(self) -> None:
+        self.conversation.clear()
+
+    def get_history(self) -> list[dict[str, Any]]:
+        """[{"role": "user", "content"}, {"role": "assistant", "content": answer, "thinking"}, ...]"""
+        return self.conversation.to_list()
+
+    def close(self) -> None:
+        self.engine.close()

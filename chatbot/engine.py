@@ -1,0 +1,237 @@
+"""The chat engine: one model shared by every caller (UI sessions, API requests, ``Qwen3ChatBot``).
+
+* Lazy loading: constructing an engine is cheap; the model loads on first use, or in the
+  background after ``start_loading()``, reporting progress.
+* One worker thread owns the model and serves requests first come, first served from a bounded
+  queue; a full queue raises ``QueueFullError`` at once instead of piling up.
+* Every request has its own stop signal; a cancelled request stops within one model step and the
+  next one starts right away. An error inside one generation ends that request only.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import ChatbotError, GenerationError, QueueFullError
+from .generation import GenerationResult, GenerationStats, Generator, PrefixCache
+from .loader import LoadedModel, LoadProgress, load_model
+from .sampling import SamplingOptions
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Queued:
+    position: int  # 1 = next to run
+
+
+@dataclass(frozen=True)
+class TextDelta:
+    text: str
+
+
+@dataclass(frozen=True)
+class Finished:
+    result: GenerationResult
+
+
+@dataclass(frozen=True)
+class Failed:
+    error: ChatbotError
+
+
+EngineEvent = Queued | TextDelta | Finished | Failed
+
+
+@dataclass
+class Job:
+    prompt_ids: list[int]
+    options: SamplingOptions
+    cancel: threading.Event
+    id: int = 0
+    submitted: float = field(default_factory=time.perf_counter)
+    events: queue.Queue[EngineEvent] = field(default_factory=queue.Queue)
+
+
+class ChatEngine:
+    """Owns the model; see the module docstring."""
+
+    def __init__(self, source: str, *, device: str = "auto", precision: str | None = None,
+                 max_context: int | None = None, gpu_memory_limit: float | None = None,
+                 trust_remote_code: bool = False, queue_size: int = 16, prefix_cache_tokens: int = 16384,
+                 demo: bool = False, load_kwargs: dict[str, Any] | None = None) -> None:
+        self.source = source
+        self.demo = demo
+        self._load_kwargs = dict(device=device, precision=precision, max_context=max_context,
+                                 gpu_memory_limit=gpu_memory_limit, trust_remote_code=trust_remote_code,
+                                 **(load_kwargs or {}))
+        self.queue_size = queue_size
+        self.prefix_cache = PrefixCache(prefix_cache_tokens)
+        self.progress = LoadProgress()
+        self._loaded: LoadedModel | None = None
+        self._load_error: BaseException | None = None
+        self._load_lock = threading.Lock()
+        self._load_thread: threading.Thread | None = None
+        self._pending: deque[Job] = deque()
+        self._running: Job | None = None
+        self._cv = threading.Condition()
+        self._ids = itertools.count(1)
+        self._worker: threading.Thread | None = None
+        self._closed = False
+        self.served = 0
+
+    # --- loading ------------------------------------------------------------------------------------------
+
+    @property
+    def status(self) -> str:
+        """"not loaded", "loading", "ready" or "failed"."""
+        if self._loaded is not None:
+            return "ready"
+        if self._load_error is not None:
+            return "failed"
+        if self._load_lock.locked() or (self._load_thread is not None and self._load_thread.is_alive()):
+            return "loading"
+        return "not loaded"
+
+    @property
+    def loaded(self) -> LoadedModel | None:
+        return self._loaded
+
+    @property
+    def load_error(self) -> BaseException | None:
+        return self._load_error
+
+    def start_loading(self) -> None:
+        """Load the model in a background thread (no-op if loading or loaded)."""
+        with self._cv:
+            if self._loaded is not None or (self._load_thread is not None and self._load_thread.is_alive()):
+                return
+            self._load_thread = threading.Thread(target=self._load_quietly, name="model-loader", daemon=True)
+            self._load_thread.start()
+
+    def _load_quietly(self) -> None:
+        try:
+            self.load()
+        except (ChatbotError, RuntimeError, OSError) as exc:
+            log.error("Loading %s failed: %s", self.source, exc)
+
+    def load(self) -> LoadedModel:
+        """Load the model now (or wait for the load in progress); raises the load error if it failed."""
+        if self._loaded is not None:
+            return self._loaded
+        with self._load_lock:
+            if self._loaded is None:
+                self._load_error = None
+                try:
+                    self._loaded = load_model(self.source, progress=self.progress, **self._load_kwargs)
+                except BaseException as exc:
+                    self._load_error = exc
+                    raise
+        return self._loaded
+
+    # --- requests -----------------------------------------------------------------------------------------
+
+    def queue_depth(self) -> int:
+        """Requests waiting (not counting the one running)."""
+        with self._cv:
+            return len(self._pending)
+
+    @property
+    def busy(self) -> bool:
+        return self._running is not None
+
+    def submit(self, prompt_ids: list[int], options: SamplingOptions, cancel: threading.Event | None = None) -> Job:
+        """Queue a generation; its events arrive on ``job.events``.
+
+        Raises:
+            QueueFullError: ``queue_size`` requests are already waiting.
+        """
+        job = Job(list(prompt_ids), options, cancel or threading.Event(), next(self._ids))
+        with self._cv:
+            if self._closed:
+                raise ChatbotError("The engine is shut down.")
+            if len(self._pending) >= self.queue_size:
+                raise QueueFullError(f"The queue is full ({self.queue_size} requests waiting).", retry_after=5)
+            self._pending.append(job)
+            position = len(self._pending)
+            self._ensure_worker()
+            self._cv.notify_all()
+        if position > 1 or self._running is not None:
+            job.events.put(Queued(position))
+        return job
+
+    def stream(self, prompt_ids: list[int], options: SamplingOptions,
+               cancel: threading.Event | None = None) -> Iterator[EngineEvent]:
+        """Submit and yield events until the request ends; leaving early cancels it."""
+        job = self.submit(prompt_ids, options, cancel)
+        done = False
+        try:
+            while True:
+                event = job.events.get()
+                done = isinstance(event, Finished | Failed)
+                yield event
+                if done:
+                    return
+        finally:
+            if not done:
+                job.cancel.set()
+
+    def _ensure_worker(self) -> None:
+        if self._worker is None or not self._worker.is_alive():
+            self._worker = threading.Thread(target=self._work, name="generation-worker", daemon=True)
+            self._worker.start()
+
+    def _work(self) -> None:
+        while True:
+            with self._cv:
+                while not self._pending and not self._closed:
+                    self._cv.wait()
+                if self._closed and not self._pending:
+                    return
+                job = self._pending.popleft()
+                self._running = job
+                waiting = list(self._pending)
+            for position, other in enumerate(waiting, start=1):
+                other.events.put(Queued(position))
+            try:
+                self._serve(job)
+            finally:
+                with self._cv:
+                    self._running = None
+                    self.served += 1
+
+    def _serve(self, job: Job) -> None:
+        queue_seconds = time.perf_counter() - job.submitted
+        if job.cancel.is_set():
+            job.events.put(Finished(GenerationResult("", (), "cancelled", GenerationStats(len(job.prompt_ids), queue_seconds=queue_seconds))))
+            return
+        try:
+            loaded = self.load()
+            generator = Generator(loaded.model, loaded.tokenizer, loaded.eos_token_ids, loaded.device, self.prefix_cache)
+            result = generator.run(job.prompt_ids, job.options, job.cancel,
+                                   lambda text: job.events.put(TextDelta(text)), queue_seconds)
+        except ChatbotError as exc:
+            job.events.put(Failed(exc))
+        except (RuntimeError, ValueError, IndexError, TypeError) as exc:
+            log.exception("Generation failed")
+            job.events.put(Failed(GenerationError(f"Generation failed: {exc}",
+                                                  fix="Try again; if it keeps failing, run `python -m chatbot doctor`.")))
+        else:
+            job.events.put(Finished(result))
+
+    def close(self) -> None:
+        """Cancel waiting requests and stop the worker after the running one."""
+        with self._cv:
+            self._closed = True
+            for job in self._pending:
+                job.cancel.set()
+            self._cv.notify_all()
+

@@ -1,0 +1,411 @@
+"""Loading: checkpoint -> model on the device in the chosen precision, with the automatic fallback chain.
+
+The model is built on the ``meta`` device from config.json (with ``quantization_config`` removed, so
+transformers' own quantizer, which fetches kernels from the hub, is never involved) and filled
+tensor by tensor from the safetensors files:
+
+* ``fp8`` on a CUDA GPU with FP8 tensor cores: projection weights stay FP8 with their block
+  scales in ``Fp8Linear`` layers; everything else BF16.
+* ``fp16``/``bf16``/``fp32`` on a GPU: FP8 weights are dequantized, every tensor (embeddings and
+  norms too) is cast to one dtype, so no dtype mismatch can reach the first forward.
+* CPU: 16-bit weights in ``CpuLinear`` layers with an FP32 residual stream (see ``cpu_layers``).
+* Apple MPS: loaded on CPU, then moved.
+
+After loading, a probe forward (prompt + one decode step) must give finite logits; otherwise
+the next mode of the chain is tried, and every attempt is recorded in the precision decision.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from .checkpoint import CheckpointInfo, FileHandles, inspect_checkpoint, resolve_checkpoint
+from .cpu_layers import CpuMatmulProfile, convert_to_cpu_layers, measure_prefill_dtype
+from .device import DeviceInfo, detect_device
+from .errors import CheckpointError, PrecisionError
+from .formats import PROJECTION_RE, FormatKind
+from .fp8 import DEFAULT_BLOCK, quantize_block_fp8
+from .fp8_linear import Fp8Kernel, Fp8KernelUnavailable, Fp8Linear, select_fp8_kernel
+from .precision import COMPUTE_DTYPES, Attempt, Candidate, PrecisionDecision, plan_precision, resolve_request
+
+log = logging.getLogger(__name__)
+DEFAULT_MAX_CONTEXT = 32768
+SUPPORTED_MODEL_TYPES = ("qwen3",)
+
+
+class ProbeError(RuntimeError):
+    """The probe forward raised or returned non-finite logits."""
+
+
+@dataclass
+class LoadProgress:
+    """Where loading stands, for the UI's "loading..." badge; safe to read from any thread."""
+
+    stage: str = "waiting"
+    fraction: float = 0.0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def update(self, stage: str, fraction: float) -> None:
+        with self._lock:
+            self.stage, self.fraction = stage, max(0.0, min(1.0, fraction))
+
+    def snapshot(self) -> tuple[str, float]:
+        with self._lock:
+            return self.stage, self.fraction
+
+
+@dataclass
+class LoadedModel:
+    model: nn.Module
+    tokenizer: Any
+    precision: PrecisionDecision
+    checkpoint: CheckpointInfo
+    device: torch.device
+    weights_bytes: int
+    load_seconds: float
+    max_context: int
+    eos_token_ids: tuple[int, ...]
+
+    @property
+    def generated(self) -> dict[str, Any] | None:
+        """The ``generated`` note of checkpoints made by ``make-model`` (random weights), else None."""
+        note = self.checkpoint.config.get("generated")
+        return note if isinstance(note, dict) else None
+
+    @property
+    def model_name(self) -> str:
+        return self.checkpoint.source
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "model": self.model_name,
+            "precision": self.precision.to_dict(),
+            "weights_bytes": self.weights_bytes,
+            "load_seconds": round(self.load_seconds, 2),
+            "max_context": self.max_context,
+            "checkpoint_format": self.checkpoint.format.describe(),
+            "generated": self.generated,
+        }
+
+
+ProbeFn = Callable[[nn.Module, Any, torch.device], None]
+
+
+def load_model(
+    source: str,
+    *,
+    device: str = "auto",
+    precision: str | None = None,
+    max_context: int | None = None,
+    gpu_memory_limit: float | None = None,
+    trust_remote_code: bool = False,
+    progress: LoadProgress | None = None,
+    probe: ProbeFn | None = None,
+    device_info: DeviceInfo | None = None,
+) -> LoadedModel:
+    """Load a Qwen3 checkpoint, choosing the precision and stepping down the chain when needed.
+
+    Args:
+        source: local checkpoint folder or hub id.
+        device: "auto", "cpu", "cuda", "cuda:N" or "mps".
+        precision: "auto", "fp8", "fp16", "bf16", "fp32", or None to read ``QWEN_PRECISION``.
+        max_context: context window in tokens (default: the model's, at most 32768).
+        gpu_memory_limit: fraction of GPU memory this process may use.
+        trust_remote_code: let a checkpoint's own Python code run (off unless asked for).
+        progress: receives (stage, fraction) while loading.
+        probe: replaces the probe forward (tests use it to simulate failures).
+        device_info: replaces device detection (tests simulate devices with it).
+    Raises:
+        CheckpointError, ModelUnavailableError: the checkpoint cannot be found or read.
+        PrecisionError: no mode of the chain could load and run the model.
+    """
+    started = time.perf_counter()
+    progress = progress or LoadProgress()
+    progress.update("finding checkpoint", 0.0)
+    path = resolve_checkpoint(source)
+    progress.update("checking files", 0.03)
+    info = inspect_checkpoint(path, source)
+    model_type = info.config.get("model_type")
+    if model_type not in SUPPORTED_MODEL_TYPES:
+        log.warning("%s is a %r model; this app is built for Qwen3 and may not handle it", source, model_type)
+    tokenizer = _load_tokenizer(info, trust_remote_code)
+    dev = device_info or detect_device(device)
+    if dev.kind == "cuda" and gpu_memory_limit:
+        torch.cuda.set_per_process_memory_fraction(gpu_memory_limit, dev.index)
+    requested, request_source = resolve_request(precision)
+    candidates, attempts = plan_precision(
+        requested, dev, checkpoint_fp8=info.format.is_fp8, checkpoint_dtype=info.native_dtype
+    )
+    for message in attempts:
+        log.warning("%s; choosing another precision", message.detail)
+    failed = ""
+    for candidate in candidates:
+        reason = candidate.reason.format(failed=failed)
+        try:
+            model, details = _build(info, dev, candidate.mode, progress, trust_remote_code)
+            progress.update("probe forward", 0.95)
+            (probe or probe_forward)(model, tokenizer, torch.device(dev.torch_device))
+        except (ProbeError, Fp8KernelUnavailable, RuntimeError, NotImplementedError, TypeError) as exc:
+            detail = f"{candidate.mode.upper()} failed: {_first_line(exc)}"
+            attempts.append(Attempt(candidate.mode, False, detail))
+            log.warning("%s; stepping down the precision chain", detail)
+            failed = f"{candidate.mode.upper()} failed ({_first_line(exc)})"
+            model = None
+            gc.collect()
+            if dev.kind == "cuda":
+                torch.cuda.empty_cache()
+            continue
+        attempts.append(Attempt(candidate.mode, True, "loaded; probe forward gave finite logits"))
+        decision = _decision(candidate, reason, dev, info, request_source, attempts, details)
+        log.info("Precision: %s", decision.summary())
+        loaded = LoadedModel(
+            model=model,
+            tokenizer=tokenizer,
+            precision=decision,
+            checkpoint=info,
+            device=torch.device(dev.torch_device),
+            weights_bytes=weights_bytes(model),
+            load_seconds=time.perf_counter() - started,
+            max_context=_max_context(info, max_context),
+            eos_token_ids=_eos_ids(info, tokenizer),
+        )
+        progress.update("ready", 1.0)
+        return loaded
+    raise PrecisionError(
+        "No precision could load and run the model: " + "; ".join(a.detail for a in attempts if not a.ok),
+        fix="Run `python -m chatbot doctor` for details; try --precision fp32 or --device cpu.",
+    )
+
+
+def _decision(candidate: Candidate, reason: str, dev: DeviceInfo, info: CheckpointInfo, source: str,
+              attempts: list[Attempt], details: dict[str, str]) -> PrecisionDecision:
+    extra = details.get("reason_suffix")
+    return PrecisionDecision(
+        mode=candidate.mode,
+        device=dev.torch_device,
+        device_name=dev.describe(),
+        reason=f"{reason}; {extra}" if extra else reason,
+        source=source,
+        attempts=tuple(attempts),
+        checkpoint_fp8=info.format.is_fp8,
+        compute_dtype=str(details["compute_dtype"]).removeprefix("torch."),
+        prefill_dtype=details.get("prefill_dtype"),
+        fp8_kernel=details.get("fp8_kernel"),
+        details={k: v for k, v in details.items() if k not in ("compute_dtype", "reason_suffix")},
+    )
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:300] if text else type(exc).__name__
+
+
+def _load_tokenizer(info: CheckpointInfo, trust_remote_code: bool) -> Any:
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(str(info.path), trust_remote_code=trust_remote_code)
+    except (OSError, ValueError, json.JSONDecodeError) as exc:
+        raise CheckpointError(
+            f"the tokenizer cannot be loaded: {_first_line(exc)}",
+            path=info.path,
+            fix="Copy tokenizer.json and tokenizer_config.json from the original Qwen3 model into this folder.",
+        ) from exc
+
+
+def _skeleton(info: CheckpointInfo, dtype: torch.dtype, trust_remote_code: bool) -> nn.Module:
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(str(info.path), trust_remote_code=trust_remote_code)
+    if getattr(config, "quantization_config", None) is not None:
+        # Weights are dequantized (or served by Fp8Linear) here; without this, save_pretrained would
+        # write a config that claims a quantization the saved tensors do not have.
+        del config.quantization_config
+    with torch.device("meta"):
+        return AutoModelForCausalLM.from_config(config, dtype=dtype, trust_remote_code=trust_remote_code)
+
+
+def _build(info: CheckpointInfo, dev: DeviceInfo, mode: str, progress: LoadProgress,
+           trust_remote_code: bool) -> tuple[nn.Module, dict[str, str]]:
+    """Build the model for one mode; returns it with details for the precision decision."""
+    details: dict[str, str] = {}
+    target = torch.device("cpu" if dev.kind == "mps" else dev.torch_device)
+    kernel: Fp8Kernel | None = None
+    cpu_profile: CpuMatmulProfile | None = None
+    if mode == "fp8":
+        kernel, notes = select_fp8_kernel(target, _fp8_block(info))
+        details["fp8_kernel"] = kernel.name
+        if notes:
+            details["fp8_kernels_skipped"] = "; ".join(notes)
+    compute_dtype = COMPUTE_DTYPES[mode]
+    if dev.kind == "cpu" and mode in ("fp16", "bf16"):
+        cpu_profile = measure_prefill_dtype(COMPUTE_DTYPES[mode])
+        compute_dtype = torch.float32
+        details["prefill_dtype"] = str(cpu_profile.prefill_dtype).removeprefix("torch.")
+        details["reason_suffix"] = f"decode with {mode.upper()} weights, {cpu_profile.describe()}"
+    if dev.kind == "cuda" and mode == "fp32" and dev.capability and dev.capability >= (8, 0):
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        details["tf32"] = "enabled for FP32 matmuls (Ampere or newer)"
+    details["compute_dtype"] = str(compute_dtype)
+
+    model = _skeleton(info, compute_dtype, trust_remote_code)
+    if cpu_profile is not None:
+        convert_to_cpu_layers(model, COMPUTE_DTYPES[mode], cpu_profile.prefill_dtype)
+    if kernel is not None:
+        _convert_to_fp8_layers(model, info, kernel)
+    _fill_weights(model, info, target, mode, progress)
+    if dev.kind == "mps":
+        model.to("mps")
+    model.eval()
+    return model, details
+
+
+def _fp8_block(info: CheckpointInfo) -> tuple[int, int]:
+    """Block size of the FP8 layers: the checkpoint's own, or 128x128 when weights are (re)quantized at load."""
+    if info.format.kind is FormatKind.FP8_BLOCK and info.format.block_size:
+        return info.format.block_size
+    return DEFAULT_BLOCK
+
+
+def _convert_to_fp8_layers(model: nn.Module, info: CheckpointInfo, kernel: Fp8Kernel) -> None:
+    block = _fp8_block(info)
+    for name, module in list(model.named_modules()):
+        if isinstance(module, nn.Linear) and PROJECTION_RE.match(name + ".weight"):
+            model.set_submodule(name, Fp8Linear(module.in_features, module.out_features, block, kernel))
+
+
+def _fill_weights(model: nn.Module, info: CheckpointInfo, device: torch.device, mode: str,
+                  progress: LoadProgress) -> None:
+    """Read every tensor the model needs, converting it to the dtype its parameter has."""
+    # Fp8Linear scales are filled together with their weights.
+    expected = {n: t for n, t in model.state_dict(keep_vars=True).items() if not n.endswith(".weight_scale_inv")}
+    tied = bool(getattr(model.config, "tie_word_embeddings", False))
+    fmt = info.format
+    missing = [n for n in expected if n not in info.tensors and not (tied and n == "lm_head.weight")]
+    if missing:
+        raise CheckpointError(
+            f"{len(missing)} tensor(s) the model needs are missing, e.g. {', '.join(missing[:3])}",
+            path=info.path,
+            fix="The checkpoint is incomplete or not a Qwen3 model: download it again.",
+        )
+    names = [n for n in expected if n in info.tensors]
+    with FileHandles() as files:
+        for i, name in enumerate(names):
+            param = expected[name]
+            stored = info.read(name, files)
+            scale_name = fmt.scale_name(name) if stored.dtype == torch.float8_e4m3fn else None
+            if tuple(stored.shape) != tuple(param.shape):
+                raise CheckpointError(
+                    f"tensor {name!r} has shape {list(stored.shape)}, the config implies {list(param.shape)}",
+                    path=info.tensors[name].file,
+                    fix="config.json does not match the weights: use the config.json that came with them.",
+                )
+            keep_fp8 = param.dtype == torch.float8_e4m3fn
+            if keep_fp8 and scale_name and fmt.kind is FormatKind.FP8_BLOCK and fmt.block_size:
+                value = stored.to(device)  # served as stored by Fp8Linear
+                _set_tensor(model, name + "_scale_inv", info.read(scale_name, files).float().to(device))
+            elif keep_fp8:  # other formats served in FP8: (re)quantized to 128x128 blocks at load
+                dense = stored.to(device)
+                if scale_name:
+                    dense = fmt.dequantize(name, dense, info.read(scale_name, files).to(device), torch.float32)
+                value, scale_inv = quantize_block_fp8(dense, _fp8_block(info), scale_dtype=torch.float32)
+                _set_tensor(model, name + "_scale_inv", scale_inv)
+            elif scale_name:
+                value = fmt.dequantize(name, stored.to(device), info.read(scale_name, files).to(device), param.dtype)
+            else:
+                value = stored.to(device=device, dtype=param.dtype)
+            _check_finite(name, value, stored, info, mode)
+            _set_tensor(model, name, value)
+            progress.update(f"loading weights {i + 1}/{len(names)}", 0.05 + 0.9 * (i + 1) / len(names))
+    if tied:
+        model.get_output_embeddings().weight = model.get_input_embeddings().weight
+    _rebuild_computed_buffers(model, device)
+
+
+def _check_finite(name: str, value: torch.Tensor, stored: torch.Tensor, info: CheckpointInfo, mode: str) -> None:
+    if value.dtype == torch.float8_e4m3fn or bool(torch.isfinite(value).all()):
+        return
+    if stored.dtype == torch.float8_e4m3fn or not bool(torch.isfinite(stored.float()).all()):
+        raise CheckpointError(
+            f"tensor {name!r} holds NaN or infinite values",
+            path=info.tensors[name].file,
+            fix="The file is damaged or the model diverged in training: download or export it again.",
+        )
+    raise ProbeError(f"tensor {name!r} overflows in {mode.upper()}")
+
+
+def _set_tensor(model: nn.Module, name: str, value: torch.Tensor) -> None:
+    module_name, _, leaf = name.rpartition(".")
+    module = model.get_submodule(module_name)
+    if leaf in module._parameters:
+        module._parameters[leaf] = nn.Parameter(value, requires_grad=False)
+    else:
+        module._buffers[leaf] = value
+
+
+def _rebuild_computed_buffers(model: nn.Module, device: torch.device) -> None:
+    """Rotary inverse frequencies are computed, not stored: rebuild such modules on the real device."""
+    for name, module in list(model.named_modules()):
+        if not any(b.is_meta for b in module.buffers(recurse=False)):
+            continue
+        if "Rotary" not in type(module).__name__:
+            raise CheckpointError(f"module {name!r} has buffers that are neither stored nor computable")
+        model.set_submodule(name, type(module)(config=module.config).to(device))
+
+
+def probe_forward(model: nn.Module, tokenizer: Any, device: torch.device) -> None:
+    """Prompt forward (the prefill path) then one cached decode step; both must give finite logits."""
+    messages = [{"role": "user", "content": "Hello! Please introduce yourself in one short sentence, thank you."}]
+    ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False)
+    input_ids = torch.tensor([ids], device=device)
+    with torch.inference_mode():
+        out = model(input_ids=input_ids, use_cache=True, logits_to_keep=1)
+        step = model(input_ids=input_ids[:, -1:], past_key_values=out.past_key_values, use_cache=True)
+    for logits, what in ((out.logits, "prompt"), (step.logits, "decode step")):
+        if not bool(torch.isfinite(logits).all()):
+            raise ProbeError(f"probe forward returned non-finite logits (inf/NaN) on the {what}")
+
+
+def weights_bytes(model: nn.Module) -> int:
+    seen: set[int] = set()
+    total = 0
+    for tensor in [*model.parameters(), *model.buffers()]:
+        if tensor.data_ptr() in seen:
+            continue
+        seen.add(tensor.data_ptr())
+        total += tensor.numel() * tensor.element_size()
+    return total
+
+
+def _max_context(info: CheckpointInfo, requested: int | None) -> int:
+    native = int(info.config.get("max_position_embeddings") or DEFAULT_MAX_CONTEXT)
+    return min(requested, native) if requested else min(native, DEFAULT_MAX_CONTEXT)
+
+
+def _eos_ids(info: CheckpointInfo, tokenizer: Any) -> tuple[int, ...]:
+    ids: set[int] = set()
+    gen_file = info.path / "generation_config.json"
+    if gen_file.exists():
+        try:
+            value = json.loads(gen_file.read_text(encoding="utf-8")).get("eos_token_id")
+            ids.update(value if isinstance(value, list) else [value] if value is not None else [])
+        except (OSError, json.JSONDecodeError):
+            log.warning("%s cannot be parsed; using the tokenizer's end-of-turn tokens", gen_file)
+    if tokenizer.eos_token_id is not None:
+        ids.add(tokenizer.eos_token_id)
+    for token in ("<|im_end|>", "<|endoftext|>"):
+        token_id = tokenizer.convert_tokens_to_ids(token)
+        if isinstance(token_id, int) and token_id != tokenizer.unk_token_id:
+            ids.add(token_id)
+    return tuple(sorted(ids))

@@ -1,0 +1,133 @@
+"""Sampling options (validated, with ranges) and the next-token sampler.
+
+Defaults follow Qwen3's recommendations for each mode: thinking 0.6 / 0.95 / 20, non-thinking
+0.7 / 0.8 / 20 (temperature / top_p / top_k). Greedy decoding is not used in thinking mode (Qwen
+warns it leads to endless repetition): a temperature of 0 there becomes the mode's default.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .errors import InvalidRequestError
+
+log = logging.getLogger(__name__)
+
+THINKING_DEFAULTS: dict[str, Any] = {"temperature": 0.6, "top_p": 0.95, "top_k": 20, "min_p": 0.0}
+NON_THINKING_DEFAULTS: dict[str, Any] = {"temperature": 0.7, "top_p": 0.8, "top_k": 20, "min_p": 0.0}
+DEFAULT_MAX_NEW_TOKENS = 2048
+MAX_STOP_STRINGS = 16
+
+
+class SamplingOptions(BaseModel):
+    """How to pick each next token, and when to stop."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    temperature: float = Field(0.7, ge=0.0, le=2.0, description="0 = greedy (non-thinking mode only).")
+    top_p: float = Field(0.8, gt=0.0, le=1.0, description="Nucleus sampling: keep the smallest set with this mass.")
+    top_k: int = Field(20, ge=0, le=1000, description="Keep the k most likely tokens (0 = all).")
+    min_p: float = Field(0.0, ge=0.0, le=1.0, description="Drop tokens below min_p x the top probability.")
+    max_new_tokens: int = Field(DEFAULT_MAX_NEW_TOKENS, ge=1, le=131072, description="Most tokens to generate.")
+    min_new_tokens: int = Field(0, ge=0, le=131072, description="End-of-turn is suppressed before this many.")
+    repetition_penalty: float = Field(1.0, gt=0.0, le=2.0, description="> 1 discourages tokens already seen.")
+    presence_penalty: float = Field(0.0, ge=-2.0, le=2.0, description="OpenAI-style, per token already generated.")
+    frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0, description="OpenAI-style, per occurrence generated.")
+    seed: int | None = Field(None, ge=0, le=2**63 - 1, description="Makes sampling reproducible.")
+    stop: tuple[str, ...] = Field((), max_length=MAX_STOP_STRINGS, description="Strings that end generation.")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0
+
+
+def sampling_options(enable_thinking: bool, **overrides: Any) -> SamplingOptions:
+    """The mode's defaults with ``overrides`` applied (None values are ignored).
+
+    Raises:
+        InvalidRequestError: a value is out of range or unknown; ``param`` names it.
+    """
+    values = dict(THINKING_DEFAULTS if enable_thinking else NON_THINKING_DEFAULTS)
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    if isinstance(values.get("stop"), str):
+        values["stop"] = (values["stop"],)
+    if "stop" in values:
+        values["stop"] = tuple(s for s in values["stop"] if s)
+    if enable_thinking and values.get("temperature") == 0:
+        log.warning("Greedy decoding is not used in thinking mode; using temperature %s", THINKING_DEFAULTS["temperature"])
+        values["temperature"] = THINKING_DEFAULTS["temperature"]
+    try:
+        return SamplingOptions(**values)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        param = ".".join(str(p) for p in error["loc"]) or None
+        raise InvalidRequestError(f"{param}: {error['msg']}", param=param) from exc
+
+
+class Sampler:
+    """Picks next tokens for one request (its own random generator and penalty counts)."""
+
+    def __init__(self, options: SamplingOptions, prompt_ids: list[int], eos_ids: tuple[int, ...],
+                 device: torch.device) -> None:
+        self.options = options
+        self.eos_ids = torch.tensor(eos_ids, dtype=torch.long, device=device)
+        self.device = device
+        self.generator = None
+        if not options.greedy:
+            self.generator = torch.Generator(device=device)
+            if options.seed is not None:
+                self.generator.manual_seed(options.seed)
+            else:
+                self.generator.seed()
+        self.counts: torch.Tensor | None = None
+        self.seen: torch.Tensor | None = None
+        if options.repetition_penalty != 1.0:
+            self.seen = torch.tensor(sorted(set(prompt_ids)), dtype=torch.long, device=device)
+
+    def _penalize(self, logits: torch.Tensor) -> torch.Tensor:
+        opts = self.options
+        if self.seen is not None and self.seen.numel():
+            picked = logits[self.seen]
+            logits[self.seen] = torch.where(picked > 0, picked / opts.repetition_penalty, picked * opts.repetition_penalty)
+        if self.counts is not None and (opts.presence_penalty or opts.frequency_penalty):
+            logits -= opts.frequency_penalty * self.counts + opts.presence_penalty * (self.counts > 0).float()
+        return logits
+
+    def next_token(self, logits: torch.Tensor, generated: int) -> int:
+        """Pick the next token from last-position logits [vocab]."""
+        opts = self.options
+        logits = logits.float()
+        if generated < opts.min_new_tokens:
+            logits[self.eos_ids] = float("-inf")
+        logits = self._penalize(logits)
+        if opts.greedy:
+            token = int(torch.argmax(logits))
+        else:
+            logits = logits / opts.temperature
+            if opts.top_k:
+                values, indices = torch.topk(logits, min(opts.top_k, logits.numel()))
+            else:
+                values, indices = torch.sort(logits, descending=True)
+            probs = torch.softmax(values, dim=-1)
+            if opts.top_p < 1.0:
+                cumulative = torch.cumsum(probs, dim=-1)
+                probs = torch.where(cumulative - probs < opts.top_p, probs, torch.zeros_like(probs))
+            if opts.min_p > 0.0:
+                probs = torch.where(probs >= opts.min_p * probs[0], probs, torch.zeros_like(probs))
+            choice = torch.multinomial(probs, 1, generator=self.generator)
+            token = int(indices[choice])
+        self._count(token, logits.numel())
+        return token
+
+    def _count(self, token: int, vocab: int) -> None:
+        opts = self.options
+        if opts.presence_penalty or opts.frequency_penalty:
+            if self.counts is None:
+                self.counts = torch.zeros(vocab, device=self.device)
+            self.counts[token] += 1
+        if self.seen is not None:
+            self.seen = torch.cat([self.seen, torch.tensor([token], device=self.device)]).unique()

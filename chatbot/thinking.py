@@ -1,0 +1,129 @@
+"""Splitting Qwen3 output into thinking and answer at ``</think>``.
+
+Qwen3 writes ``<think>\\n...\\n</think>\\n\\n`` before its answer in thinking mode. The tags are
+ordinary added tokens (not special), so they survive ``skip_special_tokens``. The parser holds on
+real output: a missing opening tag, output cut off inside the thinking (answer empty, thinking
+kept), and streaming where a tag arrives split across chunks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+THINK_OPEN = "<think>"
+THINK_CLOSE = "</think>"
+
+
+@dataclass(frozen=True)
+class ThoughtSplit:
+    thinking: str
+    answer: str
+    closed: bool  # whether "</think>" was seen
+
+
+def split_thinking(text: str, *, expect_thinking: bool = True) -> ThoughtSplit:
+    """Split a complete reply.
+
+    - With ``</think>``: thinking is what precedes it (without ``<think>``), the answer what follows.
+    - Without it: text opening with ``<think>`` was cut off while thinking (all thinking, no
+      answer); otherwise the model answered without thinking.
+    ``expect_thinking`` is accepted for symmetry with the stream splitter; a complete reply never
+    needs it.
+    """
+    del expect_thinking
+    head, sep, tail = text.partition(THINK_CLOSE)
+    if sep:
+        return ThoughtSplit(_strip_open(head).strip(), tail.strip(), True)
+    if text.lstrip().startswith(THINK_OPEN):
+        return ThoughtSplit(_strip_open(text).strip(), "", False)
+    return ThoughtSplit("", text.strip(), False)
+
+
+def _strip_open(text: str) -> str:
+    stripped = text.lstrip()
+    return stripped[len(THINK_OPEN):] if stripped.startswith(THINK_OPEN) else text
+
+
+class _Trimmed:
+    """Emits a channel's text with leading and trailing whitespace removed, as the final split has it."""
+
+    def __init__(self) -> None:
+        self.started = False
+        self.pending = ""
+
+    def push(self, text: str) -> str:
+        if not self.started:
+            text = text.lstrip()
+            if not text:
+                return ""
+            self.started = True
+        text = self.pending + text
+        body = text.rstrip()
+        self.pending = text[len(body):]
+        return body
+
+
+class ThinkingStreamSplitter:
+    """Turns streamed text deltas into ("thinking" | "answer", text) pieces.
+
+    The joined pieces of each kind equal ``split_thinking(full_text)`` of the same text, except
+    that text streamed as thinking before a missing ``</think>`` is reclassified only by the final
+    split (``finish``).
+    """
+
+    def __init__(self, expect_thinking: bool) -> None:
+        self.expect_thinking = expect_thinking
+        self.text = ""
+        self._state = "start"  # start -> thinking -> answer
+        self._buffer = ""
+        self._thinking = _Trimmed()
+        self._answer = _Trimmed()
+
+    def feed(self, delta: str) -> list[tuple[str, str]]:
+        self.text += delta
+        self._buffer += delta
+        out: list[tuple[str, str]] = []
+        while True:
+            if self._state == "start":
+                head = self._buffer.lstrip()
+                if THINK_OPEN.startswith(head) and len(head) < len(THINK_OPEN):
+                    break  # could still become "<think>"
+                if head.startswith(THINK_OPEN):
+                    self._buffer = head[len(THINK_OPEN):]
+                    self._state = "thinking"
+                elif self.expect_thinking or THINK_CLOSE in self._buffer or THINK_CLOSE.startswith(head):
+                    self._state = "thinking"  # no opening tag: thinking until "</think>" (or the end)
+                else:
+                    self._state = "answer"
+                continue
+            if self._state == "thinking":
+                head, sep, tail = self._buffer.partition(THINK_CLOSE)
+                if sep:
+                    self._emit(out, "thinking", head)
+                    self._buffer = tail
+                    self._state = "answer"
+                    continue
+                keep = _partial_suffix(self._buffer, THINK_CLOSE)
+                self._emit(out, "thinking", self._buffer[: len(self._buffer) - keep])
+                self._buffer = self._buffer[len(self._buffer) - keep:]
+                break
+            self._emit(out, "answer", self._buffer)
+            self._buffer = ""
+            break
+        return out
+
+    def _emit(self, out: list[tuple[str, str]], kind: str, text: str) -> None:
+        piece = (self._thinking if kind == "thinking" else self._answer).push(text)
+        if piece:
+            out.append((kind, piece))
+
+    def finish(self) -> ThoughtSplit:
+        return split_thinking(self.text)
+
+
+def _partial_suffix(text: str, tag: str) -> int:
+    """Length of the longest end of ``text`` that is a beginning of ``tag``."""
+    for size in range(min(len(tag) - 1, len(text)), 0, -1):
+        if tag.startswith(text[-size:]):
+            return size
+    return 0
