@@ -30,6 +30,7 @@ __all__ = [
     "Loading",
     "ModelUnavailableError",
     "PrecisionError",
+    "QueueFullError",
     "QueuePosition",
     "Qwen3ChatBot",
     "ThinkingDelta",

@@ -1,10 +1,10 @@
 """``Qwen3ChatBot``: a multi-turn chat with a Qwen3 model, in a few lines of Python.
 
-    from chatbot import Qwen3ChatBot
-    bot = Qwen3ChatBot("Qwen/Qwen3-0.6B-FP8")          # cheap: the model loads on first use
-    reply = bot.chat("Hello!", enable_thinking=True)  # {"thinking", "answer", "full_response", ...}
-    for event in bot.stream_chat("And in French?"):   # ThinkingDelta / AnswerDelta / ... / ChatDone
-        ...
+from chatbot import Qwen3ChatBot
+bot = Qwen3ChatBot("Qwen/Qwen3-0.6B-FP8")          # cheap: the model loads on first use
+reply = bot.chat("Hello!", enable_thinking=True)  # {"thinking", "answer", "full_response", ...}
+for event in bot.stream_chat("And in French?"):   # ThinkingDelta / AnswerDelta / ... / ChatDone
+    ...
 """
 
 from __future__ import annotations
@@ -33,9 +33,17 @@ class Qwen3ChatBot:
         **engine_kwargs: max_context, gpu_memory_limit, queue_size, prefix_cache_tokens, trust_remote_code.
     """
 
-    def __init__(self, model_path: str = DEFAULT_MODEL, device: str = "auto", precision: str | None = None, *,
-                 system_prompt: str = "", engine: ChatEngine | None = None, load: str = "lazy",
-                 **engine_kwargs: Any) -> None:
+    def __init__(
+        self,
+        model_path: str = DEFAULT_MODEL,
+        device: str = "auto",
+        precision: str | None = None,
+        *,
+        system_prompt: str = "",
+        engine: ChatEngine | None = None,
+        load: str = "lazy",
+        **engine_kwargs: Any,
+    ) -> None:
         self.engine = engine or ChatEngine(model_path, device=device, precision=precision, **engine_kwargs)
         self.conversation = Conversation(system_prompt)
         self._lock = threading.Lock()
@@ -67,8 +75,14 @@ class Qwen3ChatBot:
 
     # --- chatting -----------------------------------------------------------------------------------------
 
-    def stream_chat(self, message: str, enable_thinking: bool = False, *, cancel: threading.Event | None = None,
-                    **generation_kwargs: Any) -> Iterator[ChatEvent]:
+    def stream_chat(
+        self,
+        message: str,
+        enable_thinking: bool = False,
+        *,
+        cancel: threading.Event | None = None,
+        **generation_kwargs: Any,
+    ) -> Iterator[ChatEvent]:
         """Send ``message`` and stream the reply; the exchange joins the history when it ends.
 
         Yields Loading, QueuePosition, ThinkingDelta and AnswerDelta events, then one ChatDone.
@@ -77,8 +91,9 @@ class Qwen3ChatBot:
         """
         with self._lock:
             messages = self.conversation.messages_with(message)
-            for event in stream_reply(self.engine, messages, enable_thinking=enable_thinking, cancel=cancel,
-                                      **generation_kwargs):
+            for event in stream_reply(
+                self.engine, messages, enable_thinking=enable_thinking, cancel=cancel, **generation_kwargs
+            ):
                 if isinstance(event, ChatDone):
                     self.conversation.add_exchange(message, event)
                 yield event

@@ -107,8 +107,13 @@ def stream_reply(
     options = sampling_options(thinking, **generation_kwargs)
     yield from wait_for_model(engine)
     loaded = engine.load()
-    prompt = build_prompt(loaded.tokenizer, clean, enable_thinking=thinking, max_context=loaded.max_context,
-                          max_new_tokens=options.max_new_tokens)
+    prompt = build_prompt(
+        loaded.tokenizer,
+        clean,
+        enable_thinking=thinking,
+        max_context=loaded.max_context,
+        max_new_tokens=options.max_new_tokens,
+    )
     splitter = ThinkingStreamSplitter(expect_thinking=thinking)
     for event in engine.stream(prompt.ids, options, cancel):
         if isinstance(event, Queued):
@@ -119,8 +124,15 @@ def stream_reply(
         elif isinstance(event, Finished):
             result = event.result
             split = split_thinking(result.text)
-            yield ChatDone(split.thinking, split.answer, result.text, result.finish_reason, thinking,
-                           result.stats.to_dict(), prompt.dropped_messages)
+            yield ChatDone(
+                split.thinking,
+                split.answer,
+                result.text,
+                result.finish_reason,
+                thinking,
+                result.stats.to_dict(),
+                prompt.dropped_messages,
+            )
         elif isinstance(event, Failed):
             raise event.error
 

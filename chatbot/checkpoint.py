@@ -10,7 +10,6 @@ import json
 import logging
 import os
 import re
-from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -108,7 +107,9 @@ def resolve_checkpoint(source: str) -> Path:
     path = Path(source).expanduser()
     if path.exists():
         if not path.is_dir():
-            raise CheckpointError("is a file, not a checkpoint folder", path=path, fix="Pass the folder that holds config.json.")
+            raise CheckpointError(
+                "is a file, not a checkpoint folder", path=path, fix="Pass the folder that holds config.json."
+            )
         if not os.access(path, os.R_OK | os.X_OK):
             raise CheckpointError("folder is not readable", path=path, fix="Fix its permissions (chmod -R u+rX).")
         return path
@@ -135,11 +136,22 @@ def _from_hub(repo_id: str) -> Path:
         model_info(repo_id, timeout=HUB_CHECK_TIMEOUT_S)
         log.info("Downloading %s from the Hugging Face hub (safetensors only)", repo_id)
         return Path(snapshot_download(repo_id, allow_patterns=HUB_PATTERNS))
-    except (HfHubHTTPError, OSError, ValueError) as exc:
+    except (HfHubHTTPError, OSError, ValueError, *_http_errors()) as exc:
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelUnavailableError(
             f"Could not download {repo_id} from the Hugging Face hub ({first_line}).", fix=NO_MODEL_FIX
         ) from exc
+
+
+def _http_errors() -> tuple[type[Exception], ...]:
+    """The HTTP client's errors (huggingface_hub uses httpx2 or httpx, depending on its version)."""
+    errors: list[type[Exception]] = []
+    for module in ("httpx2", "httpx"):
+        try:
+            errors.append(__import__(module).HTTPError)
+        except (ImportError, AttributeError):
+            continue
+    return tuple(errors)
 
 
 def inspect_checkpoint(path: Path, source: str | None = None) -> CheckpointInfo:
@@ -150,7 +162,9 @@ def inspect_checkpoint(path: Path, source: str | None = None) -> CheckpointInfo:
     """
     source = source or str(path)
     config_path = path / "config.json"
-    config = _read_json(config_path, "config.json is missing", fix="Pass the folder that holds the checkpoint's config.json.")
+    config = _read_json(
+        config_path, "config.json is missing", fix="Pass the folder that holds the checkpoint's config.json."
+    )
     if not isinstance(config, dict):
         raise CheckpointError("is not a JSON object", path=config_path, fix=_redownload_fix(source))
     fmt = detect_format(config, config_path)
@@ -171,7 +185,9 @@ def _read_json(file: Path, missing: str, fix: str) -> Any:
     try:
         return json.loads(file.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"cannot be parsed: {exc}", path=file, fix="Restore the file from the original checkpoint.") from exc
+        raise CheckpointError(
+            f"cannot be parsed: {exc}", path=file, fix="Restore the file from the original checkpoint."
+        ) from exc
 
 
 def _weight_files(path: Path, source: str) -> list[Path]:
@@ -216,7 +232,7 @@ def _read_headers(files: list[Path], source: str) -> dict[str, TensorMeta]:
         expected_size = None
         try:
             with safe_open(str(file), framework="pt", device="cpu") as handle:
-                for name in handle.keys():
+                for name in handle:
                     piece = handle.get_slice(name)
                     tensors[name] = TensorMeta(file, str(piece.get_dtype()), tuple(piece.get_shape()))
             expected_size = _declared_size(file)
@@ -310,7 +326,3 @@ def _check_tokenizer(path: Path, info: CheckpointInfo) -> None:
             path=path,
             fix="Copy chat_template.jinja / tokenizer_config.json from the original Qwen3 model into this folder.",
         )
-
-
-def iter_names(info: CheckpointInfo) -> Iterator[str]:
-    return iter(info.tensors)

@@ -59,6 +59,7 @@ def measure_prefill_dtype(storage_dtype: torch.dtype = torch.float16) -> CpuMatm
     stored = (torch.randn(outer, inner, generator=generator) * 0.02).to(storage_dtype)
     gflops = {}
     for name, dtype in DTYPE_NAMES.items():
+
         def step(dtype: torch.dtype = dtype) -> None:
             F.linear(x.to(dtype), stored.to(dtype))
 
@@ -76,15 +77,20 @@ def measure_prefill_dtype(storage_dtype: torch.dtype = torch.float16) -> CpuMatm
 class CpuLinear(nn.Module):
     """``nn.Linear`` with 16-bit stored weights and FP32 inputs/outputs (see the module docstring)."""
 
-    def __init__(self, in_features: int, out_features: int, bias: bool, storage_dtype: torch.dtype,
-                 prefill_dtype: torch.dtype) -> None:
+    def __init__(
+        self, in_features: int, out_features: int, bias: bool, storage_dtype: torch.dtype, prefill_dtype: torch.dtype
+    ) -> None:
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
         self.prefill_dtype = prefill_dtype
-        self.weight = nn.Parameter(torch.empty(out_features, in_features, dtype=storage_dtype, device="meta"),
-                                   requires_grad=False)
-        self.bias = (nn.Parameter(torch.empty(out_features, dtype=storage_dtype, device="meta"), requires_grad=False)
-                     if bias else None)
+        self.weight = nn.Parameter(
+            torch.empty(out_features, in_features, dtype=storage_dtype, device="meta"), requires_grad=False
+        )
+        self.bias = (
+            nn.Parameter(torch.empty(out_features, dtype=storage_dtype, device="meta"), requires_grad=False)
+            if bias
+            else None
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         weight = self.weight
@@ -99,8 +105,10 @@ class CpuLinear(nn.Module):
         return F.linear(x.to(dtype), weight.to(dtype), _cast(self.bias, dtype)).to(x.dtype)
 
     def extra_repr(self) -> str:
-        return (f"in_features={self.in_features}, out_features={self.out_features}, "
-                f"weights={self.weight.dtype}, prefill={self.prefill_dtype}")
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, "
+            f"weights={self.weight.dtype}, prefill={self.prefill_dtype}"
+        )
 
 
 def _cast(bias: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
@@ -110,8 +118,14 @@ def _cast(bias: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
 class CpuEmbedding(nn.Embedding):
     """Embedding table kept in 16 bits; looked-up rows are returned in the compute dtype."""
 
-    def __init__(self, num_embeddings: int, embedding_dim: int, padding_idx: int | None,
-                 storage_dtype: torch.dtype, compute_dtype: torch.dtype = torch.float32) -> None:
+    def __init__(
+        self,
+        num_embeddings: int,
+        embedding_dim: int,
+        padding_idx: int | None,
+        storage_dtype: torch.dtype,
+        compute_dtype: torch.dtype = torch.float32,
+    ) -> None:
         super().__init__(num_embeddings, embedding_dim, padding_idx, device="meta", dtype=storage_dtype)
         self.weight.requires_grad_(False)
         self.compute_dtype = compute_dtype
@@ -124,9 +138,14 @@ def convert_to_cpu_layers(model: nn.Module, storage_dtype: torch.dtype, prefill_
     """Swap every ``nn.Linear`` and the input embedding of a (meta) model for the CPU layers above."""
     for name, module in list(model.named_modules()):
         if type(module) is nn.Linear:
-            model.set_submodule(name, CpuLinear(module.in_features, module.out_features, module.bias is not None,
-                                                storage_dtype, prefill_dtype))
+            model.set_submodule(
+                name,
+                CpuLinear(
+                    module.in_features, module.out_features, module.bias is not None, storage_dtype, prefill_dtype
+                ),
+            )
     embeddings = model.get_input_embeddings()
-    replacement = CpuEmbedding(embeddings.num_embeddings, embeddings.embedding_dim, embeddings.padding_idx,
-                               storage_dtype)
+    replacement = CpuEmbedding(
+        embeddings.num_embeddings, embeddings.embedding_dim, embeddings.padding_idx, storage_dtype
+    )
     model.set_input_embeddings(replacement)

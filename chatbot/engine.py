@@ -64,15 +64,30 @@ class Job:
 class ChatEngine:
     """Owns the model; see the module docstring."""
 
-    def __init__(self, source: str, *, device: str = "auto", precision: str | None = None,
-                 max_context: int | None = None, gpu_memory_limit: float | None = None,
-                 trust_remote_code: bool = False, queue_size: int = 16, prefix_cache_tokens: int = 16384,
-                 demo: bool = False, load_kwargs: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        source: str,
+        *,
+        device: str = "auto",
+        precision: str | None = None,
+        max_context: int | None = None,
+        gpu_memory_limit: float | None = None,
+        trust_remote_code: bool = False,
+        queue_size: int = 16,
+        prefix_cache_tokens: int = 16384,
+        demo: bool = False,
+        load_kwargs: dict[str, Any] | None = None,
+    ) -> None:
         self.source = source
         self.demo = demo
-        self._load_kwargs = dict(device=device, precision=precision, max_context=max_context,
-                                 gpu_memory_limit=gpu_memory_limit, trust_remote_code=trust_remote_code,
-                                 **(load_kwargs or {}))
+        self._load_kwargs = dict(
+            device=device,
+            precision=precision,
+            max_context=max_context,
+            gpu_memory_limit=gpu_memory_limit,
+            trust_remote_code=trust_remote_code,
+            **(load_kwargs or {}),
+        )
         self.queue_size = queue_size
         self.prefix_cache = PrefixCache(prefix_cache_tokens)
         self.progress = LoadProgress()
@@ -92,7 +107,7 @@ class ChatEngine:
 
     @property
     def status(self) -> str:
-        """"not loaded", "loading", "ready" or "failed"."""
+        """ "not loaded", "loading", "ready" or "failed"."""
         if self._loaded is not None:
             return "ready"
         if self._load_error is not None:
@@ -168,8 +183,9 @@ class ChatEngine:
             job.events.put(Queued(position))
         return job
 
-    def stream(self, prompt_ids: list[int], options: SamplingOptions,
-               cancel: threading.Event | None = None) -> Iterator[EngineEvent]:
+    def stream(
+        self, prompt_ids: list[int], options: SamplingOptions, cancel: threading.Event | None = None
+    ) -> Iterator[EngineEvent]:
         """Submit and yield events until the request ends; leaving early cancels it."""
         job = self.submit(prompt_ids, options, cancel)
         done = False
@@ -211,19 +227,34 @@ class ChatEngine:
     def _serve(self, job: Job) -> None:
         queue_seconds = time.perf_counter() - job.submitted
         if job.cancel.is_set():
-            job.events.put(Finished(GenerationResult("", (), "cancelled", GenerationStats(len(job.prompt_ids), queue_seconds=queue_seconds))))
+            job.events.put(
+                Finished(
+                    GenerationResult(
+                        "", (), "cancelled", GenerationStats(len(job.prompt_ids), queue_seconds=queue_seconds)
+                    )
+                )
+            )
             return
         try:
             loaded = self.load()
-            generator = Generator(loaded.model, loaded.tokenizer, loaded.eos_token_ids, loaded.device, self.prefix_cache)
-            result = generator.run(job.prompt_ids, job.options, job.cancel,
-                                   lambda text: job.events.put(TextDelta(text)), queue_seconds)
+            generator = Generator(
+                loaded.model, loaded.tokenizer, loaded.eos_token_ids, loaded.device, self.prefix_cache
+            )
+            result = generator.run(
+                job.prompt_ids, job.options, job.cancel, lambda text: job.events.put(TextDelta(text)), queue_seconds
+            )
         except ChatbotError as exc:
             job.events.put(Failed(exc))
         except (RuntimeError, ValueError, IndexError, TypeError) as exc:
             log.exception("Generation failed")
-            job.events.put(Failed(GenerationError(f"Generation failed: {exc}",
-                                                  fix="Try again; if it keeps failing, run `python -m chatbot doctor`.")))
+            job.events.put(
+                Failed(
+                    GenerationError(
+                        f"Generation failed: {exc}",
+                        fix="Try again; if it keeps failing, run `python -m chatbot doctor`.",
+                    )
+                )
+            )
         else:
             job.events.put(Finished(result))
 
@@ -234,4 +265,3 @@ class ChatEngine:
             for job in self._pending:
                 job.cancel.set()
             self._cv.notify_all()
-

@@ -130,7 +130,9 @@ def _fine_grained_fp8(qcfg: dict[str, Any], config_path: Path) -> CheckpointForm
         )
     block = qcfg.get("weight_block_size")
     if block is not None:
-        if not (isinstance(block, list | tuple) and len(block) == 2 and all(isinstance(b, int) and b > 0 for b in block)):
+        if not (
+            isinstance(block, list | tuple) and len(block) == 2 and all(isinstance(b, int) and b > 0 for b in block)
+        ):
             raise CheckpointError(
                 f"weight_block_size must be two positive integers, got {block!r}",
                 path=config_path,

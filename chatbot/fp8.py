@@ -26,11 +26,7 @@ def scale_shape(weight_shape: tuple[int, ...], block: tuple[int, int] = DEFAULT_
 def expand_block_scales(scale_inv: torch.Tensor, weight_shape: tuple[int, ...], block: tuple[int, int]) -> torch.Tensor:
     """Repeat each block's scale over its block, cropped to the weight's shape (float32)."""
     rows, cols = weight_shape
-    return (
-        scale_inv.float()
-        .repeat_interleave(block[0], dim=0)[:rows]
-        .repeat_interleave(block[1], dim=1)[:, :cols]
-    )
+    return scale_inv.float().repeat_interleave(block[0], dim=0)[:rows].repeat_interleave(block[1], dim=1)[:, :cols]
 
 
 def dequantize_block_fp8(
@@ -71,4 +67,3 @@ def quantize_block_fp8(
     scale_inv = (amax / FP8_MAX).clamp(min=torch.finfo(torch.float32).tiny).to(scale_dtype)
     scaled = weight.float() / expand_block_scales(scale_inv, (rows, cols), block)
     return scaled.clamp(-FP8_MAX, FP8_MAX).to(FP8_DTYPE), scale_inv
-

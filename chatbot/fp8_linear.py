@@ -48,10 +48,12 @@ class Fp8Linear(nn.Module):
         super().__init__()
         self.in_features, self.out_features, self.block, self.kernel = in_features, out_features, block, kernel
         rows, cols = -(-out_features // block[0]), -(-in_features // block[1])
-        self.weight = nn.Parameter(torch.empty(out_features, in_features, dtype=FP8_DTYPE, device="meta"),
-                                   requires_grad=False)
-        self.weight_scale_inv = nn.Parameter(torch.empty(rows, cols, dtype=torch.float32, device="meta"),
-                                             requires_grad=False)
+        self.weight = nn.Parameter(
+            torch.empty(out_features, in_features, dtype=FP8_DTYPE, device="meta"), requires_grad=False
+        )
+        self.weight_scale_inv = nn.Parameter(
+            torch.empty(rows, cols, dtype=torch.float32, device="meta"), requires_grad=False
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
@@ -95,11 +97,19 @@ def scaled_mm_arguments(x: torch.Tensor, weight: torch.Tensor, scale_inv: torch.
     return (x_fp8, weight.t(), x_scale, w_scale), rows
 
 
-def _scaled_mm_kernel(x: torch.Tensor, weight: torch.Tensor, scale_inv: torch.Tensor,
-                      block: tuple[int, int]) -> torch.Tensor:
+def _scaled_mm_kernel(
+    x: torch.Tensor, weight: torch.Tensor, scale_inv: torch.Tensor, block: tuple[int, int]
+) -> torch.Tensor:
     (a, b, scale_a, scale_b), rows = scaled_mm_arguments(x, weight, scale_inv, block)
-    out = F.scaled_mm(a, b, scale_a, F.ScalingType.BlockWise1x128, scale_b, F.ScalingType.BlockWise128x128,
-                      output_dtype=torch.bfloat16)
+    out = F.scaled_mm(
+        a,
+        b,
+        scale_a,
+        F.ScalingType.BlockWise1x128,
+        scale_b,
+        F.ScalingType.BlockWise128x128,
+        output_dtype=torch.bfloat16,
+    )
     return out[:rows].to(x.dtype)
 
 
@@ -158,8 +168,9 @@ def self_check(fn: KernelFn, device: torch.device, block: tuple[int, int] = (128
     return None
 
 
-def select_fp8_kernel(device: torch.device, block: tuple[int, int] | None,
-                      factories: dict[str, Callable[[], KernelFn]] | None = None) -> tuple[Fp8Kernel, list[str]]:
+def select_fp8_kernel(
+    device: torch.device, block: tuple[int, int] | None, factories: dict[str, Callable[[], KernelFn]] | None = None
+) -> tuple[Fp8Kernel, list[str]]:
     """First kernel that loads and passes the self-check, with the reasons the others were skipped.
 
     Raises:

@@ -15,11 +15,26 @@ import triton.language as tl
 
 @triton.jit
 def _w8a16_kernel(
-    x_ptr, w_ptr, s_ptr, y_ptr,
-    M, N, K,
-    stride_xm, stride_xk, stride_wn, stride_wk, stride_sn, stride_sk, stride_ym, stride_yn,
-    QBLOCK_N: tl.constexpr, QBLOCK_K: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    x_ptr,
+    w_ptr,
+    s_ptr,
+    y_ptr,
+    M,
+    N,
+    K,
+    stride_xm,
+    stride_xk,
+    stride_wn,
+    stride_wk,
+    stride_sn,
+    stride_sk,
+    stride_ym,
+    stride_yn,
+    QBLOCK_N: tl.constexpr,
+    QBLOCK_K: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
@@ -29,20 +44,29 @@ def _w8a16_kernel(
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for k0 in range(0, K, BLOCK_K):
         k = k0 + offs_k
-        x = tl.load(x_ptr + offs_m[:, None] * stride_xm + k[None, :] * stride_xk,
-                    mask=(offs_m[:, None] < M) & (k[None, :] < K), other=0.0)
-        w = tl.load(w_ptr + offs_n[:, None] * stride_wn + k[None, :] * stride_wk,
-                    mask=(offs_n[:, None] < N) & (k[None, :] < K), other=0.0)
-        s = tl.load(s_ptr + (offs_n // QBLOCK_N) * stride_sn + (k0 // QBLOCK_K) * stride_sk,
-                    mask=offs_n < N, other=0.0)
+        x = tl.load(
+            x_ptr + offs_m[:, None] * stride_xm + k[None, :] * stride_xk,
+            mask=(offs_m[:, None] < M) & (k[None, :] < K),
+            other=0.0,
+        )
+        w = tl.load(
+            w_ptr + offs_n[:, None] * stride_wn + k[None, :] * stride_wk,
+            mask=(offs_n[:, None] < N) & (k[None, :] < K),
+            other=0.0,
+        )
+        s = tl.load(s_ptr + (offs_n // QBLOCK_N) * stride_sn + (k0 // QBLOCK_K) * stride_sk, mask=offs_n < N, other=0.0)
         w_tile = (w.to(tl.float32) * s[:, None]).to(x.dtype)
         acc += tl.dot(x, tl.trans(w_tile))
-    tl.store(y_ptr + offs_m[:, None] * stride_ym + offs_n[None, :] * stride_yn, acc.to(y_ptr.dtype.element_ty),
-             mask=(offs_m[:, None] < M) & (offs_n[None, :] < N))
+    tl.store(
+        y_ptr + offs_m[:, None] * stride_ym + offs_n[None, :] * stride_yn,
+        acc.to(y_ptr.dtype.element_ty),
+        mask=(offs_m[:, None] < M) & (offs_n[None, :] < N),
+    )
 
 
-def w8a16_block_matmul(x: torch.Tensor, weight: torch.Tensor, scale_inv: torch.Tensor,
-                       block: tuple[int, int]) -> torch.Tensor:
+def w8a16_block_matmul(
+    x: torch.Tensor, weight: torch.Tensor, scale_inv: torch.Tensor, block: tuple[int, int]
+) -> torch.Tensor:
     """``x [M, K] (bf16/fp16) @ dequant(weight [N, K] fp8, scale_inv)^T`` -> [M, N] in x's dtype."""
     rows, inner = x.shape
     outer = weight.shape[0]
@@ -56,9 +80,25 @@ def w8a16_block_matmul(x: torch.Tensor, weight: torch.Tensor, scale_inv: torch.T
     block_n = 64
     grid = (triton.cdiv(rows, block_m), triton.cdiv(outer, block_n))
     _w8a16_kernel[grid](
-        x, weight, scales, out, rows, outer, inner,
-        x.stride(0), x.stride(1), weight.stride(0), weight.stride(1), scales.stride(0), scales.stride(1),
-        out.stride(0), out.stride(1),
-        QBLOCK_N=block[0], QBLOCK_K=block[1], BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k,
+        x,
+        weight,
+        scales,
+        out,
+        rows,
+        outer,
+        inner,
+        x.stride(0),
+        x.stride(1),
+        weight.stride(0),
+        weight.stride(1),
+        scales.stride(0),
+        scales.stride(1),
+        out.stride(0),
+        out.stride(1),
+        QBLOCK_N=block[0],
+        QBLOCK_K=block[1],
+        BLOCK_M=block_m,
+        BLOCK_N=block_n,
+        BLOCK_K=block_k,
     )
     return out

@@ -61,18 +61,18 @@ class IncrementalDetokenizer:
 
     def push(self, token: int) -> str:
         self.ids.append(token)
-        prefix = self._decode(self.ids[self.prefix_offset:self.read_offset])
-        text = self._decode(self.ids[self.prefix_offset:])
+        prefix = self._decode(self.ids[self.prefix_offset : self.read_offset])
+        text = self._decode(self.ids[self.prefix_offset :])
         if len(text) > len(prefix) and not text.endswith("\ufffd"):
             self.prefix_offset, self.read_offset = self.read_offset, len(self.ids)
-            return text[len(prefix):]
+            return text[len(prefix) :]
         return ""
 
     def flush(self) -> str:
-        prefix = self._decode(self.ids[self.prefix_offset:self.read_offset])
-        text = self._decode(self.ids[self.prefix_offset:])
+        prefix = self._decode(self.ids[self.prefix_offset : self.read_offset])
+        text = self._decode(self.ids[self.prefix_offset :])
         self.prefix_offset = self.read_offset = len(self.ids)
-        return text[len(prefix):]
+        return text[len(prefix) :]
 
 
 class StopStringMatcher:
@@ -93,7 +93,7 @@ class StopStringMatcher:
             self.pending = ""
             return buffer[: min(hits)], True
         keep = max((_partial_suffix(buffer, stop) for stop in self.stops), default=0)
-        self.pending = buffer[len(buffer) - keep:] if keep else ""
+        self.pending = buffer[len(buffer) - keep :] if keep else ""
         return buffer[: len(buffer) - keep], False
 
     def flush(self) -> str:
@@ -169,8 +169,14 @@ def _common_prefix(a: tuple[int, ...], b: list[int]) -> int:
 class Generator:
     """Runs one request at a time on a loaded model (the engine's worker thread owns it)."""
 
-    def __init__(self, model: Any, tokenizer: Any, eos_ids: tuple[int, ...], device: torch.device,
-                 prefix_cache: PrefixCache | None = None) -> None:
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        eos_ids: tuple[int, ...],
+        device: torch.device,
+        prefix_cache: PrefixCache | None = None,
+    ) -> None:
         self.model = model
         self.tokenizer = tokenizer
         self.eos_ids = eos_ids
@@ -187,14 +193,20 @@ class Generator:
         for start in range(0, len(ids), PREFILL_CHUNK):
             if cancel is not None and start and cancel.is_set():
                 return None
-            chunk = torch.tensor([ids[start:start + PREFILL_CHUNK]], device=self.device)
+            chunk = torch.tensor([ids[start : start + PREFILL_CHUNK]], device=self.device)
             out = self.model(input_ids=chunk, past_key_values=cache, use_cache=True, logits_to_keep=1)
             logits = out.logits[0, -1]
         return logits
 
     @torch.inference_mode()
-    def run(self, prompt_ids: list[int], options: SamplingOptions, cancel: threading.Event,
-            emit: Callable[[str], None], queue_seconds: float = 0.0) -> GenerationResult:
+    def run(
+        self,
+        prompt_ids: list[int],
+        options: SamplingOptions,
+        cancel: threading.Event,
+        emit: Callable[[str], None],
+        queue_seconds: float = 0.0,
+    ) -> GenerationResult:
         """Generate a reply to ``prompt_ids``, calling ``emit`` with each new piece of text."""
         stats = GenerationStats(prompt_tokens=len(prompt_ids), queue_seconds=queue_seconds)
         started = time.perf_counter()

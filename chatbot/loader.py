@@ -166,7 +166,7 @@ def load_model(
                 torch.cuda.empty_cache()
             continue
         attempts.append(Attempt(candidate.mode, True, "loaded; probe forward gave finite logits"))
-        decision = _decision(candidate, reason, dev, info, request_source, attempts, details)
+        decision = _decision(candidate, reason, dev, info, (requested, request_source), attempts, details)
         log.info("Precision: %s", decision.summary())
         loaded = LoadedModel(
             model=model,
@@ -187,15 +187,23 @@ def load_model(
     )
 
 
-def _decision(candidate: Candidate, reason: str, dev: DeviceInfo, info: CheckpointInfo, source: str,
-              attempts: list[Attempt], details: dict[str, str]) -> PrecisionDecision:
+def _decision(
+    candidate: Candidate,
+    reason: str,
+    dev: DeviceInfo,
+    info: CheckpointInfo,
+    request: tuple[str, str],
+    attempts: list[Attempt],
+    details: dict[str, str],
+) -> PrecisionDecision:
     extra = details.get("reason_suffix")
     return PrecisionDecision(
         mode=candidate.mode,
         device=dev.torch_device,
         device_name=dev.describe(),
         reason=f"{reason}; {extra}" if extra else reason,
-        source=source,
+        requested=request[0],
+        source=request[1],
         attempts=tuple(attempts),
         checkpoint_fp8=info.format.is_fp8,
         compute_dtype=str(details["compute_dtype"]).removeprefix("torch."),
@@ -235,8 +243,9 @@ def _skeleton(info: CheckpointInfo, dtype: torch.dtype, trust_remote_code: bool)
         return AutoModelForCausalLM.from_config(config, dtype=dtype, trust_remote_code=trust_remote_code)
 
 
-def _build(info: CheckpointInfo, dev: DeviceInfo, mode: str, progress: LoadProgress,
-           trust_remote_code: bool) -> tuple[nn.Module, dict[str, str]]:
+def _build(
+    info: CheckpointInfo, dev: DeviceInfo, mode: str, progress: LoadProgress, trust_remote_code: bool
+) -> tuple[nn.Module, dict[str, str]]:
     """Build the model for one mode; returns it with details for the precision decision."""
     details: dict[str, str] = {}
     target = torch.device("cpu" if dev.kind == "mps" else dev.torch_device)
@@ -285,8 +294,9 @@ def _convert_to_fp8_layers(model: nn.Module, info: CheckpointInfo, kernel: Fp8Ke
             model.set_submodule(name, Fp8Linear(module.in_features, module.out_features, block, kernel))
 
 
-def _fill_weights(model: nn.Module, info: CheckpointInfo, device: torch.device, mode: str,
-                  progress: LoadProgress) -> None:
+def _fill_weights(
+    model: nn.Module, info: CheckpointInfo, device: torch.device, mode: str, progress: LoadProgress
+) -> None:
     """Read every tensor the model needs, converting it to the dtype its parameter has."""
     # Fp8Linear scales are filled together with their weights.
     expected = {n: t for n, t in model.state_dict(keep_vars=True).items() if not n.endswith(".weight_scale_inv")}

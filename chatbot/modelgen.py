@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -163,7 +164,7 @@ def scripted_weights(config: dict[str, Any], token_ids: dict[str, int], seed: in
     eos = token_ids[tokenizer_build.EOS_TOKEN]
     chain = ["\n", "<think>", *THINKING_SCRIPT, "</think>", "\n\n", *ANSWER_SCRIPT, tokenizer_build.EOS_TOKEN]
     successor = dict.fromkeys(range(vocab), eos)  # anything off the script ends the reply
-    for current, following in zip(chain, chain[1:], strict=False):
+    for current, following in itertools.pairwise(chain):
         successor[token_ids[current]] = token_ids[following]
     lm_head = torch.zeros(vocab, hidden)
     scale = SCRIPT_LOGIT / math.sqrt(hidden)  # RMSNorm scales e_i to sqrt(hidden) * e_i

@@ -46,6 +46,7 @@ class PrecisionDecision:
     device: str
     reason: str
     source: str = "auto"
+    requested: str = "auto"
     attempts: tuple[Attempt, ...] = ()
     checkpoint_fp8: bool = True
     compute_dtype: str = "bfloat16"
@@ -64,7 +65,7 @@ class PrecisionDecision:
         if self.mode == "fp8":
             return "FP8 native"
         name = self.mode.upper()
-        return f"{name} fallback" if self.checkpoint_fp8 and self.source == "auto" else name
+        return f"{name} fallback" if self.checkpoint_fp8 and self.requested != self.mode else name
 
     def summary(self) -> str:
         """The one log line: label, device and reason."""

@@ -106,7 +106,7 @@ def build_prompt(
     budget = max_context - max_new_tokens
     has_system = clean[0]["role"] == "system"
     head = clean[:1] if has_system else []
-    body = clean[len(head):]
+    body = clean[len(head) :]
     dropped = 0
     while True:
         ids = encode(tokenizer, head + body, thinking)

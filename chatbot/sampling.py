@@ -58,7 +58,9 @@ def sampling_options(enable_thinking: bool, **overrides: Any) -> SamplingOptions
     if "stop" in values:
         values["stop"] = tuple(s for s in values["stop"] if s)
     if enable_thinking and values.get("temperature") == 0:
-        log.warning("Greedy decoding is not used in thinking mode; using temperature %s", THINKING_DEFAULTS["temperature"])
+        log.warning(
+            "Greedy decoding is not used in thinking mode; using temperature %s", THINKING_DEFAULTS["temperature"]
+        )
         values["temperature"] = THINKING_DEFAULTS["temperature"]
     try:
         return SamplingOptions(**values)
@@ -71,8 +73,9 @@ def sampling_options(enable_thinking: bool, **overrides: Any) -> SamplingOptions
 class Sampler:
     """Picks next tokens for one request (its own random generator and penalty counts)."""
 
-    def __init__(self, options: SamplingOptions, prompt_ids: list[int], eos_ids: tuple[int, ...],
-                 device: torch.device) -> None:
+    def __init__(
+        self, options: SamplingOptions, prompt_ids: list[int], eos_ids: tuple[int, ...], device: torch.device
+    ) -> None:
         self.options = options
         self.eos_ids = torch.tensor(eos_ids, dtype=torch.long, device=device)
         self.device = device
@@ -92,7 +95,9 @@ class Sampler:
         opts = self.options
         if self.seen is not None and self.seen.numel():
             picked = logits[self.seen]
-            logits[self.seen] = torch.where(picked > 0, picked / opts.repetition_penalty, picked * opts.repetition_penalty)
+            logits[self.seen] = torch.where(
+                picked > 0, picked / opts.repetition_penalty, picked * opts.repetition_penalty
+            )
         if self.counts is not None and (opts.presence_penalty or opts.frequency_penalty):
             logits -= opts.frequency_penalty * self.counts + opts.presence_penalty * (self.counts > 0).float()
         return logits

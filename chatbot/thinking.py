@@ -41,7 +41,7 @@ def split_thinking(text: str, *, expect_thinking: bool = True) -> ThoughtSplit:
 
 def _strip_open(text: str) -> str:
     stripped = text.lstrip()
-    return stripped[len(THINK_OPEN):] if stripped.startswith(THINK_OPEN) else text
+    return stripped[len(THINK_OPEN) :] if stripped.startswith(THINK_OPEN) else text
 
 
 class _Trimmed:
@@ -59,7 +59,7 @@ class _Trimmed:
             self.started = True
         text = self.pending + text
         body = text.rstrip()
-        self.pending = text[len(body):]
+        self.pending = text[len(body) :]
         return body
 
 
@@ -89,7 +89,7 @@ class ThinkingStreamSplitter:
                 if THINK_OPEN.startswith(head) and len(head) < len(THINK_OPEN):
                     break  # could still become "<think>"
                 if head.startswith(THINK_OPEN):
-                    self._buffer = head[len(THINK_OPEN):]
+                    self._buffer = head[len(THINK_OPEN) :]
                     self._state = "thinking"
                 elif self.expect_thinking or THINK_CLOSE in self._buffer or THINK_CLOSE.startswith(head):
                     self._state = "thinking"  # no opening tag: thinking until "</think>" (or the end)
@@ -105,7 +105,7 @@ class ThinkingStreamSplitter:
                     continue
                 keep = _partial_suffix(self._buffer, THINK_CLOSE)
                 self._emit(out, "thinking", self._buffer[: len(self._buffer) - keep])
-                self._buffer = self._buffer[len(self._buffer) - keep:]
+                self._buffer = self._buffer[len(self._buffer) - keep :]
                 break
             self._emit(out, "answer", self._buffer)
             self._buffer = ""

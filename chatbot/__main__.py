@@ -1,0 +1,184 @@
+"""Command line: ``python -m chatbot COMMAND``.
+
+serve       the web UI (port 7860) and the OpenAI-compatible API (port 8000); app.py runs this
+chat        chat in the terminal
+make-model  write a generated Qwen3 checkpoint (random or scripted weights) in the real format
+quantize    convert a BF16/FP16 Qwen3 checkpoint to Qwen's block-FP8 format
+doctor      check the machine and a checkpoint, and say which precision would be used and why
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from .errors import ChatbotError
+from .settings import DEFAULT_MODEL, Settings
+
+
+def add_model_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", help=f"hub id or local checkpoint folder (default {DEFAULT_MODEL}; env QWEN_MODEL)")
+    parser.add_argument(
+        "--demo",
+        action="store_true",
+        default=None,
+        help="use a generated tiny demo model (random weights, scripted replies)",
+    )
+    parser.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps (env QWEN_DEVICE)")
+    parser.add_argument(
+        "--precision",
+        choices=["auto", "fp8", "fp16", "bf16", "fp32"],
+        help="precision mode (env QWEN_PRECISION; default auto)",
+    )
+    parser.add_argument("--max-context", type=int, help="context window in tokens (env QWEN_MAX_CONTEXT)")
+    parser.add_argument("--gpu-memory-limit", type=float, help="fraction of GPU memory to use, e.g. 0.8")
+    parser.add_argument("--threads", type=int, help="CPU threads for torch")
+    parser.add_argument(
+        "--trust-remote-code",
+        action="store_true",
+        default=None,
+        help="allow Python code shipped in a checkpoint to run (off by default)",
+    )
+    parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+
+
+def add_serve_flags(parser: argparse.ArgumentParser) -> None:
+    add_model_flags(parser)
+    parser.add_argument("--host", help="interface to listen on (default 127.0.0.1; 0.0.0.0 serves the LAN)")
+    parser.add_argument("--port", type=int, help="web UI port (default 7860)")
+    parser.add_argument("--api-port", type=int, help="API port (default 8000; 0 turns the API off)")
+    parser.add_argument("--auth", help="user:password login for the web UI (env QWEN_AUTH)")
+    parser.add_argument("--api-key", help="key the API requires as 'Authorization: Bearer KEY' (env QWEN_API_KEY)")
+    parser.add_argument("--queue-size", type=int, help="requests that may wait for the model (default 16)")
+    parser.add_argument("--system-prompt", help="default system prompt of the web UI")
+    parser.add_argument("--prefix-cache-tokens", type=int, help="tokens of conversation cache kept for reuse")
+
+
+SETTING_FLAGS = (
+    "model",
+    "demo",
+    "device",
+    "precision",
+    "max_context",
+    "gpu_memory_limit",
+    "threads",
+    "trust_remote_code",
+    "log_level",
+    "host",
+    "port",
+    "api_port",
+    "auth",
+    "api_key",
+    "queue_size",
+    "system_prompt",
+    "prefix_cache_tokens",
+)
+
+
+def settings_from(args: argparse.Namespace) -> Settings:
+    return Settings.from_overrides(**{name: getattr(args, name, None) for name in SETTING_FLAGS})
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m chatbot", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    add_serve_flags(commands.add_parser("serve", help="run the web UI and the API"))
+
+    chat = commands.add_parser("chat", help="chat in the terminal")
+    add_model_flags(chat)
+    chat.add_argument("--think", action="store_true", help="start with thinking mode on (/think, /no_think switch)")
+    chat.add_argument("--system-prompt", help="system prompt")
+
+    make = commands.add_parser("make-model", help="write a generated Qwen3 checkpoint")
+    make.add_argument("out", type=Path)
+    make.add_argument("--size", choices=["tiny", "0.6b"], default="tiny")
+    make.add_argument("--format", choices=["fp8", "compressed-tensors", "bf16"], default="fp8")
+    make.add_argument("--shards", type=int, default=1)
+    make.add_argument(
+        "--scripted", action="store_true", help="weights that write a thinking block and an answer (tiny only)"
+    )
+    make.add_argument("--seed", type=int, default=0)
+
+    quantize = commands.add_parser("quantize", help="convert a BF16/FP16 checkpoint to block FP8")
+    quantize.add_argument("source", help="checkpoint folder or hub id")
+    quantize.add_argument("out", type=Path)
+    quantize.add_argument("--format", choices=["fp8", "compressed-tensors"], default="fp8")
+    quantize.add_argument("--shards", type=int, default=1)
+
+    doctor = commands.add_parser("doctor", help="check the machine and a checkpoint")
+    add_model_flags(doctor)
+    doctor.add_argument("--load", action="store_true", help="also load the model and run the probe forward")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return run(args)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        field = ".".join(str(p) for p in error["loc"])
+        print(f"error: invalid setting {field}: {error['msg']}", file=sys.stderr)
+        return 2
+    except ChatbotError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def run(args: argparse.Namespace) -> int:
+    from .server import configure_logging
+
+    if args.command == "serve":
+        from .server import serve
+
+        serve(settings_from(args))
+        return 0
+    if args.command == "make-model":
+        from .modelgen import make_model
+
+        out = make_model(args.out, args.size, args.format, args.shards, args.scripted, args.seed)
+        print(f"Wrote a {'scripted' if args.scripted else 'random'} {args.size} {args.format} checkpoint to {out}")
+        return 0
+    if args.command == "quantize":
+        from .quantize import quantize_checkpoint
+
+        configure_logging("info")
+        print(f"Wrote {quantize_checkpoint(args.source, args.out, args.format, args.shards)}")
+        return 0
+    settings = settings_from(args)
+    model = _model_source(settings)
+    if args.command == "doctor":
+        configure_logging(settings.log_level if args.log_level else "warning")
+        return run_doctor_command(args, settings, model)
+    if args.command == "chat":
+        configure_logging(settings.log_level if args.log_level else "warning")
+        from .terminal import chat_loop
+
+        return chat_loop(model, settings, think=args.think)
+    raise AssertionError(args.command)
+
+
+def _model_source(settings: Settings) -> str:
+    if settings.demo:
+        from .modelgen import ensure_demo_model
+
+        return str(ensure_demo_model())
+    return settings.model
+
+
+def run_doctor_command(args: argparse.Namespace, settings: Settings, model: str) -> int:
+    from .doctor import run_doctor
+
+    return run_doctor(model, settings.device, args.precision, load=args.load)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

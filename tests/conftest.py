@@ -1,0 +1,122 @@
+"""Shared fixtures: generated checkpoints (made once per test session) and a running app.
+
+Everything runs offline on CPU: checkpoints come from ``chatbot.modelgen``, and the app is started
+the way users start it (``python app.py ...``) on free local ports.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from chatbot.modelgen import make_model
+
+ROOT = Path(__file__).resolve().parent.parent
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def make_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
+    """make_checkpoint(fmt="fp8", scripted=False, shards=1, size="tiny") -> folder, cached per session."""
+    made: dict[tuple, Path] = {}
+
+    def make(fmt: str = "fp8", scripted: bool = False, shards: int = 1, size: str = "tiny", seed: int = 0) -> Path:
+        key = (fmt, scripted, shards, size, seed)
+        if key not in made:
+            name = f"{'scripted' if scripted else 'random'}-{size}-{fmt}-{shards}-{seed}"
+            made[key] = make_model(tmp_path_factory.mktemp(name), size, fmt, shards, scripted, seed)
+        return made[key]
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def scripted_fp8(make_checkpoint: Callable[..., Path]) -> Path:
+    return make_checkpoint("fp8", scripted=True)
+
+
+@pytest.fixture(scope="session")
+def random_fp8(make_checkpoint: Callable[..., Path]) -> Path:
+    return make_checkpoint("fp8")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class RunningApp:
+    process: subprocess.Popen
+    ui_url: str
+    api_url: str | None
+    log_path: Path
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+def start_app(
+    args: list[str], log_path: Path, api: bool = True, timeout: float = 120.0, env: dict[str, str] | None = None
+) -> RunningApp:
+    """Start ``python app.py ARGS`` on free ports and wait until the UI answers and the model is ready."""
+    ui_port = free_port()
+    api_port = free_port() if api else 0
+    command = [sys.executable, str(ROOT / "app.py"), *args, "--port", str(ui_port), "--api-port", str(api_port)]
+    log_file = log_path.open("w")
+    process = subprocess.Popen(
+        command,
+        cwd=ROOT,
+        stdout=log_file,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+    )
+    app = RunningApp(process, f"http://127.0.0.1:{ui_port}", f"http://127.0.0.1:{api_port}" if api else None, log_path)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"app exited with {process.returncode}:\n{app.log()}")
+        try:
+            ui_ok = httpx.get(app.ui_url, timeout=2).status_code == 200
+            api_ok = True
+            if app.api_url:
+                health = httpx.get(app.api_url + "/health", timeout=2)
+                api_ok = health.status_code == 200 and health.json().get("status") == "ready"
+            if ui_ok and api_ok:
+                return app
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    stop_app(app)
+    raise RuntimeError(f"app did not become ready in {timeout} s:\n{app.log()}")
+
+
+def stop_app(app: RunningApp) -> None:
+    if app.process.poll() is None:
+        app.process.terminate()
+        try:
+            app.process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            app.process.kill()
+            app.process.wait()
+
+
+@pytest.fixture(scope="session")
+def demo_app(scripted_fp8: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningApp]:
+    """The app on the scripted FP8 model (UI and API), shared by the tests that only talk to it."""
+    app = start_app(["--model", str(scripted_fp8)], tmp_path_factory.mktemp("logs") / "demo_app.log")
+    try:
+        yield app
+    finally:
+        stop_app(app)
