@@ -232,7 +232,7 @@ def _read_headers(files: list[Path], source: str) -> dict[str, TensorMeta]:
         expected_size = None
         try:
             with safe_open(str(file), framework="pt", device="cpu") as handle:
-                for name in handle:
+                for name in handle.keys():  # noqa: SIM118 (safe_open is not iterable)
                     piece = handle.get_slice(name)
                     tensors[name] = TensorMeta(file, str(piece.get_dtype()), tuple(piece.get_shape()))
             expected_size = _declared_size(file)
