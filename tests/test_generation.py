@@ -1,0 +1,132 @@
+"""The decode loop on a real (tiny) model: streaming text, stop conditions, cancellation, cache reuse."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+from transformers import AutoTokenizer
+
+from chatbot.generation import Generator, IncrementalDetokenizer, PrefixCache, StopStringMatcher
+from chatbot.loader import load_model
+from chatbot.modelgen import SCRIPTED_ANSWER, SCRIPTED_THINKING
+from chatbot.prompt import build_prompt
+from chatbot.sampling import sampling_options
+
+
+@pytest.fixture(scope="module")
+def scripted(scripted_fp8):
+    return load_model(str(scripted_fp8), device="cpu")
+
+
+@pytest.fixture(scope="module")
+def noisy(random_fp8):
+    return load_model(str(random_fp8), device="cpu")
+
+
+def prompt_for(loaded, text: str, thinking: bool) -> list[int]:
+    return build_prompt(loaded.tokenizer, [{"role": "user", "content": text}], enable_thinking=thinking,
+                        max_context=loaded.max_context, max_new_tokens=64).ids
+
+
+def run(loaded, ids, cache=None, cancel=None, on_piece=None, **options):
+    generator = Generator(loaded.model, loaded.tokenizer, loaded.eos_token_ids, loaded.device, cache)
+    pieces: list[str] = []
+
+    def emit(text: str) -> None:
+        pieces.append(text)
+        if on_piece:
+            on_piece(pieces)
+
+    result = generator.run(ids, sampling_options(False, **options), cancel or threading.Event(), emit)
+    assert "".join(pieces) == result.text  # the stream adds up to the result
+    return result, pieces
+
+
+def test_scripted_model_writes_its_thinking_and_answer(scripted) -> None:
+    result, pieces = run(scripted, prompt_for(scripted, "Hi", thinking=True), temperature=0)
+    assert result.text == f"<think>{SCRIPTED_THINKING}</think>\n\n{SCRIPTED_ANSWER}"
+    assert result.finish_reason == "stop" and len(pieces) > 10
+    assert result.stats.new_tokens == len(result.token_ids) and result.stats.time_to_first_token > 0
+
+
+def test_max_new_tokens_ends_with_length(scripted) -> None:
+    result, _ = run(scripted, prompt_for(scripted, "Hi", thinking=False), temperature=0, max_new_tokens=3)
+    assert result.finish_reason == "length" and len(result.token_ids) == 3
+    assert result.text == "".join(["Hello!", " I am the", " **demo model**"])
+
+
+def test_stop_string_ends_and_truncates(scripted) -> None:
+    result, _ = run(scripted, prompt_for(scripted, "Hi", thinking=False), temperature=0, stop=["generated"])
+    assert result.finish_reason == "stop"
+    assert result.text == SCRIPTED_ANSWER.split("generated")[0]
+
+
+def test_min_new_tokens_suppresses_the_end_of_turn(scripted) -> None:
+    result, _ = run(scripted, prompt_for(scripted, "Hi", thinking=False), temperature=0, min_new_tokens=40,
+                    max_new_tokens=40)
+    assert result.finish_reason == "length" and len(result.token_ids) == 40
+
+
+def test_cancel_stops_within_one_step(noisy) -> None:
+    cancel = threading.Event()
+
+    def cancel_after_five(pieces):
+        if len(pieces) == 5:
+            cancel.set()
+
+    result, pieces = run(noisy, prompt_for(noisy, "Tell a long story", False), cancel=cancel,
+                         on_piece=cancel_after_five, min_new_tokens=500, max_new_tokens=500)
+    assert result.finish_reason == "cancelled"
+    assert len(pieces) <= 6  # the five pieces, then at most the flush of held-back bytes
+    assert len(result.token_ids) < 100  # nowhere near the 500 it was asked for
+
+
+def test_seed_makes_sampling_reproducible(noisy) -> None:
+    ids = prompt_for(noisy, "Once upon a time", False)
+    first, _ = run(noisy, ids, seed=7, temperature=1.0, max_new_tokens=20)
+    again, _ = run(noisy, ids, seed=7, temperature=1.0, max_new_tokens=20)
+    other, _ = run(noisy, ids, seed=8, temperature=1.0, max_new_tokens=20)
+    assert first.token_ids == again.token_ids
+    assert first.token_ids != other.token_ids
+
+
+def test_prefix_cache_reuse_gives_the_same_tokens(noisy) -> None:
+    cache = PrefixCache(4096)
+    history = [{"role": "user", "content": "First question about rabbits"}]
+    ids = build_prompt(noisy.tokenizer, history, enable_thinking=False, max_context=4096, max_new_tokens=32).ids
+    first, _ = run(noisy, ids, cache=cache, temperature=0, max_new_tokens=12)
+    follow_up = [*history, {"role": "assistant", "content": first.text}, {"role": "user", "content": "And then?"}]
+    ids2 = build_prompt(noisy.tokenizer, follow_up, enable_thinking=False, max_context=4096, max_new_tokens=32).ids
+    cached, _ = run(noisy, ids2, cache=cache, temperature=0, max_new_tokens=12)
+    fresh, _ = run(noisy, ids2, cache=None, temperature=0, max_new_tokens=12)
+    assert cached.stats.cached_prompt_tokens > len(ids) // 2
+    assert fresh.stats.cached_prompt_tokens == 0
+    assert cached.token_ids == fresh.token_ids
+
+
+def test_prefix_cache_evicts_beyond_its_budget(noisy) -> None:
+    cache = PrefixCache(60)
+    for text in ("one", "two", "three"):
+        run(noisy, prompt_for(noisy, text * 3, False), cache=cache, temperature=0, max_new_tokens=10)
+    assert 1 <= len(cache) <= 2
+
+
+def test_detokenizer_streams_chinese_without_broken_characters(scripted_fp8) -> None:
+    tokenizer = AutoTokenizer.from_pretrained(str(scripted_fp8))
+    text = "子曰：学而时习之，不亦说乎？ Hello 你好！"
+    ids = tokenizer.encode(text)
+    detokenizer = IncrementalDetokenizer(tokenizer)
+    pieces = [detokenizer.push(i) for i in ids] + [detokenizer.flush()]
+    assert "".join(pieces) == text
+    assert not any("\ufffd" in piece for piece in pieces)
+
+
+def test_stop_matcher_holds_back_partial_matches() -> None:
+    matcher = StopStringMatcher(("STOP",))
+    assert matcher.push("abc ST") == ("abc ", False)
+    assert matcher.push("O") == ("", False)
+    assert matcher.push("P tail") == ("", True)
+    matcher = StopStringMatcher(("STOP",))
+    assert matcher.push("ST") == ("", False)
+    assert matcher.push("ay") == ("STay", False)

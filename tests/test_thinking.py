@@ -1,0 +1,80 @@
+"""The thinking/answer split at </think>, complete and streamed, on every edge case."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from chatbot.thinking import ThinkingStreamSplitter, split_thinking
+
+
+@pytest.mark.parametrize(
+    ("text", "thinking", "answer", "closed"),
+    [
+        ("<think>\nLet me see.\n</think>\n\nHello!", "Let me see.", "Hello!", True),
+        ("<think>\n\n</think>\n\nHello!", "", "Hello!", True),  # empty thinking (non-thinking template)
+        ("Let me see.\n</think>\n\nHello!", "Let me see.", "Hello!", True),  # missing opening tag
+        ("<think>\nStill thinking when the budget ran out", "Still thinking when the budget ran out", "", False),
+        ("Hello! No thinking at all.", "", "Hello! No thinking at all.", False),
+        ("<think>a</think>b</think>c", "a", "b</think>c", True),  # only the first close tag splits
+        ("  <think>x</think>y", "x", "y", True),
+        ("", "", "", False),
+    ],
+)
+def test_split_complete_reply(text, thinking, answer, closed) -> None:
+    split = split_thinking(text)
+    assert (split.thinking, split.answer, split.closed) == (thinking, answer, closed)
+
+
+def stream(text: str, cuts: list[int], expect_thinking: bool) -> tuple[str, str, ThinkingStreamSplitter]:
+    splitter = ThinkingStreamSplitter(expect_thinking)
+    pieces = []
+    start = 0
+    for cut in [*sorted(cuts), len(text)]:
+        pieces += splitter.feed(text[start:cut])
+        start = cut
+    thinking = "".join(t for kind, t in pieces if kind == "thinking")
+    answer = "".join(t for kind, t in pieces if kind == "answer")
+    return thinking, answer, splitter
+
+
+def test_tag_split_across_chunks() -> None:
+    text = "<think>\nPondering.\n</think>\n\nThe answer."
+    for cut in range(1, len(text)):
+        thinking, answer, _ = stream(text, [cut], expect_thinking=True)
+        assert (thinking, answer) == ("Pondering.", "The answer."), cut
+
+
+def test_token_by_token_stream_keeps_channels_apart() -> None:
+    tokens = ["<think>", "\n", "I", " think", "</", "think", ">", "\n\n", "Yes", "."]
+    splitter = ThinkingStreamSplitter(True)
+    kinds = [kind for token in tokens for kind, _ in splitter.feed(token)]
+    assert kinds == sorted(kinds, key=lambda k: k == "answer")  # all thinking before any answer
+    assert splitter.finish().answer == "Yes."
+
+
+def test_cut_off_inside_thinking_keeps_thinking_and_no_answer() -> None:
+    thinking, answer, splitter = stream("<think>\nA long thought that never ends", [9, 20], True)
+    assert thinking == "A long thought that never ends" and answer == ""
+    assert splitter.finish().answer == ""
+
+
+def test_non_thinking_stream_is_all_answer() -> None:
+    thinking, answer, _ = stream("Hello there, friend.", [3, 7], expect_thinking=False)
+    assert (thinking, answer) == ("", "Hello there, friend.")
+
+
+words = st.text(alphabet=st.characters(blacklist_characters="<>", blacklist_categories=("Cs",)), max_size=40)
+
+
+@settings(max_examples=300, deadline=None)
+@given(thought=words, reply=words, cuts=st.lists(st.integers(min_value=0, max_value=120), max_size=8),
+       opening=st.booleans())
+def test_stream_equals_final_split_whatever_the_chunking(thought, reply, cuts, opening) -> None:
+    text = ("<think>\n" if opening else "") + thought + "\n</think>\n\n" + reply
+    cuts = [c for c in cuts if c < len(text)]
+    thinking, answer, splitter = stream(text, cuts, expect_thinking=True)
+    final = splitter.finish()
+    assert (thinking, answer) == (final.thinking, final.answer)
+    assert final.thinking == thought.strip() and final.answer == reply.strip()
