@@ -229,24 +229,23 @@ def _weight_files(path: Path, source: str) -> list[Path]:
 def _read_headers(files: list[Path], source: str) -> dict[str, TensorMeta]:
     tensors: dict[str, TensorMeta] = {}
     for file in files:
-        expected_size = None
         try:
+            expected_size = _declared_size(file)
+            actual = file.stat().st_size
+            if actual < expected_size:
+                raise CheckpointError(
+                    f"is truncated: {actual} bytes on disk, its header describes {expected_size}",
+                    path=file,
+                    fix=_redownload_fix(source),
+                )
             with safe_open(str(file), framework="pt", device="cpu") as handle:
                 for name in handle.keys():  # noqa: SIM118 (safe_open is not iterable)
                     piece = handle.get_slice(name)
                     tensors[name] = TensorMeta(file, str(piece.get_dtype()), tuple(piece.get_shape()))
-            expected_size = _declared_size(file)
-        except (SafetensorError, OSError, ValueError) as exc:
+        except (SafetensorError, OSError, ValueError, KeyError, TypeError) as exc:
             raise CheckpointError(
                 f"is not a readable safetensors file ({exc})", path=file, fix=_redownload_fix(source)
             ) from exc
-        actual = file.stat().st_size
-        if expected_size is not None and actual < expected_size:
-            raise CheckpointError(
-                f"is truncated: {actual} bytes on disk, its header describes {expected_size}",
-                path=file,
-                fix=_redownload_fix(source),
-            )
     return tensors
 
 
