@@ -1,0 +1,244 @@
+"""The OpenAI-compatible API's request and response bodies, as pydantic models.
+
+They give the API its validation (types and ranges, answered with a 400 and an OpenAI error body)
+and its OpenAPI schema at ``/docs``. Sampling ranges are copied from ``SamplingOptions`` so that the
+API, the UI and ``Qwen3ChatBot`` accept exactly the same values. Used by ``chatbot.api``.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from .sampling import MAX_STOP_STRINGS, NON_THINKING_DEFAULTS, THINKING_DEFAULTS, SamplingOptions
+
+BOUND_NAMES = ("gt", "ge", "lt", "le", "max_length")
+
+
+def sampling_field(option: str, description: str | None = None, **overrides: Any) -> Any:
+    """An optional request field with the range of ``SamplingOptions.<option>`` (or ``overrides``)."""
+    info = SamplingOptions.model_fields[option]
+    bounds = {
+        name: getattr(constraint, name)
+        for constraint in info.metadata
+        for name in BOUND_NAMES
+        if hasattr(constraint, name)
+    }
+    bounds.update(overrides)
+    text = description or info.description or ""
+    if option in THINKING_DEFAULTS:
+        text += f" Default: {THINKING_DEFAULTS[option]} with thinking, {NON_THINKING_DEFAULTS[option]} without."
+    elif info.default is not None:
+        text += f" Default: {info.default}."
+    return Field(None, description=text, **bounds)
+
+
+# --- requests -------------------------------------------------------------------------------------------------
+
+
+class TextPart(BaseModel):
+    """One part of a message given as a list of parts; only text parts are understood."""
+
+    type: Literal["text"] = Field(description="Only 'text': this model reads no images or audio.")
+    text: str
+
+
+class ChatMessage(BaseModel):
+    """One message of the conversation; the full history comes with every request."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    role: Literal["system", "user", "assistant"] = Field(
+        description="system (first message only), user or assistant; the last message must be a user message."
+    )
+    content: str | list[TextPart] = Field(
+        description="The text, or a list of text parts that are joined. Thinking in assistant messages "
+        "(<think>...</think>) is dropped: earlier answers are re-sent answer-only."
+    )
+
+    @field_validator("content", mode="before")
+    @classmethod
+    def _text_only(cls, value: Any) -> Any:
+        # One clear message instead of one error per branch of the str | list union.
+        if isinstance(value, str):
+            return value
+        if not isinstance(value, list):
+            raise ValueError("content must be a string or a list of text parts")
+        for part in value:
+            if not isinstance(part, dict) or part.get("type") != "text" or not isinstance(part.get("text"), str):
+                raise ValueError(
+                    'content parts must look like {"type": "text", "text": "..."}; this model reads text only'
+                )
+        return value
+
+    def text(self) -> str:
+        if isinstance(self.content, str):
+            return self.content
+        return "".join(part.text for part in self.content)
+
+
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    include_usage: bool = Field(False, description="Send a last chunk with the token usage and no choices.")
+
+
+class ChatTemplateKwargs(BaseModel):
+    """vLLM and SGLang's way to pass switches to the chat template."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    enable_thinking: bool | None = Field(None, description="Think before answering (default false).")
+
+
+class ChatCompletionRequest(BaseModel):
+    """POST /v1/chat/completions. Unknown fields that clients commonly send (user, logit_bias,
+    response_format, ...) are accepted and ignored."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: str | None = Field(None, description="Accepted for compatibility; the one loaded model answers.")
+    messages: list[ChatMessage] = Field(min_length=1, description="The conversation, oldest first.")
+    stream: bool = Field(False, description="Stream the reply as Server-Sent Events (data: {...}, data: [DONE]).")
+    stream_options: StreamOptions | None = Field(None, description="Streaming options (include_usage).")
+    enable_thinking: bool | None = Field(
+        None, description="Think before answering; wins over chat_template_kwargs.enable_thinking. Default false."
+    )
+    chat_template_kwargs: ChatTemplateKwargs | None = Field(
+        None, description='{"enable_thinking": true} turns thinking on (vLLM/SGLang convention).'
+    )
+    temperature: float | None = sampling_field("temperature")
+    top_p: float | None = sampling_field("top_p")
+    top_k: int | None = sampling_field("top_k", "Keep the k most likely tokens (0 or -1 = all).", ge=-1)
+    min_p: float | None = sampling_field("min_p")
+    max_completion_tokens: int | None = sampling_field(
+        "max_new_tokens", "Most tokens to generate, thinking included; wins over max_tokens."
+    )
+    max_tokens: int | None = sampling_field("max_new_tokens", "Older name of max_completion_tokens.")
+    min_tokens: int | None = sampling_field("min_new_tokens")
+    repetition_penalty: float | None = sampling_field("repetition_penalty")
+    presence_penalty: float | None = sampling_field("presence_penalty")
+    frequency_penalty: float | None = sampling_field("frequency_penalty")
+    seed: int | None = sampling_field("seed")
+    stop: str | Annotated[list[str], Field(max_length=MAX_STOP_STRINGS)] | None = Field(
+        None, description=f"A string or up to {MAX_STOP_STRINGS} strings that end the reply (left out of it)."
+    )
+    n: int = Field(1, ge=1, le=1, description="Number of choices; only 1 is supported.")
+
+    @field_validator("stop", mode="before")
+    @classmethod
+    def _stop_strings(cls, value: Any) -> Any:
+        if value is None or isinstance(value, str):
+            return value
+        if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+            raise ValueError("stop must be a string or a list of strings")
+        if len(value) > MAX_STOP_STRINGS:
+            raise ValueError(f"stop has {len(value)} strings; at most {MAX_STOP_STRINGS} are allowed")
+        return value
+
+    @field_validator("n", mode="before")
+    @classmethod
+    def _one_choice(cls, value: Any) -> Any:
+        # A clearer message than the generic range error: the limit is this server's, not the client's.
+        if isinstance(value, int) and not isinstance(value, bool) and value > 1:
+            raise ValueError(f"n={value} is not supported: this server returns one choice per request; send n=1")
+        return value
+
+    def thinking(self) -> bool:
+        """The thinking switch: top-level ``enable_thinking``, else ``chat_template_kwargs``, else off."""
+        if self.enable_thinking is not None:
+            return self.enable_thinking
+        if self.chat_template_kwargs is not None and self.chat_template_kwargs.enable_thinking is not None:
+            return self.chat_template_kwargs.enable_thinking
+        return False
+
+    def sampling_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for ``stream_reply`` (None means the mode's default)."""
+        return {
+            "temperature": self.temperature,
+            "top_p": self.top_p,
+            "top_k": 0 if self.top_k == -1 else self.top_k,
+            "min_p": self.min_p,
+            "max_new_tokens": self.max_completion_tokens or self.max_tokens,
+            "min_new_tokens": self.min_tokens,
+            "repetition_penalty": self.repetition_penalty,
+            "presence_penalty": self.presence_penalty,
+            "frequency_penalty": self.frequency_penalty,
+            "seed": self.seed,
+            "stop": self.stop,
+        }
+
+    def plain_messages(self) -> list[dict[str, str]]:
+        return [{"role": message.role, "content": message.text()} for message in self.messages]
+
+
+# --- responses ------------------------------------------------------------------------------------------------
+
+
+class ErrorDetail(BaseModel):
+    message: str = Field(description="What went wrong and what to do.")
+    type: str = Field(description="invalid_request_error, authentication_error, rate_limit_error or server_error.")
+    param: str | None = Field(None, description="The request field at fault, e.g. messages[1].role.")
+    code: str | None = Field(None, description="e.g. context_length_exceeded, invalid_api_key, queue_full.")
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorDetail
+
+
+class Usage(BaseModel):
+    prompt_tokens: int = Field(description="Tokens of the prompt the model read (after any history trimming).")
+    completion_tokens: int = Field(description="Tokens generated, thinking and the end-of-turn token included.")
+    total_tokens: int
+
+
+class AssistantMessage(BaseModel):
+    role: Literal["assistant"] = "assistant"
+    content: str = Field(description="The answer.")
+    reasoning_content: str | None = Field(None, description="The thinking; null when thinking is off.")
+
+
+class Choice(BaseModel):
+    index: int = 0
+    message: AssistantMessage
+    finish_reason: Literal["stop", "length"] = Field(description="stop: end of turn or a stop string; length: limit.")
+    logprobs: None = None
+
+
+class ChatCompletion(BaseModel):
+    """The reply when stream is false. With stream true, chunks of object chat.completion.chunk follow the
+    same shape with choices[0].delta (role, reasoning_content, content) instead of message."""
+
+    id: str = Field(description="chatcmpl-...")
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int = Field(description="Unix time of the request.")
+    model: str
+    choices: list[Choice]
+    usage: Usage
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str = "qwen3-chat"
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
+
+
+class Health(BaseModel):
+    status: Literal["ready", "loading", "failed"]
+    model: str
+    precision: dict[str, Any] | None = Field(
+        None, description="The precision decision (mode, label, reason, device, attempts...); null until loaded."
+    )
+    memory: dict[str, int | None] = Field(
+        description="weights_bytes, process_rss_bytes, cuda_allocated_bytes and cuda_reserved_bytes (null on CPU)."
+    )
+    queue: dict[str, int | bool] = Field(description="depth (waiting), size (limit) and busy (one running).")
+    load: dict[str, str | float] = Field(description="stage and fraction of the model load.")
+    error: str | None = Field(None, description="Why loading failed (status failed).")
