@@ -34,14 +34,14 @@ class CpuMatmulProfile:
     forced: bool = False
 
     def describe(self) -> str:
-        name = _short(self.prefill_dtype)
+        name = short_name(self.prefill_dtype)
         if self.forced:
             return f"prefill in {name} (QWEN_CPU_PREFILL_DTYPE)"
         others = ", ".join(f"{k} {v:.0f}" for k, v in self.gflops.items() if k != name)
         return f"prefill in {name}, measured fastest here ({self.gflops[name]:.0f} GFLOP/s vs {others})"
 
 
-def _short(dtype: torch.dtype) -> str:
+def short_name(dtype: torch.dtype) -> str:
     return {v: k for k, v in DTYPE_NAMES.items()}[dtype].upper()
 
 

@@ -30,6 +30,8 @@ class DeviceInfo:
 
     @property
     def torch_device(self) -> str:
+        if self.simulated:
+            return "cpu"  # a simulated device decides like the real one but computes on the CPU
         return f"cuda:{self.index}" if self.kind == "cuda" else self.kind
 
     @property

@@ -140,7 +140,7 @@ def load_model(
         log.warning("%s is a %r model; this app is built for Qwen3 and may not handle it", source, model_type)
     tokenizer = _load_tokenizer(info, trust_remote_code)
     dev = device_info or detect_device(device)
-    if dev.kind == "cuda" and gpu_memory_limit:
+    if dev.kind == "cuda" and gpu_memory_limit and not dev.simulated:
         torch.cuda.set_per_process_memory_fraction(gpu_memory_limit, dev.index)
     requested, request_source = resolve_request(precision)
     candidates, attempts = plan_precision(
@@ -257,7 +257,7 @@ def _build(
         if notes:
             details["fp8_kernels_skipped"] = "; ".join(notes)
     compute_dtype = COMPUTE_DTYPES[mode]
-    if dev.kind == "cpu" and mode in ("fp16", "bf16"):
+    if dev.kind == "cpu" and mode in ("fp16", "bf16"):  # simulated GPUs keep the GPU layout
         cpu_profile = measure_prefill_dtype(COMPUTE_DTYPES[mode])
         compute_dtype = torch.float32
         details["prefill_dtype"] = str(cpu_profile.prefill_dtype).removeprefix("torch.")

@@ -15,8 +15,14 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def cli(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "chatbot", *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=timeout, env={**os.environ, **(env or {})})
+    return subprocess.run(
+        [sys.executable, "-m", "chatbot", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
 
 
 @pytest.mark.parametrize(("fmt", "shards"), [("fp8", 1), ("compressed-tensors", 1), ("bf16", 2), ("fp8", 3)])
@@ -32,16 +38,26 @@ def test_make_model_writes_the_real_format(tmp_path, fmt, shards) -> None:
         index = json.loads((out / "model.safetensors.index.json").read_text())
         assert len(set(index["weight_map"].values())) == shards
     if fmt == "fp8":
-        assert config["quantization_config"] == {"activation_scheme": "dynamic", "fmt": "e4m3",
-                                                 "quant_method": "fp8", "weight_block_size": [128, 128]}
+        assert config["quantization_config"] == {
+            "activation_scheme": "dynamic",
+            "fmt": "e4m3",
+            "quant_method": "fp8",
+            "weight_block_size": [128, 128],
+        }
 
 
 def test_make_model_06b_has_exactly_qwen3_06b_dimensions() -> None:
     from chatbot.modelgen import SIZES
 
     assert SIZES["0.6b"] == {
-        "hidden_size": 1024, "intermediate_size": 3072, "num_hidden_layers": 28, "num_attention_heads": 16,
-        "num_key_value_heads": 8, "head_dim": 128, "vocab_size": 151936, "max_position_embeddings": 40960,
+        "hidden_size": 1024,
+        "intermediate_size": 3072,
+        "num_hidden_layers": 28,
+        "num_attention_heads": 16,
+        "num_key_value_heads": 8,
+        "head_dim": 128,
+        "vocab_size": 151936,
+        "max_position_embeddings": 40960,
         "tie_word_embeddings": True,
     }
 
@@ -75,8 +91,7 @@ def test_start_without_network_fails_fast_naming_the_way_out() -> None:
     env = {"HF_HUB_OFFLINE": "0", "HF_ENDPOINT": "http://127.0.0.1:9", "HF_HOME": "/nonexistent-cache"}
     env = {**os.environ, **env}
     started = time.monotonic()
-    result = subprocess.run([sys.executable, "app.py"], cwd=ROOT, capture_output=True, text=True, timeout=60,
-                            env=env)
+    result = subprocess.run([sys.executable, "app.py"], cwd=ROOT, capture_output=True, text=True, timeout=60, env=env)
     elapsed = time.monotonic() - started
     assert result.returncode == 1
     assert elapsed < 30
@@ -85,14 +100,21 @@ def test_start_without_network_fails_fast_naming_the_way_out() -> None:
 
 
 def test_offline_mode_says_the_model_is_not_cached() -> None:
-    result = subprocess.run([sys.executable, "app.py"], cwd=ROOT, capture_output=True, text=True, timeout=60,
-                            env={**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": "/nonexistent-cache"})
+    result = subprocess.run(
+        [sys.executable, "app.py"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": "/nonexistent-cache"},
+    )
     assert result.returncode == 1
     assert "not in the local Hugging Face cache" in result.stderr and "--demo" in result.stderr
 
 
 def test_invalid_setting_is_a_clear_error() -> None:
-    result = subprocess.run([sys.executable, "app.py", "--demo", "--auth", "nocolon"], cwd=ROOT,
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "app.py", "--demo", "--auth", "nocolon"], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 2
     assert "auth must look like user:password" in result.stderr

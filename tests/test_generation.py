@@ -25,8 +25,13 @@ def noisy(random_fp8):
 
 
 def prompt_for(loaded, text: str, thinking: bool) -> list[int]:
-    return build_prompt(loaded.tokenizer, [{"role": "user", "content": text}], enable_thinking=thinking,
-                        max_context=loaded.max_context, max_new_tokens=64).ids
+    return build_prompt(
+        loaded.tokenizer,
+        [{"role": "user", "content": text}],
+        enable_thinking=thinking,
+        max_context=loaded.max_context,
+        max_new_tokens=64,
+    ).ids
 
 
 def run(loaded, ids, cache=None, cancel=None, on_piece=None, **options):
@@ -63,8 +68,9 @@ def test_stop_string_ends_and_truncates(scripted) -> None:
 
 
 def test_min_new_tokens_suppresses_the_end_of_turn(scripted) -> None:
-    result, _ = run(scripted, prompt_for(scripted, "Hi", thinking=False), temperature=0, min_new_tokens=40,
-                    max_new_tokens=40)
+    result, _ = run(
+        scripted, prompt_for(scripted, "Hi", thinking=False), temperature=0, min_new_tokens=40, max_new_tokens=40
+    )
     assert result.finish_reason == "length" and len(result.token_ids) == 40
 
 
@@ -75,8 +81,14 @@ def test_cancel_stops_within_one_step(noisy) -> None:
         if len(pieces) == 5:
             cancel.set()
 
-    result, pieces = run(noisy, prompt_for(noisy, "Tell a long story", False), cancel=cancel,
-                         on_piece=cancel_after_five, min_new_tokens=500, max_new_tokens=500)
+    result, pieces = run(
+        noisy,
+        prompt_for(noisy, "Tell a long story", False),
+        cancel=cancel,
+        on_piece=cancel_after_five,
+        min_new_tokens=500,
+        max_new_tokens=500,
+    )
     assert result.finish_reason == "cancelled"
     assert len(pieces) <= 6  # the five pieces, then at most the flush of held-back bytes
     assert len(result.token_ids) < 100  # nowhere near the 500 it was asked for

@@ -85,9 +85,7 @@ def test_quantize_command_code_converts_a_bf16_checkpoint(make_checkpoint, tmp_p
     assert (out / "tokenizer.json").exists() and (out / "chat_template.jinja").exists()
     loaded = load_model(str(out), device="cpu", precision="fp32")
     assert loaded.precision.checkpoint_fp8
-    cosine = torch.nn.functional.cosine_similarity(
-        logits_of(loaded, out).flatten(), reference_logits.flatten(), dim=0
-    )
+    cosine = torch.nn.functional.cosine_similarity(logits_of(loaded, out).flatten(), reference_logits.flatten(), dim=0)
     assert cosine > 0.99
 
 

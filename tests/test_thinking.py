@@ -69,8 +69,12 @@ words = st.text(alphabet=st.characters(blacklist_characters="<>", blacklist_cate
 
 
 @settings(max_examples=300, deadline=None)
-@given(thought=words, reply=words, cuts=st.lists(st.integers(min_value=0, max_value=120), max_size=8),
-       opening=st.booleans())
+@given(
+    thought=words,
+    reply=words,
+    cuts=st.lists(st.integers(min_value=0, max_value=120), max_size=8),
+    opening=st.booleans(),
+)
 def test_stream_equals_final_split_whatever_the_chunking(thought, reply, cuts, opening) -> None:
     text = ("<think>\n" if opening else "") + thought + "\n</think>\n\n" + reply
     cuts = [c for c in cuts if c < len(text)]
