@@ -37,6 +37,8 @@ def dequantize_block_fp8(
 ) -> torch.Tensor:
     """FP8 weight and per-block inverse scales -> dense weight in ``dtype``.
 
+    The product is formed in FP32 (exact for an e4m3 value times a 16-bit scale) and rounded once.
+
     Raises:
         ValueError: the scale's shape does not match the weight and block size.
     """
@@ -46,8 +48,12 @@ def dequantize_block_fp8(
             f"weight_scale_inv has shape {list(scale_inv.shape)}, expected {list(expected)} "
             f"for a weight of shape {list(weight.shape)} with {block[0]}x{block[1]} blocks"
         )
-    scales = expand_block_scales(scale_inv.to(weight.device), tuple(weight.shape), block)
-    return (weight.float() * scales).to(dtype)
+    rows, cols = weight.shape
+    scales = scale_inv.to(weight.device, torch.float32)
+    if rows % block[0] or cols % block[1]:  # partial blocks at the edges: expand the scales
+        return (weight.float() * expand_block_scales(scales, (rows, cols), block)).to(dtype)
+    blocks = weight.float().view(expected[0], block[0], expected[1], block[1])
+    return (blocks * scales[:, None, :, None]).view(rows, cols).to(dtype)
 
 
 def quantize_block_fp8(
