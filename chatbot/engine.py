@@ -26,6 +26,7 @@ from .loader import LoadedModel, LoadProgress, load_model
 from .sampling import SamplingOptions
 
 log = logging.getLogger(__name__)
+CANCEL_POLL_SECONDS = 0.2  # how often a waiting request checks its stop signal
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,11 @@ class Job:
     id: int = 0
     submitted: float = field(default_factory=time.perf_counter)
     events: queue.Queue[EngineEvent] = field(default_factory=queue.Queue)
+
+
+def _cancelled_result(job: Job) -> GenerationResult:
+    queue_seconds = time.perf_counter() - job.submitted
+    return GenerationResult("", (), "cancelled", GenerationStats(len(job.prompt_ids), queue_seconds=queue_seconds))
 
 
 class ChatEngine:
@@ -191,7 +197,13 @@ class ChatEngine:
         done = False
         try:
             while True:
-                event = job.events.get()
+                try:
+                    event = job.events.get(timeout=CANCEL_POLL_SECONDS)
+                except queue.Empty:
+                    # A request cancelled while it waits leaves the queue now, not when its turn comes.
+                    if not (job.cancel.is_set() and self._withdraw(job)):
+                        continue
+                    event = Finished(_cancelled_result(job))
                 done = isinstance(event, Finished | Failed)
                 yield event
                 if done:
@@ -199,6 +211,17 @@ class ChatEngine:
         finally:
             if not done:
                 job.cancel.set()
+
+    def _withdraw(self, job: Job) -> bool:
+        """Take a waiting job out of the queue (False when it already runs or ran); the rest move up."""
+        with self._cv:
+            if job not in self._pending:
+                return False
+            self._pending.remove(job)
+            waiting = list(self._pending)
+        for position, other in enumerate(waiting, start=1):
+            other.events.put(Queued(position))
+        return True
 
     def _ensure_worker(self) -> None:
         if self._worker is None or not self._worker.is_alive():
@@ -227,13 +250,7 @@ class ChatEngine:
     def _serve(self, job: Job) -> None:
         queue_seconds = time.perf_counter() - job.submitted
         if job.cancel.is_set():
-            job.events.put(
-                Finished(
-                    GenerationResult(
-                        "", (), "cancelled", GenerationStats(len(job.prompt_ids), queue_seconds=queue_seconds)
-                    )
-                )
-            )
+            job.events.put(Finished(_cancelled_result(job)))
             return
         try:
             loaded = self.load()

@@ -1,0 +1,248 @@
+"""What the web UI shows, as plain values: chat messages, the live reply, stats, the precision badge.
+
+Pure functions and one small accumulator (``LiveReply``), kept apart from the Gradio wiring in
+``ui.py`` so they can be tested without a browser. Every message is a fresh dict in Gradio's
+"messages" format; a thinking block is an assistant message with ``metadata`` (title, status,
+duration), which Gradio draws as a collapsible block.
+
+All text from users, the model and imported files goes through ``escape_html`` before it is
+shown: ``<`` outside code becomes ``&lt;``, so the Markdown renderer shows tags as text and never
+builds elements from them (Gradio's own sanitizer stays on as a second layer).
+"""
+
+from __future__ import annotations
+
+import html
+import re
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from .chat import AnswerDelta, ChatDone, ChatEvent, Conversation, Loading, QueuePosition, ThinkingDelta, Turn
+from .engine import ChatEngine
+
+FENCE_RE = re.compile(r"^ {0,3}(`{3,}|~{3,})")
+CODE_SPAN_RE = re.compile(r"(`+)(.+?)\1", re.DOTALL)
+STATS_CLASS = "qc-stats"
+Message = dict[str, Any]
+
+
+# --- safe text --------------------------------------------------------------------------------------------
+
+
+def escape_html(text: str) -> str:
+    """Make ``<`` literal outside Markdown code (fenced blocks and inline spans keep their text as is)."""
+    out: list[str] = []
+    fence: str | None = None
+    for line in text.splitlines(keepends=True):
+        match = FENCE_RE.match(line)
+        if fence is None:
+            if match:
+                fence = match.group(1)
+                out.append(line)
+            else:
+                out.append(_escape_outside_code_spans(line))
+        else:
+            # A fence closes with the same character, at least as long as the opening one.
+            if match and match.group(1)[0] == fence[0] and len(match.group(1)) >= len(fence):
+                fence = None
+            out.append(line)
+    return "".join(out)
+
+
+def _escape_outside_code_spans(line: str) -> str:
+    pieces: list[str] = []
+    position = 0
+    for match in CODE_SPAN_RE.finditer(line):
+        pieces.append(line[position : match.start()].replace("<", "&lt;"))
+        pieces.append(match.group(0))
+        position = match.end()
+    pieces.append(line[position:].replace("<", "&lt;"))
+    return "".join(pieces)
+
+
+# --- messages ---------------------------------------------------------------------------------------------
+
+
+def format_seconds(seconds: float) -> str:
+    return f"{seconds:.1f} s" if seconds < 10 else f"{seconds:.0f} s"
+
+
+def user_message(text: str) -> Message:
+    return {"role": "user", "content": escape_html(text)}
+
+
+def answer_message(text: str) -> Message:
+    return {"role": "assistant", "content": escape_html(text)}
+
+
+def thinking_message(text: str, seconds: float, *, done: bool, stopped: bool = False) -> Message:
+    """The collapsible thinking block: open with a spinner while pending, closed once done."""
+    if not done:
+        metadata = {"title": "Thinking…", "status": "pending"}
+    else:
+        title = f"Thought for {format_seconds(seconds)}" + (" (stopped)" if stopped else "")
+        metadata = {"title": title, "status": "done", "duration": round(seconds, 1)}
+    return {"role": "assistant", "content": escape_html(text), "metadata": metadata}
+
+
+def stats_message(text: str) -> Message:
+    """The small line under an answer (status while it streams, stats once done)."""
+    return {"role": "assistant", "content": f'<span class="{STATS_CLASS}">{html.escape(text)}</span>'}
+
+
+def is_stats_message(message: dict[str, Any]) -> bool:
+    content = message.get("content")
+    if isinstance(content, list):  # gradio_client returns contents as [{"type": "text", "text": ...}]
+        content = "".join(part.get("text", "") for part in content if isinstance(part, dict))
+    return isinstance(content, str) and f'class="{STATS_CLASS}"' in content
+
+
+def format_stats(stats: dict[str, Any]) -> str:
+    """ "0.21 s to first token · 35.2 tokens/s · 42 tokens", plus how the reply ended when unusual."""
+    parts = []
+    if stats.get("new_tokens"):
+        parts.append(f"{stats.get('time_to_first_token', 0.0):.2f} s to first token")
+        parts.append(f"{stats.get('tokens_per_second', 0.0):.1f} tokens/s")
+    tokens = stats.get("new_tokens", 0)
+    parts.append(f"{tokens} token" + ("" if tokens == 1 else "s"))
+    if stats.get("queue_seconds", 0.0) >= 0.5:
+        parts.append(f"waited {format_seconds(stats['queue_seconds'])} in the queue")
+    finish = stats.get("finish_reason")
+    if finish == "cancelled":
+        parts.append("stopped")
+    elif finish == "length":
+        parts.append("cut at the max new tokens limit")
+    if stats.get("dropped_messages"):
+        parts.append(f"{stats['dropped_messages']} oldest messages left out to fit the context")
+    return " · ".join(parts)
+
+
+def turn_messages(turn: Turn) -> list[Message]:
+    if turn.role == "user":
+        return [user_message(turn.content)]
+    messages = []
+    if turn.thinking:
+        seconds = float(turn.stats.get("thinking_seconds", 0.0))
+        messages.append(thinking_message(turn.thinking, seconds, done=True))
+    if turn.content:
+        messages.append(answer_message(turn.content))
+    if turn.stats:
+        messages.append(stats_message(format_stats(turn.stats)))
+    return messages
+
+
+def conversation_messages(conversation: Conversation) -> list[Message]:
+    """The whole history as chat messages (earlier thinking stays, collapsed)."""
+    return [message for turn in conversation.turns for message in turn_messages(turn)]
+
+
+# --- the reply being streamed -----------------------------------------------------------------------------
+
+
+@dataclass
+class LiveReply:
+    """Collects one reply's events; ``messages()`` draws it as it stands."""
+
+    expect_thinking: bool
+    started: float = field(default_factory=time.perf_counter)
+    thinking: str = ""
+    answer: str = ""
+    status: str = "Waiting for the model…"
+    thinking_started: float | None = None
+    thinking_seconds: float | None = None
+    done: ChatDone | None = None
+
+    def apply(self, event: ChatEvent) -> None:
+        now = time.perf_counter()
+        if isinstance(event, Loading):
+            self.status = f"Loading the model… {event.fraction:.0%} ({event.stage})"
+        elif isinstance(event, QueuePosition):
+            self.status = f"In the queue: position {event.position} (the model is answering someone else)"
+        elif isinstance(event, ThinkingDelta):
+            if self.thinking_started is None:
+                self.thinking_started = now
+            self.thinking += event.text
+            self.status = "Thinking…"
+        elif isinstance(event, AnswerDelta):
+            self._end_thinking(now)
+            self.answer += event.text
+            self.status = "Writing…"
+        elif isinstance(event, ChatDone):
+            self._end_thinking(now)
+            self.done = event
+            self.thinking, self.answer = event.thinking, event.answer
+
+    def _end_thinking(self, now: float) -> None:
+        if self.thinking_started is not None and self.thinking_seconds is None:
+            self.thinking_seconds = now - self.thinking_started
+
+    @property
+    def stats(self) -> dict[str, Any]:
+        """ChatDone's stats with what the UI adds: thinking time, finish reason, dropped messages."""
+        if self.done is None:
+            return {}
+        return {
+            **self.done.stats,
+            "thinking_seconds": round(self.thinking_seconds or 0.0, 2),
+            "finish_reason": self.done.finish_reason,
+            "dropped_messages": self.done.dropped_messages,
+        }
+
+    def messages(self) -> list[Message]:
+        """Fresh message dicts for this reply (never the same objects twice, so streaming diffs work)."""
+        stopped = self.done is not None and self.done.finish_reason == "cancelled"
+        messages = []
+        if self.thinking:
+            finished = self.thinking_seconds is not None or self.done is not None
+            seconds = self.thinking_seconds or (time.perf_counter() - (self.thinking_started or self.started))
+            messages.append(
+                thinking_message(self.thinking, seconds, done=finished, stopped=stopped and not self.answer)
+            )
+        if self.answer:
+            messages.append(answer_message(self.answer))
+        messages.append(stats_message(format_stats(self.stats) if self.done else self.status))
+        return messages
+
+
+# --- precision badge --------------------------------------------------------------------------------------
+
+
+def format_bytes(size: int) -> str:
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if size >= scale:
+            return f"{size / scale:.1f} {unit}"
+    return f"{size} B"
+
+
+def badge_html(engine: ChatEngine, *, demo: bool) -> str:
+    """The precision badge: mode, reason, device and weights' memory; progress while loading."""
+    status = engine.status
+    loaded = engine.loaded
+    demo_note = ""
+    if demo or (loaded is not None and loaded.generated is not None):
+        demo_note = '<span class="qc-badge-demo">demo model, random weights</span>'
+    if loaded is not None:
+        decision = loaded.precision
+        mode_class = "fp8" if decision.mode == "fp8" else "fallback" if "fallback" in decision.label else "plain"
+        return (
+            f'<div class="qc-badge qc-badge-{mode_class}" data-status="ready">'
+            f'<span class="qc-badge-mode">{html.escape(decision.label)}</span>{demo_note}'
+            f'<span class="qc-badge-device">{html.escape(decision.device_name or decision.device)}'
+            f" · weights {format_bytes(loaded.weights_bytes)}</span>"
+            f'<div class="qc-badge-reason">{html.escape(decision.reason)}</div></div>'
+        )
+    if status == "failed":
+        error = str(engine.load_error or "unknown error").splitlines()[0]
+        return (
+            '<div class="qc-badge qc-badge-failed" data-status="failed">'
+            '<span class="qc-badge-mode">model failed to load</span>'
+            f'<div class="qc-badge-reason">{html.escape(error)}</div></div>'
+        )
+    stage, fraction = engine.progress.snapshot()
+    return (
+        '<div class="qc-badge qc-badge-loading" data-status="loading">'
+        f'<span class="qc-badge-mode">loading... {fraction:.0%}</span>{demo_note}'
+        f'<span class="qc-badge-device">{html.escape(stage)}</span>'
+        f'<div class="qc-progress"><div style="width: {fraction * 100:.0f}%"></div></div></div>'
+    )
