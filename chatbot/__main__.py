@@ -111,6 +111,15 @@ def build_parser() -> argparse.ArgumentParser:
     quantize.add_argument("--format", choices=["fp8", "compressed-tensors"], default="fp8")
     quantize.add_argument("--shards", type=int, default=1)
 
+    batch = commands.add_parser("batch", help="answer the prompts of a JSONL file, several at a time")
+    batch.add_argument("input", type=Path, help='JSONL: one {"prompt": ...} or {"messages": [...]} per line')
+    batch.add_argument("output", type=Path, help="JSONL: one result (or error) per input line, in order")
+    add_model_flags(batch)
+    batch.add_argument("--batch-size", type=int, default=8)
+    batch.add_argument("--think", action="store_true", help="thinking mode for lines that do not say")
+    batch.add_argument("--max-new-tokens", type=int, help="default for lines that do not say")
+    batch.add_argument("--temperature", type=float, help="default for lines that do not say")
+
     doctor = commands.add_parser("doctor", help="check the machine and a checkpoint")
     add_model_flags(doctor)
     doctor.add_argument("--load", action="store_true", help="also load the model and run the probe forward")
@@ -158,6 +167,9 @@ def run(args: argparse.Namespace) -> int:
     if args.command == "doctor":
         configure_logging(settings.log_level if args.log_level else "warning")
         return run_doctor_command(args, settings, model)
+    if args.command == "batch":
+        configure_logging(settings.log_level if args.log_level else "warning")
+        return run_batch_command(args, settings, model)
     if args.command == "chat":
         configure_logging(settings.log_level if args.log_level else "warning")
         from .terminal import chat_loop
@@ -172,6 +184,29 @@ def _model_source(settings: Settings) -> str:
 
         return str(ensure_demo_model())
     return settings.model
+
+
+def run_batch_command(args: argparse.Namespace, settings: Settings, model: str) -> int:
+    from .batch import run_batch_file
+    from .engine import ChatEngine
+
+    if not args.input.is_file():
+        raise ChatbotError(f"{args.input}: no such file.", fix="Pass a JSONL file with one prompt per line.")
+    defaults = {"enable_thinking": args.think, "max_new_tokens": args.max_new_tokens, "temperature": args.temperature}
+    engine = ChatEngine(
+        model,
+        device=settings.device,
+        precision=settings.precision,
+        max_context=settings.max_context,
+        gpu_memory_limit=settings.gpu_memory_limit,
+        trust_remote_code=settings.trust_remote_code,
+    )
+    counts = run_batch_file(
+        engine, args.input, args.output, args.batch_size, {k: v for k, v in defaults.items() if v is not None}
+    )
+    engine.close()
+    print(f"Wrote {args.output}: {counts['answered']} answered, {counts['failed']} failed")
+    return 0 if counts["answered"] or not counts["failed"] else 1
 
 
 def run_doctor_command(args: argparse.Namespace, settings: Settings, model: str) -> int:

@@ -13,7 +13,7 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
-from .chat import ChatDone, ChatEvent, Conversation, stream_reply
+from .chat import ChatDone, ChatEvent, Conversation, batch_reply, stream_reply
 from .engine import ChatEngine
 from .loader import LoadedModel
 from .precision import PrecisionDecision
@@ -106,6 +106,20 @@ class Qwen3ChatBot:
                 done = event
         assert done is not None  # stream_chat always ends with ChatDone or raises
         return done.as_dict()
+
+    def generate_batch(
+        self, prompts: list[str | list[dict[str, str]]], enable_thinking: bool = False, **generation_kwargs: Any
+    ) -> list[dict[str, Any]]:
+        """Answer several independent prompts in one batch (the chat history is neither used nor changed).
+
+        Each prompt is a user message or a whole list of messages. Returns one dict per prompt:
+        thinking, answer, full_response, finish_reason, prompt_tokens, completion_tokens.
+        """
+        system = (
+            [{"role": "system", "content": self.conversation.system_prompt}] if self.conversation.system_prompt else []
+        )
+        conversations = [[*system, {"role": "user", "content": p}] if isinstance(p, str) else list(p) for p in prompts]
+        return batch_reply(self.engine, conversations, enable_thinking=enable_thinking, **generation_kwargs)
 
     def clear_history(self) -> None:
         self.conversation.clear()

@@ -137,6 +137,48 @@ def stream_reply(
             raise event.error
 
 
+def batch_reply(
+    engine: ChatEngine,
+    conversations: Sequence[Sequence[dict[str, Any]]],
+    *,
+    enable_thinking: bool = False,
+    cancel: threading.Event | None = None,
+    **generation_kwargs: Any,
+) -> list[dict[str, Any]]:
+    """Replies to several independent conversations, generated together in one batch.
+
+    Returns one dict per conversation: thinking, answer, full_response, finish_reason,
+    prompt_tokens, completion_tokens. Raises like ``stream_reply`` when any conversation is invalid.
+    """
+    options = sampling_options(enable_thinking, **generation_kwargs)
+    loaded = engine.load()
+    prompts = [
+        build_prompt(
+            loaded.tokenizer,
+            messages,
+            enable_thinking=enable_thinking,
+            max_context=loaded.max_context,
+            max_new_tokens=options.max_new_tokens,
+        )
+        for messages in conversations
+    ]
+    results = engine.run_batch([p.ids for p in prompts], options, cancel)
+    replies = []
+    for prompt, result in zip(prompts, results, strict=True):
+        split = split_thinking(result.text)
+        replies.append(
+            {
+                "thinking": split.thinking,
+                "answer": split.answer,
+                "full_response": result.text,
+                "finish_reason": result.finish_reason,
+                "prompt_tokens": len(prompt.ids),
+                "completion_tokens": len(result.token_ids),
+            }
+        )
+    return replies
+
+
 @dataclass
 class Turn:
     role: str  # "user" or "assistant"

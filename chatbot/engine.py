@@ -45,11 +45,16 @@ class Finished:
 
 
 @dataclass(frozen=True)
+class BatchFinished:
+    results: list[GenerationResult]
+
+
+@dataclass(frozen=True)
 class Failed:
     error: ChatbotError
 
 
-EngineEvent = Queued | TextDelta | Finished | Failed
+EngineEvent = Queued | TextDelta | Finished | BatchFinished | Failed
 
 
 @dataclass
@@ -60,6 +65,7 @@ class Job:
     id: int = 0
     submitted: float = field(default_factory=time.perf_counter)
     events: queue.Queue[EngineEvent] = field(default_factory=queue.Queue)
+    batch: list[list[int]] | None = None  # several prompts generated together (run_batch)
 
 
 def _cancelled_result(job: Job) -> GenerationResult:
@@ -169,13 +175,19 @@ class ChatEngine:
     def busy(self) -> bool:
         return self._running is not None
 
-    def submit(self, prompt_ids: list[int], options: SamplingOptions, cancel: threading.Event | None = None) -> Job:
-        """Queue a generation; its events arrive on ``job.events``.
+    def submit(
+        self,
+        prompt_ids: list[int],
+        options: SamplingOptions,
+        cancel: threading.Event | None = None,
+        batch: list[list[int]] | None = None,
+    ) -> Job:
+        """Queue a generation (or, with ``batch``, several at once); events arrive on ``job.events``.
 
         Raises:
             QueueFullError: ``queue_size`` requests are already waiting.
         """
-        job = Job(list(prompt_ids), options, cancel or threading.Event(), next(self._ids))
+        job = Job(list(prompt_ids), options, cancel or threading.Event(), next(self._ids), batch=batch)
         with self._cv:
             if self._closed:
                 raise ChatbotError("The engine is shut down.")
@@ -188,6 +200,20 @@ class ChatEngine:
         if position > 1 or self._running is not None:
             job.events.put(Queued(position))
         return job
+
+    def run_batch(
+        self, prompts: list[list[int]], options: SamplingOptions, cancel: threading.Event | None = None
+    ) -> list[GenerationResult]:
+        """Generate replies to ``prompts`` together, waiting its turn in the queue like any request."""
+        job = self.submit([], options, cancel, batch=[list(p) for p in prompts])
+        while True:
+            event = job.events.get()
+            if isinstance(event, BatchFinished):
+                return event.results
+            if isinstance(event, Finished):  # cancelled before its turn came
+                return [event.result for _ in prompts]
+            if isinstance(event, Failed):
+                raise event.error
 
     def stream(
         self, prompt_ids: list[int], options: SamplingOptions, cancel: threading.Event | None = None
@@ -257,6 +283,9 @@ class ChatEngine:
             generator = Generator(
                 loaded.model, loaded.tokenizer, loaded.eos_token_ids, loaded.device, self.prefix_cache
             )
+            if job.batch is not None:
+                job.events.put(BatchFinished(generator.run_batch(job.batch, job.options, job.cancel)))
+                return
             result = generator.run(
                 job.prompt_ids, job.options, job.cancel, lambda text: job.events.put(TextDelta(text)), queue_seconds
             )

@@ -263,3 +263,104 @@ class Generator:
             fed = [*prompt_ids, *generated[:-1]] if generated else list(prompt_ids)
             self.prefix_cache.put(fed[: cache.get_seq_length()], cache)
         return GenerationResult("".join(pieces), tuple(generated), finish, stats)
+
+    @torch.inference_mode()
+    def run_batch(
+        self, prompts: list[list[int]], options: SamplingOptions, cancel: threading.Event
+    ) -> list[GenerationResult]:
+        """Generate replies to several prompts at once: left padding, each row stops at its own end.
+
+        Decoding reads every weight once per step whatever the batch size, so on memory-bound
+        hardware a batch of 8 costs little more time per step than a single prompt.
+        """
+        started = time.perf_counter()
+        rows, width = len(prompts), max(len(p) for p in prompts)
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.eos_ids[0]
+        input_ids = torch.full((rows, width), pad, dtype=torch.long)
+        mask = torch.zeros((rows, width), dtype=torch.long)
+        for row, prompt in enumerate(prompts):
+            input_ids[row, width - len(prompt) :] = torch.tensor(prompt)
+            mask[row, width - len(prompt) :] = 1
+        input_ids, mask = input_ids.to(self.device), mask.to(self.device)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)  # left padding: real tokens start at position 0
+        cache = self._new_cache()
+        rows_state = [
+            _BatchRow(prompt, Sampler(options, prompt, self.eos_ids, self.device), self.tokenizer, options)
+            for prompt in prompts
+        ]
+        eos = set(self.eos_ids)
+        out = self.model(
+            input_ids=input_ids,
+            attention_mask=mask,
+            position_ids=positions,
+            past_key_values=cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        first_token_at = time.perf_counter() - started
+        while True:
+            logits = out.logits[:, -1]
+            step = torch.full((rows, 1), pad, dtype=torch.long)
+            for index, row in enumerate(rows_state):
+                if row.finish is None:
+                    step[index, 0] = row.advance(logits[index], eos)
+            if cancel.is_set():
+                for row in rows_state:
+                    row.finish = row.finish or "cancelled"
+            if all(row.finish is not None for row in rows_state):
+                break
+            mask = torch.cat([mask, torch.ones((rows, 1), dtype=torch.long, device=self.device)], dim=1)
+            positions = positions[:, -1:] + 1
+            out = self.model(
+                input_ids=step.to(self.device),
+                attention_mask=mask,
+                position_ids=positions,
+                past_key_values=cache,
+                use_cache=True,
+            )
+        total = time.perf_counter() - started
+        return [row.result(first_token_at, total) for row in rows_state]
+
+
+class _BatchRow:
+    """One prompt of a batch: its sampler, its text so far and why it ended."""
+
+    def __init__(self, prompt: list[int], sampler: Sampler, tokenizer: Any, options: SamplingOptions) -> None:
+        self.prompt = prompt
+        self.sampler = sampler
+        self.options = options
+        self.detokenizer = IncrementalDetokenizer(tokenizer)
+        self.stopper = StopStringMatcher(options.stop)
+        self.pieces: list[str] = []
+        self.tokens: list[int] = []
+        self.finish: str | None = None
+        self.stop_hit = False
+
+    def advance(self, logits: torch.Tensor, eos: set[int]) -> int:
+        token = self.sampler.next_token(logits, len(self.tokens))
+        self.tokens.append(token)
+        if token in eos:
+            self.finish = "stop"
+            return token
+        text, self.stop_hit = self.stopper.push(self.detokenizer.push(token))
+        self.pieces.append(text)
+        if self.stop_hit:
+            self.finish = "stop"
+        elif len(self.tokens) >= self.options.max_new_tokens:
+            self.finish = "length"
+        return token
+
+    def result(self, first_token_at: float, total: float) -> GenerationResult:
+        if not self.stop_hit:
+            self.pieces.append(self.stopper.push(self.detokenizer.flush())[0] + self.stopper.flush())
+        stats = GenerationStats(
+            prompt_tokens=len(self.prompt),
+            new_tokens=len(self.tokens),
+            time_to_first_token=first_token_at,
+            prefill_seconds=first_token_at,
+            decode_seconds=total - first_token_at,
+            total_seconds=total,
+        )
+        if len(self.tokens) > 1:
+            stats.tokens_per_second = (len(self.tokens) - 1) / max(total - first_token_at, 1e-9)
+        return GenerationResult("".join(self.pieces), tuple(self.tokens), self.finish or "length", stats)
