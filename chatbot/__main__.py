@@ -120,6 +120,10 @@ def build_parser() -> argparse.ArgumentParser:
     batch.add_argument("--max-new-tokens", type=int, help="default for lines that do not say")
     batch.add_argument("--temperature", type=float, help="default for lines that do not say")
 
+    from .bench import add_arguments as add_bench_arguments
+
+    add_bench_arguments(commands.add_parser("bench", help="measure each precision's speed, memory and fidelity"))
+
     doctor = commands.add_parser("doctor", help="check the machine and a checkpoint")
     add_model_flags(doctor)
     doctor.add_argument("--load", action="store_true", help="also load the model and run the probe forward")
@@ -156,6 +160,10 @@ def run(args: argparse.Namespace) -> int:
         out = make_model(args.out, args.size, args.format, args.shards, args.scripted, args.seed)
         print(f"Wrote a {'scripted' if args.scripted else 'random'} {args.size} {args.format} checkpoint to {out}")
         return 0
+    if args.command == "bench":
+        from .bench import main as bench_main
+
+        return bench_main(args)
     if args.command == "quantize":
         from .quantize import quantize_checkpoint
 

@@ -1,77 +1,67 @@
-"""CPU inference layers: 16-bit weights for decode, the fastest measured dtype for prefill.
+"""CPU inference layers: 16-bit weights for decode, the fastest dtype for prefill.
 
-Decoding one token is bound by memory bandwidth, so weights stored in FP16/BF16 (half the bytes of
-FP32) decode about twice as fast. Prompt processing (prefill) is bound by matmul throughput, and on
-CPUs without native 16-bit matmul units (AVX2) an FP32 GEMM is 3-4x faster than an FP16/BF16 one,
-while CPUs with AVX512-BF16/AMX run BF16 fastest. So the residual stream stays FP32, the linear
-layers keep 16-bit weights, and each matmul picks its path by the number of rows it multiplies:
-few rows (decode) -> 16-bit weights as stored; many rows (prefill) -> the dtype measured fastest
-here, converting the weight on the fly. ``QWEN_CPU_PREFILL_DTYPE=fp32|bf16|fp16`` forces the choice.
+Decoding one token is bound by memory bandwidth, so weights stored in 16 bits (half the bytes of
+FP32) decode about twice as fast. Prompt processing (prefill) is bound by matmul throughput: on CPUs
+without native 16-bit matmul units (AVX2) an FP32 GEMM is 3-4x faster than an FP16/BF16 one, while
+CPUs with AVX512-BF16 or AMX run BF16 fastest. So the residual stream stays FP32, the linear layers
+keep 16-bit weights, and each matmul picks its path by the number of rows it multiplies: few rows
+(decode) use the 16-bit weights as stored; many rows (prefill) use a copy in the prefill dtype,
+made once at load (``QWEN_CPU_PREFILL_COPY=0`` converts on the fly instead, saving that memory).
+``QWEN_CPU_PREFILL_DTYPE=fp32|bf16|fp16`` forces the prefill dtype.
 """
 
 from __future__ import annotations
 
 import os
-import time
 from dataclasses import dataclass
-from functools import cache
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .device import cpu_flags
+
 DECODE_MAX_ROWS = 16  # up to this many rows a matmul reads weights more than it computes
 DTYPE_NAMES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-FP16_MAX = torch.finfo(torch.float16).max
+NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 
 
 @dataclass(frozen=True)
-class CpuMatmulProfile:
-    """Measured matmul throughput (GFLOP/s) per dtype for a prefill-sized problem, and the choice made."""
-
-    prefill_dtype: torch.dtype
-    gflops: dict[str, float]
-    forced: bool = False
+class PrefillChoice:
+    dtype: torch.dtype
+    why: str
+    copy: bool  # keep a converted copy of the weights for prefill
 
     def describe(self) -> str:
-        name = short_name(self.prefill_dtype)
-        if self.forced:
-            return f"prefill in {name} (QWEN_CPU_PREFILL_DTYPE)"
-        others = ", ".join(f"{k} {v:.0f}" for k, v in self.gflops.items() if k != name)
-        return f"prefill in {name}, measured fastest here ({self.gflops[name]:.0f} GFLOP/s vs {others})"
+        how = "a copy made at load" if self.copy else "weights converted on the fly"
+        return f"prefill in {short_name(self.dtype)} ({self.why}; {how})"
 
 
 def short_name(dtype: torch.dtype) -> str:
     return {v: k for k, v in DTYPE_NAMES.items()}[dtype].upper()
 
 
-@cache
-def measure_prefill_dtype(storage_dtype: torch.dtype = torch.float16) -> CpuMatmulProfile:
-    """Time a 128-row matmul (weight conversion included) in each dtype; pick the fastest (~50 ms)."""
-    forced = os.environ.get("QWEN_CPU_PREFILL_DTYPE", "").strip().lower()
+def choose_prefill_dtype(
+    storage_dtype: torch.dtype, flags: frozenset[str] | None = None, environ: dict[str, str] | None = None
+) -> PrefillChoice:
+    """The prefill dtype for this CPU (measured by ``python -m chatbot bench``; see the README).
+
+    Raises:
+        ValueError: QWEN_CPU_PREFILL_DTYPE names no dtype.
+    """
+    environ = os.environ if environ is None else environ
+    flags = cpu_flags() if flags is None else flags
+    copy = environ.get("QWEN_CPU_PREFILL_COPY", "1").strip() not in ("0", "false", "no")
+    forced = environ.get("QWEN_CPU_PREFILL_DTYPE", "").strip().lower()
     if forced:
         if forced not in DTYPE_NAMES:
             raise ValueError(f"QWEN_CPU_PREFILL_DTYPE must be one of {', '.join(DTYPE_NAMES)}, not {forced!r}")
-        return CpuMatmulProfile(DTYPE_NAMES[forced], {}, forced=True)
-    generator = torch.Generator().manual_seed(0)
-    rows, inner, outer = 128, 1024, 1024
-    x = torch.randn(rows, inner, generator=generator)
-    stored = (torch.randn(outer, inner, generator=generator) * 0.02).to(storage_dtype)
-    gflops = {}
-    for name, dtype in DTYPE_NAMES.items():
-
-        def step(dtype: torch.dtype = dtype) -> None:
-            F.linear(x.to(dtype), stored.to(dtype))
-
-        step()
-        best = float("inf")
-        for _ in range(3):
-            start = time.perf_counter()
-            step()
-            best = min(best, time.perf_counter() - start)
-        gflops[name.upper()] = 2 * rows * inner * outer / best / 1e9
-    fastest = max(gflops, key=lambda k: gflops[k])
-    return CpuMatmulProfile(DTYPE_NAMES[fastest.lower()], gflops)
+        dtype, why = DTYPE_NAMES[forced], "QWEN_CPU_PREFILL_DTYPE"
+    elif any(flag in flags for flag in NATIVE_BF16_FLAGS):
+        dtype, why = torch.bfloat16, "this CPU has native BF16 matmul instructions"
+    else:
+        dtype, why = torch.float32, "FP32 matmuls beat 16-bit ones on CPUs without native BF16"
+    return PrefillChoice(dtype, why, copy and dtype != storage_dtype)
 
 
 class CpuLinear(nn.Module):
@@ -91,6 +81,13 @@ class CpuLinear(nn.Module):
             if bias
             else None
         )
+        # Plain attribute, not a buffer: it is a cache of ``weight`` and must not be saved with the model.
+        self.prefill_weight: torch.Tensor | None = None
+
+    def keep_prefill_copy(self) -> None:
+        """Convert the weight to the prefill dtype once, instead of at every prefill."""
+        if self.prefill_dtype != self.weight.dtype:
+            self.prefill_weight = self.weight.detach().to(self.prefill_dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         weight = self.weight
@@ -102,7 +99,8 @@ class CpuLinear(nn.Module):
                 out = F.linear(x.float(), weight.float(), _cast(self.bias, torch.float32))
             return out.to(x.dtype)
         dtype = self.prefill_dtype
-        return F.linear(x.to(dtype), weight.to(dtype), _cast(self.bias, dtype)).to(x.dtype)
+        prefill_weight = self.prefill_weight if self.prefill_weight is not None else weight.to(dtype)
+        return F.linear(x.to(dtype), prefill_weight, _cast(self.bias, dtype)).to(x.dtype)
 
     def extra_repr(self) -> str:
         return (
@@ -132,6 +130,21 @@ class CpuEmbedding(nn.Embedding):
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         return super().forward(input_ids).to(self.compute_dtype)
+
+
+def keep_prefill_copies(model: nn.Module) -> int:
+    """Give every CPU linear layer but the output head its prefill copy; returns the bytes added.
+
+    The output head only ever sees one row in a chat (``logits_to_keep=1``), so it needs none.
+    """
+    head = model.get_output_embeddings()
+    added = 0
+    for module in model.modules():
+        if isinstance(module, CpuLinear) and module is not head:
+            module.keep_prefill_copy()
+            if module.prefill_weight is not None:
+                added += module.prefill_weight.numel() * module.prefill_weight.element_size()
+    return added
 
 
 def convert_to_cpu_layers(model: nn.Module, storage_dtype: torch.dtype, prefill_dtype: torch.dtype) -> None:

@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from .checkpoint import CheckpointInfo, FileHandles, inspect_checkpoint, resolve_checkpoint
-from .cpu_layers import CpuMatmulProfile, convert_to_cpu_layers, measure_prefill_dtype
+from .cpu_layers import PrefillChoice, choose_prefill_dtype, convert_to_cpu_layers, keep_prefill_copies
 from .device import DeviceInfo, detect_device
 from .errors import CheckpointError, PrecisionError
 from .formats import PROJECTION_RE, FormatKind
@@ -250,7 +250,7 @@ def _build(
     details: dict[str, str] = {}
     target = torch.device("cpu" if dev.kind == "mps" else dev.torch_device)
     kernel: Fp8Kernel | None = None
-    cpu_profile: CpuMatmulProfile | None = None
+    prefill: PrefillChoice | None = None
     if mode == "fp8":
         kernel, notes = select_fp8_kernel(target, _fp8_block(info))
         details["fp8_kernel"] = kernel.name
@@ -258,10 +258,10 @@ def _build(
             details["fp8_kernels_skipped"] = "; ".join(notes)
     compute_dtype = COMPUTE_DTYPES[mode]
     if dev.kind == "cpu" and mode in ("fp16", "bf16"):  # simulated GPUs keep the GPU layout
-        cpu_profile = measure_prefill_dtype(COMPUTE_DTYPES[mode])
+        prefill = choose_prefill_dtype(COMPUTE_DTYPES[mode])
         compute_dtype = torch.float32
-        details["prefill_dtype"] = str(cpu_profile.prefill_dtype).removeprefix("torch.")
-        details["reason_suffix"] = f"decode with {mode.upper()} weights, {cpu_profile.describe()}"
+        details["prefill_dtype"] = str(prefill.dtype).removeprefix("torch.")
+        details["reason_suffix"] = f"decode with {mode.upper()} weights, {prefill.describe()}"
     if dev.kind == "cuda" and mode == "fp32" and dev.capability and dev.capability >= (8, 0):
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
@@ -269,11 +269,13 @@ def _build(
     details["compute_dtype"] = str(compute_dtype)
 
     model = _skeleton(info, compute_dtype, trust_remote_code)
-    if cpu_profile is not None:
-        convert_to_cpu_layers(model, COMPUTE_DTYPES[mode], cpu_profile.prefill_dtype)
+    if prefill is not None:
+        convert_to_cpu_layers(model, COMPUTE_DTYPES[mode], prefill.dtype)
     if kernel is not None:
         _convert_to_fp8_layers(model, info, kernel)
     _fill_weights(model, info, target, mode, progress)
+    if prefill is not None and prefill.copy:
+        details["prefill_copy_bytes"] = str(keep_prefill_copies(model))
     if dev.kind == "mps":
         model.to("mps")
     model.eval()
@@ -395,9 +397,11 @@ def probe_forward(model: nn.Module, tokenizer: Any, device: torch.device) -> Non
 
 
 def weights_bytes(model: nn.Module) -> int:
+    """Bytes of every parameter, buffer and CPU prefill copy (shared tensors counted once)."""
     seen: set[int] = set()
     total = 0
-    for tensor in [*model.parameters(), *model.buffers()]:
+    copies = [m.prefill_weight for m in model.modules() if getattr(m, "prefill_weight", None) is not None]
+    for tensor in [*model.parameters(), *model.buffers(), *copies]:
         if tensor.data_ptr() in seen:
             continue
         seen.add(tensor.data_ptr())

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from chatbot.cpu_layers import DECODE_MAX_ROWS, CpuLinear, measure_prefill_dtype, short_name
+from chatbot.cpu_layers import DECODE_MAX_ROWS, CpuLinear, choose_prefill_dtype
 
 
 def layer(storage: torch.dtype, prefill: torch.dtype, weight: torch.Tensor) -> CpuLinear:
@@ -37,21 +37,37 @@ def test_fp16_overflow_is_redone_in_fp32() -> None:
     torch.testing.assert_close(out, torch.full((1, 4), 800000.0))
 
 
-@pytest.mark.parametrize(("name", "dtype"), [("fp32", torch.float32), ("bf16", torch.bfloat16)])
-def test_prefill_dtype_can_be_forced(monkeypatch, name, dtype) -> None:
-    monkeypatch.setenv("QWEN_CPU_PREFILL_DTYPE", name)
-    measure_prefill_dtype.cache_clear()
-    try:
-        profile = measure_prefill_dtype(torch.float16)
-        assert profile.prefill_dtype == dtype and profile.forced
-        assert "QWEN_CPU_PREFILL_DTYPE" in profile.describe()
-    finally:
-        measure_prefill_dtype.cache_clear()
+@pytest.mark.parametrize(
+    ("flags", "dtype"),
+    [
+        (frozenset({"avx2", "fma"}), torch.float32),
+        (frozenset({"avx2", "avx512f", "avx512_bf16"}), torch.bfloat16),
+        (frozenset({"avx2", "amx_bf16"}), torch.bfloat16),
+    ],
+)
+def test_prefill_dtype_follows_the_cpu(flags, dtype) -> None:
+    choice = choose_prefill_dtype(torch.float16, flags, environ={})
+    assert choice.dtype == dtype and choice.copy
+    assert "prefill in" in choice.describe() and "a copy made at load" in choice.describe()
 
 
-def test_measured_choice_is_the_fastest_measured() -> None:
-    measure_prefill_dtype.cache_clear()
-    profile = measure_prefill_dtype(torch.float16)
-    assert set(profile.gflops) == {"FP32", "BF16", "FP16"}
-    assert profile.gflops[short_name(profile.prefill_dtype)] == max(profile.gflops.values())
-    assert "measured fastest here" in profile.describe()
+@pytest.mark.parametrize(
+    ("name", "dtype"), [("fp32", torch.float32), ("bf16", torch.bfloat16), ("fp16", torch.float16)]
+)
+def test_prefill_dtype_can_be_forced_both_ways(name, dtype) -> None:
+    choice = choose_prefill_dtype(torch.float16, frozenset({"avx2"}), environ={"QWEN_CPU_PREFILL_DTYPE": name})
+    assert choice.dtype == dtype and "QWEN_CPU_PREFILL_DTYPE" in choice.why
+    assert choice.copy == (dtype != torch.float16)  # nothing to copy when prefill uses the stored weights
+    with pytest.raises(ValueError, match="QWEN_CPU_PREFILL_DTYPE"):
+        choose_prefill_dtype(torch.float16, frozenset(), environ={"QWEN_CPU_PREFILL_DTYPE": "int8"})
+
+
+def test_prefill_copy_is_used_and_can_be_turned_off() -> None:
+    weight = torch.randn(96, 64) * 0.05
+    module = layer(torch.float16, torch.float32, weight)
+    module.keep_prefill_copy()
+    assert module.prefill_weight is not None and module.prefill_weight.dtype == torch.float32
+    assert "prefill_weight" not in module.state_dict()  # a cache, never saved with the model
+    x = torch.randn(1, 32, 64)
+    torch.testing.assert_close(module(x), F.linear(x, weight.to(torch.float16).float()))
+    assert not choose_prefill_dtype(torch.float16, frozenset(), environ={"QWEN_CPU_PREFILL_COPY": "0"}).copy

@@ -89,8 +89,12 @@ def test_quantize_command_code_converts_a_bf16_checkpoint(make_checkpoint, tmp_p
     assert cosine > 0.99
 
 
-def test_weights_memory_is_reported_and_halved_by_16_bit_weights(random_fp8) -> None:
+def test_weights_memory_is_reported_and_halved_by_16_bit_weights(random_fp8, monkeypatch) -> None:
     fp32 = load_model(str(random_fp8), device="cpu", precision="fp32")
-    fp16 = load_model(str(random_fp8), device="cpu", precision="fp16")
-    assert fp16.weights_bytes < 0.55 * fp32.weights_bytes
+    with_copy = load_model(str(random_fp8), device="cpu", precision="fp16")
+    monkeypatch.setenv("QWEN_CPU_PREFILL_COPY", "0")
+    without_copy = load_model(str(random_fp8), device="cpu", precision="fp16")
+    assert without_copy.weights_bytes < 0.55 * fp32.weights_bytes
+    copy_bytes = int(with_copy.precision.details["prefill_copy_bytes"])
+    assert with_copy.weights_bytes == without_copy.weights_bytes + copy_bytes  # the memory shown includes it
     assert fp32.max_context == 8192 and fp32.eos_token_ids

@@ -1,0 +1,457 @@
+"""``python -m chatbot bench``: speed, memory and fidelity of each precision, measured on this machine.
+
+For every precision the device can run (the others are listed as skipped, with the reason), a fresh
+worker process loads the model and measures load time, weights bytes, peak memory, time to first
+token, prefill and decode speed (median of several runs after a warm-up, with min and max), the
+share of the memory-bandwidth limit that decode reaches, and fidelity against the highest precision
+(top-1 agreement, mean KL divergence, perplexity on the passage shipped in ``chatbot/data``). The
+default precision also runs the chat scenarios: time to first token at turns 1, 2, 4 and 8 of one
+conversation (with and without the conversation cache), decode through the chat stream against a
+bare decode loop, and batch throughput at batch sizes 1, 4 and 8.
+
+Output: a Markdown table on stdout, ``bench.json`` and ``bench.png`` in ``--out``.
+
+    python -m chatbot make-model /tmp/qwen3-0.6b --size 0.6b     # the real architecture, random weights
+    python -m chatbot bench --model /tmp/qwen3-0.6b --out bench-out
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+ALL_PRECISIONS = ("fp8", "fp16", "bf16", "fp32")
+FIDELITY_TOKENS = 256
+TURNS = (1, 2, 4, 8)
+BATCH_SIZES = (1, 4, 8)
+# Figures to compare with, measured on a 2-core AVX2 CPU with the Qwen3-0.6B architecture (tokens/s).
+REFERENCE_FIGURES = {
+    "plain transformers 5.23, FP32": {"prefill_64": 72, "decode": 7.9},
+    "plain transformers 5.23, BF16": {"prefill_64": 17, "decode": 18.0},
+    "plain transformers 5.23, FP16": {"prefill_64": 20, "decode": 18.0},
+    "llama.cpp F16": {"prefill_512": 164, "decode": 23.1},
+    "llama.cpp Q8_0": {"prefill_512": 131, "decode": 36.6},
+}
+
+
+def spread(values: list[float]) -> dict[str, float]:
+    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+
+
+# --- the worker: one precision, one fresh process ---------------------------------------------------------
+
+
+def _prompt_ids(tokenizer: Any, count: int) -> list[int]:
+    from .tokenizer_build import data_text
+
+    ids = tokenizer.encode(data_text("passage.txt"))
+    while len(ids) < count:
+        ids = ids + ids
+    return ids[:count]
+
+
+def _measure_generation(loaded: Any, prompt: list[int], new_tokens: int, runs: int) -> dict[str, Any]:
+    import threading
+
+    from .generation import Generator
+    from .sampling import sampling_options
+
+    generator = Generator(loaded.model, loaded.tokenizer, loaded.eos_token_ids, loaded.device)
+    options = sampling_options(False, temperature=0, min_new_tokens=new_tokens, max_new_tokens=new_tokens)
+    generator.run(prompt[:32], sampling_options(False, temperature=0, max_new_tokens=4), threading.Event(), _drop)
+    ttft, prefill, decode = [], [], []
+    for _ in range(runs):
+        stats = generator.run(prompt, options, threading.Event(), _drop).stats
+        ttft.append(stats.time_to_first_token)
+        prefill.append(len(prompt) / stats.prefill_seconds)
+        decode.append(stats.tokens_per_second)
+    return {"time_to_first_token_s": spread(ttft), "prefill_tok_s": spread(prefill), "decode_tok_s": spread(decode)}
+
+
+def _drop(_: str) -> None:
+    return None
+
+
+def _raw_decode(loaded: Any, prompt: list[int], new_tokens: int, runs: int) -> dict[str, float]:
+    """Bare greedy decode loop (no streaming, no sampling, no stop checks): the speed the app adds to."""
+    import torch
+    from transformers import DynamicCache
+
+    speeds = []
+    with torch.inference_mode():
+        for _ in range(runs):
+            cache = DynamicCache(config=loaded.model.config)
+            ids = torch.tensor([prompt], device=loaded.device)
+            out = loaded.model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
+            token = out.logits[:, -1].argmax(-1, keepdim=True)
+            start = time.perf_counter()
+            for _ in range(new_tokens - 1):
+                out = loaded.model(input_ids=token, past_key_values=cache, use_cache=True)
+                token = out.logits[:, -1].argmax(-1, keepdim=True)
+            int(token)
+            speeds.append((new_tokens - 1) / (time.perf_counter() - start))
+    return spread(speeds)
+
+
+def _fidelity(loaded: Any, reference: Path | None, save: Path | None) -> dict[str, float]:
+    """Teacher-forced next-token distributions over the passage, against the reference precision's."""
+    import torch
+
+    ids = _prompt_ids(loaded.tokenizer, FIDELITY_TOKENS)
+    with torch.inference_mode():
+        logits = loaded.model(input_ids=torch.tensor([ids], device=loaded.device)).logits[0].float().cpu()
+    logprobs = torch.log_softmax(logits, dim=-1)
+    targets = torch.tensor(ids[1:])
+    nll = -logprobs[:-1].gather(1, targets[:, None]).mean()
+    result = {"perplexity": float(torch.exp(nll))}
+    if save is not None:
+        torch.save(logprobs.half(), save)
+    if reference is not None and reference.exists():
+        ref = torch.load(reference).float()
+        result["top1_agreement"] = float((ref.argmax(-1) == logprobs.argmax(-1)).float().mean())
+        result["mean_kl"] = float((ref.exp() * (ref - logprobs)).sum(-1).mean())
+    return result
+
+
+def _decoded_weight_bytes(model: Any) -> int:
+    """Bytes read per decoded token: every matrix the forward pass multiplies by (lm_head included)."""
+    seen, total = set(), 0
+    for module in model.modules():
+        if hasattr(module, "weight") and hasattr(module, "in_features"):
+            for tensor in (module.weight, getattr(module, "weight_scale_inv", None)):
+                if tensor is not None and tensor.data_ptr() not in seen:
+                    seen.add(tensor.data_ptr())
+                    total += tensor.numel() * tensor.element_size()
+    return total
+
+
+def _scenarios(loaded_source: str, device: str, precision: str, new_tokens: int) -> dict[str, Any]:
+    from .chat import ChatDone, Conversation, batch_reply, stream_reply
+    from .engine import ChatEngine
+
+    results: dict[str, Any] = {}
+    for label, cache_tokens in (("with_cache", 32768), ("without_cache", 0)):
+        engine = ChatEngine(loaded_source, device=device, precision=precision, prefix_cache_tokens=cache_tokens)
+        conversation = Conversation("You are a helpful assistant.")
+        ttft = {}
+        for turn in range(1, max(TURNS) + 1):
+            message = f"Turn {turn}: " + "please tell me more about the rabbit and the watch. " * 6
+            for event in stream_reply(engine, conversation.messages_with(message), temperature=0,
+                                      min_new_tokens=new_tokens, max_new_tokens=new_tokens):
+                if isinstance(event, ChatDone):
+                    conversation.add_exchange(message, event)
+                    if turn in TURNS:
+                        ttft[turn] = event.stats["time_to_first_token"]
+                    if turn == max(TURNS) and label == "with_cache":
+                        results["stream_decode_tok_s"] = event.stats["tokens_per_second"]
+        results[f"ttft_by_turn_{label}"] = ttft
+        if label == "with_cache":
+            throughput = {}
+            for size in BATCH_SIZES:
+                prompts = [[{"role": "user", "content": f"Question {i}: where did the rabbit go?"}]
+                           for i in range(size)]
+                start = time.perf_counter()
+                replies = batch_reply(engine, prompts, temperature=0, min_new_tokens=new_tokens,
+                                      max_new_tokens=new_tokens)
+                elapsed = time.perf_counter() - start
+                throughput[size] = sum(r["completion_tokens"] for r in replies) / elapsed
+            results["batch_tok_s"] = throughput
+        engine.close()
+    return results
+
+
+def worker(spec: dict[str, Any]) -> dict[str, Any]:
+    import resource
+
+    import torch
+
+    from .loader import load_model
+
+    started = time.perf_counter()
+    loaded = load_model(spec["model"], device=spec["device"], precision=spec["precision"])
+    load_seconds = time.perf_counter() - started
+    prompt = _prompt_ids(loaded.tokenizer, spec["prompt_tokens"])
+    result: dict[str, Any] = {
+        "precision": spec["precision"],
+        "mode": loaded.precision.mode,
+        "label": loaded.precision.label,
+        "reason": loaded.precision.reason,
+        "device": loaded.precision.device_name,
+        "load_s": load_seconds,
+        "weights_bytes": loaded.weights_bytes,
+        "decoded_weight_bytes": _decoded_weight_bytes(loaded.model),
+        "prompt_tokens": len(prompt),
+        "new_tokens": spec["new_tokens"],
+    }
+    result.update(_measure_generation(loaded, prompt, spec["new_tokens"], spec["runs"]))
+    result["raw_decode_tok_s"] = _raw_decode(loaded, prompt, spec["new_tokens"], spec["runs"])
+    reference = Path(spec["reference"]) if spec.get("reference") else None
+    save = Path(spec["save_logprobs"]) if spec.get("save_logprobs") else None
+    result["fidelity"] = _fidelity(loaded, reference, save)
+    if spec.get("scenarios"):
+        del loaded
+        result["scenarios"] = _scenarios(spec["model"], spec["device"], spec["precision"], spec["scenario_tokens"])
+    result["peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    if torch.cuda.is_available() and spec["device"] != "cpu":
+        result["peak_gpu_bytes"] = torch.cuda.max_memory_allocated()
+    return result
+
+
+# --- the parent: plan, run workers, report ------------------------------------------------------------------
+
+
+def memory_bandwidth(device: str = "cpu", size_mb: int = 512) -> float:
+    """Bytes per second a large copy moves (read + write), median of 5."""
+    import torch
+
+    elements = size_mb * 2**20 // 4
+    source = torch.ones(elements, device=device)
+    target = torch.empty_like(source)
+    times = []
+    for _ in range(6):
+        if device != "cpu":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        target.copy_(source)
+        if device != "cpu":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return 2 * source.numel() * 4 / statistics.median(times[1:])
+
+
+def plan(precisions: list[str], device_name: str) -> tuple[list[str], dict[str, str]]:
+    from .device import detect_device
+    from .precision import unsupported_reason
+
+    device = detect_device(device_name)
+    runnable, skipped = [], {}
+    for precision in precisions:
+        why = unsupported_reason(precision, device)
+        if why:
+            skipped[precision] = why
+        else:
+            runnable.append(precision)
+    return runnable, skipped
+
+
+def default_precision(runnable: list[str], model: str, device: str) -> str:
+    """The precision auto would choose here (it gets the chat scenarios)."""
+    from .checkpoint import inspect_checkpoint, resolve_checkpoint
+    from .device import detect_device
+    from .precision import plan_precision
+
+    info = inspect_checkpoint(resolve_checkpoint(model), model)
+    candidates, _ = plan_precision("auto", detect_device(device), checkpoint_fp8=info.format.is_fp8,
+                                   checkpoint_dtype=info.native_dtype)
+    return next((c.mode for c in candidates if c.mode in runnable), runnable[0])
+
+
+def run_worker(spec: dict[str, Any], timeout: float) -> dict[str, Any]:
+    command = [sys.executable, "-m", "chatbot.bench", "--worker", json.dumps(spec)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
+    if done.returncode != 0:
+        tail = "\n".join(done.stderr.strip().splitlines()[-5:])
+        return {"precision": spec["precision"], "error": tail or f"worker exited with {done.returncode}"}
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def run_bench(args: argparse.Namespace) -> dict[str, Any]:
+    precisions = [p.strip() for p in args.precisions.split(",") if p.strip()]
+    unknown = [p for p in precisions if p not in ALL_PRECISIONS]
+    if unknown:
+        raise SystemExit(f"error: unknown precision(s) {unknown}; choose from {', '.join(ALL_PRECISIONS)}")
+    runnable, skipped = plan(precisions, args.device)
+    report: dict[str, Any] = {"model": args.model, "device": args.device, "skipped": skipped, "results": [],
+                              "prompt_tokens": args.prompt_tokens, "new_tokens": args.new_tokens}
+    if not runnable:
+        return report
+    device_for_bandwidth = "cpu" if args.device in ("auto", "cpu") and not _cuda() else "cuda"
+    report["memory_bandwidth_bytes_s"] = memory_bandwidth(device_for_bandwidth)
+    main = default_precision(runnable, args.model, args.device)
+    order = sorted(runnable, key=lambda p: -ALL_PRECISIONS.index(p))  # highest precision first: the reference
+    with tempfile.TemporaryDirectory() as tmp:
+        reference = Path(tmp) / "reference.pt"
+        for precision in tqdm(order, desc="bench", unit="precision"):
+            spec = {
+                "model": args.model, "device": args.device, "precision": precision,
+                "prompt_tokens": args.prompt_tokens, "new_tokens": args.new_tokens, "runs": args.runs,
+                "scenarios": precision == main, "scenario_tokens": args.scenario_tokens,
+                "reference": str(reference) if precision != order[0] else None,
+                "save_logprobs": str(reference) if precision == order[0] else None,
+            }
+            result = run_worker(spec, timeout=args.timeout)
+            result["default"] = precision == main
+            report["results"].append(result)
+    report["reference_precision"] = order[0]
+    return report
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+# --- report -------------------------------------------------------------------------------------------------
+
+
+def _fmt(value: float | None, digits: int = 1) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def markdown(report: dict[str, Any]) -> str:
+    bandwidth = report.get("memory_bandwidth_bytes_s")
+    lines = [
+        f"Model: {report['model']}; prompt {report['prompt_tokens']} tokens, {report['new_tokens']} new tokens; "
+        + (f"measured memory bandwidth {bandwidth / 1e9:.1f} GB/s" if bandwidth else "no precision ran"),
+        "",
+        "| precision | mode used | load s | weights MiB | peak RSS MiB | TTFT s | prefill tok/s | decode tok/s "
+        "(min-max) | bandwidth use | top-1 agree | mean KL | perplexity |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in report["results"]:
+        if "error" in r:
+            lines.append(f"| {r['precision']} | failed: {r['error'].splitlines()[-1]} |" + " |" * 10)
+            continue
+        decode = r["decode_tok_s"]
+        share = r["decoded_weight_bytes"] * decode["median"] / bandwidth if bandwidth else None
+        fidelity = r["fidelity"]
+        lines.append(
+            f"| {r['precision']}{' (default)' if r['default'] else ''} | {r['label']} | {_fmt(r['load_s'])} "
+            f"| {r['weights_bytes'] / 2**20:.0f} | {r['peak_rss_bytes'] / 2**20:.0f} "
+            f"| {_fmt(r['time_to_first_token_s']['median'], 2)} | {_fmt(r['prefill_tok_s']['median'])} "
+            f"| {_fmt(decode['median'])} ({_fmt(decode['min'])}-{_fmt(decode['max'])}) "
+            f"| {'-' if share is None else f'{share:.0%}'} | {_fmt(fidelity.get('top1_agreement'), 3)} "
+            f"| {_fmt(fidelity.get('mean_kl'), 4)} | {_fmt(fidelity['perplexity'])} |"
+        )
+    for precision, why in report["skipped"].items():
+        lines.append(f"| {precision} | skipped: {why} |" + " |" * 10)
+    lines += _scenario_lines(report) + _target_lines(report) + _reference_lines()
+    return "\n".join(lines)
+
+
+def _scenario_lines(report: dict[str, Any]) -> list[str]:
+    main = next((r for r in report["results"] if r.get("default") and "scenarios" in r), None)
+    if main is None:
+        return []
+    s = main["scenarios"]
+    cached, fresh = s["ttft_by_turn_with_cache"], s["ttft_by_turn_without_cache"]
+    lines = ["", f"Chat scenarios ({main['precision']}):", "",
+             "| turn | " + " | ".join(str(t) for t in TURNS) + " |", "|---" * (len(TURNS) + 1) + "|",
+             "| TTFT s, conversation cache | " + " | ".join(_fmt(cached[str(t)], 3) for t in TURNS) + " |",
+             "| TTFT s, no cache | " + " | ".join(_fmt(fresh[str(t)], 3) for t in TURNS) + " |", "",
+             "| batch size | " + " | ".join(str(b) for b in BATCH_SIZES) + " |", "|---" * (len(BATCH_SIZES) + 1) + "|",
+             "| total new tok/s | " + " | ".join(_fmt(s["batch_tok_s"][str(b)]) for b in BATCH_SIZES) + " |"]
+    return lines
+
+
+def targets(report: dict[str, Any]) -> list[tuple[str, str, bool | None]]:
+    """(target, measured, met) for the performance targets that this run can judge."""
+    results = {r["precision"]: r for r in report["results"] if "error" not in r}
+    main = next((r for r in results.values() if r.get("default")), None)
+    rows: list[tuple[str, str, bool | None]] = []
+    if main and "scenarios" in main:
+        s = main["scenarios"]
+        ratio = s["stream_decode_tok_s"] / main["raw_decode_tok_s"]["median"]
+        rows.append(("chat stream decode >= 0.9x bare decode", f"{ratio:.2f}x", ratio >= 0.9))
+        turns = s["ttft_by_turn_with_cache"]
+        growth = turns[str(max(TURNS))] / turns["1"]
+        rows.append(("TTFT turn 8 <= 1.5x turn 1", f"{growth:.2f}x", growth <= 1.5))
+    if main and "fp32" in results and main is not results["fp32"]:
+        prefill = main["prefill_tok_s"]["median"] / results["fp32"]["prefill_tok_s"]["median"]
+        decode = main["decode_tok_s"]["median"] / results["fp32"]["decode_tok_s"]["median"]
+        rows.append((f"{main['precision']} prefill >= FP32 prefill", f"{prefill:.2f}x", prefill >= 0.95))
+        rows.append((f"{main['precision']} decode vs FP32 decode (half the bytes)", f"{decode:.2f}x", None))
+    if "fp8" in results and "fp16" in results:
+        speed = results["fp8"]["decode_tok_s"]["median"] / results["fp16"]["decode_tok_s"]["median"]
+        memory = results["fp8"]["weights_bytes"] / results["fp16"]["weights_bytes"]
+        rows.append(("FP8 decode >= FP16 decode", f"{speed:.2f}x", speed >= 1.0))
+        rows.append(("FP8 weights <= 0.65x FP16", f"{memory:.2f}x", memory <= 0.65))
+    return rows
+
+
+def _target_lines(report: dict[str, Any]) -> list[str]:
+    rows = targets(report)
+    if not rows:
+        return []
+    mark = {True: "met", False: "MISSED", None: "-"}
+    return ["", "| target | measured | |", "|---|---|---|", *[f"| {t} | {m} | {mark[ok]} |" for t, m, ok in rows]]
+
+
+def _reference_lines() -> list[str]:
+    lines = ["", "Reference figures (2-core AVX2 CPU, Qwen3-0.6B architecture), tokens/s:", "",
+             "| software | prefill 64 | prefill 512 | decode |", "|---|---|---|---|"]
+    for name, figures in REFERENCE_FIGURES.items():
+        lines.append(f"| {name} | {figures.get('prefill_64', '-')} | {figures.get('prefill_512', '-')} "
+                     f"| {figures['decode']} |")
+    return lines
+
+
+def chart(report: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    results = [r for r in report["results"] if "error" not in r]
+    if not results:
+        return
+    names = [r["precision"] for r in results]
+    panels = [
+        ("decode tok/s", [r["decode_tok_s"]["median"] for r in results]),
+        ("prefill tok/s", [r["prefill_tok_s"]["median"] for r in results]),
+        ("weights MiB", [r["weights_bytes"] / 2**20 for r in results]),
+        ("mean KL vs reference", [r["fidelity"].get("mean_kl", 0.0) for r in results]),
+    ]
+    figure, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.4))
+    for axis, (title, values) in zip(axes, panels, strict=True):
+        axis.bar(names, values, color=["#6d5dfc", "#22a39f", "#f29e4c", "#8a8f98"][: len(names)])
+        axis.set_title(title)
+        for x, value in enumerate(values):
+            axis.annotate(f"{value:.3g}", (x, value), ha="center", va="bottom", fontsize=8)
+    figure.suptitle(f"{Path(report['model']).name}: precision comparison on {results[0]['device']}", fontsize=10)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, help="checkpoint folder or hub id (e.g. one from make-model)")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--precisions", default=",".join(ALL_PRECISIONS))
+    parser.add_argument("--prompt-tokens", type=int, default=512)
+    parser.add_argument("--new-tokens", type=int, default=128)
+    parser.add_argument("--scenario-tokens", type=int, default=32, help="reply length in the chat scenarios")
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--out", type=Path, default=Path("bench-out"))
+    parser.add_argument("--timeout", type=float, default=900, help="seconds allowed per precision")
+
+
+def main(args: argparse.Namespace) -> int:
+    report = run_bench(args)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "bench.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    chart(report, args.out / "bench.png")
+    print(markdown(report))
+    print(f"\nWrote {args.out / 'bench.json'} and {args.out / 'bench.png'}")
+    return 0 if all("error" not in r for r in report["results"]) else 1
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[1] == "--worker":
+        print(json.dumps(worker(json.loads(sys.argv[2]))))
+    else:
+        parser = argparse.ArgumentParser(prog="python -m chatbot bench", description=__doc__)
+        add_arguments(parser)
+        sys.exit(main(parser.parse_args()))
