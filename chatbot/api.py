@@ -132,6 +132,7 @@ class ReplyStream:
         self._cancel = threading.Event()
         self._loop = asyncio.get_running_loop()
         self._events: asyncio.Queue[Any] = asyncio.Queue()
+        self._next_disconnect_check = 0.0
         self._thread = threading.Thread(
             target=self._produce,
             args=(request.plain_messages(), request.thinking(), request.sampling_kwargs()),
@@ -171,17 +172,25 @@ class ReplyStream:
             if request is None:
                 item = await self._events.get()
             else:
+                await self._raise_if_disconnected(request)
                 try:
                     item = await asyncio.wait_for(self._events.get(), DISCONNECT_POLL_SECONDS)
                 except asyncio.TimeoutError:
-                    if await request.is_disconnected():
-                        raise ClientDisconnected from None
                     continue
             if item is _FINISHED:
                 raise APIError(500, "The reply ended without a result.", type="server_error")
             if isinstance(item, BaseException):
                 raise api_error_from(item, self.engine)
             return item
+
+    async def _raise_if_disconnected(self, request: Request) -> None:
+        # Checked on a clock, not only when events pause: tokens may arrive without a break.
+        now = time.monotonic()
+        if now < self._next_disconnect_check:
+            return
+        self._next_disconnect_check = now + DISCONNECT_POLL_SECONDS
+        if await request.is_disconnected():
+            raise ClientDisconnected
 
     async def first_event(self, request: Request) -> ChatEvent:
         """The first event after loading: the request was accepted (queued or generating) or it failed."""
@@ -264,6 +273,7 @@ async def sse_chunks(reply: ReplyStream, first: ChatEvent, meta: Completion, inc
     Leaving early (the client disconnected, so the response task is cancelled) cancels the
     generation at once.
     """
+    ended = False
     try:
         yield chunk_json(meta, {"role": "assistant", "content": ""}, with_usage=include_usage)
         event = first
@@ -273,6 +283,7 @@ async def sse_chunks(reply: ReplyStream, first: ChatEvent, meta: Completion, inc
             elif isinstance(event, AnswerDelta):
                 yield chunk_json(meta, {"content": event.text}, with_usage=include_usage)
             event = await reply.next_event()
+        ended = True
         if event.finish_reason == "cancelled":
             raise shutting_down()
         yield chunk_json(meta, {}, event.finish_reason, with_usage=include_usage)
@@ -280,11 +291,14 @@ async def sse_chunks(reply: ReplyStream, first: ChatEvent, meta: Completion, inc
             yield chunk_json(meta, None, usage_field=usage(event), with_usage=True)
         log_reply(meta, event)
     except APIError as exc:
+        ended = True
         # Headers are gone already: the error travels as a data event, which OpenAI clients raise.
         log.warning("%s failed while streaming: %s", meta.id, exc.message)
         yield json.dumps(exc.body(), ensure_ascii=False)
     finally:
         reply.cancel()
+        if not ended:
+            log.info("%s: the client disconnected mid-stream; generation stopped", meta.id)
     yield "[DONE]"
 
 

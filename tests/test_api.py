@@ -8,18 +8,14 @@ counts are asserted exactly. Run: ``.venv/bin/python -m pytest tests/test_api.py
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
-import sys
-import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import openai
 import pytest
-from conftest import ROOT, RunningApp, free_port, stop_app
+from conftest import RunningApp
 from fastapi.testclient import TestClient
 from transformers import AutoTokenizer
 
@@ -35,52 +31,11 @@ THINKING_ON = {"chat_template_kwargs": {"enable_thinking": True}}
 # What the scripted model generates with thinking on; <|im_end|> follows it.
 SCRIPTED_REPLY = f"<think>{SCRIPTED_THINKING}</think>\n\n{SCRIPTED_ANSWER}"
 
-# Until the web UI exists, ``python app.py`` cannot start: this runs the same settings and wiring
-# (create_app + start_api) without it.
-API_ONLY = (
-    "import sys, threading\n"
-    "from chatbot.__main__ import build_parser, settings_from\n"
-    "from chatbot.server import configure_logging, create_app, start_api\n"
-    "settings = settings_from(build_parser().parse_args(['serve', *sys.argv[1:]]))\n"
-    "configure_logging(settings.log_level)\n"
-    "start_api(create_app(settings))\n"
-    "threading.Event().wait()\n"
-)
-
-
-def launch(args: list[str], log_path: Path, env: dict[str, str] | None = None, timeout: float = 120) -> RunningApp:
-    """Start the app's API on a free port and wait until ``/health`` says ready."""
-    port = free_port()
-    log_file = log_path.open("w")
-    process = subprocess.Popen(
-        [sys.executable, "-c", API_ONLY, *args, "--api-port", str(port)],
-        cwd=ROOT,
-        stdout=log_file,
-        stderr=subprocess.STDOUT,
-        env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
-    )
-    app = RunningApp(process, "", f"http://127.0.0.1:{port}", log_path)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"the app exited with {process.returncode}:\n{app.log()}")
-        try:
-            if httpx.get(app.api_url + "/health", timeout=2).json().get("status") == "ready":
-                return app
-        except (httpx.HTTPError, json.JSONDecodeError):
-            pass
-        time.sleep(0.3)
-    stop_app(app)
-    raise RuntimeError(f"the app was not ready in {timeout} s:\n{app.log()}")
-
 
 @pytest.fixture(scope="module")
-def api(scripted_fp8: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningApp]:
-    app = launch(["--model", str(scripted_fp8)], tmp_path_factory.mktemp("logs") / "api.log")
-    try:
-        yield app
-    finally:
-        stop_app(app)
+def api(demo_app: RunningApp) -> RunningApp:
+    """``python app.py --model SCRIPTED``, shared with the other tests that only talk to it."""
+    return demo_app
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,209 @@
+"""The API under load on the random-weights model: disconnects, concurrent clients, a full queue.
+
+The random model writes noise, but ``min_tokens`` makes its replies as long as a test needs and a
+seed makes them reproducible, so a reply can be compared with the same request run again alone.
+Run: ``.venv/bin/python -m pytest tests/test_api_load.py -q``.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+from conftest import RunningApp, start_app, stop_app
+
+# Long enough that a generation nobody stops would hold the model for many seconds.
+LONG_REPLY = {"max_tokens": 7000, "extra_body": {"min_tokens": 7000}}
+# A generation left running would keep the next request waiting far longer than this.
+FREED_WITHIN_SECONDS = 3.0
+
+
+@pytest.fixture(scope="module")
+def random_api(random_fp8: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningApp]:
+    # Without the prefix cache each reply depends on its own request only: a prompt continued from
+    # another conversation's cached prefix is computed in other chunk sizes (and on CPU possibly in
+    # another prefill dtype), which changes the last bits of the logits, and random weights turn
+    # that into other text.
+    args = ["--model", str(random_fp8), "--prefix-cache-tokens", "0"]
+    app = start_app(args, tmp_path_factory.mktemp("logs") / "random_api.log")
+    try:
+        yield app
+    finally:
+        stop_app(app)
+
+
+def openai_client(app: RunningApp, **options: object) -> openai.OpenAI:
+    return openai.OpenAI(base_url=app.api_url + "/v1", api_key="x", max_retries=0, **options)
+
+
+def ask(text: str) -> list[dict[str, str]]:
+    return [{"role": "user", "content": text}]
+
+
+def health(app: RunningApp) -> dict:
+    return httpx.get(app.api_url + "/health", timeout=5).json()
+
+
+def seconds_until_idle(app: RunningApp, limit: float = 30.0) -> float:
+    """How long until nothing runs and nothing waits (``limit`` if that never happens)."""
+    started = time.perf_counter()
+    while time.perf_counter() - started < limit:
+        queue = health(app)["queue"]
+        if queue["depth"] == 0 and not queue["busy"]:
+            return time.perf_counter() - started
+        time.sleep(0.05)
+    return limit
+
+
+def seconds_for_a_short_reply(client: openai.OpenAI) -> float:
+    """How long a 4-token reply takes: long only if the model is still busy with something else."""
+    started = time.perf_counter()
+    reply = client.chat.completions.create(model="qwen3", messages=ask("Are you free?"), max_tokens=4)
+    assert reply.usage.completion_tokens <= 4
+    return time.perf_counter() - started
+
+
+def test_a_client_that_disconnects_mid_stream_frees_the_model(random_api) -> None:
+    client = openai_client(random_api)
+    long = client.chat.completions.create(
+        model="qwen3", messages=ask("Talk for a long time."), stream=True, **LONG_REPLY
+    )
+    received = 0
+    for chunk in long:
+        received += bool(chunk.choices and chunk.choices[0].delta.content)
+        if received == 5:
+            break
+    assert health(random_api)["queue"]["busy"]
+    long.close()  # hang up mid-reply
+
+    assert seconds_until_idle(random_api) < FREED_WITHIN_SECONDS
+    assert seconds_for_a_short_reply(client) < FREED_WITHIN_SECONDS
+    assert "the client disconnected mid-stream; generation stopped" in random_api.log()
+
+
+def test_a_client_that_gives_up_waiting_for_a_plain_reply_frees_the_model(random_api) -> None:
+    impatient = openai_client(random_api, timeout=1.0)
+    with pytest.raises(openai.APITimeoutError):
+        impatient.chat.completions.create(model="qwen3", messages=ask("Take your time."), **LONG_REPLY)
+
+    assert seconds_until_idle(random_api) < FREED_WITHIN_SECONDS
+    assert seconds_for_a_short_reply(openai_client(random_api)) < FREED_WITHIN_SECONDS
+    assert "the client disconnected before the reply; generation stopped" in random_api.log()
+
+
+@dataclass(frozen=True)
+class StreamedReply:
+    ids: frozenset[str]
+    reasoning: str
+    content: str
+    finish_reason: str | None
+    completion_tokens: int
+
+
+CLIENTS = 8
+REPLY_TOKENS = 80
+
+
+def streamed_reply(app: RunningApp, number: int) -> StreamedReply:
+    """Client ``number``'s request: its own prompt and seed, thinking on for every other one."""
+    stream = openai_client(app).chat.completions.create(
+        model="qwen3",
+        messages=ask(f"Client {number} asks question number {number * 7}."),
+        stream=True,
+        stream_options={"include_usage": True},
+        seed=1000 + number,
+        max_tokens=REPLY_TOKENS,
+        extra_body={"min_tokens": REPLY_TOKENS, "enable_thinking": number % 2 == 0},
+    )
+    chunks = list(stream)
+    deltas = [chunk.choices[0].delta for chunk in chunks if chunk.choices]
+    finishes = [chunk.choices[0].finish_reason for chunk in chunks if chunk.choices and chunk.choices[0].finish_reason]
+    return StreamedReply(
+        frozenset(chunk.id for chunk in chunks),
+        "".join(getattr(delta, "reasoning_content", None) or "" for delta in deltas),
+        "".join(delta.content or "" for delta in deltas),
+        finishes[-1] if finishes else None,
+        chunks[-1].usage.completion_tokens,
+    )
+
+
+def test_eight_concurrent_streams_are_complete_and_each_matches_its_request_run_alone(random_api) -> None:
+    depths: list[int] = []
+    watching = threading.Event()
+
+    def watch_queue() -> None:
+        while not watching.is_set():
+            depths.append(httpx.get(random_api.api_url + "/health").json()["queue"]["depth"])
+            time.sleep(0.02)
+
+    watcher = threading.Thread(target=watch_queue)
+    watcher.start()
+    try:
+        with ThreadPoolExecutor(CLIENTS) as pool:
+            together = list(pool.map(lambda number: streamed_reply(random_api, number), range(CLIENTS)))
+    finally:
+        watching.set()
+        watcher.join()
+    alone = [streamed_reply(random_api, number) for number in range(CLIENTS)]
+
+    assert max(depths) >= 1  # the requests really waited for each other
+    for number, (shared, single) in enumerate(zip(together, alone, strict=True)):
+        assert len(shared.ids) == 1, f"client {number} got chunks of several completions"
+        assert shared.finish_reason == "length" and shared.completion_tokens == REPLY_TOKENS
+        assert (shared.reasoning, shared.content) == (single.reasoning, single.content), f"client {number}"
+        assert bool(shared.reasoning) == (number % 2 == 0)  # thinking only where it was asked for
+    assert len({next(iter(reply.ids)) for reply in together}) == CLIENTS
+    assert len({reply.content + reply.reasoning for reply in together}) == CLIENTS  # no two alike
+
+
+@pytest.fixture
+def one_slot_api(random_fp8: Path, tmp_path: Path) -> Iterator[RunningApp]:
+    app = start_app(["--model", str(random_fp8), "--queue-size", "1"], tmp_path / "one_slot_api.log")
+    try:
+        yield app
+    finally:
+        stop_app(app)
+
+
+def test_a_full_queue_answers_429_with_retry_after(one_slot_api) -> None:
+    client = openai_client(one_slot_api)
+    running = client.chat.completions.create(model="qwen3", messages=ask("First."), stream=True, **LONG_REPLY)
+    waiting = client.chat.completions.create(model="qwen3", messages=ask("Second."), stream=True, **LONG_REPLY)
+    try:
+        assert health(one_slot_api)["queue"] == {"depth": 1, "size": 1, "busy": True}
+        rejected = httpx.post(
+            one_slot_api.api_url + "/v1/chat/completions", json={"messages": ask("Third."), "stream": True}
+        )
+        assert rejected.status_code == 429
+        assert rejected.headers["Retry-After"] == "5"
+        error = rejected.json()["error"]
+        assert (error["type"], error["code"], error["param"]) == ("rate_limit_error", "queue_full", None)
+        assert "queue is full" in error["message"]
+        with pytest.raises(openai.RateLimitError):
+            client.chat.completions.create(model="qwen3", messages=ask("Fourth."))
+
+        # a waiting client that hangs up gives its place back while the first one still runs
+        waiting.close()
+        assert seconds_until_queue_empty(one_slot_api) < FREED_WITHIN_SECONDS
+        replacement = client.chat.completions.create(model="qwen3", messages=ask("Fifth."), stream=True, max_tokens=4)
+        assert health(one_slot_api)["queue"]["busy"]  # the first reply was never interrupted
+    finally:
+        running.close()
+        waiting.close()
+    finishes = [chunk.choices[0].finish_reason for chunk in replacement if chunk.choices]
+    assert finishes[-1] in ("stop", "length")  # it ran as soon as the first one hung up
+    assert seconds_until_idle(one_slot_api) < FREED_WITHIN_SECONDS
+
+
+def seconds_until_queue_empty(app: RunningApp, limit: float = 30.0) -> float:
+    started = time.perf_counter()
+    while health(app)["queue"]["depth"] and time.perf_counter() - started < limit:
+        time.sleep(0.05)
+    return time.perf_counter() - started
