@@ -41,6 +41,11 @@ def short_name(dtype: torch.dtype) -> str:
     return {v: k for k, v in DTYPE_NAMES.items()}[dtype].upper()
 
 
+def _vector_isa() -> str:
+    """The instruction set torch's CPU kernels use ("AVX512", "AVX2"...; ATEN_CPU_CAPABILITY can lower it)."""
+    return torch.backends.cpu.get_cpu_capability()
+
+
 def choose_prefill_dtype(
     storage_dtype: torch.dtype, flags: frozenset[str] | None = None, environ: dict[str, str] | None = None
 ) -> PrefillChoice:
@@ -51,13 +56,14 @@ def choose_prefill_dtype(
     """
     environ = os.environ if environ is None else environ
     flags = cpu_flags() if flags is None else flags
+    isa = _vector_isa() if isa is None else isa
     copy = environ.get("QWEN_CPU_PREFILL_COPY", "1").strip() not in ("0", "false", "no")
     forced = environ.get("QWEN_CPU_PREFILL_DTYPE", "").strip().lower()
     if forced:
         if forced not in DTYPE_NAMES:
             raise ValueError(f"QWEN_CPU_PREFILL_DTYPE must be one of {', '.join(DTYPE_NAMES)}, not {forced!r}")
         dtype, why = DTYPE_NAMES[forced], "QWEN_CPU_PREFILL_DTYPE"
-    elif any(flag in flags for flag in NATIVE_BF16_FLAGS):
+    elif any(flag in flags for flag in NATIVE_BF16_FLAGS) and isa != "AVX2":
         dtype, why = torch.bfloat16, "this CPU has native BF16 matmul instructions"
     else:
         dtype, why = torch.float32, "FP32 matmuls beat 16-bit ones on CPUs without native BF16"

@@ -46,7 +46,7 @@ def test_fp16_overflow_is_redone_in_fp32() -> None:
     ],
 )
 def test_prefill_dtype_follows_the_cpu(flags, dtype) -> None:
-    choice = choose_prefill_dtype(torch.float16, flags, environ={})
+    choice = choose_prefill_dtype(torch.float16, flags, environ={}, isa="AVX512")
     assert choice.dtype == dtype and choice.copy
     assert "prefill in" in choice.describe() and "a copy made at load" in choice.describe()
 
@@ -60,6 +60,12 @@ def test_prefill_dtype_can_be_forced_both_ways(name, dtype) -> None:
     assert choice.copy == (dtype != torch.float16)  # nothing to copy when prefill uses the stored weights
     with pytest.raises(ValueError, match="QWEN_CPU_PREFILL_DTYPE"):
         choose_prefill_dtype(torch.float16, frozenset(), environ={"QWEN_CPU_PREFILL_DTYPE": "int8"})
+
+
+def test_kernels_limited_to_avx2_prefill_in_fp32() -> None:
+    """ATEN_CPU_CAPABILITY=avx2 (or an AVX2-only CPU) means no BF16 matmul units in use, whatever the flags."""
+    choice = choose_prefill_dtype(torch.float16, frozenset({"avx512_bf16"}), environ={}, isa="AVX2")
+    assert choice.dtype == torch.float32
 
 
 def test_prefill_copy_is_used_and_can_be_turned_off() -> None:
