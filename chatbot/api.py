@@ -384,12 +384,15 @@ def install_error_handlers(api: FastAPI) -> None:
     api.add_exception_handler(StarletteHTTPException, on_http_error)
 
 
+# Module level: the dependency's annotation names it, and annotations resolve in the module's globals.
+BEARER = HTTPBearer(auto_error=False, description="The key given to --api-key (or QWEN_API_KEY).")
+
+
 def api_key_guard(key: SecretStr) -> Callable[..., Any]:
     """A dependency that lets a request through only with ``Authorization: Bearer <key>``."""
     expected = key.get_secret_value().encode()
-    bearer = HTTPBearer(auto_error=False, description="The key given to --api-key (or QWEN_API_KEY).")
 
-    async def require_key(credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> None:
+    async def require_key(credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(BEARER)]) -> None:
         if credentials is None:
             raise APIError(
                 401,

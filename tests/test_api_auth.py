@@ -1,0 +1,76 @@
+"""The API key: ``python app.py --api-key KEY`` makes every /v1 request need ``Authorization: Bearer KEY``.
+
+Run: ``.venv/bin/python -m pytest tests/test_api_auth.py -q``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+from conftest import RunningApp, start_app, stop_app
+
+from chatbot.modelgen import SCRIPTED_ANSWER
+
+KEY = "sk-test-7f3a9c51e2"
+HELLO = {"model": "qwen3", "messages": [{"role": "user", "content": "Hello"}]}
+
+
+@pytest.fixture(scope="module")
+def keyed_api(scripted_fp8: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningApp]:
+    app = start_app(["--model", str(scripted_fp8), "--api-key", KEY], tmp_path_factory.mktemp("logs") / "keyed.log")
+    try:
+        yield app
+    finally:
+        stop_app(app)
+
+
+def assert_refused(response: httpx.Response) -> None:
+    assert response.status_code == 401, response.text
+    assert response.headers["WWW-Authenticate"] == "Bearer"
+    error = response.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert error["code"] == "invalid_api_key" and "--api-key" in error["message"]
+    assert KEY not in response.text
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [{}, {"Authorization": "Bearer wrong"}, {"Authorization": f"Basic {KEY}"}, {"Authorization": f"Bearer {KEY}x"}],
+    ids=["no header", "wrong key", "not bearer", "key with a suffix"],
+)
+def test_requests_without_the_key_get_401(keyed_api, headers) -> None:
+    assert_refused(httpx.post(keyed_api.api_url + "/v1/chat/completions", json=HELLO, headers=headers))
+    assert_refused(httpx.get(keyed_api.api_url + "/v1/models", headers=headers))
+
+
+def test_the_openai_client_with_the_key_gets_answers(keyed_api) -> None:
+    client = openai.OpenAI(base_url=keyed_api.api_url + "/v1", api_key=KEY, max_retries=0)
+    reply = client.chat.completions.create(model="qwen3", messages=HELLO["messages"])
+    assert reply.choices[0].message.content == SCRIPTED_ANSWER
+    streamed = client.chat.completions.create(model="qwen3", messages=HELLO["messages"], stream=True)
+    assert "".join(chunk.choices[0].delta.content or "" for chunk in streamed if chunk.choices) == SCRIPTED_ANSWER
+    assert len(client.models.list().data) == 1
+
+
+def test_the_openai_client_with_a_wrong_key_gets_an_authentication_error(keyed_api) -> None:
+    client = openai.OpenAI(base_url=keyed_api.api_url + "/v1", api_key="sk-wrong", max_retries=0)
+    with pytest.raises(openai.AuthenticationError):
+        client.chat.completions.create(model="qwen3", messages=HELLO["messages"])
+
+
+def test_health_stays_open_and_the_key_is_never_logged(keyed_api) -> None:
+    assert httpx.get(keyed_api.api_url + "/health").json()["status"] == "ready"
+    health = httpx.get(keyed_api.api_url + "/health").text
+    assert KEY not in health
+    assert KEY not in keyed_api.log()
+
+
+def test_the_schema_offers_bearer_authentication(keyed_api) -> None:
+    schema = httpx.get(keyed_api.api_url + "/openapi.json").json()
+    assert {"type": "http", "scheme": "bearer"}.items() <= next(
+        iter(schema["components"]["securitySchemes"].values())
+    ).items()
