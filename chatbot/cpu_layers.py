@@ -47,7 +47,10 @@ def _vector_isa() -> str:
 
 
 def choose_prefill_dtype(
-    storage_dtype: torch.dtype, flags: frozenset[str] | None = None, environ: dict[str, str] | None = None
+    storage_dtype: torch.dtype,
+    flags: frozenset[str] | None = None,
+    environ: dict[str, str] | None = None,
+    isa: str | None = None,
 ) -> PrefillChoice:
     """The prefill dtype for this CPU (measured by ``python -m chatbot bench``; see the README).
 
