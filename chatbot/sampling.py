@@ -120,7 +120,9 @@ class Sampler:
             probs = torch.softmax(values, dim=-1)
             if opts.top_p < 1.0:
                 cumulative = torch.cumsum(probs, dim=-1)
-                probs = torch.where(cumulative - probs < opts.top_p, probs, torch.zeros_like(probs))
+                keep = cumulative - probs < opts.top_p
+                keep[0] = True  # the most likely token survives any top_p (one below float32's range too)
+                probs = torch.where(keep, probs, torch.zeros_like(probs))
             if opts.min_p > 0.0:
                 probs = torch.where(probs >= opts.min_p * probs[0], probs, torch.zeros_like(probs))
             choice = torch.multinomial(probs, 1, generator=self.generator)
