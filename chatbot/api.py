@@ -419,12 +419,27 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorResponse, "description": "A bad request: missing or malformed field, value out of range."},
     401: {"model": ErrorResponse, "description": "Missing or wrong API key (only when the server has one)."},
     429: {"model": ErrorResponse, "description": "The queue is full; retry after Retry-After seconds."},
+    500: {"model": ErrorResponse, "description": "Generation failed part-way; the server keeps serving."},
     503: {"model": ErrorResponse, "description": "The model failed to load, or the server is shutting down."},
 }
 STREAM_RESPONSE = {
     "description": "With stream false: a chat.completion. With stream true: Server-Sent Events, one "
     "chat.completion.chunk per data line, then data: [DONE].",
-    "content": {"text/event-stream": {"schema": {"type": "string"}}},
+    "content": {
+        "text/event-stream": {
+            # One schema per event, as OpenAPI 3.2 describes event streams.
+            "schema": {
+                "type": "object",
+                "properties": {
+                    "data": {
+                        "type": "string",
+                        "description": "A chat.completion.chunk as JSON (or an error object), then [DONE].",
+                    }
+                },
+                "required": ["data"],
+            }
+        }
+    },
 }
 
 
@@ -489,7 +504,22 @@ def build_api(app: App) -> FastAPI:
         return JSONResponse(body, status_code=503 if body["status"] == "failed" else 200)
 
     api.include_router(v1)
+    drop_unused_422(api)
     return api
+
+
+def drop_unused_422(api: FastAPI) -> None:
+    """Leave FastAPI's automatic 422 out of the schema: invalid requests get a 400 with an OpenAI body."""
+    generate = api.openapi
+
+    def openapi() -> dict[str, Any]:
+        schema = generate()
+        for operations in schema.get("paths", {}).values():
+            for operation in operations.values():
+                operation.get("responses", {}).pop("422", None)
+        return schema
+
+    api.openapi = openapi  # type: ignore[method-assign]
 
 
 def model_card(name: str, created: int) -> dict[str, Any]:

@@ -191,6 +191,16 @@ def test_common_client_fields_and_vllm_sampling_names_are_accepted(client) -> No
     assert reply.choices[0].message.content == SCRIPTED_ANSWER
 
 
+@pytest.mark.parametrize(
+    "extreme",
+    [{"top_p": 5e-324}, {"top_p": 1.0, "top_k": 1}, {"temperature": 2.0}, {"temperature": 0}, {"min_p": 1.0}],
+    ids=str,
+)
+def test_extreme_but_valid_sampling_values_still_answer(client, extreme) -> None:
+    reply = client.chat.completions.create(model="qwen3", messages=HELLO, extra_body=extreme)
+    assert reply.choices[0].message.content == SCRIPTED_ANSWER
+
+
 def test_models_lists_the_loaded_model(client, api, scripted_fp8) -> None:
     models = client.models.list()
     assert [model.id for model in models.data] == [str(scripted_fp8)]
