@@ -442,3 +442,30 @@ def test_health_is_503_and_requests_fail_clearly_when_loading_failed(tmp_path) -
 def test_api_port_zero_turns_the_api_off(scripted_fp8) -> None:
     app = App(Settings(model=str(scripted_fp8), api_port=0), ChatEngine(str(scripted_fp8)), "qwen3-test")
     assert start_api(app) is None
+
+
+def fail_part_way(self, prompt_ids, options, cancel, emit, *args, **kwargs):
+    emit("Hello")
+    raise RuntimeError("out of memory (simulated)")
+
+
+def test_a_generation_that_fails_part_way_is_reported_and_the_server_keeps_serving(scripted_fp8, monkeypatch) -> None:
+    with in_process_client(str(scripted_fp8)) as http:
+        monkeypatch.setattr("chatbot.engine.Generator.run", fail_part_way)
+        plain = http.post("/v1/chat/completions", json={"messages": HELLO})
+        with http.stream("POST", "/v1/chat/completions", json={"messages": HELLO, "stream": True}) as response:
+            status, payloads = response.status_code, sse_payloads(response.read().decode())
+        client = openai.OpenAI(base_url="http://testserver/v1", api_key="x", http_client=http, max_retries=0)
+        with pytest.raises(openai.APIError, match="out of memory"):
+            list(client.chat.completions.create(model="qwen3", messages=HELLO, stream=True))
+        monkeypatch.undo()
+        healthy = http.post("/v1/chat/completions", json={"messages": HELLO})
+    assert plain.status_code == 500
+    assert plain.json()["error"]["code"] == "generation_failed"
+    assert "out of memory (simulated)" in plain.json()["error"]["message"]
+    # a stream has sent its 200 already: the error arrives as an event, which OpenAI clients raise
+    assert status == 200
+    assert json.loads(payloads[1])["choices"][0]["delta"] == {"content": "Hello"}
+    assert json.loads(payloads[-2])["error"]["code"] == "generation_failed"
+    assert payloads[-1] == "[DONE]"
+    assert healthy.json()["choices"][0]["message"]["content"] == SCRIPTED_ANSWER
