@@ -103,7 +103,9 @@ class ChatCompletionRequest(BaseModel):
     stream: bool = Field(False, description="Stream the reply as Server-Sent Events (data: {...}, data: [DONE]).")
     stream_options: StreamOptions | None = Field(None, description="Streaming options (include_usage).")
     enable_thinking: bool | None = Field(
-        None, description="Think before answering; wins over chat_template_kwargs.enable_thinking. Default false."
+        None,
+        description="Think before answering; wins over chat_template_kwargs.enable_thinking. Default false. "
+        "/think or /no_think in the last user message overrides both, as in Qwen3.",
     )
     chat_template_kwargs: ChatTemplateKwargs | None = Field(
         None, description='{"enable_thinking": true} turns thinking on (vLLM/SGLang convention).'
