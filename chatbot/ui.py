@@ -387,9 +387,11 @@ def show_send_button() -> tuple[Any, Any]:
 
 def header_html(app: App) -> str:
     logo = (ASSETS / "logo.svg").read_text(encoding="utf-8")
+    # A local checkpoint is named by its folder; the full path is in the tooltip.
+    short_name = Path(app.model_name).name if os.sep in app.model_name else app.model_name
     return (
         f'<div class="qc-title">{logo}<div><h1>Qwen3 Chat</h1>'
-        f'<span class="qc-model">{html.escape(app.model_name)}</span></div></div>'
+        f'<span class="qc-model" title="{html.escape(app.model_name)}">{html.escape(short_name)}</span></div></div>'
     )
 
 
@@ -479,7 +481,7 @@ def build_ui(app: App) -> gr.Blocks:
         sampling = [temperature, top_p, top_k, max_new_tokens, presence_penalty, repetition_penalty]
         reply_outputs = [chat, message_box, notice, conversation]
         reply_settings = dict(concurrency_limit=None, show_progress="hidden")
-        # Each reply: swap Send for Stop, stream, swap back, save to the browser. The swap runs first
+        # Each reply: swap Send for Stop, stream, save to the browser, swap back. The swap runs first
         # (not beside the reply) so that a quick reply cannot finish before it.
         replies = []
         for triggers, handler, inputs, api_name in (
@@ -502,8 +504,9 @@ def build_ui(app: App) -> gr.Blocks:
                 api_name=api_name,
                 **reply_settings,
             )
-            reply.then(show_send_button, None, [send_button, stop_button], api_visibility="private")
-            reply.then(handlers.save, conversation, saved, api_visibility="private")
+            # Saved before Send comes back, so that a page showing Send has its conversation stored.
+            saving = reply.then(handlers.save, conversation, saved, api_visibility="private")
+            saving.then(show_send_button, None, [send_button, stop_button], api_visibility="private")
             replies.append(reply)
         stop_button.click(handlers.stop, None, notice, api_name="stop", queue=False)
         demo.unload(handlers.stop_on_unload)
@@ -514,7 +517,7 @@ def build_ui(app: App) -> gr.Blocks:
         edited = edit_button.click(
             handlers.edit_last, [message_box, conversation], [chat, message_box, conversation], api_name="edit_last"
         )
-        cleared = gr.on(
+        cleared = gr.on(  # the chat's own trash icon clears the stored conversation too
             [clear_button.click, chat.clear], handlers.clear, conversation, [chat, conversation], api_name="clear"
         )
         imported = import_button.upload(

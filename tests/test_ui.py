@@ -1,0 +1,359 @@
+"""The web UI: its pure pieces, then the running app through ``gradio_client``, as a program would use it.
+
+.venv/bin/python -m pytest tests/test_ui.py -q
+
+Two apps are started the way users start them (``python app.py --model PATH``), on free ports and
+without the API: one on the scripted model (exact thinking and answer text), one on the random
+model with a login, a queue of one and ``QWEN_TEST_MIN_NEW_TOKENS`` so that replies run long
+enough to be stopped and to queue behind each other.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import re
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from conftest import RunningApp, start_app, stop_app
+from gradio_client import Client, handle_file
+
+from chatbot.chat import AnswerDelta, ChatDone, Conversation, ThinkingDelta, Turn
+from chatbot.errors import ChatbotError
+from chatbot.loader import load_model
+from chatbot.modelgen import SCRIPTED_ANSWER, SCRIPTED_THINKING
+from chatbot.ui import from_saved_form, sampling_kwargs, saved_form
+from chatbot.ui_render import LiveReply, escape_html, is_stats_message
+
+LOGIN = ("tester", "s3cret")
+UNCHANGED = {"__type__": "update"}  # what gradio_client shows for an output the handler left as it was
+LONG_REPLY_TOKENS = 6000  # the random model writes ~500 tokens/s here: long enough to stop by hand
+
+
+# --- helpers ----------------------------------------------------------------------------------------------
+
+
+def text_of(message: dict[str, Any]) -> str:
+    content = message["content"]
+    if isinstance(content, list):  # gradio_client gives [{"type": "text", "text": ...}]
+        return "".join(part.get("text", "") for part in content)
+    return content
+
+
+def reply_parts(chat: list[dict[str, Any]]) -> dict[str, Any]:
+    """The last reply of a chat value: its thinking message, answer text and stats line."""
+    last_user = max(i for i, message in enumerate(chat) if message["role"] == "user")
+    parts: dict[str, Any] = {"user": text_of(chat[last_user]), "thinking": None, "answer": None, "stats": None}
+    for message in chat[last_user + 1 :]:
+        if (message.get("metadata") or {}).get("title"):
+            parts["thinking"] = message
+        elif is_stats_message(message):
+            parts["stats"] = re.sub(r"<[^>]+>", "", text_of(message))
+        else:
+            parts["answer"] = text_of(message)
+    return parts
+
+
+def user_texts(chat: list[dict[str, Any]]) -> list[str]:
+    return [text_of(message) for message in chat if message["role"] == "user"]
+
+
+def wait_for(condition, timeout: float = 60.0, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def last_chat(job) -> list[dict[str, Any]] | None:
+    outputs = job.outputs()
+    return outputs[-1][0] if outputs else None
+
+
+def answer_so_far(job) -> str:
+    chat = last_chat(job)
+    return (reply_parts(chat)["answer"] or "") if chat else ""
+
+
+def stats_so_far(job) -> str:
+    chat = last_chat(job)
+    return (reply_parts(chat)["stats"] or "") if chat else ""
+
+
+def badge_fields(badge: str) -> dict[str, str]:
+    def field(pattern: str) -> str:
+        match = re.search(pattern, badge, re.DOTALL)
+        assert match, f"{pattern!r} not in badge {badge!r}"
+        return html.unescape(match.group(1))
+
+    return {
+        "label": field(r'class="qc-badge-mode">(.*?)</span>'),
+        "device": field(r'class="qc-badge-device">(.*?) · weights'),
+        "weights": field(r" · weights (.*?)</span>"),
+        "reason": field(r'class="qc-badge-reason">(.*?)</div>'),
+    }
+
+
+# --- pure pieces ------------------------------------------------------------------------------------------
+
+
+def test_escape_html_makes_tags_literal_but_leaves_code_alone() -> None:
+    text = 'Hi <img src=x onerror="alert(1)"> and `<b>` here\n```html\n<script>alert(2)</script>\n```\n<script>'
+    escaped = escape_html(text)
+    assert "<img" not in escaped and "&lt;img" in escaped
+    assert "`<b>`" in escaped  # inline code shows its text as is
+    assert "```html\n<script>alert(2)</script>\n```" in escaped  # so does a fenced block
+    assert escaped.endswith("&lt;script>")
+    assert escape_html("你好 **bold** `code`") == "你好 **bold** `code`"
+
+
+def test_sampling_defaults_follow_the_mode_until_the_user_changes_them() -> None:
+    untouched = sampling_kwargs(0.6, 0.95, 20, 512, 0.0, 1.0)  # thinking defaults still on the sliders
+    assert "temperature" not in untouched and untouched["max_new_tokens"] == 512
+    assert "temperature" not in sampling_kwargs(0.7, 0.8, 20, 512, 0.0, 1.0)  # non-thinking defaults
+    chosen = sampling_kwargs(0.3, 0.95, 20, 512, 0.5, 1.1)
+    assert chosen["temperature"] == 0.3 and chosen["top_p"] == 0.95 and chosen["presence_penalty"] == 0.5
+
+
+def test_saved_form_round_trips_and_rejects_what_is_not_a_conversation() -> None:
+    conversation = Conversation(
+        "Be brief.",
+        [Turn("user", "你好"), Turn("assistant", "Hello!", "Greeting.", {"new_tokens": 3, "thinking_seconds": 0.5})],
+    )
+    data = json.loads(json.dumps(saved_form(conversation)))
+    restored = from_saved_form(data, "Be brief.")
+    assert restored == conversation
+    assert from_saved_form(data["messages"], "").turns == conversation.turns  # a bare list also imports
+    with pytest.raises(ChatbotError, match="not a conversation"):
+        from_saved_form({"hello": 1}, "")
+    with pytest.raises(ChatbotError, match="role"):
+        from_saved_form([{"role": "robot", "content": "x"}], "")
+
+
+def test_live_reply_opens_thinking_then_closes_it_when_the_answer_starts() -> None:
+    live = LiveReply(expect_thinking=True)
+    live.apply(ThinkingDelta("Let me think."))
+    first = live.messages()
+    assert first[0]["metadata"]["status"] == "pending" and first[0]["content"] == "Let me think."
+    live.apply(AnswerDelta("Hi"))
+    second = live.messages()
+    assert second[0]["metadata"]["status"] == "done" and second[0]["metadata"]["title"].startswith("Thought for ")
+    assert second[1] == {"role": "assistant", "content": "Hi"}
+    assert all(a is not b for a, b in zip(first, second, strict=False))  # fresh dicts every step
+    live.apply(ChatDone("Let me think.", "Hi!", "", "stop", True, {"new_tokens": 5, "time_to_first_token": 0.1}))
+    assert "5 tokens" in text_of(live.messages()[-1])
+
+
+# --- the running app: scripted model ----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def scripted_app(scripted_fp8: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningApp]:
+    app = start_app(["--model", str(scripted_fp8)], tmp_path_factory.mktemp("ui") / "scripted.log", api=False)
+    try:
+        yield app
+    finally:
+        stop_app(app)
+
+
+@pytest.fixture
+def client(scripted_app: RunningApp) -> Client:
+    return Client(scripted_app.ui_url, verbose=False)
+
+
+def test_reply_streams_in_chunks_with_thinking_and_answer_apart(client: Client) -> None:
+    job = client.submit(message="Hello there", enable_thinking=True, api_name="/chat")
+    job.result(timeout=60)
+    chats = [output[0] for output in job.outputs()]
+    assert job.outputs()[0][1] == ""  # the message box is emptied as soon as the message is sent
+    assert len(chats) >= 4, f"expected several streamed chunks, got {len(chats)}"
+    parts = [reply_parts(chat) for chat in chats]
+    assert any(p["thinking"] and p["thinking"]["metadata"]["status"] == "pending" and not p["answer"] for p in parts)
+    partial_answers = [p["answer"] for p in parts[:-1] if p["answer"]]
+    assert partial_answers and all(SCRIPTED_ANSWER.startswith(a) for a in partial_answers)
+    assert any(a != SCRIPTED_ANSWER for a in partial_answers), "the answer arrived in one piece"
+    final = parts[-1]
+    assert final["user"] == "Hello there"
+    assert text_of(final["thinking"]) == SCRIPTED_THINKING
+    assert final["thinking"]["metadata"]["status"] == "done"
+    assert final["thinking"]["metadata"]["title"].startswith("Thought for ")
+    assert final["answer"] == SCRIPTED_ANSWER
+    assert re.search(r"s to first token · [\d.]+ tokens/s · \d+ tokens", final["stats"])
+
+
+def test_thinking_off_gives_no_thinking_block_and_earlier_thinking_stays(client: Client) -> None:
+    client.predict(message="First, with thinking", enable_thinking=True, api_name="/chat")
+    chat, _, _ = client.predict(message="Now without", enable_thinking=False, api_name="/chat")
+    final = reply_parts(chat)
+    assert final["thinking"] is None
+    assert final["answer"] == SCRIPTED_ANSWER
+    earlier = [m for m in chat if (m.get("metadata") or {}).get("title")]
+    assert len(earlier) == 1 and earlier[0]["metadata"]["status"] == "done"  # the first turn keeps its thinking
+
+
+def test_precision_badge_matches_the_loaded_model(client: Client, scripted_app: RunningApp, scripted_fp8) -> None:
+    badge = client.predict(api_name="/model_status")
+    fields = badge_fields(badge)
+    expected = load_model(str(scripted_fp8), device="cpu").precision
+    assert fields["label"] == expected.label
+    assert fields["device"] == expected.device_name
+    assert re.fullmatch(r"[\d.]+ (MiB|GiB|KiB)", fields["weights"])
+    assert "demo model, random weights" in badge  # a generated checkpoint says so
+    logged = re.search(r"Precision: (.*)", scripted_app.log()).group(1)
+    assert logged == f"{fields['label']} on {expected.device} ({fields['device']}): {fields['reason']}"
+
+
+def test_two_clients_keep_separate_histories(scripted_app: RunningApp) -> None:
+    alice, bob = Client(scripted_app.ui_url, verbose=False), Client(scripted_app.ui_url, verbose=False)
+    alice.predict(message="Alice one", enable_thinking=False, api_name="/chat")
+    bob.predict(message="Bob one", enable_thinking=False, api_name="/chat")
+    alice_chat, _, _ = alice.predict(message="Alice two", enable_thinking=False, api_name="/chat")
+    bob_chat = bob.predict(api_name="/undo")
+    assert user_texts(alice_chat) == ["Alice one", "Alice two"]
+    assert bob_chat == []  # Bob's undo removed Bob's only exchange, not Alice's
+
+
+@pytest.mark.parametrize(
+    ("message", "expected"),
+    [("", "Type a message first"), ("   \n\t ", "only blank space"), ("x" * 100_000, "context window")],
+    ids=["empty", "whitespace", "100k-characters"],
+)
+def test_bad_input_gets_a_clear_message_keeps_the_text_and_the_app_keeps_working(
+    client: Client, message: str, expected: str
+) -> None:
+    client.predict(message="Before", enable_thinking=False, api_name="/chat")
+    chat, box, notice = client.predict(message=message, enable_thinking=False, api_name="/chat")
+    assert expected in html.unescape(notice)
+    assert box == message  # nothing typed is lost
+    assert user_texts(chat) == ["Before"]  # the history is unchanged
+    chat, box, notice = client.predict(message="After", enable_thinking=False, api_name="/chat")
+    assert reply_parts(chat)["answer"] == SCRIPTED_ANSWER and box in ("", UNCHANGED) and notice == ""
+    assert user_texts(chat) == ["Before", "After"]
+
+
+def test_regenerate_edit_undo_and_clear(client: Client) -> None:
+    client.predict(message="One", enable_thinking=False, api_name="/chat")
+    client.predict(message="Two", enable_thinking=False, api_name="/chat")
+    chat, _, _ = client.predict(enable_thinking=True, api_name="/regenerate")
+    assert user_texts(chat) == ["One", "Two"]
+    assert reply_parts(chat)["thinking"] is not None  # answered again, this time thinking
+    chat, box = client.predict(message="", api_name="/edit_last")
+    assert box == "Two" and user_texts(chat) == ["One"]
+    chat = client.predict(api_name="/undo")
+    assert chat == []
+    client.predict(message="Three", enable_thinking=False, api_name="/chat")
+    assert client.predict(api_name="/clear") == []
+    _, _, notice = client.predict(enable_thinking=False, api_name="/regenerate")
+    assert "nothing to regenerate" in notice.lower() or "no answer to regenerate" in notice.lower()
+
+
+def test_export_then_import_in_another_session(scripted_app: RunningApp, tmp_path: Path) -> None:
+    writer, reader = Client(scripted_app.ui_url, verbose=False), Client(scripted_app.ui_url, verbose=False)
+    writer.predict(message="Keep this 对话", enable_thinking=True, api_name="/chat")
+    exported = json.loads(Path(writer.predict(api_name="/export_conversation")).read_text(encoding="utf-8"))
+    assert [m["role"] for m in exported["messages"]] == ["user", "assistant"]
+    assert exported["messages"][1]["thinking"] == SCRIPTED_THINKING
+    saved = tmp_path / "chat.json"
+    saved.write_text(json.dumps(exported, ensure_ascii=False), encoding="utf-8")
+    chat, notice = reader.predict(handle_file(str(saved)), api_name="/import_conversation")
+    assert notice == "" and user_texts(chat) == ["Keep this 对话"]
+    assert reply_parts(chat)["answer"] == SCRIPTED_ANSWER
+    broken = tmp_path / "broken.json"
+    broken.write_text("{not json", encoding="utf-8")
+    chat, notice = reader.predict(handle_file(str(broken)), api_name="/import_conversation")
+    assert "not valid JSON" in html.unescape(notice) and user_texts(chat) == ["Keep this 对话"]
+
+
+def test_markup_in_messages_is_shown_as_text(client: Client) -> None:
+    chat, _, _ = client.predict(message='<img src=x onerror="alert(1)"> <script>alert(2)</script>', api_name="/chat")
+    shown = reply_parts(chat)["user"]
+    assert "<img" not in shown and "<script" not in shown and "&lt;img" in shown
+
+
+# --- the running app: random model, login, a queue of one -------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def busy_app(random_fp8: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningApp]:
+    app = start_app(
+        ["--model", str(random_fp8), "--auth", ":".join(LOGIN), "--queue-size", "1"],
+        tmp_path_factory.mktemp("ui") / "busy.log",
+        api=False,
+        env={"QWEN_TEST_MIN_NEW_TOKENS": str(LONG_REPLY_TOKENS)},
+    )
+    try:
+        yield app
+    finally:
+        stop_app(app)
+
+
+def long_reply(client: Client):
+    return client.submit(
+        message="Write forever", enable_thinking=False, max_new_tokens=LONG_REPLY_TOKENS, api_name="/chat"
+    )
+
+
+def test_login_is_required_when_auth_is_set(busy_app: RunningApp) -> None:
+    assert httpx.get(busy_app.ui_url + "/config", timeout=10).status_code in (401, 403)
+    with pytest.raises(Exception, match=r"(?i)login|auth|401|403|credentials"):
+        Client(busy_app.ui_url, verbose=False)
+    client = Client(busy_app.ui_url, auth=LOGIN, verbose=False)
+
+    def ready_badge() -> str | None:
+        badge = client.predict(api_name="/model_status")
+        if 'data-status="ready"' in badge:
+            return badge
+        assert re.search(r"loading\.\.\. \d+%", badge), badge  # the model loads in the background meanwhile
+        return None
+
+    label = badge_fields(wait_for(ready_badge, what="the model to load"))["label"]
+    assert re.fullmatch(r"FP8 native|(FP16|BF16|FP32)( fallback)?", label)
+
+
+def test_stop_halts_generation_within_a_second_and_the_next_message_works(busy_app: RunningApp) -> None:
+    client = Client(busy_app.ui_url, auth=LOGIN, verbose=False)
+    job = long_reply(client)
+    wait_for(lambda: len(answer_so_far(job)) > 20, what="the answer to start")
+    asked = time.monotonic()
+    client.predict(api_name="/stop")
+    job.result(timeout=30)
+    stopped_after = time.monotonic() - asked
+    assert stopped_after < 2.0, f"Stop took {stopped_after:.1f} s"
+    final = reply_parts(last_chat(job))
+    assert "stopped" in final["stats"] and final["answer"]
+    tokens = int(re.search(r"(\d+) tokens", final["stats"]).group(1))
+    assert tokens < LONG_REPLY_TOKENS
+    chat, _, notice = client.predict(message="Short one", enable_thinking=False, max_new_tokens=16, api_name="/chat")
+    assert notice == "" and "16 tokens" in reply_parts(chat)["stats"]
+    assert user_texts(chat) == ["Write forever", "Short one"]
+
+
+def test_queue_position_is_shown_and_stop_only_cancels_its_own_request(busy_app: RunningApp) -> None:
+    first, second, third = (Client(busy_app.ui_url, auth=LOGIN, verbose=False) for _ in range(3))
+    running = long_reply(first)
+    wait_for(lambda: answer_so_far(running), what="the first reply to start")
+    waiting = long_reply(second)
+    wait_for(lambda: "In the queue: position 1" in stats_so_far(waiting), what="the queue position")
+
+    # The queue holds one waiting request: a third is turned away with a message, its text kept.
+    _, box, notice = third.predict(message="Me too", enable_thinking=False, api_name="/chat")
+    assert "queue is full" in html.unescape(notice) and box == "Me too"
+
+    second.predict(api_name="/stop")  # leaves the queue at once; the running reply goes on
+    chat, box, notice = waiting.result(timeout=10)
+    assert "Stopped before the model started" in notice and box == "Write forever" and chat == []
+    assert not running.done()
+    grown = len(answer_so_far(running))
+    wait_for(lambda: len(answer_so_far(running)) > grown, what="the first reply to go on")
+
+    first.predict(api_name="/stop")
+    running.result(timeout=10)
+    assert "stopped" in reply_parts(last_chat(running))["stats"]
