@@ -24,153 +24,32 @@ from __future__ import annotations
 import html
 import json
 import os
-import secrets
 import tempfile
-import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import gradio as gr
 
-from .chat import (
-    AnswerDelta,
-    ChatEvent,
-    Conversation,
-    Loading,
-    QueuePosition,
-    ThinkingDelta,
-    Turn,
-    stream_reply,
-)
+from .chat import AnswerDelta, ChatEvent, Conversation, Loading, QueuePosition, ThinkingDelta, Turn, stream_reply
 from .errors import ChatbotError
-from .modelgen import demo_model_path
 from .sampling import DEFAULT_MAX_NEW_TOKENS, NON_THINKING_DEFAULTS, THINKING_DEFAULTS
 from .server import App
 from .ui_render import LiveReply, badge_html, conversation_messages, user_message
+from .ui_session import StopSignals, from_saved_form, is_mode_default, sampling_kwargs, saved_form, storage_secret
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
-MODE_KEYS = ("temperature", "top_p", "top_k")
-EXPORT_FORMAT = "qwen3-chat-conversation"
 MAX_SLIDER_TOKENS = 32768
 STREAM_INTERVAL_SECONDS = 0.04  # at most ~25 screen updates a second, however fast the model is
-TEST_MIN_NEW_TOKENS_ENV = "QWEN_TEST_MIN_NEW_TOKENS"
 
 
-class StopSignals:
-    """The stop signals of the replies each browser session has running."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._by_session: dict[str, set[threading.Event]] = {}
-
-    @contextmanager
-    def reply(self, session: str) -> Iterator[threading.Event]:
-        """A fresh signal registered for ``session`` while the reply runs."""
-        signal = threading.Event()
-        with self._lock:
-            self._by_session.setdefault(session, set()).add(signal)
-        try:
-            yield signal
-        finally:
-            with self._lock:
-                signals = self._by_session.get(session, set())
-                signals.discard(signal)
-                if not signals:
-                    self._by_session.pop(session, None)
-
-    def stop(self, session: str) -> int:
-        """Set every signal of ``session``; returns how many replies were running."""
-        with self._lock:
-            signals = list(self._by_session.get(session, ()))
-        for signal in signals:
-            signal.set()
-        return len(signals)
-
-
-# --- pure helpers -----------------------------------------------------------------------------------------
-
-
-def is_mode_default(values: dict[str, Any]) -> bool:
-    """Whether temperature/top_p/top_k are one mode's defaults (so the user has not changed them)."""
-    return any(
-        all(abs(float(values[key]) - float(defaults[key])) < 1e-6 for key in MODE_KEYS)
-        for defaults in (THINKING_DEFAULTS, NON_THINKING_DEFAULTS)
-    )
-
-
-def sampling_kwargs(
-    temperature: float,
-    top_p: float,
-    top_k: float,
-    max_new_tokens: float,
-    presence_penalty: float,
-    repetition_penalty: float,
-) -> dict[str, Any]:
-    """Slider values as ``stream_reply`` options; untouched mode defaults are left to the reply's mode."""
-    kwargs: dict[str, Any] = {
-        "max_new_tokens": int(max_new_tokens),
-        "presence_penalty": float(presence_penalty),
-        "repetition_penalty": float(repetition_penalty),
-    }
-    chosen = {"temperature": float(temperature), "top_p": float(top_p), "top_k": int(top_k)}
-    if not is_mode_default(chosen):
-        kwargs.update(chosen)
-    test_min_tokens = int(os.environ.get(TEST_MIN_NEW_TOKENS_ENV, "0") or 0)
-    if test_min_tokens:
-        kwargs["min_new_tokens"] = min(test_min_tokens, kwargs["max_new_tokens"])
-    return kwargs
-
-
-def saved_form(conversation: Conversation) -> dict[str, Any]:
-    """The conversation as JSON-ready data (browser storage and export): messages with stats."""
-    messages = conversation.to_list()
-    for item, turn in zip(messages, conversation.turns, strict=True):
-        if turn.role == "assistant" and turn.stats:
-            item["stats"] = turn.stats
-    return {"format": EXPORT_FORMAT, "system_prompt": conversation.system_prompt, "messages": messages}
-
-
-def from_saved_form(data: Any, system_prompt: str) -> Conversation:
-    """Rebuild a conversation from ``saved_form`` data or a bare message list.
-
-    Raises:
-        ChatbotError: the data is not a conversation.
-    """
-    items = data.get("messages") if isinstance(data, dict) else data
-    if not isinstance(items, list):
-        raise ChatbotError(
-            "This file is not a conversation: expected a list of messages or an object with 'messages'.",
-            fix="Import a file made by Export.",
-        )
-    conversation = Conversation.from_list(items, system_prompt)
-    for item, turn in zip(items, conversation.turns, strict=True):
-        stats = item.get("stats")
-        if turn.role == "assistant" and isinstance(stats, dict):
-            turn.stats = stats
-    return conversation
-
-
-def storage_secret() -> str:
-    """A secret for the browser-side history kept across restarts (a fresh one would orphan saved chats)."""
-    path = demo_model_path().parent / "ui-storage-secret"
-    try:
-        return path.read_text().strip()
-    except FileNotFoundError:
-        secret = secrets.token_urlsafe(24)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(secret)
-        return secret
+# --- handlers ---------------------------------------------------------------------------------------------
 
 
 def notice_html(error: ChatbotError | str) -> str:
     text = error if isinstance(error, str) else error.message + (f" {error.fix}" if error.fix else "")
     return f'<div class="qc-notice" role="alert">{html.escape(text)}</div>'
-
-
-# --- handlers ---------------------------------------------------------------------------------------------
 
 
 class ChatHandlers:
@@ -247,7 +126,7 @@ class ChatHandlers:
     ) -> Iterator[tuple[Any, ...]]:
         conversation.system_prompt = system_prompt.strip()
         earlier = conversation_messages(conversation)
-        live = LiveReply(expect_thinking=enable_thinking)
+        live = LiveReply()
         yield [*earlier, user_message(message), *live.messages()], "", "", conversation
         with self.stops.reply(session) as stop:
             try:
@@ -319,30 +198,31 @@ class ChatHandlers:
         return str(path)
 
     def import_conversation(self, file: str | None, system_prompt: str, conversation: Conversation) -> tuple[Any, ...]:
-        """Replace the conversation with one from an exported JSON file."""
+        """Replace the conversation (and the system prompt, when the file has one) with an exported file's."""
+        unchanged = conversation_messages(conversation), gr.skip(), conversation
         if not file:
-            return conversation_messages(conversation), notice_html("Choose a JSON file to import."), conversation
+            return unchanged[0], notice_html("Choose a JSON file to import."), gr.skip(), conversation
         try:
             data = json.loads(Path(file).read_text(encoding="utf-8"))
             imported = from_saved_form(data, system_prompt.strip())
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             error = ChatbotError(f"The file is not valid JSON ({exc}).", fix="Import a file made by Export.")
             gr.Warning(error.message)
-            return conversation_messages(conversation), notice_html(error), conversation
+            return unchanged[0], notice_html(error), *unchanged[1:]
         except ChatbotError as error:
             gr.Warning(error.message)
-            return conversation_messages(conversation), notice_html(error), conversation
-        return conversation_messages(imported), "", imported
+            return unchanged[0], notice_html(error), *unchanged[1:]
+        return conversation_messages(imported), "", imported.system_prompt, imported
 
     def restore(self, saved: Any, system_prompt: str) -> tuple[Any, ...]:
-        """On page load: the conversation this browser kept, if any."""
+        """On page load: the conversation (and system prompt) this browser kept, if any."""
         if not saved:
-            return gr.skip(), gr.skip()
+            return gr.skip(), gr.skip(), gr.skip()
         try:
             conversation = from_saved_form(saved, system_prompt.strip())
         except ChatbotError:
-            return gr.skip(), gr.skip()  # storage from an older version: start afresh
-        return conversation_messages(conversation), conversation
+            return gr.skip(), gr.skip(), gr.skip()  # storage from an older version: start afresh
+        return conversation_messages(conversation), conversation.system_prompt, conversation
 
     def model_status(self) -> str:
         """The precision badge as HTML (mode, reason, device, weights' memory, or loading progress)."""
@@ -523,7 +403,7 @@ def build_ui(app: App) -> gr.Blocks:
         imported = import_button.upload(
             handlers.import_conversation,
             [import_button, system_prompt, conversation],
-            [chat, notice, conversation],
+            [chat, notice, system_prompt, conversation],
             api_name="import_conversation",
         )
         for change in (undone, edited, cleared, imported):
@@ -540,7 +420,9 @@ def build_ui(app: App) -> gr.Blocks:
         reset_button.click(handlers.reset_sampling, thinking, sampling, queue=False, api_visibility="private")
         timer.tick(handlers.poll_model_status, None, [badge, timer], queue=False, api_visibility="private")
         demo.load(handlers.model_status, None, badge, api_name="model_status")
-        demo.load(handlers.restore, [saved, system_prompt], [chat, conversation], api_visibility="private")
+        demo.load(
+            handlers.restore, [saved, system_prompt], [chat, system_prompt, conversation], api_visibility="private"
+        )
     return demo
 
 

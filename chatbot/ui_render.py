@@ -144,7 +144,6 @@ def conversation_messages(conversation: Conversation) -> list[Message]:
 class LiveReply:
     """Collects one reply's events; ``messages()`` draws it as it stands."""
 
-    expect_thinking: bool
     started: float = field(default_factory=time.perf_counter)
     thinking: str = ""
     answer: str = ""

@@ -27,8 +27,8 @@ from chatbot.chat import AnswerDelta, ChatDone, Conversation, ThinkingDelta, Tur
 from chatbot.errors import ChatbotError
 from chatbot.loader import load_model
 from chatbot.modelgen import SCRIPTED_ANSWER, SCRIPTED_THINKING
-from chatbot.ui import from_saved_form, sampling_kwargs, saved_form
 from chatbot.ui_render import LiveReply, escape_html, is_stats_message
+from chatbot.ui_session import from_saved_form, sampling_kwargs, saved_form
 
 LOGIN = ("tester", "s3cret")
 UNCHANGED = {"__type__": "update"}  # what gradio_client shows for an output the handler left as it was
@@ -139,7 +139,7 @@ def test_saved_form_round_trips_and_rejects_what_is_not_a_conversation() -> None
 
 
 def test_live_reply_opens_thinking_then_closes_it_when_the_answer_starts() -> None:
-    live = LiveReply(expect_thinking=True)
+    live = LiveReply()
     live.apply(ThinkingDelta("Let me think."))
     first = live.messages()
     assert first[0]["metadata"]["status"] == "pending" and first[0]["content"] == "Let me think."
@@ -257,18 +257,19 @@ def test_regenerate_edit_undo_and_clear(client: Client) -> None:
 
 def test_export_then_import_in_another_session(scripted_app: RunningApp, tmp_path: Path) -> None:
     writer, reader = Client(scripted_app.ui_url, verbose=False), Client(scripted_app.ui_url, verbose=False)
-    writer.predict(message="Keep this 对话", enable_thinking=True, api_name="/chat")
+    writer.predict(message="Keep this 对话", enable_thinking=True, system_prompt="Answer briefly.", api_name="/chat")
     exported = json.loads(Path(writer.predict(api_name="/export_conversation")).read_text(encoding="utf-8"))
     assert [m["role"] for m in exported["messages"]] == ["user", "assistant"]
+    assert exported["system_prompt"] == "Answer briefly."
     assert exported["messages"][1]["thinking"] == SCRIPTED_THINKING
     saved = tmp_path / "chat.json"
     saved.write_text(json.dumps(exported, ensure_ascii=False), encoding="utf-8")
-    chat, notice = reader.predict(handle_file(str(saved)), api_name="/import_conversation")
-    assert notice == "" and user_texts(chat) == ["Keep this 对话"]
+    chat, notice, system_prompt = reader.predict(handle_file(str(saved)), api_name="/import_conversation")
+    assert notice == "" and user_texts(chat) == ["Keep this 对话"] and system_prompt == "Answer briefly."
     assert reply_parts(chat)["answer"] == SCRIPTED_ANSWER
     broken = tmp_path / "broken.json"
     broken.write_text("{not json", encoding="utf-8")
-    chat, notice = reader.predict(handle_file(str(broken)), api_name="/import_conversation")
+    chat, notice, _ = reader.predict(handle_file(str(broken)), api_name="/import_conversation")
     assert "not valid JSON" in html.unescape(notice) and user_texts(chat) == ["Keep this 对话"]
 
 
