@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import html
 import json
+import logging
 import os
 import tempfile
 import time
@@ -39,6 +40,7 @@ from .server import App
 from .ui_render import LiveReply, badge_html, conversation_messages, user_message
 from .ui_session import StopSignals, from_saved_form, is_mode_default, sampling_kwargs, saved_form, storage_secret
 
+log = logging.getLogger(__name__)
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 MAX_SLIDER_TOKENS = 32768
 STREAM_INTERVAL_SECONDS = 0.04  # at most ~25 screen updates a second, however fast the model is
@@ -335,7 +337,7 @@ def build_ui(app: App) -> gr.Blocks:
             placeholder="<div class='qc-empty'><b>Ask anything.</b><br>English, 中文, code, Markdown…</div>",
         )
         notice = gr.HTML("", elem_id="qc-notice")
-        with gr.Row(elem_id="qc-composer", equal_height=True):
+        with gr.Row(elem_id="qc-composer"):
             message_box = gr.Textbox(
                 show_label=False,
                 placeholder="Message Qwen3…  (Enter sends, Shift+Enter starts a new line)",
@@ -429,6 +431,13 @@ def build_ui(app: App) -> gr.Blocks:
 def launch_ui(app: App) -> None:
     """Serve the page on ``app.settings.host:port`` until interrupted (login when auth is set)."""
     demo = build_ui(app)
+    shown_host = "127.0.0.1" if app.settings.host == "0.0.0.0" else app.settings.host
+    log.info(
+        "Web UI on http://%s:%d%s",
+        shown_host,
+        app.settings.port,
+        " (login required)" if app.settings.auth else "",
+    )
     demo.launch(
         server_name=app.settings.host,
         server_port=app.settings.port,

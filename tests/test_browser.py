@@ -18,6 +18,7 @@ import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlparse
 
 import pytest
 from conftest import ROOT, RunningApp, start_app, stop_app
@@ -80,20 +81,29 @@ def long_answer_app(random_fp8: Path, tmp_path_factory: pytest.TempPathFactory) 
         stop_app(app)
 
 
-def open_page(browser, app: RunningApp):
-    """A fresh browser context (its own storage, so its own session) on the app, once the model is ready."""
+def open_page(browser, app: RunningApp, requested: list[str] | None = None):
+    """A fresh browser context (its own storage, so its own session) on the app, once the model is ready.
+
+    ``requested`` collects the URL of every request the page makes.
+    """
     from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
     context = browser.new_context(viewport={"width": 1360, "height": 1000}, device_scale_factor=1)
+    if requested is not None:
+        context.on("request", lambda request: requested.append(request.url))
     page = context.new_page()
     page.goto(app.ui_url)
     try:
         page.wait_for_selector('#qc-badge [data-status="ready"]', timeout=60_000)
     except PlaywrightTimeout as exc:
-        raise AssertionError(
-            f"the badge never said ready: {page.inner_text('#qc-badge')}\n{app.log()[-3000:]}"
-        ) from exc
+        badge = page.inner_text("#qc-badge")
+        raise AssertionError(f"the badge never said ready: {badge}\n{app.log()[-3000:]}") from exc
     return page
+
+
+def is_outside(url: str) -> bool:
+    parts = urlparse(url)
+    return parts.scheme not in ("data", "blob") and parts.hostname not in ("127.0.0.1", "localhost")
 
 
 def send(page, text: str) -> None:
@@ -116,7 +126,8 @@ def wait_for_stats(page, count: int, pattern: str = r"tokens/s") -> str:
 
 
 def test_chat_shows_thinking_answer_badge_and_survives_a_reload(browser, demo_app_ui: RunningApp, tmp_path) -> None:
-    page = open_page(browser, demo_app_ui)
+    requested: list[str] = []
+    page = open_page(browser, demo_app_ui, requested)
     badge = page.inner_text("#qc-badge")
     assert re.search(r"FP8 native|FP16 fallback|BF16|FP32", badge)
     assert "demo model, random weights" in badge and "weights" in badge
@@ -155,6 +166,7 @@ def test_chat_shows_thinking_answer_badge_and_survives_a_reload(browser, demo_ap
     target = SCREENSHOT if os.environ.get("QWEN_UPDATE_SCREENSHOT") == "1" else tmp_path / "screenshot.png"
     page.screenshot(path=str(target))
     assert target.stat().st_size > 10_000
+    assert [url for url in requested if is_outside(url)] == []  # works offline: nothing fetched from elsewhere
     page.context.close()
 
 
