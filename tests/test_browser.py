@@ -4,8 +4,8 @@
 QWEN_UPDATE_SCREENSHOT=1 .venv/bin/python -m pytest tests/test_browser.py -q   # also refresh assets/screenshot.png
 
 A person's path through the page: type a message, watch the thinking block and the answer stream
-in under the precision badge, reload and find the conversation again, press Stop during a long
-answer and go on chatting; and markup in messages (from the user or the model) never runs.
+in under the precision badge, reload and find the conversation again, log in and press Stop during
+a long answer and go on chatting; and markup in messages (from the user or the model) never runs.
 Chromium comes from the system (``CHROMIUM_PATH`` or ``chromium`` on PATH), not from Playwright.
 """
 
@@ -39,6 +39,7 @@ CHROMIUM_ARGS = [
 ]
 SCREENSHOT = ROOT / "assets" / "screenshot.png"
 LONG_REPLY_TOKENS = 8000
+LOGIN = ("tester", "s3cret")
 XSS_PAYLOADS = '<img src=x onerror="window.__xss = 1"> <script>window.__xss = 2</script>'
 
 
@@ -69,8 +70,9 @@ def demo_app_ui(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningApp
 
 @pytest.fixture(scope="module")
 def long_answer_app(random_fp8: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningApp]:
+    """The random model behind a login, writing long answers (end-of-turn held back by the test knob)."""
     app = start_app(
-        ["--model", str(random_fp8)],
+        ["--model", str(random_fp8), "--auth", ":".join(LOGIN)],
         tmp_path_factory.mktemp("browser") / "random.log",
         api=False,
         env={"QWEN_TEST_MIN_NEW_TOKENS": str(LONG_REPLY_TOKENS)},
@@ -81,10 +83,10 @@ def long_answer_app(random_fp8: Path, tmp_path_factory: pytest.TempPathFactory) 
         stop_app(app)
 
 
-def open_page(browser, app: RunningApp, requested: list[str] | None = None):
+def open_page(browser, app: RunningApp, requested: list[str] | None = None, login: tuple[str, str] | None = None):
     """A fresh browser context (its own storage, so its own session) on the app, once the model is ready.
 
-    ``requested`` collects the URL of every request the page makes.
+    ``requested`` collects the URL of every request the page makes; ``login`` fills the login form.
     """
     from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
@@ -93,6 +95,10 @@ def open_page(browser, app: RunningApp, requested: list[str] | None = None):
         context.on("request", lambda request: requested.append(request.url))
     page = context.new_page()
     page.goto(app.ui_url)
+    if login is not None:
+        page.fill("input[data-testid=textbox]", login[0])
+        page.fill("input[data-testid=password]", login[1])
+        page.get_by_role("button", name="Login").click()
     try:
         page.wait_for_selector('#qc-badge [data-status="ready"]', timeout=60_000)
     except PlaywrightTimeout as exc:
@@ -199,8 +205,8 @@ def test_markup_from_user_or_model_is_shown_but_never_runs(browser, demo_app_ui:
     page.context.close()
 
 
-def test_stop_halts_a_long_answer_and_the_chat_goes_on(browser, long_answer_app: RunningApp) -> None:
-    page = open_page(browser, long_answer_app)
+def test_login_then_stop_halts_a_long_answer_and_the_chat_goes_on(browser, long_answer_app: RunningApp) -> None:
+    page = open_page(browser, long_answer_app, login=LOGIN)
     page.uncheck("#qc-thinking input")
     max_tokens = page.locator('#qc-sidebar input[aria-label="number input for Max new tokens"]')
     max_tokens.fill(str(LONG_REPLY_TOKENS))
