@@ -28,6 +28,7 @@ import os
 import tempfile
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -277,46 +278,64 @@ def header_html(app: App) -> str:
     )
 
 
+@dataclass
+class SettingsPanel:
+    system_prompt: gr.Textbox
+    sampling: list[gr.Slider]  # temperature, top_p, top_k, max_new_tokens, presence_penalty, repetition_penalty
+    reset_button: gr.Button
+    export_button: gr.Button
+    export_file: gr.File
+    import_button: gr.UploadButton
+
+
+def settings_panel(app: App, mode: dict[str, Any]) -> SettingsPanel:
+    """The side panel: system prompt, sampling (starting at ``mode``'s defaults), export and import."""
+    max_tokens = app.settings.max_context or MAX_SLIDER_TOKENS
+    with gr.Sidebar(label="Settings", position="right", open=True, width=360, elem_id="qc-sidebar"):
+        gr.Markdown("### Settings", elem_classes="qc-panel-title")
+        system_prompt = gr.Textbox(
+            app.settings.system_prompt,
+            label="System prompt",
+            placeholder="e.g. You are a concise assistant. Answer in the user's language.",
+            lines=3,
+            max_lines=10,
+        )
+        with gr.Accordion("Sampling", open=True):
+            sampling = [
+                gr.Slider(0.0, 2.0, mode["temperature"], step=0.05, label="Temperature"),
+                gr.Slider(0.05, 1.0, mode["top_p"], step=0.05, label="Top p"),
+                gr.Slider(0, 200, mode["top_k"], step=1, label="Top k", info="0 keeps every token"),
+                gr.Slider(16, max_tokens, min(DEFAULT_MAX_NEW_TOKENS, max_tokens), step=16, label="Max new tokens"),
+                gr.Slider(-2.0, 2.0, 0.0, step=0.1, label="Presence penalty"),
+                gr.Slider(0.5, 2.0, 1.0, step=0.05, label="Repetition penalty"),
+            ]
+            reset_button = gr.Button("Reset to the mode's defaults", size="sm", variant="secondary")
+            gr.Markdown(
+                "Defaults follow the thinking mode (0.6 / 0.95 / 20 thinking, 0.7 / 0.8 / 20 without) "
+                "until you change them.",
+                elem_classes="qc-hint",
+            )
+        with gr.Accordion("Conversation file", open=False):
+            export_button = gr.Button("Export as JSON", size="sm", variant="secondary")
+            export_file = gr.File(label="Exported conversation", interactive=False, height=70)
+            import_button = gr.UploadButton(
+                "Import JSON", file_types=[".json"], file_count="single", size="sm", variant="secondary"
+            )
+    return SettingsPanel(system_prompt, sampling, reset_button, export_button, export_file, import_button)
+
+
 def build_ui(app: App) -> gr.Blocks:
     """The chat page for ``app``; events carry explicit API names for ``gradio_client``."""
     handlers = ChatHandlers(app)
     thinking_default = True
     mode = THINKING_DEFAULTS if thinking_default else NON_THINKING_DEFAULTS
-    max_tokens = app.settings.max_context or MAX_SLIDER_TOKENS
     with gr.Blocks(title="Qwen3 Chat", analytics_enabled=False, fill_height=True) as demo:
         conversation = gr.State(Conversation(app.settings.system_prompt))
         saved = gr.BrowserState(None, storage_key="qwen3-chat-conversation", secret=storage_secret())
 
-        with gr.Sidebar(label="Settings", position="right", open=True, width=360, elem_id="qc-sidebar"):
-            gr.Markdown("### Settings", elem_classes="qc-panel-title")
-            system_prompt = gr.Textbox(
-                app.settings.system_prompt,
-                label="System prompt",
-                placeholder="e.g. You are a concise assistant. Answer in the user's language.",
-                lines=3,
-                max_lines=10,
-            )
-            with gr.Accordion("Sampling", open=True):
-                temperature = gr.Slider(0.0, 2.0, mode["temperature"], step=0.05, label="Temperature")
-                top_p = gr.Slider(0.05, 1.0, mode["top_p"], step=0.05, label="Top p")
-                top_k = gr.Slider(0, 200, mode["top_k"], step=1, label="Top k", info="0 keeps every token")
-                max_new_tokens = gr.Slider(
-                    16, max_tokens, min(DEFAULT_MAX_NEW_TOKENS, max_tokens), step=16, label="Max new tokens"
-                )
-                presence_penalty = gr.Slider(-2.0, 2.0, 0.0, step=0.1, label="Presence penalty")
-                repetition_penalty = gr.Slider(0.5, 2.0, 1.0, step=0.05, label="Repetition penalty")
-                reset_button = gr.Button("Reset to the mode's defaults", size="sm", variant="secondary")
-                gr.Markdown(
-                    "Defaults follow the thinking mode (0.6 / 0.95 / 20 thinking, 0.7 / 0.8 / 20 without) "
-                    "until you change them.",
-                    elem_classes="qc-hint",
-                )
-            with gr.Accordion("Conversation file", open=False):
-                export_button = gr.Button("Export as JSON", size="sm", variant="secondary")
-                export_file = gr.File(label="Exported conversation", visible=True, interactive=False, height=70)
-                import_button = gr.UploadButton(
-                    "Import JSON", file_types=[".json"], file_count="single", size="sm", variant="secondary"
-                )
+        panel = settings_panel(app, mode)
+        system_prompt, sampling = panel.system_prompt, panel.sampling
+        temperature, top_p, top_k = sampling[:3]
 
         with gr.Row(elem_id="qc-header", equal_height=True):
             gr.HTML(header_html(app), elem_id="qc-brand")
@@ -360,12 +379,10 @@ def build_ui(app: App) -> gr.Blocks:
             clear_button = gr.Button("✕ Clear", size="sm", variant="secondary", scale=0, min_width=80)
         timer = gr.Timer(0.5, active=app.engine.status != "ready")
 
-        sampling = [temperature, top_p, top_k, max_new_tokens, presence_penalty, repetition_penalty]
         reply_outputs = [chat, message_box, notice, conversation]
         reply_settings = dict(concurrency_limit=None, show_progress="hidden")
         # Each reply: swap Send for Stop, stream, save to the browser, swap back. The swap runs first
         # (not beside the reply) so that a quick reply cannot finish before it.
-        replies = []
         for triggers, handler, inputs, api_name in (
             ([message_box.submit, send_button.click], handlers.send, [message_box], "chat"),
             ([regenerate_button.click, chat.retry], handlers.regenerate, [], "regenerate"),
@@ -389,7 +406,6 @@ def build_ui(app: App) -> gr.Blocks:
             # Saved before Send comes back, so that a page showing Send has its conversation stored.
             saving = reply.then(handlers.save, conversation, saved, api_visibility="private")
             saving.then(show_send_button, None, [send_button, stop_button], api_visibility="private")
-            replies.append(reply)
         stop_button.click(handlers.stop, None, notice, api_name="stop", queue=False)
         demo.unload(handlers.stop_on_unload)
 
@@ -402,15 +418,17 @@ def build_ui(app: App) -> gr.Blocks:
         cleared = gr.on(  # the chat's own trash icon clears the stored conversation too
             [clear_button.click, chat.clear], handlers.clear, conversation, [chat, conversation], api_name="clear"
         )
-        imported = import_button.upload(
+        imported = panel.import_button.upload(
             handlers.import_conversation,
-            [import_button, system_prompt, conversation],
+            [panel.import_button, system_prompt, conversation],
             [chat, notice, system_prompt, conversation],
             api_name="import_conversation",
         )
         for change in (undone, edited, cleared, imported):
             change.then(handlers.save, conversation, saved, api_visibility="private", queue=False)
-        export_button.click(handlers.export_conversation, conversation, export_file, api_name="export_conversation")
+        panel.export_button.click(
+            handlers.export_conversation, conversation, panel.export_file, api_name="export_conversation"
+        )
 
         thinking.change(
             handlers.follow_mode,
@@ -419,7 +437,7 @@ def build_ui(app: App) -> gr.Blocks:
             queue=False,
             api_visibility="private",
         )
-        reset_button.click(handlers.reset_sampling, thinking, sampling, queue=False, api_visibility="private")
+        panel.reset_button.click(handlers.reset_sampling, thinking, sampling, queue=False, api_visibility="private")
         timer.tick(handlers.poll_model_status, None, [badge, timer], queue=False, api_visibility="private")
         demo.load(handlers.model_status, None, badge, api_name="model_status")
         demo.load(

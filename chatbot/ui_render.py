@@ -65,6 +65,8 @@ def _escape_outside_code_spans(line: str) -> str:
 
 
 def format_seconds(seconds: float) -> str:
+    if seconds < 0.05:
+        return "under 0.1 s"
     return f"{seconds:.1f} s" if seconds < 10 else f"{seconds:.0f} s"
 
 

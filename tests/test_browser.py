@@ -117,6 +117,18 @@ def send(page, text: str) -> None:
     page.press("#qc-message textarea", "Enter")
 
 
+def set_max_new_tokens(page, value: int) -> None:
+    """Type into the slider's number box and wait until the slider itself has taken the value."""
+    number = page.locator('#qc-sidebar input[aria-label="number input for Max new tokens"]')
+    number.fill(str(value))
+    number.press("Enter")
+    page.wait_for_function(
+        "value => document.querySelector('#qc-sidebar input[aria-label=\"range slider for Max new tokens\"]')"
+        ".value === value",
+        arg=str(value),
+    )
+
+
 def wait_for_stats(page, count: int, pattern: str = r"tokens/s") -> str:
     """Wait until ``count`` stats lines match ``pattern`` (final stats have "tokens/s"); returns the last line."""
     page.wait_for_function(
@@ -208,9 +220,7 @@ def test_markup_from_user_or_model_is_shown_but_never_runs(browser, demo_app_ui:
 def test_login_then_stop_halts_a_long_answer_and_the_chat_goes_on(browser, long_answer_app: RunningApp) -> None:
     page = open_page(browser, long_answer_app, login=LOGIN)
     page.uncheck("#qc-thinking input")
-    max_tokens = page.locator('#qc-sidebar input[aria-label="number input for Max new tokens"]')
-    max_tokens.fill(str(LONG_REPLY_TOKENS))
-    max_tokens.press("Enter")
+    set_max_new_tokens(page, LONG_REPLY_TOKENS)
 
     send(page, "Tell me a very long story.")
     page.wait_for_selector("#qc-stop", state="visible")
@@ -227,8 +237,7 @@ def test_login_then_stop_halts_a_long_answer_and_the_chat_goes_on(browser, long_
     assert tokens < LONG_REPLY_TOKENS
     page.wait_for_selector("#qc-send", state="visible")
 
-    max_tokens.fill("16")
-    max_tokens.press("Enter")
+    set_max_new_tokens(page, 16)
     send(page, "Now a short one.")
     assert "16 tokens" in wait_for_stats(page, 1, pattern=r"\b16 tokens")
     page.context.close()
