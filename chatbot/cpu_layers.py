@@ -92,6 +92,7 @@ class CpuLinear(nn.Module):
         )
         # Plain attribute, not a buffer: it is a cache of ``weight`` and must not be saved with the model.
         self.prefill_weight: torch.Tensor | None = None
+        self.fp32_decode = False  # set after an FP16 overflow (see use_fp32_decode)
 
     def keep_prefill_copy(self) -> None:
         """Convert the weight to the prefill dtype once, instead of at every prefill."""
@@ -102,11 +103,9 @@ class CpuLinear(nn.Module):
         weight = self.weight
         rows = x.numel() // x.shape[-1]
         if rows <= DECODE_MAX_ROWS:
-            out = F.linear(x.to(weight.dtype), weight, _cast(self.bias, weight.dtype))
-            if weight.dtype == torch.float16 and not torch.isfinite(out).all():
-                # FP16 overflow (a known Qwen3 risk with large activations): redo this matmul in FP32.
-                out = F.linear(x.float(), weight.float(), _cast(self.bias, torch.float32))
-            return out.to(x.dtype)
+            if self.fp32_decode:
+                return F.linear(x.float(), weight.float(), _cast(self.bias, torch.float32)).to(x.dtype)
+            return F.linear(x.to(weight.dtype), weight, _cast(self.bias, weight.dtype)).to(x.dtype)
         dtype = self.prefill_dtype
         prefill_weight = self.prefill_weight if self.prefill_weight is not None else weight.to(dtype)
         return F.linear(x.to(dtype), prefill_weight, _cast(self.bias, dtype)).to(x.dtype)
@@ -139,6 +138,18 @@ class CpuEmbedding(nn.Embedding):
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         return super().forward(input_ids).to(self.compute_dtype)
+
+
+def use_fp32_decode(model: nn.Module) -> bool:
+    """After an FP16 overflow (a known Qwen3 risk with large activations): decode FP16 layers in FP32.
+
+    Returns whether the model has such layers (the caller then recomputes the step).
+    """
+    layers = [m for m in model.modules() if isinstance(m, CpuLinear) and m.weight.dtype == torch.float16]
+    switched = [m for m in layers if not m.fp32_decode]
+    for module in switched:
+        module.fp32_decode = True
+    return bool(switched)
 
 
 def keep_prefill_copies(model: nn.Module) -> int:

@@ -304,10 +304,17 @@ class ChatEngine:
         else:
             job.events.put(Finished(result))
 
-    def close(self) -> None:
-        """Cancel waiting requests and stop the worker after the running one."""
+    def close(self, timeout: float = 10.0) -> None:
+        """Cancel the running and waiting requests and wait (up to ``timeout``) for the worker to end.
+
+        Waiting matters at exit: a worker thread still inside torch when the interpreter shuts down
+        can abort the process.
+        """
         with self._cv:
             self._closed = True
-            for job in self._pending:
+            for job in [*self._pending, *([self._running] if self._running else [])]:
                 job.cancel.set()
             self._cv.notify_all()
+            worker = self._worker
+        if worker is not None and worker is not threading.current_thread():
+            worker.join(timeout)

@@ -17,6 +17,8 @@ from typing import Any
 
 import torch
 
+from .cpu_layers import use_fp32_decode
+from .errors import GenerationError
 from .sampling import Sampler, SamplingOptions
 
 log = logging.getLogger(__name__)
@@ -193,10 +195,24 @@ class Generator:
         for start in range(0, len(ids), PREFILL_CHUNK):
             if cancel is not None and start and cancel.is_set():
                 return None
-            chunk = torch.tensor([ids[start : start + PREFILL_CHUNK]], device=self.device)
-            out = self.model(input_ids=chunk, past_key_values=cache, use_cache=True, logits_to_keep=1)
-            logits = out.logits[0, -1]
+            logits = self._step(ids[start : start + PREFILL_CHUNK], cache)
         return logits
+
+    def _step(self, ids: list[int], cache: Any) -> torch.Tensor:
+        """One forward over ``ids``; non-finite logits (FP16 overflow) are recomputed with FP32 matmuls."""
+        before = cache.get_seq_length()
+        chunk = torch.tensor([ids], device=self.device)
+        logits = self.model(input_ids=chunk, past_key_values=cache, use_cache=True, logits_to_keep=1).logits[0, -1]
+        if bool(torch.isfinite(logits).all()):
+            return logits
+        if not use_fp32_decode(self.model):
+            raise GenerationError(
+                "The model produced inf/NaN (an overflow in this precision).",
+                fix="Restart with --precision bf16 or --precision fp32.",
+            )
+        log.warning("FP16 overflow in a decode matmul: CPU layers decode in FP32 from now on")
+        cache.crop(before - cache.get_seq_length())
+        return self._step(ids, cache)
 
     @torch.inference_mode()
     def run(

@@ -34,7 +34,7 @@ class SamplingOptions(BaseModel):
     min_p: float = Field(0.0, ge=0.0, le=1.0, description="Drop tokens below min_p x the top probability.")
     max_new_tokens: int = Field(DEFAULT_MAX_NEW_TOKENS, ge=1, le=131072, description="Most tokens to generate.")
     min_new_tokens: int = Field(0, ge=0, le=131072, description="End-of-turn is suppressed before this many.")
-    repetition_penalty: float = Field(1.0, gt=0.0, le=2.0, description="> 1 discourages tokens already seen.")
+    repetition_penalty: float = Field(1.0, ge=0.01, le=2.0, description="> 1 discourages tokens already seen.")
     presence_penalty: float = Field(0.0, ge=-2.0, le=2.0, description="OpenAI-style, per token already generated.")
     frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0, description="OpenAI-style, per occurrence generated.")
     seed: int | None = Field(None, ge=0, le=2**63 - 1, description="Makes sampling reproducible.")
@@ -112,7 +112,8 @@ class Sampler:
         if opts.greedy:
             token = int(torch.argmax(logits))
         else:
-            logits = logits / opts.temperature
+            # Shift by the maximum first: any temperature > 0, however small, then gives finite values or -inf.
+            logits = (logits - logits.max()) / opts.temperature
             if opts.top_k:
                 values, indices = torch.topk(logits, min(opts.top_k, logits.numel()))
             else:
@@ -125,8 +126,10 @@ class Sampler:
                 probs = torch.where(keep, probs, torch.zeros_like(probs))
             if opts.min_p > 0.0:
                 probs = torch.where(probs >= opts.min_p * probs[0], probs, torch.zeros_like(probs))
-            choice = torch.multinomial(probs, 1, generator=self.generator)
-            token = int(indices[choice])
+            if not bool(torch.isfinite(probs).all()) or float(probs.sum()) <= 0.0:
+                token = int(indices[0])  # degenerate distribution: take the most likely token
+            else:
+                token = int(indices[torch.multinomial(probs, 1, generator=self.generator)])
         self._count(token, logits.numel())
         return token
 

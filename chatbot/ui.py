@@ -14,9 +14,6 @@ the settings, behind a login when ``--auth`` / ``QWEN_AUTH`` is set. What it sho
 
 Endpoints for ``gradio_client`` (see the "Use via API" page): /chat, /regenerate, /stop, /undo,
 /edit_last, /clear, /export_conversation, /import_conversation, /model_status.
-
-Test knob: ``QWEN_TEST_MIN_NEW_TOKENS=N`` suppresses end-of-turn for the first N tokens of every
-reply, so tests can make the random-weights model write long answers to stop.
 """
 
 from __future__ import annotations
@@ -73,6 +70,7 @@ class ChatHandlers:
         max_new_tokens: float,
         presence_penalty: float,
         repetition_penalty: float,
+        min_new_tokens: float,
         conversation: Conversation,
         request: gr.Request,
     ) -> Iterator[tuple[Any, ...]]:
@@ -82,7 +80,9 @@ class ChatHandlers:
             gr.Warning(text)
             yield conversation_messages(conversation), message, notice_html(text), conversation
             return
-        options = sampling_kwargs(temperature, top_p, top_k, max_new_tokens, presence_penalty, repetition_penalty)
+        options = sampling_kwargs(
+            temperature, top_p, top_k, max_new_tokens, presence_penalty, repetition_penalty, min_new_tokens
+        )
         yield from self._reply(conversation, message, enable_thinking, system_prompt, options, request.session_hash)
 
     def regenerate(
@@ -95,6 +95,7 @@ class ChatHandlers:
         max_new_tokens: float,
         presence_penalty: float,
         repetition_penalty: float,
+        min_new_tokens: float,
         conversation: Conversation,
         request: gr.Request,
     ) -> Iterator[tuple[Any, ...]]:
@@ -106,7 +107,9 @@ class ChatHandlers:
             return
         previous = conversation.turns[-2:]
         del conversation.turns[-2:]
-        options = sampling_kwargs(temperature, top_p, top_k, max_new_tokens, presence_penalty, repetition_penalty)
+        options = sampling_kwargs(
+            temperature, top_p, top_k, max_new_tokens, presence_penalty, repetition_penalty, min_new_tokens
+        )
         yield from self._reply(
             conversation,
             previous[0].content,
@@ -245,7 +248,7 @@ class ChatHandlers:
 
     def reset_sampling(self, enable_thinking: bool) -> tuple[Any, ...]:
         defaults = THINKING_DEFAULTS if enable_thinking else NON_THINKING_DEFAULTS
-        return defaults["temperature"], defaults["top_p"], defaults["top_k"], DEFAULT_MAX_NEW_TOKENS, 0.0, 1.0
+        return defaults["temperature"], defaults["top_p"], defaults["top_k"], DEFAULT_MAX_NEW_TOKENS, 0.0, 1.0, 0
 
     def save(self, conversation: Conversation) -> dict[str, Any]:
         return saved_form(conversation)
@@ -281,7 +284,8 @@ def header_html(app: App) -> str:
 @dataclass
 class SettingsPanel:
     system_prompt: gr.Textbox
-    sampling: list[gr.Slider]  # temperature, top_p, top_k, max_new_tokens, presence_penalty, repetition_penalty
+    # temperature, top_p, top_k, max_new_tokens, presence_penalty, repetition_penalty, min_new_tokens
+    sampling: list[gr.Slider]
     reset_button: gr.Button
     export_button: gr.Button
     export_file: gr.File
@@ -308,6 +312,9 @@ def settings_panel(app: App, mode: dict[str, Any]) -> SettingsPanel:
                 gr.Slider(16, max_tokens, min(DEFAULT_MAX_NEW_TOKENS, max_tokens), step=16, label="Max new tokens"),
                 gr.Slider(-2.0, 2.0, 0.0, step=0.1, label="Presence penalty"),
                 gr.Slider(0.5, 2.0, 1.0, step=0.05, label="Repetition penalty"),
+                gr.Slider(
+                    0, max_tokens, 0, step=16, label="Min new tokens", info="No end of turn before this many tokens"
+                ),
             ]
             reset_button = gr.Button("Reset to the mode's defaults", size="sm", variant="secondary")
             gr.Markdown(

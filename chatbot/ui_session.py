@@ -11,7 +11,6 @@ that goes to the browser's storage and into exported files::
 from __future__ import annotations
 
 import logging
-import os
 import secrets
 import threading
 from collections.abc import Iterator
@@ -26,7 +25,6 @@ from .sampling import NON_THINKING_DEFAULTS, THINKING_DEFAULTS
 log = logging.getLogger(__name__)
 MODE_KEYS = ("temperature", "top_p", "top_k")
 EXPORT_FORMAT = "qwen3-chat-conversation"
-TEST_MIN_NEW_TOKENS_ENV = "QWEN_TEST_MIN_NEW_TOKENS"
 
 
 class StopSignals:
@@ -75,19 +73,18 @@ def sampling_kwargs(
     max_new_tokens: float,
     presence_penalty: float,
     repetition_penalty: float,
+    min_new_tokens: float = 0,
 ) -> dict[str, Any]:
     """Slider values as ``stream_reply`` options; untouched mode defaults are left to the reply's mode."""
     kwargs: dict[str, Any] = {
         "max_new_tokens": int(max_new_tokens),
+        "min_new_tokens": min(int(min_new_tokens), int(max_new_tokens)),
         "presence_penalty": float(presence_penalty),
         "repetition_penalty": float(repetition_penalty),
     }
     chosen = {"temperature": float(temperature), "top_p": float(top_p), "top_k": int(top_k)}
     if not is_mode_default(chosen):
         kwargs.update(chosen)
-    test_min_tokens = int(os.environ.get(TEST_MIN_NEW_TOKENS_ENV, "0") or 0)
-    if test_min_tokens:
-        kwargs["min_new_tokens"] = min(test_min_tokens, kwargs["max_new_tokens"])
     return kwargs
 
 

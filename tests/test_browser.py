@@ -70,12 +70,11 @@ def demo_app_ui(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningApp
 
 @pytest.fixture(scope="module")
 def long_answer_app(random_fp8: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningApp]:
-    """The random model behind a login, writing long answers (end-of-turn held back by the test knob)."""
+    """The random model behind a login (long answers come from the "Min new tokens" control)."""
     app = start_app(
         ["--model", str(random_fp8), "--auth", ":".join(LOGIN)],
         tmp_path_factory.mktemp("browser") / "random.log",
         api=False,
-        env={"QWEN_TEST_MIN_NEW_TOKENS": str(LONG_REPLY_TOKENS)},
     )
     try:
         yield app
@@ -117,15 +116,15 @@ def send(page, text: str) -> None:
     page.press("#qc-message textarea", "Enter")
 
 
-def set_max_new_tokens(page, value: int) -> None:
-    """Type into the slider's number box and wait until the slider itself has taken the value."""
-    number = page.locator('#qc-sidebar input[aria-label="number input for Max new tokens"]')
+def set_slider(page, label: str, value: int) -> None:
+    """Type into a slider's number box and wait until the slider itself has taken the value."""
+    number = page.locator(f'#qc-sidebar input[aria-label="number input for {label}"]')
     number.fill(str(value))
     number.press("Enter")
     page.wait_for_function(
-        "value => document.querySelector('#qc-sidebar input[aria-label=\"range slider for Max new tokens\"]')"
+        '([label, value]) => document.querySelector(`#qc-sidebar input[aria-label="range slider for ${label}"]`)'
         ".value === value",
-        arg=str(value),
+        arg=[label, str(value)],
     )
 
 
@@ -220,7 +219,8 @@ def test_markup_from_user_or_model_is_shown_but_never_runs(browser, demo_app_ui:
 def test_login_then_stop_halts_a_long_answer_and_the_chat_goes_on(browser, long_answer_app: RunningApp) -> None:
     page = open_page(browser, long_answer_app, login=LOGIN)
     page.uncheck("#qc-thinking input")
-    set_max_new_tokens(page, LONG_REPLY_TOKENS)
+    set_slider(page, "Max new tokens", LONG_REPLY_TOKENS)
+    set_slider(page, "Min new tokens", LONG_REPLY_TOKENS)
 
     send(page, "Tell me a very long story.")
     page.wait_for_selector("#qc-stop", state="visible")
@@ -237,7 +237,7 @@ def test_login_then_stop_halts_a_long_answer_and_the_chat_goes_on(browser, long_
     assert tokens < LONG_REPLY_TOKENS
     page.wait_for_selector("#qc-send", state="visible")
 
-    set_max_new_tokens(page, 16)
+    set_slider(page, "Max new tokens", 16)
     send(page, "Now a short one.")
     assert "16 tokens" in wait_for_stats(page, 1, pattern=r"\b16 tokens")
     page.context.close()

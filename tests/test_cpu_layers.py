@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from chatbot.cpu_layers import DECODE_MAX_ROWS, CpuLinear, choose_prefill_dtype
+from chatbot.cpu_layers import DECODE_MAX_ROWS, CpuLinear, choose_prefill_dtype, use_fp32_decode
 
 
 def layer(storage: torch.dtype, prefill: torch.dtype, weight: torch.Tensor) -> CpuLinear:
@@ -29,12 +29,13 @@ def test_both_paths_match_an_fp32_reference(storage, prefill, rows) -> None:
     torch.testing.assert_close(out, reference, rtol=0.02, atol=0.02)
 
 
-def test_fp16_overflow_is_redone_in_fp32() -> None:
+def test_fp32_decode_after_an_overflow() -> None:
     weight = torch.full((4, 8), 100.0)
     x = torch.full((1, 8), 1000.0)  # 8 * 100 * 1000 = 800000 > FP16's 65504
-    out = layer(torch.float16, torch.float32, weight)(x)
-    assert torch.isfinite(out).all()
-    torch.testing.assert_close(out, torch.full((1, 4), 800000.0))
+    module = layer(torch.float16, torch.float32, weight)
+    assert not torch.isfinite(module(x)).all()
+    assert use_fp32_decode(module) and not use_fp32_decode(module)  # switched once
+    torch.testing.assert_close(module(x), torch.full((1, 4), 800000.0))
 
 
 @pytest.mark.parametrize(

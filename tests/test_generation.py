@@ -142,3 +142,28 @@ def test_stop_matcher_holds_back_partial_matches() -> None:
     matcher = StopStringMatcher(("STOP",))
     assert matcher.push("ST") == ("", False)
     assert matcher.push("ay") == ("STay", False)
+
+
+def test_extreme_but_valid_sampling_values_still_pick_a_token(noisy) -> None:
+    ids = prompt_for(noisy, "Edge cases", False)
+    for options in (
+        {"temperature": 5e-324},
+        {"top_p": 5e-324},
+        {"min_p": 1.0},
+        {"repetition_penalty": 0.01},
+        {"presence_penalty": 2.0, "frequency_penalty": -2.0},
+    ):
+        result, _ = run(noisy, ids, max_new_tokens=4, seed=1, **options)
+        assert len(result.token_ids) == 4, options
+
+
+def test_fp16_overflow_while_decoding_is_recomputed_in_fp32(random_fp8, caplog) -> None:
+    """Qwen3's large activations can overflow FP16: the step is redone with FP32 matmuls, not lost."""
+    loaded = load_model(str(random_fp8), device="cpu", precision="fp16")
+    down = loaded.model.model.layers[0].mlp.down_proj
+    down.weight.data.fill_(60000.0)  # the largest FP16 values: their sums overflow FP16, not FP32
+    ids = prompt_for(loaded, "Overflow, please", False)
+    result, _ = run(loaded, ids, temperature=0, max_new_tokens=6, min_new_tokens=6)
+    assert result.finish_reason == "length" and len(result.token_ids) == 6
+    assert down.fp32_decode
+    assert "FP16 overflow" in caplog.text

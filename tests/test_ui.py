@@ -4,7 +4,7 @@
 
 Two apps are started the way users start them (``python app.py --model PATH``), on free ports and
 without the API: one on the scripted model (exact thinking and answer text), one on the random
-model with a login, a queue of one and ``QWEN_TEST_MIN_NEW_TOKENS`` so that replies run long
+model with a login and a queue of one; replies run long through the "Min new tokens" control
 enough to be stopped and to queue behind each other.
 """
 
@@ -289,7 +289,6 @@ def busy_app(random_fp8: Path, tmp_path_factory: pytest.TempPathFactory) -> Iter
         ["--model", str(random_fp8), "--auth", ":".join(LOGIN), "--queue-size", "1"],
         tmp_path_factory.mktemp("ui") / "busy.log",
         api=False,
-        env={"QWEN_TEST_MIN_NEW_TOKENS": str(LONG_REPLY_TOKENS)},
     )
     try:
         yield app
@@ -299,7 +298,11 @@ def busy_app(random_fp8: Path, tmp_path_factory: pytest.TempPathFactory) -> Iter
 
 def long_reply(client: Client):
     return client.submit(
-        message="Write forever", enable_thinking=False, max_new_tokens=LONG_REPLY_TOKENS, api_name="/chat"
+        message="Write forever",
+        enable_thinking=False,
+        max_new_tokens=LONG_REPLY_TOKENS,
+        min_new_tokens=LONG_REPLY_TOKENS,
+        api_name="/chat",
     )
 
 
