@@ -241,6 +241,42 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
+def plain_worker(spec: dict[str, Any]) -> dict[str, Any]:
+    """The baseline: plain transformers modules in one dtype, prefill by forward and decode by ``generate``."""
+    import torch
+
+    from .loader import load_model
+
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[spec["baseline"]]
+    loaded = load_model(spec["model"], device=spec["device"], precision="fp32")  # unmodified transformers layers
+    model = loaded.model.to(dtype)
+    prompt = _prompt_ids(loaded.tokenizer, spec["prompt_tokens"])
+    ids = torch.tensor([prompt], device=loaded.device)
+    result: dict[str, Any] = {"baseline": spec["baseline"], "prompt_tokens": len(prompt)}
+    with torch.inference_mode():
+        for count in sorted({64, len(prompt)}):
+            model(input_ids=ids[:, :count], logits_to_keep=1)  # warm-up
+            times = []
+            for _ in range(spec["runs"]):
+                start = time.perf_counter()
+                model(input_ids=ids[:, :count], logits_to_keep=1)
+                times.append(time.perf_counter() - start)
+            result[f"prefill_{count}_tok_s"] = spread([count / t for t in times])
+        short = ids[:, :64]
+        settings = {"do_sample": False, "pad_token_id": loaded.tokenizer.pad_token_id}
+        model.generate(short, max_new_tokens=4, **settings)  # warm-up
+        speeds = []
+        for _ in range(spec["runs"]):
+            start = time.perf_counter()
+            model.generate(short, max_new_tokens=1, **settings)
+            first = time.perf_counter() - start
+            start = time.perf_counter()
+            model.generate(short, max_new_tokens=spec["new_tokens"], min_new_tokens=spec["new_tokens"], **settings)
+            speeds.append((spec["new_tokens"] - 1) / (time.perf_counter() - start - first))
+        result["decode_tok_s"] = spread(speeds)
+    return result
+
+
 # --- the parent: plan, run workers, report ------------------------------------------------------------------
 
 
@@ -292,13 +328,15 @@ def default_precision(runnable: list[str], model: str, device: str) -> str:
 
 
 def run_worker(spec: dict[str, Any], timeout: float) -> dict[str, Any]:
+    """Run one measurement in a fresh process (clean peak-memory figures); errors become ``{"error": ...}``."""
     command = [sys.executable, "-m", "chatbot.bench", "--worker", json.dumps(spec)]
     done = subprocess.run(
         command, capture_output=True, text=True, timeout=timeout, env={**os.environ, "TOKENIZERS_PARALLELISM": "false"}
     )
     if done.returncode != 0:
         tail = "\n".join(done.stderr.strip().splitlines()[-5:])
-        return {"precision": spec["precision"], "error": tail or f"worker exited with {done.returncode}"}
+        name = spec.get("precision") or f"plain {spec.get('baseline')}"
+        return {"precision": name, "error": tail or f"worker exited with {done.returncode}"}
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
@@ -341,6 +379,17 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
             result["default"] = precision == main
             report["results"].append(result)
     report["reference_precision"] = order[0]
+    report["baselines"] = []
+    for baseline in [b.strip() for b in args.baseline.split(",") if b.strip() and b.strip() != "none"]:
+        spec = {
+            "model": args.model,
+            "device": args.device,
+            "baseline": baseline,
+            "prompt_tokens": args.prompt_tokens,
+            "new_tokens": args.new_tokens,
+            "runs": args.runs,
+        }
+        report["baselines"].append(run_worker(spec, timeout=args.timeout))
     return report
 
 
@@ -384,8 +433,28 @@ def markdown(report: dict[str, Any]) -> str:
         )
     for precision, why in report["skipped"].items():
         lines.append(f"| {precision} | skipped: {why} |" + " |" * 10)
-    lines += _scenario_lines(report) + _target_lines(report) + _reference_lines()
+    lines += _baseline_lines(report) + _scenario_lines(report) + _target_lines(report) + _reference_lines()
     return "\n".join(lines)
+
+
+def _baseline_lines(report: dict[str, Any]) -> list[str]:
+    rows = [b for b in report.get("baselines", []) if "error" not in b]
+    if not rows:
+        return []
+    lines = [
+        "",
+        "Plain transformers on the same weights (forward for prefill, generate() for decode), tokens/s:",
+        "",
+        f"| dtype | prefill 64 | prefill {rows[0]['prompt_tokens']} | decode |",
+        "|---|---|---|---|",
+    ]
+    for b in rows:
+        long = b.get(f"prefill_{b['prompt_tokens']}_tok_s", b["prefill_64_tok_s"])
+        lines.append(
+            f"| {b['baseline']} | {_fmt(b['prefill_64_tok_s']['median'])} | {_fmt(long['median'])} "
+            f"| {_fmt(b['decode_tok_s']['median'])} |"
+        )
+    return lines
 
 
 def _scenario_lines(report: dict[str, Any]) -> list[str]:
@@ -433,6 +502,16 @@ def targets(report: dict[str, Any]) -> list[tuple[str, str, bool | None]]:
         decode = main["decode_tok_s"]["median"] / results["fp32"]["decode_tok_s"]["median"]
         rows.append((f"{main['precision']} prefill >= FP32 prefill", f"{prefill:.2f}x", prefill >= 0.95))
         rows.append((f"{main['precision']} decode vs FP32 decode (half the bytes)", f"{decode:.2f}x", None))
+    for b in report.get("baselines", []):
+        if main and "error" not in b and b["baseline"] in ("bf16", "fp16"):
+            ratio = main["decode_tok_s"]["median"] / b["decode_tok_s"]["median"]
+            rows.append(
+                (
+                    f"{main['precision']} decode >= plain transformers {b['baseline']} decode",
+                    f"{ratio:.2f}x",
+                    ratio >= 0.95,
+                )
+            )
     if "fp8" in results and "fp16" in results:
         speed = results["fp8"]["decode_tok_s"]["median"] / results["fp16"]["decode_tok_s"]["median"]
         memory = results["fp8"]["weights_bytes"] / results["fp16"]["weights_bytes"]
@@ -500,6 +579,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--scenario-tokens", type=int, default=32, help="reply length in the chat scenarios")
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument(
+        "--baseline",
+        default="bf16",
+        help="plain transformers dtypes to measure beside ours (fp32, bf16, fp16, or none)",
+    )
     parser.add_argument("--out", type=Path, default=Path("bench-out"))
     parser.add_argument("--timeout", type=float, default=900, help="seconds allowed per precision")
 
@@ -516,7 +600,8 @@ def main(args: argparse.Namespace) -> int:
 
 if __name__ == "__main__":
     if len(sys.argv) == 3 and sys.argv[1] == "--worker":
-        print(json.dumps(worker(json.loads(sys.argv[2]))))
+        job = json.loads(sys.argv[2])
+        print(json.dumps(plain_worker(job) if "baseline" in job else worker(job)))
     else:
         parser = argparse.ArgumentParser(prog="python -m chatbot bench", description=__doc__)
         add_arguments(parser)

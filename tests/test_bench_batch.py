@@ -77,6 +77,15 @@ def test_bench_runs_the_chat_scenarios_on_the_default_precision(bench_report) ->
     assert scenarios["stream_vs_bare"]["ratio"] > 0
 
 
+def test_bench_measures_plain_transformers_beside_ours(bench_report) -> None:
+    report, stdout, _ = bench_report
+    (baseline,) = report["baselines"]
+    assert baseline["baseline"] == "bf16" and "error" not in baseline
+    assert baseline["prefill_64_tok_s"]["median"] > 0 and baseline["decode_tok_s"]["median"] > 0
+    assert "Plain transformers on the same weights" in stdout
+    assert "fp16 decode >= plain transformers bf16 decode" in stdout
+
+
 def test_bench_prints_table_targets_and_references_and_draws_a_chart(bench_report) -> None:
     _, stdout, out = bench_report
     assert "| precision | mode used |" in stdout
