@@ -46,6 +46,8 @@ log = logging.getLogger(__name__)
 
 # How often a request that has not started streaming checks whether its client is still there.
 DISCONNECT_POLL_SECONDS = 0.25
+# FastAPI's words for a body it cannot decode (invalid UTF-8, JSON nested past the parser's limit).
+UNPARSABLE_BODY = "There was an error parsing the body"
 # nginx's "client closed request": nobody reads it, but the access log says what happened.
 CLIENT_CLOSED_STATUS = 499
 
@@ -376,7 +378,10 @@ def install_error_handlers(api: FastAPI) -> None:
     async def on_http_error(_: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)
         kind = "invalid_request_error" if exc.status_code < 500 else "server_error"
-        error = APIError(exc.status_code, str(exc.detail), type=kind, headers=dict(exc.headers or {}))
+        detail = str(exc.detail)
+        if exc.status_code == 400 and detail == UNPARSABLE_BODY:
+            detail = "The request body could not be read: send UTF-8 encoded JSON that is not nested absurdly deep."
+        error = APIError(exc.status_code, detail, type=kind, headers=dict(exc.headers or {}))
         return error.response()
 
     api.add_exception_handler(APIError, on_api_error)

@@ -19,6 +19,7 @@ import torch
 
 from .cpu_layers import use_fp32_decode
 from .errors import GenerationError
+from .kv_cache import new_cache
 from .sampling import Sampler, SamplingOptions
 
 log = logging.getLogger(__name__)
@@ -186,9 +187,7 @@ class Generator:
         self.prefix_cache = prefix_cache
 
     def _new_cache(self) -> Any:
-        from transformers import DynamicCache
-
-        return DynamicCache(config=self.model.config)
+        return new_cache(self.model.config)
 
     def _forward(self, ids: list[int], cache: Any, cancel: threading.Event | None = None) -> torch.Tensor | None:
         logits = None

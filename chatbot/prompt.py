@@ -56,6 +56,12 @@ def normalize_messages(messages: Sequence[dict[str, Any]]) -> list[dict[str, str
             )
         if not isinstance(content, str):
             raise InvalidRequestError(f"messages[{i}].content must be a string", param=f"messages[{i}].content")
+        if not _is_encodable(content):
+            raise InvalidRequestError(
+                f"messages[{i}].content is not valid Unicode text (it holds an unpaired surrogate)",
+                param=f"messages[{i}].content",
+                fix="Send UTF-8 text; unpaired \\ud800-\\udfff escapes cannot be encoded.",
+            )
         if role == "system" and i != 0:
             raise InvalidRequestError("only the first message may be a system message", param=f"messages[{i}].role")
         if role == "assistant":
@@ -66,6 +72,14 @@ def normalize_messages(messages: Sequence[dict[str, Any]]) -> list[dict[str, str
     if not clean[-1]["content"].strip():
         raise InvalidRequestError("the last user message is empty", param="messages", fix="Type a message.")
     return clean
+
+
+def _is_encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def effective_thinking(messages: Sequence[dict[str, str]], enable_thinking: bool) -> bool:

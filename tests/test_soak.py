@@ -1,0 +1,190 @@
+"""Load and faults on one running app (random-weights tiny model), loopback only, bounded in time.
+
+* Soak: 16 concurrent API streams and 4 web UI sessions for QWEN_SOAK_SECONDS (20 s here; the
+  README's figures come from a longer run, e.g. QWEN_SOAK_SECONDS=300). No errors; every API reply is
+  the one its request gets when run alone (seeded); every UI session keeps its own history; a full
+  queue answers 429 (API) or says so (UI) instead of piling up; the process's memory stays flat.
+* Cancellation storm: 50 start-then-cancel cycles (API disconnects and UI Stops), then the model
+  serves the next request at once.
+
+Each run appends its figures to the JSON file named by QWEN_SOAK_REPORT, if set.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import openai
+import psutil
+import pytest
+from conftest import RunningApp, start_app, stop_app
+from gradio_client import Client
+
+SOAK_SECONDS = float(os.environ.get("QWEN_SOAK_SECONDS", "20"))
+API_CLIENTS, UI_CLIENTS = 16, 4
+QUEUE_SIZE = 12  # below the 20 clients, so the limit is exercised
+PROMPTS = [f"Story number {i}: " + "once upon a time " * (i + 1) for i in range(4)]
+REPLY_TOKENS = 24
+
+
+@pytest.fixture(scope="module")
+def soak_app(random_fp8: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningApp]:
+    # No prefix cache: then each seeded reply depends on its own request only, and can be checked.
+    args = ["--model", str(random_fp8), "--queue-size", str(QUEUE_SIZE), "--prefix-cache-tokens", "0"]
+    app = start_app(args, tmp_path_factory.mktemp("soak") / "soak.log")
+    try:
+        yield app
+    finally:
+        stop_app(app)
+
+
+def rss(app: RunningApp) -> int:
+    return psutil.Process(app.process.pid).memory_info().rss
+
+
+def api_reply(app: RunningApp, prompt: str, seed: int) -> str:
+    """One streamed reply; raises openai.RateLimitError when the queue is full."""
+    client = openai.OpenAI(base_url=app.api_url + "/v1", api_key="x", max_retries=0, timeout=120)
+    stream = client.chat.completions.create(
+        model="qwen3",
+        messages=[{"role": "user", "content": prompt}],
+        stream=True,
+        seed=seed,
+        temperature=1.0,
+        max_tokens=REPLY_TOKENS,
+        extra_body={"min_tokens": REPLY_TOKENS},
+    )
+    return "".join(chunk.choices[0].delta.content or "" for chunk in stream if chunk.choices)
+
+
+def write_report(figures: dict) -> None:
+    target = os.environ.get("QWEN_SOAK_REPORT")
+    if target:
+        with open(target, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(figures) + "\n")
+
+
+def test_soak_api_streams_and_ui_sessions(soak_app: RunningApp) -> None:
+    expected = {(p, seed): api_reply(soak_app, PROMPTS[p], seed) for p in range(len(PROMPTS)) for seed in range(2)}
+    rss_start = rss(soak_app)
+    deadline = time.monotonic() + SOAK_SECONDS
+    counts: Counter[str] = Counter()
+    problems: list[str] = []
+    lock = threading.Lock()
+
+    def note(kind: str, problem: str | None = None) -> None:
+        with lock:
+            counts[kind] += 1
+            if problem:
+                problems.append(problem)
+
+    def api_client(index: int) -> None:
+        chooser = random.Random(index)
+        while time.monotonic() < deadline:
+            key = (chooser.randrange(len(PROMPTS)), chooser.randrange(2))
+            try:
+                text = api_reply(soak_app, PROMPTS[key[0]], key[1])
+            except openai.RateLimitError:
+                note("api_rejected")
+                time.sleep(0.2)
+                continue
+            except openai.APIError as exc:
+                note("api_errors", f"API client {index}: {exc}")
+                continue
+            note("api_replies", None if text == expected[key] else f"API client {index} got another reply for {key}")
+
+    def ui_client(index: int) -> None:
+        client = Client(soak_app.ui_url, verbose=False)
+        sent = []
+        while time.monotonic() < deadline:
+            message = f"UI session {index}, message {len(sent)}"
+            try:
+                chat, _, notice = client.predict(
+                    message=message, enable_thinking=False, max_new_tokens=16, api_name="/chat"
+                )
+            except Exception as exc:  # any failure of the client is a soak failure, reported below
+                note("ui_errors", f"UI session {index}: {exc}")
+                continue
+            if "queue is full" in notice:
+                note("ui_rejected")
+                time.sleep(0.2)
+                continue
+            if notice:
+                note("ui_errors", f"UI session {index}: {notice}")
+                continue
+            sent.append(message)
+            users = [
+                m["content"] if isinstance(m["content"], str) else m["content"][0]["text"]
+                for m in chat
+                if m["role"] == "user"
+            ]
+            note("ui_replies", None if users == sent else f"UI session {index} sees {users}, sent {sent}")
+
+    samples = []
+    with ThreadPoolExecutor(API_CLIENTS + UI_CLIENTS) as pool:
+        futures = [pool.submit(api_client, i) for i in range(API_CLIENTS)]
+        futures += [pool.submit(ui_client, i) for i in range(UI_CLIENTS)]
+        while not all(f.done() for f in futures):
+            samples.append(rss(soak_app))
+            time.sleep(1)
+        for future in futures:
+            future.result()
+    rss_end = rss(soak_app)
+    figures = {
+        "test": "soak",
+        "seconds": SOAK_SECONDS,
+        **counts,
+        "rss_start_mib": rss_start / 2**20,
+        "rss_end_mib": rss_end / 2**20,
+        "rss_max_mib": max(samples, default=rss_end) / 2**20,
+    }
+    write_report(figures)
+    print(figures)
+    assert not problems, problems[:5]
+    assert counts["api_replies"] >= API_CLIENTS and counts["ui_replies"] >= UI_CLIENTS
+    assert counts["api_rejected"] > 0  # 20 clients against a queue of 12: the limit answered
+    # memory: the second half of the run holds no more than the first half (plus allocator noise)
+    half = len(samples) // 2
+    if half:
+        assert max(samples[half:]) <= max(samples[:half]) * 1.10 + 64 * 2**20, figures
+    health = httpx.get(soak_app.api_url + "/health", timeout=10).json()
+    assert health["status"] == "ready" and health["queue"]["depth"] == 0
+
+
+def test_fifty_start_then_cancel_cycles_leave_the_model_free(soak_app: RunningApp) -> None:
+    long = {"max_tokens": 5000, "extra_body": {"min_tokens": 5000}}
+    client = openai.OpenAI(base_url=soak_app.api_url + "/v1", api_key="x", max_retries=0, timeout=60)
+    ui = Client(soak_app.ui_url, verbose=False)
+    for cycle in range(50):
+        if cycle % 2 == 0:  # an API client that hangs up after the first tokens
+            stream = client.chat.completions.create(
+                model="qwen3", messages=[{"role": "user", "content": "Go"}], stream=True, **long
+            )
+            next(iter(stream))
+            stream.close()
+        else:  # a UI user who presses Stop
+            job = ui.submit(
+                message="Go", enable_thinking=False, max_new_tokens=5000, min_new_tokens=5000, api_name="/chat"
+            )
+            deadline = time.monotonic() + 30
+            while not job.outputs() and time.monotonic() < deadline:
+                time.sleep(0.02)
+            ui.predict(api_name="/stop")
+            job.result(timeout=30)
+    started = time.perf_counter()
+    reply = client.chat.completions.create(model="qwen3", messages=[{"role": "user", "content": "Now"}], max_tokens=4)
+    next_request_seconds = time.perf_counter() - started
+    write_report({"test": "cancel storm", "cycles": 50, "next_request_seconds": next_request_seconds})
+    assert reply.choices[0].finish_reason == "length"
+    assert next_request_seconds < 3.0  # nothing left running or queued
+    queue = httpx.get(soak_app.api_url + "/health", timeout=10).json()["queue"]
+    assert queue["depth"] == 0 and not queue["busy"]
