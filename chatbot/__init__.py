@@ -4,6 +4,14 @@
 command line (serve, make-model, quantize, doctor, bench, batch).
 """
 
+import os
+
+# oneDNN (BF16 matmuls on CPUs with AVX512-BF16/AMX) caches a compiled kernel per matrix shape, and
+# every new prompt length is a new shape: its default of 1024 entries let a long-running server grow
+# by hundreds of MB. A small cache keeps memory flat; a new shape costs one kernel creation (well under
+# a millisecond). Set before torch loads.
+os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "32")
+
 from .bot import Qwen3ChatBot
 from .chat import AnswerDelta, ChatDone, Conversation, Loading, QueuePosition, ThinkingDelta
 from .errors import (

@@ -34,6 +34,9 @@ API_CLIENTS, UI_CLIENTS = 16, 4
 QUEUE_SIZE = 12  # below the 20 clients, so the limit is exercised
 PROMPTS = [f"Story number {i}: " + "once upon a time " * (i + 1) for i in range(4)]
 REPLY_TOKENS = 24
+# Memory grows with the longest prompt served (buffers sized to it), so the sessions' chats stay bounded
+# in length, as people's do, and the test can tell growth from a leak.
+UI_CONVERSATION_TURNS = 8
 
 
 @pytest.fixture(scope="module")
@@ -106,6 +109,9 @@ def test_soak_api_streams_and_ui_sessions(soak_app: RunningApp) -> None:
         client = Client(soak_app.ui_url, verbose=False)
         sent = []
         while time.monotonic() < deadline:
+            if len(sent) == UI_CONVERSATION_TURNS:  # a user starts a new chat now and then
+                client.predict(api_name="/clear")
+                sent = []
             message = f"UI session {index}, message {len(sent)}"
             try:
                 chat, _, notice = client.predict(
