@@ -83,12 +83,14 @@ def _drop(_: str) -> None:
 
 
 def _bare_decode(loaded: Any, prompt: list[int], new_tokens: int) -> float:
-    """Tokens/s of a bare greedy loop (no streaming, sampling or stop checks): what the app adds to."""
+    """Tokens/s of a bare greedy loop (no queue, streaming, sampling or stop checks) with the same
+    key/value cache as the app: the ratio then measures what the chat path adds, nothing else."""
     import torch
-    from transformers import DynamicCache
+
+    from .kv_cache import new_cache
 
     with torch.inference_mode():
-        cache = DynamicCache(config=loaded.model.config)
+        cache = new_cache(loaded.model.config)
         ids = torch.tensor([prompt], device=loaded.device)
         out = loaded.model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
         token = out.logits[:, -1].argmax(-1, keepdim=True)
@@ -232,12 +234,13 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
     reference = Path(spec["reference"]) if spec.get("reference") else None
     save = Path(spec["save_logprobs"]) if spec.get("save_logprobs") else None
     result["fidelity"] = _fidelity(loaded, reference, save)
-    if spec.get("scenarios"):
-        del loaded
-        result["scenarios"] = _scenarios(spec["model"], spec["device"], spec["precision"], spec)
+    # Peak memory of serving this precision, before the scenarios load the model again in engines.
     result["peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     if torch.cuda.is_available() and spec["device"] != "cpu":
         result["peak_gpu_bytes"] = torch.cuda.max_memory_allocated()
+    if spec.get("scenarios"):
+        del loaded
+        result["scenarios"] = _scenarios(spec["model"], spec["device"], spec["precision"], spec)
     return result
 
 
