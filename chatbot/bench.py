@@ -409,6 +409,10 @@ def _fmt(value: float | None, digits: int = 1) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
+def _kl(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2e}"
+
+
 def markdown(report: dict[str, Any]) -> str:
     bandwidth = report.get("memory_bandwidth_bytes_s")
     lines = [
@@ -432,7 +436,7 @@ def markdown(report: dict[str, Any]) -> str:
             f"| {_fmt(r['time_to_first_token_s']['median'], 2)} | {_fmt(r['prefill_tok_s']['median'])} "
             f"| {_fmt(decode['median'])} ({_fmt(decode['min'])}-{_fmt(decode['max'])}) "
             f"| {'-' if share is None else f'{share:.0%}'} | {_fmt(fidelity.get('top1_agreement'), 3)} "
-            f"| {_fmt(fidelity.get('mean_kl'), 4)} | {_fmt(fidelity['perplexity'])} |"
+            f"| {_kl(fidelity.get('mean_kl'))} | {_fmt(fidelity['perplexity'])} |"
         )
     for precision, why in report["skipped"].items():
         lines.append(f"| {precision} | skipped: {why} |" + " |" * 10)
