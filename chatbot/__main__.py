@@ -201,14 +201,7 @@ def run_batch_command(args: argparse.Namespace, settings: Settings, model: str) 
     if not args.input.is_file():
         raise ChatbotError(f"{args.input}: no such file.", fix="Pass a JSONL file with one prompt per line.")
     defaults = {"enable_thinking": args.think, "max_new_tokens": args.max_new_tokens, "temperature": args.temperature}
-    engine = ChatEngine(
-        model,
-        device=settings.device,
-        precision=settings.precision,
-        max_context=settings.max_context,
-        gpu_memory_limit=settings.gpu_memory_limit,
-        trust_remote_code=settings.trust_remote_code,
-    )
+    engine = ChatEngine.from_settings(settings, model)
     counts = run_batch_file(
         engine, args.input, args.output, args.batch_size, {k: v for k, v in defaults.items() if v is not None}
     )

@@ -18,12 +18,12 @@ import time
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
 
 from .errors import ChatbotError, GenerationError, QueueFullError
 from .generation import GenerationResult, GenerationStats, Generator, PrefixCache
 from .loader import LoadedModel, LoadProgress, load_model
 from .sampling import SamplingOptions
+from .settings import Settings
 
 log = logging.getLogger(__name__)
 CANCEL_POLL_SECONDS = 0.2  # how often a waiting request checks its stop signal
@@ -87,18 +87,14 @@ class ChatEngine:
         trust_remote_code: bool = False,
         queue_size: int = 16,
         prefix_cache_tokens: int = 16384,
-        demo: bool = False,
-        load_kwargs: dict[str, Any] | None = None,
     ) -> None:
         self.source = source
-        self.demo = demo
         self._load_kwargs = dict(
             device=device,
             precision=precision,
             max_context=max_context,
             gpu_memory_limit=gpu_memory_limit,
             trust_remote_code=trust_remote_code,
-            **(load_kwargs or {}),
         )
         self.queue_size = queue_size
         self.prefix_cache = PrefixCache(prefix_cache_tokens)
@@ -114,6 +110,20 @@ class ChatEngine:
         self._worker: threading.Thread | None = None
         self._closed = False
         self.served = 0
+
+    @classmethod
+    def from_settings(cls, settings: Settings, source: str | None = None) -> ChatEngine:
+        """An engine for ``source`` (default: ``settings.model``) configured by ``settings``."""
+        return cls(
+            source or settings.model,
+            device=settings.device,
+            precision=settings.precision,
+            max_context=settings.max_context,
+            gpu_memory_limit=settings.gpu_memory_limit,
+            trust_remote_code=settings.trust_remote_code,
+            queue_size=settings.queue_size,
+            prefix_cache_tokens=settings.prefix_cache_tokens,
+        )
 
     # --- loading ------------------------------------------------------------------------------------------
 

@@ -47,17 +47,7 @@ def create_app(settings: Settings) -> App:
     source = str(ensure_demo_model()) if settings.demo else settings.model
     path = resolve_checkpoint(source)
     inspect_checkpoint(path, source)
-    engine = ChatEngine(
-        source,
-        device=settings.device,
-        precision=settings.precision,
-        max_context=settings.max_context,
-        gpu_memory_limit=settings.gpu_memory_limit,
-        trust_remote_code=settings.trust_remote_code,
-        queue_size=settings.queue_size,
-        prefix_cache_tokens=settings.prefix_cache_tokens,
-        demo=settings.demo,
-    )
+    engine = ChatEngine.from_settings(settings, source)
     engine.start_loading()
     return App(settings, engine, DEMO_NAME if settings.demo else settings.model)
 

@@ -10,6 +10,7 @@ import sys
 
 from .bot import Qwen3ChatBot
 from .chat import AnswerDelta, ChatDone, Loading, ThinkingDelta
+from .engine import ChatEngine
 from .errors import ChatbotError
 from .settings import Settings
 
@@ -17,16 +18,8 @@ DIM, RESET = ("\033[2m", "\033[0m") if sys.stdout.isatty() else ("", "")
 
 
 def chat_loop(model: str, settings: Settings, think: bool = False) -> int:
-    bot = Qwen3ChatBot(
-        model,
-        settings.device,
-        settings.precision,
-        system_prompt=settings.system_prompt,
-        load="background",
-        max_context=settings.max_context,
-        gpu_memory_limit=settings.gpu_memory_limit,
-        trust_remote_code=settings.trust_remote_code,
-    )
+    engine = ChatEngine.from_settings(settings, model)
+    bot = Qwen3ChatBot(engine=engine, system_prompt=settings.system_prompt, load="background")
     print(f"Chatting with {model}. /clear forgets the history, /quit leaves.")
     announced = False
     while True:
