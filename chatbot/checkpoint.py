@@ -11,7 +11,7 @@ import logging
 import os
 import re
 from contextlib import ExitStack
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -49,15 +49,10 @@ class CheckpointInfo:
     files: list[Path]
     tensors: dict[str, TensorMeta]
     chat_template: bool
-    problems: list[str] = field(default_factory=list)  # non-fatal, shown by doctor
 
     @property
     def native_dtype(self) -> str:
         return str(self.config.get("torch_dtype") or self.config.get("dtype") or "bfloat16")
-
-    @property
-    def total_bytes(self) -> int:
-        return sum(f.stat().st_size for f in self.files)
 
     def read(self, name: str, files: FileHandles) -> torch.Tensor:
         """Read one tensor; raises CheckpointError if the file is damaged."""

@@ -62,10 +62,3 @@ class Settings(BaseSettings):
             return None
         user, _, password = self.auth.get_secret_value().partition(":")
         return user, password
-
-    def public_dict(self) -> dict[str, object]:
-        """Settings for logs and ``/health``: secrets replaced by whether they are set."""
-        data = self.model_dump()
-        data["auth"] = self.auth is not None
-        data["api_key"] = self.api_key is not None
-        return data

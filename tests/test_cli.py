@@ -118,3 +118,20 @@ def test_invalid_setting_is_a_clear_error() -> None:
     )
     assert result.returncode == 2
     assert "auth must look like user:password" in result.stderr
+
+
+def test_terminal_chat_streams_replies_and_keeps_history(scripted_fp8) -> None:
+    from chatbot.modelgen import SCRIPTED_ANSWER, SCRIPTED_THINKING
+
+    done = subprocess.run(
+        [sys.executable, "-m", "chatbot", "chat", "--model", str(scripted_fp8), "--think"],
+        cwd=ROOT,
+        input="Hello\n/clear\nAgain /no_think\n/quit\n",
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert SCRIPTED_THINKING in done.stdout and done.stdout.count(SCRIPTED_ANSWER) == 2
+    assert done.stdout.count(SCRIPTED_THINKING) == 1  # /no_think turned thinking off for the second message
+    assert "(history cleared)" in done.stdout and "FP16 fallback on cpu" in done.stdout
