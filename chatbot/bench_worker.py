@@ -1,0 +1,258 @@
+"""Measurements for ``python -m chatbot bench``, each run in a fresh process (``python -m chatbot.bench_worker SPEC``).
+
+``worker`` measures one precision of this project's engine (load, memory, time to first token, prefill
+and decode speed, fidelity against a reference, and for the default precision the chat scenarios);
+``plain_worker`` measures plain transformers on the same weights as the baseline. Each prints one JSON
+line; ``chatbot.bench`` runs them and writes the report.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+FIDELITY_TOKENS = 256
+TURNS = (1, 2, 4, 8)
+BATCH_SIZES = (1, 4, 8)
+
+
+def spread(values: list[float]) -> dict[str, float]:
+    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+
+
+def _prompt_ids(tokenizer: Any, count: int) -> list[int]:
+    from .tokenizer_build import data_text
+
+    ids = tokenizer.encode(data_text("passage.txt"))
+    while len(ids) < count:
+        ids = ids + ids
+    return ids[:count]
+
+
+def _measure_generation(loaded: Any, prompt: list[int], new_tokens: int, runs: int) -> dict[str, Any]:
+    import threading
+
+    from .generation import Generator
+    from .sampling import sampling_options
+
+    generator = Generator(loaded.model, loaded.tokenizer, loaded.eos_token_ids, loaded.device)
+    options = sampling_options(False, temperature=0, min_new_tokens=new_tokens, max_new_tokens=new_tokens)
+    generator.run(prompt[:32], sampling_options(False, temperature=0, max_new_tokens=4), threading.Event(), _drop)
+    ttft, prefill, decode = [], [], []
+    for _ in range(runs):
+        stats = generator.run(prompt, options, threading.Event(), _drop).stats
+        ttft.append(stats.time_to_first_token)
+        prefill.append(len(prompt) / stats.prefill_seconds)
+        decode.append(stats.tokens_per_second)
+    return {"time_to_first_token_s": spread(ttft), "prefill_tok_s": spread(prefill), "decode_tok_s": spread(decode)}
+
+
+def _drop(_: str) -> None:
+    return None
+
+
+def _bare_decode(loaded: Any, prompt: list[int], new_tokens: int) -> float:
+    """Tokens/s of a bare greedy loop (no queue, streaming, sampling or stop checks) with the same
+    key/value cache as the app: the ratio then measures what the chat path adds, nothing else."""
+    import torch
+
+    from .kv_cache import new_cache
+
+    with torch.inference_mode():
+        cache = new_cache(loaded.model.config)
+        ids = torch.tensor([prompt], device=loaded.device)
+        out = loaded.model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
+        token = out.logits[:, -1].argmax(-1, keepdim=True)
+        start = time.perf_counter()
+        for _ in range(new_tokens - 1):
+            out = loaded.model(input_ids=token, past_key_values=cache, use_cache=True)
+            token = out.logits[:, -1].argmax(-1, keepdim=True)
+        int(token)
+        return (new_tokens - 1) / (time.perf_counter() - start)
+
+
+def _fidelity(loaded: Any, reference: Path | None, save: Path | None) -> dict[str, float]:
+    """Teacher-forced next-token distributions over the passage, against the reference precision's."""
+    import torch
+
+    ids = _prompt_ids(loaded.tokenizer, FIDELITY_TOKENS)
+    with torch.inference_mode():
+        logits = loaded.model(input_ids=torch.tensor([ids], device=loaded.device)).logits[0].float().cpu()
+    logprobs = torch.log_softmax(logits, dim=-1)
+    targets = torch.tensor(ids[1:])
+    nll = -logprobs[:-1].gather(1, targets[:, None]).mean()
+    result = {"perplexity": float(torch.exp(nll))}
+    if save is not None:
+        torch.save(logprobs.half(), save)
+    if reference is not None and reference.exists():
+        ref = torch.load(reference).float()
+        result["top1_agreement"] = float((ref.argmax(-1) == logprobs.argmax(-1)).float().mean())
+        result["mean_kl"] = float((ref.exp() * (ref - logprobs)).sum(-1).mean())
+    return result
+
+
+def _decoded_weight_bytes(model: Any) -> int:
+    """Bytes read per decoded token: every matrix the forward pass multiplies by (lm_head included)."""
+    seen, total = set(), 0
+    for module in model.modules():
+        if hasattr(module, "weight") and hasattr(module, "in_features"):
+            for tensor in (module.weight, getattr(module, "weight_scale_inv", None)):
+                if tensor is not None and tensor.data_ptr() not in seen:
+                    seen.add(tensor.data_ptr())
+                    total += tensor.numel() * tensor.element_size()
+    return total
+
+
+def _stream_vs_bare(engine: Any, prompt_tokens: int, new_tokens: int, runs: int) -> dict[str, Any]:
+    """Decode through the chat stream (engine queue, streaming, thinking split, stop checks) against a
+    bare loop, alternating runs on the same model, prompt and reply length."""
+    from .chat import ChatDone, stream_reply
+    from .prompt import build_prompt
+    from .tokenizer_build import data_text
+
+    loaded = engine.load()
+    words = data_text("passage.txt").split()
+    text = " ".join(words[: max(8, prompt_tokens * 3 // 4)])
+    messages = [{"role": "user", "content": text}]
+    ids = build_prompt(
+        loaded.tokenizer, messages, enable_thinking=False, max_context=loaded.max_context, max_new_tokens=new_tokens
+    ).ids
+    stream, bare = [], []
+    for _ in range(runs):
+        bare.append(_bare_decode(loaded, ids, new_tokens))
+        for event in stream_reply(
+            engine, messages, temperature=0, min_new_tokens=new_tokens, max_new_tokens=new_tokens
+        ):
+            if isinstance(event, ChatDone):
+                stream.append(event.stats["tokens_per_second"])
+    return {
+        "prompt_tokens": len(ids),
+        "stream_tok_s": spread(stream),
+        "bare_tok_s": spread(bare),
+        "ratio": statistics.median(stream) / statistics.median(bare),
+    }
+
+
+def _scenarios(loaded_source: str, device: str, precision: str, spec: dict[str, Any]) -> dict[str, Any]:
+    from .chat import ChatDone, Conversation, batch_reply, stream_reply
+    from .engine import ChatEngine
+
+    new_tokens = spec["scenario_tokens"]
+    results: dict[str, Any] = {}
+    for label, cache_tokens in (("with_cache", 32768), ("without_cache", 0)):
+        engine = ChatEngine(loaded_source, device=device, precision=precision, prefix_cache_tokens=cache_tokens)
+        conversation = Conversation("You are a helpful assistant.")
+        ttft = {}
+        for turn in range(1, max(TURNS) + 1):
+            message = f"Turn {turn}: " + "please tell me more about the rabbit and the watch. " * 6
+            for event in stream_reply(
+                engine,
+                conversation.messages_with(message),
+                temperature=0,
+                min_new_tokens=new_tokens,
+                max_new_tokens=new_tokens,
+            ):
+                if isinstance(event, ChatDone):
+                    conversation.add_exchange(message, event)
+                    if turn in TURNS:
+                        ttft[turn] = event.stats["time_to_first_token"]
+        results[f"ttft_by_turn_{label}"] = ttft
+        if label == "without_cache":
+            results["stream_vs_bare"] = _stream_vs_bare(engine, spec["prompt_tokens"], spec["new_tokens"], spec["runs"])
+        if label == "with_cache":
+            throughput = {}
+            for size in BATCH_SIZES:
+                prompts = [
+                    [{"role": "user", "content": f"Question {i}: where did the rabbit go?"}] for i in range(size)
+                ]
+                start = time.perf_counter()
+                replies = batch_reply(
+                    engine, prompts, temperature=0, min_new_tokens=new_tokens, max_new_tokens=new_tokens
+                )
+                elapsed = time.perf_counter() - start
+                throughput[size] = sum(r["completion_tokens"] for r in replies) / elapsed
+            results["batch_tok_s"] = throughput
+        engine.close()
+    return results
+
+
+def worker(spec: dict[str, Any]) -> dict[str, Any]:
+    import resource
+
+    import torch
+
+    from .loader import load_model
+
+    started = time.perf_counter()
+    loaded = load_model(spec["model"], device=spec["device"], precision=spec["precision"])
+    load_seconds = time.perf_counter() - started
+    prompt = _prompt_ids(loaded.tokenizer, spec["prompt_tokens"])
+    result: dict[str, Any] = {
+        "precision": spec["precision"],
+        "mode": loaded.precision.mode,
+        "label": loaded.precision.label,
+        "reason": loaded.precision.reason,
+        "device": loaded.precision.device_name,
+        "load_s": load_seconds,
+        "weights_bytes": loaded.weights_bytes,
+        "decoded_weight_bytes": _decoded_weight_bytes(loaded.model),
+        "prompt_tokens": len(prompt),
+        "new_tokens": spec["new_tokens"],
+    }
+    result.update(_measure_generation(loaded, prompt, spec["new_tokens"], spec["runs"]))
+    reference = Path(spec["reference"]) if spec.get("reference") else None
+    save = Path(spec["save_logprobs"]) if spec.get("save_logprobs") else None
+    result["fidelity"] = _fidelity(loaded, reference, save)
+    # Peak memory of serving this precision, before the scenarios load the model again in engines.
+    result["peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    if torch.cuda.is_available() and spec["device"] != "cpu":
+        result["peak_gpu_bytes"] = torch.cuda.max_memory_allocated()
+    if spec.get("scenarios"):
+        del loaded
+        result["scenarios"] = _scenarios(spec["model"], spec["device"], spec["precision"], spec)
+    return result
+
+
+def plain_worker(spec: dict[str, Any]) -> dict[str, Any]:
+    """The baseline: plain transformers modules in one dtype, prefill by forward and decode by ``generate``."""
+    import torch
+
+    from .loader import load_model
+
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[spec["baseline"]]
+    loaded = load_model(spec["model"], device=spec["device"], precision="fp32")  # unmodified transformers layers
+    model = loaded.model.to(dtype)
+    prompt = _prompt_ids(loaded.tokenizer, spec["prompt_tokens"])
+    ids = torch.tensor([prompt], device=loaded.device)
+    result: dict[str, Any] = {"baseline": spec["baseline"], "prompt_tokens": len(prompt)}
+    with torch.inference_mode():
+        for count in sorted({64, len(prompt)}):
+            model(input_ids=ids[:, :count], logits_to_keep=1)  # warm-up
+            times = []
+            for _ in range(spec["runs"]):
+                start = time.perf_counter()
+                model(input_ids=ids[:, :count], logits_to_keep=1)
+                times.append(time.perf_counter() - start)
+            result[f"prefill_{count}_tok_s"] = spread([count / t for t in times])
+        short = ids[:, :64]
+        settings = {"do_sample": False, "pad_token_id": loaded.tokenizer.pad_token_id}
+        model.generate(short, max_new_tokens=4, **settings)  # warm-up
+        speeds = []
+        for _ in range(spec["runs"]):
+            start = time.perf_counter()
+            model.generate(short, max_new_tokens=1, **settings)
+            first = time.perf_counter() - start
+            start = time.perf_counter()
+            model.generate(short, max_new_tokens=spec["new_tokens"], min_new_tokens=spec["new_tokens"], **settings)
+            speeds.append((spec["new_tokens"] - 1) / (time.perf_counter() - start - first))
+        result["decode_tok_s"] = spread(speeds)
+    return result
+
+
+if __name__ == "__main__":
+    job = json.loads(sys.argv[1])
+    print(json.dumps(plain_worker(job) if "baseline" in job else worker(job)))
