@@ -4,7 +4,8 @@
 #   ./start.sh [options]        set up .venv on first run, then start the web UI (7860) and API (8000);
 #                               options go to app.py (e.g. --demo, --model PATH, --host 0.0.0.0)
 #   ./start.sh test [pytest args]
-#                               set up with the test tools (and Chromium for the browser tests), run the tests
+#                               set up with the test tools (and Chromium for the browser tests), lint (when
+#                               no pytest arguments are given) and run the tests
 #
 # Environment: PYTHON (interpreter to build .venv with), TORCH_SPEC (torch requirement to install when
 # torch is missing), TORCH_INDEX_URL (extra pip index for torch, e.g. https://download.pytorch.org/whl/cpu).
@@ -76,4 +77,9 @@ if ! command -v chromium >/dev/null 2>&1 && [[ -z "${CHROMIUM_PATH:-}" ]]; then
     || { say "Could not install chromium: install it (apt-get install chromium) or set CHROMIUM_PATH."; exit 1; }
 fi
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+if [[ $# -eq 0 ]]; then
+  say "Lint (ruff)"
+  "$PY" -m ruff check chatbot tests app.py
+  "$PY" -m ruff format --check --quiet chatbot tests app.py
+fi
 exec "$PY" -m pytest "$@"
