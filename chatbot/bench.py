@@ -342,7 +342,10 @@ def chart(report: dict[str, Any], path: Path) -> None:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, help="checkpoint folder or hub id (e.g. one from make-model)")
+    parser.add_argument(
+        "--model",
+        help="checkpoint folder or hub id, e.g. one from make-model (default: QWEN_MODEL or the Qwen3 hub id)",
+    )
     parser.add_argument("--device", default="auto")
     parser.add_argument("--precisions", default=",".join(ALL_PRECISIONS))
     parser.add_argument("--prompt-tokens", type=int, default=512)
@@ -359,6 +362,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    if args.model is None:
+        from .settings import Settings
+
+        args.model = Settings().model
     report = run_bench(args)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "bench.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
