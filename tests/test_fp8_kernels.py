@@ -152,3 +152,24 @@ def test_fp8_self_check_runs_before_any_weight_is_loaded(random_fp8, monkeypatch
     monkeypatch.setattr(fp8_linear, "KERNEL_FACTORIES", {"wrong": lambda: wrong_kernel})
     decision = load_model(str(random_fp8), device_info=HOPPER).precision
     assert decision.attempts[0].detail.startswith("FP8 failed: no working FP8 matmul kernel (wrong: wrong results")
+
+
+def test_nan_in_fp8_weights_kept_as_fp8_is_refused(random_fp8, tmp_path, monkeypatch) -> None:
+    """In the native FP8 layout the weights are not dequantized, so NaN bytes must be caught as they are."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from chatbot.errors import CheckpointError
+
+    folder = tmp_path / "model"
+    shutil.copytree(random_fp8, folder)
+    tensors = load_file(str(folder / "model.safetensors"))
+    name = "model.layers.0.mlp.up_proj.weight"
+    raw = tensors[name].view(torch.uint8).clone()
+    raw[0, :4] = 0x7F  # e4m3fn NaN
+    tensors[name] = raw.view(torch.float8_e4m3fn)
+    save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    monkeypatch.setattr(fp8_linear, "KERNEL_FACTORIES", {"reference": lambda: reference_kernel})
+    with pytest.raises(CheckpointError, match="holds NaN"):
+        load_model(str(folder), device_info=HOPPER)
