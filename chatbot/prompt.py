@@ -121,21 +121,32 @@ def build_prompt(
     has_system = clean[0]["role"] == "system"
     head = clean[:1] if has_system else []
     body = clean[len(head) :]
-    dropped = 0
-    while True:
-        ids = encode(tokenizer, head + body, thinking)
-        if len(ids) <= budget:
-            return Prompt(ids, thinking, dropped)
-        if len(body) == 1:
-            raise ContextLengthError(
-                f"The message needs {len(ids)} tokens of prompt{' (with the system prompt)' if has_system else ''}; "
-                f"with max_new_tokens={max_new_tokens} that exceeds the context window of {max_context} tokens.",
-                param="messages",
-                fix="Shorten the message, shorten the system prompt, or lower max_new_tokens.",
-            )
-        # Drop the oldest turn: a user message and the replies that follow it.
-        cut = 1
-        while cut < len(body) - 1 and body[cut]["role"] != "user":
-            cut += 1
-        body = body[cut:]
-        dropped += cut
+    # Where the kept part may start: the oldest whole turns (a user message and its replies) go
+    # first, and the newest message always stays. Fewer kept turns never make a longer prompt, so
+    # a binary search finds the longest tail that fits with a handful of encodings.
+    starts = sorted({0, *(i for i in range(1, len(body)) if body[i]["role"] == "user" or i == len(body) - 1)})
+    encoded: dict[int, list[int]] = {}
+
+    def kept_from(k: int) -> list[int]:
+        if k not in encoded:
+            encoded[k] = encode(tokenizer, head + body[starts[k] :], thinking)
+        return encoded[k]
+
+    if len(kept_from(0)) <= budget:  # the usual case: everything fits
+        return Prompt(encoded[0], thinking, 0)
+    low, high = 1, len(starts) - 1
+    if len(kept_from(high)) > budget:
+        raise ContextLengthError(
+            f"The message needs {len(encoded[high])} tokens of prompt"
+            f"{' (with the system prompt)' if has_system else ''}; with max_new_tokens={max_new_tokens} that "
+            f"exceeds the context window of {max_context} tokens.",
+            param="messages",
+            fix="Shorten the message, shorten the system prompt, or lower max_new_tokens.",
+        )
+    while low < high:
+        middle = (low + high) // 2
+        if len(kept_from(middle)) > budget:
+            low = middle + 1
+        else:
+            high = middle
+    return Prompt(kept_from(low), thinking, starts[low])
