@@ -109,7 +109,6 @@ class ChatEngine:
         self._ids = itertools.count(1)
         self._worker: threading.Thread | None = None
         self._closed = False
-        self.served = 0
 
     @classmethod
     def from_settings(cls, settings: Settings, source: str | None = None) -> ChatEngine:
@@ -281,7 +280,6 @@ class ChatEngine:
             finally:
                 with self._cv:
                     self._running = None
-                    self.served += 1
 
     def _serve(self, job: Job) -> None:
         queue_seconds = time.perf_counter() - job.submitted

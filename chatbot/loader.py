@@ -82,21 +82,6 @@ class LoadedModel:
         note = self.checkpoint.config.get("generated")
         return note if isinstance(note, dict) else None
 
-    @property
-    def model_name(self) -> str:
-        return self.checkpoint.source
-
-    def describe(self) -> dict[str, Any]:
-        return {
-            "model": self.model_name,
-            "precision": self.precision.to_dict(),
-            "weights_bytes": self.weights_bytes,
-            "load_seconds": round(self.load_seconds, 2),
-            "max_context": self.max_context,
-            "checkpoint_format": self.checkpoint.format.describe(),
-            "generated": self.generated,
-        }
-
 
 ProbeFn = Callable[[nn.Module, Any, torch.device], None]
 
