@@ -7,7 +7,7 @@ python app.py --help            # every option (also settable as QWEN_* environm
 
 import sys
 
-from chatbot.__main__ import main
+from chatbot.cli.main import main
 
 if __name__ == "__main__":
     sys.exit(main(["serve", *sys.argv[1:]]))

@@ -12,8 +12,8 @@ import os
 # a millisecond). Set before torch loads.
 os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "32")
 
-from .bot import Qwen3ChatBot
-from .chat import AnswerDelta, ChatDone, Conversation, Loading, QueuePosition, ThinkingDelta
+from .chat.bot import Qwen3ChatBot
+from .chat.reply import AnswerDelta, ChatDone, Conversation, Loading, QueuePosition, ThinkingDelta
 from .errors import (
     ChatbotError,
     CheckpointError,

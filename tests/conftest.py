@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from chatbot.modelgen import make_model
+from chatbot.authoring.modelgen import make_model
 
 ROOT = Path(__file__).resolve().parent.parent
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

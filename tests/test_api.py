@@ -19,11 +19,12 @@ from conftest import RunningApp
 from fastapi.testclient import TestClient
 from transformers import AutoTokenizer
 
-from chatbot.api import build_api
-from chatbot.engine import ChatEngine
-from chatbot.modelgen import SCRIPTED_ANSWER, SCRIPTED_THINKING
-from chatbot.sampling import SamplingOptions
-from chatbot.server import App, start_api
+from chatbot.authoring.modelgen import SCRIPTED_ANSWER, SCRIPTED_THINKING
+from chatbot.engine.engine import ChatEngine
+from chatbot.engine.sampling import SamplingOptions
+from chatbot.serve.api import build_api
+from chatbot.serve.app_state import App
+from chatbot.serve.server import start_api
 from chatbot.settings import Settings
 
 HELLO = [{"role": "user", "content": "Hello"}]
@@ -451,7 +452,7 @@ def fail_part_way(self, prompt_ids, options, cancel, emit, *args, **kwargs):
 
 def test_a_generation_that_fails_part_way_is_reported_and_the_server_keeps_serving(scripted_fp8, monkeypatch) -> None:
     with in_process_client(str(scripted_fp8)) as http:
-        monkeypatch.setattr("chatbot.engine.Generator.run", fail_part_way)
+        monkeypatch.setattr("chatbot.engine.engine.Generator.run", fail_part_way)
         plain = http.post("/v1/chat/completions", json={"messages": HELLO})
         with http.stream("POST", "/v1/chat/completions", json={"messages": HELLO, "stream": True}) as response:
             status, payloads = response.status_code, sse_payloads(response.read().decode())

@@ -13,7 +13,7 @@ import openai
 import pytest
 from conftest import RunningApp, start_app, stop_app
 
-from chatbot.modelgen import SCRIPTED_ANSWER
+from chatbot.authoring.modelgen import SCRIPTED_ANSWER
 
 KEY = "sk-test-7f3a9c51e2"
 HELLO = {"model": "qwen3", "messages": [{"role": "user", "content": "Hello"}]}

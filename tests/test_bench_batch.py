@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from chatbot import Qwen3ChatBot
-from chatbot.modelgen import SCRIPTED_ANSWER, SCRIPTED_THINKING
+from chatbot.authoring.modelgen import SCRIPTED_ANSWER, SCRIPTED_THINKING
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -17,9 +17,9 @@ from chatbot import (
     Qwen3ChatBot,
     ThinkingDelta,
 )
-from chatbot.engine import ChatEngine, Finished
-from chatbot.modelgen import SCRIPTED_ANSWER, SCRIPTED_THINKING
-from chatbot.sampling import sampling_options
+from chatbot.authoring.modelgen import SCRIPTED_ANSWER, SCRIPTED_THINKING
+from chatbot.engine.engine import ChatEngine, Finished
+from chatbot.engine.sampling import sampling_options
 
 
 @pytest.fixture(scope="module")

@@ -23,7 +23,7 @@ from urllib.parse import urlparse
 import pytest
 from conftest import ROOT, RunningApp, start_app, stop_app
 
-from chatbot.modelgen import SCRIPTED_THINKING
+from chatbot.authoring.modelgen import SCRIPTED_THINKING
 
 pytestmark = pytest.mark.browser
 

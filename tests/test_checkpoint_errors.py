@@ -13,9 +13,9 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from chatbot.doctor import run_doctor
+from chatbot.cli.doctor import run_doctor
 from chatbot.errors import CheckpointError
-from chatbot.loader import load_model
+from chatbot.model.loader import load_model
 
 
 def edit_tensors(folder: Path, change: Callable[[dict[str, torch.Tensor]], None]) -> None:

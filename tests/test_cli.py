@@ -47,7 +47,7 @@ def test_make_model_writes_the_real_format(tmp_path, fmt, shards) -> None:
 
 
 def test_make_model_06b_has_exactly_qwen3_06b_dimensions() -> None:
-    from chatbot.modelgen import SIZES
+    from chatbot.authoring.modelgen import SIZES
 
     assert SIZES["0.6b"] == {
         "hidden_size": 1024,
@@ -121,7 +121,7 @@ def test_invalid_setting_is_a_clear_error() -> None:
 
 
 def test_terminal_chat_streams_replies_and_keeps_history(scripted_fp8) -> None:
-    from chatbot.modelgen import SCRIPTED_ANSWER, SCRIPTED_THINKING
+    from chatbot.authoring.modelgen import SCRIPTED_ANSWER, SCRIPTED_THINKING
 
     done = subprocess.run(
         [sys.executable, "-m", "chatbot", "chat", "--model", str(scripted_fp8), "--think"],

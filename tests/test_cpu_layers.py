@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from chatbot.cpu_layers import DECODE_MAX_ROWS, CpuLinear, choose_prefill_dtype, use_fp32_decode
+from chatbot.model.cpu_layers import DECODE_MAX_ROWS, CpuLinear, choose_prefill_dtype, use_fp32_decode
 
 
 def layer(storage: torch.dtype, prefill: torch.dtype, weight: torch.Tensor) -> CpuLinear:

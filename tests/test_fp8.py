@@ -8,9 +8,9 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from chatbot import fp8
-from chatbot.checkpoint import inspect_checkpoint
-from chatbot.formats import FormatKind
+from chatbot.model import fp8
+from chatbot.model.checkpoint import inspect_checkpoint
+from chatbot.model.formats import FormatKind
 
 
 def reference_block_dequant(weight: torch.Tensor, scale_inv: torch.Tensor, block: tuple[int, int]) -> torch.Tensor:

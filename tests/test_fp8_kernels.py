@@ -13,12 +13,12 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-
-from chatbot import fp8_linear
-from chatbot.device import DeviceInfo
 from chatbot.fp8 import dequantize_block_fp8, quantize_block_fp8
 from chatbot.fp8_linear import Fp8KernelUnavailable, Fp8Linear, scaled_mm_arguments, select_fp8_kernel
-from chatbot.loader import load_model
+
+from chatbot.model import fp8_linear
+from chatbot.model.device import DeviceInfo
+from chatbot.model.loader import load_model
 
 ROOT = Path(__file__).resolve().parent.parent
 HOPPER = DeviceInfo.simulated_cuda((9, 0), "Simulated H100")

@@ -7,11 +7,11 @@ import threading
 import pytest
 from transformers import AutoTokenizer
 
-from chatbot.generation import Generator, IncrementalDetokenizer, PrefixCache, StopStringMatcher
-from chatbot.loader import load_model
-from chatbot.modelgen import SCRIPTED_ANSWER, SCRIPTED_THINKING
-from chatbot.prompt import build_prompt
-from chatbot.sampling import sampling_options
+from chatbot.authoring.modelgen import SCRIPTED_ANSWER, SCRIPTED_THINKING
+from chatbot.chat.prompt import build_prompt
+from chatbot.engine.generation import Generator, IncrementalDetokenizer, PrefixCache, StopStringMatcher
+from chatbot.engine.sampling import sampling_options
+from chatbot.model.loader import load_model
 
 
 @pytest.fixture(scope="module")

@@ -14,11 +14,11 @@ import pytest
 from conftest import ROOT, RunningApp
 from transformers import AutoTokenizer
 
+from chatbot.authoring.modelgen import SCRIPTED_ANSWER
+from chatbot.chat.prompt import build_prompt
 from chatbot.errors import CheckpointError
-from chatbot.loader import load_model
-from chatbot.modelgen import SCRIPTED_ANSWER
-from chatbot.prompt import build_prompt
-from chatbot.server import exposure_warning
+from chatbot.model.loader import load_model
+from chatbot.serve.server import exposure_warning
 from chatbot.settings import Settings
 
 CONTROL_TOKENS = ("<|im_start|>", "<|im_end|>", "<|endoftext|>", "<think>", "</think>")

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from transformers import DynamicCache
 
-from chatbot.kv_cache import GROWTH_STEP, GrowingLayer, new_cache
-from chatbot.loader import load_model
+from chatbot.engine.kv_cache import GROWTH_STEP, GrowingLayer, new_cache
+from chatbot.model.loader import load_model
 
 
 def test_growing_cache_matches_dynamic_cache_token_by_token(random_fp8) -> None:

@@ -8,8 +8,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from chatbot.loader import load_model
-from chatbot.quantize import quantize_checkpoint
+from chatbot.authoring.quantize import quantize_checkpoint
+from chatbot.model.loader import load_model
 
 PROMPT = [{"role": "user", "content": "Alice was beginning to get very tired of sitting by her sister on the bank."}]
 

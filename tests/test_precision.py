@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from chatbot.device import DeviceInfo
 from chatbot.errors import InvalidRequestError, PrecisionError
-from chatbot.loader import ProbeError, load_model
-from chatbot.precision import plan_precision, resolve_request
+from chatbot.model.device import DeviceInfo
+from chatbot.model.loader import ProbeError, load_model
+from chatbot.model.precision import plan_precision, resolve_request
 
 CPU = DeviceInfo.simulated_cpu()
 

@@ -7,8 +7,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from transformers import AutoTokenizer
 
+from chatbot.chat.prompt import build_prompt, normalize_messages, soft_switch
 from chatbot.errors import ContextLengthError, InvalidRequestError
-from chatbot.prompt import build_prompt, normalize_messages, soft_switch
 
 
 @pytest.fixture(scope="module")

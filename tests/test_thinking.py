@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from chatbot.thinking import ThinkingStreamSplitter, split_thinking
+from chatbot.chat.thinking import ThinkingStreamSplitter, split_thinking
 
 
 @pytest.mark.parametrize(

@@ -24,12 +24,12 @@ from conftest import RunningApp, start_app, stop_app
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AuthenticationError
 
-from chatbot.chat import AnswerDelta, ChatDone, Conversation, ThinkingDelta, Turn
+from chatbot.authoring.modelgen import SCRIPTED_ANSWER, SCRIPTED_THINKING
+from chatbot.chat.reply import AnswerDelta, ChatDone, Conversation, ThinkingDelta, Turn
 from chatbot.errors import ChatbotError
-from chatbot.loader import load_model
-from chatbot.modelgen import SCRIPTED_ANSWER, SCRIPTED_THINKING
-from chatbot.ui_render import LiveReply, escape_html, is_stats_message
-from chatbot.ui_session import from_saved_form, sampling_kwargs, saved_form
+from chatbot.model.loader import load_model
+from chatbot.serve.ui_render import LiveReply, escape_html, is_stats_message
+from chatbot.serve.ui_session import from_saved_form, sampling_kwargs, saved_form
 
 LOGIN = ("tester", "s3cret")
 UNCHANGED = {"__type__": "update"}  # what gradio_client shows for an output the handler left as it was

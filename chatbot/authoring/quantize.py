@@ -16,10 +16,10 @@ from typing import Any
 import torch
 from safetensors.torch import save_file
 
-from . import fp8
-from .checkpoint import FileHandles, inspect_checkpoint, resolve_checkpoint
-from .errors import ChatbotError
-from .formats import (
+from ..errors import ChatbotError
+from ..model import fp8
+from ..model.checkpoint import FileHandles, inspect_checkpoint, resolve_checkpoint
+from ..model.formats import (
     PROJECTION_RE,
     block_fp8_quantization_config,
     compress_weight_ct,

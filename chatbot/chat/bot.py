@@ -13,11 +13,11 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
-from .chat import ChatDone, ChatEvent, Conversation, batch_reply, stream_reply
-from .engine import ChatEngine
-from .loader import LoadedModel
-from .precision import PrecisionDecision
-from .settings import DEFAULT_MODEL
+from ..engine.engine import ChatEngine
+from ..model.loader import LoadedModel
+from ..model.precision import PrecisionDecision
+from ..settings import DEFAULT_MODEL
+from .reply import ChatDone, ChatEvent, Conversation, batch_reply, stream_reply
 
 
 class Qwen3ChatBot:

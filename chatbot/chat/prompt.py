@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import ContextLengthError, InvalidRequestError
+from ..errors import ContextLengthError, InvalidRequestError
 from .thinking import split_thinking
 
 ROLES = ("system", "user", "assistant")

@@ -15,10 +15,10 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .engine import ChatEngine, Failed, Finished, Queued, TextDelta
-from .errors import ChatbotError
+from ..engine.engine import ChatEngine, Failed, Finished, Queued, TextDelta
+from ..engine.sampling import sampling_options
+from ..errors import ChatbotError
 from .prompt import build_prompt, effective_thinking, normalize_messages
-from .sampling import sampling_options
 from .thinking import ThinkingStreamSplitter, split_thinking
 
 LOADING_POLL_SECONDS = 0.25

@@ -19,11 +19,11 @@ from typing import Any
 
 from tqdm import tqdm
 
-from .chat import batch_reply
-from .engine import ChatEngine
-from .errors import ChatbotError
-from .prompt import build_prompt, normalize_messages
-from .sampling import SamplingOptions, sampling_options
+from ..chat.prompt import build_prompt, normalize_messages
+from ..chat.reply import batch_reply
+from ..engine.engine import ChatEngine
+from ..engine.sampling import SamplingOptions, sampling_options
+from ..errors import ChatbotError
 
 log = logging.getLogger(__name__)
 OPTION_ALIASES = {

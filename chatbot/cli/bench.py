@@ -66,8 +66,8 @@ def memory_bandwidth(device: str = "cpu", size_mb: int = 512) -> float:
 
 
 def plan(precisions: list[str], device_name: str) -> tuple[list[str], dict[str, str]]:
-    from .device import detect_device
-    from .precision import unsupported_reason
+    from ..model.device import detect_device
+    from ..model.precision import unsupported_reason
 
     device = detect_device(device_name)
     runnable, skipped = [], {}
@@ -82,9 +82,9 @@ def plan(precisions: list[str], device_name: str) -> tuple[list[str], dict[str, 
 
 def default_precision(runnable: list[str], model: str, device: str) -> str:
     """The precision auto would choose here (it gets the chat scenarios)."""
-    from .checkpoint import inspect_checkpoint, resolve_checkpoint
-    from .device import detect_device
-    from .precision import plan_precision
+    from ..model.checkpoint import inspect_checkpoint, resolve_checkpoint
+    from ..model.device import detect_device
+    from ..model.precision import plan_precision
 
     info = inspect_checkpoint(resolve_checkpoint(model), model)
     candidates, _ = plan_precision(
@@ -95,7 +95,7 @@ def default_precision(runnable: list[str], model: str, device: str) -> str:
 
 def run_worker(spec: dict[str, Any], timeout: float) -> dict[str, Any]:
     """Run one measurement in a fresh process (clean peak-memory figures); errors become ``{"error": ...}``."""
-    command = [sys.executable, "-m", "chatbot.bench_worker", json.dumps(spec)]
+    command = [sys.executable, "-m", "chatbot.cli.bench_worker", json.dumps(spec)]
     done = subprocess.run(
         command, capture_output=True, text=True, timeout=timeout, env={**os.environ, "TOKENIZERS_PARALLELISM": "false"}
     )
@@ -363,7 +363,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     if args.model is None:
-        from .settings import Settings
+        from ..settings import Settings
 
         args.model = Settings().model
     report = run_bench(args)

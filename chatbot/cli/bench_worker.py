@@ -1,9 +1,9 @@
-"""Measurements for ``python -m chatbot bench``, each run in a fresh process (``python -m chatbot.bench_worker SPEC``).
+"""Measurements for ``python -m chatbot bench``, each in a fresh process (``python -m chatbot.cli.bench_worker SPEC``).
 
 ``worker`` measures one precision of this project's engine (load, memory, time to first token, prefill
 and decode speed, fidelity against a reference, and for the default precision the chat scenarios);
 ``plain_worker`` measures plain transformers on the same weights as the baseline. Each prints one JSON
-line; ``chatbot.bench`` runs them and writes the report.
+line; ``chatbot.cli.bench`` runs them and writes the report.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ def spread(values: list[float]) -> dict[str, float]:
 
 
 def _prompt_ids(tokenizer: Any, count: int) -> list[int]:
-    from .tokenizer_build import data_text
+    from ..authoring.tokenizer_build import data_text
 
     ids = tokenizer.encode(data_text("passage.txt"))
     while len(ids) < count:
@@ -36,8 +36,8 @@ def _prompt_ids(tokenizer: Any, count: int) -> list[int]:
 def _measure_generation(loaded: Any, prompt: list[int], new_tokens: int, runs: int) -> dict[str, Any]:
     import threading
 
-    from .generation import Generator
-    from .sampling import sampling_options
+    from ..engine.generation import Generator
+    from ..engine.sampling import sampling_options
 
     generator = Generator(loaded.model, loaded.tokenizer, loaded.eos_token_ids, loaded.device)
     options = sampling_options(False, temperature=0, min_new_tokens=new_tokens, max_new_tokens=new_tokens)
@@ -60,7 +60,7 @@ def _bare_decode(loaded: Any, prompt: list[int], new_tokens: int) -> float:
     key/value cache as the app: the ratio then measures what the chat path adds, nothing else."""
     import torch
 
-    from .kv_cache import new_cache
+    from ..engine.kv_cache import new_cache
 
     with torch.inference_mode():
         cache = new_cache(loaded.model.config)
@@ -110,9 +110,9 @@ def _decoded_weight_bytes(model: Any) -> int:
 def _stream_vs_bare(engine: Any, prompt_tokens: int, new_tokens: int, runs: int) -> dict[str, Any]:
     """Decode through the chat stream (engine queue, streaming, thinking split, stop checks) against a
     bare loop, alternating runs on the same model, prompt and reply length."""
-    from .chat import ChatDone, stream_reply
-    from .prompt import build_prompt
-    from .tokenizer_build import data_text
+    from ..authoring.tokenizer_build import data_text
+    from ..chat.prompt import build_prompt
+    from ..chat.reply import ChatDone, stream_reply
 
     loaded = engine.load()
     words = data_text("passage.txt").split()
@@ -138,8 +138,8 @@ def _stream_vs_bare(engine: Any, prompt_tokens: int, new_tokens: int, runs: int)
 
 
 def _scenarios(loaded_source: str, device: str, precision: str, spec: dict[str, Any]) -> dict[str, Any]:
-    from .chat import ChatDone, Conversation, batch_reply, stream_reply
-    from .engine import ChatEngine
+    from ..chat.reply import ChatDone, Conversation, batch_reply, stream_reply
+    from ..engine.engine import ChatEngine
 
     new_tokens = spec["scenario_tokens"]
     results: dict[str, Any] = {}
@@ -185,7 +185,7 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
 
     import torch
 
-    from .loader import load_model
+    from ..model.loader import load_model
 
     started = time.perf_counter()
     loaded = load_model(spec["model"], device=spec["device"], precision=spec["precision"])
@@ -221,7 +221,7 @@ def plain_worker(spec: dict[str, Any]) -> dict[str, Any]:
     """The baseline: plain transformers modules in one dtype, prefill by forward and decode by ``generate``."""
     import torch
 
-    from .loader import load_model
+    from ..model.loader import load_model
 
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[spec["baseline"]]
     loaded = load_model(spec["model"], device=spec["device"], precision="fp32")  # unmodified transformers layers

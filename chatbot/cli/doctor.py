@@ -12,10 +12,10 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .checkpoint import inspect_checkpoint, resolve_checkpoint
-from .device import DeviceInfo, cpu_device, cpu_flags, detect_device
-from .errors import ChatbotError
-from .precision import plan_precision, resolve_request, unsupported_reason
+from ..errors import ChatbotError
+from ..model.checkpoint import inspect_checkpoint, resolve_checkpoint
+from ..model.device import DeviceInfo, cpu_device, cpu_flags, detect_device
+from ..model.precision import plan_precision, resolve_request, unsupported_reason
 
 CPU_FEATURES = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "avx512_vnni")
 
@@ -124,7 +124,7 @@ def checkpoint_section(report: Report, model: str, chosen: DeviceInfo | None, pr
 
 
 def load_section(report: Report, model: str, device: str, precision: str | None) -> None:
-    from .loader import load_model
+    from ..model.loader import load_model
 
     report.section("Load and probe")
     try:

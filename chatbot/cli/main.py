@@ -15,8 +15,8 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from .errors import ChatbotError
-from .settings import DEFAULT_MODEL, Settings
+from ..errors import ChatbotError
+from ..settings import DEFAULT_MODEL, Settings
 
 
 def add_model_flags(parser: argparse.ArgumentParser) -> None:
@@ -147,15 +147,15 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .server import configure_logging
+    from ..serve.server import configure_logging
 
     if args.command == "serve":
-        from .server import serve
+        from ..serve.server import serve
 
         serve(settings_from(args))
         return 0
     if args.command == "make-model":
-        from .modelgen import make_model
+        from ..authoring.modelgen import make_model
 
         out = make_model(args.out, args.size, args.format, args.shards, args.scripted, args.seed)
         print(f"Wrote a {'scripted' if args.scripted else 'random'} {args.size} {args.format} checkpoint to {out}")
@@ -165,7 +165,7 @@ def run(args: argparse.Namespace) -> int:
 
         return bench_main(args)
     if args.command == "quantize":
-        from .quantize import quantize_checkpoint
+        from ..authoring.quantize import quantize_checkpoint
 
         configure_logging("info")
         print(f"Wrote {quantize_checkpoint(args.source, args.out, args.format, args.shards)}")
@@ -188,15 +188,15 @@ def run(args: argparse.Namespace) -> int:
 
 def _model_source(settings: Settings) -> str:
     if settings.demo:
-        from .modelgen import ensure_demo_model
+        from ..authoring.modelgen import ensure_demo_model
 
         return str(ensure_demo_model())
     return settings.model
 
 
 def run_batch_command(args: argparse.Namespace, settings: Settings, model: str) -> int:
+    from ..engine.engine import ChatEngine
     from .batch import run_batch_file
-    from .engine import ChatEngine
 
     if not args.input.is_file():
         raise ChatbotError(f"{args.input}: no such file.", fix="Pass a JSONL file with one prompt per line.")
@@ -214,7 +214,3 @@ def run_doctor_command(args: argparse.Namespace, settings: Settings, model: str)
     from .doctor import run_doctor
 
     return run_doctor(model, settings.device, args.precision, load=args.load)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

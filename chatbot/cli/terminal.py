@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import sys
 
-from .bot import Qwen3ChatBot
-from .chat import AnswerDelta, ChatDone, Loading, ThinkingDelta
-from .engine import ChatEngine
-from .errors import ChatbotError
-from .settings import Settings
+from ..chat.bot import Qwen3ChatBot
+from ..chat.reply import AnswerDelta, ChatDone, Loading, ThinkingDelta
+from ..engine.engine import ChatEngine
+from ..errors import ChatbotError
+from ..settings import Settings
 
 DIM, RESET = ("\033[2m", "\033[0m") if sys.stdout.isatty() else ("", "")
 

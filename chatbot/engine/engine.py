@@ -19,11 +19,11 @@ from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from .errors import ChatbotError, GenerationError, QueueFullError
+from ..errors import ChatbotError, GenerationError, QueueFullError
+from ..model.loader import LoadedModel, LoadProgress, load_model
+from ..settings import Settings
 from .generation import GenerationResult, GenerationStats, Generator, PrefixCache
-from .loader import LoadedModel, LoadProgress, load_model
 from .sampling import SamplingOptions
-from .settings import Settings
 
 log = logging.getLogger(__name__)
 CANCEL_POLL_SECONDS = 0.2  # how often a waiting request checks its stop signal

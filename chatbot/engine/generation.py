@@ -17,8 +17,8 @@ from typing import Any
 
 import torch
 
-from .cpu_layers import use_fp32_decode
-from .errors import GenerationError
+from ..errors import GenerationError
+from ..model.cpu_layers import use_fp32_decode
 from .kv_cache import new_cache
 from .sampling import Sampler, SamplingOptions
 

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from .errors import InvalidRequestError
+from ..errors import InvalidRequestError
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from safetensors import SafetensorError, safe_open
 
-from .errors import CheckpointError, ModelUnavailableError
+from ..errors import CheckpointError, ModelUnavailableError
 from .formats import CheckpointFormat, detect_format
 
 log = logging.getLogger(__name__)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from .errors import ChatbotError
+from ..errors import ChatbotError
 
 FP8_MIN_CAPABILITY = (8, 9)  # Ada (8.9) and Hopper (9.0) have FP8 tensor cores
 BF16_MIN_CAPABILITY = (8, 0)  # Ampere and newer run BF16 natively

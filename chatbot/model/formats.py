@@ -17,8 +17,8 @@ from typing import Any
 
 import torch
 
+from ..errors import CheckpointError
 from . import fp8
-from .errors import CheckpointError
 
 # The projections that FP8 checkpoints of Qwen3 quantize: every linear layer of every decoder layer.
 PROJECTION_RE = re.compile(r"^model\.layers\.\d+\.(self_attn\.[qkvo]_proj|mlp\.(gate|up|down)_proj)\.weight$")

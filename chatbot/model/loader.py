@@ -29,10 +29,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..errors import CheckpointError, PrecisionError
 from .checkpoint import CheckpointInfo, FileHandles, inspect_checkpoint, resolve_checkpoint
 from .cpu_layers import PrefillChoice, choose_prefill_dtype, convert_to_cpu_layers, keep_prefill_copies
 from .device import DeviceInfo, detect_device
-from .errors import CheckpointError, PrecisionError
 from .formats import PROJECTION_RE, FormatKind
 from .fp8 import DEFAULT_BLOCK, quantize_block_fp8
 from .fp8_linear import Fp8Kernel, Fp8KernelUnavailable, Fp8Linear, select_fp8_kernel

@@ -14,8 +14,8 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
+from ..errors import InvalidRequestError
 from .device import BF16_MIN_CAPABILITY, FP8_MIN_CAPABILITY, DeviceInfo
-from .errors import InvalidRequestError
 
 MODES = ("fp8", "fp16", "bf16", "fp32")
 CHAIN = MODES  # step-down order

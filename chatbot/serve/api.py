@@ -36,11 +36,11 @@ from pydantic import SecretStr
 from sse_starlette import EventSourceResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from ..chat.reply import AnswerDelta, ChatDone, ChatEvent, Loading, ThinkingDelta, stream_reply
+from ..engine.engine import ChatEngine
+from ..errors import ChatbotError, ContextLengthError, GenerationError, InvalidRequestError, QueueFullError
 from .api_models import ChatCompletion, ChatCompletionRequest, ErrorResponse, Health, ModelList
-from .chat import AnswerDelta, ChatDone, ChatEvent, Loading, ThinkingDelta, stream_reply
-from .engine import ChatEngine
-from .errors import ChatbotError, ContextLengthError, GenerationError, InvalidRequestError, QueueFullError
-from .server import App
+from .app_state import App
 
 log = logging.getLogger(__name__)
 

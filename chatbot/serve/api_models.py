@@ -2,7 +2,7 @@
 
 They give the API its validation (types and ranges, answered with a 400 and an OpenAI error body)
 and its OpenAPI schema at ``/docs``. Sampling ranges are copied from ``SamplingOptions`` so that the
-API, the UI and ``Qwen3ChatBot`` accept exactly the same values. Used by ``chatbot.api``.
+API, the UI and ``Qwen3ChatBot`` accept exactly the same values. Used by ``chatbot.serve.api``.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from .sampling import MAX_STOP_STRINGS, NON_THINKING_DEFAULTS, THINKING_DEFAULTS, SamplingOptions
+from ..engine.sampling import MAX_STOP_STRINGS, NON_THINKING_DEFAULTS, THINKING_DEFAULTS, SamplingOptions
 
 BOUND_NAMES = ("gt", "ge", "lt", "le", "max_length")
 

@@ -9,25 +9,17 @@ from __future__ import annotations
 
 import logging
 import threading
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from .checkpoint import inspect_checkpoint, resolve_checkpoint
-from .engine import ChatEngine
-from .modelgen import ensure_demo_model
-from .settings import Settings
+from ..authoring.modelgen import ensure_demo_model
+from ..engine.engine import ChatEngine
+from ..model.checkpoint import inspect_checkpoint, resolve_checkpoint
+from ..settings import Settings
+from .app_state import DEMO_NAME, App
 
 log = logging.getLogger(__name__)
-DEMO_NAME = "qwen3-chat-demo"
-
-
-@dataclass
-class App:
-    settings: Settings
-    engine: ChatEngine
-    model_name: str  # the name clients see (API "model", UI title)
 
 
 def configure_logging(level: str) -> None:

@@ -1,4 +1,4 @@
-"""The web UI: a Gradio chat over ``chatbot.chat.stream_reply``, one ``Conversation`` per browser session.
+"""The web UI: a Gradio chat over ``chatbot.chat.reply.stream_reply``, one ``Conversation`` per browser session.
 
 python app.py --demo            # then open http://127.0.0.1:7860
 
@@ -31,10 +31,10 @@ from typing import Any
 
 import gradio as gr
 
-from .chat import AnswerDelta, ChatEvent, Conversation, Loading, QueuePosition, ThinkingDelta, Turn, stream_reply
-from .errors import ChatbotError
-from .sampling import DEFAULT_MAX_NEW_TOKENS, NON_THINKING_DEFAULTS, THINKING_DEFAULTS
-from .server import App
+from ..chat.reply import AnswerDelta, ChatEvent, Conversation, Loading, QueuePosition, ThinkingDelta, Turn, stream_reply
+from ..engine.sampling import DEFAULT_MAX_NEW_TOKENS, NON_THINKING_DEFAULTS, THINKING_DEFAULTS
+from ..errors import ChatbotError
+from .app_state import App
 from .ui_render import LiveReply, badge_html, conversation_messages, user_message
 from .ui_session import StopSignals, from_saved_form, is_mode_default, sampling_kwargs, saved_form, storage_secret
 

@@ -18,8 +18,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from .chat import AnswerDelta, ChatDone, ChatEvent, Conversation, Loading, QueuePosition, ThinkingDelta, Turn
-from .engine import ChatEngine
+from ..chat.reply import AnswerDelta, ChatDone, ChatEvent, Conversation, Loading, QueuePosition, ThinkingDelta, Turn
+from ..engine.engine import ChatEngine
 
 FENCE_RE = re.compile(r"^ {0,3}(`{3,}|~{3,})")
 CODE_SPAN_RE = re.compile(r"(`+)(.+?)\1", re.DOTALL)

@@ -17,10 +17,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from .chat import Conversation
-from .errors import ChatbotError
-from .modelgen import demo_model_path
-from .sampling import NON_THINKING_DEFAULTS, THINKING_DEFAULTS
+from ..authoring.modelgen import demo_model_path
+from ..chat.reply import Conversation
+from ..engine.sampling import NON_THINKING_DEFAULTS, THINKING_DEFAULTS
+from ..errors import ChatbotError
 
 log = logging.getLogger(__name__)
 MODE_KEYS = ("temperature", "top_p", "top_k")
