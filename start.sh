@@ -73,7 +73,15 @@ fi
 if ! command -v chromium >/dev/null 2>&1 && [[ -z "${CHROMIUM_PATH:-}" ]]; then
   say "Installing Chromium for the browser tests"
   if [[ "$(id -u)" -eq 0 ]]; then sudo=""; else sudo="sudo"; fi
-  $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq chromium >/dev/null \
+  # Another apt or dpkg (an unattended upgrade, say) may hold the locks: wait for it instead of failing.
+  lock_wait=(-o DPkg::Lock::Timeout=600)
+  updated=""
+  for _ in $(seq 30); do
+    if $sudo apt-get "${lock_wait[@]}" update -qq; then updated=1; break; fi
+    say "apt-get update failed (another package manager running?); trying again in 10 s"
+    sleep 10
+  done
+  [[ -n "$updated" ]] && DEBIAN_FRONTEND=noninteractive $sudo apt-get "${lock_wait[@]}" install -y -qq chromium >/dev/null \
     || { say "Could not install chromium: install it (apt-get install chromium) or set CHROMIUM_PATH."; exit 1; }
 fi
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false

@@ -7,6 +7,7 @@ the way users start it (``python app.py ...``) on free local ports.
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -56,6 +57,12 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+# Waits in tests are bounds that turn a hang into a failure, never measurements: generous enough for the
+# slowest machine this runs on (one core of a 2-core AVX2 CPU).
+WAIT_LIMIT_SECONDS = 120.0
+CANCELLED_LINE = re.compile(r"request \d+ cancelled after (\d+) of at most (\d+) new tokens")
+
+
 @dataclass
 class RunningApp:
     process: subprocess.Popen
@@ -66,9 +73,27 @@ class RunningApp:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
+    def health(self) -> dict:
+        return httpx.get(self.api_url + "/health", timeout=30).json()
+
+    def cancelled_generations(self) -> list[tuple[int, int]]:
+        """(tokens generated, most asked for) of each generation the engine stopped on a cancel (from the log)."""
+        return [(int(made), int(most)) for made, most in CANCELLED_LINE.findall(self.log())]
+
+    def wait_until_idle(self, limit: float = WAIT_LIMIT_SECONDS) -> None:
+        """Wait until nothing runs and nothing waits; fail after ``limit`` seconds (a bound, not a measurement)."""
+        deadline = time.monotonic() + limit
+        while (queue := self.health()["queue"])["depth"] or queue["busy"]:
+            assert time.monotonic() < deadline, f"still busy after {limit:.0f} s: {queue}"
+            time.sleep(0.05)
+
 
 def start_app(
-    args: list[str], log_path: Path, api: bool = True, timeout: float = 120.0, env: dict[str, str] | None = None
+    args: list[str],
+    log_path: Path,
+    api: bool = True,
+    timeout: float = 2 * WAIT_LIMIT_SECONDS,
+    env: dict[str, str] | None = None,
 ) -> RunningApp:
     """Start ``python app.py ARGS`` on free ports and wait until the UI answers and the model is ready."""
     ui_port = free_port()

@@ -15,13 +15,12 @@ import json
 import os
 import re
 import shutil
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlparse
 
 import pytest
-from conftest import ROOT, RunningApp, start_app, stop_app
+from conftest import ROOT, WAIT_LIMIT_SECONDS, RunningApp, start_app, stop_app
 
 from chatbot.authoring.modelgen import SCRIPTED_THINKING
 
@@ -92,6 +91,7 @@ def open_page(browser, app: RunningApp, requested: list[str] | None = None, logi
     context = browser.new_context(viewport={"width": 1360, "height": 1000}, device_scale_factor=1)
     if requested is not None:
         context.on("request", lambda request: requested.append(request.url))
+    context.set_default_timeout(WAIT_LIMIT_SECONDS * 1000)  # a bound for the slowest machine, not a measurement
     page = context.new_page()
     page.goto(app.ui_url)
     if login is not None:
@@ -99,7 +99,7 @@ def open_page(browser, app: RunningApp, requested: list[str] | None = None, logi
         page.fill("input[data-testid=password]", login[1])
         page.get_by_role("button", name="Login").click()
     try:
-        page.wait_for_selector('#qc-badge [data-status="ready"]', timeout=60_000)
+        page.wait_for_selector('#qc-badge [data-status="ready"]')
     except PlaywrightTimeout as exc:
         badge = page.inner_text("#qc-badge")
         raise AssertionError(f"the badge never said ready: {badge}\n{app.log()[-3000:]}") from exc
@@ -137,7 +137,6 @@ def wait_for_stats(page, count: int, pattern: str = r"tokens/s") -> str:
             return lines.length >= count;
         }""",
         arg=[count, pattern],
-        timeout=60_000,
     )
     return page.locator("#qc-chat .qc-stats").last.inner_text()
 
@@ -228,13 +227,11 @@ def test_login_then_stop_halts_a_long_answer_and_the_chat_goes_on(browser, long_
     page.wait_for_function(
         "() => [...document.querySelectorAll('#qc-chat .message.bot')].some(m => m.innerText.length > 200)"
     )
-    clicked = time.monotonic()
     page.click("#qc-stop")
     stats = wait_for_stats(page, 1, pattern="stopped")
-    stopped_after = time.monotonic() - clicked
-    assert stopped_after < 3.0, f"the answer went on for {stopped_after:.1f} s after Stop"
-    tokens = int(re.search(r"(\d+) tokens", stats).group(1))
+    tokens = int(re.search(r"(?<![\d.])(\d+) tokens?(?!/)", stats).group(1))  # not "35.2 tokens/s"
     assert tokens < LONG_REPLY_TOKENS
+    assert long_answer_app.cancelled_generations()[-1] == (tokens, LONG_REPLY_TOKENS)
     page.wait_for_selector("#qc-send", state="visible")
 
     set_slider(page, "Max new tokens", 16)

@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from chatbot.fp8 import dequantize_block_fp8, quantize_block_fp8
-from chatbot.fp8_linear import Fp8KernelUnavailable, Fp8Linear, scaled_mm_arguments, select_fp8_kernel
 
 from chatbot.model import fp8_linear
 from chatbot.model.device import DeviceInfo
+from chatbot.model.fp8 import dequantize_block_fp8, quantize_block_fp8
+from chatbot.model.fp8_linear import Fp8KernelUnavailable, Fp8Linear, scaled_mm_arguments, select_fp8_kernel
 from chatbot.model.loader import load_model
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -94,8 +94,8 @@ def test_triton_kernel_matches_the_reference_in_the_interpreter() -> None:
     """TRITON_INTERPRET=1 runs the real kernel on the CPU (FP16 activations: the interpreter lacks BF16)."""
     script = """
 import torch
-from chatbot.fp8 import quantize_block_fp8, dequantize_block_fp8
-from chatbot.fp8_triton import w8a16_block_matmul
+from chatbot.model.fp8 import quantize_block_fp8, dequantize_block_fp8
+from chatbot.model.fp8_triton import w8a16_block_matmul
 g = torch.Generator().manual_seed(0)
 for rows, n, k in [(1, 384, 256), (37, 300, 200), (20, 256, 576)]:
     w = torch.randn(n, k, generator=g) * 0.05

@@ -310,6 +310,13 @@ class ChatEngine:
                 )
             )
         else:
+            if result.finish_reason == "cancelled":
+                log.info(
+                    "request %d cancelled after %d of at most %d new tokens",
+                    job.id,
+                    result.stats.new_tokens,
+                    job.options.max_new_tokens,
+                )
             job.events.put(Finished(result))
 
     def close(self, timeout: float = 10.0) -> None:

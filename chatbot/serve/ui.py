@@ -39,7 +39,7 @@ from .ui_render import LiveReply, badge_html, conversation_messages, user_messag
 from .ui_session import StopSignals, from_saved_form, is_mode_default, sampling_kwargs, saved_form, storage_secret
 
 log = logging.getLogger(__name__)
-ASSETS = Path(__file__).resolve().parent.parent / "assets"
+ASSETS = Path(__file__).resolve().parents[2] / "assets"
 MAX_SLIDER_TOKENS = 32768
 STREAM_INTERVAL_SECONDS = 0.04  # at most ~25 screen updates a second, however fast the model is
 
