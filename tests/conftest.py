@@ -80,6 +80,13 @@ class RunningApp:
         """(tokens generated, most asked for) of each generation the engine stopped on a cancel (from the log)."""
         return [(int(made), int(most)) for made, most in CANCELLED_LINE.findall(self.log())]
 
+    def wait_for_log(self, text: str, limit: float = WAIT_LIMIT_SECONDS) -> None:
+        """Wait until the app has logged ``text`` (servers log asynchronously); fail after ``limit`` seconds."""
+        deadline = time.monotonic() + limit
+        while text not in self.log():
+            assert time.monotonic() < deadline, f"the app never logged {text!r}:\n{self.log()[-3000:]}"
+            time.sleep(0.05)
+
     def wait_until_idle(self, limit: float = WAIT_LIMIT_SECONDS) -> None:
         """Wait until nothing runs and nothing waits; fail after ``limit`` seconds (a bound, not a measurement)."""
         deadline = time.monotonic() + limit

@@ -52,7 +52,7 @@ def health(app: RunningApp) -> dict:
 
 def assert_stopped_early_and_free(app: RunningApp, client: openai.OpenAI, how: str) -> None:
     """The long generation was stopped by the engine (not run to its end), and the model serves again."""
-    assert f"the client disconnected {how}; generation stopped" in app.log()
+    app.wait_for_log(f"the client disconnected {how}; generation stopped")
     app.wait_until_idle()
     made, most = app.cancelled_generations()[-1]
     assert most == LONG_REPLY_TOKENS and made < LONG_REPLY_TOKENS
