@@ -8,8 +8,49 @@
 #                               no pytest arguments are given) and run the tests
 #
 # Environment: PYTHON (interpreter to build .venv with), TORCH_SPEC (torch requirement to install when
-# torch is missing), TORCH_INDEX_URL (extra pip index for torch, e.g. https://download.pytorch.org/whl/cpu).
+# torch is missing), TORCH_INDEX_URL (pip index for torch, e.g. https://download.pytorch.org/whl/cu126).
 set -euo pipefail
+
+say() { printf '[start.sh] %s\n' "$*" >&2; }
+
+# Which torch to install when none is there: prints "SPEC INDEX_URL" (INDEX_URL may be empty).
+# PyPI's Linux torch is a CUDA 13 build since 2.11, which needs a driver for CUDA >= 13.0 (580+); with
+# an older driver it installs fine and then sees no GPU. So the build follows what the driver supports
+# (`nvidia-smi` prints it as "CUDA Version: X.Y").
+torch_choice() {
+  if [[ -n "${TORCH_SPEC:-}" || -n "${TORCH_INDEX_URL:-}" ]]; then
+    echo "${TORCH_SPEC:-torch} ${TORCH_INDEX_URL:-}"
+    return
+  fi
+  if ! command -v nvidia-smi >/dev/null 2>&1; then
+    echo "torch==2.13.0 "  # no NVIDIA GPU: a pinned CPU-friendly build (an unpinned one pulls gigabytes of CUDA)
+    return
+  fi
+  local cuda major minor
+  cuda=$(nvidia-smi 2>/dev/null | sed -n 's/.*CUDA Version: *\([0-9][0-9]*\.[0-9][0-9]*\).*/\1/p' | head -n 1)
+  if [[ -z "$cuda" ]]; then
+    say "nvidia-smi did not say which CUDA version the driver supports; installing PyPI's torch (CUDA 13)"
+    echo "torch "
+    return
+  fi
+  major=${cuda%%.*}
+  minor=${cuda#*.}
+  if ((major >= 13)); then
+    echo "torch "
+  elif ((major == 12 && minor >= 8)); then
+    echo "torch https://download.pytorch.org/whl/cu128"
+  elif ((major == 12 && minor >= 6)); then
+    echo "torch https://download.pytorch.org/whl/cu126"
+  else
+    say "The NVIDIA driver supports CUDA $cuda only; current torch builds need 12.6 or newer."
+    say "Update the driver, or set TORCH_SPEC and TORCH_INDEX_URL to a torch build for CUDA $cuda."
+    echo "torch https://download.pytorch.org/whl/cu126"
+  fi
+}
+
+# Sourced (by the tests) for the functions above only.
+[[ "${BASH_SOURCE[0]}" == "$0" ]] || return 0
+
 cd "$(dirname "$0")"
 
 PYTHON="${PYTHON:-python3}"
@@ -19,8 +60,6 @@ if [[ "${1:-}" == "test" ]]; then
   MODE=test
   shift
 fi
-
-say() { printf '[start.sh] %s\n' "$*" >&2; }
 
 if ! command -v "$PYTHON" >/dev/null 2>&1; then
   say "Python 3.10+ is needed: install python3 (and python3-venv) first."
@@ -45,15 +84,9 @@ fi
 PY="$VENV/bin/python"
 
 if ! "$PY" -c 'import torch' >/dev/null 2>&1; then
-  if [[ -n "${TORCH_SPEC:-}" ]]; then
-    spec="$TORCH_SPEC"
-  elif command -v nvidia-smi >/dev/null 2>&1; then
-    spec="torch"  # PyPI's Linux build ships CUDA
-  else
-    spec="torch==2.13.0"  # no NVIDIA GPU: a pinned CPU-friendly build (an unpinned one pulls gigabytes of CUDA)
-  fi
-  say "Installing $spec"
-  "$PY" -m pip install --quiet ${TORCH_INDEX_URL:+--extra-index-url "$TORCH_INDEX_URL"} "$spec"
+  read -r spec index <<<"$(torch_choice)"
+  say "Installing $spec${index:+ from $index}"
+  "$PY" -m pip install --quiet ${index:+--index-url "$index" --extra-index-url https://pypi.org/simple} "$spec"
 fi
 
 requirements=requirements.txt

@@ -18,19 +18,19 @@ def modes(candidates) -> list[str]:
 
 
 @pytest.mark.parametrize(
-    ("capability", "first", "chain", "reason"),
+    ("capability", "chain", "reason"),
     [
-        ((7, 5), "fp16", ["fp16", "fp32"], "FP16 fallback: GPU compute capability 7.5 < 8.9 has no FP8 tensor cores"),
-        ((8, 0), "fp16", ["fp16", "bf16", "fp32"], "FP16 fallback: GPU compute capability 8.0 < 8.9"),
-        ((8, 6), "fp16", ["fp16", "bf16", "fp32"], "FP16 fallback: GPU compute capability 8.6 < 8.9"),
-        ((8, 9), "fp8", ["fp8", "fp16", "bf16", "fp32"], "FP8 native: GPU compute capability 8.9 >= 8.9"),
-        ((9, 0), "fp8", ["fp8", "fp16", "bf16", "fp32"], "FP8 native: GPU compute capability 9.0 >= 8.9"),
+        ((7, 5), ["fp8", "fp16", "fp32"], "FP8 weight-only: GPU compute capability 7.5 < 8.9 has no FP8 tensor cores"),
+        ((8, 0), ["fp8", "bf16", "fp16", "fp32"], "FP8 weight-only: GPU compute capability 8.0 < 8.9"),
+        ((8, 6), ["fp8", "bf16", "fp16", "fp32"], "FP8 weight-only: GPU compute capability 8.6 < 8.9"),
+        ((8, 9), ["fp8", "bf16", "fp16", "fp32"], "FP8 native: GPU compute capability 8.9 >= 8.9"),
+        ((9, 0), ["fp8", "bf16", "fp16", "fp32"], "FP8 native: GPU compute capability 9.0 >= 8.9"),
     ],
 )
-def test_fp8_checkpoint_on_simulated_gpus(capability, first, chain, reason) -> None:
+def test_fp8_checkpoint_on_simulated_gpus(capability, chain, reason) -> None:
+    """FP8 first everywhere on CUDA (weight-only below 8.9), then BF16 before FP16 where BF16 is native."""
     candidates, refused = plan_precision("auto", DeviceInfo.simulated_cuda(capability), checkpoint_fp8=True)
     assert modes(candidates) == chain
-    assert candidates[0].mode == first
     assert candidates[0].reason.startswith(reason)
     assert refused == []
 
@@ -48,17 +48,23 @@ def test_bf16_checkpoint_keeps_its_dtype_where_the_gpu_supports_it() -> None:
     assert plan_precision("auto", turing, checkpoint_fp8=False)[0][0].mode == "fp16"
 
 
-def test_explicit_fp8_on_a_gpu_without_fp8_is_refused_with_the_reason() -> None:
-    candidates, refused = plan_precision("fp8", DeviceInfo.simulated_cuda((8, 6)), checkpoint_fp8=True)
+def test_explicit_fp8_without_a_gpu_is_refused_with_the_reason() -> None:
+    candidates, refused = plan_precision("fp8", CPU, checkpoint_fp8=True)
     assert [a.mode for a in refused] == ["fp8"]
-    assert "8.6 < 8.9" in refused[0].detail
+    assert "no CUDA GPU" in refused[0].detail
     assert candidates[0].mode == "fp16"
+
+
+def test_explicit_fp8_on_ampere_is_the_weight_only_path() -> None:
+    candidates, refused = plan_precision("fp8", DeviceInfo.simulated_cuda((8, 6)), checkpoint_fp8=True)
+    assert refused == [] and modes(candidates) == ["fp8", "bf16", "fp16", "fp32"]
 
 
 def test_explicit_bf16_on_turing_is_refused() -> None:
     candidates, refused = plan_precision("bf16", DeviceInfo.simulated_cuda((7, 5)), checkpoint_fp8=True)
     assert refused and "no native BF16" in refused[0].detail
-    assert candidates[0].mode == "fp16"
+    assert modes(candidates) == ["fp8", "fp16", "fp32"]
+    assert candidates[0].reason.startswith("BF16 unavailable, FP8 weight-only")
 
 
 def test_request_priority_argument_then_environment_then_auto() -> None:

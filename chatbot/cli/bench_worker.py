@@ -209,12 +209,19 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
     result["fidelity"] = _fidelity(loaded, reference, save)
     # Peak memory of serving this precision, before the scenarios load the model again in engines.
     result["peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    if torch.cuda.is_available() and spec["device"] != "cpu":
-        result["peak_gpu_bytes"] = torch.cuda.max_memory_allocated()
+    if loaded.device.type == "cuda":  # the model's own GPU, not whichever is current
+        result["peak_gpu_bytes"] = torch.cuda.max_memory_allocated(loaded.device)
     if spec.get("scenarios"):
         del loaded
         result["scenarios"] = _scenarios(spec["model"], spec["device"], spec["precision"], spec)
     return result
+
+
+def _synchronize(device: Any) -> None:
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def plain_worker(spec: dict[str, Any]) -> dict[str, Any]:
@@ -234,8 +241,10 @@ def plain_worker(spec: dict[str, Any]) -> dict[str, Any]:
             model(input_ids=ids[:, :count], logits_to_keep=1)  # warm-up
             times = []
             for _ in range(spec["runs"]):
+                _synchronize(loaded.device)
                 start = time.perf_counter()
                 model(input_ids=ids[:, :count], logits_to_keep=1)
+                _synchronize(loaded.device)  # GPU work is asynchronous: time it finished, not it was queued
                 times.append(time.perf_counter() - start)
             result[f"prefill_{count}_tok_s"] = spread([count / t for t in times])
         short = ids[:, :64]

@@ -6,16 +6,19 @@ which precision would be chosen and why. Every problem is printed with its fix; 
 
 from __future__ import annotations
 
+import os
 import platform
+import shutil
 import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
 from ..errors import ChatbotError
 from ..model.checkpoint import inspect_checkpoint, resolve_checkpoint
-from ..model.device import DeviceInfo, cpu_device, cpu_flags, detect_device
-from ..model.precision import plan_precision, resolve_request, unsupported_reason
+from ..model.device import DeviceInfo, cpu_device, cpu_flags, detect_device, unusable_cuda_reason
+from ..model.precision import no_fp8_tensor_cores, plan_precision, resolve_request
 
 CPU_FEATURES = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "avx512_vnni")
 
@@ -69,9 +72,12 @@ def system_section(report: Report, device: str) -> DeviceInfo | None:
     if torch.cuda.is_available():
         for index in range(torch.cuda.device_count()):
             gpu = detect_device(f"cuda:{index}")
-            fp8 = "FP8 yes" if gpu.has_fp8 else f"FP8 no ({unsupported_reason('fp8', gpu)})"
+            fp8 = "FP8 native" if gpu.has_fp8 else f"FP8 weight-only ({no_fp8_tensor_cores(gpu)})"
             bf16 = "BF16 yes" if gpu.has_bf16 else "BF16 no"
             report.info(f"GPU {index}: {gpu.describe()}; {fp8}; {bf16}")
+        triton_section(report)
+    elif problem := unusable_cuda_reason():
+        report.problem(problem)  # a GPU is there but this torch cannot use it: everything would run on the CPU
     else:
         report.info("GPU: none visible to torch (CPU only)")
     try:
@@ -81,6 +87,38 @@ def system_section(report: Report, device: str) -> DeviceInfo | None:
         return None
     report.ok(f"device {device!r} -> {chosen.describe()}")
     return chosen
+
+
+def triton_section(report: Report) -> None:
+    """The FP8 kernels are Triton's: it needs a C compiler and a writable cache the first time it builds one."""
+    try:
+        import triton
+    except ImportError:
+        report.problem(
+            ChatbotError(
+                "Triton is not installed: the FP8 kernels cannot run, so FP8 checkpoints load in BF16/FP16.",
+                fix="pip install triton (it comes with CUDA builds of torch on Linux).",
+            )
+        )
+        return
+    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+    if compiler is None:
+        report.problem(
+            ChatbotError(
+                "No C compiler found: Triton needs one to build its kernels the first time.",
+                fix="Install one (apt-get install gcc) or set CC.",
+            )
+        )
+    cache = Path(os.environ.get("TRITON_CACHE_DIR") or Path.home() / ".triton" / "cache")
+    writable = cache if cache.exists() else next((p for p in cache.parents if p.exists()), cache)
+    if not os.access(writable, os.W_OK):
+        report.problem(
+            ChatbotError(
+                f"Triton's kernel cache {cache} is not writable.", fix="Set TRITON_CACHE_DIR to a writable folder."
+            )
+        )
+    else:
+        report.ok(f"Triton {triton.__version__}, compiler {compiler}, cache {cache}")
 
 
 def checkpoint_section(report: Report, model: str, chosen: DeviceInfo | None, precision: str | None) -> None:

@@ -6,7 +6,9 @@
 
 from __future__ import annotations
 
+import logging
 import platform
+import re
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -14,6 +16,8 @@ from pathlib import Path
 import torch
 
 from ..errors import ChatbotError
+
+log = logging.getLogger(__name__)
 
 FP8_MIN_CAPABILITY = (8, 9)  # Ada (8.9) and Hopper (9.0) have FP8 tensor cores
 BF16_MIN_CAPABILITY = (8, 0)  # Ampere and newer run BF16 natively
@@ -97,7 +101,54 @@ def detect_device(requested: str = "auto") -> DeviceInfo:
         return _cuda_device(0)
     if _mps_available():
         return DeviceInfo("mps", "Apple GPU (MPS)")
+    problem = unusable_cuda_reason()
+    if problem:
+        log.warning("%s Running on the CPU instead.", problem)
     return cpu_device()
+
+
+def nvidia_driver_version() -> str | None:
+    """The installed NVIDIA kernel driver's version (Linux), or None when there is none."""
+    try:
+        text = Path("/proc/driver/nvidia/version").read_text()
+    except OSError:
+        return None
+    match = re.search(r"Kernel Module(?: for \S+)?\s+([0-9]+(?:\.[0-9]+)+)", text)
+    return match.group(1) if match else "unknown"
+
+
+def unusable_cuda_reason(driver: str | None = None, cuda_available: bool | None = None) -> str | None:
+    """A sentence when an NVIDIA driver is installed but torch cannot use CUDA (else None)."""
+    driver = nvidia_driver_version() if driver is None else driver
+    cuda_available = torch.cuda.is_available() if cuda_available is None else cuda_available
+    if driver is None or cuda_available:
+        return None
+    build = torch.version.cuda
+    if build is None:
+        why = f"this torch ({torch.__version__}) is a CPU-only build"
+    else:
+        why = f"this torch ({torch.__version__}) is built for CUDA {build}, which may need a newer driver"
+    return (
+        f"An NVIDIA driver ({driver}) is installed but torch cannot use the GPU: {why}. "
+        "Install a torch build that matches the driver (delete .venv and run ./start.sh again, or see "
+        "TORCH_INDEX_URL in the README)."
+    )
+
+
+STICKY_CUDA_FAULTS = (
+    "illegal memory access",
+    "illegal address",
+    "unspecified launch failure",
+    "device-side assert",
+    "misaligned address",
+    "illegal instruction",
+)
+
+
+def is_sticky_cuda_fault(exc: BaseException) -> bool:
+    """A CUDA error after which the process's CUDA context is unusable (every later CUDA call fails)."""
+    text = str(exc).lower()
+    return any(fault in text for fault in STICKY_CUDA_FAULTS)
 
 
 def _cuda_device(index: int) -> DeviceInfo:

@@ -4,9 +4,18 @@ Each program computes a BLOCK_M x BLOCK_N tile of ``x @ dequant(w).T``: it strea
 tile (one byte per weight from memory), multiplies it by its 128x128 block's scale in registers and
 accumulates in FP32. ``BLOCK_K`` divides the quantization block, so every K-tile has one scale per
 output row.
+
+Two ways to turn the e4m3 byte into a number:
+
+* ``decode="cast"``: the hardware conversion (GPUs with FP8 support, compute capability >= 8.9);
+* ``decode="bits"``: bit arithmetic that any GPU runs (what FP8 Marlin does on Ampere and Turing):
+  the byte's exponent and mantissa bits moved into an FP16 (bias 15 instead of 7), times 2^8. It is
+  exact for every finite e4m3 value, subnormals included, so older GPUs keep 1-byte weights.
 """
 
 from __future__ import annotations
+
+import contextlib
 
 import torch
 import triton
@@ -35,6 +44,7 @@ def _w8a16_kernel(
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
+    DECODE_BITS: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
@@ -49,13 +59,16 @@ def _w8a16_kernel(
             mask=(offs_m[:, None] < M) & (k[None, :] < K),
             other=0.0,
         )
-        w = tl.load(
-            w_ptr + offs_n[:, None] * stride_wn + k[None, :] * stride_wk,
-            mask=(offs_n[:, None] < N) & (k[None, :] < K),
-            other=0.0,
-        )
+        w_ptrs = w_ptr + offs_n[:, None] * stride_wn + k[None, :] * stride_wk
+        w_mask = (offs_n[:, None] < N) & (k[None, :] < K)
+        if DECODE_BITS:  # w_ptr points at the raw e4m3 bytes (uint8)
+            bits = tl.load(w_ptrs, mask=w_mask, other=0).to(tl.uint16)
+            half = ((bits & 0x7F) << 7) | ((bits & 0x80) << 8)
+            w_value = half.to(tl.float16, bitcast=True).to(tl.float32) * 256.0
+        else:
+            w_value = tl.load(w_ptrs, mask=w_mask, other=0.0).to(tl.float32)
         s = tl.load(s_ptr + (offs_n // QBLOCK_N) * stride_sn + (k0 // QBLOCK_K) * stride_sk, mask=offs_n < N, other=0.0)
-        w_tile = (w.to(tl.float32) * s[:, None]).to(x.dtype)
+        w_tile = (w_value * s[:, None]).to(x.dtype)
         acc += tl.dot(x, tl.trans(w_tile))
     tl.store(
         y_ptr + offs_m[:, None] * stride_ym + offs_n[None, :] * stride_yn,
@@ -65,9 +78,14 @@ def _w8a16_kernel(
 
 
 def w8a16_block_matmul(
-    x: torch.Tensor, weight: torch.Tensor, scale_inv: torch.Tensor, block: tuple[int, int]
+    x: torch.Tensor, weight: torch.Tensor, scale_inv: torch.Tensor, block: tuple[int, int], decode: str = "cast"
 ) -> torch.Tensor:
-    """``x [M, K] (bf16/fp16) @ dequant(weight [N, K] fp8, scale_inv)^T`` -> [M, N] in x's dtype."""
+    """``x [M, K] (bf16/fp16) @ dequant(weight [N, K] fp8, scale_inv)^T`` -> [M, N] in x's dtype.
+
+    ``decode``: "cast" (hardware FP8 conversion) or "bits" (bit arithmetic, any GPU); see the module docstring.
+    """
+    if decode not in ("cast", "bits"):
+        raise ValueError(f"decode must be 'cast' or 'bits', not {decode!r}")
     rows, inner = x.shape
     outer = weight.shape[0]
     block_k = min(64, block[1])
@@ -79,26 +97,30 @@ def w8a16_block_matmul(
     block_m = 16 if rows <= 16 else 64
     block_n = 64
     grid = (triton.cdiv(rows, block_m), triton.cdiv(outer, block_n))
-    _w8a16_kernel[grid](
-        x,
-        weight,
-        scales,
-        out,
-        rows,
-        outer,
-        inner,
-        x.stride(0),
-        x.stride(1),
-        weight.stride(0),
-        weight.stride(1),
-        scales.stride(0),
-        scales.stride(1),
-        out.stride(0),
-        out.stride(1),
-        QBLOCK_N=block[0],
-        QBLOCK_K=block[1],
-        BLOCK_M=block_m,
-        BLOCK_N=block_n,
-        BLOCK_K=block_k,
-    )
+    weight_arg = weight.view(torch.uint8) if decode == "bits" else weight
+    # Launch on the tensors' own GPU (and its current stream), not on whichever GPU is current.
+    with torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext():
+        _w8a16_kernel[grid](
+            x,
+            weight_arg,
+            scales,
+            out,
+            rows,
+            outer,
+            inner,
+            x.stride(0),
+            x.stride(1),
+            weight_arg.stride(0),
+            weight_arg.stride(1),
+            scales.stride(0),
+            scales.stride(1),
+            out.stride(0),
+            out.stride(1),
+            QBLOCK_N=block[0],
+            QBLOCK_K=block[1],
+            BLOCK_M=block_m,
+            BLOCK_N=block_n,
+            BLOCK_K=block_k,
+            DECODE_BITS=decode == "bits",
+        )
     return out

@@ -32,10 +32,10 @@ from torch import nn
 from ..errors import CheckpointError, PrecisionError
 from .checkpoint import CheckpointInfo, FileHandles, inspect_checkpoint, resolve_checkpoint
 from .cpu_layers import PrefillChoice, choose_prefill_dtype, convert_to_cpu_layers, keep_prefill_copies
-from .device import DeviceInfo, detect_device
+from .device import DeviceInfo, detect_device, is_sticky_cuda_fault
 from .formats import PROJECTION_RE, FormatKind
-from .fp8 import DEFAULT_BLOCK, quantize_block_fp8
-from .fp8_linear import Fp8Kernel, Fp8KernelUnavailable, Fp8Linear, select_fp8_kernel
+from .fp8 import DEFAULT_BLOCK, dequantize_block_fp8, quantize_block_fp8
+from .fp8_linear import Fp8DeviceFault, Fp8KernelUnavailable, Fp8Linear, select_fp8_kernels
 from .precision import COMPUTE_DTYPES, Attempt, Candidate, PrecisionDecision, plan_precision, resolve_request
 
 log = logging.getLogger(__name__)
@@ -140,7 +140,16 @@ def load_model(
             model, details = _build(info, dev, candidate.mode, progress, trust_remote_code)
             progress.update("probe forward", 0.95)
             (probe or probe_forward)(model, tokenizer, torch.device(dev.torch_device))
-        except (ProbeError, Fp8KernelUnavailable, RuntimeError, NotImplementedError, TypeError) as exc:
+        except Exception as exc:
+            if isinstance(exc, Fp8DeviceFault) or (dev.kind == "cuda" and is_sticky_cuda_fault(exc)):
+                raise PrecisionError(
+                    f"The GPU faulted while loading in {candidate.mode.upper()}: {_first_line(exc)}. After such a "
+                    "fault CUDA cannot be used again in this process, so no other precision was tried.",
+                    fix="Restart with --precision bf16 (or fp16) to skip the FP8 kernels, or with --device cpu; "
+                    "`python -m chatbot doctor --load` shows each kernel's self-check.",
+                ) from exc
+            if not isinstance(exc, _step_down_errors()):
+                raise
             detail = f"{candidate.mode.upper()} failed: {_first_line(exc)}"
             attempts.append(Attempt(candidate.mode, False, detail))
             log.warning("%s; stepping down the precision chain", detail)
@@ -172,6 +181,17 @@ def load_model(
     )
 
 
+def _step_down_errors() -> tuple[type[BaseException], ...]:
+    """Failures after which the next precision is tried (a broken checkpoint is not one of them)."""
+    errors: tuple[type[BaseException], ...] = (ProbeError, Fp8KernelUnavailable, RuntimeError, NotImplementedError)
+    errors += (TypeError, ValueError)
+    try:  # Triton's compile and resource errors derive from Exception, not RuntimeError
+        from triton.errors import TritonError
+    except ImportError:
+        return errors
+    return (*errors, TritonError)
+
+
 def _decision(
     candidate: Candidate,
     reason: str,
@@ -194,6 +214,7 @@ def _decision(
         compute_dtype=str(details["compute_dtype"]).removeprefix("torch."),
         prefill_dtype=details.get("prefill_dtype"),
         fp8_kernel=details.get("fp8_kernel"),
+        fp8_weight_only=details.get("fp8_weight_only") == "yes",
         details={k: v for k, v in details.items() if k not in ("compute_dtype", "reason_suffix")},
     )
 
@@ -234,14 +255,10 @@ def _build(
     """Build the model for one mode; returns it with details for the precision decision."""
     details: dict[str, str] = {}
     target = torch.device("cpu" if dev.kind == "mps" else dev.torch_device)
-    kernel: Fp8Kernel | None = None
     prefill: PrefillChoice | None = None
-    if mode == "fp8":
-        kernel, notes = select_fp8_kernel(target, _fp8_block(info))
-        details["fp8_kernel"] = kernel.name
-        if notes:
-            details["fp8_kernels_skipped"] = "; ".join(notes)
     compute_dtype = COMPUTE_DTYPES[mode]
+    if mode == "fp8" and not dev.has_bf16:
+        compute_dtype = torch.float16  # GPUs before Ampere: FP16 activations around the FP8 weights
     if dev.kind == "cpu" and mode in ("fp16", "bf16"):  # simulated GPUs keep the GPU layout
         prefill = choose_prefill_dtype(COMPUTE_DTYPES[mode])
         compute_dtype = torch.float32
@@ -254,11 +271,22 @@ def _build(
     details["compute_dtype"] = str(compute_dtype)
 
     model = _skeleton(info, compute_dtype, trust_remote_code)
+    if mode == "fp8":  # the kernels' self-check runs on the model's own layer shapes, before any weight is read
+        block = _fp8_block(info)
+        shapes = sorted({(m.out_features, m.in_features) for _, m in _fp8_projections(model)})
+        progress.update("checking FP8 kernels", 0.04)
+        kernels, notes = select_fp8_kernels(target, block, shapes=shapes, fp8_hardware=dev.has_fp8, dtype=compute_dtype)
+        details["fp8_kernel"] = kernels.describe()
+        details["fp8_weight_only"] = "yes" if kernels.weight_only else "no"
+        if notes:
+            details["fp8_kernels_skipped"] = "; ".join(notes)
+        for name, module in _fp8_projections(model):
+            model.set_submodule(name, Fp8Linear(module.in_features, module.out_features, block, kernels))
     if prefill is not None:
         convert_to_cpu_layers(model, COMPUTE_DTYPES[mode], prefill.dtype)
-    if kernel is not None:
-        _convert_to_fp8_layers(model, info, kernel)
     _fill_weights(model, info, target, mode, progress)
+    if mode == "fp8":
+        check_fp8_layer(model, compute_dtype)
     if prefill is not None and prefill.copy:
         details["prefill_copy_bytes"] = str(keep_prefill_copies(model))
     if dev.kind == "mps":
@@ -267,18 +295,43 @@ def _build(
     return model, details
 
 
+def _fp8_projections(model: nn.Module) -> list[tuple[str, nn.Linear]]:
+    return [
+        (name, module)
+        for name, module in model.named_modules()
+        if isinstance(module, nn.Linear) and PROJECTION_RE.match(name + ".weight")
+    ]
+
+
+FP8_LAYER_MAX_ERROR = 0.02
+
+
+def check_fp8_layer(model: nn.Module, dtype: torch.dtype, rows: int = 16) -> None:
+    """One real loaded layer against its own dequantized weights: the kernel, the weights and their scales agree.
+
+    Raises:
+        ProbeError: the layer's output differs from the reference by more than ``FP8_LAYER_MAX_ERROR``.
+    """
+    name, layer = next((n, m) for n, m in model.named_modules() if isinstance(m, Fp8Linear))
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(rows, layer.in_features, generator=generator).to(dtype)
+    dense = dequantize_block_fp8(layer.weight.cpu(), layer.weight_scale_inv.cpu(), layer.block, torch.float32)
+    reference = x.float() @ dense.t()
+    with torch.inference_mode():
+        out = layer(x.to(layer.weight.device)).float().cpu()
+    error = ((out - reference).abs().max() / reference.abs().max().clamp(min=1e-30)).item()
+    if not error <= FP8_LAYER_MAX_ERROR:
+        raise ProbeError(
+            f"the FP8 kernel {layer.kernels.describe()} disagrees with the dequantized weights of {name} "
+            f"(error {error:.1%} of the largest output)"
+        )
+
+
 def _fp8_block(info: CheckpointInfo) -> tuple[int, int]:
     """Block size of the FP8 layers: the checkpoint's own, or 128x128 when weights are (re)quantized at load."""
     if info.format.kind is FormatKind.FP8_BLOCK and info.format.block_size:
         return info.format.block_size
     return DEFAULT_BLOCK
-
-
-def _convert_to_fp8_layers(model: nn.Module, info: CheckpointInfo, kernel: Fp8Kernel) -> None:
-    block = _fp8_block(info)
-    for name, module in list(model.named_modules()):
-        if isinstance(module, nn.Linear) and PROJECTION_RE.match(name + ".weight"):
-            model.set_submodule(name, Fp8Linear(module.in_features, module.out_features, block, kernel))
 
 
 def _fill_weights(

@@ -2,8 +2,14 @@
 
 The rules are pure functions of (request, checkpoint, device), so they are tested with simulated
 devices. The loader walks the planned chain: it loads the first candidate, runs a probe forward,
-and steps down (fp8 -> fp16 -> bf16 -> fp32) when loading raises or the logits are not finite,
-recording every attempt. The final ``PrecisionDecision`` is what the log, the UI badge, the API's
+and steps down when loading raises or the logits are not finite, recording every attempt. The chain
+depends on the device: fp8 -> bf16 -> fp16 -> fp32 on GPUs with native BF16 (Qwen3 is trained in
+BF16, and FP16 can overflow), fp8 -> fp16 -> fp32 on older GPUs, fp16 -> bf16 -> fp32 on the CPU
+(whose FP16 path recomputes an overflowing step in FP32).
+
+FP8 on CUDA: native on compute capability >= 8.9 (FP8 tensor cores); below that "weight-only" (the
+FP8 bytes stay in memory and are decoded inside the matmul, as FP8 Marlin does), if the kernel passes
+its self-check on that GPU. The final ``PrecisionDecision`` is what the log, the UI badge, the API's
 ``/health`` and ``doctor`` all show.
 """
 
@@ -18,7 +24,7 @@ from ..errors import InvalidRequestError
 from .device import BF16_MIN_CAPABILITY, FP8_MIN_CAPABILITY, DeviceInfo
 
 MODES = ("fp8", "fp16", "bf16", "fp32")
-CHAIN = MODES  # step-down order
+CHAIN = MODES  # step-down order on the CPU and Apple GPUs
 ENV_VAR = "QWEN_PRECISION"
 
 # Dtype that activations (and, except for fp8, weights) use in each mode.
@@ -51,7 +57,8 @@ class PrecisionDecision:
     checkpoint_fp8: bool = True
     compute_dtype: str = "bfloat16"
     prefill_dtype: str | None = None  # CPU only: dtype the long prompt matmuls run in
-    fp8_kernel: str | None = None  # fp8 only: which matmul kernel passed the self-check
+    fp8_kernel: str | None = None  # fp8 only: which matmul kernel(s) passed the self-check
+    fp8_weight_only: bool = False  # fp8 only: weights decoded by bit arithmetic, no FP8 hardware used
     device_name: str = ""
     details: dict[str, str] = field(default_factory=dict)
 
@@ -63,7 +70,7 @@ class PrecisionDecision:
     def label(self) -> str:
         """Short name for badges: "FP8 native", "FP16 fallback", "BF16", ..."""
         if self.mode == "fp8":
-            return "FP8 native"
+            return "FP8 weight-only" if self.fp8_weight_only else "FP8 native"
         name = self.mode.upper()
         return f"{name} fallback" if self.checkpoint_fp8 and self.requested != self.mode else name
 
@@ -106,12 +113,7 @@ def _validated(value: str, where: str) -> str:
 
 def unsupported_reason(mode: str, device: DeviceInfo) -> str | None:
     """Why ``device`` cannot run ``mode``, or None when it can."""
-    if mode == "fp8" and not device.has_fp8:
-        if device.kind == "cuda":
-            return (
-                f"GPU compute capability {device.capability_text} < "
-                f"{FP8_MIN_CAPABILITY[0]}.{FP8_MIN_CAPABILITY[1]} has no FP8 tensor cores"
-            )
+    if mode == "fp8" and device.kind != "cuda":
         return f"no CUDA GPU ({device.kind}) to run FP8 matmuls"
     if mode == "bf16" and not device.has_bf16:
         if device.kind == "cuda":
@@ -121,6 +123,20 @@ def unsupported_reason(mode: str, device: DeviceInfo) -> str | None:
             )
         return f"{device.kind} has no reliable BF16 support"
     return None
+
+
+def no_fp8_tensor_cores(device: DeviceInfo) -> str:
+    return (
+        f"GPU compute capability {device.capability_text} < "
+        f"{FP8_MIN_CAPABILITY[0]}.{FP8_MIN_CAPABILITY[1]} has no FP8 tensor cores"
+    )
+
+
+def fallback_chain(device: DeviceInfo) -> tuple[str, ...]:
+    """The step-down order on ``device``, best first."""
+    if device.kind == "cuda":
+        return ("fp8", "bf16", "fp16", "fp32") if device.has_bf16 else ("fp8", "fp16", "fp32")
+    return CHAIN
 
 
 def plan_precision(
@@ -149,7 +165,8 @@ def plan_precision(
         first = _auto_choice(device, checkpoint_fp8, checkpoint_dtype)
 
     candidates = [first]
-    for mode in CHAIN[CHAIN.index(first.mode) + 1 :]:
+    chain = fallback_chain(device)
+    for mode in chain[chain.index(first.mode) + 1 :]:
         if unsupported_reason(mode, device) is None:
             candidates.append(Candidate(mode, f"{mode.upper()} after {{failed}}"))
     return candidates, refused
@@ -165,8 +182,12 @@ def _auto_choice(
                 "fp8", f"FP8 native: GPU compute capability {device.capability_text} >= 8.9 has FP8 tensor cores"
             )
         if checkpoint_fp8:
-            why = unsupported_reason("fp8", device)
-            return Candidate("fp16", f"{prefix}FP16 fallback: {why}")
+            activations = "BF16" if device.has_bf16 else "FP16"
+            return Candidate(
+                "fp8",
+                f"{prefix}FP8 weight-only: {no_fp8_tensor_cores(device)}, so the FP8 weights stay 1 byte in GPU "
+                f"memory and are decoded inside the matmul ({activations} activations)",
+            )
         if checkpoint_dtype == "bfloat16" and device.has_bf16:
             return Candidate("bf16", f"{prefix}BF16: the checkpoint's own dtype, supported by this GPU")
         if checkpoint_dtype == "float32":
