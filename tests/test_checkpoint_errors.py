@@ -36,6 +36,14 @@ def truncate(folder: Path) -> None:
     file.write_bytes(file.read_bytes()[:-1000])
 
 
+def huge_header(folder: Path) -> None:
+    """A header length of 2^62 bytes: reading it would try to allocate that much."""
+    file = folder / "model.safetensors"
+    data = bytearray(file.read_bytes())
+    data[:8] = (2**62).to_bytes(8, "little")
+    file.write_bytes(bytes(data))
+
+
 def drop_scale(folder: Path) -> None:
     edit_tensors(folder, lambda t: t.pop("model.layers.0.mlp.up_proj.weight_scale_inv"))
 
@@ -76,6 +84,7 @@ def missing_tensor(folder: Path) -> None:
 
 CASES = {
     "truncated file": (truncate, "model.safetensors", "truncated", "download"),
+    "header too large to be real": (huge_header, "model.safetensors", "more than the file holds", "download"),
     "missing scale": (drop_scale, "model.safetensors", "has no 'model.layers.0.mlp.up_proj.weight_scale_inv'", "again"),
     "scale of the wrong shape": (wrong_scale_shape, "model.safetensors", "expected [7, 5]", "again"),
     "unknown quant_method": (

@@ -244,10 +244,20 @@ def _read_headers(files: list[Path], source: str) -> dict[str, TensorMeta]:
     return tensors
 
 
+# The safetensors format caps its JSON header at 100 MB; a larger length is damage or a hostile file,
+# and reading it would allocate that much before anything could refuse it.
+MAX_HEADER_BYTES = 100_000_000
+
+
 def _declared_size(file: Path) -> int:
     """File size that the safetensors header promises (8-byte length + header + data)."""
     with file.open("rb") as handle:
         header_len = int.from_bytes(handle.read(8), "little")
+        if header_len > min(MAX_HEADER_BYTES, file.stat().st_size - 8):
+            raise ValueError(
+                f"its header claims {header_len} bytes, more than the file holds or the format allows "
+                f"({MAX_HEADER_BYTES} bytes)"
+            )
         header = json.loads(handle.read(header_len))
     end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
     return 8 + header_len + end
