@@ -6,9 +6,10 @@ The README's "Options" table lists the same fields.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_MODEL = "Qwen/Qwen3-0.6B-FP8"
@@ -36,7 +37,9 @@ class Settings(BaseSettings):
     port: int = Field(7860, ge=1, le=65535, description="Web UI port.")
     api_port: int = Field(8000, ge=0, le=65535, description="OpenAI-compatible API port; 0 turns the API off.")
     auth: SecretStr | None = Field(None, description="user:password for the web UI login.")
+    auth_file: Path | None = Field(None, description="File holding user:password (keeps it out of `ps`).")
     api_key: SecretStr | None = Field(None, description="Bearer key required by the API when set.")
+    api_key_file: Path | None = Field(None, description="File holding the API key (keeps it out of `ps`).")
     queue_size: int = Field(16, ge=1, le=1024, description="Requests that may wait for the model at once.")
     system_prompt: str = Field("", description="Default system prompt of the web UI.")
     prefix_cache_tokens: int = Field(
@@ -51,6 +54,25 @@ class Settings(BaseSettings):
         if value is not None and ":" not in value.get_secret_value():
             raise ValueError("auth must look like user:password")
         return value
+
+    @model_validator(mode="after")
+    def _secrets_from_files(self) -> Settings:
+        for name in ("auth", "api_key"):
+            file = getattr(self, f"{name}_file")
+            if file is None:
+                continue
+            if getattr(self, name) is not None:
+                raise ValueError(f"give {name} or {name}_file, not both")
+            try:
+                secret = file.read_text(encoding="utf-8").strip()
+            except OSError as exc:
+                raise ValueError(f"{file} cannot be read ({exc.strerror})") from exc
+            if not secret:
+                raise ValueError(f"{file} is empty")
+            setattr(self, name, SecretStr(secret))
+        if self.auth is not None:
+            self._auth_has_user_and_password(self.auth)
+        return self
 
     @classmethod
     def from_overrides(cls, **overrides: object) -> Settings:

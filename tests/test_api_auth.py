@@ -1,4 +1,5 @@
-"""The API key: ``python app.py --api-key KEY`` makes every /v1 request need ``Authorization: Bearer KEY``.
+"""The API key: ``python app.py --api-key-file FILE`` (or ``--api-key KEY``) makes every /v1 request need
+``Authorization: Bearer KEY``.
 
 Run: ``.venv/bin/python -m pytest tests/test_api_auth.py -q``.
 """
@@ -21,7 +22,9 @@ HELLO = {"model": "qwen3", "messages": [{"role": "user", "content": "Hello"}]}
 
 @pytest.fixture(scope="module")
 def keyed_api(scripted_fp8: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningApp]:
-    app = start_app(["--model", str(scripted_fp8), "--api-key", KEY], tmp_path_factory.mktemp("logs") / "keyed.log")
+    folder = tmp_path_factory.mktemp("keyed")
+    (folder / "api-key").write_text(KEY + "\n")  # from a file, so the key never shows in `ps`
+    app = start_app(["--model", str(scripted_fp8), "--api-key-file", str(folder / "api-key")], folder / "keyed.log")
     try:
         yield app
     finally:

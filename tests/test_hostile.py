@@ -12,6 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 from conftest import ROOT, RunningApp
+from pydantic import ValidationError
 from transformers import AutoTokenizer
 
 from chatbot.authoring.modelgen import SCRIPTED_ANSWER
@@ -119,6 +120,8 @@ def test_exposed_start_warns_and_secrets_stay_out_of_the_log(scripted_fp8: Path,
     log = app.log()
     assert "sk-secret-key" not in log and "pw-in-log?" not in log and "wrong" not in log
     assert "anyone on the network" not in log  # both protections set: no warning
+    for flag in ("--auth", "--api-key"):  # but secrets given as flags can be read by anyone in `ps`
+        assert f"{flag} on the command line is visible to every user of this machine" in log
     open_app = start_app(["--model", str(scripted_fp8), "--host", "0.0.0.0"], tmp_path / "open.log", api=False)
     stop_app(open_app)
     assert "anyone on the network can use this server" in open_app.log()
@@ -156,3 +159,18 @@ def test_cli_rejects_a_checkpoint_path_that_is_a_file(scripted_fp8: Path) -> Non
         timeout=60,
     )
     assert done.returncode == 1 and "is a file, not a checkpoint folder" in done.stderr
+
+
+def test_secrets_from_files_and_what_goes_wrong_with_them(tmp_path: Path) -> None:
+    key_file, auth_file = tmp_path / "key", tmp_path / "auth"
+    key_file.write_text("sk-from-file\n")
+    auth_file.write_text("alice:pw\n")
+    settings = Settings(api_key_file=key_file, auth_file=auth_file)
+    assert settings.api_key.get_secret_value() == "sk-from-file" and settings.auth_pair() == ("alice", "pw")
+    with pytest.raises(ValidationError, match="give api_key or api_key_file, not both"):
+        Settings(api_key="x", api_key_file=key_file)
+    with pytest.raises(ValidationError, match="cannot be read"):
+        Settings(api_key_file=tmp_path / "missing")
+    auth_file.write_text("no-colon")
+    with pytest.raises(ValidationError, match="user:password"):
+        Settings(auth_file=auth_file)

@@ -51,7 +51,9 @@ def add_serve_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=int, help="web UI port (default 7860)")
     parser.add_argument("--api-port", type=int, help="API port (default 8000; 0 turns the API off)")
     parser.add_argument("--auth", help="user:password login for the web UI (env QWEN_AUTH)")
+    parser.add_argument("--auth-file", help="file holding user:password (env QWEN_AUTH_FILE; not visible in ps)")
     parser.add_argument("--api-key", help="key the API requires as 'Authorization: Bearer KEY' (env QWEN_API_KEY)")
+    parser.add_argument("--api-key-file", help="file holding the API key (env QWEN_API_KEY_FILE; not visible in ps)")
     parser.add_argument("--queue-size", type=int, help="requests that may wait for the model (default 16)")
     parser.add_argument("--system-prompt", help="default system prompt of the web UI")
     parser.add_argument("--prefix-cache-tokens", type=int, help="tokens of conversation cache kept for reuse")
@@ -71,11 +73,26 @@ SETTING_FLAGS = (
     "port",
     "api_port",
     "auth",
+    "auth_file",
     "api_key",
+    "api_key_file",
     "queue_size",
     "system_prompt",
     "prefix_cache_tokens",
 )
+
+
+def secrets_on_the_command_line(args: argparse.Namespace) -> list[str]:
+    """Warnings for secrets given as flags: every user of the machine can read them in `ps`."""
+    return [
+        f"{flag} on the command line is visible to every user of this machine (ps); "
+        f"use {flag}-file or the {variable} environment variable instead."
+        for flag, variable, value in (
+            ("--auth", "QWEN_AUTH", getattr(args, "auth", None)),
+            ("--api-key", "QWEN_API_KEY", getattr(args, "api_key", None)),
+        )
+        if value is not None
+    ]
 
 
 def settings_from(args: argparse.Namespace) -> Settings:
@@ -152,7 +169,7 @@ def run(args: argparse.Namespace) -> int:
     if args.command == "serve":
         from ..serve.server import serve
 
-        serve(settings_from(args))
+        serve(settings_from(args), warnings=secrets_on_the_command_line(args))
         return 0
     if args.command == "make-model":
         from ..authoring.modelgen import make_model

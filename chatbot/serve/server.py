@@ -79,12 +79,12 @@ def start_api(app: App) -> Any | None:
     return server
 
 
-def serve(settings: Settings) -> None:
-    """Run the web UI and the API until interrupted."""
+def serve(settings: Settings, warnings: list[str] | None = None) -> None:
+    """Run the web UI and the API until interrupted; ``warnings`` are logged first."""
     configure_logging(settings.log_level)
-    warning = exposure_warning(settings)
-    if warning:
-        log.warning(warning)
+    for warning in [*(warnings or []), exposure_warning(settings)]:
+        if warning:
+            log.warning(warning)
     app = create_app(settings)
     api_server = start_api(app)
     from .ui import launch_ui
