@@ -40,6 +40,10 @@ class Settings(BaseSettings):
     auth_file: Path | None = Field(None, description="File holding user:password (keeps it out of `ps`).")
     api_key: SecretStr | None = Field(None, description="Bearer key required by the API when set.")
     api_key_file: Path | None = Field(None, description="File holding the API key (keeps it out of `ps`).")
+    allowed_hosts: str = Field(
+        "", description="Extra Host names to serve, comma-separated ('*': any); loopback and our addresses always."
+    )
+    cors_origins: str = Field("", description="Web origins (https://app.example) allowed to call the API from a page.")
     queue_size: int = Field(16, ge=1, le=1024, description="Requests that may wait for the model at once.")
     system_prompt: str = Field("", description="Default system prompt of the web UI.")
     prefix_cache_tokens: int = Field(

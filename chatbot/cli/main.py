@@ -54,6 +54,14 @@ def add_serve_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--auth-file", help="file holding user:password (env QWEN_AUTH_FILE; not visible in ps)")
     parser.add_argument("--api-key", help="key the API requires as 'Authorization: Bearer KEY' (env QWEN_API_KEY)")
     parser.add_argument("--api-key-file", help="file holding the API key (env QWEN_API_KEY_FILE; not visible in ps)")
+    parser.add_argument(
+        "--allowed-hosts",
+        help="extra Host names the servers answer to, comma-separated; '*' for any (env QWEN_ALLOWED_HOSTS)",
+    )
+    parser.add_argument(
+        "--cors-origins",
+        help="web origins allowed to call the API from a browser, comma-separated (env QWEN_CORS_ORIGINS)",
+    )
     parser.add_argument("--queue-size", type=int, help="requests that may wait for the model (default 16)")
     parser.add_argument("--system-prompt", help="default system prompt of the web UI")
     parser.add_argument("--prefix-cache-tokens", type=int, help="tokens of conversation cache kept for reuse")
@@ -76,6 +84,8 @@ SETTING_FLAGS = (
     "auth_file",
     "api_key",
     "api_key_file",
+    "allowed_hosts",
+    "cors_origins",
     "queue_size",
     "system_prompt",
     "prefix_cache_tokens",

@@ -41,6 +41,7 @@ from ..engine.engine import ChatEngine
 from ..errors import ChatbotError, ContextLengthError, GenerationError, InvalidRequestError, QueueFullError
 from .api_models import ChatCompletion, ChatCompletionRequest, ErrorResponse, Health, ModelList
 from .app_state import App
+from .security import install_api_guards
 
 log = logging.getLogger(__name__)
 
@@ -456,6 +457,7 @@ def build_api(app: App) -> FastAPI:
         version="1.0",
     )
     install_error_handlers(api)
+    install_api_guards(api, app.settings)
     started = int(time.time())
     guard = [Depends(api_key_guard(app.settings.api_key))] if app.settings.api_key is not None else []
     v1 = APIRouter(prefix="/v1", dependencies=guard)

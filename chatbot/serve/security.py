@@ -1,0 +1,150 @@
+"""Who may talk to the servers: a trusted-host allowlist and an Origin check, on both ports.
+
+A web page the user happens to open can make the browser send requests to 127.0.0.1 in two ways:
+
+* **DNS rebinding**: the page's own name (attacker.example) is made to resolve to 127.0.0.1, so the
+  browser treats our server as same-origin with the page. The request then carries
+  ``Host: attacker.example``: refusing every Host that is not one of ours (403) closes this, as
+  Ollama and the llama.cpp server do.
+* **Cross-site requests**: a form or script on another origin POSTs to us. Browsers send that origin in
+  the ``Origin`` header; a state-changing request (anything but GET/HEAD/OPTIONS, and every WebSocket)
+  from an origin that is neither ours nor in ``--cors-origins`` is refused (403).
+
+``HostOriginGuard`` is plain ASGI middleware, installed on the API's FastAPI app and on Gradio's.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+from collections.abc import Iterable
+from urllib.parse import urlsplit
+
+log = logging.getLogger(__name__)
+LOOPBACK = ("localhost", "127.0.0.1", "::1")
+SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
+ANY = "*"
+
+
+def split_list(value: str | None) -> list[str]:
+    """ "a, b,c" -> ["a", "b", "c"] (the format of --allowed-hosts and --cors-origins)."""
+    return [item.strip() for item in (value or "").split(",") if item.strip()]
+
+
+def local_names() -> set[str]:
+    """This machine's host names and interface addresses (what LAN users type when we listen on 0.0.0.0)."""
+    names = {socket.gethostname().lower(), socket.getfqdn().lower()}
+    names |= {f"{name}.local" for name in list(names) if "." not in name}
+    try:
+        import psutil
+
+        for addresses in psutil.net_if_addrs().values():
+            names |= {
+                a.address.split("%")[0].lower() for a in addresses if a.family in (socket.AF_INET, socket.AF_INET6)
+            }
+    except (ImportError, OSError) as exc:  # without them only the names above and the loopback ones are allowed
+        log.warning("Could not list this machine's addresses (%s); add them with --allowed-hosts", exc)
+    return names
+
+
+def default_allowed_hosts(bound_host: str) -> set[str]:
+    """Loopback names, the address we listen on, and every local address when we listen on all of them."""
+    hosts = set(LOOPBACK)
+    if bound_host in ("0.0.0.0", "::", ""):
+        hosts |= local_names()
+    else:
+        hosts.add(bound_host.lower())
+    return hosts
+
+
+def allowed_hosts(bound_host: str, extra: Iterable[str]) -> set[str] | None:
+    """The hosts to accept: None means any (``--allowed-hosts '*'``)."""
+    extra = [host.lower().strip("[]") for host in extra]
+    if ANY in extra:
+        return None
+    return default_allowed_hosts(bound_host) | set(extra)
+
+
+def host_name(value: str) -> str:
+    """'Example.com:8000' -> 'example.com'; '[::1]:7860' -> '::1'."""
+    value = value.strip().lower()
+    if value.startswith("["):
+        return value[1 : value.find("]")] if "]" in value else value
+    return value.rsplit(":", 1)[0] if value.count(":") == 1 else value
+
+
+class HostOriginGuard:
+    """ASGI middleware: 403 for a foreign Host, and for a state-changing request from a foreign Origin."""
+
+    def __init__(self, app, hosts: set[str] | None, cors_origins: Iterable[str] = (), flag_hint: str = "") -> None:
+        self.app = app
+        self.hosts = hosts
+        self.cors_origins = {origin.rstrip("/").lower() for origin in cors_origins}
+        self.flag_hint = flag_hint
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        headers = {key.decode("latin-1").lower(): value.decode("latin-1") for key, value in scope["headers"]}
+        problem = self.refusal(scope, headers)
+        if problem is None:
+            await self.app(scope, receive, send)
+            return
+        log.warning("Refused %s %s: %s", scope.get("method", "WEBSOCKET"), scope.get("path", ""), problem)
+        if scope["type"] == "websocket":
+            await send({"type": "websocket.close", "code": 1008})
+            return
+        body = json.dumps({"error": {"message": problem, "type": "forbidden", "param": None, "code": "forbidden"}})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 403,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+            }
+        )
+        await send({"type": "http.response.body", "body": body.encode()})
+
+    def refusal(self, scope, headers: dict[str, str]) -> str | None:
+        host = host_name(headers.get("host", ""))
+        if self.hosts is not None and host not in self.hosts:
+            return (
+                f"Host {host!r} is not one of this server's names; requests through other names (DNS "
+                f"rebinding) are refused. To serve it under that name, start with --allowed-hosts {host}"
+                f"{self.flag_hint}."
+            )
+        origin = headers.get("origin")
+        state_changing = scope["type"] == "websocket" or scope.get("method", "GET") not in SAFE_METHODS
+        if origin is None or not state_changing or origin.rstrip("/").lower() in self.cors_origins:
+            return None
+        origin_host = host_name(urlsplit(origin).netloc) if "://" in origin else origin.lower()
+        if self.hosts is None or origin_host in self.hosts:
+            return None
+        return (
+            f"Requests from the web page at {origin} are refused: it is not this app's own page. To let a "
+            f"browser front end on that origin use this server, start with --cors-origins {origin}."
+        )
+
+
+def guard_options(settings) -> dict:
+    """HostOriginGuard's arguments for these settings (the same on both ports)."""
+    return {
+        "hosts": allowed_hosts(settings.host, split_list(settings.allowed_hosts)),
+        "cors_origins": split_list(settings.cors_origins),
+    }
+
+
+def install_api_guards(api, settings) -> None:
+    """CORS only for ``--cors-origins`` (off by default), then the Host/Origin guard outside everything."""
+    from starlette.middleware.cors import CORSMiddleware
+
+    origins = split_list(settings.cors_origins)
+    if origins:
+        api.add_middleware(
+            CORSMiddleware,
+            allow_origins=origins,
+            allow_methods=["GET", "POST", "OPTIONS"],
+            allow_headers=["Authorization", "Content-Type"],
+        )
+    api.add_middleware(HostOriginGuard, **guard_options(settings))
