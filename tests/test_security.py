@@ -141,3 +141,33 @@ def test_dns_rebinding_in_a_real_browser_reads_nothing(demo_app: RunningApp) -> 
                 assert statuses == [403] * (len(paths) + 1), (port, statuses)
         finally:
             browser.close()
+
+
+@pytest.fixture
+def upload_app(scripted_fp8: Path, tmp_path: Path) -> Iterator[tuple[RunningApp, Path]]:
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    app = start_app(
+        ["--model", str(scripted_fp8), "--max-upload-mb", "1"],
+        tmp_path / "upload.log",
+        api=False,
+        env={"TMPDIR": str(temp)},
+    )
+    try:
+        yield app, temp
+    finally:
+        stop_app(app)
+
+
+def test_uploads_go_to_a_private_folder_removed_at_exit_and_big_ones_are_refused(upload_app) -> None:
+    app, temp = upload_app
+    small = httpx.post(app.ui_url + "/gradio_api/upload", files={"files": ("chat.json", b"[]")}, timeout=30)
+    assert small.status_code == 200, small.text
+    [folder] = list(temp.glob("qwen3-chat-*"))
+    assert folder.stat().st_mode & 0o777 == 0o700  # not the shared /tmp/gradio, and only ours
+    assert Path(small.json()[0]).is_relative_to(folder)
+    big = httpx.post(app.ui_url + "/gradio_api/upload", files={"files": ("big.json", b"x" * (2 * 2**20))}, timeout=60)
+    assert big.status_code == 413
+    assert app.process.poll() is None  # still serving
+    stop_app(app)
+    assert not folder.exists()  # removed on SIGTERM

@@ -7,8 +7,16 @@ UI already shows "loading..." with progress.
 
 from __future__ import annotations
 
+import atexit
 import logging
+import os
+import resource
+import shutil
+import signal
+import sys
+import tempfile
 import threading
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -79,12 +87,38 @@ def start_api(app: App) -> Any | None:
     return server
 
 
+def private_temp_dir() -> Path:
+    """A folder only this user can open (0700) for the page's uploads and exports, removed at exit.
+
+    Gradio's default is the shared, predictable /tmp/gradio, where files stay readable (0644) and a
+    folder or link planted there by another user would be used.
+    """
+    folder = Path(tempfile.mkdtemp(prefix="qwen3-chat-"))  # mkdtemp: a new folder, mode 0700
+    os.environ["GRADIO_TEMP_DIR"] = str(folder / "uploads")
+    tempfile.tempdir = str(folder)  # exports made with tempfile land inside it too
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    return folder
+
+
+def raise_open_file_limit(wanted: int = 65536) -> None:
+    """Raise the soft limit on open files towards the hard one: each connection, idle or not, holds one."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+
+
 def serve(settings: Settings, warnings: list[str] | None = None) -> None:
     """Run the web UI and the API until interrupted; ``warnings`` are logged first."""
     configure_logging(settings.log_level)
     for warning in [*(warnings or []), exposure_warning(settings)]:
         if warning:
             log.warning(warning)
+    raise_open_file_limit()
+    private_temp_dir()
+    # SIGTERM (docker stop, systemd, kill) ends the process like Ctrl+C: requests are cancelled and the
+    # temporary files removed.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     app = create_app(settings)
     api_server = start_api(app)
     from .ui import launch_ui

@@ -483,4 +483,5 @@ def launch_ui(app: App) -> None:
         show_error=True,
         quiet=True,
         app_kwargs={"middleware": [Middleware(HostOriginGuard, **guard_options(app.settings))]},
+        max_file_size=int(app.settings.max_upload_mb * 2**20),
     )
