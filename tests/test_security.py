@@ -5,6 +5,7 @@ headless Chromium. Run: ``.venv/bin/python -m pytest tests/test_security.py -q``
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -171,3 +172,49 @@ def test_uploads_go_to_a_private_folder_removed_at_exit_and_big_ones_are_refused
     assert app.process.poll() is None  # still serving
     stop_app(app)
     assert not folder.exists()  # removed on SIGTERM
+
+
+@pytest.fixture(scope="module")
+def locked_app(scripted_fp8: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningApp]:
+    folder = tmp_path_factory.mktemp("locked")
+    args = ["--model", str(scripted_fp8), "--api-key", "sk-right", "--auth", "alice:right"]
+    app = start_app(args, folder / "locked.log")
+    try:
+        yield app
+    finally:
+        stop_app(app)
+
+
+def attempts_until_refused(send_wrong, limit: int = 20) -> tuple[int, httpx.Response]:
+    for attempt in range(1, limit + 1):
+        response = send_wrong()
+        if response.status_code == 429:
+            return attempt, response
+    raise AssertionError(f"{limit} wrong attempts and never a 429")
+
+
+@pytest.mark.parametrize("door", ["api key", "ui login"])
+def test_guessing_is_slowed_down_and_logged_without_the_secret(locked_app: RunningApp, door: str) -> None:
+    if door == "api key":
+
+        def send(secret: str) -> httpx.Response:
+            headers = {"Authorization": f"Bearer {secret}"}
+            return httpx.get(locked_app.api_url + "/v1/models", headers=headers, timeout=30)
+
+        what, right = "API keys", "sk-right"
+    else:
+
+        def send(secret: str) -> httpx.Response:
+            return httpx.post(locked_app.ui_url + "/login", data={"username": "alice", "password": secret}, timeout=30)
+
+        what, right = "logins", "right"
+    attempt, refused = attempts_until_refused(lambda: send("guess-123"))
+    assert attempt == 7  # five free failures, the sixth locks for a second, the seventh is refused
+    wait = int(refused.headers["Retry-After"])
+    assert 1 <= wait <= 300 and "Too many failed" in refused.json()["error"]["message"]
+    assert send(right).status_code == 429  # even the right secret waits: the address is locked
+    time.sleep(wait + 0.5)
+    assert send(right).status_code == 200  # and then it works, and the address is forgiven
+    assert send("guess-123").status_code in (400, 401)
+    log = locked_app.log()
+    assert f"6 failed {what} from 127.0.0.1" in log and "guess-123" not in log

@@ -11,14 +11,19 @@ A web page the user happens to open can make the browser send requests to 127.0.
   from an origin that is neither ours nor in ``--cors-origins`` is refused (403).
 
 ``HostOriginGuard`` is plain ASGI middleware, installed on the API's FastAPI app and on Gradio's.
+``FailedLoginThrottle`` slows password and key guessing: after a few failures from one address, that
+address gets 429 with Retry-After for a time that doubles with each further failure.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import socket
-from collections.abc import Iterable
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
 from urllib.parse import urlsplit
 
 log = logging.getLogger(__name__)
@@ -74,6 +79,15 @@ def host_name(value: str) -> str:
     return value.rsplit(":", 1)[0] if value.count(":") == 1 else value
 
 
+async def send_json_error(send, status: int, message: str, code: str, headers: Iterable[tuple[bytes, bytes]] = ()):
+    """An OpenAI-style error body, for middleware that answers before the app does."""
+    kind = "forbidden" if status == 403 else "rate_limit_error"
+    body = json.dumps({"error": {"message": message, "type": kind, "param": None, "code": code}}).encode()
+    start_headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), *headers]
+    await send({"type": "http.response.start", "status": status, "headers": start_headers})
+    await send({"type": "http.response.body", "body": body})
+
+
 class HostOriginGuard:
     """ASGI middleware: 403 for a foreign Host, and for a state-changing request from a foreign Origin."""
 
@@ -96,15 +110,7 @@ class HostOriginGuard:
         if scope["type"] == "websocket":
             await send({"type": "websocket.close", "code": 1008})
             return
-        body = json.dumps({"error": {"message": problem, "type": "forbidden", "param": None, "code": "forbidden"}})
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 403,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
-            }
-        )
-        await send({"type": "http.response.body", "body": body.encode()})
+        await send_json_error(send, 403, problem, "forbidden")
 
     def refusal(self, scope, headers: dict[str, str]) -> str | None:
         host = host_name(headers.get("host", ""))
@@ -127,6 +133,95 @@ class HostOriginGuard:
         )
 
 
+class FailedLoginThrottle:
+    """ASGI middleware: after ``free`` failed attempts from one address, 429 for 1, 2, 4... s (at most ``most``).
+
+    ``outcome(scope, status)`` says what a response means: "failed", "succeeded" (which forgives the
+    address) or None (not a login attempt). Addresses are forgotten ``window`` seconds after their last
+    failure, and at most ``capacity`` are remembered, so memory stays bounded under a flood.
+    """
+
+    def __init__(
+        self,
+        app,
+        outcome: Callable[[dict, int], str | None],
+        what: str,
+        free: int = 5,
+        most: float = 300.0,
+        window: float = 600.0,
+        capacity: int = 10_000,
+    ) -> None:
+        self.app, self.outcome, self.what = app, outcome, what
+        self.free, self.most, self.window, self.capacity = free, most, window, capacity
+        self.clients: OrderedDict[str, tuple[int, float, float]] = OrderedDict()  # failures, locked until, last
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        client = (scope.get("client") or ("unknown", 0))[0]
+        now = time.monotonic()
+        failures, locked_until, last = self.clients.get(client, (0, 0.0, 0.0))
+        if now - last > self.window:
+            failures, locked_until = 0, 0.0
+        if locked_until > now:
+            wait = math.ceil(locked_until - now)
+            message = f"Too many failed {self.what} from this address: try again in {wait} s."
+            await send_json_error(
+                send, 429, message, "too_many_failed_attempts", [(b"retry-after", str(wait).encode())]
+            )
+            return
+        status = 0
+
+        async def watch(message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        await self.app(scope, receive, watch)
+        result = self.outcome(scope, status)
+        if result == "succeeded":
+            self.clients.pop(client, None)
+        elif result == "failed":
+            self.record_failure(client, failures + 1, time.monotonic())
+
+    def record_failure(self, client: str, failures: int, now: float) -> None:
+        locked_until = 0.0
+        if failures > self.free:
+            seconds = min(self.most, 2.0 ** (failures - self.free - 1))
+            locked_until = now + seconds
+            log.warning("%d failed %s from %s: refusing it for %.0f s", failures, self.what, client, seconds)
+        self.clients[client] = (failures, locked_until, now)
+        self.clients.move_to_end(client)
+        while len(self.clients) > self.capacity:
+            self.clients.popitem(last=False)
+
+
+def api_key_outcome(scope: dict, status: int) -> str | None:
+    """A wrong key is a failed attempt (a request without any key is not a guess); a served /v1 request forgives."""
+    has_key = any(name.lower() == b"authorization" for name, _ in scope.get("headers", ()))
+    if status == 401:
+        return "failed" if has_key else None
+    return "succeeded" if has_key and scope.get("path", "").startswith("/v1/") and status < 400 else None
+
+
+def ui_login_outcome(scope: dict, status: int) -> str | None:
+    if scope.get("path", "").rstrip("/") != "/login":
+        return None
+    return "succeeded" if status == 200 else "failed" if status == 400 else None
+
+
+def ui_middleware(settings) -> list:
+    """Middleware for Gradio's app: the Host/Origin guard, and login throttling when there is a login."""
+    from starlette.middleware import Middleware
+
+    middleware = [Middleware(HostOriginGuard, **guard_options(settings))]
+    if settings.auth is not None:
+        middleware.append(Middleware(FailedLoginThrottle, outcome=ui_login_outcome, what="logins"))
+    return middleware
+
+
 def guard_options(settings) -> dict:
     """HostOriginGuard's arguments for these settings (the same on both ports)."""
     return {
@@ -147,4 +242,6 @@ def install_api_guards(api, settings) -> None:
             allow_methods=["GET", "POST", "OPTIONS"],
             allow_headers=["Authorization", "Content-Type"],
         )
+    if settings.api_key is not None:
+        api.add_middleware(FailedLoginThrottle, outcome=api_key_outcome, what="API keys")
     api.add_middleware(HostOriginGuard, **guard_options(settings))

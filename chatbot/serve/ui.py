@@ -30,13 +30,12 @@ from pathlib import Path
 from typing import Any
 
 import gradio as gr
-from starlette.middleware import Middleware
 
 from ..chat.reply import AnswerDelta, ChatEvent, Conversation, Loading, QueuePosition, ThinkingDelta, Turn, stream_reply
 from ..engine.sampling import DEFAULT_MAX_NEW_TOKENS, NON_THINKING_DEFAULTS, THINKING_DEFAULTS
 from ..errors import ChatbotError
 from .app_state import App
-from .security import HostOriginGuard, guard_options
+from .security import ui_middleware
 from .ui_render import LiveReply, badge_html, conversation_messages, user_message
 from .ui_session import StopSignals, from_saved_form, is_mode_default, sampling_kwargs, saved_form, storage_secret
 
@@ -482,6 +481,6 @@ def launch_ui(app: App) -> None:
         ssr_mode=False,
         show_error=True,
         quiet=True,
-        app_kwargs={"middleware": [Middleware(HostOriginGuard, **guard_options(app.settings))]},
+        app_kwargs={"middleware": ui_middleware(app.settings)},
         max_file_size=int(app.settings.max_upload_mb * 2**20),
     )
