@@ -218,3 +218,17 @@ def test_guessing_is_slowed_down_and_logged_without_the_secret(locked_app: Runni
     assert send("guess-123").status_code in (400, 401)
     log = locked_app.log()
     assert f"6 failed {what} from 127.0.0.1" in log and "guess-123" not in log
+
+
+def test_with_a_login_gradios_own_routes_need_it_too(locked_app: RunningApp) -> None:
+    for method, path in [
+        ("GET", "/gradio_api/heartbeat/victim-session-hash"),
+        ("POST", "/gradio_api/cancel"),
+        ("POST", "/gradio_api/queue/join"),
+        ("POST", "/gradio_api/upload"),
+    ]:
+        response = httpx.request(method, locked_app.ui_url + path, timeout=30)
+        assert response.status_code == 401, (path, response.status_code)
+    with httpx.Client(base_url=locked_app.ui_url, timeout=30) as browser:
+        assert browser.post("/login", data={"username": "alice", "password": "right"}).status_code == 200
+        assert browser.post("/gradio_api/upload", files={"files": ("a.json", b"[]")}).status_code == 200

@@ -81,7 +81,7 @@ def host_name(value: str) -> str:
 
 async def send_json_error(send, status: int, message: str, code: str, headers: Iterable[tuple[bytes, bytes]] = ()):
     """An OpenAI-style error body, for middleware that answers before the app does."""
-    kind = "forbidden" if status == 403 else "rate_limit_error"
+    kind = {401: "authentication_error", 403: "forbidden"}.get(status, "rate_limit_error")
     body = json.dumps({"error": {"message": message, "type": kind, "param": None, "code": code}}).encode()
     start_headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), *headers]
     await send({"type": "http.response.start", "status": status, "headers": start_headers})
@@ -212,6 +212,42 @@ def ui_login_outcome(scope: dict, status: int) -> str | None:
     return "succeeded" if status == 200 else "failed" if status == 400 else None
 
 
+class LoginRequired:
+    """ASGI middleware for Gradio with ``--auth``: its API routes (``/gradio_api/...``: queue, heartbeat,
+    cancel, upload, files) answer only to a browser that has logged in; Gradio itself checks the login on
+    some of them only. The login is Gradio's own session cookie, checked against its session tokens.
+    """
+
+    OPEN = ("/gradio_api/startup-events",)  # Gradio calls it on itself once at launch
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        path = scope.get("path", "")
+        if (
+            scope["type"] == "http"
+            and path.startswith("/gradio_api/")
+            and path not in self.OPEN
+            and not self.logged_in(scope)
+        ):
+            await send_json_error(send, 401, "Log in first (the page asks for the --auth user and password).", "login")
+            return
+        await self.app(scope, receive, send)
+
+    @staticmethod
+    def logged_in(scope) -> bool:
+        tokens = getattr(scope.get("app"), "tokens", None) or {}
+        for name, value in scope.get("headers", ()):
+            if name.lower() != b"cookie":
+                continue
+            for part in value.decode("latin-1").split(";"):
+                key, _, token = part.strip().partition("=")
+                if key.startswith("access-token") and token in tokens:
+                    return True
+        return False
+
+
 def ui_middleware(settings) -> list:
     """Middleware for Gradio's app: the Host/Origin guard, and login throttling when there is a login."""
     from starlette.middleware import Middleware
@@ -219,6 +255,7 @@ def ui_middleware(settings) -> list:
     middleware = [Middleware(HostOriginGuard, **guard_options(settings))]
     if settings.auth is not None:
         middleware.append(Middleware(FailedLoginThrottle, outcome=ui_login_outcome, what="logins"))
+        middleware.append(Middleware(LoginRequired))
     return middleware
 
 
