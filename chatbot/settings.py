@@ -45,6 +45,7 @@ class Settings(BaseSettings):
     )
     cors_origins: str = Field("", description="Web origins (https://app.example) allowed to call the API from a page.")
     max_upload_mb: float = Field(10.0, gt=0, description="Largest file the web page accepts (conversation imports).")
+    max_request_mb: float = Field(8.0, gt=0, description="Largest request body either server reads (413 above).")
     queue_size: int = Field(16, ge=1, le=1024, description="Requests that may wait for the model at once.")
     system_prompt: str = Field("", description="Default system prompt of the web UI.")
     prefix_cache_tokens: int = Field(

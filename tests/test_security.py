@@ -232,3 +232,27 @@ def test_with_a_login_gradios_own_routes_need_it_too(locked_app: RunningApp) -> 
     with httpx.Client(base_url=locked_app.ui_url, timeout=30) as browser:
         assert browser.post("/login", data={"username": "alice", "password": "right"}).status_code == 200
         assert browser.post("/gradio_api/upload", files={"files": ("a.json", b"[]")}).status_code == 200
+
+
+def test_an_oversized_body_is_refused_before_it_is_read_and_memory_stays_put(demo_app: RunningApp) -> None:
+    import psutil
+
+    process = psutil.Process(demo_app.process.pid)
+    before = process.memory_info().rss
+    huge = '{"messages": [{"role": "user", "content": "' + "a" * (50 * 2**20) + '"}]}'
+    response = httpx.post(
+        demo_app.api_url + "/v1/chat/completions",
+        content=huge,
+        headers={"Content-Type": "application/json"},
+        timeout=60,
+    )
+    assert response.status_code == 413 and "--max-request-mb" in response.json()["error"]["message"]
+
+    def chunks():  # no Content-Length: counted as it arrives
+        for _ in range(20):
+            yield b"a" * 2**20
+
+    chunked = httpx.post(demo_app.ui_url + "/gradio_api/queue/join", content=chunks(), timeout=60)
+    assert chunked.status_code == 413
+    assert process.memory_info().rss - before < 100 * 2**20
+    assert httpx.post(demo_app.api_url + "/v1/chat/completions", json=HELLO, timeout=60).status_code == 200

@@ -63,6 +63,7 @@ def add_serve_flags(parser: argparse.ArgumentParser) -> None:
         help="web origins allowed to call the API from a browser, comma-separated (env QWEN_CORS_ORIGINS)",
     )
     parser.add_argument("--max-upload-mb", type=float, help="largest file the web page accepts (default 10)")
+    parser.add_argument("--max-request-mb", type=float, help="largest request body either server reads (default 8)")
     parser.add_argument("--queue-size", type=int, help="requests that may wait for the model (default 16)")
     parser.add_argument("--system-prompt", help="default system prompt of the web UI")
     parser.add_argument("--prefix-cache-tokens", type=int, help="tokens of conversation cache kept for reuse")
@@ -88,6 +89,7 @@ SETTING_FLAGS = (
     "allowed_hosts",
     "cors_origins",
     "max_upload_mb",
+    "max_request_mb",
     "queue_size",
     "system_prompt",
     "prefix_cache_tokens",

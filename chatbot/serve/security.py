@@ -81,7 +81,7 @@ def host_name(value: str) -> str:
 
 async def send_json_error(send, status: int, message: str, code: str, headers: Iterable[tuple[bytes, bytes]] = ()):
     """An OpenAI-style error body, for middleware that answers before the app does."""
-    kind = {401: "authentication_error", 403: "forbidden"}.get(status, "rate_limit_error")
+    kind = {401: "authentication_error", 403: "forbidden", 413: "invalid_request_error"}.get(status, "rate_limit_error")
     body = json.dumps({"error": {"message": message, "type": kind, "param": None, "code": code}}).encode()
     start_headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), *headers]
     await send({"type": "http.response.start", "status": status, "headers": start_headers})
@@ -198,6 +198,64 @@ class FailedLoginThrottle:
             self.clients.popitem(last=False)
 
 
+class BodySizeLimit:
+    """ASGI middleware: a request body over ``limit`` bytes gets 413 before the app reads (or parses) it.
+
+    A declared Content-Length over the limit is refused at once; a chunked body is counted as it
+    arrives and cut off at the limit (the app then sees a client that went away), so no request can
+    make the server hold more than ``limit`` bytes.
+    """
+
+    def __init__(self, app, limit: int) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = next((value for name, value in scope.get("headers", ()) if name.lower() == b"content-length"), None)
+        if declared is not None and declared.isdigit() and int(declared) > self.limit:
+            await self.refuse(send)
+            return
+        received = 0
+        started = too_large = False
+
+        async def counting_receive():
+            nonlocal received, too_large
+            if too_large:
+                return {"type": "http.disconnect"}
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.limit:  # the app sees a client that went away, and stops reading
+                    too_large = True
+                    return {"type": "http.disconnect"}
+            return message
+
+        async def watching_send(message) -> None:
+            nonlocal started
+            if too_large and not started:
+                return  # whatever the app answers to a vanished client, ours is the 413 below
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, counting_receive, watching_send)
+        except Exception:
+            if not too_large:
+                raise
+        if too_large and not started:
+            await self.refuse(send)
+
+    async def refuse(self, send) -> None:
+        mib = self.limit / 2**20
+        message = (
+            f"The request body is larger than this server accepts ({mib:.0f} MiB). Send less text, or start "
+            "the server with a larger --max-request-mb."
+        )
+        await send_json_error(send, 413, message, "request_too_large")
+
+
 def api_key_outcome(scope: dict, status: int) -> str | None:
     """A wrong key is a failed attempt (a request without any key is not a guess); a served /v1 request forgives."""
     has_key = any(name.lower() == b"authorization" for name, _ in scope.get("headers", ()))
@@ -252,7 +310,9 @@ def ui_middleware(settings) -> list:
     """Middleware for Gradio's app: the Host/Origin guard, and login throttling when there is a login."""
     from starlette.middleware import Middleware
 
-    middleware = [Middleware(HostOriginGuard, **guard_options(settings))]
+    # Uploads have their own limit (Gradio's max_file_size), checked with a clear message in the page.
+    body_limit = int(max(settings.max_request_mb, settings.max_upload_mb + 1) * 2**20)
+    middleware = [Middleware(HostOriginGuard, **guard_options(settings)), Middleware(BodySizeLimit, limit=body_limit)]
     if settings.auth is not None:
         middleware.append(Middleware(FailedLoginThrottle, outcome=ui_login_outcome, what="logins"))
         middleware.append(Middleware(LoginRequired))
@@ -279,6 +339,7 @@ def install_api_guards(api, settings) -> None:
             allow_methods=["GET", "POST", "OPTIONS"],
             allow_headers=["Authorization", "Content-Type"],
         )
+    api.add_middleware(BodySizeLimit, limit=int(settings.max_request_mb * 2**20))
     if settings.api_key is not None:
         api.add_middleware(FailedLoginThrottle, outcome=api_key_outcome, what="API keys")
     api.add_middleware(HostOriginGuard, **guard_options(settings))
