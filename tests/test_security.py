@@ -256,3 +256,21 @@ def test_an_oversized_body_is_refused_before_it_is_read_and_memory_stays_put(dem
     assert chunked.status_code == 413
     assert process.memory_info().rss - before < 100 * 2**20
     assert httpx.post(demo_app.api_url + "/v1/chat/completions", json=HELLO, timeout=60).status_code == 200
+
+
+def test_a_flood_of_one_log_message_is_cut_short_and_counted(monkeypatch) -> None:
+    import logging
+
+    from chatbot.serve import log_limits
+
+    clock = [1000.0]
+    monkeypatch.setattr(log_limits.time, "monotonic", lambda: clock[0])
+    guard = log_limits.RateLimitFilter(burst=3, period=60)
+    records = [logging.LogRecord("uvicorn.error", logging.WARNING, "", 0, "Invalid HTTP request received.", (), None)]
+    passed = [guard.filter(logging.makeLogRecord(records[0].__dict__)) for _ in range(1000)]
+    assert sum(passed) == 3  # 997 dropped, not written
+    other = logging.LogRecord("app", logging.INFO, "", 0, "another message", (), None)
+    assert guard.filter(other)  # other messages are not affected
+    clock[0] += 61
+    summary = logging.makeLogRecord(records[0].__dict__)
+    assert guard.filter(summary) and "[997 similar messages dropped]" in summary.getMessage()

@@ -25,6 +25,7 @@ from ..authoring.modelgen import ensure_demo_model
 from ..engine.engine import ChatEngine
 from ..model.checkpoint import inspect_checkpoint, resolve_checkpoint
 from ..settings import Settings
+from . import log_limits
 from .app_state import DEMO_NAME, App
 
 log = logging.getLogger(__name__)
@@ -34,6 +35,7 @@ def configure_logging(level: str) -> None:
     logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for noisy in ("httpx", "httpcore", "urllib3", "huggingface_hub"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    log_limits.install()
 
 
 def create_app(settings: Settings) -> App:
