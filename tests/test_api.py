@@ -416,7 +416,8 @@ def test_openapi_schema_describes_every_request_field_with_the_sampling_ranges(a
 
 def in_process_client(source: str, **settings: object) -> TestClient:
     engine = ChatEngine(source, device="cpu")
-    return TestClient(build_api(App(Settings(model=source, **settings), engine, "qwen3-test")))
+    app = build_api(App(Settings(model=source, **settings), engine, "qwen3-test"))
+    return TestClient(app, base_url="http://127.0.0.1")  # a name the server answers to
 
 
 def test_health_says_loading_with_200_before_the_model_is_ready(scripted_fp8) -> None:
@@ -456,7 +457,7 @@ def test_a_generation_that_fails_part_way_is_reported_and_the_server_keeps_servi
         plain = http.post("/v1/chat/completions", json={"messages": HELLO})
         with http.stream("POST", "/v1/chat/completions", json={"messages": HELLO, "stream": True}) as response:
             status, payloads = response.status_code, sse_payloads(response.read().decode())
-        client = openai.OpenAI(base_url="http://testserver/v1", api_key="x", http_client=http, max_retries=0)
+        client = openai.OpenAI(base_url="http://127.0.0.1/v1", api_key="x", http_client=http, max_retries=0)
         with pytest.raises(openai.APIError, match="out of memory"):
             list(client.chat.completions.create(model="qwen3", messages=HELLO, stream=True))
         monkeypatch.undo()

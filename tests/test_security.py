@@ -11,7 +11,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import RunningApp, start_app, stop_app
+from conftest import WAIT_LIMIT_SECONDS, RunningApp, start_app, stop_app
 
 from chatbot.serve.security import HostOriginGuard, allowed_hosts, host_name
 
@@ -209,7 +209,7 @@ def test_guessing_is_slowed_down_and_logged_without_the_secret(locked_app: Runni
 
         what, right = "logins", "right"
     attempt, refused = attempts_until_refused(lambda: send("guess-123"))
-    assert attempt == 7  # five free failures, the sixth locks for a second, the seventh is refused
+    assert attempt == 12  # ten free failures, the eleventh locks for a second, the twelfth is refused
     wait = int(refused.headers["Retry-After"])
     assert 1 <= wait <= 300 and "Too many failed" in refused.json()["error"]["message"]
     assert send(right).status_code == 429  # even the right secret waits: the address is locked
@@ -217,7 +217,7 @@ def test_guessing_is_slowed_down_and_logged_without_the_secret(locked_app: Runni
     assert send(right).status_code == 200  # and then it works, and the address is forgiven
     assert send("guess-123").status_code in (400, 401)
     log = locked_app.log()
-    assert f"6 failed {what} from 127.0.0.1" in log and "guess-123" not in log
+    assert f"11 failed {what} from 127.0.0.1" in log and "guess-123" not in log
 
 
 def test_with_a_login_gradios_own_routes_need_it_too(locked_app: RunningApp) -> None:
@@ -274,3 +274,24 @@ def test_a_flood_of_one_log_message_is_cut_short_and_counted(monkeypatch) -> Non
     clock[0] += 61
     summary = logging.makeLogRecord(records[0].__dict__)
     assert guard.filter(summary) and "[997 similar messages dropped]" in summary.getMessage()
+
+
+def test_connections_that_never_finish_their_request_are_closed_and_others_still_served(
+    demo_app: RunningApp,
+) -> None:
+    import socket
+
+    host, port = "127.0.0.1", int(demo_app.api_url.rsplit(":", 1)[1])
+    idle = [socket.create_connection((host, port), timeout=5) for _ in range(200)]
+    partial = [socket.create_connection((host, port), timeout=5) for _ in range(50)]
+    try:
+        for sock in partial:
+            sock.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")  # headers never finished
+        assert httpx.get(demo_app.api_url + "/health", timeout=30).status_code == 200  # others are served
+        for sock in idle + partial:  # each is closed by the server (recv gives b"") within the bound
+            sock.settimeout(WAIT_LIMIT_SECONDS)
+            assert sock.recv(1024) == b""
+    finally:
+        for sock in idle + partial:
+            sock.close()
+    assert httpx.get(demo_app.api_url + "/health", timeout=30).status_code == 200

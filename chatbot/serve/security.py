@@ -134,10 +134,11 @@ class HostOriginGuard:
 
 
 class FailedLoginThrottle:
-    """ASGI middleware: after ``free`` failed attempts from one address, 429 for 1, 2, 4... s (at most ``most``).
+    """ASGI middleware: after ``free`` failed attempts from one address, its attempts get 429 for 1, 2, 4... s
+    (at most ``most``); requests that are not attempts (``attempt(scope)`` false) pass as usual.
 
     ``outcome(scope, status)`` says what a response means: "failed", "succeeded" (which forgives the
-    address) or None (not a login attempt). Addresses are forgotten ``window`` seconds after their last
+    address) or None. Addresses are forgotten ``window`` seconds after their last
     failure, and at most ``capacity`` are remembered, so memory stays bounded under a flood.
     """
 
@@ -145,18 +146,19 @@ class FailedLoginThrottle:
         self,
         app,
         outcome: Callable[[dict, int], str | None],
+        attempt: Callable[[dict], bool],
         what: str,
-        free: int = 5,
+        free: int = 10,
         most: float = 300.0,
         window: float = 600.0,
         capacity: int = 10_000,
     ) -> None:
-        self.app, self.outcome, self.what = app, outcome, what
+        self.app, self.outcome, self.attempt, self.what = app, outcome, attempt, what
         self.free, self.most, self.window, self.capacity = free, most, window, capacity
         self.clients: OrderedDict[str, tuple[int, float, float]] = OrderedDict()  # failures, locked until, last
 
     async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or not self.attempt(scope):
             await self.app(scope, receive, send)
             return
         client = (scope.get("client") or ("unknown", 0))[0]
@@ -256,17 +258,22 @@ class BodySizeLimit:
         await send_json_error(send, 413, message, "request_too_large")
 
 
+def carries_a_key(scope: dict) -> bool:
+    return any(name.lower() == b"authorization" for name, _ in scope.get("headers", ()))
+
+
 def api_key_outcome(scope: dict, status: int) -> str | None:
-    """A wrong key is a failed attempt (a request without any key is not a guess); a served /v1 request forgives."""
-    has_key = any(name.lower() == b"authorization" for name, _ in scope.get("headers", ()))
+    """A wrong key fails; a request served with the right one forgives the address."""
     if status == 401:
-        return "failed" if has_key else None
-    return "succeeded" if has_key and scope.get("path", "").startswith("/v1/") and status < 400 else None
+        return "failed"
+    return "succeeded" if status < 400 else None
+
+
+def is_login(scope: dict) -> bool:
+    return scope.get("path", "").rstrip("/") == "/login" and scope.get("method") == "POST"
 
 
 def ui_login_outcome(scope: dict, status: int) -> str | None:
-    if scope.get("path", "").rstrip("/") != "/login":
-        return None
     return "succeeded" if status == 200 else "failed" if status == 400 else None
 
 
@@ -314,7 +321,7 @@ def ui_middleware(settings) -> list:
     body_limit = int(max(settings.max_request_mb, settings.max_upload_mb + 1) * 2**20)
     middleware = [Middleware(HostOriginGuard, **guard_options(settings)), Middleware(BodySizeLimit, limit=body_limit)]
     if settings.auth is not None:
-        middleware.append(Middleware(FailedLoginThrottle, outcome=ui_login_outcome, what="logins"))
+        middleware.append(Middleware(FailedLoginThrottle, outcome=ui_login_outcome, attempt=is_login, what="logins"))
         middleware.append(Middleware(LoginRequired))
     return middleware
 
@@ -341,5 +348,5 @@ def install_api_guards(api, settings) -> None:
         )
     api.add_middleware(BodySizeLimit, limit=int(settings.max_request_mb * 2**20))
     if settings.api_key is not None:
-        api.add_middleware(FailedLoginThrottle, outcome=api_key_outcome, what="API keys")
+        api.add_middleware(FailedLoginThrottle, outcome=api_key_outcome, attempt=carries_a_key, what="API keys")
     api.add_middleware(HostOriginGuard, **guard_options(settings))

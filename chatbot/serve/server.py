@@ -27,8 +27,10 @@ from ..model.checkpoint import inspect_checkpoint, resolve_checkpoint
 from ..settings import Settings
 from . import log_limits
 from .app_state import DEMO_NAME, App
+from .slow_clients import DeadlineH11Protocol
 
 log = logging.getLogger(__name__)
+API_CONNECTION_LIMIT = 1000
 
 
 def configure_logging(level: str) -> None:
@@ -82,6 +84,8 @@ def start_api(app: App) -> Any | None:
         port=app.settings.api_port,
         log_level=app.settings.log_level,
         access_log=False,
+        http=DeadlineH11Protocol,  # connections that never finish their headers are closed
+        limit_concurrency=API_CONNECTION_LIMIT,  # beyond it: 503 at once, instead of running out of files
     )
     server = uvicorn.Server(config)
     threading.Thread(target=server.run, name="api-server", daemon=True).start()
