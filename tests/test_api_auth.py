@@ -17,11 +17,15 @@ from chatbot.authoring.modelgen import SCRIPTED_ANSWER
 
 KEY = "sk-test-7f3a9c51e2"
 HELLO = {"model": "qwen3", "messages": [{"role": "user", "content": "Hello"}]}
+SERVED = "qwen3-0.6b-local"
 
 
 @pytest.fixture(scope="module")
 def keyed_api(scripted_fp8: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningApp]:
-    app = start_app(["--model", str(scripted_fp8), "--api-key", KEY], tmp_path_factory.mktemp("logs") / "keyed.log")
+    app = start_app(
+        ["--model", str(scripted_fp8), "--api-key", KEY, "--served-model-name", SERVED],
+        tmp_path_factory.mktemp("logs") / "keyed.log",
+    )
     try:
         yield app
     finally:
@@ -34,6 +38,7 @@ def assert_refused(response: httpx.Response) -> None:
     error = response.json()["error"]
     assert set(error) == {"message", "type", "param", "code"}
     assert error["code"] == "invalid_api_key" and "--api-key" in error["message"]
+    assert error["type"] == "authentication_error"  # what OpenAI sends; litellm maps it to AuthenticationError
     assert KEY not in response.text
 
 
@@ -53,7 +58,8 @@ def test_the_openai_client_with_the_key_gets_answers(keyed_api) -> None:
     assert reply.choices[0].message.content == SCRIPTED_ANSWER
     streamed = client.chat.completions.create(model="qwen3", messages=HELLO["messages"], stream=True)
     assert "".join(chunk.choices[0].delta.content or "" for chunk in streamed if chunk.choices) == SCRIPTED_ANSWER
-    assert len(client.models.list().data) == 1
+    assert [model.id for model in client.models.list().data] == [SERVED]  # --served-model-name
+    assert client.models.retrieve(SERVED).id == SERVED and reply.model == SERVED
 
 
 def test_the_openai_client_with_a_wrong_key_gets_an_authentication_error(keyed_api) -> None:

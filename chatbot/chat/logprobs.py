@@ -15,15 +15,18 @@ from ..engine.sampling import TokenLogprob
 
 
 def answer_records(
-    records: Sequence[TokenLogprob], *, thinking: bool, think_close_id: int | None, eos_ids: Sequence[int]
+    records: Sequence[TokenLogprob], vocab: Vocabulary, *, thinking: bool, eos_ids: Sequence[int]
 ) -> list[TokenLogprob]:
-    """The records of the answer's tokens (after ``</think>`` when the reply thinks first)."""
+    """The records of the answer's tokens (after ``</think>`` and the blank line that follows it when
+    the reply thinks first), as the answer text is reported: stripped, without the end-of-turn token."""
     start = 0
     if thinking:
-        closes = [i for i, record in enumerate(records) if record.token == think_close_id]
+        closes = [i for i, record in enumerate(records) if record.token == vocab.think_close_id]
         if not closes:
             return []  # cut off while thinking: no answer
         start = closes[0] + 1
+        while start < len(records) and not vocab.token_bytes[records[start].token].strip():
+            start += 1
     kept = list(records[start:])
     while kept and kept[-1].token in eos_ids:
         kept.pop()

@@ -250,12 +250,7 @@ def _run(
                 finish = "tool_calls"
             logprobs = None
             if options.logprobs and vocab is not None:
-                records = answer_records(
-                    result.logprobs,
-                    thinking=expect_thinking,
-                    think_close_id=vocab.think_close_id,
-                    eos_ids=loaded.eos_token_ids,
-                )
+                records = answer_records(result.logprobs, vocab, thinking=expect_thinking, eos_ids=loaded.eos_token_ids)
                 logprobs = openai_logprobs(records, vocab)
             yield ChatDone(
                 split.thinking,
