@@ -242,9 +242,10 @@ def test_openai_parse_with_a_pydantic_model(client, thinking) -> None:
 
 
 def test_json_object_and_logit_bias(api, tokenizer) -> None:
-    # Any JSON object; the bias on "}" makes the scripted model close it at once.
-    closing = tokenizer.convert_tokens_to_ids("}")
-    body = {"messages": HELLO, "response_format": {"type": "json_object"}, "logit_bias": {str(closing): 50}}
+    # Any JSON object: the biases make the scripted model open it and close it at once.
+    opening, closing = tokenizer.convert_tokens_to_ids("{"), tokenizer.convert_tokens_to_ids("}")
+    bias = {str(opening): 30, str(closing): 50}
+    body = {"messages": HELLO, "response_format": {"type": "json_object"}, "logit_bias": bias, "max_tokens": 40}
     reply = reply_of(api, body)
     assert json.loads(reply["choices"][0]["message"]["content"]) == {}
     chunks = stream_of(api, body)
