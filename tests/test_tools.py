@@ -15,10 +15,13 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from chatbot.chat.prompt import build_prompt
+from chatbot.chat.prompt import Prompt, build_prompt
+from chatbot.chat.reply import ChatDone, ThinkingDelta, ToolCallDelta, _run
 from chatbot.chat.structured import response_format_constraint
 from chatbot.chat.tools import ToolCallStream, parse_tool_calls, tool_call_constraint
 from chatbot.engine.constraints import Constraint
+from chatbot.engine.engine import Finished, TextDelta
+from chatbot.engine.generation import GenerationResult, GenerationStats
 from chatbot.engine.sampling import Sampler, sampling_options
 from chatbot.errors import ContextLengthError, InvalidRequestError
 
@@ -198,3 +201,29 @@ def test_an_unusable_schema_is_a_request_error() -> None:
     assert caught.value.param == "response_format"
     with pytest.raises(InvalidRequestError):
         response_format_constraint({"type": "xml"}, after_thinking=False)
+
+
+class ScriptedStream:
+    """Stands in for the engine's stream only: replays a reply's text in pieces, as the decode loop emits it."""
+
+    def __init__(self, text: str, piece: int = 3) -> None:
+        self.text, self.piece = text, piece
+
+    def stream(self, prompt_ids, options, cancel):
+        for start in range(0, len(self.text), self.piece):
+            yield TextDelta(self.text[start : start + self.piece])
+        yield Finished(GenerationResult(self.text, (), "stop", GenerationStats()))
+
+
+def test_a_tool_call_written_while_thinking_is_not_a_call() -> None:
+    call = '<tool_call>\n{"name": "get_time", "arguments": {}}\n</tool_call>'
+    text = f"<think>Maybe {call} would help.</think>\n\nI know it: {call}"
+    prompt = Prompt([], True, 0)
+    events = list(_run(ScriptedStream(text), None, prompt, sampling_options(True), None, True, True, None, None))
+    thinking = "".join(e.text for e in events if isinstance(e, ThinkingDelta))
+    assert call in thinking
+    streamed = [e.call.name for e in events if isinstance(e, ToolCallDelta)]
+    done = events[-1]
+    assert isinstance(done, ChatDone) and streamed == ["get_time"]
+    assert [c.name for c in done.tool_calls] == ["get_time"] and done.finish_reason == "tool_calls"
+    assert done.answer == "I know it:" and call in done.thinking
