@@ -194,10 +194,10 @@ def stream_reply(
     if strict_context and requested_max is None:
         updates["max_new_tokens"] = loaded.max_context - len(prompt.ids)
     options = options.model_copy(update=updates)
-    yield from _run(engine, loaded, prompt, options, cancel, thinking, offered is not None, vocab, constraint)
+    yield from run_reply(engine, loaded, prompt, options, cancel, thinking, offered is not None, vocab, constraint)
 
 
-def _run(
+def run_reply(
     engine: ChatEngine,
     loaded: LoadedModel,
     prompt: Any,
@@ -208,6 +208,8 @@ def _run(
     vocab: Vocabulary | None,
     constraint: Constraint | None,
 ) -> Iterator[ChatEvent]:
+    """The events of one prepared request: thinking and answer apart, tool calls parsed from the answer."""
+    del constraint  # compiled already; the engine applies it through the sampling options
     expect_thinking = thinking and not prompt.continues
     splitter = ThinkingStreamSplitter(expect_thinking=expect_thinking)
     calls_stream = ToolCallStream() if parse_tools else None
