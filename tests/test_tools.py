@@ -219,7 +219,7 @@ def test_a_tool_call_written_while_thinking_is_not_a_call() -> None:
     call = '<tool_call>\n{"name": "get_time", "arguments": {}}\n</tool_call>'
     text = f"<think>Maybe {call} would help.</think>\n\nI know it: {call}"
     prompt = Prompt([], True, 0)
-    events = list(run_reply(ScriptedStream(text), None, prompt, sampling_options(True), None, True, True, None, None))
+    events = list(run_reply(ScriptedStream(text), None, prompt, sampling_options(True), None, True, True, None))
     thinking = "".join(e.text for e in events if isinstance(e, ThinkingDelta))
     assert call in thinking
     streamed = [e.call.name for e in events if isinstance(e, ToolCallDelta)]

@@ -15,7 +15,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..engine.constraints import Constraint, Vocabulary, vocabulary
+from ..engine.constraints import Vocabulary, vocabulary
 from ..engine.engine import ChatEngine, Failed, Finished, Queued, TextDelta
 from ..engine.sampling import sampling_options
 from ..errors import ChatbotError, InvalidRequestError
@@ -194,7 +194,7 @@ def stream_reply(
     if strict_context and requested_max is None:
         updates["max_new_tokens"] = loaded.max_context - len(prompt.ids)
     options = options.model_copy(update=updates)
-    yield from run_reply(engine, loaded, prompt, options, cancel, thinking, offered is not None, vocab, constraint)
+    yield from run_reply(engine, loaded, prompt, options, cancel, thinking, offered is not None, vocab)
 
 
 def run_reply(
@@ -206,10 +206,8 @@ def run_reply(
     thinking: bool,
     parse_tools: bool,
     vocab: Vocabulary | None,
-    constraint: Constraint | None,
 ) -> Iterator[ChatEvent]:
     """The events of one prepared request: thinking and answer apart, tool calls parsed from the answer."""
-    del constraint  # compiled already; the engine applies it through the sampling options
     expect_thinking = thinking and not prompt.continues
     splitter = ThinkingStreamSplitter(expect_thinking=expect_thinking)
     calls_stream = ToolCallStream() if parse_tools else None
