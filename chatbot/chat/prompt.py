@@ -101,11 +101,6 @@ def normalize_messages(messages: Sequence[dict[str, Any]]) -> list[dict[str, Any
         clean.append(item)
     if clean[-1]["role"] == "user" and not clean[-1]["content"].strip():
         raise InvalidRequestError("the last user message is empty", param="messages", fix="Type a message.")
-    if clean[-1]["role"] == "system":
-        raise InvalidRequestError(
-            "the conversation ends with a system message; end it with a user, tool or assistant message",
-            param="messages",
-        )
     return clean
 
 

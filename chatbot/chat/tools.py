@@ -86,18 +86,15 @@ class ToolCallStream:
         self.started = False
 
     def _content(self, out: list[tuple[str, Any]], text: str) -> None:
-        if not text:
-            return
-        if not text.strip():
-            self.pending_space += text
-            return
+        # Whitespace is held back until text follows it, so that none is sent before a call or at the end.
+        text = self.pending_space + text
         if not self.started:
             text = text.lstrip()
-        elif self.pending_space:
-            text = self.pending_space + text
-        self.pending_space = ""
-        self.started = True
-        out.append(("content", text))
+        body = text.rstrip()
+        self.pending_space = text[len(body) :]
+        if body:
+            self.started = True
+            out.append(("content", body))
 
     def feed(self, text: str) -> list[tuple[str, Any]]:
         """[("content", str) | ("tool_call", ToolCall)] for the text that is now known."""
