@@ -13,10 +13,23 @@ import jsonschema_rs
 SCHEMAS = json.loads((Path(__file__).parent / "spec" / "openai_chat_schemas.json").read_text(encoding="utf-8"))
 
 
+def json_schema(node: Any) -> Any:
+    """OpenAPI's ``nullable: true`` (which the published file still uses in places) as JSON Schema:
+    ``{"anyOf": [the schema, {"type": "null"}]}``; everything else unchanged."""
+    if isinstance(node, list):
+        return [json_schema(item) for item in node]
+    if not isinstance(node, dict):
+        return node
+    converted = {key: json_schema(value) for key, value in node.items() if key != "nullable"}
+    if node.get("nullable") is True:
+        return {"anyOf": [converted, {"type": "null"}]}
+    return converted
+
+
 @cache
 def validator(name: str) -> Any:
     return jsonschema_rs.Draft202012Validator(
-        {"$ref": f"#/components/schemas/{name}", "components": SCHEMAS["components"]}
+        {"$ref": f"#/components/schemas/{name}", "components": json_schema(SCHEMAS["components"])}
     )
 
 
