@@ -16,6 +16,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import re
 import threading
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -29,6 +30,7 @@ log = logging.getLogger(__name__)
 THINK_CLOSE = "</think>"
 # What may precede the constrained answer: the blank line Qwen3 writes after </think>.
 LEADING_NEWLINES = '"\\n"{0,2}'
+ENGINE_PREFIX = re.compile(r"^\[[\d:]+\] \S+:\d+: ")
 
 
 @dataclass(frozen=True)
@@ -60,7 +62,7 @@ class Constraint:
             value = xgr.Grammar.from_json_schema(schema, any_whitespace=False)
         except (RuntimeError, ValueError, TypeError) as exc:
             raise InvalidRequestError(
-                f"The JSON schema cannot be used for constrained decoding: {exc}",
+                f"The JSON schema cannot be used for constrained decoding: {engine_message(exc)}",
                 param=self.param,
                 fix="Send a valid JSON Schema (type, properties, required, enum, items, anyOf...).",
             ) from exc
@@ -74,6 +76,11 @@ class Constraint:
             options.append(xgr.Grammar.concat(*parts))
         answer = options[0] if len(options) == 1 else xgr.Grammar.union(*options)
         return xgr.Grammar.concat(xgr.Grammar.from_ebnf(f"root ::= {LEADING_NEWLINES}"), answer)
+
+
+def engine_message(exc: BaseException) -> str:
+    """xgrammar's error without the C++ time stamp and source location it starts with."""
+    return ENGINE_PREFIX.sub("", str(exc)).strip()
 
 
 def literal(text: str) -> xgr.Grammar:
@@ -98,7 +105,13 @@ class Vocabulary:
             if constraint not in self._compiled:
                 if len(self._compiled) >= 64:  # bounded: schemas differ per client
                     self._compiled.pop(next(iter(self._compiled)))
-                self._compiled[constraint] = self.compiler.compile_grammar(constraint.grammar())
+                try:
+                    self._compiled[constraint] = self.compiler.compile_grammar(constraint.grammar())
+                except RuntimeError as exc:
+                    raise InvalidRequestError(
+                        f"The grammar for {constraint.param} cannot be compiled: {engine_message(exc)}",
+                        param=constraint.param,
+                    ) from exc
             return self._compiled[constraint]
 
     @functools.cached_property
