@@ -52,7 +52,11 @@ def health(app: RunningApp) -> dict:
 
 def assert_stopped_early_and_free(app: RunningApp, client: openai.OpenAI, how: str) -> None:
     """The long generation was stopped by the engine (not run to its end), and the model serves again."""
-    assert f"the client disconnected {how}; generation stopped" in app.log()
+    # The server notices the hang-up on its next poll, which a busy machine may delay: wait, bounded.
+    deadline = time.monotonic() + WAIT_LIMIT_SECONDS
+    while f"the client disconnected {how}; generation stopped" not in app.log():
+        assert time.monotonic() < deadline, f"no disconnect ({how}) logged after {WAIT_LIMIT_SECONDS:.0f} s"
+        time.sleep(0.05)
     app.wait_until_idle()
     made, most = app.cancelled_generations()[-1]
     assert most == LONG_REPLY_TOKENS and made < LONG_REPLY_TOKENS
