@@ -227,3 +227,11 @@ def test_a_tool_call_written_while_thinking_is_not_a_call() -> None:
     assert isinstance(done, ChatDone) and streamed == ["get_time"]
     assert [c.name for c in done.tool_calls] == ["get_time"] and done.finish_reason == "tool_calls"
     assert done.answer == "I know it:" and call in done.thinking
+
+
+def test_parallel_tool_calls_false_keeps_the_first_call() -> None:
+    prompt = Prompt([], False, 0)
+    stream = ScriptedStream(REPLY)
+    events = list(run_reply(stream, None, prompt, sampling_options(False), None, False, True, None, max_calls=1))
+    assert [e.call.name for e in events if isinstance(e, ToolCallDelta)] == ["get_weather"]
+    assert [c.name for c in events[-1].tool_calls] == ["get_weather"]

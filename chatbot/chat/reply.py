@@ -194,7 +194,8 @@ def stream_reply(
     if strict_context and requested_max is None:
         updates["max_new_tokens"] = loaded.max_context - len(prompt.ids)
     options = options.model_copy(update=updates)
-    yield from run_reply(engine, loaded, prompt, options, cancel, thinking, offered is not None, vocab)
+    max_calls = None if parallel_tool_calls else 1
+    yield from run_reply(engine, loaded, prompt, options, cancel, thinking, offered is not None, vocab, max_calls)
 
 
 def run_reply(
@@ -206,8 +207,10 @@ def run_reply(
     thinking: bool,
     parse_tools: bool,
     vocab: Vocabulary | None,
+    max_calls: int | None = None,
 ) -> Iterator[ChatEvent]:
-    """The events of one prepared request: thinking and answer apart, tool calls parsed from the answer."""
+    """The events of one prepared request: thinking and answer apart, tool calls parsed from the answer
+    (at most ``max_calls``: ``parallel_tool_calls: false`` keeps the first)."""
     expect_thinking = thinking and not prompt.continues
     splitter = ThinkingStreamSplitter(expect_thinking=expect_thinking)
     calls_stream = ToolCallStream() if parse_tools else None
@@ -225,7 +228,7 @@ def run_reply(
         for piece_kind, value in pieces:
             if piece_kind == "content":
                 yield AnswerDelta(value)
-            else:
+            elif max_calls is None or len(streamed_calls) < max_calls:
                 streamed_calls.append(value)
                 yield ToolCallDelta(len(streamed_calls) - 1, value)
 
@@ -244,6 +247,7 @@ def run_reply(
             if parse_tools:
                 answer, parsed = parse_tool_calls(split.answer)
                 # The streamed calls keep their ids; the whole-reply parse finds the same blocks.
+                parsed = parsed[:max_calls] if max_calls is not None else parsed
                 calls = streamed_calls if len(streamed_calls) == len(parsed) else parsed
             finish = result.finish_reason
             if calls and finish == "stop":
