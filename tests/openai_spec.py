@@ -37,3 +37,26 @@ def assert_valid(name: str, body: Any) -> None:
     """Fail with every violation of OpenAI's ``components.schemas.<name>``."""
     errors = [f"{'/'.join(map(str, e.instance_path))}: {e.message}" for e in validator(name).iter_errors(body)]
     assert not errors, f"{name} violations:\n" + "\n".join(errors[:10]) + f"\nbody: {json.dumps(body)[:2000]}"
+
+
+def validating_http_client() -> Any:
+    """An httpx client for ``openai.OpenAI(http_client=...)`` that checks every JSON body it receives
+    (completions, models, errors) against OpenAI's schemas; streams are checked chunk by chunk elsewhere."""
+    import httpx
+
+    def check(response: httpx.Response) -> None:
+        if "json" not in response.headers.get("content-type", ""):
+            return
+        response.read()
+        body = response.json()
+        path = response.request.url.path
+        if response.status_code >= 400:
+            assert_valid("ErrorResponse", body)
+        elif path.endswith("/chat/completions"):
+            assert_valid("CreateChatCompletionResponse", body)
+        elif path.endswith("/models"):
+            assert_valid("ListModelsResponse", body)
+        elif "/models/" in path:
+            assert_valid("Model", body)
+
+    return httpx.Client(event_hooks={"response": [check]}, timeout=120)

@@ -17,6 +17,7 @@ import openai
 import pytest
 from conftest import RunningApp
 from fastapi.testclient import TestClient
+from openai_spec import assert_valid, validating_http_client
 from transformers import AutoTokenizer
 
 from chatbot.authoring.modelgen import SCRIPTED_ANSWER, SCRIPTED_THINKING
@@ -42,7 +43,7 @@ def api(demo_app: RunningApp) -> RunningApp:
 
 @pytest.fixture(scope="module")
 def client(api: RunningApp) -> openai.OpenAI:
-    return openai.OpenAI(base_url=api.api_url + "/v1", api_key="x", max_retries=0)
+    return openai.OpenAI(base_url=api.api_url + "/v1", api_key="x", max_retries=0, http_client=validating_http_client())
 
 
 @pytest.fixture(scope="module")
@@ -294,6 +295,7 @@ BAD_REQUESTS = [
 
 def assert_openai_error(response: httpx.Response, status: int, param: str | None, code: str | None) -> dict:
     assert response.status_code == status, response.text
+    assert_valid("ErrorResponse", response.json())  # OpenAI's published schema
     error = response.json()["error"]
     assert set(error) == {"message", "type", "param", "code"}
     assert error["message"] and isinstance(error["message"], str)
@@ -346,6 +348,8 @@ def test_plain_httpx_streaming_is_server_sent_events(api) -> None:
     payloads = sse_payloads(text)
     assert payloads[-1] == "[DONE]"
     chunks = [json.loads(payload) for payload in payloads[:-1]]
+    for chunk in chunks:
+        assert_valid("CreateChatCompletionStreamResponse", chunk)
     assert "".join(chunk["choices"][0]["delta"].get("content", "") for chunk in chunks) == SCRIPTED_ANSWER
     assert "\r" not in text  # lines end like OpenAI's: "data: {...}\n\n"
 

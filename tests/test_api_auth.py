@@ -12,6 +12,7 @@ import httpx
 import openai
 import pytest
 from conftest import RunningApp, start_app, stop_app
+from openai_spec import assert_valid
 
 from chatbot.authoring.modelgen import SCRIPTED_ANSWER
 
@@ -35,6 +36,7 @@ def keyed_api(scripted_fp8: Path, tmp_path_factory: pytest.TempPathFactory) -> I
 def assert_refused(response: httpx.Response) -> None:
     assert response.status_code == 401, response.text
     assert response.headers["WWW-Authenticate"] == "Bearer"
+    assert_valid("ErrorResponse", response.json())
     error = response.json()["error"]
     assert set(error) == {"message", "type", "param", "code"}
     assert error["code"] == "invalid_api_key" and "--api-key" in error["message"]

@@ -17,7 +17,7 @@ import httpx
 import openai
 import pytest
 from conftest import RunningApp
-from openai_spec import assert_valid
+from openai_spec import assert_valid, validating_http_client
 from pydantic import BaseModel
 from transformers import AutoTokenizer
 
@@ -48,7 +48,7 @@ def api(demo_app: RunningApp) -> RunningApp:
 
 @pytest.fixture(scope="module")
 def client(api: RunningApp) -> openai.OpenAI:
-    return openai.OpenAI(base_url=api.api_url + "/v1", api_key="x", max_retries=0)
+    return openai.OpenAI(base_url=api.api_url + "/v1", api_key="x", max_retries=0, http_client=validating_http_client())
 
 
 @pytest.fixture(scope="module")
