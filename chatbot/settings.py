@@ -52,6 +52,9 @@ class Settings(BaseSettings):
         16384, ge=0, description="Tokens of conversation key/value cache kept for reuse (0 disables)."
     )
     threads: int | None = Field(None, ge=1, description="CPU threads for torch (default: all cores).")
+    served_model_name: str | None = Field(
+        None, min_length=1, description="Model name the API lists and answers to (default: hub id or folder name)."
+    )
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
     @field_validator("auth")

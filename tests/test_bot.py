@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 
@@ -172,3 +173,21 @@ def test_two_bots_share_one_engine_but_not_history(engine) -> None:
     assert results["alice"]["answer"] == results["bob"]["answer"] == SCRIPTED_ANSWER
     assert alice.get_history()[0]["content"] == "I am alice"
     assert bob.get_history()[0]["content"] == "I am bob"
+
+
+def test_structured_output_in_the_python_api(engine) -> None:
+    schema = {
+        "type": "object",
+        "properties": {"answer": {"enum": ["yes", "no"]}, "sure": {"type": "boolean"}},
+        "required": ["answer", "sure"],
+    }
+    bot = Qwen3ChatBot(engine=engine)
+    reply = bot.chat(
+        "Is 7 prime?",
+        enable_thinking=True,
+        response_format={"type": "json_schema", "json_schema": {"name": "verdict", "schema": schema}},
+    )
+    assert reply["thinking"] == SCRIPTED_THINKING  # the thinking stays free
+    value = json.loads(reply["answer"])
+    assert value["answer"] in ("yes", "no") and isinstance(value["sure"], bool)
+    assert bot.get_history()[-1]["content"] == reply["answer"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 
 import pytest
@@ -9,6 +10,7 @@ from transformers import AutoTokenizer
 
 from chatbot.authoring.modelgen import SCRIPTED_ANSWER, SCRIPTED_THINKING
 from chatbot.chat.prompt import build_prompt
+from chatbot.engine.constraints import Constraint
 from chatbot.engine.generation import Generator, IncrementalDetokenizer, PrefixCache, StopStringMatcher
 from chatbot.engine.sampling import sampling_options
 from chatbot.model.loader import load_model
@@ -167,3 +169,61 @@ def test_fp16_overflow_while_decoding_is_recomputed_in_fp32(random_fp8, caplog) 
     assert result.finish_reason == "length" and len(result.token_ids) == 6
     assert down.fp32_decode
     assert "FP16 overflow" in caplog.text
+
+
+def test_a_seeded_request_ignores_a_warm_prefix_cache_so_its_reply_never_depends_on_the_last_one(noisy) -> None:
+    cache = PrefixCache(4096)
+    history = [{"role": "user", "content": "First question about rabbits"}]
+    ids = build_prompt(noisy.tokenizer, history, enable_thinking=False, max_context=4096, max_new_tokens=32).ids
+    run(noisy, ids, cache=cache, temperature=0, max_new_tokens=6)  # warms the cache with this prompt
+    warm, _ = run(noisy, ids, cache=cache, seed=11, temperature=1.0, max_new_tokens=16)
+    cold, _ = run(noisy, ids, cache=None, seed=11, temperature=1.0, max_new_tokens=16)
+    assert warm.stats.cached_prompt_tokens == 0
+    assert warm.token_ids == cold.token_ids
+
+
+ENUM_SCHEMA = {
+    "type": "object",
+    "properties": {"colour": {"enum": ["red", "green", "blue"]}, "ok": {"type": "boolean"}},
+    "required": ["colour", "ok"],
+    "additionalProperties": False,
+}
+
+
+def assert_enum_json(text: str) -> None:
+    value = json.loads(text)
+    assert set(value) == {"colour", "ok"} and value["colour"] in {"red", "green", "blue"}
+    assert isinstance(value["ok"], bool)
+
+
+def test_a_grammar_makes_even_random_weights_write_schema_valid_json(noisy) -> None:
+    constraint = Constraint("json_schema", json.dumps(ENUM_SCHEMA))
+    ids = prompt_for(noisy, "Pick a colour", False)
+    for seed in range(3):
+        result, _ = run(noisy, ids, seed=seed, temperature=1.0, max_new_tokens=60, constraint=constraint)
+        assert result.finish_reason == "stop", result.text  # the grammar ends with the end-of-turn token
+        assert_enum_json(result.text)
+
+
+def test_the_grammar_waits_for_the_end_of_thinking(scripted) -> None:
+    constraint = Constraint("json_schema", json.dumps(ENUM_SCHEMA), after_thinking=True)
+    ids = prompt_for(scripted, "Pick a colour", True)
+    generator = Generator(scripted.model, scripted.tokenizer, scripted.eos_token_ids, scripted.device)
+    options = sampling_options(True, max_new_tokens=120, constraint=constraint)
+    result = generator.run(ids, options, threading.Event(), lambda _: None)
+    thinking, _, answer = result.text.partition("</think>")
+    assert thinking == f"<think>{SCRIPTED_THINKING}"  # thinking stays free
+    assert result.finish_reason == "stop"
+    assert_enum_json(answer.strip())
+
+
+def test_logit_bias_and_logprobs_on_the_scripted_model(scripted) -> None:
+    ids = prompt_for(scripted, "Hi", thinking=False)
+    first_word = scripted.tokenizer.convert_tokens_to_ids("Hello!")
+    plain, _ = run(scripted, ids, temperature=0, logprobs=True, top_logprobs=2)
+    assert plain.text == SCRIPTED_ANSWER
+    assert [record.token for record in plain.logprobs] == list(plain.token_ids)
+    assert plain.logprobs[0].top[0][0] == first_word and len(plain.logprobs[0].top) == 2
+    assert all(record.logprob <= 0 for record in plain.logprobs)
+    banned, _ = run(scripted, ids, temperature=0, max_new_tokens=4, logit_bias={first_word: -100})
+    assert banned.token_ids[0] != first_word

@@ -118,8 +118,11 @@ def test_newest_message_that_cannot_fit_is_a_clear_error(tokenizer) -> None:
         ([], "messages"),
         ([{"role": "robot", "content": "x"}], "messages[0].role"),
         ([{"role": "user", "content": 5}], "messages[0].content"),
-        ([{"role": "user", "content": "a"}, {"role": "system", "content": "b"}], "messages[1].role"),
-        ([{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}], "messages"),
+        ([{"role": "user", "content": None}], "messages[0].content"),
+        (
+            [{"role": "assistant", "content": None, "tool_calls": [{"function": {"name": 5}}]}],
+            "messages[0].tool_calls[0]",
+        ),
         ([{"role": "user", "content": "   "}], "messages"),
     ],
 )

@@ -4,8 +4,11 @@
   as plain text (``apply_chat_template(..., sanitize_control_tokens=True)``), so no message can
   forge a turn or fake thinking.
 * Earlier assistant turns are re-sent answer-only, as Qwen recommends.
-* The prompt plus ``max_new_tokens`` must fit the context window: the oldest whole turns are
-  dropped, never the system prompt or the newest message.
+* The prompt plus ``max_new_tokens`` must fit the context window: for the chat UI and the Python
+  API the oldest whole turns are dropped, never the system prompt or the newest message; the API
+  refuses instead (``trim=False``), with OpenAI's ``context_length_exceeded`` wording.
+* ``tools`` are rendered by the model's own chat template; the last message may be the assistant's,
+  which the reply then continues (``continue_final_message``).
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from typing import Any
 from ..errors import ContextLengthError, InvalidRequestError
 from .thinking import split_thinking
 
-ROLES = ("system", "user", "assistant")
+ROLES = ("system", "developer", "user", "assistant", "tool")
 SOFT_SWITCH_RE = re.compile(r"(?<![\w/])/(no_think|think)\b")
 
 
@@ -27,6 +30,7 @@ class Prompt:
     ids: list[int]
     enable_thinking: bool
     dropped_messages: int  # oldest messages left out to fit the window
+    continues: bool = False  # the last message is the assistant's, and the reply continues it
 
 
 def soft_switch(text: str) -> bool | None:
@@ -37,16 +41,39 @@ def soft_switch(text: str) -> bool | None:
     return matches[-1] == "think"
 
 
-def normalize_messages(messages: Sequence[dict[str, Any]]) -> list[dict[str, str]]:
+def _tool_calls(calls: Any, i: int) -> list[dict[str, Any]]:
+    """Assistant ``tool_calls`` as the template renders them; arguments stay the JSON text sent."""
+    param = f"messages[{i}].tool_calls"
+    if not isinstance(calls, list):
+        raise InvalidRequestError(f"{param} must be a list", param=param)
+    clean = []
+    for j, call in enumerate(calls):
+        function = call.get("function") if isinstance(call, dict) else None
+        name = function.get("name") if isinstance(function, dict) else None
+        arguments = function.get("arguments", "{}") if isinstance(function, dict) else None
+        if not isinstance(name, str) or not isinstance(arguments, str | dict):
+            raise InvalidRequestError(
+                f'{param}[{j}] must look like {{"id", "type": "function", "function": {{"name", "arguments"}}}}',
+                param=f"{param}[{j}]",
+            )
+        clean.append({"type": "function", "id": call.get("id"), "function": {"name": name, "arguments": arguments}})
+    return clean
+
+
+def normalize_messages(messages: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """Validate roles and contents; assistant turns keep their answer only.
 
+    ``developer`` is a system message (OpenAI's newer name); system messages may come anywhere.
+    Assistant messages may have ``content: null`` with ``tool_calls``; ``tool`` messages carry tool
+    results. A conversation ending with an assistant message asks to continue that message.
+
     Raises:
-        InvalidRequestError: empty list, unknown role, non-string content, system message not first,
-        or a conversation that does not end with a user message.
+        InvalidRequestError: empty list, unknown role, non-string content, malformed tool calls, or
+        an empty last user message.
     """
     if not messages:
         raise InvalidRequestError("messages must not be empty", param="messages")
-    clean: list[dict[str, str]] = []
+    clean: list[dict[str, Any]] = []
     for i, message in enumerate(messages):
         role = message.get("role")
         content = message.get("content")
@@ -54,6 +81,8 @@ def normalize_messages(messages: Sequence[dict[str, Any]]) -> list[dict[str, str
             raise InvalidRequestError(
                 f"messages[{i}].role is {role!r}; use one of {', '.join(ROLES)}", param=f"messages[{i}].role"
             )
+        if content is None and role == "assistant":
+            content = ""
         if not isinstance(content, str):
             raise InvalidRequestError(f"messages[{i}].content must be a string", param=f"messages[{i}].content")
         if not _is_encodable(content):
@@ -62,14 +91,15 @@ def normalize_messages(messages: Sequence[dict[str, Any]]) -> list[dict[str, str
                 param=f"messages[{i}].content",
                 fix="Send UTF-8 text; unpaired \\ud800-\\udfff escapes cannot be encoded.",
             )
-        if role == "system" and i != 0:
-            raise InvalidRequestError("only the first message may be a system message", param=f"messages[{i}].role")
+        item: dict[str, Any] = {"role": "system" if role == "developer" else role, "content": content}
         if role == "assistant":
-            content = split_thinking(content).answer
-        clean.append({"role": role, "content": content})
-    if clean[-1]["role"] != "user":
-        raise InvalidRequestError("the last message must be a user message", param="messages")
-    if not clean[-1]["content"].strip():
+            item["content"] = split_thinking(content).answer
+            if message.get("tool_calls"):
+                item["tool_calls"] = _tool_calls(message["tool_calls"], i)
+        if role == "tool" and message.get("tool_call_id") is not None:
+            item["tool_call_id"] = message["tool_call_id"]
+        clean.append(item)
+    if clean[-1]["role"] == "user" and not clean[-1]["content"].strip():
         raise InvalidRequestError("the last user message is empty", param="messages", fix="Type a message.")
     return clean
 
@@ -82,17 +112,23 @@ def _is_encodable(text: str) -> bool:
     return True
 
 
-def effective_thinking(messages: Sequence[dict[str, str]], enable_thinking: bool) -> bool:
+def effective_thinking(messages: Sequence[dict[str, Any]], enable_thinking: bool) -> bool:
     """The thinking switch after the newest user message's soft switch (``/think``, ``/no_think``)."""
-    switched = soft_switch(messages[-1]["content"])
+    users = [m for m in messages if m["role"] == "user"]
+    switched = soft_switch(users[-1]["content"]) if users else None
     return enable_thinking if switched is None else switched
 
 
-def encode(tokenizer: Any, messages: list[dict[str, str]], enable_thinking: bool) -> list[int]:
+def encode(
+    tokenizer: Any, messages: list[dict[str, Any]], enable_thinking: bool, tools: list[dict[str, Any]] | None = None
+) -> list[int]:
+    continues = messages[-1]["role"] == "assistant"
     return list(
         tokenizer.apply_chat_template(
             messages,
-            add_generation_prompt=True,
+            tools=tools or None,
+            add_generation_prompt=not continues,
+            continue_final_message=continues,
             tokenize=True,
             return_dict=False,
             sanitize_control_tokens=True,
@@ -101,23 +137,52 @@ def encode(tokenizer: Any, messages: list[dict[str, str]], enable_thinking: bool
     )
 
 
+def context_error(max_context: int, prompt_tokens: int, max_new_tokens: int | None) -> ContextLengthError:
+    """OpenAI's words for a conversation that does not fit (clients such as litellm match them)."""
+    if max_new_tokens is None:
+        text = (
+            f"This model's maximum context length is {max_context} tokens. However, your messages resulted in "
+            f"{prompt_tokens} tokens. Please reduce the length of the messages."
+        )
+    else:
+        text = (
+            f"This model's maximum context length is {max_context} tokens. However, you requested "
+            f"{prompt_tokens + max_new_tokens} tokens ({prompt_tokens} in the messages, {max_new_tokens} in the "
+            "completion). Please reduce the length of the messages or completion."
+        )
+    return ContextLengthError(text, param="messages")
+
+
 def build_prompt(
     tokenizer: Any,
     messages: Sequence[dict[str, Any]],
     *,
     enable_thinking: bool,
     max_context: int,
-    max_new_tokens: int,
+    max_new_tokens: int | None,
+    tools: list[dict[str, Any]] | None = None,
+    trim: bool = True,
 ) -> Prompt:
     """Token ids for the conversation, trimmed so that the reply has ``max_new_tokens`` of room.
 
+    With ``trim=False`` (the API) nothing is dropped: a conversation that does not fit is a
+    ``ContextLengthError`` in OpenAI's words. ``max_new_tokens=None`` asks for at least one token of room.
+
     Raises:
         InvalidRequestError: malformed messages (see ``normalize_messages``).
-        ContextLengthError: the newest message (with the system prompt) alone does not fit.
+        ContextLengthError: the conversation (or, when trimming, the newest message with the system
+        prompt) does not fit.
     """
     clean = normalize_messages(messages)
     thinking = effective_thinking(clean, enable_thinking)
-    budget = max_context - max_new_tokens
+    continues = clean[-1]["role"] == "assistant"
+    room = 1 if max_new_tokens is None else max_new_tokens
+    budget = max_context - room
+    if not trim:
+        ids = encode(tokenizer, clean, thinking, tools)
+        if len(ids) > budget:
+            raise context_error(max_context, len(ids), max_new_tokens)
+        return Prompt(ids, thinking, 0, continues)
     has_system = clean[0]["role"] == "system"
     head = clean[:1] if has_system else []
     body = clean[len(head) :]
@@ -129,16 +194,16 @@ def build_prompt(
 
     def kept_from(k: int) -> list[int]:
         if k not in encoded:
-            encoded[k] = encode(tokenizer, head + body[starts[k] :], thinking)
+            encoded[k] = encode(tokenizer, head + body[starts[k] :], thinking, tools)
         return encoded[k]
 
     if len(kept_from(0)) <= budget:  # the usual case: everything fits
-        return Prompt(encoded[0], thinking, 0)
+        return Prompt(encoded[0], thinking, 0, continues)
     low, high = 1, len(starts) - 1
     if len(kept_from(high)) > budget:
         raise ContextLengthError(
             f"The message needs {len(encoded[high])} tokens of prompt"
-            f"{' (with the system prompt)' if has_system else ''}; with max_new_tokens={max_new_tokens} that "
+            f"{' (with the system prompt)' if has_system else ''}; with max_new_tokens={room} that "
             f"exceeds the context window of {max_context} tokens.",
             param="messages",
             fix="Shorten the message, shorten the system prompt, or lower max_new_tokens.",
@@ -149,4 +214,4 @@ def build_prompt(
             low = middle + 1
         else:
             high = middle
-    return Prompt(kept_from(low), thinking, starts[low])
+    return Prompt(kept_from(low), thinking, starts[low], continues)

@@ -15,11 +15,16 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..engine.constraints import Vocabulary, vocabulary
 from ..engine.engine import ChatEngine, Failed, Finished, Queued, TextDelta
 from ..engine.sampling import sampling_options
-from ..errors import ChatbotError
+from ..errors import ChatbotError, InvalidRequestError
+from ..model.loader import LoadedModel
+from .logprobs import answer_records, openai_logprobs
 from .prompt import build_prompt, effective_thinking, normalize_messages
+from .structured import response_format_constraint
 from .thinking import ThinkingStreamSplitter, split_thinking
+from .tools import ToolCall, ToolCallStream, parse_tool_calls, tool_call_constraint
 
 LOADING_POLL_SECONDS = 0.25
 
@@ -46,14 +51,24 @@ class AnswerDelta:
 
 
 @dataclass(frozen=True)
+class ToolCallDelta:
+    """A whole tool call parsed from the streaming answer; ``index`` counts the reply's calls from 0."""
+
+    index: int
+    call: ToolCall
+
+
+@dataclass(frozen=True)
 class ChatDone:
     thinking: str
-    answer: str
+    answer: str  # without tool-call blocks when tools were offered
     full_response: str
-    finish_reason: str  # "stop", "length" or "cancelled"
+    finish_reason: str  # "stop", "length", "tool_calls" or "cancelled"
     enable_thinking: bool
     stats: dict[str, Any]
     dropped_messages: int = 0
+    tool_calls: tuple[ToolCall, ...] = ()
+    logprobs: dict[str, Any] | None = None  # OpenAI's {"content": [...]} when asked for
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -65,7 +80,7 @@ class ChatDone:
         }
 
 
-ChatEvent = Loading | QueuePosition | ThinkingDelta | AnswerDelta | ChatDone
+ChatEvent = Loading | QueuePosition | ThinkingDelta | AnswerDelta | ToolCallDelta | ChatDone
 
 
 def wait_for_model(engine: ChatEngine) -> Iterator[Loading]:
@@ -81,22 +96,59 @@ def wait_for_model(engine: ChatEngine) -> Iterator[Loading]:
         time.sleep(LOADING_POLL_SECONDS)
 
 
+def model_vocabulary(loaded: LoadedModel) -> Vocabulary:
+    return vocabulary(loaded.tokenizer, int(loaded.model.config.vocab_size), tuple(loaded.eos_token_ids))
+
+
+def check_logit_bias(logit_bias: dict[Any, float] | None, vocab_size: int) -> dict[int, float] | None:
+    """``logit_bias`` with integer token ids; raises InvalidRequestError for an id outside the vocabulary."""
+    if not logit_bias:
+        return None
+    checked = {}
+    for key, bias in logit_bias.items():
+        token = int(key) if isinstance(key, int) or (isinstance(key, str) and key.lstrip("-").isdigit()) else -1
+        if not 0 <= token < vocab_size:
+            raise InvalidRequestError(
+                f"logit_bias has the key {key!r}, which is not a token id of this model (0 to {vocab_size - 1})",
+                param="logit_bias",
+            )
+        if not -100 <= float(bias) <= 100:
+            raise InvalidRequestError(f"logit_bias[{key!r}] is {bias}; use -100 to 100", param="logit_bias")
+        checked[token] = float(bias)
+    return checked
+
+
 def stream_reply(
     engine: ChatEngine,
     messages: Sequence[dict[str, Any]],
     *,
     enable_thinking: bool = False,
     cancel: threading.Event | None = None,
+    tools: list[dict[str, Any]] | None = None,
+    tool_choice: Any = None,
+    parallel_tool_calls: bool = True,
+    response_format: dict[str, Any] | None = None,
+    strict_context: bool = False,
     **generation_kwargs: Any,
 ) -> Iterator[ChatEvent]:
-    """Stream the assistant's reply to ``messages`` (the last one a user message).
+    """Stream the assistant's reply to ``messages``.
 
     Args:
         engine: the shared engine.
-        messages: [{"role", "content"}...]; assistant contents are re-sent answer-only.
-        enable_thinking: thinking mode (``/think`` or ``/no_think`` in the last message overrides it).
+        messages: [{"role", "content"}...]; assistant contents are re-sent answer-only. Ending with an
+            assistant message continues it.
+        enable_thinking: thinking mode (``/think`` or ``/no_think`` in the last user message overrides it).
         cancel: set it to stop the generation; the stream then ends with finish_reason "cancelled".
-        **generation_kwargs: sampling options (see ``SamplingOptions``), e.g. temperature, max_new_tokens.
+        tools: OpenAI-style function tools, rendered by the chat template; calls in the answer become
+            ``ToolCallDelta`` events and ``ChatDone.tool_calls``.
+        tool_choice: "auto" (default with tools), "none", "required" or {"type": "function", "function":
+            {"name": ...}}; the last two are enforced by constrained decoding.
+        parallel_tool_calls: with "required", allow several calls in one reply.
+        response_format: {"type": "json_object"} or {"type": "json_schema", "json_schema": {"schema": ...}}.
+        strict_context: the API's rules: never drop turns (a conversation that does not fit is a
+            ContextLengthError in OpenAI's words), and no max_new_tokens means the room left.
+        **generation_kwargs: sampling options (see ``SamplingOptions``), e.g. temperature, max_new_tokens,
+            logit_bias, logprobs, top_logprobs.
     Raises:
         InvalidRequestError, ContextLengthError: bad messages or options; nothing was generated.
         QueueFullError: too many requests waiting.
@@ -104,34 +156,116 @@ def stream_reply(
     """
     clean = normalize_messages(messages)
     thinking = effective_thinking(clean, enable_thinking)
-    options = sampling_options(thinking, **generation_kwargs)
+    continues = clean[-1]["role"] == "assistant"
+    offered = tools if tools and tool_choice != "none" else None
+    after_thinking = thinking and not continues
+    constraint = tool_call_constraint(
+        tools or [], tool_choice, parallel=parallel_tool_calls, after_thinking=after_thinking
+    )
+    if constraint is not None and response_format not in (None, {"type": "text"}):
+        raise InvalidRequestError(
+            "response_format cannot be combined with tool_choice required or a named function",
+            param="response_format",
+        )
+    constraint = constraint or response_format_constraint(response_format, after_thinking=after_thinking)
+    raw_bias = generation_kwargs.pop("logit_bias", None)
+    requested_max = generation_kwargs.get("max_new_tokens")
+    if strict_context and requested_max is None:
+        generation_kwargs["max_new_tokens"] = 1  # replaced by the room left once the prompt is known
+    options = sampling_options(thinking, **generation_kwargs, constraint=constraint)
     yield from wait_for_model(engine)
     loaded = engine.load()
+    vocab_size = int(loaded.model.config.vocab_size)
+    bias = check_logit_bias(raw_bias, vocab_size)
+    vocab = model_vocabulary(loaded) if (constraint is not None or options.logprobs) else None
+    if constraint is not None:
+        assert vocab is not None
+        vocab.compile(constraint)  # a schema the grammar engine refuses is a 400 before anything runs
     prompt = build_prompt(
         loaded.tokenizer,
         clean,
         enable_thinking=thinking,
         max_context=loaded.max_context,
-        max_new_tokens=options.max_new_tokens,
+        max_new_tokens=requested_max if strict_context else options.max_new_tokens,
+        tools=offered,
+        trim=not strict_context,
     )
-    splitter = ThinkingStreamSplitter(expect_thinking=thinking)
+    updates: dict[str, Any] = {"logit_bias": tuple((bias or {}).items())}
+    if strict_context and requested_max is None:
+        updates["max_new_tokens"] = loaded.max_context - len(prompt.ids)
+    options = options.model_copy(update=updates)
+    max_calls = None if parallel_tool_calls else 1
+    yield from run_reply(engine, loaded, prompt, options, cancel, thinking, offered is not None, vocab, max_calls)
+
+
+def run_reply(
+    engine: ChatEngine,
+    loaded: LoadedModel,
+    prompt: Any,
+    options: Any,
+    cancel: threading.Event | None,
+    thinking: bool,
+    parse_tools: bool,
+    vocab: Vocabulary | None,
+    max_calls: int | None = None,
+) -> Iterator[ChatEvent]:
+    """The events of one prepared request: thinking and answer apart, tool calls parsed from the answer
+    (at most ``max_calls``: ``parallel_tool_calls: false`` keeps the first)."""
+    expect_thinking = thinking and not prompt.continues
+    splitter = ThinkingStreamSplitter(expect_thinking=expect_thinking)
+    calls_stream = ToolCallStream() if parse_tools else None
+    streamed_calls: list[ToolCall] = []
+
+    def answer_events(kind: str, text: str) -> Iterator[ChatEvent]:
+        if kind == "thinking":
+            yield ThinkingDelta(text)
+        elif calls_stream is None:
+            yield AnswerDelta(text)
+        else:
+            yield from tool_events(calls_stream.feed(text))
+
+    def tool_events(pieces: list[tuple[str, Any]]) -> Iterator[ChatEvent]:
+        for piece_kind, value in pieces:
+            if piece_kind == "content":
+                yield AnswerDelta(value)
+            elif max_calls is None or len(streamed_calls) < max_calls:
+                streamed_calls.append(value)
+                yield ToolCallDelta(len(streamed_calls) - 1, value)
+
     for event in engine.stream(prompt.ids, options, cancel):
         if isinstance(event, Queued):
             yield QueuePosition(event.position)
         elif isinstance(event, TextDelta):
             for kind, text in splitter.feed(event.text):
-                yield ThinkingDelta(text) if kind == "thinking" else AnswerDelta(text)
+                yield from answer_events(kind, text)
         elif isinstance(event, Finished):
             result = event.result
+            if calls_stream is not None:
+                yield from tool_events(calls_stream.finish())
             split = split_thinking(result.text)
+            answer, calls = split.answer, []
+            if parse_tools:
+                answer, parsed = parse_tool_calls(split.answer)
+                # The streamed calls keep their ids; the whole-reply parse finds the same blocks.
+                parsed = parsed[:max_calls] if max_calls is not None else parsed
+                calls = streamed_calls if len(streamed_calls) == len(parsed) else parsed
+            finish = result.finish_reason
+            if calls and finish == "stop":
+                finish = "tool_calls"
+            logprobs = None
+            if options.logprobs and vocab is not None:
+                records = answer_records(result.logprobs, vocab, thinking=expect_thinking, eos_ids=loaded.eos_token_ids)
+                logprobs = openai_logprobs(records, vocab)
             yield ChatDone(
                 split.thinking,
-                split.answer,
+                answer,
                 result.text,
-                result.finish_reason,
+                finish,
                 thinking,
                 result.stats.to_dict(),
                 prompt.dropped_messages,
+                tuple(calls),
+                logprobs,
             )
         elif isinstance(event, Failed):
             raise event.error

@@ -67,6 +67,9 @@ def add_serve_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--queue-size", type=int, help="requests that may wait for the model (default 16)")
     parser.add_argument("--system-prompt", help="default system prompt of the web UI")
     parser.add_argument("--prefix-cache-tokens", type=int, help="tokens of conversation cache kept for reuse")
+    parser.add_argument(
+        "--served-model-name", help="model name the API lists and answers to (default: hub id or folder name)"
+    )
 
 
 SETTING_FLAGS = (
@@ -93,6 +96,7 @@ SETTING_FLAGS = (
     "queue_size",
     "system_prompt",
     "prefix_cache_tokens",
+    "served_model_name",
 )
 
 

@@ -20,7 +20,7 @@ import torch
 from ..errors import GenerationError
 from ..model.cpu_layers import use_fp32_decode
 from .kv_cache import new_cache
-from .sampling import Sampler, SamplingOptions
+from .sampling import Sampler, SamplingOptions, TokenLogprob
 
 log = logging.getLogger(__name__)
 PREFILL_CHUNK = 2048  # bounds attention memory and lets a cancel interrupt a long prompt
@@ -48,6 +48,7 @@ class GenerationResult:
     token_ids: tuple[int, ...]
     finish_reason: str
     stats: GenerationStats
+    logprobs: tuple[TokenLogprob, ...] = ()  # one per generated token when options.logprobs
 
 
 class IncrementalDetokenizer:
@@ -225,10 +226,13 @@ class Generator:
         """Generate a reply to ``prompt_ids``, calling ``emit`` with each new piece of text."""
         stats = GenerationStats(prompt_tokens=len(prompt_ids), queue_seconds=queue_seconds)
         started = time.perf_counter()
-        cache, reused = self.prefix_cache.take(prompt_ids) if self.prefix_cache else (None, 0)
+        # A seeded request always prefills in full: a reused prefix is computed in other chunks, whose
+        # rounding differs, so the same seed could otherwise give two replies.
+        reusable = self.prefix_cache is not None and options.seed is None
+        cache, reused = self.prefix_cache.take(prompt_ids) if reusable else (None, 0)
         cache = cache if cache is not None else self._new_cache()
         stats.cached_prompt_tokens = reused
-        sampler = Sampler(options, prompt_ids, self.eos_ids, self.device)
+        sampler = Sampler(options, prompt_ids, self.eos_ids, self.device, self.tokenizer)
         detokenizer = IncrementalDetokenizer(self.tokenizer)
         stopper = StopStringMatcher(options.stop)
         eos = set(self.eos_ids)
@@ -277,7 +281,7 @@ class Generator:
         if self.prefix_cache is not None:
             fed = [*prompt_ids, *generated[:-1]] if generated else list(prompt_ids)
             self.prefix_cache.put(fed[: cache.get_seq_length()], cache)
-        return GenerationResult("".join(pieces), tuple(generated), finish, stats)
+        return GenerationResult("".join(pieces), tuple(generated), finish, stats, tuple(sampler.logprobs))
 
     @torch.inference_mode()
     def run_batch(
@@ -300,7 +304,9 @@ class Generator:
         positions = (mask.cumsum(-1) - 1).clamp(min=0)  # left padding: real tokens start at position 0
         cache = self._new_cache()
         rows_state = [
-            _BatchRow(prompt, Sampler(options, prompt, self.eos_ids, self.device), self.tokenizer, options)
+            _BatchRow(
+                prompt, Sampler(options, prompt, self.eos_ids, self.device, self.tokenizer), self.tokenizer, options
+            )
             for prompt in prompts
         ]
         eos = set(self.eos_ids)
@@ -378,4 +384,6 @@ class _BatchRow:
         )
         if len(self.tokens) > 1:
             stats.tokens_per_second = (len(self.tokens) - 1) / max(total - first_token_at, 1e-9)
-        return GenerationResult("".join(self.pieces), tuple(self.tokens), self.finish or "length", stats)
+        return GenerationResult(
+            "".join(self.pieces), tuple(self.tokens), self.finish or "length", stats, tuple(self.sampler.logprobs)
+        )

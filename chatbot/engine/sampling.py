@@ -1,5 +1,9 @@
 """Sampling options (validated, with ranges) and the next-token sampler.
 
+``Sampler`` is one request's logits work: it takes one row of logits, applies ``logit_bias`` and
+the grammar of a ``Constraint`` (engine/constraints.py), records the chosen token's log-probability
+and the most likely alternatives when asked, then applies penalties and samples.
+
 Defaults follow Qwen3's recommendations for each mode: thinking 0.6 / 0.95 / 20, non-thinking
 0.7 / 0.8 / 20 (temperature / top_p / top_k). Greedy decoding is not used in thinking mode (Qwen
 warns it leads to endless repetition): a temperature of 0 there becomes the mode's default.
@@ -8,12 +12,14 @@ warns it leads to endless repetition): a temperature of 0 there becomes the mode
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ..errors import InvalidRequestError
+from .constraints import Constraint, GrammarState, vocabulary
 
 log = logging.getLogger(__name__)
 
@@ -21,6 +27,7 @@ THINKING_DEFAULTS: dict[str, Any] = {"temperature": 0.6, "top_p": 0.95, "top_k":
 NON_THINKING_DEFAULTS: dict[str, Any] = {"temperature": 0.7, "top_p": 0.8, "top_k": 20, "min_p": 0.0}
 DEFAULT_MAX_NEW_TOKENS = 2048
 MAX_STOP_STRINGS = 16
+MAX_TOP_LOGPROBS = 20
 
 
 class SamplingOptions(BaseModel):
@@ -29,7 +36,9 @@ class SamplingOptions(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     temperature: float = Field(0.7, ge=0.0, le=2.0, description="0 = greedy (non-thinking mode only).")
-    top_p: float = Field(0.8, gt=0.0, le=1.0, description="Nucleus sampling: keep the smallest set with this mass.")
+    top_p: float = Field(
+        0.8, ge=0.0, le=1.0, description="Nucleus sampling: keep the smallest set with this mass (0: the top token)."
+    )
     top_k: int = Field(20, ge=0, le=1000, description="Keep the k most likely tokens (0 = all).")
     min_p: float = Field(0.0, ge=0.0, le=1.0, description="Drop tokens below min_p x the top probability.")
     max_new_tokens: int = Field(DEFAULT_MAX_NEW_TOKENS, ge=1, le=131072, description="Most tokens to generate.")
@@ -37,8 +46,16 @@ class SamplingOptions(BaseModel):
     repetition_penalty: float = Field(1.0, ge=0.01, le=2.0, description="> 1 discourages tokens already seen.")
     presence_penalty: float = Field(0.0, ge=-2.0, le=2.0, description="OpenAI-style, per token already generated.")
     frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0, description="OpenAI-style, per occurrence generated.")
-    seed: int | None = Field(None, ge=0, le=2**63 - 1, description="Makes sampling reproducible.")
+    seed: int | None = Field(None, ge=-(2**63), le=2**63 - 1, description="Makes sampling reproducible.")
     stop: tuple[str, ...] = Field((), max_length=MAX_STOP_STRINGS, description="Strings that end generation.")
+    logit_bias: tuple[tuple[int, float], ...] = Field(
+        (), description="(token id, bias from -100 to 100) pairs added to the logits before sampling."
+    )
+    logprobs: bool = Field(False, description="Record each chosen token's log-probability.")
+    top_logprobs: int = Field(
+        0, ge=0, le=MAX_TOP_LOGPROBS, description="Also record this many most likely tokens per position."
+    )
+    constraint: Constraint | None = Field(None, description="A grammar the answer must match.")
 
     @property
     def greedy(self) -> bool:
@@ -57,6 +74,8 @@ def sampling_options(enable_thinking: bool, **overrides: Any) -> SamplingOptions
         values["stop"] = (values["stop"],)
     if "stop" in values:
         values["stop"] = tuple(s for s in values["stop"] if s)
+    if isinstance(values.get("logit_bias"), dict):
+        values["logit_bias"] = tuple((int(k), float(v)) for k, v in values["logit_bias"].items())
     if enable_thinking and values.get("temperature") == 0:
         log.warning(
             "Greedy decoding is not used in thinking mode; using temperature %s", THINKING_DEFAULTS["temperature"]
@@ -70,13 +89,41 @@ def sampling_options(enable_thinking: bool, **overrides: Any) -> SamplingOptions
         raise InvalidRequestError(f"{param}: {error['msg']}", param=param) from exc
 
 
+@dataclass(frozen=True)
+class TokenLogprob:
+    """A chosen token's log-probability and, when asked, the most likely tokens at its position.
+
+    Log-probabilities are the model's (log-softmax of its logits after ``logit_bias`` and the grammar
+    mask), before temperature, top-k/top-p and penalties, as vLLM reports them.
+    """
+
+    token: int
+    logprob: float
+    top: tuple[tuple[int, float], ...] = ()
+
+
 class Sampler:
-    """Picks next tokens for one request (its own random generator and penalty counts)."""
+    """Picks next tokens for one request (its own random generator, penalty counts, bias and grammar)."""
 
     def __init__(
-        self, options: SamplingOptions, prompt_ids: list[int], eos_ids: tuple[int, ...], device: torch.device
+        self,
+        options: SamplingOptions,
+        prompt_ids: list[int],
+        eos_ids: tuple[int, ...],
+        device: torch.device,
+        tokenizer: Any = None,
     ) -> None:
         self.options = options
+        self.tokenizer = tokenizer
+        self.logprobs: list[TokenLogprob] = []
+        self.grammar: GrammarState | None = None
+        self._bias: tuple[torch.Tensor, torch.Tensor] | None = None
+        if options.logit_bias:
+            ids, values = zip(*options.logit_bias, strict=True)
+            self._bias = (
+                torch.tensor(ids, dtype=torch.long, device=device),
+                torch.tensor(values, dtype=torch.float32, device=device),
+            )
         self.eos_ids = torch.tensor(eos_ids, dtype=torch.long, device=device)
         self.device = device
         self.generator = None
@@ -102,12 +149,34 @@ class Sampler:
             logits -= opts.frequency_penalty * self.counts + opts.presence_penalty * (self.counts > 0).float()
         return logits
 
+    def _grammar_for(self, vocab_size: int) -> GrammarState | None:
+        if self.options.constraint is None:
+            return None
+        if self.grammar is None:
+            if self.tokenizer is None:
+                raise ValueError("a constrained request needs the tokenizer passed to its Sampler")
+            eos = tuple(int(i) for i in self.eos_ids.tolist())
+            self.grammar = GrammarState(self.options.constraint, vocabulary(self.tokenizer, vocab_size, eos))
+        return self.grammar
+
+    def choose(self, logits: torch.Tensor, generated: int) -> tuple[int, TokenLogprob | None]:
+        """The next token from last-position logits [vocab], and its log-probability record when asked."""
+        token = self.next_token(logits, generated)
+        return token, self.logprobs[-1] if self.options.logprobs else None
+
     def next_token(self, logits: torch.Tensor, generated: int) -> int:
         """Pick the next token from last-position logits [vocab]."""
         opts = self.options
-        logits = logits.float()
-        if generated < opts.min_new_tokens:
+        logits = logits.float().clone()
+        if self._bias is not None:
+            ids, values = self._bias
+            logits[ids] += values
+        grammar = self._grammar_for(logits.numel())
+        if grammar is not None:
+            grammar.mask(logits)
+        if generated < opts.min_new_tokens and not (grammar is not None and grammar.active):
             logits[self.eos_ids] = float("-inf")
+        model_logprobs = torch.log_softmax(logits, dim=-1) if opts.logprobs else None
         logits = self._penalize(logits)
         if opts.greedy:
             token = int(torch.argmax(logits))
@@ -131,7 +200,18 @@ class Sampler:
             else:
                 token = int(indices[torch.multinomial(probs, 1, generator=self.generator)])
         self._count(token, logits.numel())
+        if grammar is not None:
+            grammar.accept(token)
+        if model_logprobs is not None:
+            self._record(token, model_logprobs)
         return token
+
+    def _record(self, token: int, logprobs: torch.Tensor) -> None:
+        top: tuple[tuple[int, float], ...] = ()
+        if self.options.top_logprobs:
+            values, indices = torch.topk(logprobs, min(self.options.top_logprobs, logprobs.numel()))
+            top = tuple((int(i), float(v)) for i, v in zip(indices.tolist(), values.tolist(), strict=True))
+        self.logprobs.append(TokenLogprob(token, float(logprobs[token]), top))
 
     def _count(self, token: int, vocab: int) -> None:
         opts = self.options

@@ -1,5 +1,10 @@
 """The OpenAI-compatible API: ``POST /v1/chat/completions``, ``GET /v1/models`` and ``GET /health``.
 
+Tools (Qwen3's own format, as vLLM serves it), structured output (``response_format``, enforced by
+constrained decoding), ``logprobs`` / ``top_logprobs`` and ``logit_bias`` follow OpenAI's spec;
+``HEAD`` answers wherever ``GET`` does. ``/v1/completions`` (legacy text completion) is not
+served: a 404 says to use ``/v1/chat/completions``.
+
 A thin layer over the chat engine the web UI uses: every request goes through ``stream_reply``
 and waits in the same first-come, first-served queue. ``python app.py`` serves it on
 ``--api-port`` (8000; 0 turns it off) beside the web UI; ``--api-key`` makes it require
@@ -36,10 +41,10 @@ from pydantic import SecretStr
 from sse_starlette import EventSourceResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from ..chat.reply import AnswerDelta, ChatDone, ChatEvent, Loading, ThinkingDelta, stream_reply
+from ..chat.reply import AnswerDelta, ChatDone, ChatEvent, Loading, ThinkingDelta, ToolCallDelta, stream_reply
 from ..engine.engine import ChatEngine
 from ..errors import ChatbotError, ContextLengthError, GenerationError, InvalidRequestError, QueueFullError
-from .api_models import ChatCompletion, ChatCompletionRequest, ErrorResponse, Health, ModelList
+from .api_models import ChatCompletion, ChatCompletionRequest, ErrorResponse, Health, ModelCard, ModelList
 from .app_state import App
 from .security import install_api_guards
 
@@ -138,13 +143,17 @@ class ReplyStream:
         self._next_disconnect_check = 0.0
         self._thread = threading.Thread(
             target=self._produce,
-            args=(request.plain_messages(), request.thinking(), request.sampling_kwargs()),
+            args=(
+                request.plain_messages(),
+                request.thinking(),
+                {**request.sampling_kwargs(), **request.reply_kwargs()},
+            ),
             name="api-request",
             daemon=True,
         )
         self._thread.start()
 
-    def _produce(self, messages: list[dict[str, str]], thinking: bool, sampling: dict[str, Any]) -> None:
+    def _produce(self, messages: list[dict[str, Any]], thinking: bool, sampling: dict[str, Any]) -> None:
         try:
             for event in stream_reply(self.engine, messages, enable_thinking=thinking, cancel=self._cancel, **sampling):
                 self._hand_over(event)
@@ -231,23 +240,32 @@ def usage(done: ChatDone) -> dict[str, int]:
 
 
 def completion_body(meta: Completion, done: ChatDone) -> dict[str, Any]:
-    message = {"role": "assistant", "content": done.answer, "reasoning_content": done.thinking or None}
+    message: dict[str, Any] = {
+        "role": "assistant",
+        "content": done.answer if done.answer or not done.tool_calls else None,
+        "refusal": None,
+        "reasoning_content": done.thinking or None,
+    }
+    if done.tool_calls:
+        message["tool_calls"] = [call.as_openai() for call in done.tool_calls]
+    choice = {"index": 0, "message": message, "finish_reason": done.finish_reason, "logprobs": done.logprobs}
     return {
         "id": meta.id,
         "object": "chat.completion",
         "created": meta.created,
         "model": meta.model,
-        "choices": [{"index": 0, "message": message, "finish_reason": done.finish_reason, "logprobs": None}],
+        "choices": [choice],
         "usage": usage(done),
     }
 
 
 def chunk_json(
     meta: Completion,
-    delta: dict[str, str] | None,
+    delta: dict[str, Any] | None,
     finish_reason: str | None = None,
     usage_field: dict[str, int] | None = None,
     with_usage: bool = False,
+    logprobs: dict[str, Any] | None = None,
 ) -> str:
     """One ``chat.completion.chunk``; ``delta=None`` makes the usage chunk (no choices)."""
     chunk: dict[str, Any] = {
@@ -257,7 +275,7 @@ def chunk_json(
         "model": meta.model,
         "choices": []
         if delta is None
-        else [{"index": 0, "delta": delta, "finish_reason": finish_reason, "logprobs": None}],
+        else [{"index": 0, "delta": delta, "finish_reason": finish_reason, "logprobs": logprobs}],
     }
     if with_usage:
         chunk["usage"] = usage_field
@@ -285,11 +303,15 @@ async def sse_chunks(reply: ReplyStream, first: ChatEvent, meta: Completion, inc
                 yield chunk_json(meta, {"reasoning_content": event.text}, with_usage=include_usage)
             elif isinstance(event, AnswerDelta):
                 yield chunk_json(meta, {"content": event.text}, with_usage=include_usage)
+            elif isinstance(event, ToolCallDelta):
+                call = {"index": event.index, **event.call.as_openai()}
+                yield chunk_json(meta, {"tool_calls": [call]}, with_usage=include_usage)
             event = await reply.next_event()
         ended = True
         if event.finish_reason == "cancelled":
             raise shutting_down()
-        yield chunk_json(meta, {}, event.finish_reason, with_usage=include_usage)
+        # The answer's log-probabilities travel with the last chunk, once the answer is known whole.
+        yield chunk_json(meta, {}, event.finish_reason, with_usage=include_usage, logprobs=event.logprobs)
         if include_usage:
             yield chunk_json(meta, None, usage_field=usage(event), with_usage=True)
         log_reply(meta, event)
@@ -404,6 +426,7 @@ def api_key_guard(key: SecretStr) -> Callable[..., Any]:
                 401,
                 "Missing API key: send the header 'Authorization: Bearer KEY' with the key the server was "
                 "started with (--api-key or QWEN_API_KEY).",
+                type="authentication_error",
                 code="invalid_api_key",
                 headers={"WWW-Authenticate": "Bearer"},
             )
@@ -412,6 +435,7 @@ def api_key_guard(key: SecretStr) -> Callable[..., Any]:
             raise APIError(
                 401,
                 "Incorrect API key: use the key the server was started with (--api-key or QWEN_API_KEY).",
+                type="authentication_error",
                 code="invalid_api_key",
                 headers={"WWW-Authenticate": "Bearer"},
             )
@@ -491,11 +515,23 @@ def build_api(app: App) -> FastAPI:
         log_reply(meta, done)
         return JSONResponse(completion_body(meta, done))
 
-    @v1.get("/models", response_model=ModelList, responses={401: ERROR_RESPONSES[401]}, summary="The loaded model")
+    @v1.api_route(
+        "/models",
+        methods=["GET", "HEAD"],
+        response_model=ModelList,
+        responses={401: ERROR_RESPONSES[401]},
+        summary="The served model",
+    )
     async def list_models() -> dict[str, Any]:
         return {"object": "list", "data": [model_card(app.model_name, started)]}
 
-    @v1.get("/models/{model_id:path}", responses={401: ERROR_RESPONSES[401], 404: {"model": ErrorResponse}})
+    @v1.api_route(
+        "/models/{model_id:path}",
+        methods=["GET", "HEAD"],
+        response_model=ModelCard,
+        responses={401: ERROR_RESPONSES[401], 404: {"model": ErrorResponse}},
+        summary="One model, by its served name",
+    )
     async def get_model(model_id: str) -> dict[str, Any]:
         if model_id != app.model_name:
             raise APIError(
@@ -505,7 +541,22 @@ def build_api(app: App) -> FastAPI:
             )
         return model_card(app.model_name, started)
 
-    @api.get("/health", response_model=Health, responses={503: {"model": Health}}, summary="Status and resources")
+    @v1.post("/completions", status_code=404, responses={404: {"model": ErrorResponse}}, summary="Not served")
+    async def completions() -> None:
+        raise APIError(
+            404,
+            "The legacy text completion endpoint /v1/completions is not served: this model is a chat model. "
+            "Use POST /v1/chat/completions with the text as a user message.",
+            code="unsupported_endpoint",
+        )
+
+    @api.api_route(
+        "/health",
+        methods=["GET", "HEAD"],
+        response_model=Health,
+        responses={503: {"model": Health}},
+        summary="Status and resources",
+    )
     def health() -> JSONResponse:
         body = health_body(app)
         return JSONResponse(body, status_code=503 if body["status"] == "failed" else 200)

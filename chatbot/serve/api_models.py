@@ -9,9 +9,15 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
-from ..engine.sampling import MAX_STOP_STRINGS, NON_THINKING_DEFAULTS, THINKING_DEFAULTS, SamplingOptions
+from ..engine.sampling import (
+    MAX_STOP_STRINGS,
+    MAX_TOP_LOGPROBS,
+    NON_THINKING_DEFAULTS,
+    THINKING_DEFAULTS,
+    SamplingOptions,
+)
 
 BOUND_NAMES = ("gt", "ge", "lt", "le", "max_length")
 
@@ -44,24 +50,53 @@ class TextPart(BaseModel):
     text: str
 
 
+class FunctionCall(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    name: str
+    arguments: str = Field("{}", description="The arguments as a JSON text.")
+
+
+class ToolCallIn(BaseModel):
+    """A tool call of an earlier assistant message."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    id: str | None = None
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
 class ChatMessage(BaseModel):
     """One message of the conversation; the full history comes with every request."""
 
     model_config = ConfigDict(extra="ignore")
 
-    role: Literal["system", "user", "assistant"] = Field(
-        description="system (first message only), user or assistant; the last message must be a user message."
+    role: Literal["system", "developer", "user", "assistant", "tool"] = Field(
+        description="system or developer (the same; anywhere), user, assistant, or tool (a tool's result). "
+        "A conversation ending with an assistant message asks to continue that message."
     )
-    content: str | list[TextPart] = Field(
-        description="The text, or a list of text parts that are joined. Thinking in assistant messages "
-        "(<think>...</think>) is dropped: earlier answers are re-sent answer-only."
+    content: str | list[TextPart] | None = Field(
+        None,
+        description="The text, or a list of text parts that are joined; null only for an assistant message "
+        "with tool_calls. Thinking in assistant messages (<think>...</think>) is dropped: earlier answers "
+        "are re-sent answer-only.",
     )
+    tool_calls: list[ToolCallIn] | None = Field(None, description="The calls an earlier assistant message made.")
+    tool_call_id: str | None = Field(None, description="For a tool message: the call it answers.")
+    name: str | None = Field(None, description="Accepted and ignored.")
+
+    @model_validator(mode="after")
+    def _content_present(self) -> ChatMessage:
+        if self.content is None and self.role != "assistant":
+            raise ValueError(f"a {self.role} message needs a content")
+        return self
 
     @field_validator("content", mode="before")
     @classmethod
     def _text_only(cls, value: Any) -> Any:
         # One clear message instead of one error per branch of the str | list union.
-        if isinstance(value, str):
+        if value is None or isinstance(value, str):
             return value
         if not isinstance(value, list):
             raise ValueError("content must be a string or a list of text parts")
@@ -72,10 +107,72 @@ class ChatMessage(BaseModel):
                 )
         return value
 
-    def text(self) -> str:
-        if isinstance(self.content, str):
+    def text(self) -> str | None:
+        if self.content is None or isinstance(self.content, str):
             return self.content
         return "".join(part.text for part in self.content)
+
+    def plain(self) -> dict[str, Any]:
+        """The message as ``stream_reply`` takes it."""
+        message: dict[str, Any] = {"role": self.role, "content": self.text()}
+        if self.tool_calls:
+            message["tool_calls"] = [call.model_dump() for call in self.tool_calls]
+        if self.tool_call_id is not None:
+            message["tool_call_id"] = self.tool_call_id
+        return message
+
+
+class FunctionDefinition(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    name: str = Field(pattern=r"^[a-zA-Z0-9_-]{1,64}$", description="The function's name.")
+    description: str | None = None
+    parameters: dict[str, Any] | None = Field(None, description="A JSON Schema of the arguments object.")
+    strict: bool | None = Field(None, description="Accepted; required and named calls are always enforced.")
+
+
+class Tool(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    type: Literal["function"]
+    function: FunctionDefinition
+
+
+class NamedFunction(BaseModel):
+    name: str
+
+
+class NamedToolChoice(BaseModel):
+    type: Literal["function"]
+    function: NamedFunction
+
+
+class JSONSchemaFormat(BaseModel):
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+
+    name: str = Field(description="The schema's name.")
+    description: str | None = None
+    schema_: dict[str, Any] | None = Field(None, alias="schema", description="The JSON Schema.")
+    strict: bool | None = Field(None, description="Accepted; the schema is always enforced.")
+
+
+class ResponseFormat(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JSONSchemaFormat | None = None
+
+    @model_validator(mode="after")
+    def _schema_given(self) -> ResponseFormat:
+        if self.type == "json_schema" and (self.json_schema is None or self.json_schema.schema_ is None):
+            raise ValueError('json_schema needs {"json_schema": {"name": ..., "schema": {...}}}')
+        return self
+
+    def as_dict(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"type": self.type}
+        if self.json_schema is not None:
+            body["json_schema"] = {"name": self.json_schema.name, "schema": self.json_schema.schema_}
+        return body
 
 
 class StreamOptions(BaseModel):
@@ -93,14 +190,16 @@ class ChatTemplateKwargs(BaseModel):
 
 
 class ChatCompletionRequest(BaseModel):
-    """POST /v1/chat/completions. Unknown fields that clients commonly send (user, logit_bias,
-    response_format, ...) are accepted and ignored."""
+    """POST /v1/chat/completions. Unknown fields that clients commonly send (user, store, metadata,
+    ...) are accepted and ignored."""
 
     model_config = ConfigDict(extra="ignore")
 
     model: str | None = Field(None, description="Accepted for compatibility; the one loaded model answers.")
     messages: list[ChatMessage] = Field(min_length=1, description="The conversation, oldest first.")
-    stream: bool = Field(False, description="Stream the reply as Server-Sent Events (data: {...}, data: [DONE]).")
+    stream: bool | None = Field(
+        False, description="Stream the reply as Server-Sent Events (data: {...}, data: [DONE]); null = false."
+    )
     stream_options: StreamOptions | None = Field(None, description="Streaming options (include_usage).")
     enable_thinking: bool | None = Field(
         None,
@@ -126,7 +225,29 @@ class ChatCompletionRequest(BaseModel):
     stop: str | Annotated[list[str], Field(max_length=MAX_STOP_STRINGS)] | None = Field(
         None, description=f"A string or up to {MAX_STOP_STRINGS} strings that end the reply (left out of it)."
     )
-    n: int = Field(1, ge=1, le=1, description="Number of choices; only 1 is supported.")
+    n: int | None = Field(1, ge=1, le=1, description="Number of choices; only 1 is supported (null = 1).")
+    logprobs: bool | None = Field(None, description="Return the log-probability of each answer token.")
+    top_logprobs: int | None = Field(
+        None, ge=0, le=MAX_TOP_LOGPROBS, description="With logprobs: this many most likely tokens per position."
+    )
+    logit_bias: dict[str, float] | None = Field(
+        None, description="Token id (as a string) -> bias from -100 to 100 added to its logit."
+    )
+    response_format: ResponseFormat | None = Field(
+        None, description="json_object or json_schema: the answer is constrained to match (thinking stays free)."
+    )
+    tools: list[Tool] | None = Field(None, description="Functions the model may call (Qwen3's tool format).")
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = Field(
+        None, description="auto (default with tools), none, required, or a named function."
+    )
+    parallel_tool_calls: bool | None = Field(None, description="With required: allow several calls (default true).")
+
+    @field_validator("top_logprobs")
+    @classmethod
+    def _top_logprobs_needs_logprobs(cls, value: int | None, info: ValidationInfo) -> int | None:
+        if value and not info.data.get("logprobs"):
+            raise ValueError("top_logprobs needs logprobs: true")
+        return value
 
     @field_validator("stop", mode="before")
     @classmethod
@@ -155,9 +276,24 @@ class ChatCompletionRequest(BaseModel):
             return self.chat_template_kwargs.enable_thinking
         return False
 
+    def reply_kwargs(self) -> dict[str, Any]:
+        """Tools and structured output for ``stream_reply``."""
+        return {
+            "tools": [tool.model_dump(exclude_none=True) for tool in self.tools] if self.tools else None,
+            "tool_choice": self.tool_choice.model_dump()
+            if isinstance(self.tool_choice, NamedToolChoice)
+            else self.tool_choice,
+            "parallel_tool_calls": self.parallel_tool_calls is not False,
+            "response_format": self.response_format.as_dict() if self.response_format else None,
+            "strict_context": True,
+        }
+
     def sampling_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for ``stream_reply`` (None means the mode's default)."""
         return {
+            "logprobs": self.logprobs,
+            "top_logprobs": self.top_logprobs,
+            "logit_bias": self.logit_bias,
             "temperature": self.temperature,
             "top_p": self.top_p,
             "top_k": 0 if self.top_k == -1 else self.top_k,
@@ -171,8 +307,8 @@ class ChatCompletionRequest(BaseModel):
             "stop": self.stop,
         }
 
-    def plain_messages(self) -> list[dict[str, str]]:
-        return [{"role": message.role, "content": message.text()} for message in self.messages]
+    def plain_messages(self) -> list[dict[str, Any]]:
+        return [message.plain() for message in self.messages]
 
 
 # --- responses ------------------------------------------------------------------------------------------------
@@ -195,17 +331,47 @@ class Usage(BaseModel):
     total_tokens: int
 
 
+class FunctionCallOut(BaseModel):
+    name: str
+    arguments: str = Field(description="The arguments as a JSON text.")
+
+
+class ToolCallOut(BaseModel):
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCallOut
+
+
 class AssistantMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
-    content: str = Field(description="The answer.")
+    content: str | None = Field(description="The answer; null when the reply is only tool calls.")
+    refusal: None = Field(None, description="Always null: this model's refusals are ordinary answers.")
     reasoning_content: str | None = Field(None, description="The thinking; null when thinking is off.")
+    tool_calls: list[ToolCallOut] | None = Field(None, description="The tool calls parsed from the answer.")
+
+
+class TopLogprob(BaseModel):
+    token: str
+    logprob: float
+    bytes: list[int] | None
+
+
+class TokenLogprobOut(TopLogprob):
+    top_logprobs: list[TopLogprob]
+
+
+class ChoiceLogprobs(BaseModel):
+    content: list[TokenLogprobOut] | None
+    refusal: None = None
 
 
 class Choice(BaseModel):
     index: int = 0
     message: AssistantMessage
-    finish_reason: Literal["stop", "length"] = Field(description="stop: end of turn or a stop string; length: limit.")
-    logprobs: None = None
+    finish_reason: Literal["stop", "length", "tool_calls"] = Field(
+        description="stop: end of turn or a stop string; length: limit; tool_calls: the answer calls tools."
+    )
+    logprobs: ChoiceLogprobs | None = Field(None, description="With logprobs: the answer's tokens.")
 
 
 class ChatCompletion(BaseModel):

@@ -26,7 +26,7 @@ from ..engine.engine import ChatEngine
 from ..model.checkpoint import inspect_checkpoint, resolve_checkpoint
 from ..settings import Settings
 from . import log_limits
-from .app_state import DEMO_NAME, App
+from .app_state import App, served_name
 from .slow_clients import DeadlineH11Protocol
 
 log = logging.getLogger(__name__)
@@ -53,7 +53,7 @@ def create_app(settings: Settings) -> App:
     inspect_checkpoint(path, source)
     engine = ChatEngine.from_settings(settings, source)
     engine.start_loading()
-    return App(settings, engine, DEMO_NAME if settings.demo else settings.model)
+    return App(settings, engine, served_name(settings))
 
 
 def exposure_warning(settings: Settings) -> str | None:
