@@ -493,3 +493,19 @@ def test_a_generation_that_fails_part_way_is_reported_and_the_server_keeps_servi
     assert json.loads(payloads[-2])["error"]["code"] == "generation_failed"
     assert payloads[-1] == "[DONE]"
     assert healthy.json()["choices"][0]["message"]["content"] == SCRIPTED_ANSWER
+
+
+def test_an_unexpected_error_reaches_the_client_as_an_id_and_the_details_stay_in_the_log(
+    scripted_fp8, monkeypatch, caplog
+) -> None:
+    def broken(*args, **kwargs):
+        raise KeyError("/home/alice/.cache/secret-path")
+
+    with in_process_client(str(scripted_fp8)) as http:
+        monkeypatch.setattr("chatbot.serve.api.stream_reply", broken)
+        response = http.post("/v1/chat/completions", json={"messages": HELLO})
+    assert response.status_code == 500
+    message = response.json()["error"]["message"]
+    assert message.startswith("Internal error ") and "secret-path" not in response.text
+    error_id = message.split()[2].rstrip(":")
+    assert f"Internal error {error_id}" in caplog.text and "secret-path" in caplog.text

@@ -73,15 +73,18 @@ def test_the_openai_client_with_a_wrong_key_gets_an_authentication_error(keyed_a
         client.chat.completions.create(model="qwen3", messages=HELLO["messages"])
 
 
-def test_health_stays_open_and_the_key_is_never_logged(keyed_api) -> None:
-    assert httpx.get(keyed_api.api_url + "/health").json()["status"] == "ready"
-    health = httpx.get(keyed_api.api_url + "/health").text
-    assert KEY not in health
+def test_health_says_only_the_status_without_the_key_and_the_key_is_never_logged(keyed_api) -> None:
+    open_health = httpx.get(keyed_api.api_url + "/health").json()
+    assert open_health == {"status": "ready"}  # no model path, memory or precision for strangers
+    full = httpx.get(keyed_api.api_url + "/health", headers={"Authorization": f"Bearer {KEY}"}).json()
+    assert full["status"] == "ready" and full["precision"]["label"] and full["queue"]["size"] >= 1
     assert KEY not in keyed_api.log()
 
 
-def test_the_schema_offers_bearer_authentication(keyed_api) -> None:
-    schema = httpx.get(keyed_api.api_url + "/openapi.json").json()
+def test_the_schema_and_docs_need_the_key_and_offer_bearer_authentication(keyed_api) -> None:
+    assert httpx.get(keyed_api.api_url + "/openapi.json").status_code == 401
+    assert httpx.get(keyed_api.api_url + "/docs").status_code == 404
+    schema = httpx.get(keyed_api.api_url + "/openapi.json", headers={"Authorization": f"Bearer {KEY}"}).json()
     assert {"type": "http", "scheme": "bearer"}.items() <= next(
         iter(schema["components"]["securitySchemes"].values())
     ).items()

@@ -119,7 +119,12 @@ def api_error_from(exc: BaseException, engine: ChatEngine) -> APIError:
         )
     if isinstance(exc, GenerationError):
         return APIError(500, one_line(exc), type="server_error", code="generation_failed")
-    return APIError(500, f"The request failed: {one_line(exc)}", type="server_error")
+    # Anything else is a bug: the client gets an id to quote, the details (paths, traceback) stay in the log.
+    error_id = uuid.uuid4().hex[:12]
+    log.error("Internal error %s while answering a request", error_id, exc_info=exc)
+    return APIError(
+        500, f"Internal error {error_id}: the server log has the details under this id.", type="server_error"
+    )
 
 
 # --- bridging the engine's blocking stream into the event loop ------------------------------------------------
@@ -416,6 +421,12 @@ def install_error_handlers(api: FastAPI) -> None:
 BEARER = HTTPBearer(auto_error=False, description="The key given to --api-key (or QWEN_API_KEY).")
 
 
+def has_key(request: Request, key: SecretStr) -> bool:
+    """Whether the request carries ``Authorization: Bearer <key>`` (compared in constant time)."""
+    scheme, _, given = request.headers.get("authorization", "").partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), key.get_secret_value().encode())
+
+
 def api_key_guard(key: SecretStr) -> Callable[..., Any]:
     """A dependency that lets a request through only with ``Authorization: Bearer <key>``."""
     expected = key.get_secret_value().encode()
@@ -475,10 +486,16 @@ STREAM_RESPONSE = {
 
 def build_api(app: App) -> FastAPI:
     """The API's FastAPI application, answering from ``app.engine`` under ``app.model_name``."""
+    keyed = app.settings.api_key is not None
     api = FastAPI(
         title="Qwen3 Chat API",
         description="OpenAI-compatible chat completions over the same model and queue as the web UI.",
         version="1.0",
+        # With a key, the schema is served below to key holders only, and there is no docs page (a
+        # browser cannot send the key for the schema it loads).
+        openapi_url=None if keyed else "/openapi.json",
+        docs_url=None if keyed else "/docs",
+        redoc_url=None if keyed else "/redoc",
     )
     install_error_handlers(api)
     install_api_guards(api, app.settings)
@@ -557,9 +574,19 @@ def build_api(app: App) -> FastAPI:
         responses={503: {"model": Health}},
         summary="Status and resources",
     )
-    def health() -> JSONResponse:
+    def health(request: Request) -> JSONResponse:
         body = health_body(app)
-        return JSONResponse(body, status_code=503 if body["status"] == "failed" else 200)
+        status = 503 if body["status"] == "failed" else 200
+        if app.settings.api_key is not None and not has_key(request, app.settings.api_key):
+            # Without the key: only whether it serves; the model, its path, memory and errors need the key.
+            return JSONResponse({"status": body["status"]}, status_code=status)
+        return JSONResponse(body, status_code=status)
+
+    if keyed:
+
+        @api.get("/openapi.json", include_in_schema=False, dependencies=guard)
+        def keyed_schema() -> dict[str, Any]:
+            return api.openapi()
 
     api.include_router(v1)
     drop_unused_422(api)

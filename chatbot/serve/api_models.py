@@ -399,14 +399,19 @@ class ModelList(BaseModel):
 
 
 class Health(BaseModel):
+    """With ``--api-key``, a request without the key gets ``status`` only; everything else needs the key."""
+
     status: Literal["ready", "loading", "failed"]
-    model: str
+    model: str | None = None
     precision: dict[str, Any] | None = Field(
         None, description="The precision decision (mode, label, reason, device, attempts...); null until loaded."
     )
-    memory: dict[str, int | None] = Field(
-        description="weights_bytes, process_rss_bytes, cuda_allocated_bytes and cuda_reserved_bytes (null on CPU)."
+    memory: dict[str, int | None] | None = Field(
+        None,
+        description="weights_bytes, process_rss_bytes, cuda_allocated_bytes and cuda_reserved_bytes (null on CPU).",
     )
-    queue: dict[str, int | bool] = Field(description="depth (waiting), size (limit) and busy (one running).")
-    load: dict[str, str | float] = Field(description="stage and fraction of the model load.")
+    queue: dict[str, int | bool] | None = Field(
+        None, description="depth (waiting), size (limit) and busy (one running)."
+    )
+    load: dict[str, str | float] | None = Field(None, description="stage and fraction of the model load.")
     error: str | None = Field(None, description="Why loading failed (status failed).")
