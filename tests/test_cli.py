@@ -132,3 +132,15 @@ def test_terminal_chat_streams_replies_and_keeps_history(scripted_fp8) -> None:
     assert SCRIPTED_THINKING in done.stdout and done.stdout.count(SCRIPTED_ANSWER) == 2
     assert done.stdout.count(SCRIPTED_THINKING) == 1  # /no_think turned thinking off for the second message
     assert "(history cleared)" in done.stdout and "FP16 fallback on cpu" in done.stdout
+
+
+def test_a_demo_model_from_an_older_version_is_remade_with_the_current_template(tmp_path, monkeypatch) -> None:
+    from chatbot.authoring import tokenizer_build
+    from chatbot.authoring.modelgen import ensure_demo_model
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    path = ensure_demo_model()
+    (path / "chat_template.jinja").write_text("{{ messages }}", encoding="utf-8")  # an older template, no tools
+    assert ensure_demo_model() == path
+    assert (path / "chat_template.jinja").read_text(encoding="utf-8") == tokenizer_build.chat_template()
+    assert "<tools>" in tokenizer_build.chat_template()

@@ -217,7 +217,10 @@ def demo_model_path() -> Path:
 
 def ensure_demo_model() -> Path:
     path = demo_model_path()
-    if not (path / "config.json").exists() or not (path / "chat_template.jinja").exists():
+    template = path / "chat_template.jinja"
+    # A demo model made by an older version is remade when its chat template differs (e.g. no tools).
+    current = template.exists() and template.read_text(encoding="utf-8") == tokenizer_build.chat_template()
+    if not (path / "config.json").exists() or not current:
         tmp = path.with_name(path.name + f".tmp{os.getpid()}")
         make_model(tmp, size="tiny", fmt="fp8", scripted=True)
         if path.exists():
