@@ -147,3 +147,42 @@ def test_trimming_properties(tokenizer, turns, words, window) -> None:
     kept = [m["content"] for m in messages[1 + prompt.dropped_messages : -1]]
     positions = [text.index(content.strip()) for content in kept]
     assert positions == sorted(positions)  # never reorders
+
+
+class CountingTokenizer:
+    """The real tokenizer, counting the characters of every conversation it is asked to render."""
+
+    def __init__(self, tokenizer) -> None:
+        self.tokenizer, self.rendered_chars = tokenizer, 0
+
+    def apply_chat_template(self, conversation, *args, **kwargs):
+        self.rendered_chars += sum(len(m.get("content") or "") for m in conversation)
+        return self.tokenizer.apply_chat_template(conversation, *args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self.tokenizer, name)
+
+
+def test_what_cannot_fit_is_refused_before_tokenizing(tokenizer) -> None:
+    counting = CountingTokenizer(tokenizer)
+    huge = [{"role": "user", "content": "word " * 1_000_000}]  # 5 MB of text
+    many = [{"role": "user" if i % 2 == 0 else "assistant", "content": f"m{i}"} for i in range(10_001)]
+    for messages in (huge, many):
+        with pytest.raises(ContextLengthError, match="maximum context length is 8192 tokens"):
+            build_prompt(counting, messages, enable_thinking=False, max_context=8192, max_new_tokens=64, trim=False)
+    with pytest.raises(ContextLengthError, match="far more than the context window"):
+        build_prompt(counting, huge, enable_thinking=False, max_context=8192, max_new_tokens=64)
+    assert counting.rendered_chars == 0
+
+
+def test_a_long_history_is_cut_to_what_could_fit_before_tokenizing(tokenizer) -> None:
+    counting = CountingTokenizer(tokenizer)
+    history = []
+    for turn in range(3000):
+        history += [{"role": "user", "content": f"question {turn} " * 20}, {"role": "assistant", "content": "ok"}]
+    history.append({"role": "user", "content": "the newest question"})
+    prompt = build_prompt(counting, history, enable_thinking=False, max_context=2048, max_new_tokens=64)
+    assert prompt.dropped_messages > 5000 and "the newest question" in tokenizer.decode(prompt.ids)
+    assert len(prompt.ids) <= 2048 - 64
+    # only a window-sized tail was ever rendered, a few times over in the binary search
+    assert 0 < counting.rendered_chars < 10 * 2048 * 16

@@ -179,6 +179,13 @@ def build_prompt(
     room = 1 if max_new_tokens is None else max_new_tokens
     budget = max_context - room
     if not trim:
+        if not could_fit(clean, max_context):  # refused before tokenizing megabytes of text
+            raise ContextLengthError(
+                f"This model's maximum context length is {max_context} tokens. However, your messages hold "
+                f"{sum(map(_chars, clean))} characters in {len(clean)} messages, far more than fit in it. "
+                "Please reduce the length of the messages.",
+                param="messages",
+            )
         ids = encode(tokenizer, clean, thinking, tools)
         if len(ids) > budget:
             raise context_error(max_context, len(ids), max_new_tokens)
@@ -186,6 +193,19 @@ def build_prompt(
     has_system = clean[0]["role"] == "system"
     head = clean[:1] if has_system else []
     body = clean[len(head) :]
+    if not could_fit([*head, body[-1]], max_context):
+        raise ContextLengthError(
+            f"The message is {_chars(body[-1])} characters long, far more than the context window of "
+            f"{max_context} tokens holds.",
+            param="messages",
+            fix="Shorten the message (or the system prompt).",
+        )
+    # Before any tokenizing, leave out the oldest turns that could not fit anyway.
+    dropped = 0
+    while not could_fit(head + body, max_context):
+        later = next((i for i in range(1, len(body)) if body[i]["role"] == "user"), len(body) - 1)
+        dropped += later
+        body = body[later:]
     # Where the kept part may start: the oldest whole turns (a user message and its replies) go
     # first, and the newest message always stays. Fewer kept turns never make a longer prompt, so
     # a binary search finds the longest tail that fits with a handful of encodings.
@@ -198,7 +218,7 @@ def build_prompt(
         return encoded[k]
 
     if len(kept_from(0)) <= budget:  # the usual case: everything fits
-        return Prompt(encoded[0], thinking, 0, continues)
+        return Prompt(encoded[0], thinking, dropped, continues)
     low, high = 1, len(starts) - 1
     if len(kept_from(high)) > budget:
         raise ContextLengthError(
@@ -214,4 +234,21 @@ def build_prompt(
             low = middle + 1
         else:
             high = middle
-    return Prompt(kept_from(low), thinking, starts[low], continues)
+    return Prompt(kept_from(low), thinking, dropped + starts[low], continues)
+
+
+# Cheap bounds, checked before tokenizing (megabytes of text cost seconds and gigabytes to tokenize): a
+# token of real text averages far fewer characters than this (Qwen3's longest token is 128 characters of
+# spaces or dashes), and every message costs at least this many tokens of chat template.
+MOST_CHARS_PER_TOKEN = 16
+LEAST_TOKENS_PER_MESSAGE = 4
+
+
+def _chars(message: dict[str, Any]) -> int:
+    return len(message["content"]) + sum(len(str(call)) for call in message.get("tool_calls", ()))
+
+
+def could_fit(messages: Sequence[dict[str, Any]], max_context: int) -> bool:
+    """False when ``messages`` certainly cannot fit in ``max_context`` tokens (no tokenizing needed)."""
+    chars = sum(map(_chars, messages))
+    return chars <= max_context * MOST_CHARS_PER_TOKEN and len(messages) * LEAST_TOKENS_PER_MESSAGE <= max_context
