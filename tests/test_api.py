@@ -386,7 +386,15 @@ def test_health_reports_status_precision_memory_queue_and_load(api, scripted_fp8
     assert precision["mode"] in ("fp16", "bf16", "fp32") and precision["device"] == "cpu"
     assert health["memory"]["weights_bytes"] > 0 and health["memory"]["process_rss_bytes"] > 0
     assert health["memory"]["cuda_allocated_bytes"] is None  # no GPU here
-    assert health["queue"] == {"depth": 0, "size": 16, "busy": False}
+    assert health["queue"] == {
+        "running": 0,
+        "waiting": 0,
+        "paused": 0,
+        "max_batch": 8,  # the CPU default
+        "depth": 0,
+        "size": 16,
+        "busy": False,
+    }
     assert health["load"] == {"stage": "ready", "fraction": 1.0}
 
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..engine.engine import ChatEngine, Failed, Finished, Queued, TextDelta
+from ..engine.jobs import LOCAL_CLIENT
 from ..engine.sampling import sampling_options
 from ..errors import ChatbotError
 from .prompt import build_prompt, effective_thinking, normalize_messages
@@ -87,6 +88,7 @@ def stream_reply(
     *,
     enable_thinking: bool = False,
     cancel: threading.Event | None = None,
+    client: str = LOCAL_CLIENT,
     **generation_kwargs: Any,
 ) -> Iterator[ChatEvent]:
     """Stream the assistant's reply to ``messages`` (the last one a user message).
@@ -96,6 +98,7 @@ def stream_reply(
         messages: [{"role", "content"}...]; assistant contents are re-sent answer-only.
         enable_thinking: thinking mode (``/think`` or ``/no_think`` in the last message overrides it).
         cancel: set it to stop the generation; the stream then ends with finish_reason "cancelled".
+        client: who asks (API key or address, browser session): requests take fair turns by client.
         **generation_kwargs: sampling options (see ``SamplingOptions``), e.g. temperature, max_new_tokens.
     Raises:
         InvalidRequestError, ContextLengthError: bad messages or options; nothing was generated.
@@ -115,7 +118,7 @@ def stream_reply(
         max_new_tokens=options.max_new_tokens,
     )
     splitter = ThinkingStreamSplitter(expect_thinking=thinking)
-    for event in engine.stream(prompt.ids, options, cancel):
+    for event in engine.stream(prompt.ids, options, cancel, client=client):
         if isinstance(event, Queued):
             yield QueuePosition(event.position)
         elif isinstance(event, TextDelta):

@@ -16,6 +16,7 @@ the answer in ``content``, as vLLM and SGLang do.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import hmac
 import json
 import logging
@@ -129,7 +130,7 @@ class ReplyStream:
     generation within one model step and frees the model for the next request.
     """
 
-    def __init__(self, engine: ChatEngine, request: ChatCompletionRequest) -> None:
+    def __init__(self, engine: ChatEngine, request: ChatCompletionRequest, client: str) -> None:
         self.engine = engine
         self._cancel = threading.Event()
         self._loop = asyncio.get_running_loop()
@@ -137,15 +138,18 @@ class ReplyStream:
         self._next_disconnect_check = 0.0
         self._thread = threading.Thread(
             target=self._produce,
-            args=(request.plain_messages(), request.thinking(), request.sampling_kwargs()),
+            args=(request.plain_messages(), request.thinking(), request.sampling_kwargs(), client),
             name="api-request",
             daemon=True,
         )
         self._thread.start()
 
-    def _produce(self, messages: list[dict[str, str]], thinking: bool, sampling: dict[str, Any]) -> None:
+    def _produce(self, messages: list[dict[str, str]], thinking: bool, sampling: dict[str, Any], client: str) -> None:
         try:
-            for event in stream_reply(self.engine, messages, enable_thinking=thinking, cancel=self._cancel, **sampling):
+            events = stream_reply(
+                self.engine, messages, enable_thinking=thinking, cancel=self._cancel, client=client, **sampling
+            )
+            for event in events:
                 self._hand_over(event)
         except ChatbotError as exc:
             self._hand_over(exc)
@@ -325,6 +329,7 @@ def health_body(app: App) -> dict[str, Any]:
     status = {"ready": "ready", "failed": "failed"}.get(engine.status, "loading")
     stage, fraction = engine.progress.snapshot()
     cuda = loaded is not None and loaded.device.type == "cuda" and torch.cuda.is_available()
+    queue = engine.occupancy()
     return {
         "status": status,
         "model": app.model_name,
@@ -335,7 +340,7 @@ def health_body(app: App) -> dict[str, Any]:
             "cuda_allocated_bytes": torch.cuda.memory_allocated(loaded.device) if cuda else None,
             "cuda_reserved_bytes": torch.cuda.memory_reserved(loaded.device) if cuda else None,
         },
-        "queue": {"depth": engine.queue_depth(), "size": engine.queue_size, "busy": engine.busy},
+        "queue": {**queue, "depth": queue["waiting"], "size": engine.queue_size, "busy": engine.busy},
         "load": {"stage": stage, "fraction": round(fraction, 3)},
         "error": one_line(engine.load_error) if engine.load_error is not None else None,
     }
@@ -391,6 +396,15 @@ def install_error_handlers(api: FastAPI) -> None:
 
 # Module level: the dependency's annotation names it, and annotations resolve in the module's globals.
 BEARER = HTTPBearer(auto_error=False, description="The key given to --api-key (or QWEN_API_KEY).")
+
+
+def client_key(request: Request) -> str:
+    """Who is asking, for fair turns: the remote address, and the bearer key (hashed, never kept) if one is sent."""
+    address = request.client.host if request.client else "unknown"
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() == "bearer" and token:
+        return f"api:{address}:{hashlib.sha256(token.encode()).hexdigest()[:12]}"
+    return f"api:{address}"
 
 
 def api_key_guard(key: SecretStr) -> Callable[..., Any]:
@@ -468,7 +482,7 @@ def build_api(app: App) -> FastAPI:
     )
     async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any:
         meta = Completion.new(app.model_name)
-        reply = ReplyStream(app.engine, body)
+        reply = ReplyStream(app.engine, body, client_key(request))
         try:
             if body.stream:
                 # Wait until the request is accepted, so that bad input or a full queue is still an

@@ -241,6 +241,9 @@ class Health(BaseModel):
     memory: dict[str, int | None] = Field(
         description="weights_bytes, process_rss_bytes, cuda_allocated_bytes and cuda_reserved_bytes (null on CPU)."
     )
-    queue: dict[str, int | bool] = Field(description="depth (waiting), size (limit) and busy (one running).")
+    queue: dict[str, int | bool] = Field(
+        description="running, waiting (depth is the same), paused, size (queue limit), max_batch and busy "
+        "(anything running)."
+    )
     load: dict[str, str | float] = Field(description="stage and fraction of the model load.")
     error: str | None = Field(None, description="Why loading failed (status failed).")
