@@ -30,7 +30,9 @@ def random_api(random_fp8: Path, tmp_path_factory: pytest.TempPathFactory) -> It
     # another conversation's cached prefix is computed in other chunk sizes (and on CPU possibly in
     # another prefill dtype), which changes the last bits of the logits, and random weights turn
     # that into other text.
-    args = ["--model", str(random_fp8), "--prefix-cache-tokens", "0"]
+    # Four running slots for eight concurrent clients: four replies are generated together (continuous
+    # batching) while the others wait their turn.
+    args = ["--model", str(random_fp8), "--prefix-cache-tokens", "0", "--max-batch", "4"]
     app = start_app(args, tmp_path_factory.mktemp("logs") / "random_api.log")
     try:
         yield app

@@ -194,6 +194,36 @@ def flood(loaded: Any, tokens: int) -> dict[str, Any]:
     }
 
 
+def transformers_batching(loaded: Any, levels: list[int], tokens: int) -> dict[str, Any]:
+    """transformers' own continuous batching (``generate_batch``: paged cache, its scheduler) on the same
+    loaded model and layers, greedy, for comparison with ours: aggregate tokens/s per level."""
+    from transformers import GenerationConfig
+
+    from ..engine.batching import ROW_PREFIX
+
+    model = loaded.model
+    ours = model.config._attn_implementation
+    model.config._attn_implementation = ours.removeprefix(ROW_PREFIX)
+    config = GenerationConfig(
+        max_new_tokens=tokens, do_sample=False, eos_token_id=None, pad_token_id=loaded.tokenizer.pad_token_id
+    )
+    figures: dict[str, Any] = {}
+    try:
+        for streams in levels:
+            prompts = [_prompt(loaded, f"Stream {i}: tell me about the rabbit.") for i in range(streams)]
+            model.generate_batch(prompts[:1], generation_config=config)  # warm-up
+            started = time.perf_counter()
+            outputs = model.generate_batch(prompts, generation_config=config)
+            wall = time.perf_counter() - started
+            made = sum(len(output.generated_tokens) for output in outputs.values())
+            figures[str(streams)] = {"aggregate_tok_s": made / wall, "tokens": made}
+    except Exception as exc:  # reported as the comparison's result: which part of it does not run here
+        figures["error"] = f"{type(exc).__name__}: {exc}"
+    finally:
+        model.config._attn_implementation = ours
+    return figures
+
+
 def serving(loaded: Any, levels: list[int], tokens: int) -> dict[str, Any]:
     """All serving scenarios on ``loaded`` (warm-up first)."""
     concurrency_level(loaded, 2, 2, 4)  # warm-up: kernels and caches of both paths
@@ -215,6 +245,7 @@ def serving(loaded: Any, levels: list[int], tokens: int) -> dict[str, Any]:
             "one_at_a_time": mixed(loaded, 1, tokens, 1),
         },
         "flood": flood(loaded, tokens),
+        "transformers_continuous_batching": transformers_batching(loaded, levels, tokens),
     }
 
 
@@ -294,4 +325,18 @@ def markdown_lines(serving: dict[str, Any]) -> list[str]:
     ]
     for target, measured, met in targets(serving):
         lines.append(f"| {target} | {measured} | {'-' if met is None else ('yes' if met else 'no')} |")
+    theirs = serving.get("transformers_continuous_batching", {})
+    if "error" in theirs:
+        lines += ["", f"transformers' continuous batching (generate_batch) on the same model: {theirs['error']}"]
+    elif theirs:
+        ours = {row["streams"]: row["batched"].get("aggregate_tok_s") for row in serving["concurrency"]}
+        lines += [
+            "",
+            "transformers' continuous batching (generate_batch, greedy) on the same model and layers, aggregate tok/s:",
+            "",
+            "| streams | transformers generate_batch | this engine |",
+            "|---|---|---|",
+        ]
+        for streams, figure in theirs.items():
+            lines.append(f"| {streams} | {_f(figure['aggregate_tok_s'])} | {_f(ours.get(int(streams)))} |")
     return lines

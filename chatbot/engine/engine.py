@@ -300,6 +300,14 @@ class ChatEngine:
         """The batch of the loaded model; loads it first (a load error fails the next waiting request)."""
         if self._batch is not None:
             return self._batch
+        if self._closed:  # shut down before the model was needed: the waiting requests end, nothing loads
+            with self._cv:
+                jobs = self._queue.jobs()
+                for job in jobs:
+                    self._queue.remove(job)
+            for job in jobs:
+                job.events.put(Finished(cancelled_result(job)))
+            return None
         try:
             loaded = self.load()
         except (ChatbotError, RuntimeError, OSError, ValueError) as exc:

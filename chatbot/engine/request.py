@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from ..errors import GenerationError
 from .generation import GenerationResult, GenerationStats, IncrementalDetokenizer, PrefixCache, StopStringMatcher
 from .jobs import Job, TextDelta
 from .kv_cache import new_cache
@@ -26,6 +27,8 @@ class ActiveRequest:
     def __init__(
         self, job: Job, config: Any, tokenizer: Any, eos_ids: tuple[int, ...], device: torch.device, prefix: PrefixCache
     ) -> None:
+        if not job.prompt_ids:
+            raise GenerationError("The prompt is empty: nothing to continue.", fix="Send at least one message.")
         self.job = job
         self.started = time.perf_counter()
         self.stats = GenerationStats(prompt_tokens=len(job.prompt_ids), queue_seconds=self.started - job.submitted)
