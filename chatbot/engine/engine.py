@@ -292,9 +292,27 @@ class ChatEngine:
             batch = self._ready_batch()
             if batch is None:
                 continue
-            for job in self._admit():
-                self._start(job, batch)
-            batch.round()
+            try:
+                for job in self._admit():
+                    self._start(job, batch)
+                batch.round()
+            except Exception as exc:  # a bug here must not leave every caller waiting forever
+                log.exception("The generation worker failed; ending the running requests")
+                self._fail_running(batch, exc)
+
+    def _fail_running(self, batch: Batch, exc: Exception) -> None:
+        with self._cv:
+            jobs = list(self._running)
+            for job in self._queue.jobs():
+                if self._queue.is_paused(job):
+                    self._queue.remove(job)
+                    jobs.append(job)
+            self._running.clear()
+            self._states.clear()
+            batch.requests.clear()
+            self._send_positions()
+        for job in jobs:
+            job.events.put(Failed(as_generation_error(exc)))
 
     def _ready_batch(self) -> Batch | None:
         """The batch of the loaded model; loads it first (a load error fails the next waiting request)."""
