@@ -102,7 +102,10 @@ class Batch:
             return
         for index, request in enumerate(requests):
             if bool(torch.isfinite(logits[index]).all()):
-                request.accept(logits[index])
+                try:
+                    request.accept(logits[index])
+                except (*STEP_ERRORS, ChatbotError) as exc:  # e.g. in the request's own sampling
+                    self._fail(request, exc)
             else:
                 self._fail(
                     request,
