@@ -174,7 +174,8 @@ def flood(loaded: Any, tokens: int) -> dict[str, Any]:
             floods.append(_start(engine, _prompt(loaded, f"Flood {i}"), _options(tokens * 4), "flooder"))
         except QueueFullError:
             break
-    while sum(1 for _, t, _ in floods if t.arrivals) < min(len(floods), engine.max_batch):
+    # Until the running slots stream (a reply may also end before writing any text).
+    while sum(1 for _, t, _ in floods if t.arrivals or t.ended) < min(len(floods), engine.max_batch):
         time.sleep(0.01)
     time.sleep(0.5)
     _, polite, follower = _start(engine, _prompt(loaded, "A polite question?"), _options(8), "polite")
@@ -195,8 +196,11 @@ def flood(loaded: Any, tokens: int) -> dict[str, Any]:
 
 
 def _generate_batch_figures(model: Any, loaded: Any, levels: list[int], tokens: int) -> dict[str, Any]:
-    from transformers import GenerationConfig
+    from transformers import ContinuousBatchingConfig, GenerationConfig
 
+    # A cache sized for this workload: by default it takes a share of all free memory, which on a CPU
+    # host is most of the machine's RAM.
+    blocks = ContinuousBatchingConfig(num_blocks=2 * max(levels) + 4, max_batch_tokens=512)
     config = GenerationConfig(
         max_new_tokens=tokens, do_sample=False, eos_token_id=None, pad_token_id=loaded.tokenizer.pad_token_id
     )
@@ -204,9 +208,9 @@ def _generate_batch_figures(model: Any, loaded: Any, levels: list[int], tokens: 
     try:
         for streams in levels:
             prompts = [_prompt(loaded, f"Stream {i}: tell me about the rabbit.") for i in range(streams)]
-            model.generate_batch(prompts[:1], generation_config=config)  # warm-up
+            model.generate_batch(prompts[:1], generation_config=config, continuous_batching_config=blocks)  # warm-up
             started = time.perf_counter()
-            outputs = model.generate_batch(prompts, generation_config=config)
+            outputs = model.generate_batch(prompts, generation_config=config, continuous_batching_config=blocks)
             wall = time.perf_counter() - started
             made = sum(len(output.generated_tokens) for output in outputs.values())
             if not made:
