@@ -53,6 +53,7 @@ class Job:
     events: queue.Queue[EngineEvent] = field(default_factory=queue.Queue)
     batch: list[list[int]] | None = None  # several prompts generated together (run_batch)
     position: int = 0  # the last queue position sent
+    token_times: list[float] | None = None  # when a list (the bench sets one): when each new token came
 
 
 def cancelled_result(job: Job) -> GenerationResult:

@@ -74,6 +74,8 @@ class ActiveRequest:
         if not self.generated:
             self.stats.time_to_first_token = time.perf_counter() - self.started
         self.generated.append(token)
+        if self.job.token_times is not None:
+            self.job.token_times.append(time.perf_counter())
         if token in self.eos:
             self.finish = "stop"
             return
