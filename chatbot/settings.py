@@ -47,6 +47,13 @@ class Settings(BaseSettings):
     max_upload_mb: float = Field(10.0, gt=0, description="Largest file the web page accepts (conversation imports).")
     max_request_mb: float = Field(8.0, gt=0, description="Largest request body either server reads (413 above).")
     queue_size: int = Field(16, ge=1, le=1024, description="Requests that may wait for the model at once.")
+    max_batch: int | None = Field(
+        None, ge=1, le=256, description="Requests generated at once (default: 4 on CPU, 32 on a GPU)."
+    )
+    client_limit: int = Field(0, ge=0, description="Requests one client may have waiting (0: half the queue).")
+    prefill_chunk: int | None = Field(
+        None, ge=16, description="Prompt tokens read per step while others decode (default: 128 CPU, 2048 GPU)."
+    )
     system_prompt: str = Field("", description="Default system prompt of the web UI.")
     prefix_cache_tokens: int = Field(
         16384, ge=0, description="Tokens of conversation key/value cache kept for reuse (0 disables)."

@@ -408,7 +408,15 @@ def test_health_reports_status_precision_memory_queue_and_load(api, scripted_fp8
     assert precision["mode"] in ("fp16", "bf16", "fp32") and precision["device"] == "cpu"
     assert health["memory"]["weights_bytes"] > 0 and health["memory"]["process_rss_bytes"] > 0
     assert health["memory"]["cuda_allocated_bytes"] is None  # no GPU here
-    assert health["queue"] == {"depth": 0, "size": 16, "busy": False}
+    assert health["queue"] == {
+        "running": 0,
+        "waiting": 0,
+        "paused": 0,
+        "max_batch": 8,  # the CPU default
+        "depth": 0,
+        "size": 16,
+        "busy": False,
+    }
     assert health["load"] == {"stage": "ready", "fraction": 1.0}
 
 
@@ -468,14 +476,14 @@ def test_api_port_zero_turns_the_api_off(scripted_fp8) -> None:
     assert start_api(app) is None
 
 
-def fail_part_way(self, prompt_ids, options, cancel, emit, *args, **kwargs):
-    emit("Hello")
+def fail_part_way(*args, **kwargs):
+    """The batched decode step fails: after the first token (from the prompt's forward pass)."""
     raise RuntimeError("out of memory (simulated)")
 
 
 def test_a_generation_that_fails_part_way_is_reported_and_the_server_keeps_serving(scripted_fp8, monkeypatch) -> None:
     with in_process_client(str(scripted_fp8)) as http:
-        monkeypatch.setattr("chatbot.engine.engine.Generator.run", fail_part_way)
+        monkeypatch.setattr("chatbot.engine.scheduler.decode_rows", fail_part_way)
         plain = http.post("/v1/chat/completions", json={"messages": HELLO})
         with http.stream("POST", "/v1/chat/completions", json={"messages": HELLO, "stream": True}) as response:
             status, payloads = response.status_code, sse_payloads(response.read().decode())
@@ -489,7 +497,8 @@ def test_a_generation_that_fails_part_way_is_reported_and_the_server_keeps_servi
     assert "out of memory (simulated)" in plain.json()["error"]["message"]
     # a stream has sent its 200 already: the error arrives as an event, which OpenAI clients raise
     assert status == 200
-    assert json.loads(payloads[1])["choices"][0]["delta"] == {"content": "Hello"}
+    first = json.loads(payloads[1])["choices"][0]["delta"]
+    assert set(first) == {"content"} and first["content"] and SCRIPTED_ANSWER.startswith(first["content"])
     assert json.loads(payloads[-2])["error"]["code"] == "generation_failed"
     assert payloads[-1] == "[DONE]"
     assert healthy.json()["choices"][0]["message"]["content"] == SCRIPTED_ANSWER

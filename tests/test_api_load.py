@@ -30,7 +30,9 @@ def random_api(random_fp8: Path, tmp_path_factory: pytest.TempPathFactory) -> It
     # another conversation's cached prefix is computed in other chunk sizes (and on CPU possibly in
     # another prefill dtype), which changes the last bits of the logits, and random weights turn
     # that into other text.
-    args = ["--model", str(random_fp8), "--prefix-cache-tokens", "0"]
+    # Four running slots for eight concurrent clients: four replies are generated together (continuous
+    # batching) while the others wait their turn.
+    args = ["--model", str(random_fp8), "--prefix-cache-tokens", "0", "--max-batch", "4"]
     app = start_app(args, tmp_path_factory.mktemp("logs") / "random_api.log")
     try:
         yield app
@@ -151,7 +153,9 @@ def test_eight_concurrent_streams_are_complete_and_each_matches_its_request_run_
 
 @pytest.fixture
 def one_slot_api(random_fp8: Path, tmp_path: Path) -> Iterator[RunningApp]:
-    app = start_app(["--model", str(random_fp8), "--queue-size", "1"], tmp_path / "one_slot_api.log")
+    # One running slot: the second request waits and fills the one queue place.
+    args = ["--model", str(random_fp8), "--queue-size", "1", "--max-batch", "1"]
+    app = start_app(args, tmp_path / "one_slot_api.log")
     try:
         yield app
     finally:
@@ -163,7 +167,8 @@ def test_a_full_queue_answers_429_with_retry_after(one_slot_api) -> None:
     running = client.chat.completions.create(model="qwen3", messages=ask("First."), stream=True, **LONG_REPLY)
     waiting = client.chat.completions.create(model="qwen3", messages=ask("Second."), stream=True, **LONG_REPLY)
     try:
-        assert health(one_slot_api)["queue"] == {"depth": 1, "size": 1, "busy": True}
+        queue = health(one_slot_api)["queue"]
+        assert queue == {"running": 1, "waiting": 1, "paused": 0, "max_batch": 1, "depth": 1, "size": 1, "busy": True}
         rejected = httpx.post(
             one_slot_api.api_url + "/v1/chat/completions", json={"messages": ask("Third."), "stream": True}
         )

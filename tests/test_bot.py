@@ -119,7 +119,7 @@ def test_cancel_event_ends_the_reply_and_the_model_is_free(random_fp8) -> None:
 
 
 def test_full_queue_says_so_at_once(random_fp8) -> None:
-    engine = ChatEngine(str(random_fp8), device="cpu", queue_size=1)
+    engine = ChatEngine(str(random_fp8), device="cpu", queue_size=1, max_batch=1)
     loaded = engine.load()
     ids = loaded.tokenizer.encode("x")
     options = sampling_options(False, min_new_tokens=2000, max_new_tokens=2000)

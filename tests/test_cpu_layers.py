@@ -7,7 +7,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from chatbot.model.cpu_layers import DECODE_MAX_ROWS, CpuLinear, choose_prefill_dtype, use_fp32_decode
+from chatbot.model.cpu_layers import (
+    BATCHED_DECODE_ROWS,
+    DECODE_MAX_ROWS,
+    CpuLinear,
+    batched_decode_rows,
+    choose_prefill_dtype,
+    use_fp32_decode,
+)
 
 
 def layer(storage: torch.dtype, prefill: torch.dtype, weight: torch.Tensor) -> CpuLinear:
@@ -78,3 +85,11 @@ def test_prefill_copy_is_used_and_can_be_turned_off() -> None:
     x = torch.randn(1, 32, 64)
     torch.testing.assert_close(module(x), F.linear(x, weight.to(torch.float16).float()))
     assert not choose_prefill_dtype(torch.float16, frozenset(), environ={"QWEN_CPU_PREFILL_COPY": "0"}).copy
+
+
+def test_batched_decode_rows_come_from_the_environment_with_a_clear_error() -> None:
+    assert batched_decode_rows({}) == BATCHED_DECODE_ROWS
+    assert batched_decode_rows({"QWEN_CPU_DECODE_ROWS": "16"}) == 16
+    for bad in ("0", "17", "four"):
+        with pytest.raises(ValueError, match="QWEN_CPU_DECODE_ROWS must be a whole number from 1 to 16"):
+            batched_decode_rows({"QWEN_CPU_DECODE_ROWS": bad})

@@ -45,8 +45,11 @@ UI_CONVERSATION_TURNS = 8
 @pytest.fixture(scope="module")
 def soak_app(random_fp8: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningApp]:
     # No prefix cache: then each seeded reply depends on its own request only, and can be checked.
+    # Batches of up to 8 (the CPU default) decode from the 16-bit weights like a lone request (same
+    # precision), so each reply can be checked against the same request run alone.
     args = ["--model", str(random_fp8), "--queue-size", str(QUEUE_SIZE), "--prefix-cache-tokens", "0"]
-    app = start_app(args, tmp_path_factory.mktemp("soak") / "soak.log")
+    env = {"QWEN_CPU_DECODE_ROWS": "16"}
+    app = start_app(args, tmp_path_factory.mktemp("soak") / "soak.log", env=env)
     try:
         yield app
     finally:

@@ -286,7 +286,7 @@ def test_markup_in_messages_is_shown_as_text(client: Client) -> None:
 @pytest.fixture(scope="module")
 def busy_app(random_fp8: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningApp]:
     app = start_app(
-        ["--model", str(random_fp8), "--auth", ":".join(LOGIN), "--queue-size", "1"],
+        ["--model", str(random_fp8), "--auth", ":".join(LOGIN), "--queue-size", "1", "--max-batch", "1"],
         tmp_path_factory.mktemp("ui") / "busy.log",
         api=False,
     )

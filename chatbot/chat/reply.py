@@ -17,6 +17,7 @@ from typing import Any
 
 from ..engine.constraints import Vocabulary, vocabulary
 from ..engine.engine import ChatEngine, Failed, Finished, Queued, TextDelta
+from ..engine.jobs import LOCAL_CLIENT
 from ..engine.sampling import sampling_options
 from ..errors import ChatbotError, InvalidRequestError
 from ..model.loader import LoadedModel
@@ -129,6 +130,7 @@ def stream_reply(
     parallel_tool_calls: bool = True,
     response_format: dict[str, Any] | None = None,
     strict_context: bool = False,
+    client: str = LOCAL_CLIENT,
     **generation_kwargs: Any,
 ) -> Iterator[ChatEvent]:
     """Stream the assistant's reply to ``messages``.
@@ -149,6 +151,7 @@ def stream_reply(
             ContextLengthError in OpenAI's words), and no max_new_tokens means the room left.
         **generation_kwargs: sampling options (see ``SamplingOptions``), e.g. temperature, max_new_tokens,
             logit_bias, logprobs, top_logprobs.
+        client: who asks (API key or address, browser session): requests take fair turns by client.
     Raises:
         InvalidRequestError, ContextLengthError: bad messages or options; nothing was generated.
         QueueFullError: too many requests waiting.
@@ -195,7 +198,9 @@ def stream_reply(
         updates["max_new_tokens"] = loaded.max_context - len(prompt.ids)
     options = options.model_copy(update=updates)
     max_calls = None if parallel_tool_calls else 1
-    yield from run_reply(engine, loaded, prompt, options, cancel, thinking, offered is not None, vocab, max_calls)
+    yield from run_reply(
+        engine, loaded, prompt, options, cancel, thinking, offered is not None, vocab, max_calls, client
+    )
 
 
 def run_reply(
@@ -208,6 +213,7 @@ def run_reply(
     parse_tools: bool,
     vocab: Vocabulary | None,
     max_calls: int | None = None,
+    client: str = LOCAL_CLIENT,
 ) -> Iterator[ChatEvent]:
     """The events of one prepared request: thinking and answer apart, tool calls parsed from the answer
     (at most ``max_calls``: ``parallel_tool_calls: false`` keeps the first)."""
@@ -232,7 +238,7 @@ def run_reply(
                 streamed_calls.append(value)
                 yield ToolCallDelta(len(streamed_calls) - 1, value)
 
-    for event in engine.stream(prompt.ids, options, cancel):
+    for event in engine.stream(prompt.ids, options, cancel, client=client):
         if isinstance(event, Queued):
             yield QueuePosition(event.position)
         elif isinstance(event, TextDelta):

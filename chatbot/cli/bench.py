@@ -30,6 +30,7 @@ from typing import Any
 
 from tqdm import tqdm
 
+from . import bench_serving
 from .bench_worker import BATCH_SIZES, TURNS
 
 ALL_PRECISIONS = ("fp8", "fp16", "bf16", "fp32")
@@ -101,7 +102,7 @@ def run_worker(spec: dict[str, Any], timeout: float) -> dict[str, Any]:
     )
     if done.returncode != 0:
         tail = "\n".join(done.stderr.strip().splitlines()[-5:])
-        name = spec.get("precision") or f"plain {spec.get('baseline')}"
+        name = spec.get("precision") or (f"plain {spec['baseline']}" if "baseline" in spec else "serving")
         return {"precision": name, "error": tail or f"worker exited with {done.returncode}"}
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -204,6 +205,8 @@ def markdown(report: dict[str, Any]) -> str:
     for precision, why in report["skipped"].items():
         lines.append(f"| {precision} | skipped: {why} |" + " |" * 10)
     lines += _baseline_lines(report) + _scenario_lines(report) + _target_lines(report) + _reference_lines()
+    if "serving" in report:
+        lines += bench_serving.markdown_lines(report["serving"])
     return "\n".join(lines)
 
 
@@ -357,8 +360,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="bf16",
         help="plain transformers dtypes to measure beside ours (fp32, bf16, fp16, or none)",
     )
+    parser.add_argument(
+        "--concurrency",
+        help="only the serving bench, at these stream counts, e.g. 1,2,4,8,16 (the default run does 1,4,8)",
+    )
+    parser.add_argument("--serving-tokens", type=int, default=32, help="new tokens per stream in the serving bench")
     parser.add_argument("--out", type=Path, default=Path("bench-out"))
     parser.add_argument("--timeout", type=float, default=900, help="seconds allowed per precision")
+
+
+DEFAULT_LEVELS = (1, 4, 8)
+
+
+def run_serving(args: argparse.Namespace, levels: list[int]) -> dict[str, Any]:
+    spec = {"model": args.model, "device": args.device, "serving": levels, "serving_tokens": args.serving_tokens}
+    return run_worker(spec, timeout=args.timeout)
+
+
+def serving_main(args: argparse.Namespace, levels: list[int]) -> int:
+    serving = run_serving(args, levels)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "serving.json").write_text(json.dumps(serving, indent=2) + "\n", encoding="utf-8")
+    print(f"Model: {args.model}")
+    print("\n".join(bench_serving.markdown_lines(serving)))
+    print(f"\nWrote {args.out / 'serving.json'}")
+    return 1 if "error" in serving else 0
 
 
 def main(args: argparse.Namespace) -> int:
@@ -366,7 +392,10 @@ def main(args: argparse.Namespace) -> int:
         from ..settings import Settings
 
         args.model = Settings().model
+    if args.concurrency:
+        return serving_main(args, [int(level) for level in args.concurrency.split(",") if level.strip()])
     report = run_bench(args)
+    report["serving"] = run_serving(args, list(DEFAULT_LEVELS))
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "bench.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     chart(report, args.out / "bench.png")

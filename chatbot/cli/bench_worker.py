@@ -262,6 +262,20 @@ def plain_worker(spec: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
+def serving_worker(spec: dict[str, Any]) -> dict[str, Any]:
+    """Concurrency, mixed and flood scenarios (``bench_serving``) on the default precision."""
+    from ..model.loader import load_model
+    from .bench_serving import serving
+
+    loaded = load_model(spec["model"], device=spec["device"], precision=spec.get("precision"))
+    result = {"label": loaded.precision.label, "device": loaded.precision.device_name}
+    result.update(serving(loaded, spec["serving"], spec["serving_tokens"]))
+    return result
+
+
 if __name__ == "__main__":
     job = json.loads(sys.argv[1])
-    print(json.dumps(plain_worker(job) if "baseline" in job else worker(job)))
+    if "serving" in job:
+        print(json.dumps(serving_worker(job)))
+    else:
+        print(json.dumps(plain_worker(job) if "baseline" in job else worker(job)))

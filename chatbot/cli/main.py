@@ -65,6 +65,15 @@ def add_serve_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-upload-mb", type=float, help="largest file the web page accepts (default 10)")
     parser.add_argument("--max-request-mb", type=float, help="largest request body either server reads (default 8)")
     parser.add_argument("--queue-size", type=int, help="requests that may wait for the model (default 16)")
+    parser.add_argument(
+        "--max-batch", type=int, help="requests generated at once (default: 4 on CPU, 32 on a GPU; 1 = one at a time)"
+    )
+    parser.add_argument(
+        "--client-limit", type=int, help="requests one client may have waiting (default: half the queue)"
+    )
+    parser.add_argument(
+        "--prefill-chunk", type=int, help="prompt tokens read per step beside the others' decoding (default: device)"
+    )
     parser.add_argument("--system-prompt", help="default system prompt of the web UI")
     parser.add_argument("--prefix-cache-tokens", type=int, help="tokens of conversation cache kept for reuse")
     parser.add_argument(
@@ -94,6 +103,9 @@ SETTING_FLAGS = (
     "max_upload_mb",
     "max_request_mb",
     "queue_size",
+    "max_batch",
+    "client_limit",
+    "prefill_chunk",
     "system_prompt",
     "prefix_cache_tokens",
     "served_model_name",

@@ -2,10 +2,13 @@
 
 * Lazy loading: constructing an engine is cheap; the model loads on first use, or in the
   background after ``start_loading()``, reporting progress.
-* One worker thread owns the model and serves requests first come, first served from a bounded
-  queue; a full queue raises ``QueueFullError`` at once instead of piling up.
-* Every request has its own stop signal; a cancelled request stops within one model step and the
-  next one starts right away. An error inside one generation ends that request only.
+* Continuous batching: one worker thread owns the model and runs up to ``max_batch`` requests at
+  once, each advancing by one token per model step (``scheduler.Batch``); a new request joins at
+  the next step, a finished or cancelled one leaves at once. Behind the running requests waits a
+  bounded queue, served in fair turns by client (``fair_queue.FairQueue``); a full queue raises
+  ``QueueFullError`` at once instead of piling up.
+* Every request has its own stop signal; a cancelled request stops within one model step. An error
+  inside one generation ends that request only.
 """
 
 from __future__ import annotations
@@ -14,63 +17,30 @@ import itertools
 import logging
 import queue
 import threading
-import time
-from collections import deque
+from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from typing import Any
 
-from ..errors import ChatbotError, GenerationError, QueueFullError
+from ..errors import ChatbotError
 from ..model.loader import LoadedModel, LoadProgress, load_model
 from ..settings import Settings
-from .generation import GenerationResult, GenerationStats, Generator, PrefixCache
+from .batching import install_row_attention
+from .fair_queue import FairQueue
+from .generation import GenerationResult, Generator, PrefixCache
+from .jobs import LOCAL_CLIENT, BatchFinished, EngineEvent, Failed, Finished, Job, Queued, TextDelta, cancelled_result
+from .request import ActiveRequest
 from .sampling import SamplingOptions
+from .scheduler import CPU_PREFILL_CHUNK, GPU_PREFILL_CHUNK, STEP_ERRORS, Batch, as_generation_error
 
+__all__ = ["BatchFinished", "ChatEngine", "EngineEvent", "Failed", "Finished", "Job", "Queued", "TextDelta"]
 log = logging.getLogger(__name__)
 CANCEL_POLL_SECONDS = 0.2  # how often a waiting request checks its stop signal
+CPU_MAX_BATCH = 8  # chosen from `python -m chatbot bench --concurrency` (README: Serving several people)
+GPU_MAX_BATCH = 32
 
 
-@dataclass(frozen=True)
-class Queued:
-    position: int  # 1 = next to run
-
-
-@dataclass(frozen=True)
-class TextDelta:
-    text: str
-
-
-@dataclass(frozen=True)
-class Finished:
-    result: GenerationResult
-
-
-@dataclass(frozen=True)
-class BatchFinished:
-    results: list[GenerationResult]
-
-
-@dataclass(frozen=True)
-class Failed:
-    error: ChatbotError
-
-
-EngineEvent = Queued | TextDelta | Finished | BatchFinished | Failed
-
-
-@dataclass
-class Job:
-    prompt_ids: list[int]
-    options: SamplingOptions
-    cancel: threading.Event
-    id: int = 0
-    submitted: float = field(default_factory=time.perf_counter)
-    events: queue.Queue[EngineEvent] = field(default_factory=queue.Queue)
-    batch: list[list[int]] | None = None  # several prompts generated together (run_batch)
-
-
-def _cancelled_result(job: Job) -> GenerationResult:
-    queue_seconds = time.perf_counter() - job.submitted
-    return GenerationResult("", (), "cancelled", GenerationStats(len(job.prompt_ids), queue_seconds=queue_seconds))
+def default_max_batch(device_type: str) -> int:
+    return CPU_MAX_BATCH if device_type == "cpu" else GPU_MAX_BATCH
 
 
 class ChatEngine:
@@ -87,6 +57,9 @@ class ChatEngine:
         trust_remote_code: bool = False,
         queue_size: int = 16,
         prefix_cache_tokens: int = 16384,
+        max_batch: int | None = None,
+        client_limit: int = 0,
+        prefill_chunk: int | None = None,
     ) -> None:
         self.source = source
         self._load_kwargs = dict(
@@ -97,14 +70,19 @@ class ChatEngine:
             trust_remote_code=trust_remote_code,
         )
         self.queue_size = queue_size
+        self.requested_max_batch = max_batch
+        self.requested_prefill_chunk = prefill_chunk
+        self._max_batch: int | None = None
         self.prefix_cache = PrefixCache(prefix_cache_tokens)
         self.progress = LoadProgress()
         self._loaded: LoadedModel | None = None
         self._load_error: BaseException | None = None
         self._load_lock = threading.Lock()
         self._load_thread: threading.Thread | None = None
-        self._pending: deque[Job] = deque()
-        self._running: Job | None = None
+        self._queue = FairQueue(queue_size, client_limit)
+        self._running: list[Job] = []  # in the batch now (paused ones wait in the queue, state kept)
+        self._states: dict[int, ActiveRequest] = {}
+        self._batch: Batch | None = None
         self._cv = threading.Condition()
         self._ids = itertools.count(1)
         self._worker: threading.Thread | None = None
@@ -122,7 +100,18 @@ class ChatEngine:
             trust_remote_code=settings.trust_remote_code,
             queue_size=settings.queue_size,
             prefix_cache_tokens=settings.prefix_cache_tokens,
+            max_batch=settings.max_batch,
+            client_limit=settings.client_limit,
+            prefill_chunk=settings.prefill_chunk,
         )
+
+    @classmethod
+    def from_loaded(cls, loaded: LoadedModel, **kwargs: Any) -> ChatEngine:
+        """An engine over a model already loaded (several engines may share it, one running at a time)."""
+        engine = cls(str(loaded.checkpoint.path), **kwargs)
+        engine._loaded = loaded
+        engine._max_batch = engine.requested_max_batch or default_max_batch(loaded.device.type)
+        return engine
 
     # --- loading ------------------------------------------------------------------------------------------
 
@@ -167,22 +156,40 @@ class ChatEngine:
             if self._loaded is None:
                 self._load_error = None
                 try:
-                    self._loaded = load_model(self.source, progress=self.progress, **self._load_kwargs)
+                    loaded = load_model(self.source, progress=self.progress, **self._load_kwargs)
                 except BaseException as exc:
                     self._load_error = exc
                     raise
+                self._max_batch = self._max_batch or self.requested_max_batch or default_max_batch(loaded.device.type)
+                self._loaded = loaded
         return self._loaded
 
     # --- requests -----------------------------------------------------------------------------------------
 
+    @property
+    def max_batch(self) -> int:
+        """Requests that run at once (before the model is loaded: the flag's value, else 1)."""
+        return self._max_batch or self.requested_max_batch or 1
+
     def queue_depth(self) -> int:
-        """Requests waiting (not counting the one running)."""
+        """Requests waiting for a running slot (not counting running or paused ones)."""
         with self._cv:
-            return len(self._pending)
+            return len(self._queue)
+
+    def occupancy(self) -> dict[str, int]:
+        """Running, waiting and paused requests now, and the most that run at once."""
+        with self._cv:
+            return {
+                "running": len(self._running),
+                "waiting": len(self._queue),
+                "paused": self._queue.paused,
+                "max_batch": self.max_batch,
+            }
 
     @property
     def busy(self) -> bool:
-        return self._running is not None
+        """Something runs, or is paused mid-reply."""
+        return bool(self._running) or bool(self._queue.paused)
 
     def submit(
         self,
@@ -190,24 +197,23 @@ class ChatEngine:
         options: SamplingOptions,
         cancel: threading.Event | None = None,
         batch: list[list[int]] | None = None,
+        client: str = LOCAL_CLIENT,
     ) -> Job:
         """Queue a generation (or, with ``batch``, several at once); events arrive on ``job.events``.
 
+        ``client`` groups requests for fair turns (see ``fair_queue``).
+
         Raises:
-            QueueFullError: ``queue_size`` requests are already waiting.
+            QueueFullError: ``queue_size`` requests are already waiting, or ``client`` has its limit waiting.
         """
-        job = Job(list(prompt_ids), options, cancel or threading.Event(), next(self._ids), batch=batch)
+        job = Job(list(prompt_ids), options, cancel or threading.Event(), next(self._ids), client, batch=batch)
         with self._cv:
             if self._closed:
                 raise ChatbotError("The engine is shut down.")
-            if len(self._pending) >= self.queue_size:
-                raise QueueFullError(f"The queue is full ({self.queue_size} requests waiting).", retry_after=5)
-            self._pending.append(job)
-            position = len(self._pending)
+            self._queue.add(job)
             self._ensure_worker()
+            self._send_positions()
             self._cv.notify_all()
-        if position > 1 or self._running is not None:
-            job.events.put(Queued(position))
         return job
 
     def run_batch(
@@ -225,10 +231,14 @@ class ChatEngine:
                 raise event.error
 
     def stream(
-        self, prompt_ids: list[int], options: SamplingOptions, cancel: threading.Event | None = None
+        self,
+        prompt_ids: list[int],
+        options: SamplingOptions,
+        cancel: threading.Event | None = None,
+        client: str = LOCAL_CLIENT,
     ) -> Iterator[EngineEvent]:
         """Submit and yield events until the request ends; leaving early cancels it."""
-        job = self.submit(prompt_ids, options, cancel)
+        job = self.submit(prompt_ids, options, cancel, client=client)
         done = False
         try:
             while True:
@@ -238,7 +248,7 @@ class ChatEngine:
                     # A request cancelled while it waits leaves the queue now, not when its turn comes.
                     if not (job.cancel.is_set() and self._withdraw(job)):
                         continue
-                    event = Finished(_cancelled_result(job))
+                    event = Finished(cancelled_result(job))
                 done = isinstance(event, Finished | Failed)
                 yield event
                 if done:
@@ -248,76 +258,170 @@ class ChatEngine:
                 job.cancel.set()
 
     def _withdraw(self, job: Job) -> bool:
-        """Take a waiting job out of the queue (False when it already runs or ran); the rest move up."""
+        """Take a waiting job out of the queue (False when it runs, is paused mid-reply, or ran)."""
         with self._cv:
-            if job not in self._pending:
+            if job not in self._queue or self._queue.is_paused(job):
                 return False
-            self._pending.remove(job)
-            waiting = list(self._pending)
-        for position, other in enumerate(waiting, start=1):
-            other.events.put(Queued(position))
+            self._queue.remove(job)
+            self._send_positions()
         return True
+
+    def _send_positions(self) -> None:
+        """Tell each waiting job its place when it changed (call with the lock held); 1 = next to run."""
+        free = max(0, self.max_batch - len(self._running))
+        for place, job in enumerate(self._queue.order(job.client for job in self._running), start=1):
+            position = place - free
+            if position >= 1 and position != job.position and not self._queue.is_paused(job):
+                job.position = position
+                job.events.put(Queued(position))
 
     def _ensure_worker(self) -> None:
         if self._worker is None or not self._worker.is_alive():
             self._worker = threading.Thread(target=self._work, name="generation-worker", daemon=True)
             self._worker.start()
 
+    # --- the worker -------------------------------------------------------------------------------------------
+
     def _work(self) -> None:
         while True:
             with self._cv:
-                while not self._pending and not self._closed:
+                while not self._queue.jobs() and not self._running and not self._closed:
                     self._cv.wait()
-                if self._closed and not self._pending:
+                if self._closed and not self._queue.jobs() and not self._running:
                     return
-                job = self._pending.popleft()
-                self._running = job
-                waiting = list(self._pending)
-            for position, other in enumerate(waiting, start=1):
-                other.events.put(Queued(position))
+            batch = self._ready_batch()
+            if batch is None:
+                continue
             try:
-                self._serve(job)
-            finally:
-                with self._cv:
-                    self._running = None
+                for job in self._admit():
+                    self._start(job, batch)
+                batch.round()
+            except Exception as exc:  # a bug here must not leave every caller waiting forever
+                log.exception("The generation worker failed; ending the running requests")
+                self._fail_running(batch, exc)
 
-    def _serve(self, job: Job) -> None:
-        queue_seconds = time.perf_counter() - job.submitted
-        if job.cancel.is_set():
-            job.events.put(Finished(_cancelled_result(job)))
-            return
+    def _fail_running(self, batch: Batch, exc: Exception) -> None:
+        with self._cv:
+            jobs = list(self._running)
+            for job in self._queue.jobs():
+                if self._queue.is_paused(job):
+                    self._queue.remove(job)
+                    jobs.append(job)
+            self._running.clear()
+            self._states.clear()
+            batch.requests.clear()
+            self._send_positions()
+        for job in jobs:
+            job.events.put(Failed(as_generation_error(exc)))
+
+    def _ready_batch(self) -> Batch | None:
+        """The batch of the loaded model; loads it first (a load error fails the next waiting request)."""
+        if self._batch is not None:
+            return self._batch
+        if self._closed:  # shut down before the model was needed: the waiting requests end, nothing loads
+            with self._cv:
+                jobs = self._queue.jobs()
+                for job in jobs:
+                    self._queue.remove(job)
+            for job in jobs:
+                job.events.put(Finished(cancelled_result(job)))
+            return None
         try:
             loaded = self.load()
-            generator = Generator(
-                loaded.model, loaded.tokenizer, loaded.eos_token_ids, loaded.device, self.prefix_cache
+        except (ChatbotError, RuntimeError, OSError, ValueError) as exc:
+            with self._cv:
+                job = self._queue.pop(Counter())
+            if job is not None:
+                job.events.put(Failed(as_generation_error(exc)))
+            return None
+        self._batch = self._make_batch(loaded)
+        return self._batch
+
+    def _make_batch(self, loaded: LoadedModel) -> Batch:
+        batched = install_row_attention(loaded.model)
+        size = self._max_batch or self.requested_max_batch or default_max_batch(loaded.device.type)
+        if not batched and size > 1:
+            log.warning(
+                "The attention implementation %r cannot be batched row by row: requests run one at a time",
+                loaded.model.config._attn_implementation,
             )
-            if job.batch is not None:
-                job.events.put(BatchFinished(generator.run_batch(job.batch, job.options, job.cancel)))
+            size = 1
+        cpu = loaded.device.type == "cpu"
+        chunk = self.requested_prefill_chunk or (CPU_PREFILL_CHUNK if cpu else GPU_PREFILL_CHUNK)
+        with self._cv:
+            self._max_batch = size
+        log.info("Continuous batching: up to %d requests at once, prompts read %d tokens per step", size, chunk)
+        generator = Generator(loaded.model, loaded.tokenizer, loaded.eos_token_ids, loaded.device, self.prefix_cache)
+        return Batch(generator, chunk, self._release)
+
+    def _admit(self) -> list[Job]:
+        """Move waiting jobs into free slots, pausing a request of a client above its share (see fair_queue)."""
+        with self._cv:
+            starting = []
+            for job in self._queue.jobs():  # a paused request that was cancelled ends now, in a slot or not
+                if self._queue.is_paused(job) and job.cancel.is_set():
+                    self._queue.remove(job)
+                    self._running.append(job)
+                    starting.append(job)
+            limit = self.max_batch
+            counts = Counter(job.client for job in self._running)
+            while len(self._running) < limit and (job := self._queue.pop(counts)) is not None:
+                self._running.append(job)
+                counts[job.client] += 1
+                starting.append(job)
+            while self._queue.paused < limit and (greedy := self._queue.over_share(counts, limit)) is not None:
+                started = [j for j in self._running if j.client == greedy and j.id in self._states]
+                if not started:
+                    break
+                victim = started[-1]
+                self._running.remove(victim)
+                self._queue.pause(victim)
+                self._batch.remove(self._states[victim.id])
+                counts[greedy] -= 1
+                job = self._queue.pop(counts)
+                self._running.append(job)
+                counts[job.client] += 1
+                starting.append(job)
+            if starting:
+                self._send_positions()
+            return starting
+
+    def _start(self, job: Job, batch: Batch) -> None:
+        if job.id in self._states:  # resumes after a pause
+            batch.add(self._states[job.id])
+            return
+        if job.cancel.is_set():
+            job.events.put(Finished(cancelled_result(job)))
+            self._release_job(job)
+            return
+        try:
+            if job.batch is not None:  # the batch command's fixed batch runs on its own
+                results = batch.generator.run_batch(job.batch, job.options, job.cancel)
+                job.events.put(BatchFinished(results))
+                self._release_job(job)
                 return
-            result = generator.run(
-                job.prompt_ids, job.options, job.cancel, lambda text: job.events.put(TextDelta(text)), queue_seconds
+            loaded = self.load()
+            state = ActiveRequest(
+                job, loaded.model.config, loaded.tokenizer, loaded.eos_token_ids, loaded.device, self.prefix_cache
             )
-        except ChatbotError as exc:
-            job.events.put(Failed(exc))
-        except (RuntimeError, ValueError, IndexError, TypeError) as exc:
-            log.exception("Generation failed")
-            job.events.put(
-                Failed(
-                    GenerationError(
-                        f"Generation failed: {exc}",
-                        fix="Try again; if it keeps failing, run `python -m chatbot doctor`.",
-                    )
-                )
-            )
-        else:
-            if result.finish_reason == "cancelled":
-                log.info(
-                    "request %d cancelled after %d of at most %d new tokens",
-                    job.id,
-                    result.stats.new_tokens,
-                    job.options.max_new_tokens,
-                )
-            job.events.put(Finished(result))
+        except (ChatbotError, *STEP_ERRORS) as exc:
+            if not isinstance(exc, ChatbotError):
+                log.exception("Generation failed")
+            job.events.put(Failed(as_generation_error(exc)))
+            self._release_job(job)
+            return
+        self._states[job.id] = state
+        batch.add(state)
+
+    def _release(self, request: ActiveRequest) -> None:
+        self._release_job(request.job)
+
+    def _release_job(self, job: Job) -> None:
+        with self._cv:
+            self._states.pop(job.id, None)
+            if job in self._running:
+                self._running.remove(job)
+            self._send_positions()
 
     def close(self, timeout: float = 10.0) -> None:
         """Cancel the running and waiting requests and wait (up to ``timeout``) for the worker to end.
@@ -327,7 +431,7 @@ class ChatEngine:
         """
         with self._cv:
             self._closed = True
-            for job in [*self._pending, *([self._running] if self._running else [])]:
+            for job in [*self._queue.jobs(), *self._running]:
                 job.cancel.set()
             self._cv.notify_all()
             worker = self._worker

@@ -195,10 +195,10 @@ class Generator:
         for start in range(0, len(ids), PREFILL_CHUNK):
             if cancel is not None and start and cancel.is_set():
                 return None
-            logits = self._step(ids[start : start + PREFILL_CHUNK], cache)
+            logits = self.step(ids[start : start + PREFILL_CHUNK], cache)
         return logits
 
-    def _step(self, ids: list[int], cache: Any) -> torch.Tensor:
+    def step(self, ids: list[int], cache: Any) -> torch.Tensor:
         """One forward over ``ids``; non-finite logits (FP16 overflow) are recomputed with FP32 matmuls."""
         before = cache.get_seq_length()
         chunk = torch.tensor([ids], device=self.device)
@@ -212,7 +212,7 @@ class Generator:
             )
         log.warning("FP16 overflow in a decode matmul: CPU layers decode in FP32 from now on")
         cache.crop(before - cache.get_seq_length())
-        return self._step(ids, cache)
+        return self.step(ids, cache)
 
     @torch.inference_mode()
     def run(

@@ -75,3 +75,11 @@ def new_cache(config: Any) -> DynamicCache:
     cache = DynamicCache(config=config)
     cache.layers = [GrowingLayer() if type(layer) is DynamicLayer else layer for layer in cache.layers]
     return cache
+
+
+def crop_to(cache: DynamicCache, length: int) -> None:
+    """Shorten every layer of ``cache`` to ``length`` tokens (layers may differ after a failed step)."""
+    for layer in cache.layers:
+        excess = layer.get_seq_length() - length if layer.is_initialized else 0
+        if excess > 0:
+            layer.crop(-excess)

@@ -21,6 +21,7 @@ the answer in ``content``, as vLLM and SGLang do.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import hmac
 import json
 import logging
@@ -140,7 +141,7 @@ class ReplyStream:
     generation within one model step and frees the model for the next request.
     """
 
-    def __init__(self, engine: ChatEngine, request: ChatCompletionRequest) -> None:
+    def __init__(self, engine: ChatEngine, request: ChatCompletionRequest, client: str) -> None:
         self.engine = engine
         self._cancel = threading.Event()
         self._loop = asyncio.get_running_loop()
@@ -152,15 +153,19 @@ class ReplyStream:
                 request.plain_messages(),
                 request.thinking(),
                 {**request.sampling_kwargs(), **request.reply_kwargs()},
+                client,
             ),
             name="api-request",
             daemon=True,
         )
         self._thread.start()
 
-    def _produce(self, messages: list[dict[str, Any]], thinking: bool, sampling: dict[str, Any]) -> None:
+    def _produce(self, messages: list[dict[str, Any]], thinking: bool, sampling: dict[str, Any], client: str) -> None:
         try:
-            for event in stream_reply(self.engine, messages, enable_thinking=thinking, cancel=self._cancel, **sampling):
+            events = stream_reply(
+                self.engine, messages, enable_thinking=thinking, cancel=self._cancel, client=client, **sampling
+            )
+            for event in events:
                 self._hand_over(event)
         except ChatbotError as exc:
             self._hand_over(exc)
@@ -353,6 +358,7 @@ def health_body(app: App) -> dict[str, Any]:
     status = {"ready": "ready", "failed": "failed"}.get(engine.status, "loading")
     stage, fraction = engine.progress.snapshot()
     cuda = loaded is not None and loaded.device.type == "cuda" and torch.cuda.is_available()
+    queue = engine.occupancy()
     return {
         "status": status,
         "model": app.model_name,
@@ -363,7 +369,7 @@ def health_body(app: App) -> dict[str, Any]:
             "cuda_allocated_bytes": torch.cuda.memory_allocated(loaded.device) if cuda else None,
             "cuda_reserved_bytes": torch.cuda.memory_reserved(loaded.device) if cuda else None,
         },
-        "queue": {"depth": engine.queue_depth(), "size": engine.queue_size, "busy": engine.busy},
+        "queue": {**queue, "depth": queue["waiting"], "size": engine.queue_size, "busy": engine.busy},
         "load": {"stage": stage, "fraction": round(fraction, 3)},
         "error": one_line(engine.load_error) if engine.load_error is not None else None,
     }
@@ -425,6 +431,15 @@ def has_key(request: Request, key: SecretStr) -> bool:
     """Whether the request carries ``Authorization: Bearer <key>`` (compared in constant time)."""
     scheme, _, given = request.headers.get("authorization", "").partition(" ")
     return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), key.get_secret_value().encode())
+
+
+def client_key(request: Request) -> str:
+    """Who is asking, for fair turns: the remote address, and the bearer key (hashed, never kept) if one is sent."""
+    address = request.client.host if request.client else "unknown"
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() == "bearer" and token:
+        return f"api:{address}:{hashlib.sha256(token.encode()).hexdigest()[:12]}"
+    return f"api:{address}"
 
 
 def api_key_guard(key: SecretStr) -> Callable[..., Any]:
@@ -511,7 +526,7 @@ def build_api(app: App) -> FastAPI:
     )
     async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any:
         meta = Completion.new(app.model_name)
-        reply = ReplyStream(app.engine, body)
+        reply = ReplyStream(app.engine, body, client_key(request))
         try:
             if body.stream:
                 # Wait until the request is accepted, so that bad input or a full queue is still an

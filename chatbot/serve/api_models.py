@@ -411,7 +411,9 @@ class Health(BaseModel):
         description="weights_bytes, process_rss_bytes, cuda_allocated_bytes and cuda_reserved_bytes (null on CPU).",
     )
     queue: dict[str, int | bool] | None = Field(
-        None, description="depth (waiting), size (limit) and busy (one running)."
+        None,
+        description="running, waiting (depth is the same), paused, size (queue limit), max_batch and busy "
+        "(anything running).",
     )
     load: dict[str, str | float] | None = Field(None, description="stage and fraction of the model load.")
     error: str | None = Field(None, description="Why loading failed (status failed).")

@@ -143,6 +143,7 @@ class ChatHandlers:
                     conversation.messages_with(message),
                     enable_thinking=enable_thinking,
                     cancel=stop,
+                    client=f"ui:{session}",  # each browser session takes its own turns
                     **options,
                 ):
                     if stop.is_set() and isinstance(event, Loading):

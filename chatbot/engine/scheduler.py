@@ -1,0 +1,147 @@
+"""One scheduling round of continuous batching: a prompt chunk, then one token for every running request.
+
+Each round the worker (``ChatEngine``) admits waiting requests into free slots, then calls
+``Batch.round``:
+
+1. requests whose stop signal is set leave now (within one round of the cancel);
+2. the oldest request still reading its prompt gets one prefill chunk of at most ``prefill_chunk``
+   tokens, so a long prompt delays the others by one chunk per round, not by the whole prompt;
+   when its prompt is read it samples its first token;
+3. every request past its prompt advances by one token, all in one batched forward
+   (``batching.decode_rows``).
+
+A request that fails (its prefill raises, its logits are inf/NaN, or its row of a failed batch
+fails again when retried alone) ends with an error and the others go on.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from ..errors import ChatbotError, GenerationError
+from ..model.cpu_layers import use_fp32_decode
+from .batching import decode_rows
+from .generation import Generator
+from .jobs import Failed, Finished
+from .kv_cache import crop_to
+from .request import ActiveRequest
+
+log = logging.getLogger(__name__)
+CPU_PREFILL_CHUNK = 128  # about a second of prefill on a 2-core CPU: what a running stream may stall
+GPU_PREFILL_CHUNK = 2048
+# Exceptions a forward pass may raise on bad input or a device error; anything else is a bug and propagates.
+STEP_ERRORS = (RuntimeError, ValueError, IndexError, TypeError)
+
+
+def as_generation_error(exc: BaseException) -> ChatbotError:
+    if isinstance(exc, ChatbotError):
+        return exc
+    return GenerationError(
+        f"Generation failed: {exc}", fix="Try again; if it keeps failing, run `python -m chatbot doctor`."
+    )
+
+
+class Batch:
+    """The running requests of one engine (owned by its worker thread)."""
+
+    def __init__(self, generator: Generator, prefill_chunk: int, on_end: Callable[[ActiveRequest], None]) -> None:
+        self.generator = generator
+        self.prefill_chunk = prefill_chunk
+        self.requests: list[ActiveRequest] = []
+        self._on_end = on_end
+
+    def __len__(self) -> int:
+        return len(self.requests)
+
+    def add(self, request: ActiveRequest) -> None:
+        self.requests.append(request)
+
+    def remove(self, request: ActiveRequest) -> None:
+        self.requests.remove(request)
+
+    @torch.inference_mode()
+    def round(self) -> None:
+        for request in list(self.requests):
+            if request.check_cancel():
+                self._end(request)
+        prefilling = [r for r in self.requests if r.prefilling]
+        if prefilling:
+            self._prefill(prefilling[0])
+        decoding = [r for r in self.requests if not r.prefilling and r.generated and r.finish is None]
+        if decoding:
+            self._decode(decoding)
+        for request in [r for r in self.requests if r.finish is not None]:
+            self._end(request)
+
+    def _prefill(self, request: ActiveRequest) -> None:
+        chunk = request.next_chunk(self.prefill_chunk)
+        try:
+            logits = self.generator.step(chunk, request.cache)
+            if not request.prefilling:
+                request.accept(logits)
+        except (*STEP_ERRORS, ChatbotError) as exc:
+            self._fail(request, exc)
+
+    def _decode(self, requests: list[ActiveRequest]) -> None:
+        lengths = [r.cache.get_seq_length() for r in requests]
+        try:
+            logits = self._decode_step(requests, lengths)
+        except STEP_ERRORS as exc:
+            if len(requests) == 1:
+                self._fail(requests[0], exc)
+                return
+            # Which row broke the batch is unknown: every row tries again alone, and only a failing one ends.
+            log.warning("A batched decode step failed (%s); retrying its %d requests one by one", exc, len(requests))
+            for request, length in zip(requests, lengths, strict=True):
+                crop_to(request.cache, length)
+                self._decode([request])
+            return
+        for index, request in enumerate(requests):
+            if bool(torch.isfinite(logits[index]).all()):
+                try:
+                    request.accept(logits[index])
+                except (*STEP_ERRORS, ChatbotError) as exc:  # e.g. in the request's own sampling
+                    self._fail(request, exc)
+            else:
+                self._fail(
+                    request,
+                    GenerationError(
+                        "The model produced inf/NaN (an overflow in this precision).",
+                        fix="Restart with --precision bf16 or --precision fp32.",
+                    ),
+                )
+
+    def _decode_step(self, requests: list[ActiveRequest], lengths: list[int]) -> torch.Tensor:
+        model, device = self.generator.model, self.generator.device
+        caches: list[Any] = [r.cache for r in requests]
+        logits = decode_rows(model, [r.last_token for r in requests], caches, device)
+        if bool(torch.isfinite(logits).all()) or not use_fp32_decode(model):
+            return logits
+        log.warning("FP16 overflow in a decode matmul: CPU layers decode in FP32 from now on")
+        for cache, length in zip(caches, lengths, strict=True):
+            crop_to(cache, length)
+        return decode_rows(model, [r.last_token for r in requests], caches, device)
+
+    def _fail(self, request: ActiveRequest, exc: BaseException) -> None:
+        if not isinstance(exc, ChatbotError):
+            log.error("Generation of request %d failed: %s", request.job.id, exc, exc_info=exc)
+        self.requests.remove(request)
+        request.job.events.put(Failed(as_generation_error(exc)))
+        self._on_end(request)
+
+    def _end(self, request: ActiveRequest) -> None:
+        self.requests.remove(request)
+        result = request.result()
+        if result.finish_reason == "cancelled":
+            log.info(
+                "request %d cancelled after %d of at most %d new tokens",
+                request.job.id,
+                result.stats.new_tokens,
+                request.job.options.max_new_tokens,
+            )
+        request.job.events.put(Finished(result))
+        self._on_end(request)
