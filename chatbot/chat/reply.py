@@ -123,7 +123,8 @@ def stream_reply(
                 yield ThinkingDelta(text) if kind == "thinking" else AnswerDelta(text)
         elif isinstance(event, Finished):
             result = event.result
-            split = split_thinking(result.text)
+            # Thinking off: all answer. Cut short while thinking: the thinking stays thinking.
+            split = splitter.finish(cut=result.finish_reason != "stop")
             yield ChatDone(
                 split.thinking,
                 split.answer,
@@ -165,7 +166,7 @@ def batch_reply(
     results = engine.run_batch([p.ids for p in prompts], options, cancel)
     replies = []
     for prompt, result in zip(prompts, results, strict=True):
-        split = split_thinking(result.text)
+        split = split_thinking(result.text, expect_thinking=enable_thinking, cut=result.finish_reason != "stop")
         replies.append(
             {
                 "thinking": split.thinking,
