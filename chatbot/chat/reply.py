@@ -186,6 +186,10 @@ class Turn:
     content: str
     thinking: str = ""
     stats: dict[str, Any] = field(default_factory=dict)
+    # Every answer given to the same question when there are several (regenerated), oldest first, as
+    # {"content", "thinking", "stats"}; ``version`` is the one shown. Only the shown one is re-sent.
+    versions: list[dict[str, Any]] = field(default_factory=list)
+    version: int = 0
 
 
 @dataclass
