@@ -418,3 +418,23 @@ def test_queue_position_is_shown_and_stop_only_cancels_its_own_request(busy_app:
     first.predict(api_name="/stop")
     running.result(timeout=WAIT_LIMIT_SECONDS)
     assert "stopped" in reply_parts(last_chat(running))["stats"]
+
+
+def test_stop_and_wait_returns_once_the_reply_has_ended() -> None:
+    import threading
+
+    signals = StopSignals()
+    ended = threading.Event()
+
+    def reply() -> None:
+        with signals.reply("tab") as signal:
+            signal.wait(WAIT_LIMIT_SECONDS)
+        ended.set()
+
+    worker = threading.Thread(target=reply)
+    worker.start()
+    wait_for(lambda: signals.stop("other") == 0 and "tab" in signals._by_session, what="the reply to start")
+    assert signals.stop_and_wait("tab", WAIT_LIMIT_SECONDS, drop=True)
+    worker.join(WAIT_LIMIT_SECONDS)
+    assert ended.is_set() or not worker.is_alive()
+    assert signals.stop_and_wait("nobody", 0.1)  # nothing running: returns at once

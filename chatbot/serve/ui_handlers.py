@@ -43,6 +43,9 @@ from .ui_session import (
 # of the answer are shown at once).
 STREAM_INTERVAL_SECONDS = 0.1
 SAVE_INTERVAL_SECONDS = 0.5  # how often a streaming reply is written to the browser's storage
+# How long switching or deleting a chat waits for the tab's running reply to wind down (one decode step,
+# normally); a bound, so a stuck reply cannot hold the page.
+STOP_WAIT_SECONDS = 10.0
 ARCHIVE_FORMAT = "qwen3-chat-archive"  # "Export all": {"format": ..., "chats": [record, ...]}
 
 
@@ -259,7 +262,7 @@ class ChatHandlers:
 
     def new_chat(self, system_prompt: str, request: gr.Request) -> tuple[Any, ...]:
         """A fresh chat in this tab; a reply still running in the old one finishes there and is saved."""
-        self.stops.stop(request.session_hash, detach=True)
+        self.stops.stop_and_wait(request.session_hash, STOP_WAIT_SECONDS, detach=True)
         fresh = Conversation(system_prompt.strip())
         return [], fresh, new_chat_id(), "", "", as_text(saved_form(fresh, ""))
 
@@ -269,7 +272,7 @@ class ChatHandlers:
         if not chosen or not isinstance(record, dict):
             notice = notice_html("That chat is no longer saved in this browser (deleted in another tab?).")
             return gr.skip(), conversation, gr.skip(), gr.skip(), notice, gr.skip()
-        self.stops.stop(request.session_hash, detach=True)
+        self.stops.stop_and_wait(request.session_hash, STOP_WAIT_SECONDS, detach=True)
         try:
             opened = from_saved_form(record, "")
         except ChatbotError as error:
@@ -289,7 +292,7 @@ class ChatHandlers:
 
         Outputs: chat, conversation, chat id, title, record, deleted id, kept-for-undo, undo button.
         """
-        self.stops.stop(request.session_hash, drop=True)
+        self.stops.stop_and_wait(request.session_hash, STOP_WAIT_SECONDS, drop=True)
         kept = saved_form(conversation, chat_id, title) if conversation.turns else None
         fresh = Conversation(conversation.system_prompt)
         undo = gr.update(visible=kept is not None)
@@ -299,7 +302,7 @@ class ChatHandlers:
         """Bring the last deleted chat back (outputs: chat, conversation, chat id, title, record, undo button)."""
         if not isinstance(kept, dict):
             return gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.update(visible=False)
-        self.stops.stop(request.session_hash, detach=True)
+        self.stops.stop_and_wait(request.session_hash, STOP_WAIT_SECONDS, detach=True)
         restored = from_saved_form(kept, "")
         title = str(kept.get("title") or "")
         record = saved_form(restored, str(kept["id"]), title) | {"undeleted": True}  # the page lifts its tombstone

@@ -44,7 +44,7 @@ class StopSignals:
     """The stop signals of the replies each browser session has running."""
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
+        self._lock = threading.Condition()
         self._by_session: dict[str, set[ReplySignal]] = {}
 
     @contextmanager
@@ -61,6 +61,7 @@ class StopSignals:
                 signals.discard(signal)
                 if not signals:
                     self._by_session.pop(session, None)
+                self._lock.notify_all()
 
     def stop(self, session: str, *, detach: bool = False, drop: bool = False) -> int:
         """Set every signal of ``session`` (see ``ReplySignal`` for ``detach``/``drop``); returns how many ran."""
@@ -70,6 +71,13 @@ class StopSignals:
             signal.discarded = "dropped" if drop else "detached" if detach else signal.discarded
             signal.set()
         return len(signals)
+
+    def stop_and_wait(self, session: str, timeout: float, *, detach: bool = False, drop: bool = False) -> bool:
+        """``stop``, then wait (at most ``timeout`` s) until the session's replies have ended, so that
+        nothing they still send can land on the page after what the caller returns; False on timeout."""
+        self.stop(session, detach=detach, drop=drop)
+        with self._lock:
+            return self._lock.wait_for(lambda: session not in self._by_session, timeout)
 
 
 def is_mode_default(values: dict[str, Any]) -> bool:
