@@ -177,13 +177,13 @@ class ChatsPanel:
 def chats_panel() -> ChatsPanel:
     """The left panel: the chats kept in this browser, newest first, and what can be done with them."""
     with gr.Sidebar(label="Chats", position="left", open=True, width=280, elem_id="qc-chats"):
-        new_button = gr.Button("＋ New chat", variant="primary", size="sm", elem_id="qc-new")
+        new_button = gr.Button("+ New chat", variant="primary", size="sm", elem_id="qc-new")
         search = gr.Textbox(
             placeholder="Search chats…", show_label=False, container=False, elem_id="qc-search", max_lines=1
         )
         chats = gr.Radio([], label="Chats in this browser", elem_id="qc-list", container=False)
         with gr.Row(elem_id="qc-chat-tools"):
-            delete_button = gr.Button("🗑 Delete", size="sm", variant="secondary", elem_id="qc-delete", min_width=60)
+            delete_button = gr.Button("Delete", size="sm", variant="secondary", elem_id="qc-delete", min_width=60)
             undo_delete_button = gr.Button(
                 "↶ Undo delete", size="sm", variant="secondary", visible=False, elem_id="qc-undo-delete", min_width=60
             )
@@ -193,12 +193,12 @@ def chats_panel() -> ChatsPanel:
             )
             rename_button = gr.Button("Rename", size="sm", variant="secondary", scale=1, min_width=60)
         with gr.Row(elem_id="qc-files"):
-            export_button = gr.Button("⭳ Export", size="sm", variant="secondary", elem_id="qc-export", min_width=60)
+            export_button = gr.Button("Export", size="sm", variant="secondary", elem_id="qc-export", min_width=60)
             export_all_button = gr.Button(
-                "⭳ All", size="sm", variant="secondary", elem_id="qc-export-all", min_width=50
+                "Export all", size="sm", variant="secondary", elem_id="qc-export-all", min_width=50
             )
             import_button = gr.UploadButton(
-                "⭱ Import",
+                "Import",
                 file_types=[".json"],
                 file_count="single",
                 size="sm",
