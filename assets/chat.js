@@ -64,6 +64,8 @@
         delete record.undeleted;
       }
       if (deleted.has(record.id)) return;
+      const before = store.read(record.id);
+      if (!before || before.title !== record.title) store.refreshSoon();  // new or renamed: redraw the list
       try {
         localStorage.setItem(PREFIX + record.id, JSON.stringify(record));
       } catch (error) {

@@ -409,6 +409,13 @@ def test_two_tabs_keep_their_own_chats_across_reloads(browser, demo_app_ui: Runn
         second.keyboard.press("Backspace")
     second.wait_for_function("() => document.querySelectorAll('#qc-list label').length >= 2")
     snap(second, "screenshot-chats.png", tmp_path)
+
+    second.click("#qc-rename input")
+    second.keyboard.type("Zebra facts")
+    second.get_by_role("button", name="Rename").click()
+    second.wait_for_selector("#qc-list label:has-text('Zebra facts')")
+    second.reload()  # the new title is stored
+    second.wait_for_selector("#qc-list label:has-text('Zebra facts')")
     first.context.close()
 
 

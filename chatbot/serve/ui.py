@@ -347,9 +347,8 @@ def build_ui(app: App) -> gr.Blocks:
         )
 
         # Chats: every change of this tab's chat is written to the browser, then the list is redrawn.
-        record.change(None, record, None, js="(r) => { qcStore.writeText(r); }", **private).then(
-            handlers.chat_list, [chat_index, chat_id], chats.chats, js=JS_INDEX, queue=False, **private
-        )
+        # (the page redraws the list itself when a chat is new or renamed, not on every save of a streaming reply)
+        record.change(None, record, None, js="(r) => { qcStore.writeText(r); }", **private)
         records.change(None, records, None, js="(rs) => { qcStore.writeAllText(rs); }", **private)
         chat_id.change(None, chat_id, None, js="(id) => { qcStore.setCurrent(id); }", **private)
         deleted_id.change(None, deleted_id, None, js="(id) => { qcStore.remove(id); }", **private).then(
