@@ -166,7 +166,7 @@ def batch_reply(
     results = engine.run_batch([p.ids for p in prompts], options, cancel)
     replies = []
     for prompt, result in zip(prompts, results, strict=True):
-        split = split_thinking(result.text, expect_thinking=enable_thinking, cut=result.finish_reason != "stop")
+        split = split_thinking(result.text, expect_thinking=prompt.enable_thinking, cut=result.finish_reason != "stop")
         replies.append(
             {
                 "thinking": split.thinking,
