@@ -3,6 +3,8 @@
 #
 #   ./start.sh [options]        set up .venv on first run, then start the web UI (7860) and API (8000);
 #                               options go to app.py (e.g. --demo, --model PATH, --host 0.0.0.0)
+#   ./start.sh chat|doctor|make-model|quantize|batch|bench [args]
+#                               the same set-up, then `.venv/bin/python -m chatbot COMMAND args`
 #   ./start.sh test [pytest args]
 #                               set up with the test tools (and Chromium for the browser tests), lint (when
 #                               no pytest arguments are given) and run the tests
@@ -60,6 +62,9 @@ if [[ "${1:-}" == "test" ]]; then
   MODE=test
   shift
 fi
+case "${1:-}" in
+  serve | chat | make-model | quantize | doctor | batch | bench) MODE=command ;;
+esac
 
 if ! command -v "$PYTHON" >/dev/null 2>&1; then
   say "Python 3.10+ is needed: install python3 (and python3-venv) first."
@@ -91,7 +96,7 @@ fi
 
 requirements=requirements.txt
 [[ "$MODE" == test ]] && requirements=requirements-dev.txt
-stamp="$VENV/.installed-$(cat requirements.txt "$requirements" | sha256sum | cut -c1-16)-$MODE"
+stamp="$VENV/.installed-$(cat requirements.txt "$requirements" | sha256sum | cut -c1-16)-${MODE/command/run}"
 if [[ ! -f "$stamp" ]]; then
   say "Installing $requirements"
   "$PY" -m pip install --quiet -r "$requirements"
@@ -100,6 +105,9 @@ fi
 
 if [[ "$MODE" == run ]]; then
   exec "$PY" app.py "$@"
+fi
+if [[ "$MODE" == command ]]; then
+  exec "$PY" -m chatbot "$@"
 fi
 
 # Tests: the browser tests drive Debian's Chromium through Playwright (no browser download).

@@ -37,7 +37,7 @@ CHROMIUM_ARGS = [
     "--no-first-run",
 ]
 SCREENSHOT = ROOT / "assets" / "screenshot.png"
-LONG_REPLY_TOKENS = 8000
+LONG_REPLY_TOKENS = 4000  # below the random model's max-new-tokens bound (its context less room for a prompt)
 LOGIN = ("tester", "s3cret")
 XSS_PAYLOADS = '<img src=x onerror="window.__xss = 1"> <script>window.__xss = 2</script>'
 
@@ -60,7 +60,7 @@ def browser() -> Iterator[object]:
 def demo_app_ui(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningApp]:
     """``python app.py --demo``, its generated model kept in a test folder instead of ~/.cache."""
     folder = tmp_path_factory.mktemp("browser")
-    app = start_app(["--demo"], folder / "demo.log", api=False, env={"XDG_CACHE_HOME": str(folder / "cache")})
+    app = start_app(["--demo"], folder / "demo.log", env={"XDG_CACHE_HOME": str(folder / "cache")})
     try:
         yield app
     finally:
@@ -81,18 +81,34 @@ def long_answer_app(random_fp8: Path, tmp_path_factory: pytest.TempPathFactory) 
         stop_app(app)
 
 
-def open_page(browser, app: RunningApp, requested: list[str] | None = None, login: tuple[str, str] | None = None):
-    """A fresh browser context (its own storage, so its own session) on the app, once the model is ready.
+def open_page(
+    browser,
+    app: RunningApp,
+    requested: list[str] | None = None,
+    login: tuple[str, str] | None = None,
+    context=None,
+    viewport: dict[str, int] | None = None,
+):
+    """A page on the app once the model is ready, in a fresh browser context (its own storage) unless given one.
 
     ``requested`` collects the URL of every request the page makes; ``login`` fills the login form.
+    Script errors on the page are collected in ``page.errors``.
     """
     from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
-    context = browser.new_context(viewport={"width": 1360, "height": 1000}, device_scale_factor=1)
+    if context is None:
+        context = browser.new_context(
+            viewport=viewport or {"width": 1360, "height": 1000},
+            device_scale_factor=1,
+            permissions=["clipboard-read", "clipboard-write"],
+        )
+        context.set_default_timeout(WAIT_LIMIT_SECONDS * 1000)  # a bound for the slowest machine, not a measurement
     if requested is not None:
         context.on("request", lambda request: requested.append(request.url))
-    context.set_default_timeout(WAIT_LIMIT_SECONDS * 1000)  # a bound for the slowest machine, not a measurement
     page = context.new_page()
+    page.errors = []
+    page.on("pageerror", lambda error: page.errors.append(str(error)))
+    page.on("console", lambda message: message.type == "error" and page.errors.append(message.text))
     page.goto(app.ui_url)
     if login is not None:
         page.fill("input[data-testid=textbox]", login[0])
@@ -103,7 +119,25 @@ def open_page(browser, app: RunningApp, requested: list[str] | None = None, logi
     except PlaywrightTimeout as exc:
         badge = page.inner_text("#qc-badge")
         raise AssertionError(f"the badge never said ready: {badge}\n{app.log()[-3000:]}") from exc
+    # The tab's chat is restored (or a new one started) once its id is in the tab's sessionStorage.
+    page.wait_for_function("() => sessionStorage.getItem('qwen3-chat:current')")
     return page
+
+
+def snap(page, name: str, tmp_path: Path) -> Path:
+    """A screenshot: into assets/ with QWEN_UPDATE_SCREENSHOT=1 (the README shows them), else a temp folder."""
+    folder = ROOT / "assets" if os.environ.get("QWEN_UPDATE_SCREENSHOT") == "1" else tmp_path
+    page.mouse.move(0, 0)
+    target = folder / name
+    page.screenshot(path=str(target))
+    assert target.stat().st_size > 10_000
+    return target
+
+
+def import_chat(page, path: Path, messages: list[dict]) -> None:
+    """Import a chat file through the chats panel's Import button."""
+    path.write_text(json.dumps(messages, ensure_ascii=False), encoding="utf-8")
+    page.set_input_files("#qc-chats input[type=file]", str(path))
 
 
 def is_outside(url: str) -> bool:
@@ -201,8 +235,7 @@ def test_markup_from_user_or_model_is_shown_but_never_runs(browser, demo_app_ui:
         },
     ]
     imported.write_text(json.dumps(hostile), encoding="utf-8")
-    page.get_by_text("Conversation file").click()  # the accordion with Export and Import
-    page.set_input_files("#qc-sidebar input[type=file]", str(imported))
+    page.set_input_files("#qc-chats input[type=file]", str(imported))
     page.wait_for_selector("#qc-chat .thought-group")
     page.locator("#qc-chat .thought-group .title").first.click()
     page.wait_for_timeout(500)
@@ -217,6 +250,7 @@ def test_markup_from_user_or_model_is_shown_but_never_runs(browser, demo_app_ui:
 
 def test_login_then_stop_halts_a_long_answer_and_the_chat_goes_on(browser, long_answer_app: RunningApp) -> None:
     page = open_page(browser, long_answer_app, login=LOGIN)
+    open_settings(page)
     page.uncheck("#qc-thinking input")
     set_slider(page, "Max new tokens", LONG_REPLY_TOKENS)
     set_slider(page, "Min new tokens", LONG_REPLY_TOKENS)
@@ -237,4 +271,277 @@ def test_login_then_stop_halts_a_long_answer_and_the_chat_goes_on(browser, long_
     set_slider(page, "Max new tokens", 16)
     send(page, "Now a short one.")
     assert "16 tokens" in wait_for_stats(page, 1, pattern=r"\b16 tokens")
+    page.context.close()
+
+
+# --- rendering: code, math, copy -------------------------------------------------------------------------
+
+CPP_REPLY = "Here it is:\n\n```cpp\n#include <vector>\nint main() { std::vector<int> v; return 0; }\n```\n"
+MATH_REPLY = "Inline \\(a^2 + b^2\\) and $e^{i\\pi}$, display \\[\\int_0^1 x\\,dx\\] and $$\\sum_{k=1}^{n} k$$ done."
+
+
+def test_a_cpp_block_renders_also_after_a_reload(browser, demo_app_ui: RunningApp, tmp_path) -> None:
+    page = open_page(browser, demo_app_ui)
+    import_chat(
+        page,
+        tmp_path / "cpp.json",
+        [
+            {"role": "user", "content": "```cpp\nint add(int a, int b);\n```\nExplain this."},
+            {"role": "assistant", "content": CPP_REPLY},
+        ],
+    )
+    page.wait_for_selector("#qc-chat code:has-text('std::vector')")
+    assert page.locator("#qc-chat code", has_text="int add(int a, int b);").count() == 1  # the user's block too
+    assert "Here it is" in page.inner_text("#qc-chat")
+    page.reload()
+    page.wait_for_selector("#qc-chat code:has-text('std::vector')")
+    assert not [e for e in page.errors if "class-name" in e], page.errors
+
+    # Export is one click, at the top of the chats panel; "All" exports every chat of this browser.
+    with page.expect_download() as download:
+        page.click("#qc-export")
+    exported = json.loads(Path(download.value.path()).read_text(encoding="utf-8"))
+    assert exported["messages"][1]["content"] == CPP_REPLY  # the source, ```cpp included
+    with page.expect_download() as download:
+        page.click("#qc-export-all")
+    archive = json.loads(Path(download.value.path()).read_text(encoding="utf-8"))
+    assert archive["format"] == "qwen3-chat-archive" and any(
+        c["messages"][1]["content"] == CPP_REPLY for c in archive["chats"]
+    )
+    page.context.close()
+
+
+def test_math_renders_in_all_four_delimiters(browser, demo_app_ui: RunningApp, tmp_path) -> None:
+    page = open_page(browser, demo_app_ui)
+    import_chat(
+        page,
+        tmp_path / "math.json",
+        [
+            {"role": "user", "content": "Some math please"},
+            {"role": "assistant", "content": MATH_REPLY},
+        ],
+    )
+    page.wait_for_selector("#qc-chat .katex")
+    page.wait_for_function("() => document.querySelectorAll('#qc-chat .katex').length >= 4")
+    assert page.locator("#qc-chat .katex-display").count() == 2  # \[...\] and $$...$$ on their own lines
+    annotations = page.locator("#qc-chat annotation").all_text_contents()
+    assert any("a^2 + b^2" in a for a in annotations) and any("e^{i\\pi}" in a for a in annotations)
+    text = page.inner_text("#qc-chat")
+    assert "\\(" not in text and "\\[" not in text and "$e" not in text
+    snap(page, "screenshot-math.png", tmp_path)
+    page.context.close()
+
+
+def test_copy_puts_the_markdown_source_on_the_clipboard(browser, demo_app_ui: RunningApp, tmp_path) -> None:
+    page = open_page(browser, demo_app_ui)
+    answer = "**Bold** claim: a < b, and `x<y`.\n\n- one\n- two"
+    import_chat(
+        page,
+        tmp_path / "copy.json",
+        [
+            {"role": "user", "content": "is a < b?"},
+            {"role": "assistant", "content": answer, "thinking": "Compare a & b."},
+        ],
+    )
+    page.wait_for_selector("#qc-chat strong:has-text('Bold')")
+
+    def copied(row) -> str:
+        row.hover()  # a message's buttons sit in the block that follows its row
+        buttons = row.locator("xpath=following-sibling::div[contains(@class, 'message-buttons')][1]")
+        buttons.locator("button[aria-label='Copy message']").click()
+        return page.evaluate("navigator.clipboard.readText()")
+
+    assert copied(page.locator("#qc-chat .message-wrap .message-row", has_text="Bold claim").last) == answer
+    assert copied(page.locator("#qc-chat .message-wrap .message-row", has_text="is a < b?").first) == "is a < b?"
+    thinking = page.locator("#qc-chat .message-wrap .message-row", has=page.locator(".thought-group")).first
+    assert copied(thinking).split("\n", 1)[1].strip() == "Compare a & b."  # Gradio puts the title first
+    page.context.close()
+
+
+# --- chats: tabs, reloads, delete with undo, search ------------------------------------------------------
+
+
+def chat_text(page) -> str:
+    return page.inner_text("#qc-chat")
+
+
+def test_two_tabs_keep_their_own_chats_across_reloads(browser, demo_app_ui: RunningApp, tmp_path) -> None:
+    first = open_page(browser, demo_app_ui)
+    second = open_page(browser, demo_app_ui, context=first.context)  # same browser: shared localStorage
+    send(first, "Tab one question")
+    wait_for_stats(first, 1)
+    send(second, "Tab two question")
+    wait_for_stats(second, 1)
+    second.wait_for_selector("#qc-send", state="visible")
+
+    second.click("#qc-delete")  # deletes tab two's chat only, with an undo
+    second.wait_for_function("() => !document.querySelector('#qc-chat').innerText.includes('Tab two question')")
+    first.reload()
+    first.wait_for_selector("#qc-chat .qc-stats")
+    assert "Tab one question" in chat_text(first) and "Tab two question" not in chat_text(first)
+    second.reload()
+    second.wait_for_selector("#qc-list label:has-text('Tab one question')")
+    assert "Tab one question" not in chat_text(second)  # the other tab's chat is listed, not shown
+
+    # Undo brings the deleted chat back (before the reload the button is gone: delete again to test it).
+    second.locator("#qc-list label", has_text="Tab one question").click()
+    second.wait_for_selector("#qc-chat .qc-stats")
+    assert "Tab one question" in chat_text(second)
+    second.click("#qc-delete")
+    second.wait_for_selector("#qc-undo-delete", state="visible")
+    second.wait_for_function(
+        "() => !localStorage.length || ![...Array(localStorage.length).keys()].some("
+        "i => (localStorage.getItem(localStorage.key(i)) || '').includes('Tab one question'))"
+    )
+    second.click("#qc-undo-delete")
+    second.wait_for_selector("#qc-list label:has-text('Tab one question')")
+    assert "Tab one question" in chat_text(second)
+
+    # Search filters the list by title and text.
+    second.click("#qc-new")
+    send(second, "Something about zebras")
+    wait_for_stats(second, 1)
+    second.click("#qc-search input")
+    second.keyboard.type("zebra")  # typed, as a person does (the list follows each key)
+    second.wait_for_function("() => document.querySelectorAll('#qc-list label').length === 1")
+    assert "zebras" in second.inner_text("#qc-list")
+    for _ in "zebra":
+        second.keyboard.press("Backspace")
+    second.wait_for_function("() => document.querySelectorAll('#qc-list label').length >= 2")
+    snap(second, "screenshot-chats.png", tmp_path)
+
+    second.click("#qc-rename input")
+    second.keyboard.type("Zebra facts")
+    second.get_by_role("button", name="Rename").click()
+    second.wait_for_selector("#qc-list label:has-text('Zebra facts')")
+    second.reload()  # the new title is stored
+    second.wait_for_selector("#qc-list label:has-text('Zebra facts')")
+    first.context.close()
+
+
+def test_settings_are_kept_and_the_api_address_is_shown(browser, demo_app_ui: RunningApp) -> None:
+    page = open_page(browser, demo_app_ui)
+    assert page.locator("footer a", has_text="Use via API").count() == 0  # not Gradio's API page
+    page.uncheck("#qc-thinking input")
+    open_settings(page)
+    page.get_by_text("Use from code (OpenAI API)").click()
+    api_port = urlparse(demo_app_ui.api_url).port
+    page.wait_for_selector(f"#qc-api-url:has-text(':{api_port}/v1')")
+    assert "base_url=" in page.inner_text("#qc-api-snippet")
+    page.get_by_label("Dark").check()
+    page.wait_for_function("() => document.body.classList.contains('dark')")
+    page.wait_for_timeout(500)  # the settings are saved on change
+    page.reload()
+    page.wait_for_selector('#qc-badge [data-status="ready"]')
+    page.wait_for_function("() => !document.querySelector('#qc-thinking input').checked")
+    page.wait_for_function("() => document.body.classList.contains('dark')")
+    page.context.close()
+
+
+def test_errors_show_once_and_the_context_meter_counts_as_you_type(browser, demo_app_ui: RunningApp) -> None:
+    page = open_page(browser, demo_app_ui)
+    page.fill("#qc-message textarea", "   ")
+    page.click("#qc-send")
+    page.wait_for_selector("#qc-notice .qc-notice")
+    page.wait_for_timeout(500)
+    assert page.locator(".toast-body").count() == 0  # the notice only, not a toast beside it
+    page.fill("#qc-message textarea", "")
+    page.type("#qc-message textarea", "hello")
+    page.wait_for_selector("#qc-meter .qc-meter")
+    first = int(re.search(r"([\d,]+) /", page.inner_text("#qc-meter")).group(1).replace(",", ""))
+    page.type("#qc-message textarea", " and many more words to count here")
+    page.wait_for_function(
+        "(first) => { const m = /([\\d,]+) \\//.exec(document.querySelector('#qc-meter').innerText);"
+        " return m && parseInt(m[1].replace(/,/g, '')) > first; }",
+        arg=first,
+    )
+    page.context.close()
+
+
+def test_versions_keyboard_new_chat_and_up_to_edit(browser, demo_app_ui: RunningApp) -> None:
+    page = open_page(browser, demo_app_ui)
+    page.uncheck("#qc-thinking input")
+    send(page, "Remember this line")
+    wait_for_stats(page, 1)
+    page.wait_for_selector("#qc-send", state="visible")
+    page.check("#qc-thinking input")
+    page.get_by_role("button", name="↻ Regenerate").click()
+    page.wait_for_selector("#qc-chat .qc-stats:has-text('answer 2 of 2')")
+    page.wait_for_selector("#qc-send", state="visible")
+    assert page.locator("#qc-chat .thought-group").count() == 1  # the new answer thought first
+    page.click("#qc-prev")
+    page.wait_for_selector("#qc-chat .qc-stats:has-text('answer 1 of 2')")
+    assert page.locator("#qc-chat .thought-group").count() == 0  # the first answer, without thinking
+    page.click("#qc-next")
+    page.wait_for_selector("#qc-chat .qc-stats:has-text('answer 2 of 2')")
+    page.focus("#qc-message textarea")
+    page.keyboard.press("ArrowUp")  # edits the last message: it comes back in the box
+    page.wait_for_function("() => document.querySelector('#qc-message textarea').value === 'Remember this line'")
+    page.keyboard.press("Control+Shift+O")
+    page.wait_for_function("() => !document.querySelector('#qc-chat').innerText.includes('Remember this line')")
+    page.context.close()
+
+
+def test_a_phone_shows_the_chat_first(browser, demo_app_ui: RunningApp, tmp_path) -> None:
+    page = open_page(browser, demo_app_ui, viewport={"width": 390, "height": 844})
+    page.wait_for_timeout(1000)  # the panels close once the page has drawn them
+    box = page.locator("#qc-message textarea").bounding_box()
+    assert box and 0 <= box["y"] < 844 and box["x"] >= 0
+    center = page.evaluate(
+        "() => { const el = document.elementFromPoint(195, 400); return el && el.closest('#qc-chat') !== null; }"
+    )
+    assert center, "something covers the chat"
+    header = page.locator("#qc-header").bounding_box()
+    assert header["height"] < 120
+    assert page.evaluate("() => document.documentElement.scrollWidth") <= 390  # nothing overflows sideways
+    snap(page, "screenshot-phone.png", tmp_path)
+    page.context.close()
+
+
+# --- long replies: reload, clear and Esc while streaming ---------------------------------------------------
+
+
+def start_long_reply(page, text: str) -> None:
+    page.uncheck("#qc-thinking input")
+    set_slider(page, "Max new tokens", LONG_REPLY_TOKENS)
+    set_slider(page, "Min new tokens", LONG_REPLY_TOKENS)
+    send(page, text)
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('#qc-chat .message.bot')].some(m => m.innerText.length > 200)"
+    )
+
+
+def open_settings(page) -> None:
+    """Open the settings panel (closed at first) with its toggle."""
+    if page.locator("#qc-sidebar.open").count() == 0:
+        page.click("#qc-sidebar > .toggle-button")
+    page.wait_for_selector("#qc-sidebar.open")
+    page.wait_for_timeout(400)  # the sliding animation
+
+
+def test_reload_mid_reply_keeps_the_question_and_the_reply_so_far(browser, long_answer_app: RunningApp) -> None:
+    page = open_page(browser, long_answer_app, login=LOGIN)
+    open_settings(page)
+    start_long_reply(page, "A question I must not lose")
+    page.wait_for_timeout(1200)  # the reply is saved twice a second while it streams
+    page.reload()
+    page.wait_for_selector("#qc-chat .qc-stats:has-text('interrupted')")
+    assert "A question I must not lose" in chat_text(page)
+    assert page.locator("#qc-chat .message.bot").first.inner_text().strip()  # the partial reply is there
+    page.context.close()
+
+
+def test_clear_and_esc_during_a_reply(browser, long_answer_app: RunningApp) -> None:
+    page = open_page(browser, long_answer_app, login=LOGIN)
+    open_settings(page)
+    start_long_reply(page, "Clear me while you write")
+    page.click("text=✕ Clear")
+    page.wait_for_selector("#qc-send", state="visible")
+    page.wait_for_timeout(1500)  # anything the stopped reply still sent would show by now
+    assert "Clear me while you write" not in chat_text(page)
+    assert page.locator("#qc-chat .message").count() == 0
+
+    start_long_reply(page, "Stop me with Esc")
+    page.keyboard.press("Escape")
+    wait_for_stats(page, 1, pattern="stopped")
     page.context.close()

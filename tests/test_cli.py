@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -132,6 +133,28 @@ def test_terminal_chat_streams_replies_and_keeps_history(scripted_fp8) -> None:
     assert SCRIPTED_THINKING in done.stdout and done.stdout.count(SCRIPTED_ANSWER) == 2
     assert done.stdout.count(SCRIPTED_THINKING) == 1  # /no_think turned thinking off for the second message
     assert "(history cleared)" in done.stdout and "FP16 fallback on cpu" in done.stdout
+    # The precision line comes before the first reply; thinking and answer have their own labelled lines.
+    assert done.stdout.index("FP16 fallback on cpu") < done.stdout.index(SCRIPTED_ANSWER)
+    assert re.search(r"^thinking:\n" + re.escape(SCRIPTED_THINKING), done.stdout, re.M)
+    assert re.search(r"^answer:\n" + re.escape(SCRIPTED_ANSWER), done.stdout, re.M)
+
+
+def test_terminal_commands_alone_are_not_sent_and_thinking_defaults_on(scripted_fp8) -> None:
+    from chatbot.authoring.modelgen import SCRIPTED_ANSWER, SCRIPTED_THINKING
+
+    done = subprocess.run(
+        [sys.executable, "-m", "chatbot", "chat", "--model", str(scripted_fp8)],
+        cwd=ROOT,
+        input="/help\nHello\n/no_think\nAgain\n/quit\n",
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "/clear       forget the history" in done.stdout  # /help printed, not sent
+    assert done.stdout.count(SCRIPTED_ANSWER) == 2  # two replies: /help and /no_think were not messages
+    assert done.stdout.count(SCRIPTED_THINKING) == 1  # on by default, then off from /no_think on
+    assert "(thinking off from the next message)" in done.stdout
 
 
 def test_a_demo_model_from_an_older_version_is_remade_with_the_current_template(tmp_path, monkeypatch) -> None:

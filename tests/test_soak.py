@@ -83,7 +83,7 @@ def write_report(figures: dict) -> None:
 
 
 def ui_message(client: Client, message: str) -> tuple[list[dict], str]:
-    chat, _, notice = client.predict(message=message, enable_thinking=False, max_new_tokens=16, api_name="/chat")
+    chat, _, notice, _ = client.predict(message=message, enable_thinking=False, max_new_tokens=16, api_name="/chat")
     return chat, notice
 
 

@@ -82,3 +82,21 @@ def test_stream_equals_final_split_whatever_the_chunking(thought, reply, cuts, o
     final = splitter.finish()
     assert (thinking, answer) == (final.thinking, final.answer)
     assert final.thinking == thought.strip() and final.answer == reply.strip()
+
+
+def test_thinking_off_a_close_tag_in_the_output_stays_in_the_answer() -> None:
+    text = "Use </think> to end a thought.\n\nThat is all."
+    for cut in range(1, len(text)):
+        thinking, answer, splitter = stream(text, [cut], expect_thinking=False)
+        assert (thinking, answer) == ("", text), cut
+    final = splitter.finish()
+    assert (final.thinking, final.answer) == ("", text)
+
+
+def test_a_reply_cut_while_thinking_keeps_its_thinking_even_without_the_opening_tag() -> None:
+    # Templates that open <think> in the prompt: the output starts inside the thinking.
+    thinking, answer, splitter = stream("Weighing option A against option B", [5, 12], expect_thinking=True)
+    assert (thinking, answer) == ("Weighing option A against option B", "")
+    cut = splitter.finish(cut=True)
+    assert (cut.thinking, cut.answer) == ("Weighing option A against option B", "")
+    assert splitter.finish(cut=False).answer == "Weighing option A against option B"  # ended on its own: an answer

@@ -209,7 +209,7 @@ class ScriptedStream:
     def __init__(self, text: str, piece: int = 3) -> None:
         self.text, self.piece = text, piece
 
-    def stream(self, prompt_ids, options, cancel):
+    def stream(self, prompt_ids, options, cancel, client=None):
         for start in range(0, len(self.text), self.piece):
             yield TextDelta(self.text[start : start + self.piece])
         yield Finished(GenerationResult(self.text, (), "stop", GenerationStats()))

@@ -26,10 +26,18 @@ from gradio_client.exceptions import AuthenticationError
 
 from chatbot.authoring.modelgen import SCRIPTED_ANSWER, SCRIPTED_THINKING
 from chatbot.chat.reply import AnswerDelta, ChatDone, Conversation, ThinkingDelta, Turn
+from chatbot.chat.thinking import split_thinking
 from chatbot.errors import ChatbotError
 from chatbot.model.loader import load_model
-from chatbot.serve.ui_render import LiveReply, escape_html, is_stats_message
-from chatbot.serve.ui_session import from_saved_form, sampling_kwargs, saved_form
+from chatbot.serve.ui_render import LiveReply, is_stats_message, shown_markdown
+from chatbot.serve.ui_session import (
+    StopSignals,
+    from_saved_form,
+    max_new_tokens_bound,
+    pending_exchange,
+    sampling_kwargs,
+    saved_form,
+)
 
 LOGIN = ("tester", "s3cret")
 UNCHANGED = {"__type__": "update"}  # what gradio_client shows for an output the handler left as it was
@@ -106,14 +114,44 @@ def badge_fields(badge: str) -> dict[str, str]:
 # --- pure pieces ------------------------------------------------------------------------------------------
 
 
-def test_escape_html_makes_tags_literal_but_leaves_code_alone() -> None:
-    text = 'Hi <img src=x onerror="alert(1)"> and `<b>` here\n```html\n<script>alert(2)</script>\n```\n<script>'
-    escaped = escape_html(text)
-    assert "<img" not in escaped and "&lt;img" in escaped
-    assert "`<b>`" in escaped  # inline code shows its text as is
-    assert "```html\n<script>alert(2)</script>\n```" in escaped  # so does a fenced block
-    assert escaped.endswith("&lt;script>")
-    assert escape_html("你好 **bold** `code`") == "你好 **bold** `code`"
+def test_only_the_cpp_fence_is_renamed_for_the_page() -> None:
+    text = "```cpp\nint main() {}\n```\n\n```c\nint x;\n```\n  ```cpp\nvoid f();\n```\nI like cpp <b>."
+    shown = shown_markdown(text)
+    assert shown.count("```c++\n") == 2 and "```c\nint x;" in shown and shown.endswith("I like cpp <b>.")
+    assert shown_markdown("你好 **bold** `<b>`") == "你好 **bold** `<b>`"  # text goes as written: copy gives it
+
+
+def test_thinking_off_keeps_a_think_tag_in_the_answer_and_a_cut_thought_stays_thinking() -> None:
+    off = split_thinking("Tags: </think> stays text.", expect_thinking=False)
+    assert (off.thinking, off.answer) == ("", "Tags: </think> stays text.")
+    cut = split_thinking("Still weighing the options", expect_thinking=True, cut=True)
+    assert (cut.thinking, cut.answer) == ("Still weighing the options", "")
+    done = split_thinking("A plain answer.", expect_thinking=True, cut=False)
+    assert (done.thinking, done.answer) == ("", "A plain answer.")
+
+
+def test_max_new_tokens_is_bounded_by_the_context_and_leaves_room_for_a_prompt() -> None:
+    assert max_new_tokens_bound(8192) == 7168 and max_new_tokens_bound(8192) % 16 == 0
+    assert max_new_tokens_bound(40960) < 40960 and max_new_tokens_bound(64) == 16
+
+
+def test_stop_signals_detach_or_drop_only_their_own_session() -> None:
+    signals = StopSignals()
+    with signals.reply("a") as mine, signals.reply("b") as other:
+        assert signals.stop("a", drop=True) == 1
+        assert mine.is_set() and mine.discarded == "dropped"
+        assert not other.is_set() and other.discarded == ""
+        signals.stop("b", detach=True)
+        assert other.discarded == "detached"
+
+
+def test_a_streaming_reply_is_saved_marked_interrupted() -> None:
+    conversation = Conversation("", [Turn("user", "Hi"), Turn("assistant", "Hello")])
+    record = saved_form(conversation, "abc", "", pending_exchange("Next?", "Hmm", "Part", {"new_tokens": 2}))
+    assert record["id"] == "abc" and record["title"] == "Hi"
+    assert [m["content"] for m in record["messages"]] == ["Hi", "Hello", "Next?", "Part"]
+    restored = from_saved_form(json.loads(json.dumps(record)), "")
+    assert restored.turns[-1].stats["finish_reason"] == "interrupted" and restored.turns[-1].thinking == "Hmm"
 
 
 def test_sampling_defaults_follow_the_mode_until_the_user_changes_them() -> None:
@@ -192,7 +230,7 @@ def test_reply_streams_in_chunks_with_thinking_and_answer_apart(client: Client) 
 
 def test_thinking_off_gives_no_thinking_block_and_earlier_thinking_stays(client: Client) -> None:
     client.predict(message="First, with thinking", enable_thinking=True, api_name="/chat")
-    chat, _, _ = client.predict(message="Now without", enable_thinking=False, api_name="/chat")
+    chat, _, _, _ = client.predict(message="Now without", enable_thinking=False, api_name="/chat")
     final = reply_parts(chat)
     assert final["thinking"] is None
     assert final["answer"] == SCRIPTED_ANSWER
@@ -216,8 +254,8 @@ def test_two_clients_keep_separate_histories(scripted_app: RunningApp) -> None:
     alice, bob = Client(scripted_app.ui_url, verbose=False), Client(scripted_app.ui_url, verbose=False)
     alice.predict(message="Alice one", enable_thinking=False, api_name="/chat")
     bob.predict(message="Bob one", enable_thinking=False, api_name="/chat")
-    alice_chat, _, _ = alice.predict(message="Alice two", enable_thinking=False, api_name="/chat")
-    bob_chat = bob.predict(api_name="/undo")
+    alice_chat, _, _, _ = alice.predict(message="Alice two", enable_thinking=False, api_name="/chat")
+    bob_chat, _ = bob.predict(api_name="/undo")
     assert user_texts(alice_chat) == ["Alice one", "Alice two"]
     assert bob_chat == []  # Bob's undo removed Bob's only exchange, not Alice's
 
@@ -231,11 +269,11 @@ def test_bad_input_gets_a_clear_message_keeps_the_text_and_the_app_keeps_working
     client: Client, message: str, expected: str
 ) -> None:
     client.predict(message="Before", enable_thinking=False, api_name="/chat")
-    chat, box, notice = client.predict(message=message, enable_thinking=False, api_name="/chat")
+    chat, box, notice, _ = client.predict(message=message, enable_thinking=False, api_name="/chat")
     assert expected in html.unescape(notice)
     assert box == message  # nothing typed is lost
     assert user_texts(chat) == ["Before"]  # the history is unchanged
-    chat, box, notice = client.predict(message="After", enable_thinking=False, api_name="/chat")
+    chat, box, notice, _ = client.predict(message="After", enable_thinking=False, api_name="/chat")
     assert reply_parts(chat)["answer"] == SCRIPTED_ANSWER and box in ("", UNCHANGED) and notice == ""
     assert user_texts(chat) == ["Before", "After"]
 
@@ -243,16 +281,26 @@ def test_bad_input_gets_a_clear_message_keeps_the_text_and_the_app_keeps_working
 def test_regenerate_edit_undo_and_clear(client: Client) -> None:
     client.predict(message="One", enable_thinking=False, api_name="/chat")
     client.predict(message="Two", enable_thinking=False, api_name="/chat")
-    chat, _, _ = client.predict(enable_thinking=True, api_name="/regenerate")
+    chat, _, _, _ = client.predict(enable_thinking=True, api_name="/regenerate")
     assert user_texts(chat) == ["One", "Two"]
     assert reply_parts(chat)["thinking"] is not None  # answered again, this time thinking
-    chat, box = client.predict(message="", api_name="/edit_last")
-    assert box == "Two" and user_texts(chat) == ["One"]
-    chat = client.predict(api_name="/undo")
+    assert reply_parts(chat)["stats"].startswith("answer 2 of 2")
+    chat, record = client.predict(api_name="/previous_answer")  # the first answer (no thinking) is kept
+    assert reply_parts(chat)["thinking"] is None and reply_parts(chat)["stats"].startswith("answer 1 of 2")
+    assert (
+        json.loads(record)["messages"][-1]["version"] == 0 and len(json.loads(record)["messages"][-1]["versions"]) == 2
+    )
+    chat, _ = client.predict(api_name="/next_answer")
+    assert reply_parts(chat)["thinking"] is not None
+    chat, box, _, record = client.predict(message="", api_name="/edit_last")
+    assert box == "Two" and user_texts(chat) == ["One"] and len(json.loads(record)["messages"]) == 2
+    chat, _ = client.predict(api_name="/undo")
     assert chat == []
     client.predict(message="Three", enable_thinking=False, api_name="/chat")
-    assert client.predict(api_name="/clear") == []
-    _, _, notice = client.predict(enable_thinking=False, api_name="/regenerate")
+    # Clear deletes the chat (the page drops it from its storage, with an undo) and starts a new one.
+    chat, new_id, record, deleted = client.predict(api_name="/clear")
+    assert chat == [] and json.loads(record)["messages"] == [] and deleted and new_id != deleted
+    _, _, notice, _ = client.predict(enable_thinking=False, api_name="/regenerate")
     assert "nothing to regenerate" in notice.lower() or "no answer to regenerate" in notice.lower()
 
 
@@ -265,19 +313,26 @@ def test_export_then_import_in_another_session(scripted_app: RunningApp, tmp_pat
     assert exported["messages"][1]["thinking"] == SCRIPTED_THINKING
     saved = tmp_path / "chat.json"
     saved.write_text(json.dumps(exported, ensure_ascii=False), encoding="utf-8")
-    chat, notice, system_prompt = reader.predict(handle_file(str(saved)), api_name="/import_conversation")
+    chat, notice, system_prompt, _, record, _ = reader.predict(handle_file(str(saved)), api_name="/import_conversation")
     assert notice == "" and user_texts(chat) == ["Keep this 对话"] and system_prompt == "Answer briefly."
-    assert reply_parts(chat)["answer"] == SCRIPTED_ANSWER
+    assert reply_parts(chat)["answer"] == SCRIPTED_ANSWER and json.loads(record)["messages"] == exported["messages"]
     broken = tmp_path / "broken.json"
     broken.write_text("{not json", encoding="utf-8")
-    chat, notice, _ = reader.predict(handle_file(str(broken)), api_name="/import_conversation")
-    assert "not valid JSON" in html.unescape(notice) and user_texts(chat) == ["Keep this 对话"]
+    _, notice, *_ = reader.predict(handle_file(str(broken)), api_name="/import_conversation")
+    assert "not valid JSON" in html.unescape(notice)
 
 
-def test_markup_in_messages_is_shown_as_text(client: Client) -> None:
-    chat, _, _ = client.predict(message='<img src=x onerror="alert(1)"> <script>alert(2)</script>', api_name="/chat")
-    shown = reply_parts(chat)["user"]
-    assert "<img" not in shown and "<script" not in shown and "&lt;img" in shown
+def test_messages_go_to_the_page_as_written(client: Client) -> None:
+    # The page shows tags as text and runs nothing (tests/test_browser.py); the value keeps the source, so
+    # copying a message gives what was typed, "a < b" included.
+    typed = 'a < b && <img src=x onerror="alert(1)"> <script>alert(2)</script>'
+    chat, _, _, record = client.predict(message=typed, api_name="/chat")
+    assert reply_parts(chat)["user"] == typed and json.loads(record)["messages"][-2]["content"] == typed
+
+
+def test_max_new_tokens_past_the_context_is_bounded_not_an_error(client: Client) -> None:
+    chat, _, notice, _ = client.predict(message="hi", enable_thinking=False, max_new_tokens=32768, api_name="/chat")
+    assert notice == "" and reply_parts(chat)["answer"] == SCRIPTED_ANSWER
 
 
 # --- the running app: random model, login, a queue of one -------------------------------------------------
@@ -337,7 +392,7 @@ def test_stop_halts_generation_and_the_next_message_works(busy_app: RunningApp) 
     assert tokens < LONG_REPLY_TOKENS
     # the engine itself stopped (it did not just stop showing tokens)
     assert busy_app.cancelled_generations()[-1] == (tokens, LONG_REPLY_TOKENS)
-    chat, _, notice = client.predict(message="Short one", enable_thinking=False, max_new_tokens=16, api_name="/chat")
+    chat, _, notice, _ = client.predict(message="Short one", enable_thinking=False, max_new_tokens=16, api_name="/chat")
     assert notice == "" and "16 tokens" in reply_parts(chat)["stats"]
     assert user_texts(chat) == ["Write forever", "Short one"]
 
@@ -350,11 +405,11 @@ def test_queue_position_is_shown_and_stop_only_cancels_its_own_request(busy_app:
     wait_for(lambda: "In the queue: position 1" in stats_so_far(waiting), what="the queue position")
 
     # The queue holds one waiting request: a third is turned away with a message, its text kept.
-    _, box, notice = third.predict(message="Me too", enable_thinking=False, api_name="/chat")
+    _, box, notice, _ = third.predict(message="Me too", enable_thinking=False, api_name="/chat")
     assert "queue is full" in html.unescape(notice) and box == "Me too"
 
     second.predict(api_name="/stop")  # leaves the queue at once; the running reply goes on
-    chat, box, notice = waiting.result(timeout=WAIT_LIMIT_SECONDS)
+    chat, box, notice, _ = waiting.result(timeout=WAIT_LIMIT_SECONDS)
     assert "Stopped before the model started" in notice and box == "Write forever" and chat == []
     assert not running.done()
     grown = len(answer_so_far(running))
@@ -363,3 +418,23 @@ def test_queue_position_is_shown_and_stop_only_cancels_its_own_request(busy_app:
     first.predict(api_name="/stop")
     running.result(timeout=WAIT_LIMIT_SECONDS)
     assert "stopped" in reply_parts(last_chat(running))["stats"]
+
+
+def test_stop_and_wait_returns_once_the_reply_has_ended() -> None:
+    import threading
+
+    signals = StopSignals()
+    ended = threading.Event()
+
+    def reply() -> None:
+        with signals.reply("tab") as signal:
+            signal.wait(WAIT_LIMIT_SECONDS)
+        ended.set()
+
+    worker = threading.Thread(target=reply)
+    worker.start()
+    wait_for(lambda: signals.stop("other") == 0 and "tab" in signals._by_session, what="the reply to start")
+    assert signals.stop_and_wait("tab", WAIT_LIMIT_SECONDS, drop=True)
+    worker.join(WAIT_LIMIT_SECONDS)
+    assert ended.is_set() or not worker.is_alive()
+    assert signals.stop_and_wait("nobody", 0.1)  # nothing running: returns at once

@@ -248,7 +248,8 @@ def run_reply(
             result = event.result
             if calls_stream is not None:
                 yield from tool_events(calls_stream.finish())
-            split = split_thinking(result.text)
+            # Thinking off: all answer. Cut short while thinking: the thinking stays thinking.
+            split = splitter.finish(cut=result.finish_reason != "stop")
             answer, calls = split.answer, []
             if parse_tools:
                 answer, parsed = parse_tool_calls(split.answer)
@@ -305,7 +306,7 @@ def batch_reply(
     results = engine.run_batch([p.ids for p in prompts], options, cancel)
     replies = []
     for prompt, result in zip(prompts, results, strict=True):
-        split = split_thinking(result.text)
+        split = split_thinking(result.text, expect_thinking=prompt.enable_thinking, cut=result.finish_reason != "stop")
         replies.append(
             {
                 "thinking": split.thinking,
@@ -325,6 +326,10 @@ class Turn:
     content: str
     thinking: str = ""
     stats: dict[str, Any] = field(default_factory=dict)
+    # Every answer given to the same question when there are several (regenerated), oldest first, as
+    # {"content", "thinking", "stats"}; ``version`` is the one shown. Only the shown one is re-sent.
+    versions: list[dict[str, Any]] = field(default_factory=list)
+    version: int = 0
 
 
 @dataclass

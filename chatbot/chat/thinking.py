@@ -3,7 +3,8 @@
 Qwen3 writes ``<think>\\n...\\n</think>\\n\\n`` before its answer in thinking mode. The tags are
 ordinary added tokens (not special), so they survive ``skip_special_tokens``. The parser holds on
 real output: a missing opening tag, output cut off inside the thinking (answer empty, thinking
-kept), and streaming where a tag arrives split across chunks.
+kept), and streaming where a tag arrives split across chunks. With thinking off the whole reply
+is the answer: a ``</think>`` the model writes then is text, not a split.
 """
 
 from __future__ import annotations
@@ -21,20 +22,21 @@ class ThoughtSplit:
     closed: bool  # whether "</think>" was seen
 
 
-def split_thinking(text: str, *, expect_thinking: bool = True) -> ThoughtSplit:
+def split_thinking(text: str, *, expect_thinking: bool = True, cut: bool = False) -> ThoughtSplit:
     """Split a complete reply.
 
+    - Thinking off (``expect_thinking=False``): everything is the answer, tags included as text.
     - With ``</think>``: thinking is what precedes it (without ``<think>``), the answer what follows.
     - Without it: text opening with ``<think>`` was cut off while thinking (all thinking, no
-      answer); otherwise the model answered without thinking.
-    ``expect_thinking`` is accepted for symmetry with the stream splitter; a complete reply never
-    needs it.
+      answer), and so is any reply ``cut`` short (max tokens, Stop) in thinking mode, whose
+      opening tag may be in the prompt; otherwise the model answered without thinking.
     """
-    del expect_thinking
+    if not expect_thinking:
+        return ThoughtSplit("", text.strip(), False)
     head, sep, tail = text.partition(THINK_CLOSE)
     if sep:
         return ThoughtSplit(_strip_open(head).strip(), tail.strip(), True)
-    if text.lstrip().startswith(THINK_OPEN):
+    if text.lstrip().startswith(THINK_OPEN) or cut:
         return ThoughtSplit(_strip_open(text).strip(), "", False)
     return ThoughtSplit("", text.strip(), False)
 
@@ -85,16 +87,15 @@ class ThinkingStreamSplitter:
         out: list[tuple[str, str]] = []
         while True:
             if self._state == "start":
+                if not self.expect_thinking:
+                    self._state = "answer"
+                    continue
                 head = self._buffer.lstrip()
                 if THINK_OPEN.startswith(head) and len(head) < len(THINK_OPEN):
                     break  # could still become "<think>"
                 if head.startswith(THINK_OPEN):
                     self._buffer = head[len(THINK_OPEN) :]
-                    self._state = "thinking"
-                elif self.expect_thinking or THINK_CLOSE in self._buffer or THINK_CLOSE.startswith(head):
-                    self._state = "thinking"  # no opening tag: thinking until "</think>" (or the end)
-                else:
-                    self._state = "answer"
+                self._state = "thinking"  # with or without the opening tag: thinking until "</think>"
                 continue
             if self._state == "thinking":
                 head, sep, tail = self._buffer.partition(THINK_CLOSE)
@@ -117,8 +118,9 @@ class ThinkingStreamSplitter:
         if piece:
             out.append((kind, piece))
 
-    def finish(self) -> ThoughtSplit:
-        return split_thinking(self.text)
+    def finish(self, cut: bool = False) -> ThoughtSplit:
+        """The final split; ``cut``: the reply ended early (max tokens, Stop), not at its end of turn."""
+        return split_thinking(self.text, expect_thinking=self.expect_thinking, cut=cut)
 
 
 def _partial_suffix(text: str, tag: str) -> int:

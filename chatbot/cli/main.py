@@ -139,7 +139,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     chat = commands.add_parser("chat", help="chat in the terminal")
     add_model_flags(chat)
-    chat.add_argument("--think", action="store_true", help="start with thinking mode on (/think, /no_think switch)")
+    chat.add_argument(
+        "--think",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="start with thinking on (the default, as in the web chat) or off (--no-think); /think, /no_think switch",
+    )
     chat.add_argument("--system-prompt", help="system prompt")
 
     make = commands.add_parser("make-model", help="write a generated Qwen3 checkpoint")

@@ -1,7 +1,9 @@
-"""``python -m chatbot chat``: a terminal chat. Thinking is printed dimmed, the answer plainly.
+"""``python -m chatbot chat``: a terminal chat. Thinking and answer are printed under their own labels.
 
-Commands: /think and /no_think (in a message) switch thinking for that message, /clear forgets the
-history, /quit (or Ctrl-D) leaves.
+Thinking is on by default, as in the web chat (``--no-think`` starts with it off). Commands, typed
+alone on a line: /think and /no_think switch thinking for the next messages, /clear forgets the
+history, /help lists the commands, /quit (or Ctrl-D) leaves. Inside a message, /think or /no_think
+switches thinking for that message only (Qwen3's own soft switch).
 """
 
 from __future__ import annotations
@@ -14,46 +16,76 @@ from ..engine.engine import ChatEngine
 from ..errors import ChatbotError
 from ..settings import Settings
 
-DIM, RESET = ("\033[2m", "\033[0m") if sys.stdout.isatty() else ("", "")
+DIM, BOLD, RESET = ("\033[2m", "\033[1m", "\033[0m") if sys.stdout.isatty() else ("", "", "")
+HELP = """Commands (alone on a line):
+  /think       think before answering (from the next message on)
+  /no_think    answer without thinking (from the next message on)
+  /clear       forget the history
+  /help        this list
+  /quit        leave (or Ctrl-D)
+/think or /no_think inside a message switches thinking for that message only."""
 
 
-def chat_loop(model: str, settings: Settings, think: bool = False) -> int:
+def chat_loop(model: str, settings: Settings, think: bool = True) -> int:
     engine = ChatEngine.from_settings(settings, model)
     bot = Qwen3ChatBot(engine=engine, system_prompt=settings.system_prompt, load="background")
-    print(f"Chatting with {model}. /clear forgets the history, /quit leaves.")
-    announced = False
+    print(f"Chatting with {model}. Type /help for the commands.")
+    try:
+        bot.load()  # the precision line belongs before the first question, not after the first answer
+    except ChatbotError as exc:
+        print(f"error: {exc}")
+        return 1
+    print(f"{DIM}{bot.precision.summary()}{RESET}")
+    print(f"{DIM}Thinking is {'on' if think else 'off'} (/think, /no_think).{RESET}")
     while True:
         try:
             message = input("\nyou> ").strip()
         except (EOFError, KeyboardInterrupt):
             print()
             return 0
-        if message in ("/quit", "/exit"):
+        command = message.lower()
+        if command in ("/quit", "/exit"):
             return 0
-        if message == "/clear":
+        if command in ("/help", "/?"):
+            print(HELP)
+            continue
+        if command in ("/think", "/no_think"):
+            think = command == "/think"
+            print(f"(thinking {'on' if think else 'off'} from the next message)")
+            continue
+        if command == "/clear":
             bot.clear_history()
             print("(history cleared)")
             continue
         if not message:
             continue
         try:
-            for event in bot.stream_chat(message, enable_thinking=think):
-                if isinstance(event, Loading):
-                    print(f"\r(loading: {event.stage}, {event.fraction:.0%})", end="", flush=True)
-                elif isinstance(event, ThinkingDelta):
-                    print(f"{DIM}{event.text}{RESET}", end="", flush=True)
-                elif isinstance(event, AnswerDelta):
-                    print(event.text, end="", flush=True)
-                elif isinstance(event, ChatDone):
-                    stats = event.stats
-                    print(
-                        f"\n{DIM}[{event.finish_reason}; {stats['new_tokens']} tokens, "
-                        f"{stats['tokens_per_second']:.1f} tok/s]{RESET}"
-                    )
-            if not announced:
-                print(f"{DIM}{bot.precision.summary()}{RESET}")
-                announced = True
+            print_reply(bot, message, think)
         except KeyboardInterrupt:
             print("\n(stopped)")
         except ChatbotError as exc:
             print(f"\nerror: {exc}")
+
+
+def print_reply(bot: Qwen3ChatBot, message: str, think: bool) -> None:
+    """Stream one reply: a "thinking:" section (dimmed), then an "answer:" section, then the stats."""
+    section = None
+    for event in bot.stream_chat(message, enable_thinking=think):
+        if isinstance(event, Loading):
+            print(f"\r(loading: {event.stage}, {event.fraction:.0%})", end="", flush=True)
+        elif isinstance(event, ThinkingDelta):
+            if section != "thinking":
+                print(f"\n{BOLD}thinking:{RESET}")
+                section = "thinking"
+            print(f"{DIM}{event.text}{RESET}", end="", flush=True)
+        elif isinstance(event, AnswerDelta):
+            if section != "answer":
+                print(f"\n{'' if section is None else chr(10)}{BOLD}answer:{RESET}")
+                section = "answer"
+            print(event.text, end="", flush=True)
+        elif isinstance(event, ChatDone):
+            stats = event.stats
+            print(
+                f"\n{DIM}[{event.finish_reason}; {stats['new_tokens']} tokens, "
+                f"{stats['tokens_per_second']:.1f} tok/s]{RESET}"
+            )

@@ -1,273 +1,68 @@
-"""The web UI: a Gradio chat over ``chatbot.chat.reply.stream_reply``, one ``Conversation`` per browser session.
+"""The web UI: a Gradio chat over ``chatbot.chat.reply.stream_reply``, one chat per browser tab.
 
 python app.py --demo            # then open http://127.0.0.1:7860
 
 ``build_ui(app)`` makes the page, ``launch_ui(app)`` serves it (blocking) on the host and port of
 the settings, behind a login when ``--auth`` / ``QWEN_AUTH`` is set. What it shows is drawn by
-``ui_render``; this module only wires events to the chat layer:
+``ui_render``, the events are handled by ``ui_handlers``; this module lays out the page and wires
+them:
 
-* each session's history lives in a ``gr.State`` and is mirrored to the browser's localStorage
-  (``gr.BrowserState``), so it survives a reload and is never shared between sessions;
-* every reply gets its own stop signal; Stop sets the signals of its own session only;
+* the chats live in the browser (``assets/chat.js``: one localStorage entry per chat, the tab's
+  current chat in sessionStorage), listed in the left panel (new, open, rename, delete with undo,
+  search, export and import one chat or all);
+* the settings (theme, thinking, sampling) are kept per browser in a ``gr.BrowserState``;
+* every reply gets its own stop signal; Stop (or Esc) sets the signals of its own session only;
 * the reply handler has no Gradio concurrency limit, so every request reaches the engine's own
   bounded FIFO queue, whose position is shown under the pending answer.
 
-Endpoints for ``gradio_client`` (see the "Use via API" page): /chat, /regenerate, /stop, /undo,
-/edit_last, /clear, /export_conversation, /import_conversation, /model_status.
+Endpoints for ``gradio_client``: /chat, /regenerate, /stop, /undo, /edit_last, /clear, /new_chat,
+/export_conversation, /import_conversation, /model_status, /context_meter.
 """
 
 from __future__ import annotations
 
 import html
-import json
 import logging
 import os
-import tempfile
-import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import gradio as gr
 
-from ..chat.reply import AnswerDelta, ChatEvent, Conversation, Loading, QueuePosition, ThinkingDelta, Turn, stream_reply
+from ..chat.reply import Conversation
 from ..engine.sampling import DEFAULT_MAX_NEW_TOKENS, NON_THINKING_DEFAULTS, THINKING_DEFAULTS
-from ..errors import ChatbotError
 from .app_state import App
 from .security import ui_middleware
-from .ui_render import LiveReply, badge_html, conversation_messages, user_message
-from .ui_session import StopSignals, from_saved_form, is_mode_default, sampling_kwargs, saved_form, storage_secret
+from .ui_handlers import ChatHandlers
+from .ui_render import ESCAPED_TAGS
+from .ui_session import new_chat_id, storage_secret
 
 log = logging.getLogger(__name__)
 ASSETS = Path(__file__).resolve().parents[2] / "assets"
-MAX_SLIDER_TOKENS = 32768
-STREAM_INTERVAL_SECONDS = 0.04  # at most ~25 screen updates a second, however fast the model is
+MAX_SLIDER_TOKENS = 32768  # until the model is loaded and its context is known
+# All four delimiters Qwen3 writes; "$$" before "$" so that display math is not read as two inline ones.
+LATEX_DELIMITERS = [
+    {"left": "$$", "right": "$$", "display": True},
+    {"left": "\\[", "right": "\\]", "display": True},
+    {"left": "\\(", "right": "\\)", "display": False},
+    {"left": "$", "right": "$", "display": False},
+]
+SETTING_NAMES = ("theme", "thinking", *("temperature", "top_p", "top_k", "max_new_tokens"))
+SETTING_NAMES += ("presence_penalty", "repetition_penalty", "min_new_tokens")
+SHORTCUTS = """| keys | does |
+|---|---|
+| Enter / Shift+Enter | send / new line |
+| Esc | stop the reply |
+| Ctrl+Shift+O | new chat |
+| ↑ in an empty message box | edit the last message |
+| Ctrl+/ | show these shortcuts |"""
 
-
-# --- handlers ---------------------------------------------------------------------------------------------
-
-
-def notice_html(error: ChatbotError | str) -> str:
-    text = error if isinstance(error, str) else error.message + (f" {error.fix}" if error.fix else "")
-    return f'<div class="qc-notice" role="alert">{html.escape(text)}</div>'
-
-
-class ChatHandlers:
-    """The functions behind the page's events; one instance per app, state passed in by Gradio."""
-
-    def __init__(self, app: App) -> None:
-        self.app = app
-        self.stops = StopSignals()
-
-    def send(
-        self,
-        message: str,
-        enable_thinking: bool,
-        system_prompt: str,
-        temperature: float,
-        top_p: float,
-        top_k: float,
-        max_new_tokens: float,
-        presence_penalty: float,
-        repetition_penalty: float,
-        min_new_tokens: float,
-        conversation: Conversation,
-        request: gr.Request,
-    ) -> Iterator[tuple[Any, ...]]:
-        """Stream the reply to ``message``; outputs (chat, message box, notice, conversation)."""
-        if not message.strip():
-            text = "Type a message first." if not message else "The message is only blank space: type some text."
-            gr.Warning(text)
-            yield conversation_messages(conversation), message, notice_html(text), conversation
-            return
-        options = sampling_kwargs(
-            temperature, top_p, top_k, max_new_tokens, presence_penalty, repetition_penalty, min_new_tokens
-        )
-        yield from self._reply(conversation, message, enable_thinking, system_prompt, options, request.session_hash)
-
-    def regenerate(
-        self,
-        enable_thinking: bool,
-        system_prompt: str,
-        temperature: float,
-        top_p: float,
-        top_k: float,
-        max_new_tokens: float,
-        presence_penalty: float,
-        repetition_penalty: float,
-        min_new_tokens: float,
-        conversation: Conversation,
-        request: gr.Request,
-    ) -> Iterator[tuple[Any, ...]]:
-        """Answer the last message again (the previous answer comes back if this one fails)."""
-        if len(conversation.turns) < 2:
-            text = "There is no answer to regenerate yet."
-            gr.Warning(text)
-            yield conversation_messages(conversation), gr.skip(), notice_html(text), conversation
-            return
-        previous = conversation.turns[-2:]
-        del conversation.turns[-2:]
-        options = sampling_kwargs(
-            temperature, top_p, top_k, max_new_tokens, presence_penalty, repetition_penalty, min_new_tokens
-        )
-        yield from self._reply(
-            conversation,
-            previous[0].content,
-            enable_thinking,
-            system_prompt,
-            options,
-            request.session_hash,
-            restore=previous,
-        )
-
-    def _reply(
-        self,
-        conversation: Conversation,
-        message: str,
-        enable_thinking: bool,
-        system_prompt: str,
-        options: dict[str, Any],
-        session: str,
-        restore: list[Turn] | None = None,
-    ) -> Iterator[tuple[Any, ...]]:
-        conversation.system_prompt = system_prompt.strip()
-        earlier = conversation_messages(conversation)
-        live = LiveReply()
-        yield [*earlier, user_message(message), *live.messages()], "", "", conversation
-        with self.stops.reply(session) as stop:
-            try:
-                next_update = 0.0
-                for event in stream_reply(
-                    self.app.engine,
-                    conversation.messages_with(message),
-                    enable_thinking=enable_thinking,
-                    cancel=stop,
-                    client=f"ui:{session}",  # each browser session takes its own turns
-                    **options,
-                ):
-                    if stop.is_set() and isinstance(event, Loading):
-                        break  # stopped while the model was still loading
-                    first_of_its_kind = isinstance(event, QueuePosition) or _starts_a_part(event, live)
-                    live.apply(event)
-                    now = time.perf_counter()
-                    if live.done is not None or (now < next_update and not first_of_its_kind):
-                        continue
-                    next_update = now + STREAM_INTERVAL_SECONDS
-                    yield [*earlier, user_message(message), *live.messages()], gr.skip(), "", conversation
-            except ChatbotError as error:
-                conversation.turns.extend(restore or [])
-                gr.Warning(error.message)
-                yield conversation_messages(conversation), message, notice_html(error), conversation
-                return
-        if live.done is None or (live.done.finish_reason == "cancelled" and not live.done.full_response.strip()):
-            # Stopped before the model wrote anything: nothing to keep, the text goes back in the box.
-            conversation.turns.extend(restore or [])
-            text = "Stopped before the model started on this message."
-            yield conversation_messages(conversation), message, notice_html(text), conversation
-            return
-        conversation.add_exchange(message, live.done)
-        conversation.turns[-1].stats = live.stats
-        yield conversation_messages(conversation), gr.skip(), "", conversation
-
-    def stop(self, request: gr.Request) -> str:
-        """Stop this session's running reply (other sessions keep theirs)."""
-        stopped = self.stops.stop(request.session_hash)
-        return "" if stopped else notice_html("Nothing to stop.")
-
-    def stop_on_unload(self, request: gr.Request) -> None:
-        """A closed or reloaded tab stops its reply: nobody is left to read it."""
-        self.stops.stop(request.session_hash)
-
-    def undo(self, conversation: Conversation) -> tuple[Any, ...]:
-        """Remove the last exchange."""
-        if len(conversation.turns) >= 2:
-            del conversation.turns[-2:]
-        return conversation_messages(conversation), conversation
-
-    def edit_last(self, message: str, conversation: Conversation) -> tuple[Any, ...]:
-        """Remove the last exchange and put its question back in the message box to be edited and sent."""
-        if len(conversation.turns) < 2:
-            gr.Warning("There is no message to edit yet.")
-            return conversation_messages(conversation), message, conversation
-        question = conversation.turns[-2].content
-        del conversation.turns[-2:]
-        return conversation_messages(conversation), question, conversation
-
-    def clear(self, conversation: Conversation) -> tuple[Any, ...]:
-        conversation.clear()
-        return [], conversation
-
-    def export_conversation(self, conversation: Conversation) -> str:
-        """Write the conversation to a JSON file and return its path (the page offers it as a download)."""
-        folder = Path(tempfile.mkdtemp(prefix="qwen3-chat-export-"))
-        path = folder / "conversation.json"
-        path.write_text(json.dumps(saved_form(conversation), ensure_ascii=False, indent=2), encoding="utf-8")
-        return str(path)
-
-    def import_conversation(self, file: str | None, system_prompt: str, conversation: Conversation) -> tuple[Any, ...]:
-        """Replace the conversation (and the system prompt, when the file has one) with an exported file's."""
-        unchanged = conversation_messages(conversation), gr.skip(), conversation
-        if not file:
-            return unchanged[0], notice_html("Choose a JSON file to import."), gr.skip(), conversation
-        try:
-            data = json.loads(Path(file).read_text(encoding="utf-8"))
-            imported = from_saved_form(data, system_prompt.strip())
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            error = ChatbotError(f"The file is not valid JSON ({exc}).", fix="Import a file made by Export.")
-            gr.Warning(error.message)
-            return unchanged[0], notice_html(error), *unchanged[1:]
-        except ChatbotError as error:
-            gr.Warning(error.message)
-            return unchanged[0], notice_html(error), *unchanged[1:]
-        return conversation_messages(imported), "", imported.system_prompt, imported
-
-    def restore(self, saved: Any, system_prompt: str) -> tuple[Any, ...]:
-        """On page load: the conversation (and system prompt) this browser kept, if any."""
-        if not saved:
-            return gr.skip(), gr.skip(), gr.skip()
-        try:
-            conversation = from_saved_form(saved, system_prompt.strip())
-        except ChatbotError:
-            return gr.skip(), gr.skip(), gr.skip()  # storage from an older version: start afresh
-        return conversation_messages(conversation), conversation.system_prompt, conversation
-
-    def model_status(self) -> str:
-        """The precision badge as HTML (mode, reason, device, weights' memory, or loading progress)."""
-        return badge_html(self.app.engine, demo=self.app.settings.demo)
-
-    def poll_model_status(self) -> tuple[str, Any]:
-        """The badge, and the timer switched off once loading has ended."""
-        loading = self.app.engine.status in ("loading", "not loaded")
-        return self.model_status(), gr.Timer(active=loading)
-
-    def follow_mode(self, enable_thinking: bool, temperature: float, top_p: float, top_k: float) -> tuple[Any, ...]:
-        """Switch sampling to the new mode's defaults, unless the user has chosen their own values."""
-        if not is_mode_default({"temperature": temperature, "top_p": top_p, "top_k": top_k}):
-            return gr.skip(), gr.skip(), gr.skip()
-        defaults = THINKING_DEFAULTS if enable_thinking else NON_THINKING_DEFAULTS
-        return defaults["temperature"], defaults["top_p"], defaults["top_k"]
-
-    def reset_sampling(self, enable_thinking: bool) -> tuple[Any, ...]:
-        defaults = THINKING_DEFAULTS if enable_thinking else NON_THINKING_DEFAULTS
-        return defaults["temperature"], defaults["top_p"], defaults["top_k"], DEFAULT_MAX_NEW_TOKENS, 0.0, 1.0, 0
-
-    def save(self, conversation: Conversation) -> dict[str, Any]:
-        return saved_form(conversation)
-
-
-def _starts_a_part(event: ChatEvent, live: LiveReply) -> bool:
-    """The first piece of the thinking or of the answer: always shown at once, however fast the model."""
-    first_thought = isinstance(event, ThinkingDelta) and not live.thinking
-    return first_thought or (isinstance(event, AnswerDelta) and not live.answer)
-
-
-def show_stop_button() -> tuple[Any, Any]:
-    return gr.update(visible=False), gr.update(visible=True)
-
-
-def show_send_button() -> tuple[Any, Any]:
-    return gr.update(visible=True), gr.update(visible=False)
+# js hooks of events (run in the page before the Python function; their values replace the inputs)
+JS_RESTORE = "(record, draft, prompt) => [qcStore.readText(qcStore.current()), qcStore.draft(), prompt]"
+JS_INDEX = "(index, id) => [JSON.stringify(qcStore.index(qcStore.searchText())), id]"
+JS_OPEN = "(id, record, ...rest) => [id, qcStore.readText(id), ...rest]"
+JS_SCROLL = "(...args) => { qcScrollDown(); return args; }"
 
 
 # --- layout -----------------------------------------------------------------------------------------------
@@ -283,21 +78,49 @@ def header_html(app: App) -> str:
     )
 
 
+def api_help(app: App, request: gr.Request | None) -> tuple[str, str]:
+    """The OpenAI base URL (as this browser reaches the server) and a copyable snippet for it."""
+    if not app.settings.api_port:
+        return "The OpenAI-compatible API is off (started with `--api-port 0`).", ""
+    host = app.settings.host
+    if request is not None and request.headers.get("host"):
+        host = request.headers["host"].rsplit(":", 1)[0]
+    elif host == "0.0.0.0":
+        host = "127.0.0.1"
+    base = f"http://{host}:{app.settings.api_port}/v1"
+    key = " (and the key given to `--api-key`)" if getattr(app.settings, "api_key", None) else ""
+    text = f"OpenAI-compatible API: **`{base}`**{key}, model `{app.model_name}`."
+    snippet = (
+        f"# pip install openai\n"
+        f"from openai import OpenAI\n\n"
+        f'client = OpenAI(base_url="{base}", api_key="{"YOUR_KEY" if key else "unused"}")\n'
+        f"reply = client.chat.completions.create(\n"
+        f'    model="{app.model_name}",\n'
+        f'    messages=[{{"role": "user", "content": "Hello!"}}],\n'
+        f")\n"
+        f"print(reply.choices[0].message.content)\n\n"
+        f"# or with curl:\n"
+        f"# curl {base}/chat/completions -H 'Content-Type: application/json' \\\n"
+        f'#   -d \'{{"model": "{app.model_name}", "messages": [{{"role": "user", "content": "Hello!"}}]}}\''
+    )
+    return text, snippet
+
+
 @dataclass
 class SettingsPanel:
     system_prompt: gr.Textbox
+    theme: gr.Radio
     # temperature, top_p, top_k, max_new_tokens, presence_penalty, repetition_penalty, min_new_tokens
     sampling: list[gr.Slider]
     reset_button: gr.Button
-    export_button: gr.Button
-    export_file: gr.File
-    import_button: gr.UploadButton
+    api_text: gr.Markdown
+    api_snippet: gr.Code
 
 
 def settings_panel(app: App, mode: dict[str, Any]) -> SettingsPanel:
-    """The side panel: system prompt, sampling (starting at ``mode``'s defaults), export and import."""
+    """The right panel (closed at first): system prompt, theme, sampling, the API's address."""
     max_tokens = app.settings.max_context or MAX_SLIDER_TOKENS
-    with gr.Sidebar(label="Settings", position="right", open=True, width=360, elem_id="qc-sidebar"):
+    with gr.Sidebar(label="Settings", position="right", open=False, width=360, elem_id="qc-sidebar"):
         gr.Markdown("### Settings", elem_classes="qc-panel-title")
         system_prompt = gr.Textbox(
             app.settings.system_prompt,
@@ -306,12 +129,20 @@ def settings_panel(app: App, mode: dict[str, Any]) -> SettingsPanel:
             lines=3,
             max_lines=10,
         )
+        theme = gr.Radio(["System", "Light", "Dark"], value="System", label="Theme", elem_id="qc-theme")
         with gr.Accordion("Sampling", open=True):
             sampling = [
                 gr.Slider(0.0, 2.0, mode["temperature"], step=0.05, label="Temperature"),
                 gr.Slider(0.05, 1.0, mode["top_p"], step=0.05, label="Top p"),
                 gr.Slider(0, 200, mode["top_k"], step=1, label="Top k", info="0 keeps every token"),
-                gr.Slider(16, max_tokens, min(DEFAULT_MAX_NEW_TOKENS, max_tokens), step=16, label="Max new tokens"),
+                gr.Slider(
+                    16,
+                    max_tokens,
+                    min(DEFAULT_MAX_NEW_TOKENS, max_tokens),
+                    step=16,
+                    label="Max new tokens",
+                    info="At most the model's context less room for the prompt",
+                ),
                 gr.Slider(-2.0, 2.0, 0.0, step=0.1, label="Presence penalty"),
                 gr.Slider(0.5, 2.0, 1.0, step=0.05, label="Repetition penalty"),
                 gr.Slider(
@@ -321,16 +152,75 @@ def settings_panel(app: App, mode: dict[str, Any]) -> SettingsPanel:
             reset_button = gr.Button("Reset to the mode's defaults", size="sm", variant="secondary")
             gr.Markdown(
                 "Defaults follow the thinking mode (0.6 / 0.95 / 20 thinking, 0.7 / 0.8 / 20 without) "
-                "until you change them.",
+                "until you change them. Settings are kept in this browser.",
                 elem_classes="qc-hint",
             )
-        with gr.Accordion("Conversation file", open=False):
-            export_button = gr.Button("Export as JSON", size="sm", variant="secondary")
-            export_file = gr.File(label="Exported conversation", interactive=False, height=70)
-            import_button = gr.UploadButton(
-                "Import JSON", file_types=[".json"], file_count="single", size="sm", variant="secondary"
+        with gr.Accordion("Use from code (OpenAI API)", open=False, elem_id="qc-api"):
+            api_text = gr.Markdown(elem_id="qc-api-url")
+            api_snippet = gr.Code(language="python", interactive=False, show_label=False, elem_id="qc-api-snippet")
+    return SettingsPanel(system_prompt, theme, sampling, reset_button, api_text, api_snippet)
+
+
+@dataclass
+class ChatsPanel:
+    new_button: gr.Button
+    search: gr.Textbox
+    chats: gr.Radio
+    title_box: gr.Textbox
+    rename_button: gr.Button
+    delete_button: gr.Button
+    undo_delete_button: gr.Button
+    export_button: gr.Button
+    export_all_button: gr.Button
+    import_button: gr.UploadButton
+
+
+def chats_panel() -> ChatsPanel:
+    """The left panel: the chats kept in this browser, newest first, and what can be done with them."""
+    with gr.Sidebar(label="Chats", position="left", open=True, width=280, elem_id="qc-chats"):
+        new_button = gr.Button("+ New chat", variant="primary", size="sm", elem_id="qc-new")
+        search = gr.Textbox(
+            placeholder="Search chats…", show_label=False, container=False, elem_id="qc-search", max_lines=1
+        )
+        chats = gr.Radio([], label="Chats in this browser", elem_id="qc-list", container=False)
+        with gr.Row(elem_id="qc-chat-tools"):
+            delete_button = gr.Button("Delete", size="sm", variant="secondary", elem_id="qc-delete", min_width=60)
+            undo_delete_button = gr.Button(
+                "↶ Undo delete", size="sm", variant="secondary", visible=False, elem_id="qc-undo-delete", min_width=60
             )
-    return SettingsPanel(system_prompt, sampling, reset_button, export_button, export_file, import_button)
+        with gr.Row(elem_id="qc-rename"):
+            title_box = gr.Textbox(
+                placeholder="Rename this chat…", show_label=False, container=False, max_lines=1, scale=3
+            )
+            rename_button = gr.Button("Rename", size="sm", variant="secondary", scale=1, min_width=60)
+        with gr.Row(elem_id="qc-files"):
+            export_button = gr.Button("Export", size="sm", variant="secondary", elem_id="qc-export", min_width=60)
+            export_all_button = gr.Button(
+                "Export all", size="sm", variant="secondary", elem_id="qc-export-all", min_width=50
+            )
+            import_button = gr.UploadButton(
+                "Import",
+                file_types=[".json"],
+                file_count="single",
+                size="sm",
+                variant="secondary",
+                elem_id="qc-import",
+                min_width=60,
+            )
+        with gr.Accordion("Keyboard shortcuts", open=False, elem_id="qc-shortcuts"):
+            gr.Markdown(SHORTCUTS, elem_classes="qc-hint")
+    return ChatsPanel(
+        new_button,
+        search,
+        chats,
+        title_box,
+        rename_button,
+        delete_button,
+        undo_delete_button,
+        export_button,
+        export_all_button,
+        import_button,
+    )
 
 
 def build_ui(app: App) -> gr.Blocks:
@@ -340,11 +230,25 @@ def build_ui(app: App) -> gr.Blocks:
     mode = THINKING_DEFAULTS if thinking_default else NON_THINKING_DEFAULTS
     with gr.Blocks(title="Qwen3 Chat", analytics_enabled=False, fill_height=True) as demo:
         conversation = gr.State(Conversation(app.settings.system_prompt))
-        saved = gr.BrowserState(None, storage_key="qwen3-chat-conversation", secret=storage_secret())
+        title = gr.State("")
+        kept_for_undo = gr.State(None)
+        settings_store = gr.BrowserState(None, storage_key="qwen3-chat-settings", secret=storage_secret())
+        # Hidden values the page's script reads and writes (gr.State stays on the server, out of its reach).
+        chat_id = gr.Textbox(new_chat_id(), visible="hidden", elem_id="qc-chat-id")
+        # JSON as text: this tab's chat as saved (written to localStorage on change), imported chats, a saved
+        # chat read by the page for the server, and the [[title, id], ...] index of the saved chats.
+        record = gr.Textbox("", visible="hidden", elem_id="qc-record")
+        records = gr.Textbox("", visible="hidden")
+        read_record = gr.Textbox("", visible="hidden")
+        deleted_id = gr.Textbox("", visible="hidden")
+        chat_index = gr.Textbox("", visible="hidden")
+        export_file = gr.File(visible="hidden")
+        refresh_list = gr.Button(visible="hidden", elem_id="qc-refresh-list")  # clicked by the page's script
 
+        chats = chats_panel()
         panel = settings_panel(app, mode)
         system_prompt, sampling = panel.system_prompt, panel.sampling
-        temperature, top_p, top_k = sampling[:3]
+        temperature, top_p, top_k, max_new_tokens = sampling[:4]
 
         with gr.Row(elem_id="qc-header", equal_height=True):
             gr.HTML(header_html(app), elem_id="qc-brand")
@@ -356,13 +260,14 @@ def build_ui(app: App) -> gr.Blocks:
             min_height=300,
             layout="bubble",
             sanitize_html=True,
-            allow_tags=False,
+            allow_tags=ESCAPED_TAGS,
             render_markdown=True,
-            buttons=["copy"],
+            latex_delimiters=LATEX_DELIMITERS,
+            buttons=["copy", "copy_all"],
             feedback_options=None,
-            group_consecutive_messages=True,
+            group_consecutive_messages=False,
             autoscroll=True,
-            placeholder="<div class='qc-empty'><b>Ask anything.</b><br>English, 中文, code, Markdown…</div>",
+            placeholder="<div class='qc-empty'><b>Ask anything.</b><br>English, 中文, code, Markdown, math…</div>",
         )
         notice = gr.HTML("", elem_id="qc-notice")
         with gr.Row(elem_id="qc-composer"):
@@ -382,15 +287,22 @@ def build_ui(app: App) -> gr.Blocks:
             thinking = gr.Checkbox(
                 thinking_default, label="Think before answering", elem_id="qc-thinking", scale=0, min_width=210
             )
+            meter = gr.HTML("", elem_id="qc-meter")
+            previous_button = gr.Button("‹", size="sm", variant="secondary", scale=0, min_width=36, elem_id="qc-prev")
+            next_button = gr.Button("›", size="sm", variant="secondary", scale=0, min_width=36, elem_id="qc-next")
             regenerate_button = gr.Button("↻ Regenerate", size="sm", variant="secondary", scale=0, min_width=110)
             undo_button = gr.Button("↶ Undo", size="sm", variant="secondary", scale=0, min_width=80)
-            edit_button = gr.Button("✎ Edit last", size="sm", variant="secondary", scale=0, min_width=100)
+            edit_button = gr.Button(
+                "✎ Edit last", size="sm", variant="secondary", scale=0, min_width=100, elem_id="qc-edit"
+            )
             clear_button = gr.Button("✕ Clear", size="sm", variant="secondary", scale=0, min_width=80)
         timer = gr.Timer(0.5, active=app.engine.status != "ready")
 
-        reply_outputs = [chat, message_box, notice, conversation]
-        reply_settings = dict(concurrency_limit=None, show_progress="hidden")
-        # Each reply: swap Send for Stop, stream, save to the browser, swap back. The swap runs first
+        chat_states = [conversation, chat_id, title]
+        meter_inputs = [message_box, system_prompt, thinking, max_new_tokens, conversation]
+        reply_outputs = [chat, message_box, notice, conversation, record]
+        private = dict(api_visibility="private")
+        # Each reply: swap Send for Stop (and scroll to the bottom), stream, swap back. The swap runs first
         # (not beside the reply) so that a quick reply cannot finish before it.
         for triggers, handler, inputs, api_name in (
             ([message_box.submit, send_button.click], handlers.send, [message_box], "chat"),
@@ -401,58 +313,155 @@ def build_ui(app: App) -> gr.Blocks:
                 show_stop_button,
                 None,
                 [send_button, stop_button],
-                api_visibility="private",
                 concurrency_limit=None,
                 trigger_mode="once",
+                js=JS_SCROLL,
+                **private,
             )
             reply = started.then(
                 handler,
-                [*inputs, thinking, system_prompt, *sampling, conversation],
+                [*inputs, thinking, system_prompt, *sampling, *chat_states],
                 reply_outputs,
                 api_name=api_name,
-                **reply_settings,
+                concurrency_limit=None,
+                show_progress="hidden",
             )
-            # Saved before Send comes back, so that a page showing Send has its conversation stored.
-            saving = reply.then(handlers.save, conversation, saved, api_visibility="private")
-            saving.then(show_send_button, None, [send_button, stop_button], api_visibility="private")
+            reply.then(show_send_button, None, [send_button, stop_button], **private)
+            reply.then(handlers.context_meter, meter_inputs, meter, show_progress="hidden", **private)
         stop_button.click(handlers.stop, None, notice, api_name="stop", queue=False)
         demo.unload(handlers.stop_on_unload)
 
-        undone = gr.on(
-            [undo_button.click, chat.undo], handlers.undo, conversation, [chat, conversation], api_name="undo"
+        gr.on(
+            [undo_button.click, chat.undo],
+            handlers.undo,
+            chat_states,
+            [chat, conversation, record],
+            api_name="undo",
         )
-        edited = edit_button.click(
-            handlers.edit_last, [message_box, conversation], [chat, message_box, conversation], api_name="edit_last"
-        )
-        cleared = gr.on(  # the chat's own trash icon clears the stored conversation too
-            [clear_button.click, chat.clear], handlers.clear, conversation, [chat, conversation], api_name="clear"
-        )
-        imported = panel.import_button.upload(
-            handlers.import_conversation,
-            [panel.import_button, system_prompt, conversation],
-            [chat, notice, system_prompt, conversation],
-            api_name="import_conversation",
-        )
-        for change in (undone, edited, cleared, imported):
-            change.then(handlers.save, conversation, saved, api_visibility="private", queue=False)
-        panel.export_button.click(
-            handlers.export_conversation, conversation, panel.export_file, api_name="export_conversation"
+        previous_button.click(handlers.previous_answer, chat_states, [chat, record], api_name="previous_answer")
+        next_button.click(handlers.next_answer, chat_states, [chat, record], api_name="next_answer")
+        edit_button.click(
+            handlers.edit_last,
+            [message_box, *chat_states],
+            [chat, message_box, notice, conversation, record],
+            api_name="edit_last",
         )
 
-        thinking.change(
-            handlers.follow_mode,
-            [thinking, temperature, top_p, top_k],
-            [temperature, top_p, top_k],
-            queue=False,
-            api_visibility="private",
+        # Chats: every change of this tab's chat is written to the browser, then the list is redrawn.
+        # (the page redraws the list itself when a chat is new or renamed, not on every save of a streaming reply)
+        record.change(None, record, None, js="(r) => { qcStore.writeText(r); }", **private)
+        records.change(None, records, None, js="(rs) => { qcStore.writeAllText(rs); }", **private)
+        chat_id.change(None, chat_id, None, js="(id) => { qcStore.setCurrent(id); }", **private)
+        deleted_id.change(None, deleted_id, None, js="(id) => { qcStore.remove(id); }", **private).then(
+            handlers.chat_list, [chat_index, chat_id], chats.chats, js=JS_INDEX, queue=False, **private
         )
-        panel.reset_button.click(handlers.reset_sampling, thinking, sampling, queue=False, api_visibility="private")
-        timer.tick(handlers.poll_model_status, None, [badge, timer], queue=False, api_visibility="private")
+        # Typing in the search box and other tabs' changes redraw the list through the page's debounced refresh.
+        refresh_list.click(handlers.chat_list, [chat_index, chat_id], chats.chats, js=JS_INDEX, queue=False, **private)
+        new_outputs = [chat, conversation, chat_id, title, notice, record]
+        gr.on([chats.new_button.click], handlers.new_chat, system_prompt, new_outputs, api_name="new_chat").then(
+            handlers.chat_list, [chat_index, chat_id], chats.chats, js=JS_INDEX, queue=False, **private
+        )
+        chats.chats.input(
+            handlers.open_chat,
+            [chats.chats, read_record, conversation],
+            [chat, conversation, chat_id, title, notice, system_prompt],
+            js=JS_OPEN,
+            **private,
+        ).then(handlers.context_meter, meter_inputs, meter, show_progress="hidden", **private)
+        chats.rename_button.click(
+            handlers.rename,
+            [chats.title_box, conversation, chat_id],
+            [title, chats.title_box, record, notice],
+            **private,
+        )
+        gr.on(
+            [clear_button.click, chat.clear, chats.delete_button.click],
+            handlers.delete,
+            chat_states,
+            [chat, conversation, chat_id, title, record, deleted_id, kept_for_undo, chats.undo_delete_button],
+            api_name="clear",
+        )
+        chats.undo_delete_button.click(
+            handlers.undo_delete,
+            kept_for_undo,
+            [chat, conversation, chat_id, title, record, chats.undo_delete_button],
+            **private,
+        )
+        chats.export_button.click(
+            handlers.export_conversation, chat_states, export_file, api_name="export_conversation"
+        ).then(None, export_file, None, js="(file) => { qcStore.downloadFile(file); }", **private)
+        chats.export_all_button.click(None, None, None, js="() => { qcStore.downloadAll(); }", **private)
+        chats.import_button.upload(
+            handlers.import_conversation,
+            [chats.import_button, system_prompt],
+            [chat, notice, system_prompt, conversation, chat_id, title, record, records],
+            api_name="import_conversation",
+        )
+
+        # The context meter: counted on the server with the model's tokenizer, after typing pauses.
+        gr.on(
+            [message_box.input, thinking.change, max_new_tokens.change, system_prompt.input],
+            handlers.context_meter,
+            meter_inputs,
+            meter,
+            api_name="context_meter",
+            trigger_mode="always_last",
+            show_progress="hidden",
+            concurrency_limit=None,
+        )
+        message_box.input(None, message_box, None, js="(text) => { qcStore.draft(text); }", **private)
+        message_box.submit(None, None, None, js="() => { qcStore.draft(''); }", **private)
+        send_button.click(None, None, None, js="() => { qcStore.draft(''); }", **private)
+
+        # Settings: kept per browser, restored on load; the theme applies at once.
+        setting_controls = [panel.theme, thinking, *sampling]
+        for control in setting_controls:
+            control.change(save_settings, setting_controls, settings_store, queue=False, **private)
+        panel.theme.change(None, panel.theme, None, js="(choice) => { qcTheme(choice); }", **private)
+        thinking.input(
+            handlers.follow_mode, [thinking, temperature, top_p, top_k], [temperature, top_p, top_k], **private
+        )
+        panel.reset_button.click(handlers.reset_sampling, thinking, sampling, queue=False, **private)
+
+        token_sliders = [max_new_tokens, sampling[6]]
+        timer.tick(handlers.poll_model_status, token_sliders, [badge, timer, *token_sliders], queue=False, **private)
         demo.load(handlers.model_status, None, badge, api_name="model_status")
+        demo.load(handlers.max_tokens_controls, token_sliders, token_sliders, **private)
+        demo.load(restore_settings, settings_store, setting_controls, **private)
+
+        def show_api_help(request: gr.Request) -> tuple[str, str]:
+            return api_help(app, request)
+
+        demo.load(show_api_help, None, [panel.api_text, panel.api_snippet], **private)
         demo.load(
-            handlers.restore, [saved, system_prompt], [chat, system_prompt, conversation], api_visibility="private"
+            handlers.restore,
+            [read_record, message_box, system_prompt],
+            [chat, system_prompt, conversation, chat_id, title, message_box],
+            js=JS_RESTORE,
+            **private,
+        ).then(handlers.chat_list, [chat_index, chat_id], chats.chats, js=JS_INDEX, queue=False, **private).then(
+            handlers.context_meter, meter_inputs, meter, show_progress="hidden", **private
         )
     return demo
+
+
+def show_stop_button() -> tuple[Any, Any]:
+    return gr.update(visible=False), gr.update(visible=True)
+
+
+def show_send_button() -> tuple[Any, Any]:
+    return gr.update(visible=True), gr.update(visible=False)
+
+
+def save_settings(*values: Any) -> dict[str, Any]:
+    return dict(zip(SETTING_NAMES, values, strict=True))
+
+
+def restore_settings(saved: Any) -> tuple[Any, ...]:
+    """The settings this browser kept (a value missing or from an older version keeps the default)."""
+    if not isinstance(saved, dict):
+        return (gr.skip(),) * len(SETTING_NAMES)
+    return tuple(saved[name] if name in saved else gr.skip() for name in SETTING_NAMES)
 
 
 def launch_ui(app: App) -> None:
@@ -465,12 +474,14 @@ def launch_ui(app: App) -> None:
         app.settings.port,
         " (login required)" if app.settings.auth else "",
     )
+    script = (ASSETS / "chat.js").read_text(encoding="utf-8")
     demo.launch(
         server_name=app.settings.host,
         server_port=app.settings.port,
         auth=app.settings.auth_pair(),
         auth_message="Qwen3 Chat: log in with the user and password given to --auth.",
         css_paths=[ASSETS / "style.css"],
+        head=f"<script>{script}</script>",
         theme=gr.themes.Soft(
             primary_hue="violet",
             neutral_hue="slate",
@@ -478,7 +489,9 @@ def launch_ui(app: App) -> None:
             font_mono=["ui-monospace", "SFMono-Regular", "Menlo", "monospace"],
         ),
         favicon_path=ASSETS / "logo.svg",
-        footer_links=["api"],
+        footer_links=["gradio", "settings"],  # not Gradio's API page: the OpenAI API is in the settings panel
+        # Gradio's run history would keep a copy of every message in localStorage, deleted chats included.
+        run_history=False,
         ssr_mode=False,
         show_error=True,
         quiet=True,

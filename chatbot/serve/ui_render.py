@@ -5,9 +5,9 @@ Pure functions and one small accumulator (``LiveReply``), kept apart from the Gr
 "messages" format; a thinking block is an assistant message with ``metadata`` (title, status,
 duration), which Gradio draws as a collapsible block.
 
-All text from users, the model and imported files goes through ``escape_html`` before it is
-shown: ``<`` outside code becomes ``&lt;``, so the Markdown renderer shows tags as text and never
-builds elements from them (Gradio's own sanitizer stays on as a second layer).
+Text from users, the model and imported files is sent as written (so the copy buttons copy the
+Markdown source); the Chatbot is told to show the tags in ``ESCAPED_TAGS`` as text and sanitizes
+the rest (``ui.py``), so markup in a message is shown, never run.
 """
 
 from __future__ import annotations
@@ -21,44 +21,25 @@ from typing import Any
 from ..chat.reply import AnswerDelta, ChatDone, ChatEvent, Conversation, Loading, QueuePosition, ThinkingDelta, Turn
 from ..engine.engine import ChatEngine
 
-FENCE_RE = re.compile(r"^ {0,3}(`{3,}|~{3,})")
-CODE_SPAN_RE = re.compile(r"(`+)(.+?)\1", re.DOTALL)
 STATS_CLASS = "qc-stats"
 Message = dict[str, Any]
+# Tags the page shows as text wherever they appear. Gradio escapes them in the HTML rendered from the
+# Markdown, so they must be tags neither Markdown nor Gradio's code blocks write (<a>, <code>, <span>,
+# <div>, <button>, <svg>... are not here; those are cleaned by Gradio's sanitizer instead).
+ESCAPED_TAGS = [
+    *("script", "style", "iframe", "frame", "frameset", "object", "embed", "applet", "img", "picture"),
+    *("video", "audio", "source", "track", "math", "form", "textarea", "select", "option", "link", "meta"),
+    *("base", "title", "template", "noscript", "xmp", "plaintext", "marquee", "dialog", "canvas", "html"),
+    *("head", "body", "details", "summary", "label", "fieldset"),
+]
+# The Prism grammar bundled for ```cpp extends the C one but Gradio does not load C first (PrismJS
+# issue 3029): the whole message fails to draw. "c++" is drawn as plain code and keeps the meaning.
+CPP_FENCE_RE = re.compile(r"^( {0,3}(?:`{3,}|~{3,})[ \t]*)cpp\b", re.MULTILINE | re.IGNORECASE)
 
 
-# --- safe text --------------------------------------------------------------------------------------------
-
-
-def escape_html(text: str) -> str:
-    """Make ``<`` literal outside Markdown code (fenced blocks and inline spans keep their text as is)."""
-    out: list[str] = []
-    fence: str | None = None
-    for line in text.splitlines(keepends=True):
-        match = FENCE_RE.match(line)
-        if fence is None:
-            if match:
-                fence = match.group(1)
-                out.append(line)
-            else:
-                out.append(_escape_outside_code_spans(line))
-        else:
-            # A fence closes with the same character, at least as long as the opening one.
-            if match and match.group(1)[0] == fence[0] and len(match.group(1)) >= len(fence):
-                fence = None
-            out.append(line)
-    return "".join(out)
-
-
-def _escape_outside_code_spans(line: str) -> str:
-    pieces: list[str] = []
-    position = 0
-    for match in CODE_SPAN_RE.finditer(line):
-        pieces.append(line[position : match.start()].replace("<", "&lt;"))
-        pieces.append(match.group(0))
-        position = match.end()
-    pieces.append(line[position:].replace("<", "&lt;"))
-    return "".join(pieces)
+def shown_markdown(text: str) -> str:
+    """The Markdown the page draws for ``text`` (fences that break Gradio's highlighter renamed)."""
+    return CPP_FENCE_RE.sub(r"\1c++", text)
 
 
 # --- messages ---------------------------------------------------------------------------------------------
@@ -71,21 +52,26 @@ def format_seconds(seconds: float) -> str:
 
 
 def user_message(text: str) -> Message:
-    return {"role": "user", "content": escape_html(text)}
+    return {"role": "user", "content": shown_markdown(text)}
 
 
 def answer_message(text: str) -> Message:
-    return {"role": "assistant", "content": escape_html(text)}
+    return {"role": "assistant", "content": shown_markdown(text)}
 
 
-def thinking_message(text: str, seconds: float, *, done: bool, stopped: bool = False) -> Message:
-    """The collapsible thinking block: open with a spinner while pending, closed once done."""
+def thinking_message(text: str, seconds: float, *, done: bool, ended: str = "") -> Message:
+    """The collapsible thinking block: open with a spinner while pending, closed once done.
+
+    ``ended`` says why thinking ended without an answer: "stopped", "cut" (max tokens) or "interrupted".
+    """
     if not done:
         metadata = {"title": "Thinking…", "status": "pending"}
     else:
-        title = f"Thought for {format_seconds(seconds)}" + (" (stopped)" if stopped else "")
+        note = {"stopped": " (stopped)", "cut": " (cut at the max new tokens limit)", "interrupted": " (interrupted)"}
+        note = note.get(ended, "")
+        title = f"Thought for {format_seconds(seconds)}{note}"
         metadata = {"title": title, "status": "done", "duration": round(seconds, 1)}
-    return {"role": "assistant", "content": escape_html(text), "metadata": metadata}
+    return {"role": "assistant", "content": shown_markdown(text), "metadata": metadata}
 
 
 def stats_message(text: str) -> Message:
@@ -113,6 +99,8 @@ def format_stats(stats: dict[str, Any]) -> str:
     finish = stats.get("finish_reason")
     if finish == "cancelled":
         parts.append("stopped")
+    elif finish == "interrupted":
+        parts.append("interrupted: the page was closed or reloaded during the reply")
     elif finish == "length":
         parts.append("cut at the max new tokens limit")
     if stats.get("dropped_messages"):
@@ -126,12 +114,24 @@ def turn_messages(turn: Turn) -> list[Message]:
     messages = []
     if turn.thinking:
         seconds = float(turn.stats.get("thinking_seconds", 0.0))
-        messages.append(thinking_message(turn.thinking, seconds, done=True))
+        messages.append(thinking_message(turn.thinking, seconds, done=True, ended=ended_without_answer(turn)))
     if turn.content:
         messages.append(answer_message(turn.content))
-    if turn.stats:
-        messages.append(stats_message(format_stats(turn.stats)))
+    if turn.stats or len(turn.versions) > 1:
+        line = format_stats(turn.stats) if turn.stats else ""
+        if len(turn.versions) > 1:
+            line = f"answer {turn.version + 1} of {len(turn.versions)}" + (f" · {line}" if line else "")
+        messages.append(stats_message(line))
     return messages
+
+
+def ended_without_answer(turn: Turn) -> str:
+    """Why a reply has thinking but no answer ("" when it has one or ended normally)."""
+    if turn.content:
+        return ""
+    return {"cancelled": "stopped", "length": "cut", "interrupted": "interrupted"}.get(
+        str(turn.stats.get("finish_reason", "")), ""
+    )
 
 
 def conversation_messages(conversation: Conversation) -> list[Message]:
@@ -192,14 +192,14 @@ class LiveReply:
 
     def messages(self) -> list[Message]:
         """Fresh message dicts for this reply (never the same objects twice, so streaming diffs work)."""
-        stopped = self.done is not None and self.done.finish_reason == "cancelled"
+        ended = ""
+        if self.done is not None and not self.answer:
+            ended = {"cancelled": "stopped", "length": "cut"}.get(self.done.finish_reason, "")
         messages = []
         if self.thinking:
             finished = self.thinking_seconds is not None or self.done is not None
             seconds = self.thinking_seconds or (time.perf_counter() - (self.thinking_started or self.started))
-            messages.append(
-                thinking_message(self.thinking, seconds, done=finished, stopped=stopped and not self.answer)
-            )
+            messages.append(thinking_message(self.thinking, seconds, done=finished, ended=ended))
         if self.answer:
             messages.append(answer_message(self.answer))
         messages.append(stats_message(format_stats(self.stats) if self.done else self.status))

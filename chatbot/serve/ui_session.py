@@ -1,11 +1,15 @@
-"""What a web UI session keeps and sends: its stop signals, its sampling choices, its saved conversation.
+"""What a web UI session keeps and sends: its stop signals, its sampling choices, its saved conversations.
 
 Used by ``ui.py``; plain Python, testable without a browser. A saved conversation is the JSON
-that goes to the browser's storage and into exported files::
+that goes to the browser's storage (one localStorage entry per chat) and into exported files::
 
-    {"format": "qwen3-chat-conversation", "system_prompt": "...",
+    {"format": "qwen3-chat-conversation", "id": "9f3c...", "title": "...", "updated": 1732400000.0,
+     "system_prompt": "...",
      "messages": [{"role": "user", "content": "..."},
                   {"role": "assistant", "content": "...", "thinking": "...", "stats": {...}}]}
+
+A reply still streaming is saved as it stands, its stats saying ``"finish_reason": "interrupted"``,
+so a reload or a closed tab keeps the question and the reply as far as it got.
 """
 
 from __future__ import annotations
@@ -13,31 +17,40 @@ from __future__ import annotations
 import logging
 import secrets
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
 from ..authoring.modelgen import demo_model_path
-from ..chat.reply import Conversation
+from ..chat.reply import Conversation, Turn
 from ..engine.sampling import NON_THINKING_DEFAULTS, THINKING_DEFAULTS
 from ..errors import ChatbotError
 
 log = logging.getLogger(__name__)
 MODE_KEYS = ("temperature", "top_p", "top_k")
 EXPORT_FORMAT = "qwen3-chat-conversation"
+TITLE_LENGTH = 48
+
+
+class ReplySignal(threading.Event):
+    """A reply's stop signal. ``discarded``: "detached" when its tab moved to another chat (the reply is
+    saved, not shown), "dropped" when its chat was deleted (nothing of it is kept); "" otherwise."""
+
+    discarded = ""
 
 
 class StopSignals:
     """The stop signals of the replies each browser session has running."""
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._by_session: dict[str, set[threading.Event]] = {}
+        self._lock = threading.Condition()
+        self._by_session: dict[str, set[ReplySignal]] = {}
 
     @contextmanager
-    def reply(self, session: str) -> Iterator[threading.Event]:
+    def reply(self, session: str) -> Iterator[ReplySignal]:
         """A fresh signal registered for ``session`` while the reply runs."""
-        signal = threading.Event()
+        signal = ReplySignal()
         with self._lock:
             self._by_session.setdefault(session, set()).add(signal)
         try:
@@ -48,14 +61,23 @@ class StopSignals:
                 signals.discard(signal)
                 if not signals:
                     self._by_session.pop(session, None)
+                self._lock.notify_all()
 
-    def stop(self, session: str) -> int:
-        """Set every signal of ``session``; returns how many replies were running."""
+    def stop(self, session: str, *, detach: bool = False, drop: bool = False) -> int:
+        """Set every signal of ``session`` (see ``ReplySignal`` for ``detach``/``drop``); returns how many ran."""
         with self._lock:
             signals = list(self._by_session.get(session, ()))
         for signal in signals:
+            signal.discarded = "dropped" if drop else "detached" if detach else signal.discarded
             signal.set()
         return len(signals)
+
+    def stop_and_wait(self, session: str, timeout: float, *, detach: bool = False, drop: bool = False) -> bool:
+        """``stop``, then wait (at most ``timeout`` s) until the session's replies have ended, so that
+        nothing they still send can land on the page after what the caller returns; False on timeout."""
+        self.stop(session, detach=detach, drop=drop)
+        with self._lock:
+            return self._lock.wait_for(lambda: session not in self._by_session, timeout)
 
 
 def is_mode_default(values: dict[str, Any]) -> bool:
@@ -88,13 +110,49 @@ def sampling_kwargs(
     return kwargs
 
 
-def saved_form(conversation: Conversation) -> dict[str, Any]:
-    """The conversation as JSON-ready data (browser storage and export): messages with stats."""
+def saved_form(
+    conversation: Conversation,
+    chat_id: str = "",
+    title: str = "",
+    pending: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """The conversation as JSON-ready data (browser storage and export): messages with stats.
+
+    ``pending``: the exchange still streaming (question, and the reply so far), saved after the rest.
+    """
     messages = conversation.to_list()
     for item, turn in zip(messages, conversation.turns, strict=True):
         if turn.role == "assistant" and turn.stats:
             item["stats"] = turn.stats
-    return {"format": EXPORT_FORMAT, "system_prompt": conversation.system_prompt, "messages": messages}
+        if turn.role == "assistant" and len(turn.versions) > 1:
+            item["versions"], item["version"] = turn.versions, turn.version
+    messages += pending or []
+    record: dict[str, Any] = {"format": EXPORT_FORMAT}
+    if chat_id:
+        record |= {"id": chat_id, "title": title or title_of(messages), "updated": round(time.time(), 3)}
+    return record | {"system_prompt": conversation.system_prompt, "messages": messages}
+
+
+def title_of(messages: list[dict[str, Any]]) -> str:
+    """A chat's default title: the start of its first question."""
+    first = next((m.get("content", "") for m in messages if m.get("role") == "user"), "")
+    line = " ".join(str(first).split())
+    return (line[:TITLE_LENGTH].rstrip() + "…" if len(line) > TITLE_LENGTH else line) or "New chat"
+
+
+def new_chat_id() -> str:
+    return secrets.token_hex(8)
+
+
+def pending_exchange(message: str, thinking: str, answer: str, stats: dict[str, Any]) -> list[dict[str, Any]]:
+    """A streaming exchange as saved messages, marked interrupted until it ends."""
+    reply = {"role": "assistant", "content": answer, "thinking": thinking}
+    return [{"role": "user", "content": message}, reply | {"stats": {**stats, "finish_reason": "interrupted"}}]
+
+
+def max_new_tokens_bound(context: int) -> int:
+    """The largest "Max new tokens" a context window allows, leaving room for a prompt (multiple of 16)."""
+    return max(16, (context - max(64, context // 8)) // 16 * 16)
 
 
 def from_saved_form(data: Any, system_prompt: str) -> Conversation:
@@ -115,7 +173,33 @@ def from_saved_form(data: Any, system_prompt: str) -> Conversation:
         stats = item.get("stats")
         if turn.role == "assistant" and isinstance(stats, dict):
             turn.stats = stats
+        versions, version = item.get("versions"), item.get("version", 0)
+        valid = isinstance(versions, list) and all(
+            isinstance(v, dict) and isinstance(v.get("content"), str) for v in versions
+        )
+        if turn.role == "assistant" and valid and len(versions) > 1:
+            turn.versions = versions
+            turn.version = version if isinstance(version, int) and 0 <= version < len(versions) else 0
     return conversation
+
+
+def answer_version(turn: Turn) -> dict[str, Any]:
+    return {"content": turn.content, "thinking": turn.thinking, "stats": turn.stats}
+
+
+def add_version(new: Turn, previous: Turn) -> None:
+    """``new`` answers the question ``previous`` answered: it keeps the earlier answers as versions."""
+    earlier = previous.versions or [answer_version(previous)]
+    new.versions = [*earlier, answer_version(new)]
+    new.version = len(new.versions) - 1
+
+
+def show_version(turn: Turn, index: int) -> None:
+    """Show answer ``index`` of ``turn`` (its versions keep every answer, the shown one included)."""
+    turn.versions[turn.version] = answer_version(turn)
+    chosen = turn.versions[index]
+    turn.content, turn.thinking, turn.stats = chosen["content"], chosen.get("thinking", ""), chosen.get("stats", {})
+    turn.version = index
 
 
 def storage_secret() -> str:

@@ -1,0 +1,203 @@
+// Qwen3 Chat: the browser side of the page that Gradio's components do not cover.
+//
+// * qcStore: the chats kept in this browser. One localStorage entry per chat ("qwen3-chat:chat:<id>"),
+//   so tabs writing different chats never overwrite each other; the id of the chat a tab shows lives in
+//   that tab's sessionStorage (it survives a reload, and a new tab starts its own chat). The unsent text
+//   of the message box is kept there too.
+// * Keyboard shortcuts (listed in the page's "Keyboard shortcuts" panel).
+// * Theme (light, dark or the system's) and the mobile layout's closed side panels.
+(() => {
+  const PREFIX = "qwen3-chat:chat:";
+  const CURRENT = "qwen3-chat:current";
+  const DRAFT = "qwen3-chat:draft";
+  // Chats deleted in this tab: a save of a reply still on its way must not bring one back (Undo does).
+  const deleted = new Set();
+
+  const parse = (text) => {
+    try {
+      return JSON.parse(text);
+    } catch (error) {
+      return null;
+    }
+  };
+
+  const store = {
+    read(id) {
+      return id ? parse(localStorage.getItem(PREFIX + id)) : null;
+    },
+    // The page's hidden fields carry chats as JSON text.
+    readText(id) {
+      return (id && localStorage.getItem(PREFIX + id)) || "";
+    },
+    writeText(text) {
+      if (text) store.write(parse(text));
+    },
+    writeAllText(text) {
+      if (text) store.writeAll(parse(text));
+    },
+    all() {
+      const chats = [];
+      for (let i = 0; i < localStorage.length; i++) {
+        const key = localStorage.key(i);
+        if (key && key.startsWith(PREFIX)) {
+          const chat = parse(localStorage.getItem(key));
+          if (chat && chat.id && Array.isArray(chat.messages)) chats.push(chat);
+        }
+      }
+      return chats.sort((a, b) => (b.updated || 0) - (a.updated || 0));
+    },
+    // [[title, id], ...] newest first; `query` matches titles and message text, case-insensitively.
+    index(query) {
+      const needle = (query || "").trim().toLowerCase();
+      const matches = (chat) =>
+        !needle ||
+        (chat.title || "").toLowerCase().includes(needle) ||
+        chat.messages.some((m) => String(m.content || "").toLowerCase().includes(needle));
+      return store.all().filter(matches).map((chat) => [chat.title || "New chat", chat.id]);
+    },
+    write(record) {
+      // An empty chat is not kept: "New chat" clicked twice leaves no clutter in the list.
+      if (!record || !record.id || !Array.isArray(record.messages) || !record.messages.length) return;
+      if (record.undeleted) {
+        deleted.delete(record.id);
+        record = { ...record };
+        delete record.undeleted;
+      }
+      if (deleted.has(record.id)) return;
+      const before = store.read(record.id);
+      if (!before || before.title !== record.title) store.refreshSoon();  // new or renamed: redraw the list
+      try {
+        localStorage.setItem(PREFIX + record.id, JSON.stringify(record));
+      } catch (error) {
+        console.error("Qwen3 Chat: the browser's storage is full; this chat is not saved", error);
+      }
+    },
+    writeAll(records) {
+      (records || []).forEach(store.write);
+    },
+    remove(id) {
+      if (!id) return;
+      deleted.add(id);
+      localStorage.removeItem(PREFIX + id);
+    },
+    current() {
+      return sessionStorage.getItem(CURRENT) || "";
+    },
+    setCurrent(id) {
+      if (id) sessionStorage.setItem(CURRENT, id);
+    },
+    draft(text) {
+      if (text === undefined) return sessionStorage.getItem(DRAFT) || "";
+      sessionStorage.setItem(DRAFT, text || "");
+    },
+    download(name, data) {
+      const blob = new Blob([JSON.stringify(data, null, 2)], { type: "application/json" });
+      const link = document.createElement("a");
+      link.href = URL.createObjectURL(blob);
+      link.download = name;
+      document.body.appendChild(link);
+      link.click();
+      link.remove();
+      setTimeout(() => URL.revokeObjectURL(link.href), 10000);
+    },
+    downloadAll() {
+      store.download("qwen3-chats.json", { format: "qwen3-chat-archive", chats: store.all() });
+    },
+    downloadFile(file) {
+      // A file Gradio made on the server (Export): downloaded with one click, no file box to find.
+      if (!file || !file.url) return;
+      const link = document.createElement("a");
+      link.href = file.url;
+      link.download = file.orig_name || "conversation.json";
+      document.body.appendChild(link);
+      link.click();
+      link.remove();
+    },
+    // Redraw the chats list once typing (or another tab's writing) pauses.
+    refreshSoon() {
+      clearTimeout(store.refreshTimer);
+      store.refreshTimer = setTimeout(() => {
+        const button = document.querySelector("#qc-refresh-list");
+        if (button) button.click();
+      }, 150);
+    },
+    searchText() {
+      const box = document.querySelector("#qc-search textarea, #qc-search input");
+      return box ? box.value : "";
+    },
+  };
+  window.qcStore = store;
+  document.addEventListener(
+    "input",
+    (event) => {
+      if (event.target && event.target.closest && event.target.closest("#qc-search")) store.refreshSoon();
+    },
+    true,
+  );
+  window.addEventListener("storage", (event) => {
+    if (event.key === null || event.key.startsWith(PREFIX)) store.refreshSoon();  // another tab saved or deleted
+  });
+
+  window.qcScrollDown = () => {
+    const log = document.querySelector("#qc-chat .bubble-wrap") || document.querySelector("#qc-chat [role=log]");
+    if (log) log.scrollTop = log.scrollHeight;
+  };
+
+  window.qcTheme = (choice) => {
+    const dark =
+      choice === "Dark" || (choice !== "Light" && window.matchMedia("(prefers-color-scheme: dark)").matches);
+    document.body.classList.toggle("dark", dark);
+    const app = document.querySelector("gradio-app");
+    if (app) app.classList.toggle("dark", dark);
+  };
+
+  const visible = (selector) => {
+    const element = document.querySelector(selector);
+    return element && element.offsetParent !== null ? element : null;
+  };
+  const click = (selector) => {
+    const element = visible(selector);
+    if (element) element.click();
+    return Boolean(element);
+  };
+
+  document.addEventListener(
+    "keydown",
+    (event) => {
+      const inMessageBox = event.target && event.target.closest && event.target.closest("#qc-message");
+      if (event.key === "Escape" && visible("#qc-stop")) {
+        event.preventDefault();
+        click("#qc-stop");
+      } else if ((event.ctrlKey || event.metaKey) && event.shiftKey && event.key.toLowerCase() === "o") {
+        event.preventDefault();
+        click("#qc-new");
+      } else if ((event.ctrlKey || event.metaKey) && event.key === "/") {
+        event.preventDefault();
+        const help = document.querySelector("#qc-shortcuts");
+        if (help) help.scrollIntoView({ block: "center" });
+        const toggle = document.querySelector("#qc-shortcuts button, #qc-shortcuts .label-wrap");
+        if (toggle) toggle.click();
+      } else if (event.key === "ArrowUp" && inMessageBox && !event.target.value && !event.shiftKey) {
+        event.preventDefault();
+        click("#qc-edit");
+      }
+    },
+    true,
+  );
+
+  // On a phone the side panels start closed, so the chat is what the page shows first.
+  const closePanelsOnPhones = () => {
+    if (!window.matchMedia("(max-width: 768px)").matches) return;
+    document.querySelectorAll(".sidebar.open .toggle-button, .sidebar.open button.toggle-button").forEach((b) => {
+      b.click();
+    });
+  };
+  let tries = 0;
+  const waitForPanels = setInterval(() => {
+    tries += 1;
+    if (document.querySelector(".sidebar") || tries > 100) {
+      clearInterval(waitForPanels);
+      closePanelsOnPhones();
+    }
+  }, 50);
+})();

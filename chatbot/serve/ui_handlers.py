@@ -1,0 +1,459 @@
+"""The functions behind the web chat's events (wired to the page in ``ui.py``).
+
+Each tab has its own chat: its ``Conversation`` lives in a ``gr.State`` (server side) and its id in
+a hidden textbox that the page keeps in the tab's sessionStorage; every change of the chat goes out
+as a record (``ui_session.saved_form``) that the page writes to localStorage under that id. So tabs
+never share a chat, the list of chats survives reloads and server restarts, and a reply is saved
+while it streams (twice a second), marked interrupted until it ends.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+
+from ..chat.prompt import encode, normalize_messages
+from ..chat.reply import AnswerDelta, ChatEvent, Conversation, Loading, QueuePosition, ThinkingDelta, Turn, stream_reply
+from ..engine.sampling import DEFAULT_MAX_NEW_TOKENS, NON_THINKING_DEFAULTS, THINKING_DEFAULTS
+from ..errors import ChatbotError
+from .app_state import App
+from .ui_render import LiveReply, badge_html, conversation_messages, user_message
+from .ui_session import (
+    StopSignals,
+    add_version,
+    from_saved_form,
+    is_mode_default,
+    max_new_tokens_bound,
+    new_chat_id,
+    pending_exchange,
+    sampling_kwargs,
+    saved_form,
+    show_version,
+)
+
+# Screen updates are batched: at most ~10 a second however fast the model writes, so a long reply
+# costs the browser a few hundred re-renders, not one per token (the first piece of the thinking and
+# of the answer are shown at once).
+STREAM_INTERVAL_SECONDS = 0.1
+SAVE_INTERVAL_SECONDS = 0.5  # how often a streaming reply is written to the browser's storage
+# How long switching or deleting a chat waits for the tab's running reply to wind down (one decode step,
+# normally); a bound, so a stuck reply cannot hold the page.
+STOP_WAIT_SECONDS = 10.0
+ARCHIVE_FORMAT = "qwen3-chat-archive"  # "Export all": {"format": ..., "chats": [record, ...]}
+
+
+def notice_html(error: ChatbotError | str) -> str:
+    text = error if isinstance(error, str) else error.message + (f" {error.fix}" if error.fix else "")
+    return f'<div class="qc-notice" role="alert">{html.escape(text)}</div>'
+
+
+def info_html(text: str) -> str:
+    return f'<div class="qc-notice qc-info" role="status">{html.escape(text)}</div>'
+
+
+class ChatHandlers:
+    """The functions behind the page's events; one instance per app, state passed in by Gradio."""
+
+    def __init__(self, app: App) -> None:
+        self.app = app
+        self.stops = StopSignals()
+
+    # --- replies ------------------------------------------------------------------------------------------
+
+    def max_new_tokens_limit(self) -> int | None:
+        loaded = self.app.engine.loaded
+        return max_new_tokens_bound(loaded.max_context) if loaded is not None else None
+
+    def send(
+        self,
+        message: str,
+        enable_thinking: bool,
+        system_prompt: str,
+        temperature: float,
+        top_p: float,
+        top_k: float,
+        max_new_tokens: float,
+        presence_penalty: float,
+        repetition_penalty: float,
+        min_new_tokens: float,
+        conversation: Conversation,
+        chat_id: str,
+        title: str,
+        request: gr.Request,
+    ) -> Iterator[tuple[Any, ...]]:
+        """Stream the reply to ``message``; outputs (chat, message box, notice, conversation, record)."""
+        if not message.strip():
+            text = "Type a message first." if not message else "The message is only blank space: type some text."
+            yield conversation_messages(conversation), message, notice_html(text), conversation, gr.skip()
+            return
+        options = self._options(
+            temperature, top_p, top_k, max_new_tokens, presence_penalty, repetition_penalty, min_new_tokens
+        )
+        yield from self._reply(
+            conversation, message, enable_thinking, system_prompt, options, request.session_hash, chat_id, title
+        )
+
+    def regenerate(
+        self,
+        enable_thinking: bool,
+        system_prompt: str,
+        temperature: float,
+        top_p: float,
+        top_k: float,
+        max_new_tokens: float,
+        presence_penalty: float,
+        repetition_penalty: float,
+        min_new_tokens: float,
+        conversation: Conversation,
+        chat_id: str,
+        title: str,
+        request: gr.Request,
+    ) -> Iterator[tuple[Any, ...]]:
+        """Answer the last message again (the previous answer comes back if this one fails)."""
+        if len(conversation.turns) < 2:
+            notice = notice_html("There is no answer to regenerate yet.")
+            yield conversation_messages(conversation), gr.skip(), notice, conversation, gr.skip()
+            return
+        previous = conversation.turns[-2:]
+        del conversation.turns[-2:]
+        options = self._options(
+            temperature, top_p, top_k, max_new_tokens, presence_penalty, repetition_penalty, min_new_tokens
+        )
+        yield from self._reply(
+            conversation,
+            previous[0].content,
+            enable_thinking,
+            system_prompt,
+            options,
+            request.session_hash,
+            chat_id,
+            title,
+            restore=previous,
+        )
+
+    def _options(self, *values: float) -> dict[str, Any]:
+        options = sampling_kwargs(*values)
+        limit = self.max_new_tokens_limit()
+        if limit is not None and options["max_new_tokens"] > limit:
+            # A value past the context (an old saved setting, an API call) would make every message fail.
+            options["max_new_tokens"] = limit
+            options["min_new_tokens"] = min(options["min_new_tokens"], limit)
+        return options
+
+    def _reply(
+        self,
+        conversation: Conversation,
+        message: str,
+        enable_thinking: bool,
+        system_prompt: str,
+        options: dict[str, Any],
+        session: str,
+        chat_id: str,
+        title: str,
+        restore: list[Turn] | None = None,
+    ) -> Iterator[tuple[Any, ...]]:
+        conversation.system_prompt = system_prompt.strip()
+        earlier = conversation_messages(conversation)
+        live = LiveReply()
+
+        def record(pending: bool) -> str:
+            exchange = pending_exchange(message, live.thinking, live.answer, live.stats) if pending else None
+            return as_text(saved_form(conversation, chat_id, title, exchange))
+
+        # The question is stored before the model starts: a reload from now on keeps it.
+        yield [*earlier, user_message(message), *live.messages()], "", "", conversation, record(True)
+        with self.stops.reply(session) as stop:
+            try:
+                next_update = next_save = 0.0
+                for event in stream_reply(
+                    self.app.engine,
+                    conversation.messages_with(message),
+                    enable_thinking=enable_thinking,
+                    cancel=stop,
+                    client=f"ui:{session}",  # each browser session takes its own turns
+                    **options,
+                ):
+                    if stop.is_set() and isinstance(event, Loading):
+                        break  # stopped while the model was still loading
+                    first_of_its_kind = isinstance(event, QueuePosition) or _starts_a_part(event, live)
+                    live.apply(event)
+                    now = time.perf_counter()
+                    if stop.discarded or live.done is not None or (now < next_update and not first_of_its_kind):
+                        continue
+                    next_update = now + STREAM_INTERVAL_SECONDS
+                    saving = now >= next_save
+                    next_save = now + SAVE_INTERVAL_SECONDS if saving else next_save
+                    shown = [*earlier, user_message(message), *live.messages()]
+                    yield shown, gr.skip(), "", conversation, record(True) if saving else gr.skip()
+            except ChatbotError as error:
+                conversation.turns.extend(restore or [])
+                if stop.discarded == "dropped":
+                    return
+                yield conversation_messages(conversation), message, notice_html(error), conversation, record(False)
+                return
+        if stop.discarded == "dropped":
+            return  # the chat was cleared: nothing of this reply is kept
+        if live.done is None or (live.done.finish_reason == "cancelled" and not live.done.full_response.strip()):
+            # Stopped before the model wrote anything: nothing to keep, the text goes back in the box.
+            conversation.turns.extend(restore or [])
+            if stop.discarded:
+                yield gr.skip(), gr.skip(), gr.skip(), gr.skip(), record(False)
+                return
+            text = "Stopped before the model started on this message."
+            yield conversation_messages(conversation), message, notice_html(text), conversation, record(False)
+            return
+        conversation.add_exchange(message, live.done)
+        conversation.turns[-1].stats = live.stats
+        if restore:  # regenerated: the earlier answers stay as versions to switch between
+            add_version(conversation.turns[-1], restore[-1])
+        if stop.discarded:  # the tab moved to another chat: this one is saved, the screen is left alone
+            yield gr.skip(), gr.skip(), gr.skip(), gr.skip(), record(False)
+            return
+        yield conversation_messages(conversation), gr.skip(), "", conversation, record(False)
+
+    def stop(self, request: gr.Request) -> str:
+        """Stop this session's running reply (other sessions keep theirs)."""
+        stopped = self.stops.stop(request.session_hash)
+        return "" if stopped else notice_html("Nothing to stop.")
+
+    def stop_on_unload(self, request: gr.Request) -> None:
+        """A closed or reloaded tab stops its reply (the page saved it as far as it got)."""
+        self.stops.stop(request.session_hash)
+
+    # --- editing the chat ---------------------------------------------------------------------------------
+
+    def undo(self, conversation: Conversation, chat_id: str, title: str) -> tuple[Any, ...]:
+        """Remove the last exchange."""
+        if len(conversation.turns) >= 2:
+            del conversation.turns[-2:]
+        return conversation_messages(conversation), conversation, as_text(saved_form(conversation, chat_id, title))
+
+    def edit_last(self, message: str, conversation: Conversation, chat_id: str, title: str) -> tuple[Any, ...]:
+        """Remove the last exchange and put its question back in the message box to be edited and sent."""
+        if len(conversation.turns) < 2:
+            notice = notice_html("There is no message to edit yet.")
+            return gr.skip(), message, notice, conversation, gr.skip()
+        question = conversation.turns[-2].content
+        del conversation.turns[-2:]
+        record = as_text(saved_form(conversation, chat_id, title))
+        return conversation_messages(conversation), question, "", conversation, record
+
+    def switch_version(self, step: int, conversation: Conversation, chat_id: str, title: str) -> tuple[Any, ...]:
+        """Show the previous (``step`` -1) or next (+1) answer to the last question; outputs chat, record."""
+        turn = conversation.turns[-1] if conversation.turns else None
+        if turn is None or turn.role != "assistant" or len(turn.versions) < 2:
+            return gr.skip(), gr.skip()
+        show_version(turn, (turn.version + step) % len(turn.versions))
+        return conversation_messages(conversation), as_text(saved_form(conversation, chat_id, title))
+
+    def previous_answer(self, conversation: Conversation, chat_id: str, title: str) -> tuple[Any, ...]:
+        return self.switch_version(-1, conversation, chat_id, title)
+
+    def next_answer(self, conversation: Conversation, chat_id: str, title: str) -> tuple[Any, ...]:
+        return self.switch_version(1, conversation, chat_id, title)
+
+    # --- chats: new, open, rename, delete and undo --------------------------------------------------------
+
+    def new_chat(self, system_prompt: str, request: gr.Request) -> tuple[Any, ...]:
+        """A fresh chat in this tab; a reply still running in the old one finishes there and is saved."""
+        self.stops.stop_and_wait(request.session_hash, STOP_WAIT_SECONDS, detach=True)
+        fresh = Conversation(system_prompt.strip())
+        return [], fresh, new_chat_id(), "", "", as_text(saved_form(fresh, ""))
+
+    def open_chat(self, chosen: str, saved: str, conversation: Conversation, request: gr.Request) -> tuple[Any, ...]:
+        """Show the chat ``chosen`` in the list (``saved``: its saved form as JSON, read from this browser)."""
+        record = from_text(saved)
+        if not chosen or not isinstance(record, dict):
+            notice = notice_html("That chat is no longer saved in this browser (deleted in another tab?).")
+            return gr.skip(), conversation, gr.skip(), gr.skip(), notice, gr.skip()
+        self.stops.stop_and_wait(request.session_hash, STOP_WAIT_SECONDS, detach=True)
+        try:
+            opened = from_saved_form(record, "")
+        except ChatbotError as error:
+            return gr.skip(), conversation, gr.skip(), gr.skip(), notice_html(error), gr.skip()
+        title = str(record.get("title") or "")
+        return conversation_messages(opened), opened, chosen, title, "", opened.system_prompt
+
+    def rename(self, new_title: str, conversation: Conversation, chat_id: str) -> tuple[Any, ...]:
+        """Outputs: title, rename box, record, notice."""
+        title = " ".join(new_title.split())[:120]
+        if not conversation.turns:
+            return gr.skip(), gr.skip(), gr.skip(), notice_html("Send a message first: an empty chat is not saved.")
+        return title, "", as_text(saved_form(conversation, chat_id, title)), ""
+
+    def delete(self, conversation: Conversation, chat_id: str, title: str, request: gr.Request) -> tuple[Any, ...]:
+        """Delete this tab's chat (its reply, if running, is dropped); Undo brings it back.
+
+        Outputs: chat, conversation, chat id, title, record, deleted id, kept-for-undo, undo button.
+        """
+        self.stops.stop_and_wait(request.session_hash, STOP_WAIT_SECONDS, drop=True)
+        kept = saved_form(conversation, chat_id, title) if conversation.turns else None
+        fresh = Conversation(conversation.system_prompt)
+        undo = gr.update(visible=kept is not None)
+        return [], fresh, new_chat_id(), "", as_text(saved_form(fresh, "")), chat_id, kept, undo
+
+    def undo_delete(self, kept: Any, request: gr.Request) -> tuple[Any, ...]:
+        """Bring the last deleted chat back (outputs: chat, conversation, chat id, title, record, undo button)."""
+        if not isinstance(kept, dict):
+            return gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.update(visible=False)
+        self.stops.stop_and_wait(request.session_hash, STOP_WAIT_SECONDS, detach=True)
+        restored = from_saved_form(kept, "")
+        title = str(kept.get("title") or "")
+        record = saved_form(restored, str(kept["id"]), title) | {"undeleted": True}  # the page lifts its tombstone
+        return conversation_messages(restored), restored, kept["id"], title, as_text(record), gr.update(visible=False)
+
+    # --- files --------------------------------------------------------------------------------------------
+
+    def export_conversation(self, conversation: Conversation, chat_id: str, title: str) -> str:
+        """Write the conversation to a JSON file and return its path (the page downloads it)."""
+        folder = Path(tempfile.mkdtemp(prefix="qwen3-chat-export-"))
+        path = folder / "conversation.json"
+        data = saved_form(conversation, chat_id, title)
+        path.write_text(json.dumps(data, ensure_ascii=False, indent=2), encoding="utf-8")
+        return str(path)
+
+    def import_conversation(self, file: str | None, system_prompt: str) -> tuple[Any, ...]:
+        """Open an exported chat (or every chat of an "Export all" file) as new chats of this browser.
+
+        Outputs: chat, notice, system prompt, conversation, chat id, title, record, all imported records.
+        """
+        unchanged = (gr.skip(),) * 5
+        if not file:
+            return gr.skip(), notice_html("Choose a JSON file to import."), *unchanged, gr.skip()
+        try:
+            data = json.loads(Path(file).read_text(encoding="utf-8"))
+            items = data["chats"] if isinstance(data, dict) and data.get("format") == ARCHIVE_FORMAT else [data]
+            opened = [from_saved_form(item, system_prompt.strip()) for item in items]
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            error = ChatbotError(f"The file is not valid JSON ({exc}).", fix="Import a file made by Export.")
+            return gr.skip(), notice_html(error), *unchanged, gr.skip()
+        except (ChatbotError, KeyError, TypeError) as exc:
+            error = exc if isinstance(exc, ChatbotError) else ChatbotError(f"The file is not a chat archive ({exc}).")
+            return gr.skip(), notice_html(error), *unchanged, gr.skip()
+        if not opened:
+            return gr.skip(), notice_html("The file holds no chats."), *unchanged, gr.skip()
+        titles = [str(item.get("title") or "") if isinstance(item, dict) else "" for item in items]
+        records = [saved_form(chat, new_chat_id(), title) for chat, title in zip(opened, titles, strict=True)]
+        first = opened[0]
+        note = info_html(f"Imported {len(records)} chats.") if len(records) > 1 else ""
+        return (
+            conversation_messages(first),
+            note,
+            first.system_prompt,
+            first,
+            records[0]["id"],
+            records[0]["title"],
+            as_text(records[0]),
+            as_text(records),
+        )
+
+    # --- page load, chat list, settings -------------------------------------------------------------------
+
+    def restore(self, saved: str, draft: str, system_prompt: str) -> tuple[Any, ...]:
+        """On page load: this tab's chat (kept in the browser, as JSON) and its unsent text, or a fresh chat.
+
+        Outputs: chat, system prompt, conversation, chat id, title, message box.
+        """
+        record = from_text(saved)
+        if isinstance(record, dict) and record.get("id"):
+            try:
+                conversation = from_saved_form(record, system_prompt.strip())
+                title = str(record.get("title") or "")
+                return (
+                    conversation_messages(conversation),
+                    conversation.system_prompt,
+                    conversation,
+                    str(record["id"]),
+                    title,
+                    draft or "",
+                )
+            except ChatbotError:
+                pass  # storage from an older version: start afresh
+        return [], gr.skip(), Conversation(system_prompt.strip()), new_chat_id(), "", draft or ""
+
+    def chat_list(self, index_text: str, chat_id: str) -> Any:
+        """The sidebar's list from the page's index of saved chats (JSON [[title, id], ...], newest first)."""
+        index = from_text(index_text)
+        choices = [(str(title), str(key)) for title, key in index] if isinstance(index, list) else []
+        ids = {key for _, key in choices}
+        return gr.update(choices=choices, value=chat_id if chat_id in ids else None)
+
+    def context_meter(
+        self, message: str, system_prompt: str, enable_thinking: bool, max_new_tokens: float, conversation: Conversation
+    ) -> str:
+        """Tokens of the chat plus the typed message against the context window (counted by the model's tokenizer)."""
+        loaded = self.app.engine.loaded
+        if loaded is None:
+            return ""
+        probe = Conversation(system_prompt.strip(), conversation.turns)
+        try:
+            messages = normalize_messages(probe.messages_with(message if message.strip() else "…"))
+            used = len(encode(loaded.tokenizer, messages, enable_thinking))
+        except ChatbotError as error:
+            return f'<span class="qc-meter qc-meter-over">{html.escape(error.message)}</span>'
+        context = loaded.max_context
+        reply_room = min(int(max_new_tokens), max_new_tokens_bound(context))
+        level = "over" if used + reply_room > context else "near" if used > context * 0.75 else "ok"
+        note = " · oldest turns will be left out" if level == "over" else ""
+        return (
+            f'<span class="qc-meter qc-meter-{level}" title="prompt tokens (chat + message) / context window">'
+            f"{used:,} / {context:,} tokens{note}</span>"
+        )
+
+    def max_tokens_controls(self, max_new_tokens: float, min_new_tokens: float) -> tuple[Any, Any]:
+        """The max/min new tokens sliders bounded by the loaded model's context."""
+        limit = self.max_new_tokens_limit()
+        if limit is None:
+            return gr.skip(), gr.skip()
+        return (
+            gr.update(maximum=limit, value=min(max_new_tokens, limit)),
+            gr.update(maximum=limit, value=min(min_new_tokens, limit)),
+        )
+
+    def model_status(self) -> str:
+        """The precision badge as HTML (mode, reason, device, weights' memory, or loading progress)."""
+        return badge_html(self.app.engine, demo=self.app.settings.demo)
+
+    def poll_model_status(self, max_new_tokens: float, min_new_tokens: float) -> tuple[Any, ...]:
+        """The badge, the timer switched off once loading has ended, and the bounded token sliders."""
+        loading = self.app.engine.status in ("loading", "not loaded")
+        sliders = self.max_tokens_controls(max_new_tokens, min_new_tokens)
+        return self.model_status(), gr.Timer(active=loading), *sliders
+
+    def follow_mode(self, enable_thinking: bool, temperature: float, top_p: float, top_k: float) -> tuple[Any, ...]:
+        """Switch sampling to the new mode's defaults, unless the user has chosen their own values."""
+        if not is_mode_default({"temperature": temperature, "top_p": top_p, "top_k": top_k}):
+            return gr.skip(), gr.skip(), gr.skip()
+        defaults = THINKING_DEFAULTS if enable_thinking else NON_THINKING_DEFAULTS
+        return defaults["temperature"], defaults["top_p"], defaults["top_k"]
+
+    def reset_sampling(self, enable_thinking: bool) -> tuple[Any, ...]:
+        defaults = THINKING_DEFAULTS if enable_thinking else NON_THINKING_DEFAULTS
+        limit = self.max_new_tokens_limit() or DEFAULT_MAX_NEW_TOKENS
+        max_tokens = min(DEFAULT_MAX_NEW_TOKENS, limit)
+        return defaults["temperature"], defaults["top_p"], defaults["top_k"], max_tokens, 0.0, 1.0, 0
+
+
+def as_text(data: Any) -> str:
+    """JSON for the page's hidden text fields (a textarea costs the page nothing to update, a JSON viewer does)."""
+    return json.dumps(data, ensure_ascii=False)
+
+
+def from_text(text: str | None) -> Any:
+    try:
+        return json.loads(text) if text else None
+    except json.JSONDecodeError:
+        return None
+
+
+def _starts_a_part(event: ChatEvent, live: LiveReply) -> bool:
+    """The first piece of the thinking or of the answer: always shown at once, however fast the model."""
+    first_thought = isinstance(event, ThinkingDelta) and not live.thinking
+    return first_thought or (isinstance(event, AnswerDelta) and not live.answer)
