@@ -19,24 +19,13 @@ import pytest
 from conftest import RunningApp
 from openai_spec import assert_valid, validating_http_client
 from pydantic import BaseModel
+from test_tools import WEATHER  # the same tool in the parser tests and through the API
 from transformers import AutoTokenizer
 
 from chatbot.authoring.modelgen import SCRIPTED_ANSWER, SCRIPTED_THINKING
 
 HELLO = [{"role": "user", "content": "Hello"}]
 THINKING_ON = {"chat_template_kwargs": {"enable_thinking": True}}
-WEATHER = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "The weather in a city.",
-        "parameters": {
-            "type": "object",
-            "properties": {"city": {"enum": ["Paris", "Tokyo"]}, "unit": {"enum": ["C", "F"]}},
-            "required": ["city", "unit"],
-        },
-    },
-}
 CLOCK = {"type": "function", "function": {"name": "get_time", "parameters": {"type": "object", "properties": {}}}}
 NAMED = {"type": "function", "function": {"name": "get_weather"}}
 
