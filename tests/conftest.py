@@ -205,3 +205,18 @@ def qwen3_tokenizer():
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(str(fetch_qwen3_tokenizer()))
+
+
+@pytest.fixture(scope="module")
+def api(demo_app: RunningApp) -> RunningApp:
+    """``python app.py --model SCRIPTED``, shared with the other tests that only talk to it."""
+    return demo_app
+
+
+@pytest.fixture(scope="module")
+def client(api: RunningApp):
+    """The openai client on ``api``, checking every JSON body it receives against OpenAI's schemas."""
+    import openai
+    from openai_spec import validating_http_client
+
+    return openai.OpenAI(base_url=api.api_url + "/v1", api_key="x", max_retries=0, http_client=validating_http_client())

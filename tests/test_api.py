@@ -15,9 +15,8 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
-from conftest import RunningApp
 from fastapi.testclient import TestClient
-from openai_spec import assert_valid, validating_http_client
+from openai_spec import assert_valid
 from transformers import AutoTokenizer
 
 from chatbot.authoring.modelgen import SCRIPTED_ANSWER, SCRIPTED_THINKING
@@ -33,17 +32,6 @@ TOOL = {"type": "function", "function": {"name": "f", "parameters": {"type": "ob
 THINKING_ON = {"chat_template_kwargs": {"enable_thinking": True}}
 # What the scripted model generates with thinking on; <|im_end|> follows it.
 SCRIPTED_REPLY = f"<think>{SCRIPTED_THINKING}</think>\n\n{SCRIPTED_ANSWER}"
-
-
-@pytest.fixture(scope="module")
-def api(demo_app: RunningApp) -> RunningApp:
-    """``python app.py --model SCRIPTED``, shared with the other tests that only talk to it."""
-    return demo_app
-
-
-@pytest.fixture(scope="module")
-def client(api: RunningApp) -> openai.OpenAI:
-    return openai.OpenAI(base_url=api.api_url + "/v1", api_key="x", max_retries=0, http_client=validating_http_client())
 
 
 @pytest.fixture(scope="module")

@@ -14,10 +14,9 @@ from pathlib import Path
 from typing import Literal
 
 import httpx
-import openai
 import pytest
 from conftest import RunningApp
-from openai_spec import assert_valid, validating_http_client
+from openai_spec import assert_valid
 from pydantic import BaseModel
 from test_tools import WEATHER  # the same tool in the parser tests and through the API
 from transformers import AutoTokenizer
@@ -28,16 +27,6 @@ HELLO = [{"role": "user", "content": "Hello"}]
 THINKING_ON = {"chat_template_kwargs": {"enable_thinking": True}}
 CLOCK = {"type": "function", "function": {"name": "get_time", "parameters": {"type": "object", "properties": {}}}}
 NAMED = {"type": "function", "function": {"name": "get_weather"}}
-
-
-@pytest.fixture(scope="module")
-def api(demo_app: RunningApp) -> RunningApp:
-    return demo_app
-
-
-@pytest.fixture(scope="module")
-def client(api: RunningApp) -> openai.OpenAI:
-    return openai.OpenAI(base_url=api.api_url + "/v1", api_key="x", max_retries=0, http_client=validating_http_client())
 
 
 @pytest.fixture(scope="module")
