@@ -28,6 +28,15 @@ HELP = """Commands (alone on a line):
 
 def chat_loop(model: str, settings: Settings, think: bool = True) -> int:
     engine = ChatEngine.from_settings(settings, model)
+    try:
+        return _converse(engine, model, settings, think)
+    finally:
+        # The engine's worker thread must not be inside torch when the interpreter exits (that aborts
+        # the process with "terminate called without an active exception").
+        engine.close()
+
+
+def _converse(engine: ChatEngine, model: str, settings: Settings, think: bool) -> int:
     bot = Qwen3ChatBot(engine=engine, system_prompt=settings.system_prompt, load="background")
     print(f"Chatting with {model}. Type /help for the commands.")
     try:
