@@ -545,3 +545,74 @@ def test_clear_and_esc_during_a_reply(browser, long_answer_app: RunningApp) -> N
     page.keyboard.press("Escape")
     wait_for_stats(page, 1, pattern="stopped")
     page.context.close()
+
+
+# --- versions: edit any question, regenerate, switch, keep them in storage and files ---------------------
+
+
+def edit_message(page, old_text: str, new_text: str) -> None:
+    """Edit a question in place with Gradio's own edit button (shown on hover), then submit it."""
+    row = page.locator("#qc-chat .message-wrap .message-row.user-row", has_text=old_text).first
+    row.hover()
+    buttons = row.locator("xpath=following-sibling::div[contains(@class, 'message-buttons')][1]")
+    buttons.locator("button[aria-label='Edit']").click()
+    box = page.locator("#qc-chat textarea").first
+    box.fill(new_text)
+    page.locator("#qc-chat button[aria-label='Submit']").first.click()
+
+
+def test_edit_an_earlier_question_keeps_the_old_branch_as_a_version(browser, demo_app_ui: RunningApp, tmp_path) -> None:
+    page = open_page(browser, demo_app_ui)
+    page.uncheck("#qc-thinking input")
+    send(page, "First question")
+    wait_for_stats(page, 1)
+    page.wait_for_selector("#qc-send", state="visible")
+    send(page, "Second question")
+    wait_for_stats(page, 2)
+    page.wait_for_selector("#qc-send", state="visible")
+
+    edit_message(page, "First question", "First question, edited")
+    page.wait_for_selector("#qc-chat .qc-stats:has-text('question 2 of 2')")
+    page.wait_for_selector("#qc-send", state="visible")
+    wait_for_stats(page, 1)
+    text = chat_text(page)
+    assert "First question, edited" in text and "Second question" not in text  # answered again from there
+
+    page.locator("#qc-chat .qc-step-prev").first.click()  # ‹: back to the first version
+    page.wait_for_selector("#qc-chat .qc-stats:has-text('question 1 of 2')")
+    page.wait_for_function("() => document.querySelector('#qc-chat').innerText.includes('Second question')")
+    assert "First question, edited" not in chat_text(page)
+
+    # The later answer is regenerated in this branch: its versions are its own.
+    page.get_by_role("button", name="↻ Regenerate").click()
+    page.wait_for_selector("#qc-chat .qc-stats:has-text('answer 2 of 2')")
+    page.wait_for_selector("#qc-send", state="visible")
+    page.reload()  # versions are saved with the chat
+    page.wait_for_selector("#qc-chat .qc-stats:has-text('answer 2 of 2')")
+    assert "question 1 of 2" in chat_text(page) and "Second question" in chat_text(page)
+    page.locator("#qc-chat .qc-step-next").first.click()  # ›: the edited branch again
+    page.wait_for_selector("#qc-chat .qc-stats:has-text('question 2 of 2')")
+    assert "Second question" not in chat_text(page) and "First question, edited" in chat_text(page)
+
+    with page.expect_download() as download:
+        page.click("#qc-export")
+    exported = tmp_path / "versions.json"  # the Import button takes .json files
+    exported.write_bytes(Path(download.value.path()).read_bytes())
+    first = json.loads(exported.read_text(encoding="utf-8"))["messages"][0]
+    assert first["version"] == 1 and [v["content"] for v in first["versions"]] == [
+        "First question",
+        "First question, edited",
+    ]
+    hidden = first["versions"][0]["after"]  # the branch not shown, with its own regenerated answer
+    assert [m["content"] for m in hidden if m["role"] == "user"] == ["Second question"]
+    assert len(hidden[-1]["versions"]) == 2
+
+    page.click("#qc-new")
+    page.wait_for_function("() => !document.querySelector('#qc-chat').innerText.includes('First question')")
+    page.set_input_files("#qc-chats input[type=file]", str(exported))  # the file imports with its versions
+    page.wait_for_selector("#qc-chat .qc-stats:has-text('question 2 of 2')")
+    page.locator("#qc-chat .qc-step-prev").first.click()
+    page.wait_for_selector("#qc-chat .qc-stats:has-text('answer 2 of 2')")
+    assert "Second question" in chat_text(page)
+    assert not page.errors, page.errors
+    page.context.close()

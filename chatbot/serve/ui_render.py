@@ -20,6 +20,7 @@ from typing import Any
 
 from ..chat.reply import AnswerDelta, ChatDone, ChatEvent, Conversation, Loading, QueuePosition, ThinkingDelta, Turn
 from ..engine.engine import ChatEngine
+from .ui_versions import version_nav
 
 STATS_CLASS = "qc-stats"
 Message = dict[str, Any]
@@ -74,9 +75,24 @@ def thinking_message(text: str, seconds: float, *, done: bool, ended: str = "") 
     return {"role": "assistant", "content": shown_markdown(text), "metadata": metadata}
 
 
-def stats_message(text: str) -> Message:
-    """The small line under an answer (status while it streams, stats once done)."""
-    return {"role": "assistant", "content": f'<span class="{STATS_CLASS}">{html.escape(text)}</span>'}
+def stats_message(text: str, navs: tuple[str, ...] = ()) -> Message:
+    """The small line under an answer (status while it streams, stats once done), after its ``navs``."""
+    parts = [*navs, html.escape(text)] if text else list(navs)
+    return {"role": "assistant", "content": f'<span class="{STATS_CLASS}">{" · ".join(parts)}</span>'}
+
+
+def version_nav_html(turn_index: int, turn: Turn) -> str:
+    """The "‹ answer 2 of 3 ›" switch: the page's script turns a click on an arrow into a switch of turn ``turn_index``.
+
+    The turn and the direction are class names: Gradio's sanitizer keeps classes, not data attributes.
+    """
+    what = "question" if turn.role == "user" else "answer"
+    arrow = '<span class="qc-ver-step qc-step-{0} qc-turn-{1}" title="{2} version">{3}</span>'
+    return (
+        f'<span class="qc-ver">{arrow.format("prev", turn_index, "previous", "‹")}'
+        f" {what} {turn.version + 1} of {len(turn.versions)} "
+        f"{arrow.format('next', turn_index, 'next', '›')}</span>"
+    )
 
 
 def is_stats_message(message: dict[str, Any]) -> bool:
@@ -108,20 +124,18 @@ def format_stats(stats: dict[str, Any]) -> str:
     return " · ".join(parts)
 
 
-def turn_messages(turn: Turn) -> list[Message]:
+def turn_messages(turn: Turn, navs: tuple[str, ...] = ()) -> list[Message]:
+    """One turn's messages; ``navs``: version switches shown in its stats line (see ``ui_versions``)."""
     if turn.role == "user":
-        return [user_message(turn.content)]
+        return [user_message(turn.content), *([stats_message("", navs)] if navs else [])]
     messages = []
     if turn.thinking:
         seconds = float(turn.stats.get("thinking_seconds", 0.0))
         messages.append(thinking_message(turn.thinking, seconds, done=True, ended=ended_without_answer(turn)))
     if turn.content:
         messages.append(answer_message(turn.content))
-    if turn.stats or len(turn.versions) > 1:
-        line = format_stats(turn.stats) if turn.stats else ""
-        if len(turn.versions) > 1:
-            line = f"answer {turn.version + 1} of {len(turn.versions)}" + (f" · {line}" if line else "")
-        messages.append(stats_message(line))
+    if turn.stats or navs:
+        messages.append(stats_message(format_stats(turn.stats) if turn.stats else "", navs))
     return messages
 
 
@@ -135,8 +149,20 @@ def ended_without_answer(turn: Turn) -> str:
 
 
 def conversation_messages(conversation: Conversation) -> list[Message]:
-    """The whole history as chat messages (earlier thinking stays, collapsed)."""
-    return [message for turn in conversation.turns for message in turn_messages(turn)]
+    """The whole history as chat messages (earlier thinking stays, collapsed), version switches included."""
+    return [message for _, message in indexed_messages(conversation)]
+
+
+def indexed_messages(conversation: Conversation) -> list[tuple[int, Message]]:
+    """``conversation_messages`` with the index of the turn each message draws (to map a click back)."""
+    navs: dict[int, list[str]] = {}
+    for index, shown_at in version_nav(conversation).items():
+        navs.setdefault(shown_at, []).append(version_nav_html(index, conversation.turns[index]))
+    return [
+        (index, message)
+        for index, turn in enumerate(conversation.turns)
+        for message in turn_messages(turn, tuple(navs.get(index, ())))
+    ]
 
 
 # --- the reply being streamed -----------------------------------------------------------------------------
