@@ -616,3 +616,33 @@ def test_edit_an_earlier_question_keeps_the_old_branch_as_a_version(browser, dem
     assert "Second question" in chat_text(page)
     assert not page.errors, page.errors
     page.context.close()
+
+
+def test_tool_calls_and_results_show_as_folded_blocks(browser, demo_app_ui: RunningApp, tmp_path) -> None:
+    page = open_page(browser, demo_app_ui)
+    call = {"id": "call_7", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}
+    import_chat(
+        page,
+        tmp_path / "tools.json",
+        [
+            {"role": "user", "content": "Weather in Paris?"},
+            {"role": "assistant", "content": None, "tool_calls": [call]},
+            {"role": "tool", "tool_call_id": "call_7", "content": '{"temperature": 18, "sky": "sunny"}'},
+            {"role": "assistant", "content": "It is **18 °C** and sunny."},
+        ],
+    )
+    page.wait_for_selector("#qc-chat strong:has-text('18 °C')")
+    titles = page.locator("#qc-chat .thought-group .title").all_inner_texts()
+    assert any("Tool call: get_weather" in t and '"city": "Paris"' in t for t in titles), titles
+    assert any("Tool result: get_weather" in t and '"sky": "sunny"' in t for t in titles), titles
+    result = page.locator("#qc-chat .thought-group", has_text="Tool result").first
+    result.locator(".title").click()  # opens like a thinking block: the result laid out as JSON code
+    page.wait_for_function(
+        "(element) => [...element.querySelectorAll('code')].some(c => c.innerText.includes('\"temperature\": 18'))",
+        arg=result.element_handle(),
+    )
+    assert '"role"' not in chat_text(page) and "tool_call_id" not in chat_text(page)  # no raw message JSON
+    send(page, "And tomorrow?")  # the chat goes on: the calls and the result are sent back as written
+    wait_for_stats(page, 1)
+    assert not page.errors, page.errors
+    page.context.close()

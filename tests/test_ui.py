@@ -29,7 +29,7 @@ from chatbot.chat.reply import AnswerDelta, ChatDone, Conversation, ThinkingDelt
 from chatbot.chat.thinking import split_thinking
 from chatbot.errors import ChatbotError
 from chatbot.model.loader import load_model
-from chatbot.serve.ui_render import LiveReply, indexed_messages, is_stats_message, shown_markdown
+from chatbot.serve.ui_render import LiveReply, conversation_messages, indexed_messages, is_stats_message, shown_markdown
 from chatbot.serve.ui_session import (
     StopSignals,
     from_saved_form,
@@ -258,6 +258,46 @@ def test_version_switches_are_drawn_under_the_answer_that_follows() -> None:
     assert line == "‹ question 2 of 2 › · ‹ answer 2 of 2 ›"
     assert "qc-turn-2" in stats[0][1] and "qc-turn-3" in stats[0][1] and "qc-step-prev" in stats[0][1]
     assert [index for index, _ in drawn] == [0, 1, 2, 3, 3]
+
+
+TOOL_CHAT = [
+    {"role": "user", "content": "Weather in Paris?"},
+    {
+        "role": "assistant",
+        "content": None,
+        "tool_calls": [
+            {
+                "id": "call_1",
+                "type": "function",
+                "function": {"name": "get_weather", "arguments": '{"city": "Paris", "unit": "celsius"}'},
+            }
+        ],
+    },
+    {"role": "tool", "tool_call_id": "call_1", "content": '{"temperature": 18, "sky": "sunny"}'},
+    {"role": "assistant", "content": "It is 18 °C and sunny in Paris."},
+]
+
+
+def test_tool_calls_and_results_are_drawn_as_folded_blocks_and_resent_as_written() -> None:
+    chat = from_saved_form(TOOL_CHAT, "")
+    drawn = conversation_messages(chat)
+    call, result = drawn[1], drawn[2]
+    assert call["metadata"]["title"] == 'Tool call: get_weather · {"city": "Paris", "unit": "celsius"}'
+    assert call["content"] == '```json\n{\n  "city": "Paris",\n  "unit": "celsius"\n}\n```'  # laid out
+    assert result["metadata"]["title"] == 'Tool result: get_weather · {"temperature": 18, "sky": "sunny"}'
+    assert result["content"].startswith('```json\n{\n  "temperature": 18')
+    assert drawn[3]["content"] == "It is 18 °C and sunny in Paris."
+    # The model sees the calls and the result as OpenAI writes them; saving keeps them.
+    sent = chat.messages_with("And tomorrow?")
+    assert sent[1]["tool_calls"] == TOOL_CHAT[1]["tool_calls"] and sent[1]["content"] == ""
+    assert sent[2] == {"role": "tool", "content": TOOL_CHAT[2]["content"], "tool_call_id": "call_1"}
+    assert from_saved_form(json.loads(json.dumps(saved_form(chat))), "") == chat
+    # Plain text results stay text; a long one is cut in the title only.
+    long = from_saved_form([*TOOL_CHAT[:2], {"role": "tool", "tool_call_id": "call_1", "content": "word " * 40}], "")
+    block = conversation_messages(long)[2]
+    assert block["content"] == "word " * 40 and block["metadata"]["title"].endswith("…")
+    with pytest.raises(ChatbotError, match="tool_calls"):
+        from_saved_form([{"role": "assistant", "content": None, "tool_calls": "get_weather"}], "")
 
 
 def test_live_reply_opens_thinking_then_closes_it_when_the_answer_starts() -> None:

@@ -129,8 +129,8 @@ class ChatHandlers:
     ) -> Iterator[tuple[Any, ...]]:
         """Answer the last message again (the previous answer comes back if this one fails)."""
         last = len(conversation.turns) - 1
-        if last < 1 or conversation.turns[last].role != "assistant":
-            notice = notice_html("There is no answer to regenerate yet.")
+        if last < 1 or conversation.turns[last].role != "assistant" or conversation.turns[last - 1].role != "user":
+            notice = notice_html("There is no answer to regenerate yet (Regenerate answers your last message again).")
             yield conversation_messages(conversation), gr.skip(), notice, conversation, gr.skip()
             return
         if self.stops.running(request.session_hash):

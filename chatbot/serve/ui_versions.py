@@ -28,8 +28,8 @@ EXPORT_FIX = "Import a file made by Export."
 
 
 def turn_record(turn: Turn) -> Record:
-    """A turn as saved (browser storage, export): role, content, thinking, stats, and its versions."""
-    item: Record = {"role": turn.role, "content": turn.content}
+    """A turn as saved (browser storage, export): role, content, tool calls, thinking, stats, versions."""
+    item: Record = turn.message()
     if turn.role == "assistant":
         item["thinking"] = turn.thinking
         if turn.stats:
@@ -46,6 +46,8 @@ def version_of(turn: Turn, after: list[Record] | None = None) -> Record:
     version: Record = {"content": turn.content}
     if turn.role == "assistant":
         version |= {"thinking": turn.thinking, "stats": turn.stats}
+    if turn.tool_calls:
+        version["tool_calls"] = turn.tool_calls
     return version | {"after": after or []}
 
 
@@ -85,6 +87,7 @@ def show_version(conversation: Conversation, index: int, chosen: int) -> None:
         content=version["content"],
         thinking=version.get("thinking") or "",
         stats=dict(version.get("stats") or {}),
+        tool_calls=list(version.get("tool_calls") or []),
         versions=versions,
         version=chosen,
     )
