@@ -21,7 +21,7 @@ from ..engine.jobs import LOCAL_CLIENT
 from ..engine.sampling import sampling_options
 from ..errors import ChatbotError, InvalidRequestError
 from ..model.loader import LoadedModel
-from .logprobs import answer_records, openai_logprobs
+from .logprobs import StreamedLogprobs, answer_records, openai_logprobs
 from .prompt import build_prompt, effective_thinking, normalize_messages
 from .structured import response_format_constraint
 from .thinking import ThinkingStreamSplitter, split_thinking
@@ -49,6 +49,8 @@ class ThinkingDelta:
 @dataclass(frozen=True)
 class AnswerDelta:
     text: str
+    # With logprobs asked for: OpenAI's entries for the answer tokens that arrived with this piece.
+    logprobs: tuple[dict[str, Any], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -221,6 +223,7 @@ def run_reply(
     splitter = ThinkingStreamSplitter(expect_thinking=expect_thinking)
     calls_stream = ToolCallStream() if parse_tools else None
     streamed_calls: list[ToolCall] = []
+    stream_logprobs = StreamedLogprobs(vocab, expect_thinking, loaded.eos_token_ids) if options.logprobs else None
 
     def answer_events(kind: str, text: str) -> Iterator[ChatEvent]:
         if kind == "thinking":
@@ -242,8 +245,13 @@ def run_reply(
         if isinstance(event, Queued):
             yield QueuePosition(event.position)
         elif isinstance(event, TextDelta):
+            if stream_logprobs is not None:
+                stream_logprobs.add(event.logprobs)
             for kind, text in splitter.feed(event.text):
-                yield from answer_events(kind, text)
+                for reply_event in answer_events(kind, text):
+                    if isinstance(reply_event, AnswerDelta) and stream_logprobs is not None:
+                        reply_event = AnswerDelta(reply_event.text, stream_logprobs.take())
+                    yield reply_event
         elif isinstance(event, Finished):
             result = event.result
             if calls_stream is not None:

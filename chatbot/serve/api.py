@@ -305,6 +305,7 @@ async def sse_chunks(reply: ReplyStream, first: ChatEvent, meta: Completion, inc
     generation at once.
     """
     ended = False
+    sent_logprobs = 0
     try:
         yield chunk_json(meta, {"role": "assistant", "content": ""}, with_usage=include_usage)
         event = first
@@ -312,7 +313,10 @@ async def sse_chunks(reply: ReplyStream, first: ChatEvent, meta: Completion, inc
             if isinstance(event, ThinkingDelta):
                 yield chunk_json(meta, {"reasoning_content": event.text}, with_usage=include_usage)
             elif isinstance(event, AnswerDelta):
-                yield chunk_json(meta, {"content": event.text}, with_usage=include_usage)
+                # Each chunk carries the log-probabilities of its own tokens, as OpenAI and vLLM send them.
+                logprobs = {"content": list(event.logprobs), "refusal": None} if event.logprobs else None
+                sent_logprobs += len(event.logprobs)
+                yield chunk_json(meta, {"content": event.text}, with_usage=include_usage, logprobs=logprobs)
             elif isinstance(event, ToolCallDelta):
                 call = {"index": event.index, **event.call.as_openai()}
                 yield chunk_json(meta, {"tool_calls": [call]}, with_usage=include_usage)
@@ -320,8 +324,10 @@ async def sse_chunks(reply: ReplyStream, first: ChatEvent, meta: Completion, inc
         ended = True
         if event.finish_reason == "cancelled":
             raise shutting_down()
-        # The answer's log-probabilities travel with the last chunk, once the answer is known whole.
-        yield chunk_json(meta, {}, event.finish_reason, with_usage=include_usage, logprobs=event.logprobs)
+        # Tokens whose text went out with no answer piece (a tool call's, say) travel with the last chunk.
+        rest = (event.logprobs or {}).get("content", [])[sent_logprobs:]
+        logprobs = {"content": rest, "refusal": None} if rest else None
+        yield chunk_json(meta, {}, event.finish_reason, with_usage=include_usage, logprobs=logprobs)
         if include_usage:
             yield chunk_json(meta, None, usage_field=usage(event), with_usage=True)
         log_reply(meta, event)
