@@ -646,3 +646,73 @@ def test_tool_calls_and_results_show_as_folded_blocks(browser, demo_app_ui: Runn
     wait_for_stats(page, 1)
     assert not page.errors, page.errors
     page.context.close()
+
+
+# --- shortcuts, scrolling, kept settings, "Export all" back in --------------------------------------------
+
+
+def test_ctrl_slash_opens_the_shortcuts_and_sending_scrolls_to_the_bottom(
+    browser, demo_app_ui: RunningApp, tmp_path
+) -> None:
+    page = open_page(browser, demo_app_ui)
+    assert not page.get_by_text("edit the last message").is_visible()
+    page.focus("#qc-message textarea")
+    page.keyboard.press("Control+/")
+    page.get_by_text("edit the last message").wait_for(state="visible")
+
+    long_chat = []
+    for i in range(12):
+        long_chat += [{"role": "user", "content": f"Question {i}"}, {"role": "assistant", "content": "Long.\n\n" * 12}]
+    import_chat(page, tmp_path / "long.json", long_chat)
+    page.wait_for_selector("#qc-chat .message-row:has-text('Question 11')")
+    log = "document.querySelector('#qc-chat .bubble-wrap')"
+    page.wait_for_function(f"() => {log}.scrollHeight > {log}.clientHeight * 2")
+    page.hover("#qc-chat .message-row:has-text('Question 11')")
+    page.mouse.wheel(0, -20000)  # the reader scrolls up to the start, as a person does
+    page.wait_for_function(f"() => {log}.scrollTop === 0")
+    send(page, "Now at the bottom?")
+    page.wait_for_selector("#qc-chat .message-row:has-text('Now at the bottom?')")
+    wait_for_stats(page, 1)
+    page.wait_for_function(f"() => {log}.scrollTop + {log}.clientHeight >= {log}.scrollHeight - 80")
+    page.context.close()
+
+
+def test_sampling_sliders_are_kept_across_a_reload(browser, demo_app_ui: RunningApp) -> None:
+    page = open_page(browser, demo_app_ui)
+    open_settings(page)
+    set_slider(page, "Temperature", 0.3)
+    set_slider(page, "Top k", 7)
+    page.wait_for_timeout(500)  # the settings are saved on change
+    page.reload()
+    page.wait_for_selector('#qc-badge [data-status="ready"]')
+    slider = '#qc-sidebar input[aria-label="range slider for {}"]'
+    page.wait_for_function(f"() => document.querySelector('{slider.format('Temperature')}').value === '0.3'")
+    page.wait_for_function(f"() => document.querySelector('{slider.format('Top k')}').value === '7'")
+    page.context.close()
+
+
+def test_an_export_all_file_imports_every_chat(browser, demo_app_ui: RunningApp, tmp_path) -> None:
+    page = open_page(browser, demo_app_ui)
+    for question in ("Archive one", "Archive two"):
+        page.click("#qc-new")
+        send(page, question)
+        wait_for_stats(page, 1)
+        page.wait_for_selector("#qc-send", state="visible")
+    page.wait_for_selector("#qc-list label:has-text('Archive two')")
+    with page.expect_download() as download:
+        page.click("#qc-export-all")
+    archive = tmp_path / "all.json"
+    archive.write_bytes(Path(download.value.path()).read_bytes())
+    page.context.close()
+
+    fresh = open_page(browser, demo_app_ui)  # another browser profile: nothing saved yet
+    assert fresh.locator("#qc-list label").count() == 0
+    fresh.set_input_files("#qc-chats input[type=file]", str(archive))
+    fresh.wait_for_selector("#qc-notice:has-text('Imported 2 chats')")
+    fresh.wait_for_selector("#qc-list label:has-text('Archive one')")
+    fresh.wait_for_selector("#qc-list label:has-text('Archive two')")
+    fresh.locator("#qc-list label", has_text="Archive one").click()
+    fresh.wait_for_selector("#qc-chat .message-row:has-text('Archive one')")
+    fresh.reload()  # the imported chats are kept in this browser
+    fresh.wait_for_selector("#qc-list label:has-text('Archive two')")
+    fresh.context.close()
