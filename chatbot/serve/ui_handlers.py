@@ -297,18 +297,20 @@ class ChatHandlers:
     # --- editing the chat ---------------------------------------------------------------------------------
 
     def undo(self, conversation: Conversation, chat_id: str, title: str) -> tuple[Any, ...]:
-        """Remove the last exchange."""
-        if len(conversation.turns) >= 2:
-            del conversation.turns[-2:]
+        """Remove the last exchange (the last question and everything after it: answer, tool calls, results)."""
+        last = last_question(conversation)
+        if last is not None:
+            del conversation.turns[last:]
         return conversation_messages(conversation), conversation, as_text(saved_form(conversation, chat_id, title))
 
     def edit_last(self, message: str, conversation: Conversation, chat_id: str, title: str) -> tuple[Any, ...]:
         """Remove the last exchange and put its question back in the message box to be edited and sent."""
-        if len(conversation.turns) < 2:
+        last = last_question(conversation)
+        if last is None:
             notice = notice_html("There is no message to edit yet.")
             return gr.skip(), message, notice, conversation, gr.skip()
-        question = conversation.turns[-2].content
-        del conversation.turns[-2:]
+        question = conversation.turns[last].content
+        del conversation.turns[last:]
         record = as_text(saved_form(conversation, chat_id, title))
         return conversation_messages(conversation), question, "", conversation, record
 
@@ -516,6 +518,11 @@ class ChatHandlers:
         limit = self.max_new_tokens_limit() or DEFAULT_MAX_NEW_TOKENS
         max_tokens = min(DEFAULT_MAX_NEW_TOKENS, limit)
         return defaults["temperature"], defaults["top_p"], defaults["top_k"], max_tokens, 0.0, 1.0, 0
+
+
+def last_question(conversation: Conversation) -> int | None:
+    """The index of the last user turn, or None."""
+    return next((i for i in range(len(conversation.turns) - 1, -1, -1) if conversation.turns[i].role == "user"), None)
 
 
 def as_text(data: Any) -> str:
