@@ -593,6 +593,7 @@ def test_edit_an_earlier_question_keeps_the_old_branch_as_a_version(browser, dem
     page.locator("#qc-chat .qc-step-next").first.click()  # ›: the edited branch again
     page.wait_for_selector("#qc-chat .qc-stats:has-text('question 2 of 2')")
     assert "Second question" not in chat_text(page) and "First question, edited" in chat_text(page)
+    snap(page, "screenshot-versions.png", tmp_path)
 
     with page.expect_download() as download:
         page.click("#qc-export")
@@ -632,6 +633,8 @@ def test_tool_calls_and_results_show_as_folded_blocks(browser, demo_app_ui: Runn
         ],
     )
     page.wait_for_selector("#qc-chat strong:has-text('18 °C')")
+    # The context meter counts the imported chat, its call and result included.
+    page.wait_for_function("() => parseInt(document.querySelector('#qc-meter').innerText.replace(/,/g, '')) > 30")
     titles = page.locator("#qc-chat .thought-group .title").all_inner_texts()
     assert any("Tool call: get_weather" in t and '"city": "Paris"' in t for t in titles), titles
     assert any("Tool result: get_weather" in t and '"sky": "sunny"' in t for t in titles), titles
@@ -642,6 +645,8 @@ def test_tool_calls_and_results_show_as_folded_blocks(browser, demo_app_ui: Runn
         arg=result.element_handle(),
     )
     assert '"role"' not in chat_text(page) and "tool_call_id" not in chat_text(page)  # no raw message JSON
+    page.wait_for_timeout(500)  # the opening animation
+    snap(page, "screenshot-tools.png", tmp_path)
     send(page, "And tomorrow?")  # the chat goes on: the calls and the result are sent back as written
     wait_for_stats(page, 1)
     assert not page.errors, page.errors

@@ -348,16 +348,23 @@ def build_ui(app: App) -> gr.Blocks:
             [chat, conversation, record],
             api_name="undo",
         )
-        previous_button.click(handlers.previous_answer, chat_states, [chat, record, notice], api_name="previous_answer")
-        next_button.click(handlers.next_answer, chat_states, [chat, record, notice], api_name="next_answer")
+        # Another version shown is another chat for the model: the context meter counts it again.
+        meter_again = dict(fn=handlers.context_meter, inputs=meter_inputs, outputs=meter, show_progress="hidden")
+        switches = [chat, record, notice]
+        previous_button.click(handlers.previous_answer, chat_states, switches, api_name="previous_answer").then(
+            **meter_again, **private
+        )
+        next_button.click(handlers.next_answer, chat_states, switches, api_name="next_answer").then(
+            **meter_again, **private
+        )
         # The ‹ › arrows drawn in the chat under any message with versions (the page's script says which).
         switch_button.click(
             handlers.switch_version,
             [version_request, *chat_states],
-            [chat, record, notice],
+            switches,
             js=JS_SWITCH,
             api_name="switch_version",
-        )
+        ).then(**meter_again, **private)
         edit_button.click(
             handlers.edit_last,
             [message_box, *chat_states],
@@ -414,7 +421,7 @@ def build_ui(app: App) -> gr.Blocks:
             [chats.import_button, system_prompt],
             [chat, notice, system_prompt, conversation, chat_id, title, record, records],
             api_name="import_conversation",
-        )
+        ).then(**meter_again, **private)
 
         # The context meter: counted on the server with the model's tokenizer, after typing pauses.
         gr.on(
