@@ -138,6 +138,22 @@
     if (event.key === null || event.key.startsWith(PREFIX)) store.refreshSoon();  // another tab saved or deleted
   });
 
+  // The ‹ › arrows under a message with versions (drawn by the server as spans whose classes name the
+  // turn and the direction, "qc-turn-3 qc-step-prev"): a click asks the server, through a hidden button,
+  // to show that message's other version.
+  window.qcVersions = { request: "" };
+  document.addEventListener("click", (event) => {
+    const arrow = event.target && event.target.closest && event.target.closest("#qc-chat .qc-ver-step");
+    if (!arrow) return;
+    event.preventDefault();
+    event.stopPropagation();
+    const turn = [...arrow.classList].find((name) => name.startsWith("qc-turn-"));
+    if (!turn) return;
+    window.qcVersions.request = `${turn.slice("qc-turn-".length)}:${arrow.classList.contains("qc-step-prev") ? -1 : 1}`;
+    const button = document.querySelector("#qc-switch-version");
+    if (button) button.click();
+  }, true);
+
   window.qcScrollDown = () => {
     const log = document.querySelector("#qc-chat .bubble-wrap") || document.querySelector("#qc-chat [role=log]");
     if (log) log.scrollTop = log.scrollHeight;

@@ -249,6 +249,28 @@ def test_logprobs_cover_the_answer_tokens(api, thinking) -> None:
         assert entry["logprob"] <= 0 and bytes(entry["bytes"]).decode() == entry["token"]
         assert len(entry["top_logprobs"]) == 3 and entry["top_logprobs"][0]["token"] == entry["token"]
     chunks = stream_of(api, body)
-    streamed = [c["choices"][0]["logprobs"] for c in chunks if c["choices"] and c["choices"][0].get("logprobs")]
-    assert [entry["token"] for entry in streamed[-1]["content"]] == [entry["token"] for entry in content]
+    # Each chunk carries its own tokens' entries (as OpenAI and vLLM stream them), not all in the last one.
+    with_logprobs = [c["choices"][0] for c in chunks if c["choices"] and c["choices"][0].get("logprobs")]
+    assert len(with_logprobs) > 1
+    for choice in with_logprobs:
+        tokens = "".join(entry["token"] for entry in choice["logprobs"]["content"])
+        assert tokens == choice["delta"].get("content"), choice  # the chunk's text is its tokens' text
+    streamed = [entry for choice in with_logprobs for entry in choice["logprobs"]["content"]]
+    assert [entry["token"] for entry in streamed] == [entry["token"] for entry in content]
     assert reply_of(api, {"messages": HELLO})["choices"][0]["logprobs"] is None
+
+
+def test_streamed_logprobs_arrive_with_their_chunks_in_the_openai_client(api) -> None:
+    from openai import OpenAI
+
+    client = OpenAI(base_url=api.api_url + "/v1", api_key="unused")
+    stream = client.chat.completions.create(
+        model="qwen3", messages=HELLO, logprobs=True, top_logprobs=2, stream=True, seed=7
+    )
+    pieces = [(c.choices[0].delta.content or "", c.choices[0].logprobs) for c in stream if c.choices]
+    answered = [(text, logprobs) for text, logprobs in pieces if text]
+    assert answered and all(logprobs is not None and logprobs.content for _, logprobs in answered)
+    for text, logprobs in answered:
+        assert "".join(entry.token for entry in logprobs.content) == text
+        assert all(len(entry.top_logprobs) == 2 for entry in logprobs.content)
+    assert "".join(text for text, _ in answered) == SCRIPTED_ANSWER

@@ -545,3 +545,179 @@ def test_clear_and_esc_during_a_reply(browser, long_answer_app: RunningApp) -> N
     page.keyboard.press("Escape")
     wait_for_stats(page, 1, pattern="stopped")
     page.context.close()
+
+
+# --- versions: edit any question, regenerate, switch, keep them in storage and files ---------------------
+
+
+def edit_message(page, old_text: str, new_text: str) -> None:
+    """Edit a question in place with Gradio's own edit button (shown on hover), then submit it."""
+    row = page.locator("#qc-chat .message-wrap .message-row.user-row", has_text=old_text).first
+    row.hover()
+    buttons = row.locator("xpath=following-sibling::div[contains(@class, 'message-buttons')][1]")
+    buttons.locator("button[aria-label='Edit']").click()
+    box = page.locator("#qc-chat textarea").first
+    box.fill(new_text)
+    page.locator("#qc-chat button[aria-label='Submit']").first.click()
+
+
+def test_edit_an_earlier_question_keeps_the_old_branch_as_a_version(browser, demo_app_ui: RunningApp, tmp_path) -> None:
+    page = open_page(browser, demo_app_ui)
+    page.uncheck("#qc-thinking input")
+    send(page, "First question")
+    wait_for_stats(page, 1)
+    page.wait_for_selector("#qc-send", state="visible")
+    send(page, "Second question")
+    wait_for_stats(page, 2)
+    page.wait_for_selector("#qc-send", state="visible")
+
+    edit_message(page, "First question", "First question, edited")
+    page.wait_for_selector("#qc-chat .qc-stats:has-text('question 2 of 2')")
+    page.wait_for_selector("#qc-send", state="visible")
+    wait_for_stats(page, 1)
+    text = chat_text(page)
+    assert "First question, edited" in text and "Second question" not in text  # answered again from there
+
+    page.locator("#qc-chat .qc-step-prev").first.click()  # ‹: back to the first version
+    page.wait_for_selector("#qc-chat .qc-stats:has-text('question 1 of 2')")
+    page.wait_for_function("() => document.querySelector('#qc-chat').innerText.includes('Second question')")
+    assert "First question, edited" not in chat_text(page)
+
+    # The later answer is regenerated in this branch: its versions are its own.
+    page.get_by_role("button", name="↻ Regenerate").click()
+    page.wait_for_selector("#qc-chat .qc-stats:has-text('answer 2 of 2')")
+    page.wait_for_selector("#qc-send", state="visible")
+    page.reload()  # versions are saved with the chat
+    page.wait_for_selector("#qc-chat .qc-stats:has-text('answer 2 of 2')")
+    assert "question 1 of 2" in chat_text(page) and "Second question" in chat_text(page)
+    page.locator("#qc-chat .qc-step-next").first.click()  # ›: the edited branch again
+    page.wait_for_selector("#qc-chat .qc-stats:has-text('question 2 of 2')")
+    assert "Second question" not in chat_text(page) and "First question, edited" in chat_text(page)
+    snap(page, "screenshot-versions.png", tmp_path)
+
+    with page.expect_download() as download:
+        page.click("#qc-export")
+    exported = tmp_path / "versions.json"  # the Import button takes .json files
+    exported.write_bytes(Path(download.value.path()).read_bytes())
+    first = json.loads(exported.read_text(encoding="utf-8"))["messages"][0]
+    assert first["version"] == 1 and [v["content"] for v in first["versions"]] == [
+        "First question",
+        "First question, edited",
+    ]
+    hidden = first["versions"][0]["after"]  # the branch not shown, with its own regenerated answer
+    assert [m["content"] for m in hidden if m["role"] == "user"] == ["Second question"]
+    assert len(hidden[-1]["versions"]) == 2
+
+    page.click("#qc-new")
+    page.wait_for_function("() => !document.querySelector('#qc-chat').innerText.includes('First question')")
+    page.set_input_files("#qc-chats input[type=file]", str(exported))  # the file imports with its versions
+    page.wait_for_selector("#qc-chat .qc-stats:has-text('question 2 of 2')")
+    page.locator("#qc-chat .qc-step-prev").first.click()
+    page.wait_for_selector("#qc-chat .qc-stats:has-text('answer 2 of 2')")
+    assert "Second question" in chat_text(page)
+    assert not page.errors, page.errors
+    page.context.close()
+
+
+def test_tool_calls_and_results_show_as_folded_blocks(browser, demo_app_ui: RunningApp, tmp_path) -> None:
+    page = open_page(browser, demo_app_ui)
+    call = {"id": "call_7", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}
+    import_chat(
+        page,
+        tmp_path / "tools.json",
+        [
+            {"role": "user", "content": "Weather in Paris?"},
+            {"role": "assistant", "content": None, "tool_calls": [call]},
+            {"role": "tool", "tool_call_id": "call_7", "content": '{"temperature": 18, "sky": "sunny"}'},
+            {"role": "assistant", "content": "It is **18 °C** and sunny."},
+        ],
+    )
+    page.wait_for_selector("#qc-chat strong:has-text('18 °C')")
+    # The context meter counts the imported chat, its call and result included.
+    page.wait_for_function("() => parseInt(document.querySelector('#qc-meter').innerText.replace(/,/g, '')) > 30")
+    titles = page.locator("#qc-chat .thought-group .title").all_inner_texts()
+    assert any("Tool call: get_weather" in t and '"city": "Paris"' in t for t in titles), titles
+    assert any("Tool result: get_weather" in t and '"sky": "sunny"' in t for t in titles), titles
+    result = page.locator("#qc-chat .thought-group", has_text="Tool result").first
+    result.locator(".title").click()  # opens like a thinking block: the result laid out as JSON code
+    page.wait_for_function(
+        "(element) => [...element.querySelectorAll('code')].some(c => c.innerText.includes('\"temperature\": 18'))",
+        arg=result.element_handle(),
+    )
+    assert '"role"' not in chat_text(page) and "tool_call_id" not in chat_text(page)  # no raw message JSON
+    page.wait_for_timeout(500)  # the opening animation
+    snap(page, "screenshot-tools.png", tmp_path)
+    send(page, "And tomorrow?")  # the chat goes on: the calls and the result are sent back as written
+    wait_for_stats(page, 1)
+    assert not page.errors, page.errors
+    page.context.close()
+
+
+# --- shortcuts, scrolling, kept settings, "Export all" back in --------------------------------------------
+
+
+def test_ctrl_slash_opens_the_shortcuts_and_sending_scrolls_to_the_bottom(
+    browser, demo_app_ui: RunningApp, tmp_path
+) -> None:
+    page = open_page(browser, demo_app_ui)
+    assert not page.get_by_text("edit the last message").is_visible()
+    page.focus("#qc-message textarea")
+    page.keyboard.press("Control+/")
+    page.get_by_text("edit the last message").wait_for(state="visible")
+
+    long_chat = []
+    for i in range(12):
+        long_chat += [{"role": "user", "content": f"Question {i}"}, {"role": "assistant", "content": "Long.\n\n" * 12}]
+    import_chat(page, tmp_path / "long.json", long_chat)
+    page.wait_for_selector("#qc-chat .message-row:has-text('Question 11')")
+    log = "document.querySelector('#qc-chat .bubble-wrap')"
+    page.wait_for_function(f"() => {log}.scrollHeight > {log}.clientHeight * 2")
+    page.hover("#qc-chat .message-row:has-text('Question 11')")
+    page.mouse.wheel(0, -20000)  # the reader scrolls up to the start, as a person does
+    page.wait_for_function(f"() => {log}.scrollTop === 0")
+    send(page, "Now at the bottom?")
+    page.wait_for_selector("#qc-chat .message-row:has-text('Now at the bottom?')")
+    wait_for_stats(page, 1)
+    page.wait_for_function(f"() => {log}.scrollTop + {log}.clientHeight >= {log}.scrollHeight - 80")
+    page.context.close()
+
+
+def test_sampling_sliders_are_kept_across_a_reload(browser, demo_app_ui: RunningApp) -> None:
+    page = open_page(browser, demo_app_ui)
+    open_settings(page)
+    set_slider(page, "Temperature", 0.3)
+    set_slider(page, "Top k", 7)
+    page.wait_for_timeout(500)  # the settings are saved on change
+    page.reload()
+    page.wait_for_selector('#qc-badge [data-status="ready"]')
+    slider = '#qc-sidebar input[aria-label="range slider for {}"]'
+    page.wait_for_function(f"() => document.querySelector('{slider.format('Temperature')}').value === '0.3'")
+    page.wait_for_function(f"() => document.querySelector('{slider.format('Top k')}').value === '7'")
+    page.context.close()
+
+
+def test_an_export_all_file_imports_every_chat(browser, demo_app_ui: RunningApp, tmp_path) -> None:
+    page = open_page(browser, demo_app_ui)
+    for question in ("Archive one", "Archive two"):
+        page.click("#qc-new")
+        send(page, question)
+        wait_for_stats(page, 1)
+        page.wait_for_selector("#qc-send", state="visible")
+    page.wait_for_selector("#qc-list label:has-text('Archive two')")
+    with page.expect_download() as download:
+        page.click("#qc-export-all")
+    archive = tmp_path / "all.json"
+    archive.write_bytes(Path(download.value.path()).read_bytes())
+    page.context.close()
+
+    fresh = open_page(browser, demo_app_ui)  # another browser profile: nothing saved yet
+    assert fresh.locator("#qc-list label").count() == 0
+    fresh.set_input_files("#qc-chats input[type=file]", str(archive))
+    fresh.wait_for_selector("#qc-notice:has-text('Imported 2 chats')")
+    fresh.wait_for_selector("#qc-list label:has-text('Archive one')")
+    fresh.wait_for_selector("#qc-list label:has-text('Archive two')")
+    fresh.locator("#qc-list label", has_text="Archive one").click()
+    fresh.wait_for_selector("#qc-chat .message-row:has-text('Archive one')")
+    fresh.reload()  # the imported chats are kept in this browser
+    fresh.wait_for_selector("#qc-list label:has-text('Archive two')")
+    fresh.context.close()

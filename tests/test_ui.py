@@ -29,7 +29,7 @@ from chatbot.chat.reply import AnswerDelta, ChatDone, Conversation, ThinkingDelt
 from chatbot.chat.thinking import split_thinking
 from chatbot.errors import ChatbotError
 from chatbot.model.loader import load_model
-from chatbot.serve.ui_render import LiveReply, is_stats_message, shown_markdown
+from chatbot.serve.ui_render import LiveReply, conversation_messages, indexed_messages, is_stats_message, shown_markdown
 from chatbot.serve.ui_session import (
     StopSignals,
     from_saved_form,
@@ -38,6 +38,7 @@ from chatbot.serve.ui_session import (
     sampling_kwargs,
     saved_form,
 )
+from chatbot.serve.ui_versions import add_version, show_version, versions_before_change
 
 LOGIN = ("tester", "s3cret")
 UNCHANGED = {"__type__": "update"}  # what gradio_client shows for an output the handler left as it was
@@ -177,6 +178,128 @@ def test_saved_form_round_trips_and_rejects_what_is_not_a_conversation() -> None
         from_saved_form([{"role": "robot", "content": "x"}], "")
 
 
+def chat_of(*texts: str) -> Conversation:
+    """A conversation alternating user and assistant turns with the given texts."""
+    return Conversation("", [Turn("user" if i % 2 == 0 else "assistant", t) for i, t in enumerate(texts)])
+
+
+def branch_at(conversation: Conversation, index: int, *new_texts: str) -> None:
+    """What the web chat does on an edit (or a regeneration) of turn ``index``, the new reply included."""
+    versions = versions_before_change(conversation, index)
+    role = conversation.turns[index].role
+    del conversation.turns[index:]
+    conversation.turns += [Turn("user" if (index + i) % 2 == 0 else "assistant", t) for i, t in enumerate(new_texts)]
+    add_version(conversation.turns[index], versions)
+    assert conversation.turns[index].role == role
+
+
+def contents(conversation: Conversation) -> list[str]:
+    return [turn.content for turn in conversation.turns]
+
+
+def test_editing_an_earlier_question_keeps_the_old_line_as_a_version() -> None:
+    chat = chat_of("Q1", "A1", "Q2", "A2")
+    branch_at(chat, 0, "Q1 edited", "A1 again")
+    assert contents(chat) == ["Q1 edited", "A1 again"]
+    assert chat.turns[0].version == 1 and len(chat.turns[0].versions) == 2
+    show_version(chat, 0, 0)  # back to the first version: the rest of its line comes back too
+    assert contents(chat) == ["Q1", "A1", "Q2", "A2"]
+    branch_at(chat, 3, "A2 regenerated")  # a regeneration inside that line has versions of its own
+    assert contents(chat) == ["Q1", "A1", "Q2", "A2 regenerated"]
+    show_version(chat, 0, 1)
+    assert contents(chat) == ["Q1 edited", "A1 again"]
+    show_version(chat, 0, 0)
+    assert contents(chat) == ["Q1", "A1", "Q2", "A2 regenerated"]
+    assert chat.turns[3].version == 1 and chat.turns[3].versions[0]["content"] == "A2"
+    show_version(chat, 3, 0)
+    assert contents(chat) == ["Q1", "A1", "Q2", "A2"]
+    with pytest.raises(ChatbotError, match="no such version"):
+        show_version(chat, 1, 1)
+
+
+def test_versions_are_saved_exported_and_imported_with_their_lines() -> None:
+    chat = chat_of("Q1", "A1", "Q2", "A2")
+    branch_at(chat, 2, "Q2 edited", "A2 again")
+    branch_at(chat, 0, "Q1 edited", "A1 again")
+    record = json.loads(json.dumps(saved_form(chat, "id1", "")))
+    first = record["messages"][0]
+    assert first["version"] == 1 and first["versions"][1]["after"] == []  # the line shown is not stored twice
+    assert [m["content"] for m in first["versions"][0]["after"]] == ["A1", "Q2 edited", "A2 again"]
+    restored = from_saved_form(record, "")
+    assert contents(restored) == ["Q1 edited", "A1 again"]
+    show_version(restored, 0, 0)
+    assert contents(restored) == ["Q1", "A1", "Q2 edited", "A2 again"]
+    show_version(restored, 2, 0)  # the nested edit came through the file too
+    assert contents(restored) == ["Q1", "A1", "Q2", "A2"]
+
+    # A file from before questions had versions: answers with versions but no "after".
+    old = [
+        {"role": "user", "content": "Q"},
+        {"role": "assistant", "content": "new", "versions": [{"content": "old"}, {"content": "new"}], "version": 1},
+    ]
+    imported = from_saved_form(old, "")
+    show_version(imported, 1, 0)
+    assert contents(imported) == ["Q", "old"]
+    broken = [
+        {"role": "user", "content": "Q", "versions": [{"content": "a", "after": [{"role": "x"}]}, {"content": "Q"}]}
+    ]
+    with pytest.raises(ChatbotError, match="role"):
+        from_saved_form(broken, "")
+
+
+def test_version_switches_are_drawn_under_the_answer_that_follows() -> None:
+    chat = chat_of("Q1", "A1", "Q2", "A2")
+    branch_at(chat, 2, "Q2 edited", "A2 again")
+    branch_at(chat, 3, "A2 third")
+    drawn = indexed_messages(chat)
+    stats = [(index, m["content"]) for index, m in drawn if is_stats_message(m)]
+    assert len(stats) == 1 and stats[0][0] == 3  # one line under the last answer, for both turns
+    line = re.sub(r"<[^>]+>", "", stats[0][1])
+    assert line == "‹ question 2 of 2 › · ‹ answer 2 of 2 ›"
+    assert "qc-turn-2" in stats[0][1] and "qc-turn-3" in stats[0][1] and "qc-step-prev" in stats[0][1]
+    assert [index for index, _ in drawn] == [0, 1, 2, 3, 3]
+
+
+TOOL_CHAT = [
+    {"role": "user", "content": "Weather in Paris?"},
+    {
+        "role": "assistant",
+        "content": None,
+        "tool_calls": [
+            {
+                "id": "call_1",
+                "type": "function",
+                "function": {"name": "get_weather", "arguments": '{"city": "Paris", "unit": "celsius"}'},
+            }
+        ],
+    },
+    {"role": "tool", "tool_call_id": "call_1", "content": '{"temperature": 18, "sky": "sunny"}'},
+    {"role": "assistant", "content": "It is 18 °C and sunny in Paris."},
+]
+
+
+def test_tool_calls_and_results_are_drawn_as_folded_blocks_and_resent_as_written() -> None:
+    chat = from_saved_form(TOOL_CHAT, "")
+    drawn = conversation_messages(chat)
+    call, result = drawn[1], drawn[2]
+    assert call["metadata"]["title"] == 'Tool call: get_weather · {"city": "Paris", "unit": "celsius"}'
+    assert call["content"] == '```json\n{\n  "city": "Paris",\n  "unit": "celsius"\n}\n```'  # laid out
+    assert result["metadata"]["title"] == 'Tool result: get_weather · {"temperature": 18, "sky": "sunny"}'
+    assert result["content"].startswith('```json\n{\n  "temperature": 18')
+    assert drawn[3]["content"] == "It is 18 °C and sunny in Paris."
+    # The model sees the calls and the result as OpenAI writes them; saving keeps them.
+    sent = chat.messages_with("And tomorrow?")
+    assert sent[1]["tool_calls"] == TOOL_CHAT[1]["tool_calls"] and sent[1]["content"] == ""
+    assert sent[2] == {"role": "tool", "content": TOOL_CHAT[2]["content"], "tool_call_id": "call_1"}
+    assert from_saved_form(json.loads(json.dumps(saved_form(chat))), "") == chat
+    # Plain text results stay text; a long one is cut in the title only.
+    long = from_saved_form([*TOOL_CHAT[:2], {"role": "tool", "tool_call_id": "call_1", "content": "word " * 40}], "")
+    block = conversation_messages(long)[2]
+    assert block["content"] == "word " * 40 and block["metadata"]["title"].endswith("…")
+    with pytest.raises(ChatbotError, match="tool_calls"):
+        from_saved_form([{"role": "assistant", "content": None, "tool_calls": "get_weather"}], "")
+
+
 def test_live_reply_opens_thinking_then_closes_it_when_the_answer_starts() -> None:
     live = LiveReply()
     live.apply(ThinkingDelta("Let me think."))
@@ -284,13 +407,13 @@ def test_regenerate_edit_undo_and_clear(client: Client) -> None:
     chat, _, _, _ = client.predict(enable_thinking=True, api_name="/regenerate")
     assert user_texts(chat) == ["One", "Two"]
     assert reply_parts(chat)["thinking"] is not None  # answered again, this time thinking
-    assert reply_parts(chat)["stats"].startswith("answer 2 of 2")
-    chat, record = client.predict(api_name="/previous_answer")  # the first answer (no thinking) is kept
-    assert reply_parts(chat)["thinking"] is None and reply_parts(chat)["stats"].startswith("answer 1 of 2")
+    assert reply_parts(chat)["stats"].startswith("‹ answer 2 of 2 ›")
+    chat, record, _ = client.predict(api_name="/previous_answer")  # the first answer (no thinking) is kept
+    assert reply_parts(chat)["thinking"] is None and reply_parts(chat)["stats"].startswith("‹ answer 1 of 2 ›")
     assert (
         json.loads(record)["messages"][-1]["version"] == 0 and len(json.loads(record)["messages"][-1]["versions"]) == 2
     )
-    chat, _ = client.predict(api_name="/next_answer")
+    chat, _, _ = client.predict(api_name="/next_answer")
     assert reply_parts(chat)["thinking"] is not None
     chat, box, _, record = client.predict(message="", api_name="/edit_last")
     assert box == "Two" and user_texts(chat) == ["One"] and len(json.loads(record)["messages"]) == 2
@@ -302,6 +425,30 @@ def test_regenerate_edit_undo_and_clear(client: Client) -> None:
     assert chat == [] and json.loads(record)["messages"] == [] and deleted and new_id != deleted
     _, _, notice, _ = client.predict(enable_thinking=False, api_name="/regenerate")
     assert "nothing to regenerate" in notice.lower() or "no answer to regenerate" in notice.lower()
+
+
+def test_edit_any_question_then_switch_between_its_versions(client: Client) -> None:
+    client.predict(message="One", enable_thinking=False, api_name="/chat")
+    client.predict(message="Two", enable_thinking=False, api_name="/chat")
+
+    def edit(position: int, text: str) -> tuple[Any, ...]:
+        request = json.dumps({"index": position, "value": text})  # what the page sends for the Chatbot's edit
+        return client.predict(edit_request=request, enable_thinking=False, api_name="/edit_message")
+
+    chat, _, notice, _ = edit(1, "not mine")  # position 1 is the first answer
+    assert "Only your own messages" in html.unescape(notice) and user_texts(chat) == ["One", "Two"]
+    chat, _, notice, _ = edit(0, "  ")
+    assert "needs some text" in html.unescape(notice) and user_texts(chat) == ["One", "Two"]
+    chat, _, notice, record = edit(0, "One, edited")
+    assert notice == "" and user_texts(chat) == ["One, edited"]
+    assert reply_parts(chat)["answer"] == SCRIPTED_ANSWER
+    assert reply_parts(chat)["stats"].startswith("‹ question 2 of 2 ›")
+    assert [v["content"] for v in json.loads(record)["messages"][0]["versions"]] == ["One", "One, edited"]
+    chat, record, notice = client.predict(request_text="0:-1", api_name="/switch_version")
+    assert user_texts(chat) == ["One", "Two"] and notice == ""
+    assert json.loads(record)["messages"][0]["version"] == 0
+    chat, _, notice = client.predict(request_text="1:1", api_name="/switch_version")  # an answer with no versions
+    assert "no other version" in html.unescape(notice) and chat == UNCHANGED
 
 
 def test_export_then_import_in_another_session(scripted_app: RunningApp, tmp_path: Path) -> None:

@@ -45,3 +45,43 @@ def openai_logprobs(records: Sequence[TokenLogprob], vocab: Vocabulary) -> dict[
         {**entry(vocab, r.token, r.logprob), "top_logprobs": [entry(vocab, t, lp) for t, lp in r.top]} for r in records
     ]
     return {"content": content, "refusal": None}
+
+
+class StreamedLogprobs:
+    """The answer's entries as a reply streams: each piece of answer text takes those not yet sent.
+
+    The same records as ``answer_records`` picks from the whole reply, found as the tokens arrive (in
+    one pass, however long the reply): from the first token after ``</think>`` and its blank line,
+    without a trailing end-of-turn token.
+    """
+
+    def __init__(self, vocab: Vocabulary | None, thinking: bool, eos_ids: Sequence[int]) -> None:
+        self.vocab, self.eos_ids = vocab, set(eos_ids)
+        self.records: list[TokenLogprob] = []
+        self.phase = "close" if thinking else "answer"  # looking for </think>, then past the blank, then answer
+        self.scanned = 0
+        self.next = 0  # index of the first answer record not sent yet
+
+    def add(self, records: Sequence[TokenLogprob]) -> None:
+        self.records.extend(records)
+
+    def take(self) -> tuple[dict[str, Any], ...]:
+        """The answer's entries that arrived since the last call."""
+        if self.vocab is None:
+            return ()
+        records = self.records
+        while self.phase != "answer" and self.scanned < len(records):
+            token = records[self.scanned].token
+            if self.phase == "close" and token == self.vocab.think_close_id:
+                self.phase = "blank"
+            elif self.phase == "blank" and self.vocab.token_bytes[token].strip():
+                self.phase, self.next = "answer", self.scanned
+                break
+            self.scanned += 1
+        if self.phase != "answer":
+            return ()
+        end = len(records)
+        while end > self.next and records[end - 1].token in self.eos_ids:
+            end -= 1
+        fresh, self.next = records[self.next : end], max(self.next, end)
+        return tuple(openai_logprobs(fresh, self.vocab)["content"])

@@ -21,7 +21,7 @@ from ..engine.jobs import LOCAL_CLIENT
 from ..engine.sampling import sampling_options
 from ..errors import ChatbotError, InvalidRequestError
 from ..model.loader import LoadedModel
-from .logprobs import answer_records, openai_logprobs
+from .logprobs import StreamedLogprobs, answer_records, openai_logprobs
 from .prompt import build_prompt, effective_thinking, normalize_messages
 from .structured import response_format_constraint
 from .thinking import ThinkingStreamSplitter, split_thinking
@@ -49,6 +49,8 @@ class ThinkingDelta:
 @dataclass(frozen=True)
 class AnswerDelta:
     text: str
+    # With logprobs asked for: OpenAI's entries for the answer tokens that arrived with this piece.
+    logprobs: tuple[dict[str, Any], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -221,6 +223,7 @@ def run_reply(
     splitter = ThinkingStreamSplitter(expect_thinking=expect_thinking)
     calls_stream = ToolCallStream() if parse_tools else None
     streamed_calls: list[ToolCall] = []
+    stream_logprobs = StreamedLogprobs(vocab, expect_thinking, loaded.eos_token_ids) if options.logprobs else None
 
     def answer_events(kind: str, text: str) -> Iterator[ChatEvent]:
         if kind == "thinking":
@@ -242,8 +245,13 @@ def run_reply(
         if isinstance(event, Queued):
             yield QueuePosition(event.position)
         elif isinstance(event, TextDelta):
+            if stream_logprobs is not None:
+                stream_logprobs.add(event.logprobs)
             for kind, text in splitter.feed(event.text):
-                yield from answer_events(kind, text)
+                for reply_event in answer_events(kind, text):
+                    if isinstance(reply_event, AnswerDelta) and stream_logprobs is not None:
+                        reply_event = AnswerDelta(reply_event.text, stream_logprobs.take())
+                    yield reply_event
         elif isinstance(event, Finished):
             result = event.result
             if calls_stream is not None:
@@ -322,14 +330,25 @@ def batch_reply(
 
 @dataclass
 class Turn:
-    role: str  # "user" or "assistant"
+    role: str  # "user", "assistant" or "tool" (a tool's result)
     content: str
     thinking: str = ""
     stats: dict[str, Any] = field(default_factory=dict)
-    # Every answer given to the same question when there are several (regenerated), oldest first, as
-    # {"content", "thinking", "stats"}; ``version`` is the one shown. Only the shown one is re-sent.
+    # Every way this turn was written (an edited question, a regenerated answer), oldest first, with
+    # what followed each; ``version`` is the one shown, the only one re-sent (see serve/ui_versions.py).
     versions: list[dict[str, Any]] = field(default_factory=list)
     version: int = 0
+    tool_calls: list[dict[str, Any]] = field(default_factory=list)  # an assistant's calls, OpenAI's shape
+    tool_call_id: str = ""  # a tool result: the call it answers
+
+    def message(self) -> dict[str, Any]:
+        """The turn as a chat message to re-send (answer only; tool calls and results as OpenAI writes them)."""
+        message: dict[str, Any] = {"role": self.role, "content": self.content}
+        if self.tool_calls:
+            message["tool_calls"] = self.tool_calls
+        if self.role == "tool" and self.tool_call_id:
+            message["tool_call_id"] = self.tool_call_id
+        return message
 
 
 @dataclass
@@ -342,7 +361,7 @@ class Conversation:
     def messages_with(self, message: str) -> list[dict[str, str]]:
         """The messages to send for a new user ``message`` (answers only for earlier replies)."""
         messages = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
-        messages += [{"role": t.role, "content": t.content} for t in self.turns]
+        messages += [t.message() for t in self.turns]
         messages.append({"role": "user", "content": message})
         return messages
 
@@ -354,10 +373,7 @@ class Conversation:
         self.turns.clear()
 
     def to_list(self) -> list[dict[str, Any]]:
-        return [
-            {"role": t.role, "content": t.content, **({"thinking": t.thinking} if t.role == "assistant" else {})}
-            for t in self.turns
-        ]
+        return [t.message() | ({"thinking": t.thinking} if t.role == "assistant" else {}) for t in self.turns]
 
     @classmethod
     def from_list(cls, items: Sequence[dict[str, Any]], system_prompt: str = "") -> Conversation:
@@ -365,11 +381,18 @@ class Conversation:
         turns = []
         for i, item in enumerate(items):
             role, content = item.get("role"), item.get("content")
-            if role not in ("user", "assistant") or not isinstance(content, str):
-                raise ChatbotError(f"Item {i} needs a role of user or assistant and a text content.")
+            calls = item.get("tool_calls") if role == "assistant" else None
+            if content is None and calls:
+                content = ""  # a reply that only calls tools
+            if role not in ("user", "assistant", "tool") or not isinstance(content, str):
+                raise ChatbotError(f"Item {i} needs a role of user, assistant or tool and a text content.")
+            if calls is not None and not (isinstance(calls, list) and all(isinstance(c, dict) for c in calls)):
+                raise ChatbotError(f"Item {i} has tool_calls that are not a list of calls.")
             thinking = item.get("thinking") or ""
             if role == "assistant" and "</think>" in content:
                 split = split_thinking(content)
                 content, thinking = split.answer, thinking or split.thinking
-            turns.append(Turn(role, content, thinking if isinstance(thinking, str) else ""))
+            turn = Turn(role, content, thinking if isinstance(thinking, str) else "", tool_calls=calls or [])
+            turn.tool_call_id = str(item.get("tool_call_id") or "") if role == "tool" else ""
+            turns.append(turn)
         return cls(system_prompt, turns)

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 from ..errors import ChatbotError
 from .generation import GenerationResult, GenerationStats
-from .sampling import SamplingOptions
+from .sampling import SamplingOptions, TokenLogprob
 
 LOCAL_CLIENT = "local"  # the client key of requests that do not name one (a script using the engine)
 
@@ -22,6 +22,9 @@ class Queued:
 @dataclass(frozen=True)
 class TextDelta:
     text: str
+    # With options.logprobs: the records of the tokens whose text this piece completes (a token held back
+    # as part of a character arrives with the piece that finishes it).
+    logprobs: tuple[TokenLogprob, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -46,6 +46,7 @@ class ActiveRequest:
         self.eos = set(eos_ids)
         self.generated: list[int] = []
         self.pieces: list[str] = []
+        self.reported = 0  # token log-probabilities already sent with a piece of text
         self.finish: str | None = None
         self.stop_hit = False
         self.prefill_done = 0.0
@@ -94,7 +95,9 @@ class ActiveRequest:
     def _emit(self, text: str) -> None:
         if text:
             self.pieces.append(text)
-            self.job.events.put(TextDelta(text))
+            records = self.sampler.logprobs
+            self.job.events.put(TextDelta(text, tuple(records[self.reported :])))
+            self.reported = len(records)
 
     def result(self) -> GenerationResult:
         """The reply so far with its finish reason (cancelled if it has none); stores the cache for reuse."""

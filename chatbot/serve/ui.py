@@ -15,13 +15,15 @@ them:
 * the reply handler has no Gradio concurrency limit, so every request reaches the engine's own
   bounded FIFO queue, whose position is shown under the pending answer.
 
-Endpoints for ``gradio_client``: /chat, /regenerate, /stop, /undo, /edit_last, /clear, /new_chat,
+Endpoints for ``gradio_client``: /chat, /regenerate, /edit_message (the Chatbot's own edit event),
+/switch_version, /previous_answer, /next_answer, /stop, /undo, /edit_last, /clear, /new_chat,
 /export_conversation, /import_conversation, /model_status, /context_meter.
 """
 
 from __future__ import annotations
 
 import html
+import json
 import logging
 import os
 from dataclasses import dataclass
@@ -63,6 +65,7 @@ JS_RESTORE = "(record, draft, prompt) => [qcStore.readText(qcStore.current()), q
 JS_INDEX = "(index, id) => [JSON.stringify(qcStore.index(qcStore.searchText())), id]"
 JS_OPEN = "(id, record, ...rest) => [id, qcStore.readText(id), ...rest]"
 JS_SCROLL = "(...args) => { qcScrollDown(); return args; }"
+JS_SWITCH = "(request, ...rest) => [qcVersions.request, ...rest]"
 
 
 # --- layout -----------------------------------------------------------------------------------------------
@@ -244,6 +247,9 @@ def build_ui(app: App) -> gr.Blocks:
         chat_index = gr.Textbox("", visible="hidden")
         export_file = gr.File(visible="hidden")
         refresh_list = gr.Button(visible="hidden", elem_id="qc-refresh-list")  # clicked by the page's script
+        version_request = gr.Textbox("", visible="hidden")  # "TURN:STEP", set by the page's script
+        edit_request = gr.Textbox("", visible="hidden")  # an edited question: {"index": ..., "value": ...}
+        switch_button = gr.Button(visible="hidden", elem_id="qc-switch-version")  # clicked by the page's script
 
         chats = chats_panel()
         panel = settings_panel(app, mode)
@@ -264,6 +270,7 @@ def build_ui(app: App) -> gr.Blocks:
             render_markdown=True,
             latex_delimiters=LATEX_DELIMITERS,
             buttons=["copy", "copy_all"],
+            editable="user",  # any question can be edited: answered again from there, earlier version kept
             feedback_options=None,
             group_consecutive_messages=False,
             autoscroll=True,
@@ -303,16 +310,19 @@ def build_ui(app: App) -> gr.Blocks:
         reply_outputs = [chat, message_box, notice, conversation, record]
         private = dict(api_visibility="private")
         # Each reply: swap Send for Stop (and scroll to the bottom), stream, swap back. The swap runs first
-        # (not beside the reply) so that a quick reply cannot finish before it.
-        for triggers, handler, inputs, api_name in (
-            ([message_box.submit, send_button.click], handlers.send, [message_box], "chat"),
-            ([regenerate_button.click, chat.retry], handlers.regenerate, [], "regenerate"),
+        # (not beside the reply) so that a quick reply cannot finish before it. An edit's first step also
+        # keeps what was edited: the Chatbot's event data does not reach the steps chained after it.
+        buttons = [send_button, stop_button]
+        for triggers, start, start_outputs, handler, inputs, api_name in (
+            ([message_box.submit, send_button.click], show_stop_button, buttons, handlers.send, [message_box], "chat"),
+            ([regenerate_button.click, chat.retry], show_stop_button, buttons, handlers.regenerate, [], "regenerate"),
+            ([chat.edit], take_edit, [edit_request, *buttons], handlers.edit_message, [edit_request], "edit_message"),
         ):
             started = gr.on(
                 triggers,
-                show_stop_button,
+                start,
                 None,
-                [send_button, stop_button],
+                start_outputs,
                 concurrency_limit=None,
                 trigger_mode="once",
                 js=JS_SCROLL,
@@ -326,7 +336,7 @@ def build_ui(app: App) -> gr.Blocks:
                 concurrency_limit=None,
                 show_progress="hidden",
             )
-            reply.then(show_send_button, None, [send_button, stop_button], **private)
+            reply.then(show_send_button, None, buttons, **private)
             reply.then(handlers.context_meter, meter_inputs, meter, show_progress="hidden", **private)
         stop_button.click(handlers.stop, None, notice, api_name="stop", queue=False)
         demo.unload(handlers.stop_on_unload)
@@ -338,8 +348,23 @@ def build_ui(app: App) -> gr.Blocks:
             [chat, conversation, record],
             api_name="undo",
         )
-        previous_button.click(handlers.previous_answer, chat_states, [chat, record], api_name="previous_answer")
-        next_button.click(handlers.next_answer, chat_states, [chat, record], api_name="next_answer")
+        # Another version shown is another chat for the model: the context meter counts it again.
+        meter_again = dict(fn=handlers.context_meter, inputs=meter_inputs, outputs=meter, show_progress="hidden")
+        switches = [chat, record, notice]
+        previous_button.click(handlers.previous_answer, chat_states, switches, api_name="previous_answer").then(
+            **meter_again, **private
+        )
+        next_button.click(handlers.next_answer, chat_states, switches, api_name="next_answer").then(
+            **meter_again, **private
+        )
+        # The ‹ › arrows drawn in the chat under any message with versions (the page's script says which).
+        switch_button.click(
+            handlers.switch_version,
+            [version_request, *chat_states],
+            switches,
+            js=JS_SWITCH,
+            api_name="switch_version",
+        ).then(**meter_again, **private)
         edit_button.click(
             handlers.edit_last,
             [message_box, *chat_states],
@@ -396,7 +421,7 @@ def build_ui(app: App) -> gr.Blocks:
             [chats.import_button, system_prompt],
             [chat, notice, system_prompt, conversation, chat_id, title, record, records],
             api_name="import_conversation",
-        )
+        ).then(**meter_again, **private)
 
         # The context meter: counted on the server with the model's tokenizer, after typing pauses.
         gr.on(
@@ -447,6 +472,12 @@ def build_ui(app: App) -> gr.Blocks:
 
 def show_stop_button() -> tuple[Any, Any]:
     return gr.update(visible=False), gr.update(visible=True)
+
+
+def take_edit(edit: gr.EditData) -> tuple[Any, ...]:
+    """An edited question as JSON text for the next step (which position in the chat, the new text)."""
+    request = json.dumps({"index": edit.index, "value": edit.value}, ensure_ascii=False)
+    return request, *show_stop_button()
 
 
 def show_send_button() -> tuple[Any, Any]:

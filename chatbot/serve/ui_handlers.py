@@ -14,6 +14,7 @@ import json
 import tempfile
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,10 +25,9 @@ from ..chat.reply import AnswerDelta, ChatEvent, Conversation, Loading, QueuePos
 from ..engine.sampling import DEFAULT_MAX_NEW_TOKENS, NON_THINKING_DEFAULTS, THINKING_DEFAULTS
 from ..errors import ChatbotError
 from .app_state import App
-from .ui_render import LiveReply, badge_html, conversation_messages, user_message
+from .ui_render import LiveReply, badge_html, conversation_messages, indexed_messages, user_message
 from .ui_session import (
     StopSignals,
-    add_version,
     from_saved_form,
     is_mode_default,
     max_new_tokens_bound,
@@ -35,8 +35,8 @@ from .ui_session import (
     pending_exchange,
     sampling_kwargs,
     saved_form,
-    show_version,
 )
+from .ui_versions import add_version, show_version, versions_before_change
 
 # Screen updates are batched: at most ~10 a second however fast the model writes, so a long reply
 # costs the browser a few hundred re-renders, not one per token (the first piece of the thinking and
@@ -47,6 +47,17 @@ SAVE_INTERVAL_SECONDS = 0.5  # how often a streaming reply is written to the bro
 # normally); a bound, so a stuck reply cannot hold the page.
 STOP_WAIT_SECONDS = 10.0
 ARCHIVE_FORMAT = "qwen3-chat-archive"  # "Export all": {"format": ..., "chats": [record, ...]}
+BUSY = "A reply is still being written: wait for it or press Stop, then try again."
+
+
+@dataclass
+class Branch:
+    """What an edit or a regeneration takes out of the chat: the turns from the changed one on, and the
+    changed turn's versions (role "user": an edited question; "assistant": an answer given again)."""
+
+    role: str
+    versions: list[dict[str, Any]]
+    removed: list[Turn]
 
 
 def notice_html(error: ChatbotError | str) -> str:
@@ -117,25 +128,74 @@ class ChatHandlers:
         request: gr.Request,
     ) -> Iterator[tuple[Any, ...]]:
         """Answer the last message again (the previous answer comes back if this one fails)."""
-        if len(conversation.turns) < 2:
-            notice = notice_html("There is no answer to regenerate yet.")
+        last = len(conversation.turns) - 1
+        if last < 1 or conversation.turns[last].role != "assistant" or conversation.turns[last - 1].role != "user":
+            notice = notice_html("There is no answer to regenerate yet (Regenerate answers your last message again).")
             yield conversation_messages(conversation), gr.skip(), notice, conversation, gr.skip()
             return
-        previous = conversation.turns[-2:]
-        del conversation.turns[-2:]
+        if self.stops.running(request.session_hash):
+            yield gr.skip(), gr.skip(), notice_html(BUSY), conversation, gr.skip()
+            return
         options = self._options(
             temperature, top_p, top_k, max_new_tokens, presence_penalty, repetition_penalty, min_new_tokens
         )
+        branch = Branch("assistant", versions_before_change(conversation, last), conversation.turns[last - 1 :])
+        del conversation.turns[last - 1 :]
+        question = branch.removed[0].content
+        session = request.session_hash
         yield from self._reply(
-            conversation,
-            previous[0].content,
-            enable_thinking,
-            system_prompt,
-            options,
-            request.session_hash,
-            chat_id,
-            title,
-            restore=previous,
+            conversation, question, enable_thinking, system_prompt, options, session, chat_id, title, branch
+        )
+
+    def edit_message(
+        self,
+        edit_request: str,
+        enable_thinking: bool,
+        system_prompt: str,
+        temperature: float,
+        top_p: float,
+        top_k: float,
+        max_new_tokens: float,
+        presence_penalty: float,
+        repetition_penalty: float,
+        min_new_tokens: float,
+        conversation: Conversation,
+        chat_id: str,
+        title: str,
+        request: gr.Request,
+    ) -> Iterator[tuple[Any, ...]]:
+        """A question edited in place (any of them): answered again from there; what followed it before
+        is kept as the question's earlier version (‹ › under the answer switch back).
+
+        ``edit_request``: JSON {"index": position of the message in the chat as drawn, "value": new text}.
+        """
+        edit = from_text(edit_request)
+        edit = edit if isinstance(edit, dict) else {}
+        drawn = indexed_messages(conversation)
+        position = edit.get("index")
+        index = drawn[position][0] if isinstance(position, int) and 0 <= position < len(drawn) else -1
+        text = edit.get("value") if isinstance(edit.get("value"), str) else ""
+        problem = ""
+        if index < 0 or conversation.turns[index].role != "user":
+            problem = "Only your own messages can be edited, once their reply has ended."
+        elif self.stops.running(request.session_hash):
+            problem = BUSY
+        elif not text.strip():
+            problem = "An edited message needs some text: type it, or use Undo to remove the exchange."
+        if problem:
+            yield conversation_messages(conversation), gr.skip(), notice_html(problem), conversation, gr.skip()
+            return
+        if text == conversation.turns[index].content and index + 1 < len(conversation.turns):
+            yield conversation_messages(conversation), gr.skip(), "", conversation, gr.skip()  # nothing changed
+            return
+        options = self._options(
+            temperature, top_p, top_k, max_new_tokens, presence_penalty, repetition_penalty, min_new_tokens
+        )
+        branch = Branch("user", versions_before_change(conversation, index), conversation.turns[index:])
+        del conversation.turns[index:]
+        session = request.session_hash
+        yield from self._reply(
+            conversation, text, enable_thinking, system_prompt, options, session, chat_id, title, branch
         )
 
     def _options(self, *values: float) -> dict[str, Any]:
@@ -157,14 +217,21 @@ class ChatHandlers:
         session: str,
         chat_id: str,
         title: str,
-        restore: list[Turn] | None = None,
+        branch: Branch | None = None,
     ) -> Iterator[tuple[Any, ...]]:
+        """Stream a reply to ``message`` after ``conversation``; ``branch``: what an edit or a regeneration
+        replaced (put back if this reply fails, kept as a version once it succeeds)."""
         conversation.system_prompt = system_prompt.strip()
         earlier = conversation_messages(conversation)
         live = LiveReply()
+        restore = branch.removed if branch is not None else []
 
         def record(pending: bool) -> str:
             exchange = pending_exchange(message, live.thinking, live.answer, live.stats) if pending else None
+            if exchange and branch is not None:  # a reload mid-reply keeps the earlier versions too
+                changed = exchange[0 if branch.role == "user" else 1]
+                shown = {key: changed[key] for key in ("content", "thinking", "stats") if key in changed}
+                changed |= {"versions": [*branch.versions, shown | {"after": []}], "version": len(branch.versions)}
             return as_text(saved_form(conversation, chat_id, title, exchange))
 
         # The question is stored before the model starts: a reload from now on keeps it.
@@ -193,7 +260,7 @@ class ChatHandlers:
                     shown = [*earlier, user_message(message), *live.messages()]
                     yield shown, gr.skip(), "", conversation, record(True) if saving else gr.skip()
             except ChatbotError as error:
-                conversation.turns.extend(restore or [])
+                conversation.turns.extend(restore)
                 if stop.discarded == "dropped":
                     return
                 yield conversation_messages(conversation), message, notice_html(error), conversation, record(False)
@@ -202,7 +269,7 @@ class ChatHandlers:
             return  # the chat was cleared: nothing of this reply is kept
         if live.done is None or (live.done.finish_reason == "cancelled" and not live.done.full_response.strip()):
             # Stopped before the model wrote anything: nothing to keep, the text goes back in the box.
-            conversation.turns.extend(restore or [])
+            conversation.turns.extend(restore)
             if stop.discarded:
                 yield gr.skip(), gr.skip(), gr.skip(), gr.skip(), record(False)
                 return
@@ -211,8 +278,8 @@ class ChatHandlers:
             return
         conversation.add_exchange(message, live.done)
         conversation.turns[-1].stats = live.stats
-        if restore:  # regenerated: the earlier answers stay as versions to switch between
-            add_version(conversation.turns[-1], restore[-1])
+        if branch is not None:  # edited or regenerated: what was there stays as a version to switch back to
+            add_version(conversation.turns[-2 if branch.role == "user" else -1], branch.versions)
         if stop.discarded:  # the tab moved to another chat: this one is saved, the screen is left alone
             yield gr.skip(), gr.skip(), gr.skip(), gr.skip(), record(False)
             return
@@ -230,34 +297,46 @@ class ChatHandlers:
     # --- editing the chat ---------------------------------------------------------------------------------
 
     def undo(self, conversation: Conversation, chat_id: str, title: str) -> tuple[Any, ...]:
-        """Remove the last exchange."""
-        if len(conversation.turns) >= 2:
-            del conversation.turns[-2:]
+        """Remove the last exchange (the last question and everything after it: answer, tool calls, results)."""
+        last = last_question(conversation)
+        if last is not None:
+            del conversation.turns[last:]
         return conversation_messages(conversation), conversation, as_text(saved_form(conversation, chat_id, title))
 
     def edit_last(self, message: str, conversation: Conversation, chat_id: str, title: str) -> tuple[Any, ...]:
         """Remove the last exchange and put its question back in the message box to be edited and sent."""
-        if len(conversation.turns) < 2:
+        last = last_question(conversation)
+        if last is None:
             notice = notice_html("There is no message to edit yet.")
             return gr.skip(), message, notice, conversation, gr.skip()
-        question = conversation.turns[-2].content
-        del conversation.turns[-2:]
+        question = conversation.turns[last].content
+        del conversation.turns[last:]
         record = as_text(saved_form(conversation, chat_id, title))
         return conversation_messages(conversation), question, "", conversation, record
 
-    def switch_version(self, step: int, conversation: Conversation, chat_id: str, title: str) -> tuple[Any, ...]:
-        """Show the previous (``step`` -1) or next (+1) answer to the last question; outputs chat, record."""
-        turn = conversation.turns[-1] if conversation.turns else None
-        if turn is None or turn.role != "assistant" or len(turn.versions) < 2:
-            return gr.skip(), gr.skip()
-        show_version(turn, (turn.version + step) % len(turn.versions))
-        return conversation_messages(conversation), as_text(saved_form(conversation, chat_id, title))
+    def switch_version(
+        self, request_text: str, conversation: Conversation, chat_id: str, title: str
+    ) -> tuple[Any, ...]:
+        """Show another version of a message; ``request_text`` is "TURN:STEP" (from the arrows in the
+        chat, STEP -1 or +1). Outputs: chat, record, notice."""
+        turn_text, _, step_text = (request_text or "").partition(":")
+        if not turn_text.isdigit() or step_text not in ("-1", "1"):
+            return gr.skip(), gr.skip(), gr.skip()
+        return self._switch(int(turn_text), int(step_text), conversation, chat_id, title)
+
+    def _switch(self, index: int, step: int, conversation: Conversation, chat_id: str, title: str) -> tuple[Any, ...]:
+        turn = conversation.turns[index] if 0 <= index < len(conversation.turns) else None
+        if turn is None or len(turn.versions) < 2:
+            return gr.skip(), gr.skip(), notice_html("That message has no other version (the chat changed?).")
+        show_version(conversation, index, (turn.version + step) % len(turn.versions))
+        return conversation_messages(conversation), as_text(saved_form(conversation, chat_id, title)), ""
 
     def previous_answer(self, conversation: Conversation, chat_id: str, title: str) -> tuple[Any, ...]:
-        return self.switch_version(-1, conversation, chat_id, title)
+        """The previous version of the last answer; outputs chat, record, notice."""
+        return self._switch(len(conversation.turns) - 1, -1, conversation, chat_id, title)
 
     def next_answer(self, conversation: Conversation, chat_id: str, title: str) -> tuple[Any, ...]:
-        return self.switch_version(1, conversation, chat_id, title)
+        return self._switch(len(conversation.turns) - 1, 1, conversation, chat_id, title)
 
     # --- chats: new, open, rename, delete and undo --------------------------------------------------------
 
@@ -439,6 +518,11 @@ class ChatHandlers:
         limit = self.max_new_tokens_limit() or DEFAULT_MAX_NEW_TOKENS
         max_tokens = min(DEFAULT_MAX_NEW_TOKENS, limit)
         return defaults["temperature"], defaults["top_p"], defaults["top_k"], max_tokens, 0.0, 1.0, 0
+
+
+def last_question(conversation: Conversation) -> int | None:
+    """The index of the last user turn, or None."""
+    return next((i for i in range(len(conversation.turns) - 1, -1, -1) if conversation.turns[i].role == "user"), None)
 
 
 def as_text(data: Any) -> str:

@@ -12,7 +12,9 @@ the rest (``ui.py``), so markup in a message is shown, never run.
 
 from __future__ import annotations
 
+import contextlib
 import html
+import json
 import re
 import time
 from dataclasses import dataclass, field
@@ -20,8 +22,10 @@ from typing import Any
 
 from ..chat.reply import AnswerDelta, ChatDone, ChatEvent, Conversation, Loading, QueuePosition, ThinkingDelta, Turn
 from ..engine.engine import ChatEngine
+from .ui_versions import version_nav
 
 STATS_CLASS = "qc-stats"
+TITLE_PREVIEW = 80  # characters of a tool call's arguments or result shown in its folded block's title
 Message = dict[str, Any]
 # Tags the page shows as text wherever they appear. Gradio escapes them in the HTML rendered from the
 # Markdown, so they must be tags neither Markdown nor Gradio's code blocks write (<a>, <code>, <span>,
@@ -74,9 +78,60 @@ def thinking_message(text: str, seconds: float, *, done: bool, ended: str = "") 
     return {"role": "assistant", "content": shown_markdown(text), "metadata": metadata}
 
 
-def stats_message(text: str) -> Message:
-    """The small line under an answer (status while it streams, stats once done)."""
-    return {"role": "assistant", "content": f'<span class="{STATS_CLASS}">{html.escape(text)}</span>'}
+def tool_call_message(call: dict[str, Any]) -> Message:
+    """A tool call as a folded block: "Tool call: name · {args}" as its title, the arguments laid out inside."""
+    function = call.get("function") if isinstance(call.get("function"), dict) else {}
+    name = str(function.get("name") or "a tool")
+    arguments = function.get("arguments", "")
+    title = f"Tool call: {name}" + (f" · {one_line(arguments)}" if arguments not in ("", "{}") else "")
+    return {"role": "assistant", "content": laid_out(arguments), "metadata": {"title": title, "status": "done"}}
+
+
+def tool_result_message(text: str, name: str) -> Message:
+    """A tool's result as a folded block titled with the tool's name and the start of the result."""
+    title = f"Tool result: {name or 'tool'}" + (f" · {one_line(text)}" if text.strip() else " (empty)")
+    return {"role": "assistant", "content": laid_out(text), "metadata": {"title": title, "status": "done"}}
+
+
+def one_line(value: Any, width: int = TITLE_PREVIEW) -> str:
+    """``value`` (text, or JSON text written compactly) on one line, cut to ``width`` characters."""
+    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+    with contextlib.suppress(ValueError, TypeError):  # JSON text is written compactly, other text as it is
+        text = json.dumps(json.loads(text), ensure_ascii=False)
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[: width - 1].rstrip() + "…"
+
+
+def laid_out(value: Any) -> str:
+    """Markdown for a tool call's arguments or a result: JSON indented in a code block, other text as written."""
+    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+    try:
+        data = json.loads(text)
+    except (ValueError, TypeError):
+        return shown_markdown(text)
+    code = json.dumps(data, ensure_ascii=False, indent=2)
+    fence = "`" * max(3, max((len(run) for run in re.findall(r"`+", code)), default=0) + 1)
+    return f"{fence}json\n{code}\n{fence}"
+
+
+def stats_message(text: str, navs: tuple[str, ...] = ()) -> Message:
+    """The small line under an answer (status while it streams, stats once done), after its ``navs``."""
+    parts = [*navs, html.escape(text)] if text else list(navs)
+    return {"role": "assistant", "content": f'<span class="{STATS_CLASS}">{" · ".join(parts)}</span>'}
+
+
+def version_nav_html(turn_index: int, turn: Turn) -> str:
+    """The "‹ answer 2 of 3 ›" switch: the page's script turns a click on an arrow into a switch of turn ``turn_index``.
+
+    The turn and the direction are class names: Gradio's sanitizer keeps classes, not data attributes.
+    """
+    what = "question" if turn.role == "user" else "answer"
+    arrow = '<span class="qc-ver-step qc-step-{0} qc-turn-{1}" title="{2} version">{3}</span>'
+    return (
+        f'<span class="qc-ver">{arrow.format("prev", turn_index, "previous", "‹")}'
+        f" {what} {turn.version + 1} of {len(turn.versions)} "
+        f"{arrow.format('next', turn_index, 'next', '›')}</span>"
+    )
 
 
 def is_stats_message(message: dict[str, Any]) -> bool:
@@ -108,20 +163,22 @@ def format_stats(stats: dict[str, Any]) -> str:
     return " · ".join(parts)
 
 
-def turn_messages(turn: Turn) -> list[Message]:
+def turn_messages(turn: Turn, navs: tuple[str, ...] = (), tool_name: str = "") -> list[Message]:
+    """One turn's messages; ``navs``: version switches shown in its stats line (see ``ui_versions``);
+    ``tool_name``: for a tool's result, the tool that gave it."""
     if turn.role == "user":
-        return [user_message(turn.content)]
+        return [user_message(turn.content), *([stats_message("", navs)] if navs else [])]
+    if turn.role == "tool":
+        return [tool_result_message(turn.content, tool_name)]
     messages = []
     if turn.thinking:
         seconds = float(turn.stats.get("thinking_seconds", 0.0))
         messages.append(thinking_message(turn.thinking, seconds, done=True, ended=ended_without_answer(turn)))
     if turn.content:
         messages.append(answer_message(turn.content))
-    if turn.stats or len(turn.versions) > 1:
-        line = format_stats(turn.stats) if turn.stats else ""
-        if len(turn.versions) > 1:
-            line = f"answer {turn.version + 1} of {len(turn.versions)}" + (f" · {line}" if line else "")
-        messages.append(stats_message(line))
+    messages += [tool_call_message(call) for call in turn.tool_calls if isinstance(call, dict)]
+    if turn.stats or navs:
+        messages.append(stats_message(format_stats(turn.stats) if turn.stats else "", navs))
     return messages
 
 
@@ -135,8 +192,26 @@ def ended_without_answer(turn: Turn) -> str:
 
 
 def conversation_messages(conversation: Conversation) -> list[Message]:
-    """The whole history as chat messages (earlier thinking stays, collapsed)."""
-    return [message for turn in conversation.turns for message in turn_messages(turn)]
+    """The whole history as chat messages (earlier thinking stays, collapsed), version switches included."""
+    return [message for _, message in indexed_messages(conversation)]
+
+
+def indexed_messages(conversation: Conversation) -> list[tuple[int, Message]]:
+    """``conversation_messages`` with the index of the turn each message draws (to map a click back)."""
+    navs: dict[int, list[str]] = {}
+    for index, shown_at in version_nav(conversation).items():
+        navs.setdefault(shown_at, []).append(version_nav_html(index, conversation.turns[index]))
+    names = {
+        str(call.get("id")): str((call.get("function") or {}).get("name") or "")
+        for turn in conversation.turns
+        for call in turn.tool_calls
+        if isinstance(call, dict) and isinstance(call.get("function") or {}, dict)
+    }
+    return [
+        (index, message)
+        for index, turn in enumerate(conversation.turns)
+        for message in turn_messages(turn, tuple(navs.get(index, ())), names.get(turn.tool_call_id, ""))
+    ]
 
 
 # --- the reply being streamed -----------------------------------------------------------------------------

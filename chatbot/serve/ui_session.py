@@ -8,6 +8,9 @@ that goes to the browser's storage (one localStorage entry per chat) and into ex
      "messages": [{"role": "user", "content": "..."},
                   {"role": "assistant", "content": "...", "thinking": "...", "stats": {...}}]}
 
+A message written several ways (an edited question, a regenerated answer) also has ``versions`` and
+``version`` (see ``ui_versions``).
+
 A reply still streaming is saved as it stands, its stats saying ``"finish_reason": "interrupted"``,
 so a reload or a closed tab keeps the question and the reply as far as it got.
 """
@@ -23,9 +26,10 @@ from contextlib import contextmanager
 from typing import Any
 
 from ..authoring.modelgen import demo_model_path
-from ..chat.reply import Conversation, Turn
+from ..chat.reply import Conversation
 from ..engine.sampling import NON_THINKING_DEFAULTS, THINKING_DEFAULTS
 from ..errors import ChatbotError
+from .ui_versions import turn_record, turns_from_records
 
 log = logging.getLogger(__name__)
 MODE_KEYS = ("temperature", "top_p", "top_k")
@@ -71,6 +75,11 @@ class StopSignals:
             signal.discarded = "dropped" if drop else "detached" if detach else signal.discarded
             signal.set()
         return len(signals)
+
+    def running(self, session: str) -> bool:
+        """Whether ``session`` has a reply running."""
+        with self._lock:
+            return bool(self._by_session.get(session))
 
     def stop_and_wait(self, session: str, timeout: float, *, detach: bool = False, drop: bool = False) -> bool:
         """``stop``, then wait (at most ``timeout`` s) until the session's replies have ended, so that
@@ -120,13 +129,7 @@ def saved_form(
 
     ``pending``: the exchange still streaming (question, and the reply so far), saved after the rest.
     """
-    messages = conversation.to_list()
-    for item, turn in zip(messages, conversation.turns, strict=True):
-        if turn.role == "assistant" and turn.stats:
-            item["stats"] = turn.stats
-        if turn.role == "assistant" and len(turn.versions) > 1:
-            item["versions"], item["version"] = turn.versions, turn.version
-    messages += pending or []
+    messages = [turn_record(turn) for turn in conversation.turns] + (pending or [])
     record: dict[str, Any] = {"format": EXPORT_FORMAT}
     if chat_id:
         record |= {"id": chat_id, "title": title or title_of(messages), "updated": round(time.time(), 3)}
@@ -168,38 +171,8 @@ def from_saved_form(data: Any, system_prompt: str) -> Conversation:
             fix="Import a file made by Export.",
         )
     saved_prompt = data.get("system_prompt") if isinstance(data, dict) else None
-    conversation = Conversation.from_list(items, saved_prompt if isinstance(saved_prompt, str) else system_prompt)
-    for item, turn in zip(items, conversation.turns, strict=True):
-        stats = item.get("stats")
-        if turn.role == "assistant" and isinstance(stats, dict):
-            turn.stats = stats
-        versions, version = item.get("versions"), item.get("version", 0)
-        valid = isinstance(versions, list) and all(
-            isinstance(v, dict) and isinstance(v.get("content"), str) for v in versions
-        )
-        if turn.role == "assistant" and valid and len(versions) > 1:
-            turn.versions = versions
-            turn.version = version if isinstance(version, int) and 0 <= version < len(versions) else 0
-    return conversation
-
-
-def answer_version(turn: Turn) -> dict[str, Any]:
-    return {"content": turn.content, "thinking": turn.thinking, "stats": turn.stats}
-
-
-def add_version(new: Turn, previous: Turn) -> None:
-    """``new`` answers the question ``previous`` answered: it keeps the earlier answers as versions."""
-    earlier = previous.versions or [answer_version(previous)]
-    new.versions = [*earlier, answer_version(new)]
-    new.version = len(new.versions) - 1
-
-
-def show_version(turn: Turn, index: int) -> None:
-    """Show answer ``index`` of ``turn`` (its versions keep every answer, the shown one included)."""
-    turn.versions[turn.version] = answer_version(turn)
-    chosen = turn.versions[index]
-    turn.content, turn.thinking, turn.stats = chosen["content"], chosen.get("thinking", ""), chosen.get("stats", {})
-    turn.version = index
+    prompt = saved_prompt if isinstance(saved_prompt, str) else system_prompt
+    return Conversation(prompt, turns_from_records(items))
 
 
 def storage_secret() -> str:

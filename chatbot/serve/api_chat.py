@@ -1,0 +1,83 @@
+"""The API's completion routes: ``POST /v1/chat/completions`` (streaming or not) and the legacy
+``POST /v1/completions``, answered with a 404 that says what to use instead."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+from sse_starlette import EventSourceResponse
+
+from .api_errors import ERROR_RESPONSES, APIError, ClientDisconnected, shutting_down
+from .api_keys import client_key
+from .api_models import ChatCompletion, ChatCompletionRequest, ErrorResponse
+from .api_stream import Completion, ReplyStream, completion_body, log_reply, sse_chunks
+from .app_state import App
+
+log = logging.getLogger(__name__)
+
+# nginx's "client closed request": nobody reads it, but the access log says what happened.
+CLIENT_CLOSED_STATUS = 499
+STREAM_RESPONSE = {
+    "description": "With stream false: a chat.completion. With stream true: Server-Sent Events, one "
+    "chat.completion.chunk per data line, then data: [DONE].",
+    "content": {
+        "text/event-stream": {
+            # One schema per event, as OpenAPI 3.2 describes event streams.
+            "schema": {
+                "type": "object",
+                "properties": {
+                    "data": {
+                        "type": "string",
+                        "description": "A chat.completion.chunk as JSON (or an error object), then [DONE].",
+                    }
+                },
+                "required": ["data"],
+            }
+        }
+    },
+}
+
+
+def add_completion_routes(app: App, v1: APIRouter) -> None:
+    """Add the completion routes to ``v1`` (the ``/v1`` router), answering from ``app.engine``."""
+
+    @v1.post(
+        "/chat/completions",
+        response_model=ChatCompletion,
+        responses={200: STREAM_RESPONSE, **ERROR_RESPONSES},
+        summary="Chat completion, streaming or not",
+    )
+    async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any:
+        meta = Completion.new(app.model_name)
+        reply = ReplyStream(app.engine, body, client_key(request))
+        try:
+            if body.stream:
+                # Wait until the request is accepted, so that bad input or a full queue is still an
+                # HTTP error status rather than an error inside a 200 stream.
+                first = await reply.first_event(request)
+                include_usage = body.stream_options is not None and body.stream_options.include_usage
+                return EventSourceResponse(sse_chunks(reply, first, meta, include_usage), sep="\n")
+            done = await reply.result(request)
+        except ClientDisconnected:
+            reply.cancel()
+            log.info("%s: the client disconnected before the reply; generation stopped", meta.id)
+            return Response(status_code=CLIENT_CLOSED_STATUS)
+        except BaseException:
+            reply.cancel()
+            raise
+        if done.finish_reason == "cancelled":
+            raise shutting_down()
+        log_reply(meta, done)
+        return JSONResponse(completion_body(meta, done))
+
+    @v1.post("/completions", status_code=404, responses={404: {"model": ErrorResponse}}, summary="Not served")
+    async def completions() -> None:
+        raise APIError(
+            404,
+            "The legacy text completion endpoint /v1/completions is not served: this model is a chat model. "
+            "Use POST /v1/chat/completions with the text as a user message.",
+            code="unsupported_endpoint",
+        )

@@ -1,0 +1,59 @@
+"""Who is asking the API: the ``--api-key`` check and the client key that fair turns go by."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from collections.abc import Callable
+from typing import Annotated, Any
+
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import SecretStr
+
+from .api_errors import APIError
+
+# Module level: the dependency's annotation names it, and annotations resolve in the module's globals.
+BEARER = HTTPBearer(auto_error=False, description="The key given to --api-key (or QWEN_API_KEY).")
+
+
+def has_key(request: Request, key: SecretStr) -> bool:
+    """Whether the request carries ``Authorization: Bearer <key>`` (compared in constant time)."""
+    scheme, _, given = request.headers.get("authorization", "").partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), key.get_secret_value().encode())
+
+
+def client_key(request: Request) -> str:
+    """Who is asking, for fair turns: the remote address, and the bearer key (hashed, never kept) if one is sent."""
+    address = request.client.host if request.client else "unknown"
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() == "bearer" and token:
+        return f"api:{address}:{hashlib.sha256(token.encode()).hexdigest()[:12]}"
+    return f"api:{address}"
+
+
+def api_key_guard(key: SecretStr) -> Callable[..., Any]:
+    """A dependency that lets a request through only with ``Authorization: Bearer <key>``."""
+    expected = key.get_secret_value().encode()
+
+    async def require_key(credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(BEARER)]) -> None:
+        if credentials is None:
+            raise APIError(
+                401,
+                "Missing API key: send the header 'Authorization: Bearer KEY' with the key the server was "
+                "started with (--api-key or QWEN_API_KEY).",
+                type="authentication_error",
+                code="invalid_api_key",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+        # Constant-time comparison: response timing must not reveal how much of a guess was right.
+        if not hmac.compare_digest(credentials.credentials.encode(), expected):
+            raise APIError(
+                401,
+                "Incorrect API key: use the key the server was started with (--api-key or QWEN_API_KEY).",
+                type="authentication_error",
+                code="invalid_api_key",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+
+    return require_key
