@@ -165,8 +165,9 @@ def test_a_flooding_client_does_not_keep_another_waiting(noisy) -> None:
     polite = engine.submit(prompt(noisy, "Just one question"), short, client="polite")
     _, event = collect(polite)
     assert isinstance(event, Finished) and event.result.finish_reason == "length"
-    # It ran beside the flood (one of the flooder's replies was paused for it), not after it.
+    # It ran beside the flood (one of the flooder's replies was paused for it, and told so), not after it.
     assert not any(_finished(job) for job in flood)
+    assert any(isinstance(e, Queued) and e.paused for job in flood[:2] for e in list(job.events.queue))
     for job in flood:
         job.cancel.set()
     for job in flood:

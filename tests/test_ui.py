@@ -25,7 +25,7 @@ from gradio_client import Client, handle_file
 from gradio_client.exceptions import AuthenticationError
 
 from chatbot.authoring.modelgen import SCRIPTED_ANSWER, SCRIPTED_THINKING
-from chatbot.chat.reply import AnswerDelta, ChatDone, Conversation, ThinkingDelta, Turn
+from chatbot.chat.reply import AnswerDelta, ChatDone, Conversation, QueuePosition, ThinkingDelta, Turn
 from chatbot.chat.thinking import split_thinking
 from chatbot.errors import ChatbotError
 from chatbot.model.loader import load_model
@@ -312,6 +312,17 @@ def test_live_reply_opens_thinking_then_closes_it_when_the_answer_starts() -> No
     assert all(a is not b for a, b in zip(first, second, strict=False))  # fresh dicts every step
     live.apply(ChatDone("Let me think.", "Hi!", "", "stop", True, {"new_tokens": 5, "time_to_first_token": 0.1}))
     assert "5 tokens" in text_of(live.messages()[-1])
+
+
+def test_live_reply_says_when_it_is_paused_for_someone_else_and_goes_on() -> None:
+    live = LiveReply()
+    live.apply(QueuePosition(2))
+    assert "position 2" in live.status
+    live.apply(AnswerDelta("Hel"))
+    live.apply(QueuePosition(1, paused=True))
+    assert live.status.startswith("Paused to give someone else a turn") and live.answer == "Hel"
+    live.apply(AnswerDelta("lo"))
+    assert live.status == "Writing…" and live.answer == "Hello"
 
 
 # --- the running app: scripted model ----------------------------------------------------------------------

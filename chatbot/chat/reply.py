@@ -39,6 +39,7 @@ class Loading:
 @dataclass(frozen=True)
 class QueuePosition:
     position: int
+    paused: bool = False  # the reply stopped part-way to give someone else a turn; it continues by itself
 
 
 @dataclass(frozen=True)
@@ -243,7 +244,7 @@ def run_reply(
 
     for event in engine.stream(prompt.ids, options, cancel, client=client):
         if isinstance(event, Queued):
-            yield QueuePosition(event.position)
+            yield QueuePosition(event.position, event.paused)
         elif isinstance(event, TextDelta):
             if stream_logprobs is not None:
                 stream_logprobs.add(event.logprobs)

@@ -398,6 +398,7 @@ class ChatEngine:
                 victim = started[-1]
                 self._running.remove(victim)
                 self._queue.pause(victim)
+                victim.events.put(Queued(1, paused=True))
                 self._batch.remove(self._states[victim.id])
                 counts[greedy] -= 1
                 job = self._queue.pop(counts)

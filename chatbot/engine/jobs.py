@@ -17,6 +17,7 @@ LOCAL_CLIENT = "local"  # the client key of requests that do not name one (a scr
 @dataclass(frozen=True)
 class Queued:
     position: int  # 1 = next to run
+    paused: bool = False  # a reply stopped mid-way to give another client a turn; it resumes where it stopped
 
 
 @dataclass(frozen=True)

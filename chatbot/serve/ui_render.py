@@ -233,6 +233,8 @@ class LiveReply:
         now = time.perf_counter()
         if isinstance(event, Loading):
             self.status = f"Loading the model… {event.fraction:.0%} ({event.stage})"
+        elif isinstance(event, QueuePosition) and event.paused:
+            self.status = "Paused to give someone else a turn; your reply goes on from here in a moment"
         elif isinstance(event, QueuePosition):
             self.status = f"In the queue: position {event.position} (the model is answering someone else)"
         elif isinstance(event, ThinkingDelta):
