@@ -136,14 +136,19 @@ def start_app(
     raise RuntimeError(f"app did not become ready in {timeout} s:\n{app.log()}")
 
 
-def stop_app(app: RunningApp) -> None:
-    if app.process.poll() is None:
-        app.process.terminate()
+def terminate(process: subprocess.Popen) -> None:
+    """SIGTERM, then SIGKILL after 15 s; returns when the process is gone."""
+    if process.poll() is None:
+        process.terminate()
         try:
-            app.process.wait(timeout=15)
+            process.wait(timeout=15)
         except subprocess.TimeoutExpired:
-            app.process.kill()
-            app.process.wait()
+            process.kill()
+            process.wait()
+
+
+def stop_app(app: RunningApp) -> None:
+    terminate(app.process)
 
 
 @pytest.fixture(scope="session")
@@ -227,13 +232,7 @@ class LlamaServer:
         return self.log_path.read_text(errors="replace")
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        terminate(self.process)
 
 
 def start_llama_server(llamacpp, gguf: Path, log_path: Path, *args: str) -> LlamaServer:
