@@ -42,11 +42,20 @@ from pydantic import SecretStr
 from sse_starlette import EventSourceResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from ..chat.remote import RemoteBackend
 from ..chat.reply import AnswerDelta, ChatDone, ChatEvent, Loading, ThinkingDelta, ToolCallDelta, stream_reply
 from ..engine.engine import ChatEngine
-from ..errors import ChatbotError, ContextLengthError, GenerationError, InvalidRequestError, QueueFullError
+from ..errors import (
+    BackendError,
+    ChatbotError,
+    ContextLengthError,
+    GenerationError,
+    InvalidRequestError,
+    QueueFullError,
+)
 from .api_models import ChatCompletion, ChatCompletionRequest, ErrorResponse, Health, ModelCard, ModelList
 from .app_state import App
+from .remote_view import remote_health
 from .security import install_api_guards
 
 log = logging.getLogger(__name__)
@@ -95,7 +104,7 @@ def one_line(exc: BaseException) -> str:
     return str(exc).replace("\nFix: ", " Fix: ")
 
 
-def api_error_from(exc: BaseException, engine: ChatEngine) -> APIError:
+def api_error_from(exc: BaseException, engine: ChatEngine | RemoteBackend) -> APIError:
     """The HTTP status and OpenAI error for an error raised while answering a request."""
     if isinstance(exc, APIError):
         return exc
@@ -111,6 +120,8 @@ def api_error_from(exc: BaseException, engine: ChatEngine) -> APIError:
             code="queue_full",
             headers={"Retry-After": str(exc.retry_after)},
         )
+    if isinstance(exc, BackendError):  # the remote server (--backend): 502 for its errors, 503 unreachable
+        return APIError(exc.status, one_line(exc), type="server_error", code=exc.code)
     if engine.status == "failed":
         return APIError(
             503,
@@ -141,7 +152,7 @@ class ReplyStream:
     generation within one model step and frees the model for the next request.
     """
 
-    def __init__(self, engine: ChatEngine, request: ChatCompletionRequest, client: str) -> None:
+    def __init__(self, engine: ChatEngine | RemoteBackend, request: ChatCompletionRequest, client: str) -> None:
         self.engine = engine
         self._cancel = threading.Event()
         self._loop = asyncio.get_running_loop()
@@ -354,6 +365,8 @@ def log_reply(meta: Completion, done: ChatDone) -> None:
 
 def health_body(app: App) -> dict[str, Any]:
     engine = app.engine
+    if isinstance(engine, RemoteBackend):
+        return remote_health(app, engine)
     loaded = engine.loaded
     status = {"ready": "ready", "failed": "failed"}.get(engine.status, "loading")
     stage, fraction = engine.progress.snapshot()
