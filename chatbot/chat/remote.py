@@ -28,7 +28,6 @@ from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
-import httpx
 import openai
 
 from ..engine.jobs import LOCAL_CLIENT
@@ -116,7 +115,7 @@ class RemoteBackend:
             base_url=url,
             api_key=api_key or "none",
             max_retries=0,
-            timeout=httpx.Timeout(READ_TIMEOUT_SECONDS, connect=CONNECT_TIMEOUT_SECONDS),
+            timeout=openai.Timeout(READ_TIMEOUT_SECONDS, connect=CONNECT_TIMEOUT_SECONDS),
         )
         self._watcher: Any = None
         self._nudge: asyncio.Event | None = None
@@ -395,7 +394,7 @@ class RemoteBackend:
         except asyncio.CancelledError:
             out.put(("cancelled", None))
             raise
-        except (openai.APIError, httpx.HTTPError) as exc:
+        except openai.APIError as exc:
             error = backend_error(exc, self.url)
             if isinstance(exc, openai.APIConnectionError):
                 self._heard(False, error)

@@ -36,7 +36,7 @@ API_CONNECTION_LIMIT = 1000
 
 def configure_logging(level: str) -> None:
     logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for noisy in ("httpx", "httpcore", "urllib3", "huggingface_hub"):
+    for noisy in ("httpx", "httpx2", "httpcore", "urllib3", "huggingface_hub"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     log_limits.install()
 
