@@ -568,7 +568,7 @@ def build_api(app: App) -> FastAPI:
         summary="The served model",
     )
     async def list_models() -> dict[str, Any]:
-        return {"object": "list", "data": [model_card(app.model_name, started)]}
+        return {"object": "list", "data": [model_card(app.model_name, started, context_window(app))]}
 
     @v1.api_route(
         "/models/{model_id:path}",
@@ -584,7 +584,7 @@ def build_api(app: App) -> FastAPI:
                 f"Model {model_id!r} is not served here; this server has {app.model_name!r}.",
                 code="model_not_found",
             )
-        return model_card(app.model_name, started)
+        return model_card(app.model_name, started, context_window(app))
 
     @v1.post("/completions", status_code=404, responses={404: {"model": ErrorResponse}}, summary="Not served")
     async def completions() -> None:
@@ -635,5 +635,13 @@ def drop_unused_422(api: FastAPI) -> None:
     api.openapi = openapi  # type: ignore[method-assign]
 
 
-def model_card(name: str, created: int) -> dict[str, Any]:
-    return {"id": name, "object": "model", "created": created, "owned_by": "qwen3-chat"}
+def model_card(name: str, created: int, max_model_len: int | None = None) -> dict[str, Any]:
+    """One model as vLLM lists it: ``max_model_len`` is the context window (null until it is known)."""
+    return {"id": name, "object": "model", "created": created, "owned_by": "qwen3-chat", "max_model_len": max_model_len}
+
+
+def context_window(app: App) -> int | None:
+    """The loaded model's context, or the one a remote server reported."""
+    if isinstance(app.engine, RemoteBackend):
+        return app.engine.info().max_model_len
+    return app.engine.loaded.max_context if app.engine.loaded is not None else None
