@@ -36,7 +36,9 @@ def remote_ports() -> tuple[int, int]:
 @pytest.fixture(scope="module")
 def remote(scripted_fp8: Path, remote_ports, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningApp]:
     """The model server: this app on the scripted model (restarted on the same ports by one test)."""
-    app = start_app(["--model", str(scripted_fp8)], tmp_path_factory.mktemp("remote") / "remote.log", ports=remote_ports)
+    app = start_app(
+        ["--model", str(scripted_fp8)], tmp_path_factory.mktemp("remote") / "remote.log", ports=remote_ports
+    )
     try:
         yield app
     finally:
