@@ -1,0 +1,101 @@
+"""Remote chunks to chat events (``chat/remote_stream.py``): both shapes of thinking, cut replies, tool calls.
+
+The chunks are ``openai``'s own ``ChatCompletionChunk`` objects, built from the JSON a server sends;
+the servers themselves are in tests/test_remote.py.
+"""
+
+from __future__ import annotations
+
+import pytest
+from openai.types.chat import ChatCompletionChunk
+
+from chatbot.chat.remote_stream import RemoteReply, request_body
+from chatbot.chat.reply import AnswerDelta, ChatDone, ThinkingDelta, ToolCallDelta
+from chatbot.engine.sampling import sampling_options
+from chatbot.errors import BackendError
+
+
+def chunk(content: str | None = None, finish: str | None = None, **delta: object) -> ChatCompletionChunk:
+    body = {"role": "assistant", **({"content": content} if content is not None else {}), **delta}
+    return ChatCompletionChunk.model_validate(
+        {
+            "id": "c",
+            "object": "chat.completion.chunk",
+            "created": 0,
+            "model": "m",
+            "choices": [{"index": 0, "delta": body, "finish_reason": finish}],
+        }
+    )
+
+
+def run(reply: RemoteReply, chunks: list[ChatCompletionChunk], cancelled: bool = False) -> tuple[str, str, ChatDone]:
+    events = [event for c in chunks for event in reply.feed(c)] + reply.finish(cancelled=cancelled)
+    thinking = "".join(e.text for e in events if isinstance(e, ThinkingDelta))
+    answer = "".join(e.text for e in events if isinstance(e, AnswerDelta))
+    done = events[-1]
+    assert isinstance(done, ChatDone)
+    return thinking, answer, done
+
+
+@pytest.mark.parametrize("field", ["reasoning_content", "reasoning"])
+def test_thinking_in_its_own_field(field: str) -> None:
+    chunks = [chunk(**{field: "\nLet me"}), chunk(**{field: " think."}), chunk("\n\nHi"), chunk(" there.", "stop")]
+    thinking, answer, done = run(RemoteReply(thinking=True, continues=False), chunks)
+    assert (thinking, answer) == ("Let me think.", "Hi there.")
+    assert (done.thinking, done.answer, done.finish_reason) == ("Let me think.", "Hi there.", "stop")
+    assert done.full_response.startswith("<think>") and "</think>" in done.full_response
+
+
+def test_raw_think_tags_split_across_chunks() -> None:
+    pieces = ["<thi", "nk>\nPlan", " it.</th", "ink>\n\nThe", " answer."]
+    chunks = [chunk(p) for p in pieces] + [chunk(None, "stop")]
+    thinking, answer, done = run(RemoteReply(thinking=True, continues=False), chunks)
+    assert (thinking, answer) == ("Plan it.", "The answer.")
+    assert done.full_response == "".join(pieces)
+
+
+def test_raw_thinking_without_the_opening_tag_and_cut_at_max_tokens() -> None:
+    thinking, answer, done = run(RemoteReply(True, False), [chunk("Still thinking about"), chunk(" it", "length")])
+    assert (thinking, answer, done.finish_reason) == ("Still thinking about it", "", "length")
+    assert (done.thinking, done.answer) == ("Still thinking about it", "")
+
+
+def test_thinking_off_keeps_a_stray_close_tag_as_answer() -> None:
+    thinking, answer, done = run(RemoteReply(False, False), [chunk("a </think> b", "stop")])
+    assert (thinking, answer, done.answer) == ("", "a </think> b", "a </think> b")
+
+
+def test_cancelled_and_unfinished_streams() -> None:
+    *_, done = run(RemoteReply(False, False), [chunk("Part")], cancelled=True)
+    assert done.finish_reason == "cancelled" and done.answer == "Part"
+    reply = RemoteReply(False, False)
+    reply.feed(chunk("Part"))
+    with pytest.raises(BackendError, match="closed the stream"):
+        reply.finish()
+
+
+def test_tool_call_fragments_become_one_call() -> None:
+    calls = [
+        chunk(tool_calls=[{"index": 0, "id": "call_1", "type": "function", "function": {"name": "get"}}]),
+        chunk(tool_calls=[{"index": 0, "function": {"arguments": '{"city": '}}]),
+        chunk(None, "tool_calls", tool_calls=[{"index": 0, "function": {"arguments": '"Paris"}'}}]),
+    ]
+    reply = RemoteReply(False, False)
+    events = [e for c in calls for e in reply.feed(c)] + reply.finish()
+    (call,) = [e for e in events if isinstance(e, ToolCallDelta)]
+    assert (call.call.id, call.call.name, call.call.arguments) == ("call_1", "get", '{"city": "Paris"}')
+    assert events[-1].finish_reason == "tool_calls" and events[-1].tool_calls == (call.call,)
+
+
+def test_request_body_names_the_switch_and_the_vllm_extras() -> None:
+    options = sampling_options(True, max_new_tokens=32, min_new_tokens=4, top_k=0, seed=5, stop=["END"])
+    messages = [{"role": "user", "content": "Hi"}]
+    body = request_body("m", messages, options, thinking=True, send_max_tokens=True)
+    assert body["extra_body"]["chat_template_kwargs"] == {"enable_thinking": True}
+    assert body["extra_body"]["top_k"] == -1 and body["extra_body"]["min_tokens"] == 4
+    assert (body["max_tokens"], body["seed"], body["stop"], body["stream"]) == (32, 5, ["END"], True)
+    assert body["stream_options"] == {"include_usage": True}
+    assert "max_tokens" not in request_body("m", messages, options, thinking=False, send_max_tokens=False)
+    history = [*messages, {"role": "assistant", "content": "Hel"}]
+    continuing = request_body("m", history, options, thinking=False, send_max_tokens=True)
+    assert continuing["extra_body"]["continue_final_message"] is True
