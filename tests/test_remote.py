@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,6 +23,9 @@ import pytest
 from conftest import ROOT, WAIT_LIMIT_SECONDS, RunningApp, free_port, start_app, stop_app
 
 from chatbot import Qwen3ChatBot
+from chatbot.chat.remote import RemoteBackend
+from chatbot.chat.reply import AnswerDelta, ChatDone, QueuePosition
+from chatbot.errors import QueueFullError
 
 LONG_REPLY_TOKENS = 7000
 LONG_REPLY = {"max_tokens": LONG_REPLY_TOKENS, "extra_body": {"min_tokens": LONG_REPLY_TOKENS}}
@@ -213,3 +217,28 @@ def test_doctor_checks_a_remote(remote: RunningApp) -> None:
         timeout=WAIT_LIMIT_SECONDS,
     )
     assert result.returncode == 1 and "cannot be reached" in result.stdout
+
+
+def test_requests_beyond_the_slots_wait_their_turn_then_are_refused(remote: RunningApp) -> None:
+    backend = RemoteBackend(remote.api_url + "/v1", max_batch=1, queue_size=1)
+    try:
+        assert backend.load().reachable
+        stop_first, stop_second = threading.Event(), threading.Event()
+        long = {"max_new_tokens": 4000, "min_new_tokens": 4000}
+        first = backend.stream_reply(ask("Talk."), cancel=stop_first, **long)
+        next(event for event in first if isinstance(event, AnswerDelta))  # it holds the one slot now
+        second = backend.stream_reply(ask("Me too."), cancel=stop_second)
+        assert next(second) == QueuePosition(1)
+        with pytest.raises(QueueFullError):
+            next(backend.stream_reply(ask("And me.")))
+        stop_second.set()  # leaves the queue without reaching the server
+        done = list(second)[-1]
+        assert isinstance(done, ChatDone) and done.finish_reason == "cancelled" and done.full_response == ""
+        stop_first.set()
+        done = list(first)[-1]
+        assert isinstance(done, ChatDone) and done.finish_reason == "cancelled" and done.answer
+        assert backend.occupancy() == {"running": 0, "waiting": 0, "paused": 0, "max_batch": 1}
+        remote.wait_until_idle()
+        assert remote.cancelled_generations()[-1][1] == 4000
+    finally:
+        backend.close()

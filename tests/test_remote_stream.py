@@ -6,13 +6,21 @@ the servers themselves are in tests/test_remote.py.
 
 from __future__ import annotations
 
+import httpx2
+import openai
 import pytest
 from openai.types.chat import ChatCompletionChunk
 
-from chatbot.chat.remote_stream import RemoteReply, request_body
+from chatbot.chat.remote_stream import RemoteReply, backend_error, request_body
 from chatbot.chat.reply import AnswerDelta, ChatDone, ThinkingDelta, ToolCallDelta
 from chatbot.engine.sampling import sampling_options
-from chatbot.errors import BackendError
+from chatbot.errors import (
+    BackendError,
+    BackendUnavailableError,
+    ContextLengthError,
+    InvalidRequestError,
+    QueueFullError,
+)
 
 
 def chunk(content: str | None = None, finish: str | None = None, **delta: object) -> ChatCompletionChunk:
@@ -99,3 +107,37 @@ def test_request_body_names_the_switch_and_the_vllm_extras() -> None:
     history = [*messages, {"role": "assistant", "content": "Hel"}]
     continuing = request_body("m", history, options, thinking=False, send_max_tokens=True)
     assert continuing["extra_body"]["continue_final_message"] is True
+
+
+def status_error(status: int, body: dict, headers: dict[str, str] | None = None) -> openai.APIStatusError:
+    """What the openai client raises for an HTTP error (its body is the server's "error" object)."""
+    request = httpx2.Request("POST", "http://server/v1/chat/completions")
+    response = httpx2.Response(status, request=request, json={"error": body}, headers=headers)
+    kind = {400: openai.BadRequestError, 401: openai.AuthenticationError, 429: openai.RateLimitError}.get(
+        status, openai.InternalServerError
+    )
+    return kind(f"Error code: {status}", response=response, body=body)
+
+
+def test_the_servers_errors_become_errors_a_user_can_act_on() -> None:
+    url = "http://server/v1"
+    unreachable = backend_error(openai.APIConnectionError(request=httpx2.Request("GET", url)), url)
+    assert isinstance(unreachable, BackendUnavailableError) and unreachable.status == 503
+    assert "cannot be reached" in unreachable.message and "retrying" in unreachable.fix
+
+    key = backend_error(status_error(401, {"message": "Invalid API key"}), url)
+    assert type(key) is BackendError and key.status == 502 and "--backend-api-key" in key.fix
+    assert "Invalid API key" in key.message
+
+    busy = backend_error(status_error(429, {"message": "slow down"}, {"retry-after": "7"}), url)
+    assert isinstance(busy, QueueFullError) and busy.retry_after == 7
+
+    too_long = {"message": "This model's maximum context length is 4096 tokens", "code": "context_length_exceeded"}
+    assert isinstance(backend_error(status_error(400, too_long), url), ContextLengthError)
+    bad = backend_error(status_error(400, {"message": "top_p must be in (0, 1]", "param": "top_p"}), url)
+    assert isinstance(bad, InvalidRequestError) and bad.param == "top_p"
+
+    loading = backend_error(status_error(503, {"message": "model is loading"}), url)
+    assert isinstance(loading, BackendUnavailableError)
+    broken = backend_error(status_error(500, {"message": "CUDA error"}), url)
+    assert type(broken) is BackendError and "CUDA error" in broken.message

@@ -69,8 +69,11 @@ class ChatHandlers:
     # --- replies ------------------------------------------------------------------------------------------
 
     def max_new_tokens_limit(self) -> int | None:
-        loaded = self.app.engine.loaded
-        return max_new_tokens_bound(loaded.max_context) if loaded is not None else None
+        engine = self.app.engine
+        if isinstance(engine, RemoteBackend):  # the context a remote server reported, if it did
+            context = engine.info().max_model_len
+            return max_new_tokens_bound(context) if context else None
+        return max_new_tokens_bound(engine.loaded.max_context) if engine.loaded is not None else None
 
     def send(
         self,
