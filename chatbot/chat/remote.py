@@ -194,7 +194,7 @@ class RemoteBackend:
                 self._info = replace(info, retry_in=wait)
             self._checked.set()
             self._nudge.clear()
-            with contextlib.suppress(TimeoutError):
+            with contextlib.suppress(asyncio.TimeoutError):  # TimeoutError itself from Python 3.11 on
                 await asyncio.wait_for(self._nudge.wait(), wait)
 
     async def probe(self) -> BackendInfo:
@@ -203,7 +203,9 @@ class RemoteBackend:
         old = self._info
         try:
             page = await self._client.models.list(timeout=PROBE_TIMEOUT_SECONDS)
-        except openai.APIError as exc:
+        except Exception as exc:  # whatever the server sends, the watcher must go on watching
+            if not isinstance(exc, openai.APIError):
+                log.exception("Reading the model server's GET /v1/models failed")
             text = one_line(backend_error(exc, self.url))
             if old.reachable is not False or old.error != text:
                 log.warning("Model server unreachable: %s Retrying with backoff.", text)
