@@ -73,6 +73,18 @@ def test_thinking_off_keeps_a_stray_close_tag_as_answer() -> None:
     assert (thinking, answer, done.answer) == ("", "a </think> b", "a </think> b")
 
 
+def test_thinking_off_but_the_reply_opens_with_think_tags() -> None:
+    # llama-server --reasoning-format none echoes the template's empty block; the answer starts after it.
+    pieces = ["<th", "ink>\n\n</think>\n\nHello", " </think> stays"]
+    thinking, answer, done = run(RemoteReply(False, False), [chunk(p) for p in pieces] + [chunk(None, "stop")])
+    assert (thinking, answer, done.thinking, done.answer) == ("", "Hello </think> stays", "", "Hello </think> stays")
+    # A server that ignores the switch and thinks anyway: the thinking is shown as thinking.
+    thinking, answer, _ = run(RemoteReply(False, False), [chunk("<think>Hmm.</think>Yes."), chunk(None, "stop")])
+    assert (thinking, answer) == ("Hmm.", "Yes.")
+    thinking, answer, done = run(RemoteReply(False, False), [chunk("<thi"), chunk(None, "length")])
+    assert (thinking, answer, done.answer) == ("", "<thi", "<thi")
+
+
 def test_cancelled_and_unfinished_streams() -> None:
     *_, done = run(RemoteReply(False, False), [chunk("Part")], cancelled=True)
     assert done.finish_reason == "cancelled" and done.answer == "Part"

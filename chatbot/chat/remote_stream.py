@@ -8,7 +8,10 @@
 Thinking comes in one of two shapes. Servers with a reasoning parser (vLLM and SGLang with
 ``--reasoning-parser qwen3``, llama.cpp's server, this app) send it in ``reasoning_content`` (vLLM's
 newer name: ``reasoning``); others send Qwen3's raw ``<think>...</think>`` inside ``content``, which
-the same streamed splitter as for the local model takes apart, with the same edge cases.
+the same streamed splitter as for the local model takes apart, with the same edge cases. One more
+edge case is the server's: with thinking off, a reply that opens with ``<think>`` (llama-server
+echoes the template's empty ``<think></think>``; a server that ignores the switch thinks anyway) is
+split too, so the answer never starts with the tags; any later ``</think>`` stays answer text.
 """
 
 from __future__ import annotations
@@ -128,7 +131,9 @@ class RemoteReply:
         self.thinking = thinking
         self.submitted = submitted if submitted is not None else time.perf_counter()
         self.started: float | None = None  # when the first text came
-        self.splitter = ThinkingStreamSplitter(expect_thinking=thinking and not continues)
+        # With thinking on, the splitter is known at once; with it off, the reply's opening decides.
+        self.splitter = ThinkingStreamSplitter(True) if thinking and not continues else None
+        self._opening = ""  # content held until it shows whether the reply opens with <think>
         self.reasoning_channel = TrimmedChannel()
         self.answer_channel = TrimmedChannel()
         self.reasoning = ""  # from reasoning_content / reasoning
@@ -167,7 +172,7 @@ class RemoteReply:
                 else:
                     events.extend(
                         ThinkingDelta(text) if kind == "thinking" else AnswerDelta(text)
-                        for kind, text in self.splitter.feed(delta.content)
+                        for kind, text in self._split(delta.content)
                     )
             for call in delta.tool_calls or []:
                 self._text_arrived()
@@ -181,6 +186,16 @@ class RemoteReply:
             if choice.finish_reason:
                 self.finish_reason = choice.finish_reason
         return events
+
+    def _split(self, text: str) -> list[tuple[str, str]]:
+        if self.splitter is None:
+            self._opening += text
+            head = self._opening.lstrip()
+            if not head or (THINK_OPEN.startswith(head) and len(head) < len(THINK_OPEN)):
+                return []  # could still become "<think>"
+            self.splitter = ThinkingStreamSplitter(expect_thinking=head.startswith(THINK_OPEN))
+            text, self._opening = self._opening, ""
+        return self.splitter.feed(text)
 
     def _text_arrived(self) -> None:
         self.pieces += 1
@@ -199,6 +214,7 @@ class RemoteReply:
         Raises:
             BackendError: the server closed the stream without saying why the reply ended.
         """
+        held: list[ChatEvent] = []
         if cancelled:
             reason = "cancelled"
         elif self.finish_reason is None:
@@ -212,10 +228,13 @@ class RemoteReply:
             thinking, answer = self.reasoning.strip(), self.content.strip()
             full = f"{THINK_OPEN}\n{thinking}\n{THINK_CLOSE}\n\n{self.content}" if thinking else self.content
         else:
+            if self.splitter is None:  # the whole reply was blank or a piece of "<think>": answer text
+                self.splitter = ThinkingStreamSplitter(False)
+                held = [AnswerDelta(text) for _, text in self.splitter.feed(self._opening)]
             split = self.splitter.finish(cut=reason not in ("stop", "tool_calls"))
             thinking, answer, full = split.thinking, split.answer, self.content
         calls = self.tool_calls()
-        events: list[ChatEvent] = [ToolCallDelta(index, call) for index, call in enumerate(calls)]
+        events: list[ChatEvent] = [*held, *(ToolCallDelta(index, call) for index, call in enumerate(calls))]
         events.append(
             ChatDone(
                 thinking,
