@@ -3,21 +3,33 @@
 llama-server serves a GGUF copy of the scripted checkpoint (made by llama.cpp's own converter), with
 thinking in ``reasoning_content`` (``--reasoning-format deepseek``) or as raw ``<think>`` inside
 ``content`` (``--reasoning-format none``); through this app's API both come out the same, thinking
-and answer apart and word for word the script. ``doctor --backend`` tells the two shapes apart.
+and answer apart and word for word the script. ``doctor --backend`` tells the two shapes apart. A
+client hanging up on a long reply (random weights over Qwen3's vocabulary rarely end a reply) ends
+llama-server's task: its log says "cancel task".
 """
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import openai
 import pytest
-from conftest import ROOT, WAIT_LIMIT_SECONDS, RunningApp, start_app, start_llama_server, stop_app
+from conftest import (
+    ROOT,
+    WAIT_LIMIT_SECONDS,
+    RunningApp,
+    fetch_qwen3_tokenizer,
+    start_app,
+    start_llama_server,
+    stop_app,
+)
 
-from chatbot.authoring.modelgen import SCRIPTED_ANSWER, SCRIPTED_THINKING
+from chatbot.authoring.modelgen import SCRIPTED_ANSWER, SCRIPTED_THINKING, make_model
 
 # The first use builds llama.cpp when ./start.sh test has not (about 15 minutes on 2 cores): a bound, not a goal.
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]
@@ -83,3 +95,42 @@ def test_doctor_names_how_the_server_sends_thinking(llama_front) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     expected = "arrives in reasoning_content" if reasoning_format == "deepseek" else "inside content"
     assert expected in result.stdout
+
+
+@pytest.fixture(scope="module")
+def llama_random_front(llamacpp, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[object, RunningApp]]:
+    """llama-server on a random-weights GGUF (long replies), and this app in front of it."""
+    folder = tmp_path_factory.mktemp("llama-random")
+    checkpoint = make_model(folder / "random", tokenizer_dir=fetch_qwen3_tokenizer())
+    gguf = llamacpp.convert(checkpoint, folder / "gguf", types=("f16",))["f16"]
+    server = start_llama_server(llamacpp, gguf, folder / "llama-server.log", "--jinja")
+    try:
+        app = start_app(["--backend", server.url], folder / "front.log")
+        try:
+            yield server, app
+        finally:
+            stop_app(app)
+    finally:
+        server.stop()
+
+
+def test_a_client_hanging_up_ends_llama_servers_task(llama_random_front) -> None:
+    server, app = llama_random_front
+    client = openai.OpenAI(base_url=app.api_url + "/v1", api_key="x", max_retries=0)
+    chunks = client.chat.completions.create(
+        model="any", messages=[{"role": "user", "content": "Talk."}], stream=True, max_tokens=4000
+    )
+    received = 0
+    for chunk in chunks:
+        received += bool(chunk.choices and chunk.choices[0].delta.content)
+        if received == 5:
+            break
+    chunks.close()
+    app.wait_for_log("the client disconnected mid-stream; generation stopped")
+    deadline = time.monotonic() + WAIT_LIMIT_SECONDS
+    # llama-server logs "cancel task", then the slot's release with the tokens it holds (prompt + reply).
+    while "cancel task" not in server.log() or not re.search(r"stop processing: n_tokens = \d+", server.log()):
+        assert time.monotonic() < deadline, server.log()[-2000:]
+        time.sleep(0.1)
+    made = [int(n) for n in re.findall(r"stop processing: n_tokens = (\d+)", server.log())]
+    assert made[-1] < 4000
