@@ -25,7 +25,7 @@ from conftest import ROOT, WAIT_LIMIT_SECONDS, RunningApp, free_port, start_app,
 from chatbot import Qwen3ChatBot
 from chatbot.chat.remote import RemoteBackend
 from chatbot.chat.reply import AnswerDelta, ChatDone, QueuePosition
-from chatbot.errors import QueueFullError
+from chatbot.errors import ContextLengthError, QueueFullError
 
 LONG_REPLY_TOKENS = 7000
 LONG_REPLY = {"max_tokens": LONG_REPLY_TOKENS, "extra_body": {"min_tokens": LONG_REPLY_TOKENS}}
@@ -240,5 +240,23 @@ def test_requests_beyond_the_slots_wait_their_turn_then_are_refused(remote: Runn
         assert backend.occupancy() == {"running": 0, "waiting": 0, "paused": 0, "max_batch": 1}
         remote.wait_until_idle()
         assert remote.cancelled_generations()[-1][1] == 4000
+    finally:
+        backend.close()
+
+
+def test_the_oldest_turns_make_room_as_for_a_local_model(remote: RunningApp) -> None:
+    context = httpx.get(remote.api_url + "/v1/models").json()["data"][0]["max_model_len"]
+    long = "word " * (context // 3)  # each turn a good part of the server's context
+    history = [{"role": "system", "content": "Be brief."}]
+    for _ in range(3):
+        history += [{"role": "user", "content": long}, {"role": "assistant", "content": long}]
+    history.append({"role": "user", "content": "Hello!"})
+    backend = RemoteBackend(remote.api_url + "/v1")
+    try:
+        done = list(backend.stream_reply(history, max_new_tokens=16))[-1]
+        assert isinstance(done, ChatDone) and done.finish_reason in ("stop", "length") and done.answer
+        assert done.dropped_messages >= 2 and done.dropped_messages % 2 == 0  # whole turns, oldest first
+        with pytest.raises(ContextLengthError):  # the API's rule: nothing is dropped
+            list(backend.stream_reply(history, max_new_tokens=16, strict_context=True))
     finally:
         backend.close()

@@ -11,6 +11,7 @@ import openai
 import pytest
 from openai.types.chat import ChatCompletionChunk
 
+from chatbot.chat.remote import drop_oldest_turn
 from chatbot.chat.remote_stream import RemoteReply, backend_error, request_body
 from chatbot.chat.reply import AnswerDelta, ChatDone, ThinkingDelta, ToolCallDelta
 from chatbot.engine.sampling import sampling_options
@@ -153,3 +154,17 @@ def test_the_servers_errors_become_errors_a_user_can_act_on() -> None:
     assert isinstance(loading, BackendUnavailableError)
     broken = backend_error(status_error(500, {"message": "CUDA error"}), url)
     assert type(broken) is BackendError and "CUDA error" in broken.message
+
+
+def test_drop_oldest_turn_keeps_the_system_prompt_and_the_new_message() -> None:
+    system, new = {"role": "system", "content": "s"}, {"role": "user", "content": "new"}
+    turn = [
+        {"role": "user", "content": "q"},
+        {"role": "assistant", "content": "", "tool_calls": []},
+        {"role": "tool", "content": "r"},
+        {"role": "assistant", "content": "a"},
+    ]
+    shorter, count = drop_oldest_turn([system, *turn, {"role": "user", "content": "q2"}, new])
+    assert (shorter, count) == ([system, {"role": "user", "content": "q2"}, new], 4)
+    assert drop_oldest_turn(shorter) == ([system, new], 1)
+    assert drop_oldest_turn([system, new]) is None

@@ -32,7 +32,7 @@ import openai
 
 from ..engine.jobs import LOCAL_CLIENT
 from ..engine.sampling import sampling_options
-from ..errors import BackendError, ChatbotError, QueueFullError
+from ..errors import BackendError, ChatbotError, ContextLengthError, QueueFullError
 from .prompt import effective_thinking, normalize_messages
 from .remote_stream import RemoteReply, backend_error, remote_messages, request_body
 from .reply import ChatEvent, QueuePosition
@@ -70,6 +70,19 @@ class BackendInfo:
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "models": list(self.models)}
+
+
+def drop_oldest_turn(messages: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], int] | None:
+    """``messages`` without their oldest whole turn (a user message and what answered it), and how many
+    messages that was; None when only system messages and the newest user message are left."""
+    last_user = max((i for i, m in enumerate(messages) if m["role"] == "user"), default=-1)
+    first = next((i for i, m in enumerate(messages) if m["role"] != "system"), len(messages))
+    if first >= last_user:
+        return None
+    end = first + 1
+    while end < last_user and messages[end]["role"] != "user":
+        end += 1
+    return messages[:first] + messages[end:], end - first
 
 
 class ConnectProgress:
@@ -338,23 +351,39 @@ class RemoteBackend:
         if not (yield from self._take_slot(cancel)):
             yield from RemoteReply(thinking, False, submitted).finish(cancelled=True)
             return
+        dropped = 0
         try:
-            body = request_body(
-                self._info.model or "",
-                remote_messages(clean),
-                options,
-                thinking=thinking,
-                send_max_tokens=send_max,
-                tools=tools if tools and tool_choice != "none" else None,
-                tool_choice=tool_choice,
-                parallel_tool_calls=parallel_tool_calls,
-                response_format=response_format if response_format not in (None, {"type": "text"}) else None,
-            )
-            if logit_bias:
-                body["logit_bias"] = logit_bias
-            reply = RemoteReply(thinking, clean[-1]["role"] == "assistant", submitted)
-            reply.queue_seconds = time.perf_counter() - submitted
-            yield from self._stream(body, reply, cancel)
+            while True:
+                body = request_body(
+                    self._info.model or "",
+                    remote_messages(clean),
+                    options,
+                    thinking=thinking,
+                    send_max_tokens=send_max,
+                    tools=tools if tools and tool_choice != "none" else None,
+                    tool_choice=tool_choice,
+                    parallel_tool_calls=parallel_tool_calls,
+                    response_format=response_format if response_format not in (None, {"type": "text"}) else None,
+                )
+                if logit_bias:
+                    body["logit_bias"] = logit_bias
+                reply = RemoteReply(thinking, clean[-1]["role"] == "assistant", submitted)
+                reply.queue_seconds = time.perf_counter() - submitted
+                reply.dropped_messages = dropped
+                started = False
+                try:
+                    for event in self._stream(body, reply, cancel):
+                        started = True
+                        yield event
+                    return
+                except ContextLengthError:
+                    # The web chat's rule, as for a local model: the oldest whole turns make room (never
+                    # the system prompt or the new message). The server is the judge: no tokenizer here.
+                    shorter = None if strict_context or started else drop_oldest_turn(clean)
+                    if shorter is None:
+                        raise
+                    clean, count = shorter
+                    dropped += count
         finally:
             self._free_slot()
 

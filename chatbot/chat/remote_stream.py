@@ -144,6 +144,7 @@ class RemoteReply:
         self.calls: dict[int, dict[str, str]] = {}
         self.logprobs: list[dict[str, Any]] = []
         self.queue_seconds = 0.0
+        self.dropped_messages = 0  # oldest messages left out to fit the server's context
 
     def feed(self, chunk: Any) -> list[ChatEvent]:
         """The events of one ``ChatCompletionChunk``."""
@@ -243,6 +244,7 @@ class RemoteReply:
                 reason,
                 self.thinking,
                 self.stats(),
+                dropped_messages=self.dropped_messages,
                 tool_calls=calls,
                 logprobs={"content": self.logprobs} if self.logprobs else None,
             )
@@ -291,7 +293,10 @@ def backend_error(exc: BaseException, url: str) -> ChatbotError:
         said = f"The model server at {url} answered {status}: {message}"
         if status in (400, 413, 422):
             code = exc.code if isinstance(exc.code, str) else ""
-            if code == "context_length_exceeded" or "context length" in message.lower():
+            kind = exc.type if isinstance(exc.type, str) else ""
+            # vLLM and this app: "maximum context length"; llama-server: "exceeds the available context size"
+            too_long = any(words in message.lower() for words in ("context length", "context size", "context window"))
+            if code == "context_length_exceeded" or kind == "exceed_context_size_error" or too_long:
                 return ContextLengthError(message, param="messages")
             param = exc.param if isinstance(exc.param, str) else None
             return InvalidRequestError(message, param=param)
