@@ -12,13 +12,12 @@ the official ``openai`` client; ``chat.reply.stream_reply`` hands requests to it
   answers, and with backoff (1, 2, 4 ... 30 s) while it does not; ``info()`` is what it learnt
   (model, ``max_model_len`` when the server reports it, reachability, the last error).
 * At most ``max_batch`` requests are sent at once; up to ``queue_size`` more wait here with their
-  position, and beyond that a request is refused (``QueueFullError``), so memory stays bounded.
+  position, and beyond that a request is refused (``QueueFullError``; see ``remote_slots.py``).
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import logging
 import queue
@@ -32,10 +31,11 @@ import openai
 
 from ..engine.jobs import LOCAL_CLIENT
 from ..engine.sampling import sampling_options
-from ..errors import BackendError, ChatbotError, ContextLengthError, QueueFullError
+from ..errors import BackendError, ChatbotError, ContextLengthError
 from .prompt import effective_thinking, normalize_messages
+from .remote_slots import RemoteSlots
 from .remote_stream import RemoteReply, backend_error, remote_messages, request_body
-from .reply import ChatEvent, QueuePosition
+from .reply import ChatEvent
 
 log = logging.getLogger(__name__)
 
@@ -116,10 +116,8 @@ class RemoteBackend:
         self.loaded = None  # nothing is loaded here: no local tokenizer, no context meter
         self._info = BackendInfo(url, model=model, precision=precision)
         self._checked = threading.Event()
-        self._cv = threading.Condition()
-        self._running = 0
-        self._waiting: collections.deque[object] = collections.deque()
-        self._closed = False
+        self.slots = RemoteSlots(self.max_batch, queue_size)
+        self._lock = threading.Lock()
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="remote-backend", daemon=True)
         self._thread.start()
@@ -185,8 +183,8 @@ class RemoteBackend:
 
     def start_loading(self) -> None:
         """Start watching the server (no-op when watching)."""
-        with self._cv:
-            if self._watcher is None and not self._closed:
+        with self._lock:
+            if self._watcher is None and not self.slots.closed:
                 self._watcher = asyncio.run_coroutine_threadsafe(self._watch(), self._loop)
 
     def load(self) -> BackendInfo:
@@ -265,59 +263,11 @@ class RemoteBackend:
     # --- requests -----------------------------------------------------------------------------------------
 
     def occupancy(self) -> dict[str, int]:
-        with self._cv:
-            return {"running": self._running, "waiting": len(self._waiting), "paused": 0, "max_batch": self.max_batch}
-
-    def queue_depth(self) -> int:
-        with self._cv:
-            return len(self._waiting)
+        return self.slots.occupancy()
 
     @property
     def busy(self) -> bool:
-        return self._running > 0
-
-    def _take_slot(self, cancel: threading.Event) -> Iterator[QueuePosition]:
-        """Wait for a free slot, yielding the position; returns False when cancelled while waiting."""
-        with self._cv:
-            if self._closed:
-                raise ChatbotError("The remote backend is shut down.")
-            if self._running < self.max_batch and not self._waiting:
-                self._running += 1
-                return True
-            if len(self._waiting) >= self.queue_size:
-                raise QueueFullError(f"{self.queue_size} requests are already waiting for the model server.")
-            ticket = object()
-            self._waiting.append(ticket)
-        shown = 0
-        try:
-            while True:
-                with self._cv:
-                    if self._waiting[0] is ticket and self._running < self.max_batch:
-                        self._waiting.popleft()
-                        self._running += 1
-                        self._cv.notify_all()
-                        return True
-                    position = self._waiting.index(ticket) + 1
-                    if cancel.is_set() or self._closed:
-                        self._waiting.remove(ticket)
-                        self._cv.notify_all()
-                        return False
-                if position != shown:
-                    shown = position
-                    yield QueuePosition(position)
-                with self._cv:
-                    self._cv.wait(CANCEL_POLL_SECONDS)
-        except GeneratorExit:
-            with self._cv:
-                if ticket in self._waiting:
-                    self._waiting.remove(ticket)
-                    self._cv.notify_all()
-            raise
-
-    def _free_slot(self) -> None:
-        with self._cv:
-            self._running -= 1
-            self._cv.notify_all()
+        return self.slots.busy
 
     def stream_reply(
         self,
@@ -348,7 +298,7 @@ class RemoteBackend:
         send_max = not (strict_context and generation_kwargs.get("max_new_tokens") is None)
         cancel = cancel or threading.Event()
         submitted = time.perf_counter()
-        if not (yield from self._take_slot(cancel)):
+        if not (yield from self.slots.take(cancel)):
             yield from RemoteReply(thinking, False, submitted).finish(cancelled=True)
             return
         dropped = 0
@@ -385,7 +335,7 @@ class RemoteBackend:
                     clean, count = shorter
                     dropped += count
         finally:
-            self._free_slot()
+            self.slots.free()
 
     def _stream(self, body: dict[str, Any], reply: RemoteReply, cancel: threading.Event) -> Iterator[ChatEvent]:
         out: queue.Queue[tuple[str, Any]] = queue.Queue()
@@ -436,11 +386,10 @@ class RemoteBackend:
 
     def close(self, timeout: float = 10.0) -> None:
         """Stop watching, end the waiting requests, close the connections and the event loop."""
-        with self._cv:
-            if self._closed:
+        with self._lock:
+            if self.slots.closed:
                 return
-            self._closed = True
-            self._cv.notify_all()
+            self.slots.close()
         if self._watcher is not None:
             self._watcher.cancel()
         with contextlib.suppress(Exception):
