@@ -12,7 +12,7 @@ import time
 
 import pytest
 from conftest import WAIT_LIMIT_SECONDS, RunningApp, start_app, stop_app
-from test_browser import browser, open_page, open_settings, send, set_slider, wait_for_stats  # noqa: F401
+from test_browser import browser, open_page, open_settings, send, set_slider, snap, wait_for_stats  # noqa: F401
 from test_remote import front, remote, remote_ports  # noqa: F401
 
 from chatbot.authoring.modelgen import SCRIPTED_THINKING
@@ -21,7 +21,7 @@ pytestmark = pytest.mark.browser
 LONG_REPLY_TOKENS = 4000
 
 
-def test_badge_thinking_and_answer_over_the_remote(browser, front: RunningApp, remote: RunningApp) -> None:  # noqa: F811
+def test_badge_thinking_and_answer_over_the_remote(browser, front: RunningApp, remote: RunningApp, tmp_path) -> None:  # noqa: F811
     page = open_page(browser, front)
     badge = page.inner_text("#qc-badge")
     assert "remote" in badge and remote.api_url in badge and "fp8 (stated by the operator)" in badge
@@ -36,6 +36,7 @@ def test_badge_thinking_and_answer_over_the_remote(browser, front: RunningApp, r
         "(text) => document.querySelector('#qc-chat').innerText.includes(text)", arg=SCRIPTED_THINKING
     )
     assert "</think>" not in page.inner_text("#qc-chat")
+    snap(page, "screenshot-remote.png", tmp_path)  # README, Scaling out (QWEN_UPDATE_SCREENSHOT=1)
     page.context.close()
 
 
