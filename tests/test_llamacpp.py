@@ -47,3 +47,15 @@ def test_llama_server_writes_the_scripted_reply_from_our_checkpoint(
         assert not plain.choices[0].message.model_extra.get("reasoning_content")
     finally:
         server.stop()
+
+
+def test_our_engine_writes_the_same_script_over_qwen3s_real_tokenizer(scripted_qwen3: Path) -> None:
+    from chatbot import Qwen3ChatBot
+
+    bot = Qwen3ChatBot(str(scripted_qwen3), device="cpu", load="now")
+    try:
+        reply = bot.chat("Hello there", enable_thinking=True, max_new_tokens=64)
+        assert (reply["thinking"], reply["answer"]) == (SCRIPTED_THINKING, SCRIPTED_ANSWER)
+        assert bot.chat("Again", enable_thinking=False, max_new_tokens=64)["answer"] == SCRIPTED_ANSWER
+    finally:
+        bot.close()

@@ -106,8 +106,10 @@ def find(root: Path | None = None) -> LlamaCpp | None:
     return build if all(build.binary(t).exists() for t in TARGETS) else None
 
 
-def ensure_built(log: Callable[[str], None] = print, root: Path | None = None) -> LlamaCpp:
+def ensure_built(log: Callable[[str], None] = print, root: Path | None = None, verbose: bool = False) -> LlamaCpp:
     """The cached build, building it first when needed (one process at a time builds).
+
+    ``verbose``: show the compiler's progress on stderr (otherwise only its error output, on failure).
 
     Raises LlamaCppError naming what is missing (cmake, a C++ compiler, the registry) and how to fix it.
     """
@@ -129,8 +131,10 @@ def ensure_built(log: Callable[[str], None] = print, root: Path | None = None) -
         source = source_root / "vendor" / "llama.cpp"
         jobs = str(len(os.sched_getaffinity(0)))
         log(f"Building llama.cpp ({', '.join(TARGETS)}) in {source}: about 10-15 minutes on 2 cores, once")
-        _run(["cmake", "-S", str(source), "-B", str(source / "build"), *CMAKE_FLAGS], "cmake configure")
-        _run(["cmake", "--build", str(source / "build"), "-j", jobs, "--target", *TARGETS], "cmake build")
+        configure = ["cmake", "-S", str(source), "-B", str(source / "build"), *CMAKE_FLAGS]
+        _run(configure, "cmake configure", verbose=verbose)
+        compile_ = ["cmake", "--build", str(source / "build"), "-j", jobs, "--target", *TARGETS]
+        _run(compile_, "cmake build", verbose=verbose)
         (root / "built").write_text(f"llama-cpp-python {VERSION}\n", encoding="utf-8")
         built = find(root)
         if built is None:
@@ -169,7 +173,12 @@ def _newer_than_checkpoint(path: Path, checkpoint: Path) -> bool:
     return all(path.stat().st_mtime >= p.stat().st_mtime for p in sources)
 
 
-def _run(command: list[str], what: str, env: dict[str, str] | None = None) -> None:
+def _run(command: list[str], what: str, env: dict[str, str] | None = None, verbose: bool = False) -> None:
+    if verbose:
+        result = subprocess.run(command, stdout=sys.stderr, env=env, check=False)
+        if result.returncode != 0:
+            raise LlamaCppError(f"{what} failed (exit {result.returncode}); its output is above")
+        return
     result = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
     if result.returncode != 0:
         tail = (result.stderr or result.stdout).strip()[-2000:]
@@ -195,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     convert.add_argument("out_dir", type=Path)
     args = parser.parse_args(argv)
     try:
-        build = ensure_built()
+        build = ensure_built(log=lambda line: print(line, file=sys.stderr, flush=True), verbose=True)
         if args.command == "convert":
             for kind, path in build.convert(args.checkpoint, args.out_dir).items():
                 print(f"{kind}: {path}")
