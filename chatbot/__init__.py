@@ -13,8 +13,11 @@ import os
 os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "32")
 
 from .chat.bot import Qwen3ChatBot
+from .chat.remote import RemoteBackend
 from .chat.reply import AnswerDelta, ChatDone, Conversation, Loading, QueuePosition, ThinkingDelta
 from .errors import (
+    BackendError,
+    BackendUnavailableError,
     ChatbotError,
     CheckpointError,
     ContextLengthError,
@@ -28,6 +31,8 @@ from .errors import (
 __version__ = "0.1.0"
 __all__ = [
     "AnswerDelta",
+    "BackendError",
+    "BackendUnavailableError",
     "ChatDone",
     "ChatbotError",
     "CheckpointError",
@@ -41,5 +46,6 @@ __all__ = [
     "QueueFullError",
     "QueuePosition",
     "Qwen3ChatBot",
+    "RemoteBackend",
     "ThinkingDelta",
 ]

@@ -56,3 +56,17 @@ class QueueFullError(ChatbotError):
 
 class GenerationError(ChatbotError):
     """Generation failed part-way; the request ends, the server keeps serving."""
+
+
+class BackendError(ChatbotError):
+    """The remote model server (``--backend``) answered with an error; the API passes it on as a 502."""
+
+    status = 502
+    code = "backend_error"
+
+
+class BackendUnavailableError(BackendError):
+    """The remote model server cannot be reached (or says it cannot serve now); the API answers 503."""
+
+    status = 503
+    code = "backend_unavailable"

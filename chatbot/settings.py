@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -64,6 +65,35 @@ class Settings(BaseSettings):
     )
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
+    # A remote backend: the web chat and the API in front of another OpenAI-compatible server.
+    backend: str | None = Field(
+        None, description="Base URL (…/v1) of an OpenAI-compatible server to answer from; nothing loads locally."
+    )
+    backend_api_key: SecretStr | None = Field(None, description="Bearer key the backend requires.")
+    backend_api_key_file: Path | None = Field(None, description="File holding the backend's key (not in `ps`).")
+    backend_model: str | None = Field(
+        None, min_length=1, description="Model to ask the backend for (default: the first one it lists)."
+    )
+    backend_precision: str | None = Field(
+        None,
+        min_length=1,
+        max_length=40,
+        pattern=r"^[A-Za-z0-9 ._+-]+$",
+        description="The backend's precision as its operator states it (e.g. fp8); shown, never guessed.",
+    )
+
+    @field_validator("backend")
+    @classmethod
+    def _backend_is_a_url(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        parsed = urlsplit(value.strip())
+        if parsed.scheme not in ("http", "https") or not parsed.netloc:
+            raise ValueError(f"backend must be an http:// or https:// URL such as http://host:8000/v1, not {value!r}")
+        if parsed.path in ("", "/"):  # a bare host: the OpenAI routes live under /v1
+            return urlunsplit((parsed.scheme, parsed.netloc, "/v1", "", ""))
+        return value.strip().rstrip("/")
+
     @field_validator("auth")
     @classmethod
     def _auth_has_user_and_password(cls, value: SecretStr | None) -> SecretStr | None:
@@ -73,7 +103,7 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _secrets_from_files(self) -> Settings:
-        for name in ("auth", "api_key"):
+        for name in ("auth", "api_key", "backend_api_key"):
             file = getattr(self, f"{name}_file")
             if file is None:
                 continue

@@ -103,10 +103,11 @@ def start_app(
     api: bool = True,
     timeout: float = 2 * WAIT_LIMIT_SECONDS,
     env: dict[str, str] | None = None,
+    ports: tuple[int, int] | None = None,
 ) -> RunningApp:
-    """Start ``python app.py ARGS`` on free ports and wait until the UI answers and the model is ready."""
-    ui_port = free_port()
-    api_port = free_port() if api else 0
+    """Start ``python app.py ARGS`` on free ports (or ``ports``: UI, API) and wait until the UI answers
+    and the model is ready."""
+    ui_port, api_port = ports or (free_port(), free_port() if api else 0)
     command = [sys.executable, str(ROOT / "app.py"), *args, "--port", str(ui_port), "--api-port", str(api_port)]
     log_file = log_path.open("w")
     process = subprocess.Popen(

@@ -5,6 +5,7 @@ bot = Qwen3ChatBot("Qwen/Qwen3-0.6B-FP8")          # cheap: the model loads on f
 reply = bot.chat("Hello!", enable_thinking=True)  # {"thinking", "answer", "full_response", ...}
 for event in bot.stream_chat("And in French?"):   # ThinkingDelta / AnswerDelta / ... / ChatDone
     ...
+remote = Qwen3ChatBot(backend="http://gpu-box:8000/v1")  # the same over vLLM, SGLang, llama-server...
 """
 
 from __future__ import annotations
@@ -14,9 +15,11 @@ from collections.abc import Iterator
 from typing import Any
 
 from ..engine.engine import ChatEngine
+from ..errors import ChatbotError
 from ..model.loader import LoadedModel
 from ..model.precision import PrecisionDecision
 from ..settings import DEFAULT_MODEL
+from .remote import BackendInfo, RemoteBackend
 from .reply import ChatDone, ChatEvent, Conversation, batch_reply, stream_reply
 
 
@@ -29,6 +32,8 @@ class Qwen3ChatBot:
         precision: "auto", "fp8", "fp16", "bf16", "fp32"; None reads ``QWEN_PRECISION`` (default auto).
         system_prompt: sent first in every prompt; never dropped when the history is trimmed.
         engine: share an existing engine (and its loaded model) instead of creating one.
+        backend: another OpenAI-compatible server instead of a local model: its /v1 URL or a
+            ``RemoteBackend`` (then ``model_path``, ``device``, ``precision`` are not used).
         load: "lazy" (on first use), "background" (start now in a thread) or "now" (block here).
         **engine_kwargs: max_context, gpu_memory_limit, queue_size, prefix_cache_tokens, trust_remote_code.
     """
@@ -40,11 +45,16 @@ class Qwen3ChatBot:
         precision: str | None = None,
         *,
         system_prompt: str = "",
-        engine: ChatEngine | None = None,
+        engine: ChatEngine | RemoteBackend | None = None,
+        backend: str | RemoteBackend | None = None,
         load: str = "lazy",
         **engine_kwargs: Any,
     ) -> None:
-        self.engine = engine or ChatEngine(model_path, device=device, precision=precision, **engine_kwargs)
+        if isinstance(backend, str):
+            backend = RemoteBackend(backend)
+        self.engine: ChatEngine | RemoteBackend = (
+            backend or engine or ChatEngine(model_path, device=device, precision=precision, **engine_kwargs)
+        )
         self.conversation = Conversation(system_prompt)
         self._lock = threading.Lock()
         if load == "background":
@@ -56,22 +66,42 @@ class Qwen3ChatBot:
 
     # --- the loaded model ---------------------------------------------------------------------------------
 
-    def load(self) -> LoadedModel:
-        """Load the model now (no-op when loaded); raises CheckpointError/ModelUnavailableError/PrecisionError."""
+    def load(self) -> LoadedModel | BackendInfo:
+        """Load the model now (no-op when loaded); raises CheckpointError/ModelUnavailableError/PrecisionError.
+
+        With a remote backend: ask the server once and return what it said (``BackendInfo``).
+        """
         return self.engine.load()
+
+    def _local(self) -> LoadedModel:
+        loaded = self.load()
+        if not isinstance(loaded, LoadedModel):
+            raise ChatbotError(
+                f"This bot answers from the model server at {loaded.url}: no model, tokenizer or precision "
+                "decision is loaded here.",
+                fix="Use describe() for what the server reported.",
+            )
+        return loaded
 
     @property
     def model(self) -> Any:
-        return self.load().model
+        return self._local().model
 
     @property
     def tokenizer(self) -> Any:
-        return self.load().tokenizer
+        return self._local().tokenizer
 
     @property
     def precision(self) -> PrecisionDecision:
         """Mode, device, reason and attempts of the precision decision (loads the model)."""
-        return self.load().precision
+        return self._local().precision
+
+    def describe(self) -> str:
+        """One line on what answers: the precision decision, or the remote server as it reported itself."""
+        if isinstance(self.engine, RemoteBackend):
+            self.engine.load()
+            return self.engine.summary()
+        return self.precision.summary()
 
     # --- chatting -----------------------------------------------------------------------------------------
 

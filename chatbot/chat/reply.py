@@ -12,6 +12,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,6 +22,7 @@ from ..engine.jobs import LOCAL_CLIENT
 from ..engine.sampling import sampling_options
 from ..errors import ChatbotError, InvalidRequestError
 from ..model.loader import LoadedModel
+from .backend import StreamingBackend
 from .logprobs import StreamedLogprobs, answer_records, openai_logprobs
 from .prompt import build_prompt, effective_thinking, normalize_messages
 from .structured import response_format_constraint
@@ -123,7 +125,7 @@ def check_logit_bias(logit_bias: dict[Any, float] | None, vocab_size: int) -> di
 
 
 def stream_reply(
-    engine: ChatEngine,
+    engine: ChatEngine | StreamingBackend,
     messages: Sequence[dict[str, Any]],
     *,
     enable_thinking: bool = False,
@@ -139,7 +141,7 @@ def stream_reply(
     """Stream the assistant's reply to ``messages``.
 
     Args:
-        engine: the shared engine.
+        engine: the shared engine, or a ``RemoteBackend`` (another OpenAI-compatible server).
         messages: [{"role", "content"}...]; assistant contents are re-sent answer-only. Ending with an
             assistant message continues it.
         enable_thinking: thinking mode (``/think`` or ``/no_think`` in the last user message overrides it).
@@ -159,7 +161,22 @@ def stream_reply(
         InvalidRequestError, ContextLengthError: bad messages or options; nothing was generated.
         QueueFullError: too many requests waiting.
         GenerationError: generation failed part-way.
+        BackendError, BackendUnavailableError: from a remote backend (see ``chat/remote.py``).
     """
+    if not isinstance(engine, ChatEngine):  # a remote backend (chat/backend.py) streams its own replies
+        yield from engine.stream_reply(
+            messages,
+            enable_thinking=enable_thinking,
+            cancel=cancel,
+            tools=tools,
+            tool_choice=tool_choice,
+            parallel_tool_calls=parallel_tool_calls,
+            response_format=response_format,
+            strict_context=strict_context,
+            client=client,
+            **generation_kwargs,
+        )
+        return
     clean = normalize_messages(messages)
     thinking = effective_thinking(clean, enable_thinking)
     continues = clean[-1]["role"] == "assistant"
@@ -288,7 +305,7 @@ def run_reply(
 
 
 def batch_reply(
-    engine: ChatEngine,
+    engine: ChatEngine | StreamingBackend,
     conversations: Sequence[Sequence[dict[str, Any]]],
     *,
     enable_thinking: bool = False,
@@ -299,7 +316,10 @@ def batch_reply(
 
     Returns one dict per conversation: thinking, answer, full_response, finish_reason,
     prompt_tokens, completion_tokens. Raises like ``stream_reply`` when any conversation is invalid.
+    A remote backend gets them as concurrent requests (the server batches them).
     """
+    if not isinstance(engine, ChatEngine):
+        return remote_batch(engine, conversations, enable_thinking, cancel, generation_kwargs)
     options = sampling_options(enable_thinking, **generation_kwargs)
     loaded = engine.load()
     prompts = [
@@ -327,6 +347,33 @@ def batch_reply(
             }
         )
     return replies
+
+
+def remote_batch(
+    backend: StreamingBackend,
+    conversations: Sequence[Sequence[dict[str, Any]]],
+    enable_thinking: bool,
+    cancel: threading.Event | None,
+    generation_kwargs: dict[str, Any],
+) -> list[dict[str, Any]]:
+    """``batch_reply`` over a remote backend: one request per conversation, all at once."""
+    for messages in conversations:  # every conversation is checked before anything is sent
+        normalize_messages(messages)
+
+    def one(messages: Sequence[dict[str, Any]]) -> dict[str, Any]:
+        events = stream_reply(backend, messages, enable_thinking=enable_thinking, cancel=cancel, **generation_kwargs)
+        done = next(e for e in events if isinstance(e, ChatDone))
+        return {
+            "thinking": done.thinking,
+            "answer": done.answer,
+            "full_response": done.full_response,
+            "finish_reason": done.finish_reason,
+            "prompt_tokens": done.stats["prompt_tokens"],
+            "completion_tokens": done.stats["new_tokens"],
+        }
+
+    with ThreadPoolExecutor(max_workers=max(1, min(len(conversations), backend.max_batch))) as pool:
+        return list(pool.map(one, conversations))
 
 
 @dataclass

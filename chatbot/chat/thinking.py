@@ -46,7 +46,7 @@ def _strip_open(text: str) -> str:
     return stripped[len(THINK_OPEN) :] if stripped.startswith(THINK_OPEN) else text
 
 
-class _Trimmed:
+class TrimmedChannel:
     """Emits a channel's text with leading and trailing whitespace removed, as the final split has it."""
 
     def __init__(self) -> None:
@@ -78,8 +78,8 @@ class ThinkingStreamSplitter:
         self.text = ""
         self._state = "start"  # start -> thinking -> answer
         self._buffer = ""
-        self._thinking = _Trimmed()
-        self._answer = _Trimmed()
+        self._thinking = TrimmedChannel()
+        self._answer = TrimmedChannel()
 
     def feed(self, delta: str) -> list[tuple[str, str]]:
         self.text += delta

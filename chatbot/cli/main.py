@@ -5,6 +5,7 @@ chat        chat in the terminal
 make-model  write a generated Qwen3 checkpoint (random or scripted weights) in the real format
 quantize    convert a BF16/FP16 Qwen3 checkpoint to Qwen's block-FP8 format
 doctor      check the machine and a checkpoint, and say which precision would be used and why
+            (with --backend URL: check a remote OpenAI-compatible server instead)
 """
 
 from __future__ import annotations
@@ -45,8 +46,24 @@ def add_model_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
 
 
+def add_backend_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--backend",
+        metavar="URL",
+        help="answer from another OpenAI-compatible server (vLLM, SGLang, llama-server...) at this /v1 URL; "
+        "nothing loads here (env QWEN_BACKEND)",
+    )
+    parser.add_argument("--backend-api-key", help="key the backend requires (env QWEN_BACKEND_API_KEY)")
+    parser.add_argument("--backend-api-key-file", help="file holding the backend's key (not visible in ps)")
+    parser.add_argument("--backend-model", help="model to ask the backend for (default: the first it lists)")
+    parser.add_argument(
+        "--backend-precision", help="the backend's precision, as you know it (e.g. fp8); shown, never guessed"
+    )
+
+
 def add_serve_flags(parser: argparse.ArgumentParser) -> None:
     add_model_flags(parser)
+    add_backend_flags(parser)
     parser.add_argument("--host", help="interface to listen on (default 127.0.0.1; 0.0.0.0 serves the LAN)")
     parser.add_argument("--port", type=int, help="web UI port (default 7860)")
     parser.add_argument("--api-port", type=int, help="API port (default 8000; 0 turns the API off)")
@@ -109,6 +126,11 @@ SETTING_FLAGS = (
     "system_prompt",
     "prefix_cache_tokens",
     "served_model_name",
+    "backend",
+    "backend_api_key",
+    "backend_api_key_file",
+    "backend_model",
+    "backend_precision",
 )
 
 
@@ -120,6 +142,7 @@ def secrets_on_the_command_line(args: argparse.Namespace) -> list[str]:
         for flag, variable, value in (
             ("--auth", "QWEN_AUTH", getattr(args, "auth", None)),
             ("--api-key", "QWEN_API_KEY", getattr(args, "api_key", None)),
+            ("--backend-api-key", "QWEN_BACKEND_API_KEY", getattr(args, "backend_api_key", None)),
         )
         if value is not None
     ]
@@ -146,6 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="start with thinking on (the default, as in the web chat) or off (--no-think); /think, /no_think switch",
     )
     chat.add_argument("--system-prompt", help="system prompt")
+    add_backend_flags(chat)
 
     make = commands.add_parser("make-model", help="write a generated Qwen3 checkpoint")
     make.add_argument("out", type=Path)
@@ -186,6 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
     doctor = commands.add_parser("doctor", help="check the machine and a checkpoint")
     add_model_flags(doctor)
     doctor.add_argument("--load", action="store_true", help="also load the model and run the probe forward")
+    add_backend_flags(doctor)
     return parser
 
 
@@ -272,6 +297,10 @@ def run_batch_command(args: argparse.Namespace, settings: Settings, model: str) 
 
 
 def run_doctor_command(args: argparse.Namespace, settings: Settings, model: str) -> int:
+    if settings.backend:
+        from .doctor_remote import run_remote_doctor
+
+        return run_remote_doctor(settings)
     from .doctor import run_doctor
 
     return run_doctor(model, settings.device, args.precision, load=args.load)

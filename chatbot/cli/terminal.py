@@ -3,7 +3,8 @@
 Thinking is on by default, as in the web chat (``--no-think`` starts with it off). Commands, typed
 alone on a line: /think and /no_think switch thinking for the next messages, /clear forgets the
 history, /help lists the commands, /quit (or Ctrl-D) leaves. Inside a message, /think or /no_think
-switches thinking for that message only (Qwen3's own soft switch).
+switches thinking for that message only (Qwen3's own soft switch). With ``--backend URL`` the
+replies come from that OpenAI-compatible server instead of a model loaded here.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import sys
 
 from ..chat.bot import Qwen3ChatBot
+from ..chat.remote import RemoteBackend
 from ..chat.reply import AnswerDelta, ChatDone, Loading, ThinkingDelta
 from ..engine.engine import ChatEngine
 from ..errors import ChatbotError
@@ -27,7 +29,12 @@ HELP = """Commands (alone on a line):
 
 
 def chat_loop(model: str, settings: Settings, think: bool = True) -> int:
-    engine = ChatEngine.from_settings(settings, model)
+    engine: ChatEngine | RemoteBackend
+    if settings.backend:
+        engine = RemoteBackend.from_settings(settings)
+        model = settings.backend
+    else:
+        engine = ChatEngine.from_settings(settings, model)
     try:
         return _converse(engine, model, settings, think)
     finally:
@@ -36,7 +43,7 @@ def chat_loop(model: str, settings: Settings, think: bool = True) -> int:
         engine.close()
 
 
-def _converse(engine: ChatEngine, model: str, settings: Settings, think: bool) -> int:
+def _converse(engine: ChatEngine | RemoteBackend, model: str, settings: Settings, think: bool) -> int:
     bot = Qwen3ChatBot(engine=engine, system_prompt=settings.system_prompt, load="background")
     print(f"Chatting with {model}. Type /help for the commands.")
     try:
@@ -44,7 +51,7 @@ def _converse(engine: ChatEngine, model: str, settings: Settings, think: bool) -
     except ChatbotError as exc:
         print(f"error: {exc}")
         return 1
-    print(f"{DIM}{bot.precision.summary()}{RESET}")
+    print(f"{DIM}{bot.describe()}{RESET}")
     print(f"{DIM}Thinking is {'on' if think else 'off'} (/think, /no_think).{RESET}")
     while True:
         try:

@@ -16,8 +16,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from ..chat.remote import RemoteBackend
 from ..engine.engine import ChatEngine
-from ..errors import ContextLengthError, GenerationError, InvalidRequestError, QueueFullError
+from ..errors import BackendError, ContextLengthError, GenerationError, InvalidRequestError, QueueFullError
 from .api_models import ErrorResponse
 
 log = logging.getLogger(__name__)
@@ -62,7 +63,7 @@ def one_line(exc: BaseException) -> str:
     return str(exc).replace("\nFix: ", " Fix: ")
 
 
-def api_error_from(exc: BaseException, engine: ChatEngine) -> APIError:
+def api_error_from(exc: BaseException, engine: ChatEngine | RemoteBackend) -> APIError:
     """The HTTP status and OpenAI error for an error raised while answering a request."""
     if isinstance(exc, APIError):
         return exc
@@ -78,6 +79,8 @@ def api_error_from(exc: BaseException, engine: ChatEngine) -> APIError:
             code="queue_full",
             headers={"Retry-After": str(exc.retry_after)},
         )
+    if isinstance(exc, BackendError):  # the remote server (--backend): 502 for its errors, 503 unreachable
+        return APIError(exc.status, one_line(exc), type="server_error", code=exc.code)
     if engine.status == "failed":
         return APIError(
             503,

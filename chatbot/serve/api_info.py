@@ -11,14 +11,18 @@ import torch
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse
 
+from ..chat.remote import RemoteBackend
 from .api_errors import ERROR_RESPONSES, APIError, one_line
 from .api_keys import has_key
 from .api_models import ErrorResponse, Health, ModelCard, ModelList
 from .app_state import App
+from .remote_view import remote_health
 
 
 def health_body(app: App) -> dict[str, Any]:
     engine = app.engine
+    if isinstance(engine, RemoteBackend):
+        return remote_health(app, engine)
     loaded = engine.loaded
     status = {"ready": "ready", "failed": "failed"}.get(engine.status, "loading")
     stage, fraction = engine.progress.snapshot()
@@ -40,8 +44,16 @@ def health_body(app: App) -> dict[str, Any]:
     }
 
 
-def model_card(name: str, created: int) -> dict[str, Any]:
-    return {"id": name, "object": "model", "created": created, "owned_by": "qwen3-chat"}
+def model_card(name: str, created: int, max_model_len: int | None = None) -> dict[str, Any]:
+    """One model as vLLM lists it: ``max_model_len`` is the context window (null until it is known)."""
+    return {"id": name, "object": "model", "created": created, "owned_by": "qwen3-chat", "max_model_len": max_model_len}
+
+
+def context_window(app: App) -> int | None:
+    """The loaded model's context, or the one a remote server reported."""
+    if isinstance(app.engine, RemoteBackend):
+        return app.engine.info().max_model_len
+    return app.engine.loaded.max_context if app.engine.loaded is not None else None
 
 
 def add_info_routes(app: App, api: FastAPI, v1: APIRouter) -> None:
@@ -56,7 +68,7 @@ def add_info_routes(app: App, api: FastAPI, v1: APIRouter) -> None:
         summary="The served model",
     )
     async def list_models() -> dict[str, Any]:
-        return {"object": "list", "data": [model_card(app.model_name, started)]}
+        return {"object": "list", "data": [model_card(app.model_name, started, context_window(app))]}
 
     @v1.api_route(
         "/models/{model_id:path}",
@@ -72,7 +84,7 @@ def add_info_routes(app: App, api: FastAPI, v1: APIRouter) -> None:
                 f"Model {model_id!r} is not served here; this server has {app.model_name!r}.",
                 code="model_not_found",
             )
-        return model_card(app.model_name, started)
+        return model_card(app.model_name, started, context_window(app))
 
     @api.api_route(
         "/health",

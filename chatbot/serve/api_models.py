@@ -391,6 +391,7 @@ class ModelCard(BaseModel):
     object: Literal["model"] = "model"
     created: int
     owned_by: str = "qwen3-chat"
+    max_model_len: int | None = Field(None, description="The context window in tokens, as vLLM reports it.")
 
 
 class ModelList(BaseModel):
@@ -416,4 +417,11 @@ class Health(BaseModel):
         "(anything running).",
     )
     load: dict[str, str | float] | None = Field(None, description="stage and fraction of the model load.")
-    error: str | None = Field(None, description="Why loading failed (status failed).")
+    error: str | None = Field(
+        None, description="Why loading failed (status failed), or why the backend is unreachable."
+    )
+    backend: dict[str, Any] | None = Field(
+        None,
+        description="With --backend: url, model, models, max_model_len (when reported), reachable, error, checked_at, "
+        "retry_in, round_trip_seconds, precision (only as stated with --backend-precision).",
+    )

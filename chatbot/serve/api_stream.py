@@ -22,6 +22,7 @@ from typing import Any
 
 from fastapi import Request
 
+from ..chat.remote import RemoteBackend
 from ..chat.reply import AnswerDelta, ChatDone, ChatEvent, Loading, ThinkingDelta, ToolCallDelta, stream_reply
 from ..engine.engine import ChatEngine
 from ..errors import ChatbotError
@@ -45,7 +46,7 @@ class ReplyStream:
     generation within one model step and frees the model for the next request.
     """
 
-    def __init__(self, engine: ChatEngine, request: ChatCompletionRequest, client: str) -> None:
+    def __init__(self, engine: ChatEngine | RemoteBackend, request: ChatCompletionRequest, client: str) -> None:
         self.engine = engine
         self._cancel = threading.Event()
         self._loop = asyncio.get_running_loop()

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from ..authoring.modelgen import ensure_demo_model
+from ..chat.remote import RemoteBackend
 from ..engine.engine import ChatEngine
 from ..model.checkpoint import inspect_checkpoint, resolve_checkpoint
 from ..settings import Settings
@@ -35,17 +36,20 @@ API_CONNECTION_LIMIT = 1000
 
 def configure_logging(level: str) -> None:
     logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for noisy in ("httpx", "httpcore", "urllib3", "huggingface_hub"):
+    for noisy in ("httpx", "httpx2", "httpcore", "urllib3", "huggingface_hub"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     log_limits.install()
 
 
 def create_app(settings: Settings) -> App:
-    """Locate the checkpoint (fail fast), create the engine and start loading in the background.
+    """Locate the checkpoint (fail fast), create the engine and start loading in the background
+    (with ``--backend``: connect to the remote server instead).
 
     Raises:
         CheckpointError, ModelUnavailableError: the model cannot be found or is broken.
     """
+    if settings.backend:
+        return create_remote_app(settings)
     if settings.threads:
         torch.set_num_threads(settings.threads)
     source = str(ensure_demo_model()) if settings.demo else settings.model
@@ -54,6 +58,21 @@ def create_app(settings: Settings) -> App:
     engine = ChatEngine.from_settings(settings, source)
     engine.start_loading()
     return App(settings, engine, served_name(settings))
+
+
+def create_remote_app(settings: Settings) -> App:
+    """The app in front of the OpenAI-compatible server at ``--backend``: nothing loads here.
+
+    The server's first answer is awaited a few seconds (so the page shows its model's name); an
+    unreachable server does not stop the start: the app keeps retrying and says so.
+    """
+    backend = RemoteBackend.from_settings(settings)
+    info = backend.load()
+    if info.reachable:
+        log.info("Answering from %s", backend.summary())
+    else:
+        log.warning("The model server at %s is not reachable yet; retrying with backoff: %s", info.url, info.error)
+    return App(settings, backend, served_name(settings))
 
 
 def exposure_warning(settings: Settings) -> str | None:

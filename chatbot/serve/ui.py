@@ -32,6 +32,7 @@ from typing import Any
 
 import gradio as gr
 
+from ..chat.remote import RemoteBackend
 from ..chat.reply import Conversation
 from ..engine.sampling import DEFAULT_MAX_NEW_TOKENS, NON_THINKING_DEFAULTS, THINKING_DEFAULTS
 from .app_state import App
@@ -42,6 +43,7 @@ from .ui_session import new_chat_id, storage_secret
 
 log = logging.getLogger(__name__)
 ASSETS = Path(__file__).resolve().parents[2] / "assets"
+REMOTE_BADGE_SECONDS = 2.0  # how often the page asks about a remote server's reachability
 MAX_SLIDER_TOKENS = 32768  # until the model is loaded and its context is known
 # All four delimiters Qwen3 writes; "$$" before "$" so that display math is not read as two inline ones.
 LATEX_DELIMITERS = [
@@ -303,7 +305,9 @@ def build_ui(app: App) -> gr.Blocks:
                 "✎ Edit last", size="sm", variant="secondary", scale=0, min_width=100, elem_id="qc-edit"
             )
             clear_button = gr.Button("✕ Clear", size="sm", variant="secondary", scale=0, min_width=80)
-        timer = gr.Timer(0.5, active=app.engine.status != "ready")
+        # The badge follows the load, and a remote server's reachability for as long as the page is open.
+        remote = isinstance(app.engine, RemoteBackend)
+        timer = gr.Timer(REMOTE_BADGE_SECONDS if remote else 0.5, active=remote or app.engine.status != "ready")
 
         chat_states = [conversation, chat_id, title]
         meter_inputs = [message_box, system_prompt, thinking, max_new_tokens, conversation]

@@ -21,6 +21,7 @@ from typing import Any
 import gradio as gr
 
 from ..chat.prompt import encode, normalize_messages
+from ..chat.remote import RemoteBackend
 from ..chat.reply import AnswerDelta, ChatEvent, Conversation, Loading, QueuePosition, ThinkingDelta, Turn, stream_reply
 from ..engine.sampling import DEFAULT_MAX_NEW_TOKENS, NON_THINKING_DEFAULTS, THINKING_DEFAULTS
 from ..errors import ChatbotError
@@ -79,8 +80,11 @@ class ChatHandlers:
     # --- replies ------------------------------------------------------------------------------------------
 
     def max_new_tokens_limit(self) -> int | None:
-        loaded = self.app.engine.loaded
-        return max_new_tokens_bound(loaded.max_context) if loaded is not None else None
+        engine = self.app.engine
+        if isinstance(engine, RemoteBackend):  # the context a remote server reported, if it did
+            context = engine.info().max_model_len
+            return max_new_tokens_bound(context) if context else None
+        return max_new_tokens_bound(engine.loaded.max_context) if engine.loaded is not None else None
 
     def send(
         self,
@@ -502,7 +506,8 @@ class ChatHandlers:
 
     def poll_model_status(self, max_new_tokens: float, min_new_tokens: float) -> tuple[Any, ...]:
         """The badge, the timer switched off once loading has ended, and the bounded token sliders."""
-        loading = self.app.engine.status in ("loading", "not loaded")
+        engine = self.app.engine
+        loading = engine.status in ("loading", "not loaded") or isinstance(engine, RemoteBackend)
         sliders = self.max_tokens_controls(max_new_tokens, min_new_tokens)
         return self.model_status(), gr.Timer(active=loading), *sliders
 

@@ -20,8 +20,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..chat.remote import RemoteBackend
 from ..chat.reply import AnswerDelta, ChatDone, ChatEvent, Conversation, Loading, QueuePosition, ThinkingDelta, Turn
 from ..engine.engine import ChatEngine
+from .remote_view import remote_badge_html
 from .ui_versions import version_nav
 
 STATS_CLASS = "qc-stats"
@@ -293,8 +295,10 @@ def format_bytes(size: int) -> str:
     return f"{size} B"
 
 
-def badge_html(engine: ChatEngine, *, demo: bool) -> str:
+def badge_html(engine: ChatEngine | RemoteBackend, *, demo: bool) -> str:
     """The precision badge: mode, reason, device and weights' memory; progress while loading."""
+    if isinstance(engine, RemoteBackend):
+        return remote_badge_html(engine)
     status = engine.status
     loaded = engine.loaded
     demo_note = ""
