@@ -5,6 +5,7 @@ headless Chromium. Run: ``.venv/bin/python -m pytest tests/test_security.py -q``
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -295,3 +296,46 @@ def test_connections_that_never_finish_their_request_are_closed_and_others_still
         for sock in idle + partial:
             sock.close()
     assert httpx.get(demo_app.api_url + "/health", timeout=30).status_code == 200
+
+
+def test_another_client_with_the_victims_session_hash_can_neither_read_nor_stop(demo_app: RunningApp) -> None:
+    """The session hash travels in the clear; knowing it is no longer enough: the session belongs to the
+    browser (its HttpOnly cookie) that first used it."""
+    from gradio_client import Client
+
+    victim = Client(demo_app.ui_url, verbose=False)
+    victim.predict(message="my bank PIN is 4242", enable_thinking=False, api_name="/chat")
+    long_reply = victim.submit(
+        message="and a long story", enable_thinking=False, max_new_tokens=256, min_new_tokens=256, api_name="/chat"
+    )
+    hash_ = victim.session_hash
+
+    thief = Client(demo_app.ui_url, verbose=False)  # a real client with its own cookie, and the victim's hash
+    thief.session_hash = hash_
+    for endpoint in ("/export_conversation", "/stop"):
+        with pytest.raises(httpx.HTTPStatusError, match="403 Forbidden"):
+            thief.submit(api_name=endpoint).result(timeout=WAIT_LIMIT_SECONDS)
+    cookie = dict(thief.cookies)
+    config = httpx.get(demo_app.ui_url + "/config", timeout=30).json()
+    export_fn = next(d["id"] for d in config["dependencies"] if d.get("api_name") == "export_conversation")
+    for jar in (cookie, {}):  # with a cookie of its own, and with none
+        attempts = [
+            ("GET", f"/gradio_api/heartbeat/{hash_}", None),  # closing it would stop the reply (unload)
+            ("GET", f"/gradio_api/queue/data?session_hash={hash_}", None),  # the reply as it streams
+            ("GET", f"/gradio_api/deep_link?session_hash={hash_}", None),  # a dump of the page's state
+            ("POST", "/gradio_api/cancel", {"session_hash": hash_, "fn_index": export_fn, "event_id": "x"}),
+            ("POST", "/gradio_api/queue/join", {"session_hash": hash_, "fn_index": export_fn, "data": []}),
+            ("POST", "/gradio_api/run/stop", {"session_hash": hash_, "data": []}),
+        ]
+        for method, path, body in attempts:
+            # Streamed: a heartbeat or a queue stream that is let through would never end.
+            with httpx.stream(method, demo_app.ui_url + path, json=body, cookies=jar, timeout=30) as response:
+                assert response.status_code == 403, (path, bool(jar), response.status_code)
+                assert "browser" in json.loads(response.read())["error"]["message"]
+    assert "4242" not in demo_app.log()  # refusals do not log what they protect
+
+    _, _, _, record = long_reply.result(timeout=WAIT_LIMIT_SECONDS)
+    assert json.loads(record)["messages"][-1]["stats"]["finish_reason"] == "length"  # not stopped by the thief
+    exported = Path(victim.predict(api_name="/export_conversation")).read_text(encoding="utf-8")
+    assert "my bank PIN is 4242" in exported  # the owner still reads it
+    assert "belongs to another browser" in demo_app.log()

@@ -34,6 +34,7 @@ from ..chat.reply import Conversation
 from ..engine.sampling import DEFAULT_MAX_NEW_TOKENS, NON_THINKING_DEFAULTS, THINKING_DEFAULTS
 from .app_state import App
 from .security import ui_middleware
+from .session_owner import SessionOwnership, cookie_key
 from .ui_handlers import ChatHandlers
 from .ui_render import ESCAPED_TAGS
 from .ui_session import new_chat_id, storage_secret
@@ -464,6 +465,14 @@ def restore_settings(saved: Any) -> tuple[Any, ...]:
     return tuple(saved[name] if name in saved else gr.skip() for name in SETTING_NAMES)
 
 
+def page_middleware(app: App) -> list:
+    """The door's middleware (Host/Origin, sizes, login), then each session's owner check innermost."""
+    from starlette.middleware import Middleware
+
+    owner = Middleware(SessionOwnership, key=cookie_key(storage_secret()))
+    return [*ui_middleware(app.settings), owner]
+
+
 def launch_ui(app: App) -> None:
     """Serve the page on ``app.settings.host:port`` until interrupted (login when auth is set)."""
     demo = build_ui(app)
@@ -495,6 +504,6 @@ def launch_ui(app: App) -> None:
         ssr_mode=False,
         show_error=True,
         quiet=True,
-        app_kwargs={"middleware": ui_middleware(app.settings)},
+        app_kwargs={"middleware": page_middleware(app)},
         max_file_size=int(app.settings.max_upload_mb * 2**20),
     )
