@@ -339,3 +339,39 @@ def test_another_client_with_the_victims_session_hash_can_neither_read_nor_stop(
     exported = Path(victim.predict(api_name="/export_conversation")).read_text(encoding="utf-8")
     assert "my bank PIN is 4242" in exported  # the owner still reads it
     assert "belongs to another browser" in demo_app.log()
+
+
+@pytest.fixture(scope="module")
+def capped_app(random_fp8: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningApp]:
+    # A time limit no reply can meet on any machine: every reply is cut by it after a token or a few.
+    args = ["--model", str(random_fp8), "--max-new-tokens-cap", "64", "--max-generation-seconds", "0.001"]
+    app = start_app(args, tmp_path_factory.mktemp("capped") / "capped.log")
+    try:
+        yield app
+    finally:
+        stop_app(app)
+
+
+def test_the_server_caps_tokens_and_time_per_reply_for_the_api_and_the_web_chat(capped_app: RunningApp) -> None:
+    import openai
+    from gradio_client import Client
+
+    client = openai.OpenAI(base_url=capped_app.api_url + "/v1", api_key="x", max_retries=0)
+    hello = [{"role": "user", "content": "Hi"}]
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.chat.completions.create(model="m", messages=hello, max_tokens=65)
+    assert refused.value.body["param"] == "max_tokens" and "--max-new-tokens-cap" in refused.value.body["message"]
+    # Within the cap, and with no max_tokens at all (the room left, cut to the cap): served, and cut by the clock.
+    for asked in ({"max_tokens": 64, "extra_body": {"min_tokens": 64}}, {"extra_body": {"min_tokens": 64}}):
+        reply = client.chat.completions.create(model="m", messages=hello, **asked)
+        assert reply.choices[0].finish_reason == "length" and reply.usage.completion_tokens < 64, asked
+    capped_app.wait_for_log("stopped at the time limit")
+    assert "(--max-generation-seconds)" in capped_app.log()
+
+    page = Client(capped_app.ui_url, verbose=False)  # the web chat asks for more than the cap: it is cut to it
+    _, _, notice, record = page.predict(
+        message="Hi", enable_thinking=False, max_new_tokens=4000, min_new_tokens=4000, api_name="/chat"
+    )
+    stats = json.loads(record)["messages"][-1]["stats"]
+    assert notice == "" and stats["finish_reason"] == "length" and stats["time_limited"] and stats["new_tokens"] < 64
+    assert capped_app.process.poll() is None

@@ -64,6 +64,16 @@ def add_serve_flags(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--max-upload-mb", type=float, help="largest file the web page accepts (default 10)")
     parser.add_argument("--max-request-mb", type=float, help="largest request body either server reads (default 8)")
+    parser.add_argument(
+        "--max-new-tokens-cap",
+        type=int,
+        help="most tokens one reply may generate; the API refuses more with a 400 (default 16384)",
+    )
+    parser.add_argument(
+        "--max-generation-seconds",
+        type=float,
+        help="longest one reply may generate, in seconds; it then ends with finish_reason length (default 600)",
+    )
     parser.add_argument("--queue-size", type=int, help="requests that may wait for the model (default 16)")
     parser.add_argument(
         "--max-batch", type=int, help="requests generated at once (default: 4 on CPU, 32 on a GPU; 1 = one at a time)"
@@ -102,6 +112,8 @@ SETTING_FLAGS = (
     "cors_origins",
     "max_upload_mb",
     "max_request_mb",
+    "max_new_tokens_cap",
+    "max_generation_seconds",
     "queue_size",
     "max_batch",
     "client_limit",

@@ -68,8 +68,12 @@ class ChatHandlers:
     # --- replies ------------------------------------------------------------------------------------------
 
     def max_new_tokens_limit(self) -> int | None:
+        """The most "Max new tokens" can be: the context less room for a prompt, within the server's cap."""
         loaded = self.app.engine.loaded
-        return max_new_tokens_bound(loaded.max_context) if loaded is not None else None
+        if loaded is None:
+            return None
+        bound = max_new_tokens_bound(loaded.max_context)
+        return min(bound, self.app.engine.max_new_tokens_cap or bound)
 
     def send(
         self,
