@@ -277,25 +277,27 @@ def test_a_flood_of_one_log_message_is_cut_short_and_counted(monkeypatch) -> Non
     assert guard.filter(summary) and "[997 similar messages dropped]" in summary.getMessage()
 
 
+@pytest.mark.parametrize("port", ["api", "ui"])
 def test_connections_that_never_finish_their_request_are_closed_and_others_still_served(
-    demo_app: RunningApp,
+    demo_app: RunningApp, port: str
 ) -> None:
     import socket
 
-    host, port = "127.0.0.1", int(demo_app.api_url.rsplit(":", 1)[1])
-    idle = [socket.create_connection((host, port), timeout=5) for _ in range(200)]
-    partial = [socket.create_connection((host, port), timeout=5) for _ in range(50)]
+    base, path = (demo_app.api_url, "/health") if port == "api" else (demo_app.ui_url, "/config")
+    host, number = "127.0.0.1", int(base.rsplit(":", 1)[1])
+    idle = [socket.create_connection((host, number), timeout=5) for _ in range(200)]
+    partial = [socket.create_connection((host, number), timeout=5) for _ in range(50)]
     try:
         for sock in partial:
-            sock.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")  # headers never finished
-        assert httpx.get(demo_app.api_url + "/health", timeout=30).status_code == 200  # others are served
+            sock.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ".encode())  # headers never finished
+        assert httpx.get(base + path, timeout=30).status_code == 200  # others are served
         for sock in idle + partial:  # each is closed by the server (recv gives b"") within the bound
             sock.settimeout(WAIT_LIMIT_SECONDS)
             assert sock.recv(1024) == b""
     finally:
         for sock in idle + partial:
             sock.close()
-    assert httpx.get(demo_app.api_url + "/health", timeout=30).status_code == 200
+    assert httpx.get(base + path, timeout=30).status_code == 200
 
 
 def test_another_client_with_the_victims_session_hash_can_neither_read_nor_stop(demo_app: RunningApp) -> None:

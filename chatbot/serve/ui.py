@@ -35,6 +35,7 @@ from ..engine.sampling import DEFAULT_MAX_NEW_TOKENS, NON_THINKING_DEFAULTS, THI
 from .app_state import App
 from .security import ui_middleware
 from .session_owner import SessionOwnership, cookie_key
+from .slow_clients import deadline_by_default
 from .ui_handlers import ChatHandlers
 from .ui_render import ESCAPED_TAGS
 from .ui_session import new_chat_id, storage_secret
@@ -484,6 +485,7 @@ def launch_ui(app: App) -> None:
         " (login required)" if app.settings.auth else "",
     )
     script = (ASSETS / "chat.js").read_text(encoding="utf-8")
+    deadline_by_default()  # Gradio's own uvicorn closes connections that never finish their headers, too
     demo.launch(
         server_name=app.settings.host,
         server_port=app.settings.port,
