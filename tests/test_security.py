@@ -377,3 +377,23 @@ def test_the_server_caps_tokens_and_time_per_reply_for_the_api_and_the_web_chat(
     stats = json.loads(record)["messages"][-1]["stats"]
     assert notice == "" and stats["finish_reason"] == "length" and stats["time_limited"] and stats["new_tokens"] < 64
     assert capped_app.process.poll() is None
+
+
+def test_an_import_larger_than_a_chat_may_be_is_refused_with_a_message(demo_app: RunningApp, tmp_path: Path) -> None:
+    import psutil
+    from gradio_client import Client, handle_file
+
+    page = Client(demo_app.ui_url, verbose=False)
+    big = {"format": "qwen3-chat-conversation", "title": "huge", "messages": []}
+    big["messages"] = [{"role": "user", "content": "x" * 2**20}, {"role": "assistant", "content": "y" * 2**20}] * 2
+    path = tmp_path / "huge.json"
+    path.write_text(json.dumps(big), encoding="utf-8")  # 4 MB: under the upload limit, over the chat limit (2 MB)
+    process = psutil.Process(demo_app.process.pid)
+    before = process.memory_info().rss
+    chat, notice, *_ = page.predict(handle_file(str(path)), api_name="/import_conversation")
+    assert "--max-chat-mb" in notice and "4.0 MB" in notice and chat == {"__type__": "update"}
+    assert process.memory_info().rss - before < 100 * 2**20
+    big["messages"] = [{"role": "user", "content": "small"}, {"role": "assistant", "content": "fine"}]
+    path.write_text(json.dumps(big), encoding="utf-8")
+    chat, notice, *_ = page.predict(handle_file(str(path)), api_name="/import_conversation")
+    assert notice == "" and len(chat) == 2  # a chat within the limit is imported as before

@@ -63,6 +63,10 @@ def add_serve_flags(parser: argparse.ArgumentParser) -> None:
         help="web origins allowed to call the API from a browser, comma-separated (env QWEN_CORS_ORIGINS)",
     )
     parser.add_argument("--max-upload-mb", type=float, help="largest file the web page accepts (default 10)")
+    parser.add_argument(
+        "--max-chat-mb", type=float, help="largest chat the server holds for a tab: imported, opened (default 2)"
+    )
+    parser.add_argument("--max-sessions", type=int, help="web chat tabs whose chat the server holds (default 10000)")
     parser.add_argument("--max-request-mb", type=float, help="largest request body either server reads (default 8)")
     parser.add_argument(
         "--max-new-tokens-cap",
@@ -112,6 +116,8 @@ SETTING_FLAGS = (
     "cors_origins",
     "max_upload_mb",
     "max_request_mb",
+    "max_chat_mb",
+    "max_sessions",
     "max_new_tokens_cap",
     "max_generation_seconds",
     "queue_size",

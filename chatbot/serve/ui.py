@@ -438,7 +438,7 @@ def build_ui(app: App) -> gr.Blocks:
         demo.load(
             handlers.restore,
             [read_record, message_box, system_prompt],
-            [chat, system_prompt, conversation, chat_id, title, message_box],
+            [chat, system_prompt, conversation, chat_id, title, message_box, notice],
             js=JS_RESTORE,
             **private,
         ).then(handlers.chat_list, [chat_index, chat_id], chats.chats, js=JS_INDEX, queue=False, **private).then(
@@ -508,4 +508,5 @@ def launch_ui(app: App) -> None:
         quiet=True,
         app_kwargs={"middleware": page_middleware(app)},
         max_file_size=int(app.settings.max_upload_mb * 2**20),
+        state_session_capacity=app.settings.max_sessions,  # beyond: the least recently used tab's chat is let go
     )

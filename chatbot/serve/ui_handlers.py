@@ -28,6 +28,7 @@ from .ui_render import LiveReply, badge_html, conversation_messages, user_messag
 from .ui_session import (
     StopSignals,
     add_version,
+    check_chat_size,
     from_saved_form,
     is_mode_default,
     max_new_tokens_bound,
@@ -279,6 +280,7 @@ class ChatHandlers:
             return gr.skip(), conversation, gr.skip(), gr.skip(), notice, gr.skip()
         self.stops.stop_and_wait(request.session_hash, STOP_WAIT_SECONDS, detach=True)
         try:
+            check_chat_size(record, self.app.settings.max_chat_mb, saved)
             opened = from_saved_form(record, "")
         except ChatbotError as error:
             return gr.skip(), conversation, gr.skip(), gr.skip(), notice_html(error), gr.skip()
@@ -334,6 +336,8 @@ class ChatHandlers:
         try:
             data = json.loads(Path(file).read_text(encoding="utf-8"))
             items = data["chats"] if isinstance(data, dict) and data.get("format") == ARCHIVE_FORMAT else [data]
+            for item in items:  # each chat is held by the server when opened: none may be over the limit
+                check_chat_size(item, self.app.settings.max_chat_mb)
             opened = [from_saved_form(item, system_prompt.strip()) for item in items]
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             error = ChatbotError(f"The file is not valid JSON ({exc}).", fix="Import a file made by Export.")
@@ -363,10 +367,22 @@ class ChatHandlers:
     def restore(self, saved: str, draft: str, system_prompt: str) -> tuple[Any, ...]:
         """On page load: this tab's chat (kept in the browser, as JSON) and its unsent text, or a fresh chat.
 
-        Outputs: chat, system prompt, conversation, chat id, title, message box.
+        Outputs: chat, system prompt, conversation, chat id, title, message box, notice.
         """
         record = from_text(saved)
         if isinstance(record, dict) and record.get("id"):
+            try:
+                check_chat_size(record, self.app.settings.max_chat_mb, saved)
+            except ChatbotError as error:  # the chat stays in the browser; this tab starts a new one
+                return (
+                    [],
+                    gr.skip(),
+                    Conversation(system_prompt.strip()),
+                    new_chat_id(),
+                    "",
+                    draft or "",
+                    notice_html(error),
+                )
             try:
                 conversation = from_saved_form(record, system_prompt.strip())
                 title = str(record.get("title") or "")
@@ -377,10 +393,11 @@ class ChatHandlers:
                     str(record["id"]),
                     title,
                     draft or "",
+                    "",
                 )
             except ChatbotError:
                 pass  # storage from an older version: start afresh
-        return [], gr.skip(), Conversation(system_prompt.strip()), new_chat_id(), "", draft or ""
+        return [], gr.skip(), Conversation(system_prompt.strip()), new_chat_id(), "", draft or "", ""
 
     def chat_list(self, index_text: str, chat_id: str) -> Any:
         """The sidebar's list from the page's index of saved chats (JSON [[title, id], ...], newest first)."""
