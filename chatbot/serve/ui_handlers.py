@@ -19,7 +19,7 @@ from typing import Any
 
 import gradio as gr
 
-from ..chat.prompt import encode, normalize_messages
+from ..chat.prompt import could_fit, encode, normalize_messages
 from ..chat.reply import AnswerDelta, ChatEvent, Conversation, Loading, QueuePosition, ThinkingDelta, Turn, stream_reply
 from ..engine.sampling import DEFAULT_MAX_NEW_TOKENS, NON_THINKING_DEFAULTS, THINKING_DEFAULTS
 from ..errors import ChatbotError
@@ -416,6 +416,9 @@ class ChatHandlers:
         probe = Conversation(system_prompt.strip(), conversation.turns)
         try:
             messages = normalize_messages(probe.messages_with(message if message.strip() else "…"))
+            if not could_fit(messages, loaded.max_context):  # certainly over: no tokenizing on each keystroke
+                over = "over the context window · oldest turns will be left out"
+                return f'<span class="qc-meter qc-meter-over">{over}</span>'
             used = len(encode(loaded.tokenizer, messages, enable_thinking))
         except ChatbotError as error:
             return f'<span class="qc-meter qc-meter-over">{html.escape(error.message)}</span>'
