@@ -328,6 +328,8 @@ def test_another_client_with_the_victims_session_hash_can_neither_read_nor_stop(
             ("POST", "/gradio_api/cancel", {"session_hash": hash_, "fn_index": export_fn, "event_id": "x"}),
             ("POST", "/gradio_api/queue/join", {"session_hash": hash_, "fn_index": export_fn, "data": []}),
             ("POST", "/gradio_api/run/stop", {"session_hash": hash_, "data": []}),
+            # its own (fresh) session in the query does not vouch for the victim's in the body
+            ("POST", "/gradio_api/queue/join?session_hash=thiefs-own", {"session_hash": hash_, "fn_index": export_fn}),
         ]
         for method, path, body in attempts:
             # Streamed: a heartbeat or a queue stream that is let through would never end.
@@ -397,3 +399,17 @@ def test_an_import_larger_than_a_chat_may_be_is_refused_with_a_message(demo_app:
     path.write_text(json.dumps(big), encoding="utf-8")
     chat, notice, *_ = page.predict(handle_file(str(path)), api_name="/import_conversation")
     assert notice == "" and len(chat) == 2  # a chat within the limit is imported as before
+
+
+def test_a_cookie_is_ours_only_when_signed_with_our_key() -> None:
+    from chatbot.serve.session_owner import SessionOwnership, cookie_key
+
+    owner = SessionOwnership(None, cookie_key("one secret"))
+    token = owner.new_token()
+
+    def browser(value: str, key: str = "qwen3-chat-browser-7860") -> str | None:
+        return owner.browser_of({"headers": [(b"cookie", f"a=1; {key}={value}".encode("latin-1"))]}, key)
+
+    assert browser(token) == token.split(".")[0]
+    assert browser(SessionOwnership(None, cookie_key("another")).new_token()) is None  # planted by another server
+    assert browser(token.split(".")[0] + ".0000") is None and browser("é.é") is None and browser("") is None

@@ -97,7 +97,7 @@ class SessionOwnership:
             for part in value.decode("latin-1").split(";"):
                 key, _, cookie = part.strip().partition("=")
                 token, _, signature = cookie.strip('"').partition(".")
-                if key == cookie_name and token and hmac.compare_digest(signature, self.sign(token)):
+                if key == cookie_name and token and hmac.compare_digest(signature.encode(), self.sign(token).encode()):
                     return token
         return None
 
@@ -118,11 +118,17 @@ class SessionOwnership:
 
     def refusal(self, scope, path: str, body: Any, browser: str | None) -> str | None:
         """Why this request may not touch the session it names (None: it may)."""
-        session = session_named(scope, path, body)
-        if session is UNREAD:
+        sessions = sessions_named(scope, path, body)
+        if not isinstance(sessions, list):
             return "This page does not use that kind of request; send JSON."
-        if not session:
-            return None
+        for session in sessions:
+            problem = self.owner_problem(scope, session, browser)
+            if problem is not None:
+                return problem
+        return None
+
+    def owner_problem(self, scope, session: str, browser: str | None) -> str | None:
+        """Why ``browser`` may not use ``session`` (None: it owns it, or now does as its first user)."""
         if browser is None:
             return (
                 "This request names a chat session but does not come from the browser that owns it (its "
@@ -137,35 +143,37 @@ class SessionOwnership:
                 self.owners.popitem(last=False)
             return None
         self.owners.move_to_end(session)
-        if hmac.compare_digest(owner, browser):
+        if hmac.compare_digest(owner.encode(), browser.encode()):
             return None
         return f"Session {session[:4]}… belongs to another browser: only the page that started a chat can use it."
 
 
-def session_named(scope, path: str, body: Any) -> Any:
-    """The session hash a Gradio API request names ("" when none; UNREAD when its body cannot be read)."""
+def sessions_named(scope, path: str, body: Any) -> list[str] | object:
+    """Every session hash a Gradio API request names, in its path, query and JSON body (UNREAD when its
+    body cannot be read). All of them, not the first found: a query naming the caller's own session must
+    not vouch for a body naming someone else's."""
     rest = path[len(API_PREFIX) :].strip("/").split("/")
-    query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
-    if query.get("session_hash"):  # queue/data, deep_link
-        return query["session_hash"][-1]
     method = scope.get("method")
+    named = parse_qs(scope.get("query_string", b"").decode("latin-1")).get("session_hash", [])  # queue/data...
     if method == "GET" and rest[0] == "heartbeat" and len(rest) == 2:
-        return rest[1]
+        named.append(rest[1])
     if method == "GET" and rest[0] == "stream" and len(rest) >= 3:  # stream/{session}/{run}/...
-        return rest[1]
-    if rest[0] == "stream" and len(rest) in (2, 3):  # POST stream/{event}[/close]
-        return session_of_event(scope, rest[1])
+        named.append(rest[1])
+    if method == "POST" and rest[0] == "stream" and len(rest) in (2, 3):  # stream/{event}[/close]
+        named.append(session_of_event(scope, rest[1]))
     if method == "GET" and rest[0] == "call" and len(rest) >= 3:  # call[/v2]/{api}/{event}
-        return session_of_event(scope, rest[-1])
-    if body is UNREAD:
-        return ""
-    try:
-        data = json.loads(body) if body else None
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        # Gradio's JSON routes refuse it anyway; the component server also takes forms, not used here.
-        return UNREAD if rest[0] == "component_server" else ""
-    session = data.get("session_hash") if isinstance(data, dict) else None
-    return session if isinstance(session, str) else ""
+        named.append(session_of_event(scope, rest[-1]))
+    if body is not UNREAD and body:
+        try:
+            data = json.loads(body)
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            # Gradio's JSON routes refuse it anyway; the component server also takes forms, not used here.
+            if rest[0] == "component_server":
+                return UNREAD
+            data = None
+        session = data.get("session_hash") if isinstance(data, dict) else None
+        named.append(session if isinstance(session, str) else "")
+    return [session for session in named if session]
 
 
 def gradio_queue(scope) -> Any:
