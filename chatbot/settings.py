@@ -48,7 +48,7 @@ class Settings(BaseSettings):
     max_chat_mb: float = Field(
         2.0, gt=0, description="Largest chat the server holds for a tab (imported, opened or restored), in MB."
     )
-    max_sessions: int = Field(10000, ge=1, description="Web chat tabs whose chat the server holds at once.")
+    max_sessions: int = Field(1000, ge=1, description="Web chat tabs whose chat the server holds at once.")
     max_request_mb: float = Field(8.0, gt=0, description="Largest request body either server reads (413 above).")
     max_new_tokens_cap: int = Field(
         16384, ge=1, description="Most tokens one reply may generate (API: asking for more is a 400)."

@@ -349,6 +349,7 @@ def test_another_client_with_the_victims_session_hash_can_neither_read_nor_stop(
 def capped_app(random_fp8: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningApp]:
     # A time limit no reply can meet on any machine: every reply is cut by it after a token or a few.
     args = ["--model", str(random_fp8), "--max-new-tokens-cap", "64", "--max-generation-seconds", "0.001"]
+    args += ["--max-sessions", "2"]
     app = start_app(args, tmp_path_factory.mktemp("capped") / "capped.log")
     try:
         yield app
@@ -413,3 +414,19 @@ def test_a_cookie_is_ours_only_when_signed_with_our_key() -> None:
     assert browser(token) == token.split(".")[0]
     assert browser(SessionOwnership(None, cookie_key("another")).new_token()) is None  # planted by another server
     assert browser(token.split(".")[0] + ".0000") is None and browser("é.é") is None and browser("") is None
+
+
+def test_a_tab_whose_session_was_let_go_is_told_to_reload_and_its_chat_is_not_overwritten(
+    capped_app: RunningApp,
+) -> None:
+    from gradio_client import Client
+
+    tab = Client(capped_app.ui_url, verbose=False)
+    _, chat_id, _, _ = tab.predict(system_prompt="", api_name="/new_chat")  # as the page does when it opens
+    _, _, notice, record = tab.predict(message="Keep me", chat_id=chat_id, api_name="/chat")
+    assert notice == "" and json.loads(record)["id"] == chat_id
+    for _ in range(3):  # newer tabs: the server holds two (--max-sessions 2), so this one is let go
+        Client(capped_app.ui_url, verbose=False).predict(api_name="/model_status")
+    _, box, notice, record = tab.predict(message="Then this", chat_id=chat_id, api_name="/chat")
+    assert "reload the page" in notice and box == "Then this"
+    assert record == {"__type__": "update"}  # nothing is written over the chat the browser keeps

@@ -66,7 +66,7 @@ def add_serve_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--max-chat-mb", type=float, help="largest chat the server holds for a tab: imported, opened (default 2)"
     )
-    parser.add_argument("--max-sessions", type=int, help="web chat tabs whose chat the server holds (default 10000)")
+    parser.add_argument("--max-sessions", type=int, help="web chat tabs whose chat the server holds (default 1000)")
     parser.add_argument("--max-request-mb", type=float, help="largest request body either server reads (default 8)")
     parser.add_argument(
         "--max-new-tokens-cap",

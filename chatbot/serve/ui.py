@@ -30,7 +30,6 @@ from typing import Any
 
 import gradio as gr
 
-from ..chat.reply import Conversation
 from ..engine.sampling import DEFAULT_MAX_NEW_TOKENS, NON_THINKING_DEFAULTS, THINKING_DEFAULTS
 from .app_state import App
 from .security import ui_middleware
@@ -38,7 +37,7 @@ from .session_owner import SessionOwnership, cookie_key
 from .slow_clients import deadline_by_default
 from .ui_handlers import ChatHandlers
 from .ui_render import ESCAPED_TAGS
-from .ui_session import new_chat_id, storage_secret
+from .ui_session import storage_secret
 
 log = logging.getLogger(__name__)
 ASSETS = Path(__file__).resolve().parents[2] / "assets"
@@ -231,12 +230,12 @@ def build_ui(app: App) -> gr.Blocks:
     thinking_default = True
     mode = THINKING_DEFAULTS if thinking_default else NON_THINKING_DEFAULTS
     with gr.Blocks(title="Qwen3 Chat", analytics_enabled=False, fill_height=True) as demo:
-        conversation = gr.State(Conversation(app.settings.system_prompt))
+        conversation = gr.State(handlers.unrestored_conversation())
         title = gr.State("")
         kept_for_undo = gr.State(None)
         settings_store = gr.BrowserState(None, storage_key="qwen3-chat-settings", secret=storage_secret())
         # Hidden values the page's script reads and writes (gr.State stays on the server, out of its reach).
-        chat_id = gr.Textbox(new_chat_id(), visible="hidden", elem_id="qc-chat-id")
+        chat_id = gr.Textbox(handlers.initial_chat_id, visible="hidden", elem_id="qc-chat-id")
         # JSON as text: this tab's chat as saved (written to localStorage on change), imported chats, a saved
         # chat read by the page for the server, and the [[title, id], ...] index of the saved chats.
         record = gr.Textbox("", visible="hidden", elem_id="qc-record")

@@ -65,6 +65,26 @@ class ChatHandlers:
     def __init__(self, app: App) -> None:
         self.app = app
         self.stops = StopSignals()
+        self.initial_chat_id = new_chat_id()  # what a session has before its page restores its chat
+
+    def unrestored_conversation(self) -> Conversation:
+        """The chat a session starts with (Gradio gives each new session a copy), marked as such."""
+        conversation = Conversation(self.app.settings.system_prompt)
+        conversation.unrestored = True  # type: ignore[attr-defined]  # every other Conversation lacks it
+        return conversation
+
+    def session_lost(self, conversation: Conversation, chat_id: str) -> str | None:
+        """A notice when the page shows a chat but the server has only a new session's empty one.
+
+        That happens when Gradio let the session go (more than --max-sessions tabs since) while the tab
+        stayed open; answering from the empty chat would overwrite the chat kept in the browser.
+        """
+        if getattr(conversation, "unrestored", False) and chat_id != self.initial_chat_id:
+            return notice_html(
+                "The server no longer holds this tab's chat (it keeps the chats of at most "
+                f"{self.app.settings.max_sessions} tabs): reload the page. Your chats are kept in this browser."
+            )
+        return None
 
     # --- replies ------------------------------------------------------------------------------------------
 
@@ -94,6 +114,10 @@ class ChatHandlers:
         request: gr.Request,
     ) -> Iterator[tuple[Any, ...]]:
         """Stream the reply to ``message``; outputs (chat, message box, notice, conversation, record)."""
+        lost = self.session_lost(conversation, chat_id)
+        if lost is not None:  # nothing is saved: the browser keeps the chat as it was
+            yield gr.skip(), message, lost, conversation, gr.skip()
+            return
         if not message.strip():
             text = "Type a message first." if not message else "The message is only blank space: type some text."
             yield conversation_messages(conversation), message, notice_html(text), conversation, gr.skip()
@@ -122,6 +146,10 @@ class ChatHandlers:
         request: gr.Request,
     ) -> Iterator[tuple[Any, ...]]:
         """Answer the last message again (the previous answer comes back if this one fails)."""
+        lost = self.session_lost(conversation, chat_id)
+        if lost is not None:
+            yield gr.skip(), gr.skip(), lost, conversation, gr.skip()
+            return
         if len(conversation.turns) < 2:
             notice = notice_html("There is no answer to regenerate yet.")
             yield conversation_messages(conversation), gr.skip(), notice, conversation, gr.skip()
