@@ -46,7 +46,17 @@ class Settings(BaseSettings):
     )
     cors_origins: str = Field("", description="Web origins (https://app.example) allowed to call the API from a page.")
     max_upload_mb: float = Field(10.0, gt=0, description="Largest file the web page accepts (conversation imports).")
+    max_chat_mb: float = Field(
+        2.0, gt=0, description="Largest chat the server holds for a tab (imported, opened or restored), in MB."
+    )
+    max_sessions: int = Field(1000, ge=1, description="Web chat tabs whose chat the server holds at once.")
     max_request_mb: float = Field(8.0, gt=0, description="Largest request body either server reads (413 above).")
+    max_new_tokens_cap: int = Field(
+        16384, ge=1, description="Most tokens one reply may generate (API: asking for more is a 400)."
+    )
+    max_generation_seconds: float = Field(
+        600.0, gt=0, description="Longest one reply may generate, in seconds; it then ends with finish_reason length."
+    )
     queue_size: int = Field(16, ge=1, le=1024, description="Requests that may wait for the model at once.")
     max_batch: int | None = Field(
         None, ge=1, le=256, description="Requests generated at once (default: 4 on CPU, 32 on a GPU)."

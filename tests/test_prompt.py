@@ -186,3 +186,44 @@ def test_a_long_history_is_cut_to_what_could_fit_before_tokenizing(tokenizer) ->
     assert len(prompt.ids) <= 2048 - 64
     # only a window-sized tail was ever rendered, a few times over in the binary search
     assert 0 < counting.rendered_chars < 10 * 2048 * 16
+
+
+def test_only_a_few_prompts_are_tokenized_at_once_the_rest_wait_their_turn() -> None:
+    """A burst of requests (each API request has its own thread) cannot tokenize all at once. The tokenizer
+    here only counts who is inside it and holds them there until released."""
+    import threading
+    import time
+
+    from chatbot.chat import prompt
+
+    inside, most, release = [0], [0], threading.Event()
+    lock = threading.Lock()
+
+    class HoldingTokenizer:
+        def apply_chat_template(self, messages, **_):
+            with lock:
+                inside[0] += 1
+                most[0] = max(most[0], inside[0])
+            release.wait(60)
+            with lock:
+                inside[0] -= 1
+            return [1, 2, 3]
+
+    limit = prompt.TOKENIZING_AT_ONCE
+    results: list[list[int]] = []
+    hello = [{"role": "user", "content": "Hi"}]
+    threads = [
+        threading.Thread(target=lambda: results.append(prompt.encode(HoldingTokenizer(), hello, False)))
+        for _ in range(3 * limit)
+    ]
+    for thread in threads:
+        thread.start()
+    deadline = time.monotonic() + 60
+    while inside[0] < limit and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.3)  # room for any thread that could get in to do so
+    assert inside[0] == limit and most[0] == limit
+    release.set()
+    for thread in threads:
+        thread.join(60)
+    assert results == [[1, 2, 3]] * (3 * limit)

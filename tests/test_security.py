@@ -5,6 +5,7 @@ headless Chromium. Run: ``.venv/bin/python -m pytest tests/test_security.py -q``
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -276,22 +277,156 @@ def test_a_flood_of_one_log_message_is_cut_short_and_counted(monkeypatch) -> Non
     assert guard.filter(summary) and "[997 similar messages dropped]" in summary.getMessage()
 
 
+@pytest.mark.parametrize("port", ["api", "ui"])
 def test_connections_that_never_finish_their_request_are_closed_and_others_still_served(
-    demo_app: RunningApp,
+    demo_app: RunningApp, port: str
 ) -> None:
     import socket
 
-    host, port = "127.0.0.1", int(demo_app.api_url.rsplit(":", 1)[1])
-    idle = [socket.create_connection((host, port), timeout=5) for _ in range(200)]
-    partial = [socket.create_connection((host, port), timeout=5) for _ in range(50)]
+    base, path = (demo_app.api_url, "/health") if port == "api" else (demo_app.ui_url, "/config")
+    host, number = "127.0.0.1", int(base.rsplit(":", 1)[1])
+    idle = [socket.create_connection((host, number), timeout=5) for _ in range(200)]
+    partial = [socket.create_connection((host, number), timeout=5) for _ in range(50)]
     try:
         for sock in partial:
-            sock.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")  # headers never finished
-        assert httpx.get(demo_app.api_url + "/health", timeout=30).status_code == 200  # others are served
+            sock.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ".encode())  # headers never finished
+        assert httpx.get(base + path, timeout=30).status_code == 200  # others are served
         for sock in idle + partial:  # each is closed by the server (recv gives b"") within the bound
             sock.settimeout(WAIT_LIMIT_SECONDS)
             assert sock.recv(1024) == b""
     finally:
         for sock in idle + partial:
             sock.close()
-    assert httpx.get(demo_app.api_url + "/health", timeout=30).status_code == 200
+    assert httpx.get(base + path, timeout=30).status_code == 200
+
+
+def test_another_client_with_the_victims_session_hash_can_neither_read_nor_stop(demo_app: RunningApp) -> None:
+    """The session hash travels in the clear; knowing it is no longer enough: the session belongs to the
+    browser (its HttpOnly cookie) that first used it."""
+    from gradio_client import Client
+
+    victim = Client(demo_app.ui_url, verbose=False)
+    victim.predict(message="my bank PIN is 4242", enable_thinking=False, api_name="/chat")
+    long_reply = victim.submit(
+        message="and a long story", enable_thinking=False, max_new_tokens=256, min_new_tokens=256, api_name="/chat"
+    )
+    hash_ = victim.session_hash
+
+    thief = Client(demo_app.ui_url, verbose=False)  # a real client with its own cookie, and the victim's hash
+    thief.session_hash = hash_
+    for endpoint in ("/export_conversation", "/stop"):
+        with pytest.raises(httpx.HTTPStatusError, match="403 Forbidden"):
+            thief.submit(api_name=endpoint).result(timeout=WAIT_LIMIT_SECONDS)
+    cookie = dict(thief.cookies)
+    config = httpx.get(demo_app.ui_url + "/config", timeout=30).json()
+    export_fn = next(d["id"] for d in config["dependencies"] if d.get("api_name") == "export_conversation")
+    for jar in (cookie, {}):  # with a cookie of its own, and with none
+        attempts = [
+            ("GET", f"/gradio_api/heartbeat/{hash_}", None),  # closing it would stop the reply (unload)
+            ("GET", f"/gradio_api/queue/data?session_hash={hash_}", None),  # the reply as it streams
+            ("GET", f"/gradio_api/deep_link?session_hash={hash_}", None),  # a dump of the page's state
+            ("POST", "/gradio_api/cancel", {"session_hash": hash_, "fn_index": export_fn, "event_id": "x"}),
+            ("POST", "/gradio_api/queue/join", {"session_hash": hash_, "fn_index": export_fn, "data": []}),
+            ("POST", "/gradio_api/run/stop", {"session_hash": hash_, "data": []}),
+            # its own (fresh) session in the query does not vouch for the victim's in the body
+            ("POST", "/gradio_api/queue/join?session_hash=thiefs-own", {"session_hash": hash_, "fn_index": export_fn}),
+        ]
+        for method, path, body in attempts:
+            # Streamed: a heartbeat or a queue stream that is let through would never end.
+            with httpx.stream(method, demo_app.ui_url + path, json=body, cookies=jar, timeout=30) as response:
+                assert response.status_code == 403, (path, bool(jar), response.status_code)
+                assert "browser" in json.loads(response.read())["error"]["message"]
+    assert "4242" not in demo_app.log()  # refusals do not log what they protect
+
+    _, _, _, record = long_reply.result(timeout=WAIT_LIMIT_SECONDS)
+    assert json.loads(record)["messages"][-1]["stats"]["finish_reason"] == "length"  # not stopped by the thief
+    exported = Path(victim.predict(api_name="/export_conversation")).read_text(encoding="utf-8")
+    assert "my bank PIN is 4242" in exported  # the owner still reads it
+    assert "belongs to another browser" in demo_app.log()
+
+
+@pytest.fixture(scope="module")
+def capped_app(random_fp8: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningApp]:
+    # A time limit no reply can meet on any machine: every reply is cut by it after a token or a few.
+    args = ["--model", str(random_fp8), "--max-new-tokens-cap", "64", "--max-generation-seconds", "0.001"]
+    args += ["--max-sessions", "2"]
+    app = start_app(args, tmp_path_factory.mktemp("capped") / "capped.log")
+    try:
+        yield app
+    finally:
+        stop_app(app)
+
+
+def test_the_server_caps_tokens_and_time_per_reply_for_the_api_and_the_web_chat(capped_app: RunningApp) -> None:
+    import openai
+    from gradio_client import Client
+
+    client = openai.OpenAI(base_url=capped_app.api_url + "/v1", api_key="x", max_retries=0)
+    hello = [{"role": "user", "content": "Hi"}]
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.chat.completions.create(model="m", messages=hello, max_tokens=65)
+    assert refused.value.body["param"] == "max_tokens" and "--max-new-tokens-cap" in refused.value.body["message"]
+    # Within the cap, and with no max_tokens at all (the room left, cut to the cap): served, and cut by the clock.
+    for asked in ({"max_tokens": 64, "extra_body": {"min_tokens": 64}}, {"extra_body": {"min_tokens": 64}}):
+        reply = client.chat.completions.create(model="m", messages=hello, **asked)
+        assert reply.choices[0].finish_reason == "length" and reply.usage.completion_tokens < 64, asked
+    capped_app.wait_for_log("stopped at the time limit")
+    assert "(--max-generation-seconds)" in capped_app.log()
+
+    page = Client(capped_app.ui_url, verbose=False)  # the web chat asks for more than the cap: it is cut to it
+    _, _, notice, record = page.predict(
+        message="Hi", enable_thinking=False, max_new_tokens=4000, min_new_tokens=4000, api_name="/chat"
+    )
+    stats = json.loads(record)["messages"][-1]["stats"]
+    assert notice == "" and stats["finish_reason"] == "length" and stats["time_limited"] and stats["new_tokens"] < 64
+    assert capped_app.process.poll() is None
+
+
+def test_an_import_larger_than_a_chat_may_be_is_refused_with_a_message(demo_app: RunningApp, tmp_path: Path) -> None:
+    import psutil
+    from gradio_client import Client, handle_file
+
+    page = Client(demo_app.ui_url, verbose=False)
+    big = {"format": "qwen3-chat-conversation", "title": "huge", "messages": []}
+    big["messages"] = [{"role": "user", "content": "x" * 2**20}, {"role": "assistant", "content": "y" * 2**20}] * 2
+    path = tmp_path / "huge.json"
+    path.write_text(json.dumps(big), encoding="utf-8")  # 4 MB: under the upload limit, over the chat limit (2 MB)
+    process = psutil.Process(demo_app.process.pid)
+    before = process.memory_info().rss
+    chat, notice, *_ = page.predict(handle_file(str(path)), api_name="/import_conversation")
+    assert "--max-chat-mb" in notice and "4.0 MB" in notice and chat == {"__type__": "update"}
+    assert process.memory_info().rss - before < 100 * 2**20
+    big["messages"] = [{"role": "user", "content": "small"}, {"role": "assistant", "content": "fine"}]
+    path.write_text(json.dumps(big), encoding="utf-8")
+    chat, notice, *_ = page.predict(handle_file(str(path)), api_name="/import_conversation")
+    assert notice == "" and len(chat) == 2  # a chat within the limit is imported as before
+
+
+def test_a_cookie_is_ours_only_when_signed_with_our_key() -> None:
+    from chatbot.serve.session_owner import SessionOwnership, cookie_key
+
+    owner = SessionOwnership(None, cookie_key("one secret"))
+    token = owner.new_token()
+
+    def browser(value: str, key: str = "qwen3-chat-browser-7860") -> str | None:
+        return owner.browser_of({"headers": [(b"cookie", f"a=1; {key}={value}".encode("latin-1"))]}, key)
+
+    assert browser(token) == token.split(".")[0]
+    assert browser(SessionOwnership(None, cookie_key("another")).new_token()) is None  # planted by another server
+    assert browser(token.split(".")[0] + ".0000") is None and browser("é.é") is None and browser("") is None
+
+
+def test_a_tab_whose_session_was_let_go_is_told_to_reload_and_its_chat_is_not_overwritten(
+    capped_app: RunningApp,
+) -> None:
+    from gradio_client import Client
+
+    tab = Client(capped_app.ui_url, verbose=False)
+    _, chat_id, _, _ = tab.predict(system_prompt="", api_name="/new_chat")  # as the page does when it opens
+    _, _, notice, record = tab.predict(message="Keep me", chat_id=chat_id, api_name="/chat")
+    assert notice == "" and json.loads(record)["id"] == chat_id
+    for _ in range(3):  # newer tabs: the server holds two (--max-sessions 2), so this one is let go
+        Client(capped_app.ui_url, verbose=False).predict(api_name="/model_status")
+    _, box, notice, record = tab.predict(message="Then this", chat_id=chat_id, api_name="/chat")
+    assert "reload the page" in notice and box == "Then this"
+    assert record == {"__type__": "update"}  # nothing is written over the chat the browser keeps

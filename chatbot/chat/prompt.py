@@ -13,7 +13,9 @@
 
 from __future__ import annotations
 
+import os
 import re
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -23,6 +25,11 @@ from .thinking import split_thinking
 
 ROLES = ("system", "developer", "user", "assistant", "tool")
 SOFT_SWITCH_RE = re.compile(r"(?<![\w/])/(no_think|think)\b")
+# Prompts tokenized at once, process-wide. Callers are threads (each API request has one, the web chat's
+# handlers run in Gradio's pool, never on an event loop); a burst of long conversations waits here instead
+# of taking every core and holding every token list at the same time.
+TOKENIZING_AT_ONCE = max(1, min(4, os.cpu_count() or 1))
+_tokenizing = threading.BoundedSemaphore(TOKENIZING_AT_ONCE)
 
 
 @dataclass(frozen=True)
@@ -123,18 +130,19 @@ def encode(
     tokenizer: Any, messages: list[dict[str, Any]], enable_thinking: bool, tools: list[dict[str, Any]] | None = None
 ) -> list[int]:
     continues = messages[-1]["role"] == "assistant"
-    return list(
-        tokenizer.apply_chat_template(
-            messages,
-            tools=tools or None,
-            add_generation_prompt=not continues,
-            continue_final_message=continues,
-            tokenize=True,
-            return_dict=False,
-            sanitize_control_tokens=True,
-            enable_thinking=enable_thinking,
+    with _tokenizing:
+        return list(
+            tokenizer.apply_chat_template(
+                messages,
+                tools=tools or None,
+                add_generation_prompt=not continues,
+                continue_final_message=continues,
+                tokenize=True,
+                return_dict=False,
+                sanitize_control_tokens=True,
+                enable_thinking=enable_thinking,
+            )
         )
-    )
 
 
 def context_error(max_context: int, prompt_tokens: int, max_new_tokens: int | None) -> ContextLengthError:

@@ -153,7 +153,8 @@ def stream_reply(
         parallel_tool_calls: with "required", allow several calls in one reply.
         response_format: {"type": "json_object"} or {"type": "json_schema", "json_schema": {"schema": ...}}.
         strict_context: the API's rules: never drop turns (a conversation that does not fit is a
-            ContextLengthError in OpenAI's words), and no max_new_tokens means the room left.
+            ContextLengthError in OpenAI's words), and no max_new_tokens means the room left (at most
+            the engine's ``max_new_tokens_cap``; asking for more than the cap is an InvalidRequestError).
         **generation_kwargs: sampling options (see ``SamplingOptions``), e.g. temperature, max_new_tokens,
             logit_bias, logprobs, top_logprobs.
         client: who asks (API key or address, browser session): requests take fair turns by client.
@@ -196,6 +197,8 @@ def stream_reply(
     if strict_context and requested_max is None:
         generation_kwargs["max_new_tokens"] = 1  # replaced by the room left once the prompt is known
     options = sampling_options(thinking, **generation_kwargs, constraint=constraint)
+    if requested_max is not None:
+        engine.check_max_new_tokens(options.max_new_tokens)  # the server's cap: a 400 before any tokenizing
     yield from wait_for_model(engine)
     loaded = engine.load()
     vocab_size = int(loaded.model.config.vocab_size)
@@ -214,8 +217,9 @@ def stream_reply(
         trim=not strict_context,
     )
     updates: dict[str, Any] = {"logit_bias": tuple((bias or {}).items())}
-    if strict_context and requested_max is None:
-        updates["max_new_tokens"] = loaded.max_context - len(prompt.ids)
+    if requested_max is None:  # the room left (API) or the mode's default, within the server's cap
+        room = loaded.max_context - len(prompt.ids) if strict_context else options.max_new_tokens
+        updates["max_new_tokens"] = min(room, engine.max_new_tokens_cap or room)
     options = options.model_copy(update=updates)
     max_calls = None if parallel_tool_calls else 1
     yield from run_reply(

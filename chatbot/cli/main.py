@@ -80,7 +80,21 @@ def add_serve_flags(parser: argparse.ArgumentParser) -> None:
         help="web origins allowed to call the API from a browser, comma-separated (env QWEN_CORS_ORIGINS)",
     )
     parser.add_argument("--max-upload-mb", type=float, help="largest file the web page accepts (default 10)")
+    parser.add_argument(
+        "--max-chat-mb", type=float, help="largest chat the server holds for a tab: imported, opened (default 2)"
+    )
+    parser.add_argument("--max-sessions", type=int, help="web chat tabs whose chat the server holds (default 1000)")
     parser.add_argument("--max-request-mb", type=float, help="largest request body either server reads (default 8)")
+    parser.add_argument(
+        "--max-new-tokens-cap",
+        type=int,
+        help="most tokens one reply may generate; the API refuses more with a 400 (default 16384)",
+    )
+    parser.add_argument(
+        "--max-generation-seconds",
+        type=float,
+        help="longest one reply may generate, in seconds; it then ends with finish_reason length (default 600)",
+    )
     parser.add_argument("--queue-size", type=int, help="requests that may wait for the model (default 16)")
     parser.add_argument(
         "--max-batch", type=int, help="requests generated at once (default: 4 on CPU, 32 on a GPU; 1 = one at a time)"
@@ -119,6 +133,10 @@ SETTING_FLAGS = (
     "cors_origins",
     "max_upload_mb",
     "max_request_mb",
+    "max_chat_mb",
+    "max_sessions",
+    "max_new_tokens_cap",
+    "max_generation_seconds",
     "queue_size",
     "max_batch",
     "client_limit",

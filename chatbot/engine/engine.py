@@ -22,7 +22,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from ..errors import ChatbotError, GenerationError, QueueFullError
+from ..errors import ChatbotError, GenerationError, InvalidRequestError, QueueFullError
 from ..model.loader import LoadedModel, LoadProgress, load_model
 from ..settings import Settings
 from .batching import install_row_attention
@@ -62,6 +62,8 @@ class ChatEngine:
         max_batch: int | None = None,
         client_limit: int = 0,
         prefill_chunk: int | None = None,
+        max_new_tokens_cap: int | None = None,
+        max_generation_seconds: float | None = None,
     ) -> None:
         self.source = source
         self._load_kwargs = dict(
@@ -74,6 +76,9 @@ class ChatEngine:
         self.queue_size = queue_size
         self.requested_max_batch = max_batch
         self.requested_prefill_chunk = prefill_chunk
+        # Server-side bounds on one reply, whatever it asks for (None: none; the context still bounds tokens).
+        self.max_new_tokens_cap = max_new_tokens_cap
+        self.max_generation_seconds = max_generation_seconds
         self._max_batch: int | None = None
         self.prefix_cache = PrefixCache(prefix_cache_tokens)
         self.progress = LoadProgress()
@@ -105,6 +110,8 @@ class ChatEngine:
             max_batch=settings.max_batch,
             client_limit=settings.client_limit,
             prefill_chunk=settings.prefill_chunk,
+            max_new_tokens_cap=settings.max_new_tokens_cap,
+            max_generation_seconds=settings.max_generation_seconds,
         )
 
     @classmethod
@@ -193,6 +200,20 @@ class ChatEngine:
         """Something runs, or is paused mid-reply."""
         return bool(self._running) or bool(self._queue.paused)
 
+    def check_max_new_tokens(self, requested: int, param: str = "max_tokens") -> None:
+        """Refuse a reply longer than ``max_new_tokens_cap`` (as vLLM refuses one longer than the context).
+
+        Raises:
+            InvalidRequestError: ``requested`` is over the cap.
+        """
+        cap = self.max_new_tokens_cap
+        if cap is not None and requested > cap:
+            raise InvalidRequestError(
+                f"{param} is {requested}, but this server generates at most {cap} tokens per reply.",
+                param=param,
+                fix=f"Ask for {cap} or fewer, or start the server with a larger --max-new-tokens-cap.",
+            )
+
     def submit(
         self,
         prompt_ids: list[int],
@@ -206,7 +227,9 @@ class ChatEngine:
 
         Raises:
             QueueFullError: ``queue_size`` requests are already waiting, or ``client`` has its limit waiting.
+            InvalidRequestError: ``options.max_new_tokens`` is over ``max_new_tokens_cap``.
         """
+        self.check_max_new_tokens(options.max_new_tokens, "max_new_tokens")
         job = Job(list(prompt_ids), options, cancel or threading.Event(), next(self._ids), client)
         with self._cv:
             if self._closed:
@@ -420,7 +443,13 @@ class ChatEngine:
         try:
             loaded = self.load()
             state = ActiveRequest(
-                job, loaded.model.config, loaded.tokenizer, loaded.eos_token_ids, loaded.device, self.prefix_cache
+                job,
+                loaded.model.config,
+                loaded.tokenizer,
+                loaded.eos_token_ids,
+                loaded.device,
+                self.prefix_cache,
+                time_limit=self.max_generation_seconds,
             )
         except (ChatbotError, *STEP_ERRORS) as exc:
             if not isinstance(exc, ChatbotError):

@@ -37,6 +37,7 @@ class GenerationStats:
     decode_seconds: float = 0.0
     tokens_per_second: float = 0.0  # decode speed after the first token
     total_seconds: float = 0.0
+    time_limited: bool = False  # ended by the server's time limit (finish reason "length")
 
     def to_dict(self) -> dict[str, float | int]:
         return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in asdict(self).items()}

@@ -3,7 +3,7 @@
 The scheduler feeds it prompt chunks (``next_chunk``) and hands it the logits of each step
 (``accept``); it samples with its own ``Sampler`` (own options, seed and penalties), streams text
 through the streaming detokenizer and the stop-string matcher, and decides its own end: end of
-turn, a stop string, ``max_new_tokens`` or its cancel signal. The rules are those of
+turn, a stop string, ``max_new_tokens``, the server's time limit or its cancel signal. The rules are those of
 ``Generator.run``, so a request gives the same reply in a batch as alone.
 """
 
@@ -25,12 +25,22 @@ class ActiveRequest:
     """A job admitted to the batch (see the module docstring)."""
 
     def __init__(
-        self, job: Job, config: Any, tokenizer: Any, eos_ids: tuple[int, ...], device: torch.device, prefix: PrefixCache
+        self,
+        job: Job,
+        config: Any,
+        tokenizer: Any,
+        eos_ids: tuple[int, ...],
+        device: torch.device,
+        prefix: PrefixCache,
+        time_limit: float | None = None,
     ) -> None:
         if not job.prompt_ids:
             raise GenerationError("The prompt is empty: nothing to continue.", fix="Send at least one message.")
         self.job = job
         self.started = time.perf_counter()
+        # From the start of its generation (not its wait in the queue); paused turns count, as for the user.
+        self.deadline = self.started + time_limit if time_limit else None
+        self.timed_out = False
         self.stats = GenerationStats(prompt_tokens=len(job.prompt_ids), queue_seconds=self.started - job.submitted)
         self.prefix = prefix
         # A seeded request always prefills in full: a reused prefix was computed in other chunks, whose
@@ -68,6 +78,12 @@ class ActiveRequest:
         if self.finish is None and self.job.cancel.is_set():
             self.finish = "cancelled"
         return self.finish == "cancelled"
+
+    def check_time(self) -> bool:
+        """Ends the request with finish reason "length" once it is past its time limit; True when it did."""
+        if self.finish is None and self.deadline is not None and time.perf_counter() > self.deadline:
+            self.finish, self.timed_out = "length", True
+        return self.timed_out
 
     def accept(self, logits: torch.Tensor) -> None:
         """Sample the next token from ``logits`` [vocab] and stream its text; sets ``finish`` at the end."""
@@ -108,6 +124,7 @@ class ActiveRequest:
         stats.new_tokens = len(self.generated)
         stats.decode_seconds = ended - self.prefill_done if self.prefill_done else 0.0
         stats.total_seconds = ended - self.started
+        stats.time_limited = self.timed_out
         if len(self.generated) > 1 and stats.time_to_first_token:
             stats.tokens_per_second = (len(self.generated) - 1) / max(
                 stats.total_seconds - stats.time_to_first_token, 1e-9

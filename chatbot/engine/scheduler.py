@@ -3,7 +3,7 @@
 Each round the worker (``ChatEngine``) admits waiting requests into free slots, then calls
 ``Batch.round``:
 
-1. requests whose stop signal is set leave now (within one round of the cancel);
+1. requests whose stop signal is set, or that are past the server's time limit, leave now;
 2. the oldest request still reading its prompt gets one prefill chunk of at most ``prefill_chunk``
    tokens, so a long prompt delays the others by one chunk per round, not by the whole prompt;
    when its prompt is read it samples its first token;
@@ -66,7 +66,7 @@ class Batch:
     @torch.inference_mode()
     def round(self) -> None:
         for request in list(self.requests):
-            if request.check_cancel():
+            if request.check_cancel() or request.check_time():
                 self._end(request)
         prefilling = [r for r in self.requests if r.prefilling]
         if prefilling:
@@ -136,7 +136,14 @@ class Batch:
     def _end(self, request: ActiveRequest) -> None:
         self.requests.remove(request)
         result = request.result()
-        if result.finish_reason == "cancelled":
+        if request.timed_out:
+            log.warning(
+                "request %d stopped at the time limit: %.0f s, %d new tokens (--max-generation-seconds)",
+                request.job.id,
+                result.stats.total_seconds,
+                result.stats.new_tokens,
+            )
+        elif result.finish_reason == "cancelled":
             log.info(
                 "request %d cancelled after %d of at most %d new tokens",
                 request.job.id,

@@ -5,12 +5,17 @@ and then sends nothing, or sends its headers a byte at a time, is kept as long a
 Enough of them exhaust the process's file descriptors and nobody else is served. ``DeadlineH11Protocol``
 gives every request ``REQUEST_HEAD_SECONDS`` from the connection (or the previous response) to the end
 of its headers; the body and the response are not limited by it.
+
+The API's server is given the class directly (``uvicorn.Config(http=...)``). Gradio builds its own
+``uvicorn.Config`` inside ``launch()`` with no way to pass one, so ``deadline_by_default()`` makes it
+uvicorn's default ("auto") for this process before the web UI starts.
 """
 
 from __future__ import annotations
 
 import asyncio
 
+from uvicorn import config as uvicorn_config
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 REQUEST_HEAD_SECONDS = 10.0
@@ -54,3 +59,12 @@ class DeadlineH11Protocol(H11Protocol):
         running = self.cycle is not None and not self.cycle.response_complete
         if not running and not self.transport.is_closing():
             self.transport.close()
+
+
+def deadline_by_default() -> None:
+    """Make ``DeadlineH11Protocol`` what uvicorn servers of this process use when not told otherwise.
+
+    uvicorn looks "auto" up in this table when a server starts; without httptools (not installed by
+    this project) "auto" meant h11 already, so only the deadline changes.
+    """
+    uvicorn_config.HTTP_PROTOCOLS["auto"] = f"{__name__}:{DeadlineH11Protocol.__name__}"

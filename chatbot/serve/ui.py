@@ -33,13 +33,14 @@ from typing import Any
 import gradio as gr
 
 from ..chat.remote import RemoteBackend
-from ..chat.reply import Conversation
 from ..engine.sampling import DEFAULT_MAX_NEW_TOKENS, NON_THINKING_DEFAULTS, THINKING_DEFAULTS
 from .app_state import App
 from .security import ui_middleware
+from .session_owner import SessionOwnership, cookie_key
+from .slow_clients import deadline_by_default
 from .ui_handlers import ChatHandlers
 from .ui_render import ESCAPED_TAGS
-from .ui_session import new_chat_id, storage_secret
+from .ui_session import storage_secret
 
 log = logging.getLogger(__name__)
 ASSETS = Path(__file__).resolve().parents[2] / "assets"
@@ -234,12 +235,12 @@ def build_ui(app: App) -> gr.Blocks:
     thinking_default = True
     mode = THINKING_DEFAULTS if thinking_default else NON_THINKING_DEFAULTS
     with gr.Blocks(title="Qwen3 Chat", analytics_enabled=False, fill_height=True) as demo:
-        conversation = gr.State(Conversation(app.settings.system_prompt))
+        conversation = gr.State(handlers.unrestored_conversation())
         title = gr.State("")
         kept_for_undo = gr.State(None)
         settings_store = gr.BrowserState(None, storage_key="qwen3-chat-settings", secret=storage_secret())
         # Hidden values the page's script reads and writes (gr.State stays on the server, out of its reach).
-        chat_id = gr.Textbox(new_chat_id(), visible="hidden", elem_id="qc-chat-id")
+        chat_id = gr.Textbox(handlers.initial_chat_id, visible="hidden", elem_id="qc-chat-id")
         # JSON as text: this tab's chat as saved (written to localStorage on change), imported chats, a saved
         # chat read by the page for the server, and the [[title, id], ...] index of the saved chats.
         record = gr.Textbox("", visible="hidden", elem_id="qc-record")
@@ -465,7 +466,7 @@ def build_ui(app: App) -> gr.Blocks:
         demo.load(
             handlers.restore,
             [read_record, message_box, system_prompt],
-            [chat, system_prompt, conversation, chat_id, title, message_box],
+            [chat, system_prompt, conversation, chat_id, title, message_box, notice],
             js=JS_RESTORE,
             **private,
         ).then(handlers.chat_list, [chat_index, chat_id], chats.chats, js=JS_INDEX, queue=False, **private).then(
@@ -499,6 +500,14 @@ def restore_settings(saved: Any) -> tuple[Any, ...]:
     return tuple(saved[name] if name in saved else gr.skip() for name in SETTING_NAMES)
 
 
+def page_middleware(app: App) -> list:
+    """The door's middleware (Host/Origin, sizes, login), then each session's owner check innermost."""
+    from starlette.middleware import Middleware
+
+    owner = Middleware(SessionOwnership, key=cookie_key(storage_secret()))
+    return [*ui_middleware(app.settings), owner]
+
+
 def launch_ui(app: App) -> None:
     """Serve the page on ``app.settings.host:port`` until interrupted (login when auth is set)."""
     demo = build_ui(app)
@@ -510,6 +519,7 @@ def launch_ui(app: App) -> None:
         " (login required)" if app.settings.auth else "",
     )
     script = (ASSETS / "chat.js").read_text(encoding="utf-8")
+    deadline_by_default()  # Gradio's own uvicorn closes connections that never finish their headers, too
     demo.launch(
         server_name=app.settings.host,
         server_port=app.settings.port,
@@ -530,6 +540,7 @@ def launch_ui(app: App) -> None:
         ssr_mode=False,
         show_error=True,
         quiet=True,
-        app_kwargs={"middleware": ui_middleware(app.settings)},
+        app_kwargs={"middleware": page_middleware(app)},
         max_file_size=int(app.settings.max_upload_mb * 2**20),
+        state_session_capacity=app.settings.max_sessions,  # beyond: the least recently used tab's chat is let go
     )

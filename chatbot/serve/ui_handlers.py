@@ -20,7 +20,7 @@ from typing import Any
 
 import gradio as gr
 
-from ..chat.prompt import encode, normalize_messages
+from ..chat.prompt import could_fit, encode, normalize_messages
 from ..chat.remote import RemoteBackend
 from ..chat.reply import AnswerDelta, ChatEvent, Conversation, Loading, QueuePosition, ThinkingDelta, Turn, stream_reply
 from ..engine.sampling import DEFAULT_MAX_NEW_TOKENS, NON_THINKING_DEFAULTS, THINKING_DEFAULTS
@@ -29,6 +29,7 @@ from .app_state import App
 from .ui_render import LiveReply, badge_html, conversation_messages, indexed_messages, user_message
 from .ui_session import (
     StopSignals,
+    check_chat_size,
     from_saved_form,
     is_mode_default,
     max_new_tokens_bound,
@@ -76,15 +77,39 @@ class ChatHandlers:
     def __init__(self, app: App) -> None:
         self.app = app
         self.stops = StopSignals()
+        self.initial_chat_id = new_chat_id()  # what a session has before its page restores its chat
+
+    def unrestored_conversation(self) -> Conversation:
+        """The chat a session starts with (Gradio gives each new session a copy), marked as such."""
+        conversation = Conversation(self.app.settings.system_prompt)
+        conversation.unrestored = True  # type: ignore[attr-defined]  # every other Conversation lacks it
+        return conversation
+
+    def session_lost(self, conversation: Conversation, chat_id: str) -> str | None:
+        """A notice when the page shows a chat but the server has only a new session's empty one.
+
+        That happens when Gradio let the session go (more than --max-sessions tabs since) while the tab
+        stayed open; answering from the empty chat would overwrite the chat kept in the browser.
+        """
+        if getattr(conversation, "unrestored", False) and chat_id != self.initial_chat_id:
+            return notice_html(
+                "The server no longer holds this tab's chat (it keeps the chats of at most "
+                f"{self.app.settings.max_sessions} tabs): reload the page. Your chats are kept in this browser."
+            )
+        return None
 
     # --- replies ------------------------------------------------------------------------------------------
 
     def max_new_tokens_limit(self) -> int | None:
+        """The most "Max new tokens" can be: the context less room for a prompt, within the server's cap."""
         engine = self.app.engine
         if isinstance(engine, RemoteBackend):  # the context a remote server reported, if it did
             context = engine.info().max_model_len
             return max_new_tokens_bound(context) if context else None
-        return max_new_tokens_bound(engine.loaded.max_context) if engine.loaded is not None else None
+        if engine.loaded is None:
+            return None
+        bound = max_new_tokens_bound(engine.loaded.max_context)
+        return min(bound, engine.max_new_tokens_cap or bound)
 
     def send(
         self,
@@ -104,6 +129,10 @@ class ChatHandlers:
         request: gr.Request,
     ) -> Iterator[tuple[Any, ...]]:
         """Stream the reply to ``message``; outputs (chat, message box, notice, conversation, record)."""
+        lost = self.session_lost(conversation, chat_id)
+        if lost is not None:  # nothing is saved: the browser keeps the chat as it was
+            yield gr.skip(), message, lost, conversation, gr.skip()
+            return
         if not message.strip():
             text = "Type a message first." if not message else "The message is only blank space: type some text."
             yield conversation_messages(conversation), message, notice_html(text), conversation, gr.skip()
@@ -132,6 +161,10 @@ class ChatHandlers:
         request: gr.Request,
     ) -> Iterator[tuple[Any, ...]]:
         """Answer the last message again (the previous answer comes back if this one fails)."""
+        lost = self.session_lost(conversation, chat_id)
+        if lost is not None:
+            yield gr.skip(), gr.skip(), lost, conversation, gr.skip()
+            return
         last = len(conversation.turns) - 1
         if last < 1 or conversation.turns[last].role != "assistant" or conversation.turns[last - 1].role != "user":
             notice = notice_html("There is no answer to regenerate yet (Regenerate answers your last message again).")
@@ -358,6 +391,7 @@ class ChatHandlers:
             return gr.skip(), conversation, gr.skip(), gr.skip(), notice, gr.skip()
         self.stops.stop_and_wait(request.session_hash, STOP_WAIT_SECONDS, detach=True)
         try:
+            check_chat_size(record, self.app.settings.max_chat_mb, saved)
             opened = from_saved_form(record, "")
         except ChatbotError as error:
             return gr.skip(), conversation, gr.skip(), gr.skip(), notice_html(error), gr.skip()
@@ -413,6 +447,8 @@ class ChatHandlers:
         try:
             data = json.loads(Path(file).read_text(encoding="utf-8"))
             items = data["chats"] if isinstance(data, dict) and data.get("format") == ARCHIVE_FORMAT else [data]
+            for item in items:  # each chat is held by the server when opened: none may be over the limit
+                check_chat_size(item, self.app.settings.max_chat_mb)
             opened = [from_saved_form(item, system_prompt.strip()) for item in items]
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             error = ChatbotError(f"The file is not valid JSON ({exc}).", fix="Import a file made by Export.")
@@ -442,10 +478,22 @@ class ChatHandlers:
     def restore(self, saved: str, draft: str, system_prompt: str) -> tuple[Any, ...]:
         """On page load: this tab's chat (kept in the browser, as JSON) and its unsent text, or a fresh chat.
 
-        Outputs: chat, system prompt, conversation, chat id, title, message box.
+        Outputs: chat, system prompt, conversation, chat id, title, message box, notice.
         """
         record = from_text(saved)
         if isinstance(record, dict) and record.get("id"):
+            try:
+                check_chat_size(record, self.app.settings.max_chat_mb, saved)
+            except ChatbotError as error:  # the chat stays in the browser; this tab starts a new one
+                return (
+                    [],
+                    gr.skip(),
+                    Conversation(system_prompt.strip()),
+                    new_chat_id(),
+                    "",
+                    draft or "",
+                    notice_html(error),
+                )
             try:
                 conversation = from_saved_form(record, system_prompt.strip())
                 title = str(record.get("title") or "")
@@ -456,10 +504,11 @@ class ChatHandlers:
                     str(record["id"]),
                     title,
                     draft or "",
+                    "",
                 )
             except ChatbotError:
                 pass  # storage from an older version: start afresh
-        return [], gr.skip(), Conversation(system_prompt.strip()), new_chat_id(), "", draft or ""
+        return [], gr.skip(), Conversation(system_prompt.strip()), new_chat_id(), "", draft or "", ""
 
     def chat_list(self, index_text: str, chat_id: str) -> Any:
         """The sidebar's list from the page's index of saved chats (JSON [[title, id], ...], newest first)."""
@@ -478,6 +527,9 @@ class ChatHandlers:
         probe = Conversation(system_prompt.strip(), conversation.turns)
         try:
             messages = normalize_messages(probe.messages_with(message if message.strip() else "…"))
+            if not could_fit(messages, loaded.max_context):  # certainly over: no tokenizing on each keystroke
+                over = "over the context window · oldest turns will be left out"
+                return f'<span class="qc-meter qc-meter-over">{over}</span>'
             used = len(encode(loaded.tokenizer, messages, enable_thinking))
         except ChatbotError as error:
             return f'<span class="qc-meter qc-meter-over">{html.escape(error.message)}</span>'

@@ -158,6 +158,8 @@ def format_stats(stats: dict[str, Any]) -> str:
         parts.append("stopped")
     elif finish == "interrupted":
         parts.append("interrupted: the page was closed or reloaded during the reply")
+    elif finish == "length" and stats.get("time_limited"):
+        parts.append("cut at the server's time limit for one reply")
     elif finish == "length":
         parts.append("cut at the max new tokens limit")
     if stats.get("dropped_messages"):

@@ -17,6 +17,7 @@ so a reload or a closed tab keeps the question and the reply as far as it got.
 
 from __future__ import annotations
 
+import json
 import logging
 import secrets
 import threading
@@ -156,6 +157,22 @@ def pending_exchange(message: str, thinking: str, answer: str, stats: dict[str, 
 def max_new_tokens_bound(context: int) -> int:
     """The largest "Max new tokens" a context window allows, leaving room for a prompt (multiple of 16)."""
     return max(16, (context - max(64, context // 8)) // 16 * 16)
+
+
+def check_chat_size(data: Any, limit_mb: float, text: str | None = None) -> None:
+    """Refuse a chat (saved form, or its JSON ``text``) larger than ``limit_mb`` before the server holds it.
+
+    Raises:
+        ChatbotError: the chat is too large, saying by how much and which flag raises the limit.
+    """
+    size = len((text if text is not None else json.dumps(data, ensure_ascii=False)).encode("utf-8"))
+    if size > limit_mb * 2**20:
+        title = data.get("title") if isinstance(data, dict) else None
+        name = f"The chat {title!r}" if isinstance(title, str) and title else "This chat"
+        raise ChatbotError(
+            f"{name} is {size / 2**20:.1f} MB; this server holds chats of at most {limit_mb:g} MB.",
+            fix="Import a shorter chat, or start the server with a larger --max-chat-mb.",
+        )
 
 
 def from_saved_form(data: Any, system_prompt: str) -> Conversation:
