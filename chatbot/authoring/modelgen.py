@@ -149,8 +149,18 @@ def random_weights(config: dict[str, Any], seed: int = 0) -> dict[str, torch.Ten
 def scripted_weights(config: dict[str, Any], token_ids: dict[str, int], seed: int = 0) -> dict[str, torch.Tensor]:
     """Weights whose forward pass writes ``<think>`` + THINKING_SCRIPT + ``</think>\\n\\n`` + ANSWER_SCRIPT."""
     hidden, vocab = config["hidden_size"], config["vocab_size"]
-    if vocab > hidden:
-        raise ValueError("a scripted model needs hidden_size >= vocab_size (one-hot embeddings)")
+    eos = token_ids[tokenizer_build.EOS_TOKEN]
+    chain = ["\n", "<think>", *THINKING_SCRIPT, "</think>", "\n\n", *ANSWER_SCRIPT, tokenizer_build.EOS_TOKEN]
+    chain_ids = [token_ids[token] for token in chain]
+    if vocab <= hidden:
+        direction = torch.arange(vocab)  # one-hot embedding per token
+    else:
+        # A real-sized vocabulary: the script's tokens get a direction each, every other token shares one.
+        on_script = list(dict.fromkeys(chain_ids))
+        if len(on_script) >= hidden:
+            raise ValueError("a scripted model needs hidden_size > the number of scripted tokens")
+        direction = torch.full((vocab,), len(on_script))
+        direction[on_script] = torch.arange(len(on_script))
     tensors = random_weights(config, seed)
     for name in tensors:
         if name.endswith(("o_proj.weight", "down_proj.weight")):
@@ -158,35 +168,48 @@ def scripted_weights(config: dict[str, Any], token_ids: dict[str, int], seed: in
         elif name.endswith("norm.weight"):
             tensors[name] = torch.ones_like(tensors[name])
     embedding = torch.zeros(vocab, hidden)
-    embedding[torch.arange(vocab), torch.arange(vocab)] = 1.0
+    embedding[torch.arange(vocab), direction] = 1.0
     tensors["model.embed_tokens.weight"] = embedding.to(torch.bfloat16)
 
-    eos = token_ids[tokenizer_build.EOS_TOKEN]
-    chain = ["\n", "<think>", *THINKING_SCRIPT, "</think>", "\n\n", *ANSWER_SCRIPT, tokenizer_build.EOS_TOKEN]
-    successor = dict.fromkeys(range(vocab), eos)  # anything off the script ends the reply
-    for current, following in itertools.pairwise(chain):
-        successor[token_ids[current]] = token_ids[following]
+    scale = SCRIPT_LOGIT / math.sqrt(hidden)  # RMSNorm scales a unit direction to sqrt(hidden)
     lm_head = torch.zeros(vocab, hidden)
-    scale = SCRIPT_LOGIT / math.sqrt(hidden)  # RMSNorm scales e_i to sqrt(hidden) * e_i
-    for current, following in successor.items():
-        lm_head[following, current] = scale
+    lm_head[eos, :] = scale  # anything off the script ends the reply
+    for current, following in itertools.pairwise(chain_ids):
+        lm_head[eos, direction[current]] = 0.0
+        lm_head[following, direction[current]] = scale
     tensors["lm_head.weight"] = lm_head.to(torch.bfloat16)
     return tensors
 
 
 def make_model(
-    out: Path, size: str = "tiny", fmt: str = "fp8", shards: int = 1, scripted: bool = False, seed: int = 0
+    out: Path,
+    size: str = "tiny",
+    fmt: str = "fp8",
+    shards: int = 1,
+    scripted: bool = False,
+    seed: int = 0,
+    tokenizer_dir: Path | None = None,
 ) -> Path:
-    """Write a complete generated checkpoint (weights, config, tokenizer, chat template) to ``out``."""
+    """Write a complete generated checkpoint (weights, config, tokenizer, chat template) to ``out``.
+
+    ``tokenizer_dir``: a folder with Qwen3's real ``tokenizer.json`` and ``tokenizer_config.json``
+    (see ``qwen3_tokenizer.fetch``) to use instead of the generated BPE; the vocabulary is then
+    Qwen3's 151,936 whatever the size, and other tools (llama.cpp's converter) accept the checkpoint.
+    """
     if scripted and size != "tiny":
-        raise ValueError("--scripted needs --size tiny (its vocabulary must fit the hidden size)")
+        raise ValueError("--scripted needs --size tiny")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     extra = (*THINKING_SCRIPT, *ANSWER_SCRIPT) if scripted else ()
-    tokenizer = tokenizer_build.build_tokenizer(extra)
+    if tokenizer_dir is None:
+        tokenizer = tokenizer_build.build_tokenizer(extra)
+    else:
+        tokenizer = tokenizer_build.load_tokenizer(Path(tokenizer_dir), extra)
     vocab = tokenizer.get_vocab()
     token_ids = {**vocab, "\n": vocab["Ċ"], "\n\n": vocab["ĊĊ"]}
     config = qwen3_config(size, vocab_ids=vocab, scripted=scripted)
+    if tokenizer_dir is not None:
+        config["vocab_size"] = SIZES["0.6b"]["vocab_size"]
     if tokenizer.get_vocab_size() > config["vocab_size"]:
         raise AssertionError("tokenizer is larger than the model's vocabulary")
     dense = scripted_weights(config, token_ids, seed) if scripted else random_weights(config, seed)
@@ -195,7 +218,8 @@ def make_model(
     if qcfg:
         config["quantization_config"] = qcfg
     write_checkpoint(out, tensors, config, shards)
-    tokenizer_build.save_tokenizer(tokenizer, out, config["max_position_embeddings"])
+    template = None if tokenizer_dir is None else tokenizer_build.chat_template_of(Path(tokenizer_dir))
+    tokenizer_build.save_tokenizer(tokenizer, out, config["max_position_embeddings"], template)
     generation = {
         "bos_token_id": vocab[tokenizer_build.PAD_TOKEN],
         "do_sample": True,

@@ -63,14 +63,33 @@ def build_tokenizer(extra_tokens: list[str] | tuple[str, ...] = ()) -> Tokenizer
     return tokenizer
 
 
-def save_tokenizer(tokenizer: Tokenizer, out: Path, max_length: int) -> None:
-    """Write tokenizer.json, tokenizer_config.json and chat_template.jinja as Qwen3 ships them."""
+def load_tokenizer(folder: Path, extra_tokens: list[str] | tuple[str, ...] = ()) -> Tokenizer:
+    """Qwen3's real tokenizer from ``folder`` (see ``qwen3_tokenizer.fetch``), plus ``extra_tokens``.
+
+    The extra tokens take ids in Qwen3's unused vocabulary slots (151,669 and up).
+    """
+    tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
+    if extra_tokens:
+        tokenizer.add_tokens([AddedToken(t, special=False, normalized=False) for t in extra_tokens])
+    return tokenizer
+
+
+def chat_template_of(folder: Path) -> str:
+    """The chat template shipped in ``folder``'s tokenizer_config.json."""
+    return json.loads((folder / "tokenizer_config.json").read_text(encoding="utf-8"))["chat_template"]
+
+
+def save_tokenizer(tokenizer: Tokenizer, out: Path, max_length: int, template: str | None = None) -> None:
+    """Write tokenizer.json, tokenizer_config.json and chat_template.jinja as Qwen3 ships them.
+
+    ``template``: the chat template to ship (default: the project's copy of Qwen3's).
+    """
     from transformers import PreTrainedTokenizerFast
 
     wrapped = PreTrainedTokenizerFast(
         tokenizer_object=tokenizer, eos_token=EOS_TOKEN, pad_token=PAD_TOKEN, model_max_length=max_length
     )
-    wrapped.chat_template = chat_template()
+    wrapped.chat_template = template if template is not None else chat_template()
     wrapped.save_pretrained(str(out))
     config_file = out / "tokenizer_config.json"
     config = json.loads(config_file.read_text(encoding="utf-8"))

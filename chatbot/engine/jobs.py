@@ -30,16 +30,11 @@ class Finished:
 
 
 @dataclass(frozen=True)
-class BatchFinished:
-    results: list[GenerationResult]
-
-
-@dataclass(frozen=True)
 class Failed:
     error: ChatbotError
 
 
-EngineEvent = Queued | TextDelta | Finished | BatchFinished | Failed
+EngineEvent = Queued | TextDelta | Finished | Failed
 
 
 @dataclass(eq=False)
@@ -51,7 +46,6 @@ class Job:
     client: str = LOCAL_CLIENT  # fairness key: API key or address, browser session, ...
     submitted: float = field(default_factory=time.perf_counter)
     events: queue.Queue[EngineEvent] = field(default_factory=queue.Queue)
-    batch: list[list[int]] | None = None  # several prompts generated together (run_batch)
     position: int = 0  # the last queue position sent
     token_times: list[float] | None = None  # when a list (the bench sets one): when each new token came
 
