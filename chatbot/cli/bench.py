@@ -365,6 +365,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="only the serving bench, at these stream counts, e.g. 1,2,4,8,16 (the default run does 1,4,8)",
     )
     parser.add_argument("--serving-tokens", type=int, default=32, help="new tokens per stream in the serving bench")
+    parser.add_argument(
+        "--peer",
+        choices=["llama.cpp"],
+        help="only compare CPU prefill and decode with this engine, interleaved (builds and converts once)",
+    )
+    parser.add_argument("--peer-rounds", type=int, default=5, help="interleaved rounds of the peer comparison")
+    parser.add_argument("--threads", type=int, help="CPU threads for both sides of --peer (default: all cores)")
     parser.add_argument("--out", type=Path, default=Path("bench-out"))
     parser.add_argument("--timeout", type=float, default=900, help="seconds allowed per precision")
 
@@ -392,6 +399,10 @@ def main(args: argparse.Namespace) -> int:
         from ..settings import Settings
 
         args.model = Settings().model
+    if args.peer:
+        from . import bench_peer
+
+        return bench_peer.main(args.model, args.peer, args.peer_rounds, args.threads, args.out)
     if args.concurrency:
         return serving_main(args, [int(level) for level in args.concurrency.split(",") if level.strip()])
     report = run_bench(args)
