@@ -33,7 +33,7 @@ from tqdm import tqdm
 from . import bench_serving
 from .bench_worker import BATCH_SIZES, TURNS
 
-ALL_PRECISIONS = ("fp8", "fp16", "bf16", "fp32")
+ALL_PRECISIONS = ("fp8", "int8", "fp16", "bf16", "fp32")
 # Figures to compare with, measured on a 2-core AVX2 CPU with the Qwen3-0.6B architecture (tokens/s).
 REFERENCE_FIGURES = {
     "plain transformers 5.23, FP32": {"prefill_64": 72, "decode": 7.9},
@@ -285,6 +285,11 @@ def targets(report: dict[str, Any]) -> list[tuple[str, str, bool | None]]:
                     ratio >= 0.95,
                 )
             )
+    if "int8" in results and "fp16" in results:
+        speed = results["int8"]["decode_tok_s"]["median"] / results["fp16"]["decode_tok_s"]["median"]
+        memory = results["int8"]["peak_rss_bytes"] / results["fp16"]["peak_rss_bytes"]
+        rows.append(("INT8 decode vs FP16 decode (half the bytes)", f"{speed:.2f}x", None))
+        rows.append(("INT8 peak memory <= 0.65x FP16's", f"{memory:.2f}x", memory <= 0.65))
     if "fp8" in results and "fp16" in results:
         speed = results["fp8"]["decode_tok_s"]["median"] / results["fp16"]["decode_tok_s"]["median"]
         memory = results["fp8"]["weights_bytes"] / results["fp16"]["weights_bytes"]

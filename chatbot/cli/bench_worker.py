@@ -100,7 +100,8 @@ def _decoded_weight_bytes(model: Any) -> int:
     seen, total = set(), 0
     for module in model.modules():
         if hasattr(module, "weight") and hasattr(module, "in_features"):
-            for tensor in (module.weight, getattr(module, "weight_scale_inv", None)):
+            scales = (getattr(module, "weight_scale_inv", None), getattr(module, "weight_scale", None))
+            for tensor in (module.weight, *scales):
                 if tensor is not None and tensor.data_ptr() not in seen:
                     seen.add(tensor.data_ptr())
                     total += tensor.numel() * tensor.element_size()
