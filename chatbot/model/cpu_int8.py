@@ -17,7 +17,10 @@ Decode kernels (the first that passes its self-check is used):
   out ``[out_features, rows]`` so one weight row, read once from memory, serves every row of a
   batched decode step. Needs a C++ compiler (gcc/clang) at run time; compiled code is cached on disk
   by torch (``TORCHINDUCTOR_CACHE_DIR``), so later starts take seconds.
-* ``aten``: PyTorch's own ``_weight_int8pack_mm`` (BF16 activations) where nothing can be compiled.
+* ``aten``: PyTorch's own ``_weight_int8pack_mm`` (BF16 activations) where nothing can be compiled,
+  or where the compiled code fails its self-check. It does with AVX2 code in torch 2.13: Inductor's
+  vectorized int8 -> FP32 conversion there gives wrong sums (84% off, caught by the self-check;
+  reproduce with ``ATEN_CPU_CAPABILITY=avx2``), so AVX2-only CPUs use this kernel.
 
 Prompts (more rows than ``decode_rows``) dequantize each layer's weights to the prefill dtype right
 before its matmul; no copy is kept, so the mode's memory stays at one byte per weight.
