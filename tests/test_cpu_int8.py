@@ -175,3 +175,30 @@ def test_a_tied_output_head_shares_the_int8_table_and_its_scales(random_fp8) -> 
     assert loaded.model.config.tie_word_embeddings
     head, embeddings = loaded.model.get_output_embeddings(), loaded.model.get_input_embeddings()
     assert head.weight is embeddings.weight and head.weight_scale is embeddings.weight_scale  # stored once
+
+
+AVX2_CHECK = """
+import torch, torch.nn.functional as F
+from chatbot.model.cpu_int8 import dequantize, quantize_per_channel, select_int8_kernel
+kernel = select_int8_kernel(((3072, 1024),))
+q, scale, _ = quantize_per_channel(torch.randn(3072, 1024))
+with torch.inference_mode():
+    x = torch.randn(1, 1024)
+    reference = F.linear(x, dequantize(q, scale, torch.float32))
+    error = float((kernel.fn(x, q, scale) - reference).abs().max() / reference.abs().max())
+print(kernel.name, error)
+"""
+
+
+@pytest.mark.slow
+def test_the_kernel_chosen_for_avx2_code_is_right() -> None:
+    """torch 2.13's Inductor sums int8 rows wrongly in AVX2 code; the self-check must refuse it there."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "ATEN_CPU_CAPABILITY": "avx2"}
+    done = subprocess.run([sys.executable, "-c", AVX2_CHECK], capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    name, error = done.stdout.split()
+    assert name in cpu_int8.KERNELS and float(error) < cpu_int8.SELF_CHECK_MAX_ERROR
