@@ -14,7 +14,7 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_MODEL = "Qwen/Qwen3-0.6B-FP8"
-PrecisionChoice = Literal["auto", "fp8", "fp16", "bf16", "fp32"]
+PrecisionChoice = Literal["auto", "fp8", "int8", "fp16", "bf16", "fp32"]
 
 
 class Settings(BaseSettings):
@@ -24,7 +24,7 @@ class Settings(BaseSettings):
 
     model: str = Field(DEFAULT_MODEL, description="Hub id or local folder of a Qwen3 checkpoint.")
     device: str = Field("auto", description="auto, cpu, cuda, cuda:N or mps.")
-    precision: PrecisionChoice = Field("auto", description="auto, fp8, fp16, bf16 or fp32.")
+    precision: PrecisionChoice = Field("auto", description="auto, fp8, int8, fp16, bf16 or fp32.")
     gpu_memory_limit: float | None = Field(
         None, gt=0.0, le=1.0, description="Fraction of GPU memory this process may use, e.g. 0.8."
     )

@@ -54,7 +54,7 @@ def bench_report(random_fp8, tmp_path_factory) -> tuple[dict, str, Path]:
 def test_bench_measures_every_precision_the_device_can_run(bench_report) -> None:
     report, _, _ = bench_report
     assert report["skipped"] == {"fp8": "no CUDA GPU (cpu) to run FP8 matmuls"}
-    assert [r["precision"] for r in report["results"]] == ["fp32", "bf16", "fp16"]  # reference first
+    assert [r["precision"] for r in report["results"]] == ["fp32", "bf16", "fp16", "int8"]  # reference first
     assert report["memory_bandwidth_bytes_s"] > 1e8
     for result in report["results"]:
         assert "error" not in result, result
@@ -63,9 +63,11 @@ def test_bench_measures_every_precision_the_device_can_run(bench_report) -> None
             spread = result[figure]
             assert 0 < spread["min"] <= spread["median"] <= spread["max"]
         assert result["fidelity"]["perplexity"] > 1
-    fp32, bf16, fp16 = report["results"]
+    fp32, bf16, fp16, int8 = report["results"]
     assert "top1_agreement" not in fp32["fidelity"]  # it is the reference
-    assert 0.9 <= bf16["fidelity"]["top1_agreement"] <= 1.0 and bf16["fidelity"]["mean_kl"] >= 0
+    for result in (bf16, fp16, int8):
+        assert 0.9 <= result["fidelity"]["top1_agreement"] <= 1.0 and result["fidelity"]["mean_kl"] >= 0
+    assert int8["mode"] == "int8" and int8["weights_bytes"] < 0.65 * fp16["weights_bytes"]
     assert fp16["default"] and not fp32["default"]
 
 

@@ -6,6 +6,7 @@ import json
 import threading
 
 import pytest
+import torch
 from transformers import AutoTokenizer
 
 from chatbot.authoring.modelgen import SCRIPTED_ANSWER, SCRIPTED_THINKING
@@ -227,3 +228,16 @@ def test_logit_bias_and_logprobs_on_the_scripted_model(scripted) -> None:
     assert all(record.logprob <= 0 for record in plain.logprobs)
     banned, _ = run(scripted, ids, temperature=0, max_new_tokens=4, logit_bias={first_word: -100})
     assert banned.token_ids[0] != first_word
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_the_one_pass_finiteness_check_sees_any_inf_or_nan(bad, dtype) -> None:
+    from chatbot.engine.generation import all_finite
+
+    logits = (torch.randn(151936) * 30).to(dtype)  # a 16-bit sum of these would overflow; the check sums in FP32
+    assert all_finite(logits)
+    for position in (0, 77777, 151935):
+        broken = logits.clone()
+        broken[position] = bad
+        assert not all_finite(broken)

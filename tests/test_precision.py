@@ -72,7 +72,7 @@ def test_request_priority_argument_then_environment_then_auto() -> None:
     assert resolve_request(None, {"QWEN_PRECISION": "bf16"}) == ("bf16", "environment (QWEN_PRECISION)")
     assert resolve_request(None, {}) == ("auto", "auto")
     assert resolve_request("auto", {"QWEN_PRECISION": "bf16"}) == ("auto", "auto")  # explicit auto wins
-    with pytest.raises(InvalidRequestError, match="auto, fp8, fp16, bf16 or fp32"):
+    with pytest.raises(InvalidRequestError, match="auto, fp8, int8, fp16, bf16 or fp32"):
         resolve_request(None, {"QWEN_PRECISION": "int4"})
 
 

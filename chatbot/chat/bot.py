@@ -29,7 +29,7 @@ class Qwen3ChatBot:
     Args:
         model_path: hub id or local checkpoint folder.
         device: "auto", "cpu", "cuda", "cuda:N" or "mps".
-        precision: "auto", "fp8", "fp16", "bf16", "fp32"; None reads ``QWEN_PRECISION`` (default auto).
+        precision: "auto", "fp8", "int8", "fp16", "bf16", "fp32"; None reads ``QWEN_PRECISION`` (default auto).
         system_prompt: sent first in every prompt; never dropped when the history is trimmed.
         engine: share an existing engine (and its loaded model) instead of creating one.
         backend: another OpenAI-compatible server instead of a local model: its /v1 URL or a

@@ -33,7 +33,7 @@ from tqdm import tqdm
 from . import bench_serving
 from .bench_worker import BATCH_SIZES, TURNS
 
-ALL_PRECISIONS = ("fp8", "fp16", "bf16", "fp32")
+ALL_PRECISIONS = ("fp8", "int8", "fp16", "bf16", "fp32")
 # Figures to compare with, measured on a 2-core AVX2 CPU with the Qwen3-0.6B architecture (tokens/s).
 REFERENCE_FIGURES = {
     "plain transformers 5.23, FP32": {"prefill_64": 72, "decode": 7.9},
@@ -285,6 +285,11 @@ def targets(report: dict[str, Any]) -> list[tuple[str, str, bool | None]]:
                     ratio >= 0.95,
                 )
             )
+    if "int8" in results and "fp16" in results:
+        speed = results["int8"]["decode_tok_s"]["median"] / results["fp16"]["decode_tok_s"]["median"]
+        memory = results["int8"]["peak_rss_bytes"] / results["fp16"]["peak_rss_bytes"]
+        rows.append(("INT8 decode vs FP16 decode (half the bytes)", f"{speed:.2f}x", None))
+        rows.append(("INT8 peak memory <= 0.65x FP16's", f"{memory:.2f}x", memory <= 0.65))
     if "fp8" in results and "fp16" in results:
         speed = results["fp8"]["decode_tok_s"]["median"] / results["fp16"]["decode_tok_s"]["median"]
         memory = results["fp8"]["weights_bytes"] / results["fp16"]["weights_bytes"]
@@ -365,6 +370,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="only the serving bench, at these stream counts, e.g. 1,2,4,8,16 (the default run does 1,4,8)",
     )
     parser.add_argument("--serving-tokens", type=int, default=32, help="new tokens per stream in the serving bench")
+    parser.add_argument(
+        "--peer",
+        choices=["llama.cpp"],
+        help="only compare CPU prefill and decode with this engine, interleaved (builds and converts once)",
+    )
+    parser.add_argument("--peer-rounds", type=int, default=5, help="interleaved rounds of the peer comparison")
+    parser.add_argument("--threads", type=int, help="CPU threads for both sides of --peer (default: all cores)")
     parser.add_argument("--out", type=Path, default=Path("bench-out"))
     parser.add_argument("--timeout", type=float, default=900, help="seconds allowed per precision")
 
@@ -392,6 +404,10 @@ def main(args: argparse.Namespace) -> int:
         from ..settings import Settings
 
         args.model = Settings().model
+    if args.peer:
+        from . import bench_peer
+
+        return bench_peer.main(args.model, args.peer, args.peer_rounds, args.threads, args.out)
     if args.concurrency:
         return serving_main(args, [int(level) for level in args.concurrency.split(",") if level.strip()])
     report = run_bench(args)

@@ -100,7 +100,8 @@ def _decoded_weight_bytes(model: Any) -> int:
     seen, total = set(), 0
     for module in model.modules():
         if hasattr(module, "weight") and hasattr(module, "in_features"):
-            for tensor in (module.weight, getattr(module, "weight_scale_inv", None)):
+            scales = (getattr(module, "weight_scale_inv", None), getattr(module, "weight_scale", None))
+            for tensor in (module.weight, *scales):
                 if tensor is not None and tensor.data_ptr() not in seen:
                     seen.add(tensor.data_ptr())
                     total += tensor.numel() * tensor.element_size()
@@ -273,9 +274,57 @@ def serving_worker(spec: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
+def peer_worker(spec: dict[str, Any]) -> None:
+    """``bench --peer``: load once, then one round (prefill and decode) per ``round`` line on stdin.
+
+    Prints one JSON line when loaded (mode, label), one per round ({"prefill", "decode"} tokens/s) and
+    one on ``quit`` (peak memory). Decode is measured as llama-bench's tg: from an almost empty context.
+    """
+    import resource
+    import threading
+
+    import torch
+
+    from ..engine.generation import Generator
+    from ..engine.sampling import sampling_options
+    from ..model.loader import load_model
+
+    torch.set_num_threads(spec["threads"])
+    loaded = load_model(spec["model"], device="cpu", precision=spec["precision"])
+    generator = Generator(loaded.model, loaded.tokenizer, loaded.eos_token_ids, loaded.device)
+    prompt = _prompt_ids(loaded.tokenizer, spec["prompt_tokens"])
+    new = spec["new_tokens"]
+    one_token = sampling_options(False, temperature=0, max_new_tokens=1)
+    decode = sampling_options(False, temperature=0, min_new_tokens=new + 1, max_new_tokens=new + 1)
+    generator.run(prompt[:32], sampling_options(False, temperature=0, max_new_tokens=4), threading.Event(), _drop)
+    decision = loaded.precision
+    _say(
+        {
+            "mode": decision.mode,
+            "label": decision.label,
+            "reason": decision.reason,
+            "weights_bytes": loaded.weights_bytes,
+        }
+    )
+    for command in sys.stdin:
+        if command.strip() != "round":
+            break
+        prefill = generator.run(prompt, one_token, threading.Event(), _drop).stats
+        # One token of prompt, then new + 1 tokens: the first comes from the prompt step, the next `new` are decoded.
+        stats = generator.run(prompt[:1], decode, threading.Event(), _drop).stats
+        _say({"prefill": len(prompt) / prefill.prefill_seconds, "decode": stats.tokens_per_second})
+    _say({"peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024})
+
+
+def _say(message: dict[str, Any]) -> None:
+    print(json.dumps(message), flush=True)
+
+
 if __name__ == "__main__":
     job = json.loads(sys.argv[1])
-    if "serving" in job:
+    if job.get("peer"):
+        peer_worker(job)
+    elif "serving" in job:
         print(json.dumps(serving_worker(job)))
     else:
         print(json.dumps(plain_worker(job) if "baseline" in job else worker(job)))

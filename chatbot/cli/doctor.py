@@ -155,6 +155,8 @@ def checkpoint_section(report: Report, model: str, chosen: DeviceInfo | None, pr
     for attempt in refused:
         report.info(attempt.detail)
     report.ok(f"would run {candidates[0].mode.upper()} ({source}): {candidates[0].reason}")
+    if requested == "auto" and chosen.kind == "cpu":
+        report.info("on a CPU, auto measures INT8 against FP16 at load for models beyond 256 MiB (see --load)")
     if len(candidates) > 1:
         report.info(
             "fallback chain if loading or the probe forward fails: " + " -> ".join(c.mode.upper() for c in candidates)

@@ -31,7 +31,7 @@ def add_model_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps (env QWEN_DEVICE)")
     parser.add_argument(
         "--precision",
-        choices=["auto", "fp8", "fp16", "bf16", "fp32"],
+        choices=["auto", "fp8", "int8", "fp16", "bf16", "fp32"],
         help="precision mode (env QWEN_PRECISION; default auto)",
     )
     parser.add_argument("--max-context", type=int, help="context window in tokens (env QWEN_MAX_CONTEXT)")

@@ -25,7 +25,7 @@ import torch
 from ..errors import ChatbotError, GenerationError
 from ..model.cpu_layers import use_fp32_decode
 from .batching import decode_rows
-from .generation import Generator
+from .generation import Generator, all_finite
 from .jobs import Failed, Finished
 from .kv_cache import crop_to
 from .request import ActiveRequest
@@ -101,7 +101,7 @@ class Batch:
                 self._decode([request])
             return
         for index, request in enumerate(requests):
-            if bool(torch.isfinite(logits[index]).all()):
+            if all_finite(logits[index]):
                 try:
                     request.accept(logits[index])
                 except (*STEP_ERRORS, ChatbotError) as exc:  # e.g. in the request's own sampling
@@ -119,7 +119,7 @@ class Batch:
         model, device = self.generator.model, self.generator.device
         caches: list[Any] = [r.cache for r in requests]
         logits = decode_rows(model, [r.last_token for r in requests], caches, device)
-        if bool(torch.isfinite(logits).all()) or not use_fp32_decode(model):
+        if all_finite(logits) or not use_fp32_decode(model):
             return logits
         log.warning("FP16 overflow in a decode matmul: CPU layers decode in FP32 from now on")
         for cache, length in zip(caches, lengths, strict=True):

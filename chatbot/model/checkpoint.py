@@ -79,6 +79,13 @@ class FileHandles:
             self._open[path] = self._stack.enter_context(safe_open(str(path), framework="pt", device="cpu"))
         return self._open[path]
 
+    def release(self) -> None:
+        """Close every file (reopened on the next read): the pages read so far stop counting as this
+        process's memory, which keeps the peak of a load near the size of the loaded weights."""
+        self._stack.close()
+        self._stack = ExitStack()
+        self._open.clear()
+
     def __enter__(self) -> FileHandles:
         return self
 

@@ -8,7 +8,9 @@ tensor by tensor from the safetensors files:
   scales in ``Fp8Linear`` layers; everything else BF16.
 * ``fp16``/``bf16``/``fp32`` on a GPU: FP8 weights are dequantized, every tensor (embeddings and
   norms too) is cast to one dtype, so no dtype mismatch can reach the first forward.
-* CPU: 16-bit weights in ``CpuLinear`` layers with an FP32 residual stream (see ``cpu_layers``).
+* CPU: 16-bit weights in ``CpuLinear`` layers with an FP32 residual stream (see ``cpu_layers``), or
+  with ``int8`` per-channel int8 weights in ``CpuInt8Linear`` layers (see ``cpu_int8``); ``auto``
+  measures the int8 kernel against FP16 first, for models too large for the CPU caches.
 * Apple MPS: loaded on CPU, then moved.
 
 After loading, a probe forward (prompt + one decode step) must give finite logits; otherwise
@@ -31,6 +33,22 @@ from torch import nn
 
 from ..errors import CheckpointError, PrecisionError
 from .checkpoint import CheckpointInfo, FileHandles, inspect_checkpoint, resolve_checkpoint
+from .cpu_int8 import (
+    MAX_RMS_ERROR,
+    CpuInt8Linear,
+    Int8KernelUnavailable,
+    Int8Quality,
+    Int8Speed,
+    attach_kernel,
+    convert_to_int8_layers,
+    fp16_weight_bytes,
+    linear_shapes,
+    measure_int8_speed,
+    quantize_per_channel,
+    release_free_heap,
+    select_int8_kernel,
+    set_int8_tensor,
+)
 from .cpu_layers import PrefillChoice, choose_prefill_dtype, convert_to_cpu_layers, keep_prefill_copies
 from .device import DeviceInfo, detect_device, is_sticky_cuda_fault
 from .formats import PROJECTION_RE, FormatKind
@@ -40,6 +58,8 @@ from .precision import COMPUTE_DTYPES, Attempt, Candidate, PrecisionDecision, pl
 
 log = logging.getLogger(__name__)
 DEFAULT_MAX_CONTEXT = 32768
+RELEASE_FILES_BYTES = 64 * 2**20  # checkpoint bytes read between two closings of the files
+INT8_MIN_MODEL_BYTES = 256 * 2**20  # smaller models stay in the CPU caches: fewer bytes gain nothing there
 SUPPORTED_MODEL_TYPES = ("qwen3",)
 
 
@@ -103,7 +123,7 @@ def load_model(
     Args:
         source: local checkpoint folder or hub id.
         device: "auto", "cpu", "cuda", "cuda:N" or "mps".
-        precision: "auto", "fp8", "fp16", "bf16", "fp32", or None to read ``QWEN_PRECISION``.
+        precision: "auto", "fp8", "int8", "fp16", "bf16", "fp32", or None to read ``QWEN_PRECISION``.
         max_context: context window in tokens (default: the model's, at most 32768).
         gpu_memory_limit: fraction of GPU memory this process may use.
         trust_remote_code: let a checkpoint's own Python code run (off unless asked for).
@@ -128,8 +148,9 @@ def load_model(
     if dev.kind == "cuda" and gpu_memory_limit and not dev.simulated:
         torch.cuda.set_per_process_memory_fraction(gpu_memory_limit, dev.index)
     requested, request_source = resolve_request(precision)
+    int8_speed = _measure_int8(info, dev, progress) if requested == "auto" else None
     candidates, attempts = plan_precision(
-        requested, dev, checkpoint_fp8=info.format.is_fp8, checkpoint_dtype=info.native_dtype
+        requested, dev, checkpoint_fp8=info.format.is_fp8, checkpoint_dtype=info.native_dtype, int8_speed=int8_speed
     )
     for message in attempts:
         log.warning("%s; choosing another precision", message.detail)
@@ -137,7 +158,7 @@ def load_model(
     for candidate in candidates:
         reason = candidate.reason.format(failed=failed)
         try:
-            model, details = _build(info, dev, candidate.mode, progress, trust_remote_code)
+            model, details = _build(info, dev, candidate.mode, progress, trust_remote_code, strict=requested == "auto")
             progress.update("probe forward", 0.95)
             (probe or probe_forward)(model, tokenizer, torch.device(dev.torch_device))
         except Exception as exc:
@@ -181,9 +202,35 @@ def load_model(
     )
 
 
+def _measure_int8(info: CheckpointInfo, dev: DeviceInfo, progress: LoadProgress) -> Int8Speed | None:
+    """On a real CPU, for a model too large for the caches: the int8 kernel's speed against FP16's."""
+    if dev.kind != "cpu" or dev.simulated or info.config.get("model_type") not in SUPPORTED_MODEL_TYPES:
+        return None
+    try:
+        if fp16_weight_bytes(info.config) < INT8_MIN_MODEL_BYTES:
+            return None
+        layer, _ = linear_shapes(info.config)
+    except (KeyError, TypeError, ValueError):
+        return None  # an unusual config: the 16-bit path, which needs none of these fields
+    progress.update("measuring int8 against fp16", 0.04)
+    try:
+        speed = measure_int8_speed(tuple(layer))
+    except Int8KernelUnavailable as exc:
+        log.warning("INT8 not considered: %s", exc)
+        return None
+    log.info("INT8 %s", speed.describe())
+    return speed
+
+
 def _step_down_errors() -> tuple[type[BaseException], ...]:
     """Failures after which the next precision is tried (a broken checkpoint is not one of them)."""
-    errors: tuple[type[BaseException], ...] = (ProbeError, Fp8KernelUnavailable, RuntimeError, NotImplementedError)
+    errors: tuple[type[BaseException], ...] = (
+        ProbeError,
+        Fp8KernelUnavailable,
+        Int8KernelUnavailable,
+        RuntimeError,
+        NotImplementedError,
+    )
     errors += (TypeError, ValueError)
     try:  # Triton's compile and resource errors derive from Exception, not RuntimeError
         from triton.errors import TritonError
@@ -250,9 +297,18 @@ def _skeleton(info: CheckpointInfo, dtype: torch.dtype, trust_remote_code: bool)
 
 
 def _build(
-    info: CheckpointInfo, dev: DeviceInfo, mode: str, progress: LoadProgress, trust_remote_code: bool
+    info: CheckpointInfo,
+    dev: DeviceInfo,
+    mode: str,
+    progress: LoadProgress,
+    trust_remote_code: bool,
+    strict: bool = False,
 ) -> tuple[nn.Module, dict[str, str]]:
-    """Build the model for one mode; returns it with details for the precision decision."""
+    """Build the model for one mode; returns it with details for the precision decision.
+
+    ``strict``: the mode was chosen automatically, so an INT8 model whose weights lie further than
+    ``MAX_RMS_ERROR`` from the checkpoint's raises ``ProbeError`` (the next mode is tried).
+    """
     details: dict[str, str] = {}
     target = torch.device("cpu" if dev.kind == "mps" else dev.torch_device)
     prefill: PrefillChoice | None = None
@@ -264,6 +320,10 @@ def _build(
         compute_dtype = torch.float32
         details["prefill_dtype"] = str(prefill.dtype).removeprefix("torch.")
         details["reason_suffix"] = f"decode with {mode.upper()} weights, {prefill.describe()}"
+    if dev.kind == "cpu" and mode == "int8":
+        prefill = choose_prefill_dtype(torch.int8)
+        details["prefill_dtype"] = str(prefill.dtype).removeprefix("torch.")
+        prefill = PrefillChoice(prefill.dtype, prefill.why, copy=False)  # the point of INT8 is its memory
     if dev.kind == "cuda" and mode == "fp32" and dev.capability and dev.capability >= (8, 0):
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
@@ -282,9 +342,23 @@ def _build(
             details["fp8_kernels_skipped"] = "; ".join(notes)
         for name, module in _fp8_projections(model):
             model.set_submodule(name, Fp8Linear(module.in_features, module.out_features, block, kernels))
-    if prefill is not None:
+    quality = Int8Quality()
+    if mode == "int8":
+        progress.update("checking the int8 kernel", 0.04)
+        convert_to_int8_layers(model, prefill.dtype)
+        kernel = select_int8_kernel(_int8_shapes(model))
+        details["int8_kernel"] = kernel.describe()
+    elif prefill is not None:
         convert_to_cpu_layers(model, COMPUTE_DTYPES[mode], prefill.dtype)
-    _fill_weights(model, info, target, mode, progress)
+    _fill_weights(model, info, target, mode, progress, quality)
+    if mode == "int8":
+        attach_kernel(model, kernel)
+        details["int8_rms_error"] = f"{quality.worst:.4f}"
+        if strict and quality.worst > MAX_RMS_ERROR:
+            raise ProbeError(f"{quality.describe()}, beyond the {MAX_RMS_ERROR:.0%} bound for choosing INT8")
+        if quality.worst > MAX_RMS_ERROR:
+            log.warning("INT8 as requested, though %s (the automatic choice's bound is %s)", quality, MAX_RMS_ERROR)
+        details["reason_suffix"] = f"{quality.describe()}; {kernel.name} decode kernel, {prefill.describe()}"
     if mode == "fp8":
         check_fp8_layer(model, compute_dtype)
     if prefill is not None and prefill.copy:
@@ -293,6 +367,11 @@ def _build(
         model.to("mps")
     model.eval()
     return model, details
+
+
+def _int8_shapes(model: nn.Module) -> tuple[tuple[int, int], ...]:
+    """The distinct (out, in) shapes of the int8 layers, for the kernel's self-check."""
+    return tuple(sorted({(m.out_features, m.in_features) for m in model.modules() if isinstance(m, CpuInt8Linear)}))
 
 
 def _fp8_projections(model: nn.Module) -> list[tuple[str, nn.Linear]]:
@@ -335,9 +414,17 @@ def _fp8_block(info: CheckpointInfo) -> tuple[int, int]:
 
 
 def _fill_weights(
-    model: nn.Module, info: CheckpointInfo, device: torch.device, mode: str, progress: LoadProgress
+    model: nn.Module,
+    info: CheckpointInfo,
+    device: torch.device,
+    mode: str,
+    progress: LoadProgress,
+    quality: Int8Quality | None = None,
 ) -> None:
-    """Read every tensor the model needs, converting it to the dtype its parameter has."""
+    """Read every tensor the model needs, converting it to the dtype its parameter has.
+
+    Int8 parameters are quantized per row here; ``quality`` records their error.
+    """
     # Fp8Linear scales are filled together with their weights.
     expected = {n: t for n, t in model.state_dict(keep_vars=True).items() if not n.endswith(".weight_scale_inv")}
     tied = bool(getattr(model.config, "tie_word_embeddings", False))
@@ -350,10 +437,15 @@ def _fill_weights(
             fix="The checkpoint is incomplete or not a Qwen3 model: download it again.",
         )
     names = [n for n in expected if n in info.tensors]
+    read_since_release = 0
     with FileHandles() as files:
         for i, name in enumerate(names):
             param = expected[name]
             stored = info.read(name, files)
+            read_since_release += stored.numel() * stored.element_size()
+            if read_since_release > RELEASE_FILES_BYTES:  # safetensors maps its files: unmap what was read
+                files.release()
+                read_since_release = 0
             scale_name = fmt.scale_name(name) if stored.dtype == torch.float8_e4m3fn else None
             if tuple(stored.shape) != tuple(param.shape):
                 raise CheckpointError(
@@ -371,6 +463,19 @@ def _fill_weights(
                     dense = fmt.dequantize(name, dense, info.read(scale_name, files).to(device), torch.float32)
                 value, scale_inv = quantize_block_fp8(dense, _fp8_block(info), scale_dtype=torch.float32)
                 _set_tensor(model, name + "_scale_inv", scale_inv)
+            elif param.dtype == torch.int8:  # INT8 mode: per-row int8 from the checkpoint's own values
+                dense = stored
+                if scale_name:
+                    dense = fmt.dequantize(name, stored, info.read(scale_name, files), torch.float32)
+                _check_finite(name, dense, stored, info, mode)
+                q, scale, error = quantize_per_channel(dense)
+                if quality is not None:
+                    quality.add(name, error)
+                set_int8_tensor(model.get_submodule(name.rpartition(".")[0]), q, scale)
+                del dense, stored
+                release_free_heap()
+                progress.update(f"loading weights {i + 1}/{len(names)}", 0.05 + 0.9 * (i + 1) / len(names))
+                continue
             elif scale_name:
                 value = fmt.dequantize(name, stored.to(device), info.read(scale_name, files).to(device), param.dtype)
             else:
@@ -379,7 +484,10 @@ def _fill_weights(
             _set_tensor(model, name, value)
             progress.update(f"loading weights {i + 1}/{len(names)}", 0.05 + 0.9 * (i + 1) / len(names))
     if tied:
-        model.get_output_embeddings().weight = model.get_input_embeddings().weight
+        head, embeddings = model.get_output_embeddings(), model.get_input_embeddings()
+        head.weight = embeddings.weight
+        if isinstance(head, CpuInt8Linear):
+            head.weight_scale = embeddings.weight_scale
     _rebuild_computed_buffers(model, device)
 
 

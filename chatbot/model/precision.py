@@ -4,8 +4,9 @@ The rules are pure functions of (request, checkpoint, device), so they are teste
 devices. The loader walks the planned chain: it loads the first candidate, runs a probe forward,
 and steps down when loading raises or the logits are not finite, recording every attempt. The chain
 depends on the device: fp8 -> bf16 -> fp16 -> fp32 on GPUs with native BF16 (Qwen3 is trained in
-BF16, and FP16 can overflow), fp8 -> fp16 -> fp32 on older GPUs, fp16 -> bf16 -> fp32 on the CPU
-(whose FP16 path recomputes an overflowing step in FP32).
+BF16, and FP16 can overflow), fp8 -> fp16 -> fp32 on older GPUs, int8 -> fp16 -> bf16 -> fp32 on the
+CPU (whose FP16 path recomputes an overflowing step in FP32). ``auto`` picks INT8 on a CPU only where
+the loader measured its decode kernel faster than FP16 (``cpu_int8``); otherwise FP16.
 
 FP8 on CUDA: native on compute capability >= 8.9 (FP8 tensor cores); below that "weight-only" (the
 FP8 bytes stay in memory and are decoded inside the matmul, as FP8 Marlin does), if the kernel passes
@@ -17,18 +18,28 @@ from __future__ import annotations
 
 import os
 from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 
 from ..errors import InvalidRequestError
 from .device import BF16_MIN_CAPABILITY, FP8_MIN_CAPABILITY, DeviceInfo
 
-MODES = ("fp8", "fp16", "bf16", "fp32")
-CHAIN = MODES  # step-down order on the CPU and Apple GPUs
+if TYPE_CHECKING:
+    from .cpu_int8 import Int8Speed as CpuInt8Check
+
+MODES = ("fp8", "int8", "fp16", "bf16", "fp32")
+CHAIN = MODES  # step-down order on the CPU and Apple GPUs (modes a device cannot run are left out)
 ENV_VAR = "QWEN_PRECISION"
 
 # Dtype that activations (and, except for fp8, weights) use in each mode.
-COMPUTE_DTYPES = {"fp8": torch.bfloat16, "fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
+COMPUTE_DTYPES = {
+    "fp8": torch.bfloat16,
+    "int8": torch.float32,  # CPU only: int8 weights, FP32 activations
+    "fp16": torch.float16,
+    "bf16": torch.bfloat16,
+    "fp32": torch.float32,
+}
 
 
 @dataclass(frozen=True)
@@ -106,7 +117,9 @@ def _validated(value: str, where: str) -> str:
     value = value.strip().lower()
     if value not in MODES:
         raise InvalidRequestError(
-            f"Unknown precision {value!r} from {where}.", param="precision", fix="Use auto, fp8, fp16, bf16 or fp32."
+            f"Unknown precision {value!r} from {where}.",
+            param="precision",
+            fix="Use auto, fp8, int8, fp16, bf16 or fp32.",
         )
     return value
 
@@ -115,6 +128,8 @@ def unsupported_reason(mode: str, device: DeviceInfo) -> str | None:
     """Why ``device`` cannot run ``mode``, or None when it can."""
     if mode == "fp8" and device.kind != "cuda":
         return f"no CUDA GPU ({device.kind}) to run FP8 matmuls"
+    if mode == "int8" and device.kind != "cpu":
+        return f"INT8 is a CPU mode ({device.kind}: the FP8 or 16-bit modes serve it)"
     if mode == "bf16" and not device.has_bf16:
         if device.kind == "cuda":
             return (
@@ -140,7 +155,12 @@ def fallback_chain(device: DeviceInfo) -> tuple[str, ...]:
 
 
 def plan_precision(
-    requested: str, device: DeviceInfo, *, checkpoint_fp8: bool, checkpoint_dtype: str = "bfloat16"
+    requested: str,
+    device: DeviceInfo,
+    *,
+    checkpoint_fp8: bool,
+    checkpoint_dtype: str = "bfloat16",
+    int8_speed: CpuInt8Check | None = None,
 ) -> tuple[list[Candidate], list[Attempt]]:
     """Order the modes to try, best first, each with the sentence that explains it.
 
@@ -149,6 +169,7 @@ def plan_precision(
         device: the device (real or simulated).
         checkpoint_fp8: whether the checkpoint stores FP8 weights.
         checkpoint_dtype: dtype of a plain checkpoint ("bfloat16", "float16", "float32").
+        int8_speed: on a CPU, how the int8 decode kernel compared with FP16 here (None: not measured).
     Returns:
         (candidates, refused) where refused records requested modes the device cannot run.
     """
@@ -160,9 +181,9 @@ def plan_precision(
             first = Candidate(requested, f"{requested.upper()} as requested")
         else:
             refused.append(Attempt(requested, False, f"{requested.upper()} requested but {why_not}"))
-            first = _auto_choice(device, checkpoint_fp8, checkpoint_dtype, requested_failed=requested)
+            first = _auto_choice(device, checkpoint_fp8, checkpoint_dtype, int8_speed, requested_failed=requested)
     else:
-        first = _auto_choice(device, checkpoint_fp8, checkpoint_dtype)
+        first = _auto_choice(device, checkpoint_fp8, checkpoint_dtype, int8_speed)
 
     candidates = [first]
     chain = fallback_chain(device)
@@ -173,7 +194,11 @@ def plan_precision(
 
 
 def _auto_choice(
-    device: DeviceInfo, checkpoint_fp8: bool, checkpoint_dtype: str, requested_failed: str | None = None
+    device: DeviceInfo,
+    checkpoint_fp8: bool,
+    checkpoint_dtype: str,
+    int8_speed: CpuInt8Check | None = None,
+    requested_failed: str | None = None,
 ) -> Candidate:
     prefix = f"{requested_failed.upper()} unavailable, " if requested_failed else ""
     if device.kind == "cuda":
@@ -195,9 +220,14 @@ def _auto_choice(
         return Candidate("fp16", f"{prefix}FP16: half precision supported by every CUDA GPU")
     if device.kind == "mps":
         return Candidate("fp16", f"{prefix}FP16 fallback: Apple GPU has no FP8; weights loaded on CPU, then moved")
-    # CPU: decode is bound by memory bandwidth, so 16-bit weights halve the bytes read per token.
-    # The loader measures which dtype the long prompt matmuls run fastest in and adds it to the reason.
+    # CPU: decode is bound by memory bandwidth, so fewer bytes per weight mean more tokens per second.
+    # INT8 halves FP16's bytes, but is chosen only where its kernel was measured faster here (the
+    # loader measures it for models too large for the CPU caches, and bounds its error at load).
+    # The loader also measures which dtype the long prompt matmuls run fastest in and adds it to the reason.
+    if int8_speed is not None and int8_speed.faster:
+        return Candidate("int8", f"{prefix}INT8: 1 byte per weight, {int8_speed.describe()}")
     why = unsupported_reason("fp8", device)
+    slower = f"; INT8 not used: {int8_speed.describe()}" if int8_speed is not None else ""
     if checkpoint_fp8:
-        return Candidate("fp16", f"{prefix}FP16 fallback: {why}, so the FP8 weights are dequantized to FP16")
-    return Candidate("fp16", f"{prefix}FP16 on CPU: 16-bit weights halve the bytes read per generated token")
+        return Candidate("fp16", f"{prefix}FP16 fallback: {why}, so the FP8 weights are dequantized to FP16{slower}")
+    return Candidate("fp16", f"{prefix}FP16 on CPU: 16-bit weights halve the bytes read per generated token{slower}")
