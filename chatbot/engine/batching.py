@@ -23,6 +23,8 @@ import torch
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, AttentionInterface
 
+from ..model.cpu_decode import decode_step_of
+
 ROW_PREFIX = "rows+"
 
 
@@ -87,7 +89,13 @@ def install_row_attention(model: Any) -> bool:
 
 
 def decode_rows(model: Any, tokens: list[int], caches: list[Any], device: torch.device) -> torch.Tensor:
-    """Feed ``tokens[i]`` to the request whose cache is ``caches[i]``; returns last-position logits [rows, vocab]."""
+    """Feed ``tokens[i]`` to the request whose cache is ``caches[i]``; returns last-position logits [rows, vocab].
+
+    On a CPU with the compiled decode step (``cpu_decode``) that step does it; else transformers' forward.
+    """
+    step = decode_step_of(model, len(tokens))
+    if step is not None:
+        return step(tokens, caches)
     positions = [cache.get_seq_length() for cache in caches]
     rows = RowCaches(caches)
     out = model(

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from ..errors import GenerationError
+from ..model.cpu_decode import decode_step_of
 from ..model.cpu_layers import use_fp32_decode
 from .kv_cache import new_cache
 from .sampling import Sampler, SamplingOptions, TokenLogprob
@@ -211,8 +212,12 @@ class Generator:
     def step(self, ids: list[int], cache: Any) -> torch.Tensor:
         """One forward over ``ids``; non-finite logits (FP16 overflow) are recomputed with FP32 matmuls."""
         before = cache.get_seq_length()
-        chunk = torch.tensor([ids], device=self.device)
-        logits = self.model(input_ids=chunk, past_key_values=cache, use_cache=True, logits_to_keep=1).logits[0, -1]
+        fast = decode_step_of(self.model, 1) if len(ids) == 1 else None
+        if fast is not None:
+            logits = fast(ids, [cache])[0]
+        else:
+            chunk = torch.tensor([ids], device=self.device)
+            logits = self.model(input_ids=chunk, past_key_values=cache, use_cache=True, logits_to_keep=1).logits[0, -1]
         if all_finite(logits):
             return logits
         if not use_fp32_decode(self.model):

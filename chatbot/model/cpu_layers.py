@@ -9,12 +9,14 @@ keep 16-bit weights, and each matmul picks its path by the number of rows it mul
 made once at load (``QWEN_CPU_PREFILL_COPY=0`` converts on the fly instead, saving that memory).
 ``QWEN_CPU_PREFILL_DTYPE=fp32|bf16|fp16`` forces the prefill dtype.
 
-Batched decode (several requests, one row each) sits in between: measured on a 2-core AVX512-BF16
-CPU, an FP16 matmul of up to 4 rows costs about what 1 row costs, while at 8 rows it takes about
-twice as long as the BF16 prefill copy. So with a prefill copy, matmuls of more than
-``BATCHED_DECODE_ROWS`` rows use it (``QWEN_CPU_DECODE_ROWS=N`` moves that limit, at most 16). A
-request's reply is then the same token for token in a batch of up to that many rows as alone; in a
-larger batch its decode runs in the prefill dtype, which can change the last bits of the logits.
+Batched decode (several requests, one row each) sits in between. Measured on a 2-core AVX512-BF16
+CPU over half of Qwen3-0.6B's matrices (torch 2.13): an FP16 matmul costs about as many times one
+row's time as it has rows (16 ms for 1 row, 32 for 2, 53 for 4, 126 for 8), while the BF16 prefill
+copy takes nearly the same time for 2 to 16 rows (27-42 ms). So with a prefill copy, matmuls of more
+than ``BATCHED_DECODE_ROWS`` (one) row use it (``QWEN_CPU_DECODE_ROWS=N`` moves that limit, at most
+16), and the output head gets a copy too. A request's reply is then the same token for token in any
+batch of two or more as in any other, and alone up to ``QWEN_CPU_DECODE_ROWS`` rows; a batch decoding
+in the prefill dtype can change the last bits of the logits against the request alone.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from torch import nn
 from .device import cpu_flags
 
 DECODE_MAX_ROWS = 16  # up to this many rows a matmul reads weights more than it computes
-BATCHED_DECODE_ROWS = 4  # beyond this many rows the prefill copy is faster (measured; module docstring)
+BATCHED_DECODE_ROWS = 1  # beyond this many rows the prefill copy is faster (measured; module docstring)
 DTYPE_NAMES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 
@@ -160,6 +162,10 @@ def use_fp32_decode(model: nn.Module) -> bool:
     switched = [m for m in layers if not m.fp32_decode]
     for module in switched:
         module.fp32_decode = True
+    step = getattr(model, "qwen_decode_step", None)  # the compiled step (cpu_decode) decodes from the FP16 weights
+    if step is not None and step.enabled and layers:
+        step.enabled = False
+        return True
     return bool(switched)
 
 
@@ -178,15 +184,14 @@ def batched_decode_rows(environ: dict[str, str] | None = None) -> int:
 
 
 def keep_prefill_copies(model: nn.Module) -> int:
-    """Give every CPU linear layer but the output head its prefill copy; returns the bytes added.
+    """Give every CPU linear layer its prefill copy; returns the bytes added.
 
-    The output head only ever sees one row in a chat (``logits_to_keep=1``), so it needs none.
+    The output head sees one row per request (``logits_to_keep=1``): its copy serves batched decode.
     """
-    head = model.get_output_embeddings()
     decode_rows = batched_decode_rows()
     added = 0
     for module in model.modules():
-        if isinstance(module, CpuLinear) and module is not head:
+        if isinstance(module, CpuLinear):
             module.keep_prefill_copy(decode_rows)
             if module.prefill_weight is not None:
                 added += module.prefill_weight.numel() * module.prefill_weight.element_size()

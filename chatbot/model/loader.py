@@ -33,6 +33,7 @@ from torch import nn
 
 from ..errors import CheckpointError, PrecisionError
 from .checkpoint import CheckpointInfo, FileHandles, inspect_checkpoint, resolve_checkpoint
+from .cpu_decode import attach_decode_step
 from .cpu_int8 import (
     MAX_RMS_ERROR,
     CpuInt8Linear,
@@ -363,6 +364,9 @@ def _build(
         check_fp8_layer(model, compute_dtype)
     if prefill is not None and prefill.copy:
         details["prefill_copy_bytes"] = str(keep_prefill_copies(model))
+    if dev.kind == "cpu" and not dev.simulated and prefill is not None:
+        progress.update("compiling the decode step", 0.9)
+        details["decode_step"] = attach_decode_step(model, weights_bytes(model))
     if dev.kind == "mps":
         model.to("mps")
     model.eval()
