@@ -1,0 +1,114 @@
+"""The compiled CPU decode step: transformers' arithmetic on the loaded model, chosen and checked at load.
+
+Tiny models sit in the CPU caches, where the step is not used by default; ``QWEN_CPU_DECODE_STEP``
+forces it on here. Nothing measures speed.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import torch
+
+from chatbot.engine.engine import ChatEngine, Failed, Finished
+from chatbot.engine.generation import Generator
+from chatbot.engine.kv_cache import new_cache
+from chatbot.engine.sampling import sampling_options
+from chatbot.model.cpu_decode import CHECK_TOLERANCE, requested_mode
+from chatbot.model.cpu_layers import use_fp32_decode
+from chatbot.model.loader import load_model
+
+
+@pytest.fixture(scope="module")
+def load_with(random_fp8, scripted_fp8):
+    def load(step: str, precision: str = "fp16", model=random_fp8):
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setenv("QWEN_CPU_DECODE_STEP", step)
+            return load_model(str(model), device="cpu", precision=precision)
+
+    return load
+
+
+def step_logits(loaded, prompt: list[int], tokens: list[int], fast: bool) -> list[torch.Tensor]:
+    """Logits of each decode step after ``prompt``, through the compiled step or transformers' forward."""
+    model, step = loaded.model, loaded.model.qwen_decode_step
+    cache = new_cache(model.config)
+    out = []
+    with torch.inference_mode():
+        model(input_ids=torch.tensor([prompt]), past_key_values=cache, use_cache=True, logits_to_keep=1)
+        for token in tokens:
+            if fast:
+                out.append(step([token], [cache])[0])
+            else:
+                ids = torch.tensor([[token]])
+                out.append(model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1).logits[0, -1])
+    return out
+
+
+@pytest.mark.parametrize("precision", ["fp16", "int8"])
+def test_the_step_computes_what_transformers_computes(load_with, precision) -> None:
+    loaded = load_with("compiled", precision)
+    assert loaded.precision.details["decode_step"].startswith("compiled decode step")
+    vocab = loaded.model.config.vocab_size
+    prompt = [i % vocab for i in (9707, 11, 1879, 0, 358)]
+    tokens = [i % vocab for i in (1079, 374, 264, 1273, 13, 220, 16, 17)]
+    ours = step_logits(loaded, prompt, tokens, fast=True)
+    theirs = step_logits(loaded, prompt, tokens, fast=False)
+    for mine, reference in zip(ours, theirs, strict=True):  # the cache grows the same way, step after step
+        assert float((mine - reference).abs().max() / reference.abs().max()) <= CHECK_TOLERANCE
+        assert int(mine.argmax()) == int(reference.argmax())
+
+
+def test_replies_and_the_conversation_cache_are_unchanged(load_with, scripted_fp8) -> None:
+    """A reply through the engine, with a follow-up that reuses the cached conversation, is the same text."""
+    replies = {}
+    for step in ("compiled", "off"):
+        loaded = load_with(step, "fp16", scripted_fp8)
+        assert ("qwen_decode_step" in vars(loaded.model)) == (step == "compiled")
+        engine = ChatEngine.from_loaded(loaded, max_batch=1)
+        options = sampling_options(False, temperature=0, max_new_tokens=24)
+        messages = [{"role": "user", "content": "Hello!"}]
+        texts = []
+        for _ in range(2):  # the second turn starts with the first: its prefill reuses the cached conversation
+            ids = loaded.tokenizer.apply_chat_template(
+                messages, add_generation_prompt=True, tokenize=True, return_dict=False
+            )
+            texts.append(_finished_text(engine.submit(ids, options)))
+            messages += [{"role": "assistant", "content": texts[-1]}, {"role": "user", "content": "And again?"}]
+        engine.close()
+        replies[step] = texts
+    assert replies["compiled"] == replies["off"]
+    assert all(replies["compiled"])
+
+
+def _finished_text(job) -> str:
+    while True:
+        event = job.events.get(timeout=120)
+        if isinstance(event, Finished):
+            return event.result.text
+        assert not isinstance(event, Failed), event
+
+
+def test_an_fp16_overflow_goes_back_to_transformers_fp32_decode(load_with) -> None:
+    loaded = load_with("compiled")
+    generator = Generator(loaded.model, loaded.tokenizer, loaded.eos_token_ids, loaded.device)
+    assert use_fp32_decode(loaded.model)
+    assert not loaded.model.qwen_decode_step.enabled  # the recovery decodes in FP32 from the layers
+    options = sampling_options(False, temperature=0, min_new_tokens=5, max_new_tokens=5)
+    result = generator.run([7, 11, 19], options, threading.Event(), lambda text: None)
+    assert len(result.token_ids) == 5
+
+
+def test_small_models_keep_transformers_step_by_default_and_off_turns_it_off(load_with) -> None:
+    auto = load_with("auto")
+    assert "qwen_decode_step" not in vars(auto.model)
+    assert "fits in the CPU caches" in auto.precision.details["decode_step"]
+    off = load_with("off")
+    assert "QWEN_CPU_DECODE_STEP=off" in off.precision.details["decode_step"]
+
+
+def test_an_unknown_setting_says_what_to_use() -> None:
+    assert requested_mode({}) == "auto"
+    with pytest.raises(ValueError, match="QWEN_CPU_DECODE_STEP must be one of auto, compiled, eager, off"):
+        requested_mode({"QWEN_CPU_DECODE_STEP": "fast"})
