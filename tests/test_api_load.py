@@ -32,8 +32,10 @@ def random_api(random_fp8: Path, tmp_path_factory: pytest.TempPathFactory) -> It
     # that into other text.
     # Four running slots for eight concurrent clients: four replies are generated together (continuous
     # batching) while the others wait their turn.
+    # Batches decode from the 16-bit weights as a lone request does (see tests/test_batching.py).
     args = ["--model", str(random_fp8), "--prefix-cache-tokens", "0", "--max-batch", "4"]
-    app = start_app(args, tmp_path_factory.mktemp("logs") / "random_api.log")
+    env = {"QWEN_CPU_DECODE_ROWS": "16"}
+    app = start_app(args, tmp_path_factory.mktemp("logs") / "random_api.log", env=env)
     try:
         yield app
     finally:

