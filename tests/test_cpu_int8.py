@@ -83,6 +83,25 @@ def test_a_row_gets_the_same_bits_alone_and_in_a_batch() -> None:
     assert torch.equal(together[1:2], alone)
 
 
+def test_batched_rows_take_the_batch_kernel_and_a_lone_row_the_decode_kernel() -> None:
+    weight = torch.randn(256, 128, generator=torch.Generator().manual_seed(2)) * 0.05
+    module = int8_layer(weight)
+    model = torch.nn.Sequential(module)
+    cpu_int8.attach_kernel(model, module.kernel, single_rows=1)
+    if module.kernel.name == "aten" or cpu_int8.batch_kernel() is None:
+        pytest.skip("the decode kernel here is already the batch kernel")
+    reference_layer = int8_layer(weight)  # single rows through the decode kernel, whatever the batch
+    x = torch.randn(8, 128)
+    with torch.inference_mode():
+        assert torch.equal(module(x[:1].clone()), reference_layer(x[:1].clone()))
+        batched = module(x)
+        exact = F.linear(x, dequantize(module.weight, module.weight_scale, torch.float32))
+    torch.testing.assert_close(batched, exact, rtol=0.02, atol=0.02)  # BF16 activations
+    cpu_int8.attach_kernel(model, module.kernel, single_rows=16)  # QWEN_CPU_DECODE_ROWS=16: one kernel
+    with torch.inference_mode():
+        assert torch.equal(module(x)[1:2], reference_layer(x[1:2].clone()))
+
+
 def test_a_kernel_that_fails_its_self_check_is_skipped_with_the_reason(monkeypatch) -> None:
     def wrong() -> cpu_int8.KernelFn:
         return lambda x, q, scale: F.linear(x, q.float())  # forgets the scales

@@ -19,7 +19,8 @@ generation fuses every elementwise operation and reduction around the matmuls in
 
 The matmuls are those of the loaded layers: FP16/BF16 weights through PyTorch's ``F.linear`` (as
 ``CpuLinear`` does), or the int8 weights through the int8 matrix-vector product of ``cpu_int8``
-(written inside the compiled graph, so Inductor fuses it with the code around it). Used for decode
+(written inside the compiled graph, so Inductor fuses it with the code around it; PyTorch's own
+``_weight_int8pack_mm`` where the layers use that kernel). Used for decode
 steps of a lone request (one new token); prompts keep transformers' forward, which is bound by its
 matmuls, and so do batched steps, which decode from the prefill copies (``cpu_layers``): measured
 with several rows, this step was no faster there (the matmuls dominate). Its logits differ from
@@ -45,7 +46,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import DynamicCache
 
-from .cpu_int8 import CpuInt8Linear, _int8_matvec
+from .cpu_int8 import CpuInt8Linear, _aten_matvec, _int8_matvec
 from .cpu_layers import CpuLinear
 
 log = logging.getLogger(__name__)
@@ -88,6 +89,10 @@ def _linear_16bit(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
 
 def _linear_int8(x: torch.Tensor, weight: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
     return _int8_matvec(x, *weight)
+
+
+def _linear_int8_aten(x: torch.Tensor, weight: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    return _aten_matvec(x, *weight)
 
 
 def _step_functions(linear: Callable[..., torch.Tensor], heads: int, kv_heads: int, head_dim: int, eps: float) -> Any:
@@ -161,7 +166,10 @@ class CompiledDecodeStep:
         self.norm = inner.norm.weight
         self.layers = [self._layer(layer) for layer in inner.layers]
         self.head_weight = self._weight(model.lm_head)
-        linear = _linear_int8 if self.int8 else _linear_16bit
+        linear = _linear_16bit
+        if self.int8:  # the kernel the layers passed their self-check with (see cpu_int8)
+            kernel = inner.layers[0].self_attn.q_proj.kernel
+            linear = _linear_int8 if kernel is not None and kernel.name == "inductor" else _linear_int8_aten
         functions = _step_functions(linear, self.heads, self.kv_heads, self.head_dim, config.rms_norm_eps)
         if compiled:
             functions = tuple(torch.compile(f, fullgraph=True, dynamic=False) for f in functions)

@@ -50,7 +50,13 @@ from .cpu_int8 import (
     select_int8_kernel,
     set_int8_tensor,
 )
-from .cpu_layers import PrefillChoice, choose_prefill_dtype, convert_to_cpu_layers, keep_prefill_copies
+from .cpu_layers import (
+    PrefillChoice,
+    batched_decode_rows,
+    choose_prefill_dtype,
+    convert_to_cpu_layers,
+    keep_prefill_copies,
+)
 from .device import DeviceInfo, detect_device, is_sticky_cuda_fault
 from .formats import PROJECTION_RE, FormatKind
 from .fp8 import DEFAULT_BLOCK, dequantize_block_fp8, quantize_block_fp8
@@ -353,7 +359,7 @@ def _build(
         convert_to_cpu_layers(model, COMPUTE_DTYPES[mode], prefill.dtype)
     _fill_weights(model, info, target, mode, progress, quality)
     if mode == "int8":
-        attach_kernel(model, kernel)
+        attach_kernel(model, kernel, batched_decode_rows())
         details["int8_rms_error"] = f"{quality.worst:.4f}"
         if strict and quality.worst > MAX_RMS_ERROR:
             raise ProbeError(f"{quality.describe()}, beyond the {MAX_RMS_ERROR:.0%} bound for choosing INT8")
