@@ -134,7 +134,7 @@ def _fit_reason(model: nn.Module) -> str:
     config = model.config
     inner = getattr(model, "model", None)
     layers = getattr(inner, "layers", None)
-    if config.model_type not in ("qwen3",) or layers is None or not hasattr(inner, "rotary_emb"):
+    if config.model_type != "qwen3" or layers is None or not hasattr(inner, "rotary_emb"):
         return f"written for Qwen3's layout, not {config.model_type!r}"
     if "sliding_attention" in (getattr(config, "layer_types", None) or ()):
         return "sliding-window layers"
