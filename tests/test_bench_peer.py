@@ -110,3 +110,27 @@ def test_a_real_run_interleaves_llama_bench_with_our_two_modes(llamacpp, scripte
     text = "\n".join(markdown_lines(report))
     assert "llama.cpp F16" in text and "ratio of medians" in text
     assert statistics.median(report["contestants"][1]["decode"]) > 0
+
+
+def test_avx2_builds_live_beside_the_native_one_and_unknown_sets_are_refused(monkeypatch, tmp_path) -> None:
+    from chatbot.cli import llamacpp
+
+    monkeypatch.setenv("QWEN_LLAMACPP_CACHE", str(tmp_path / "llama"))
+    assert llamacpp.cache_root() == tmp_path / "llama"
+    assert llamacpp.cache_root("avx2") == tmp_path / "llama-avx2"
+    assert "-DGGML_AVX512=OFF" in llamacpp.ISAS["avx2"] and "-DGGML_NATIVE=OFF" in llamacpp.ISAS["avx2"]
+    with pytest.raises(llamacpp.LlamaCppError, match="use one of native, avx2"):
+        llamacpp.cache_root("avx512")
+
+
+@pytest.mark.timeout(300)
+def test_our_avx2_worker_runs_pytorch_with_avx2_kernels(scripted_qwen3: Path) -> None:
+    """``--peer-isa avx2``: our side runs the code an AVX2-only CPU runs, whatever this CPU has."""
+    worker = bench_peer.OurWorker(str(scripted_qwen3), "fp16", 1, isa="avx2")
+    try:
+        assert worker.info["cpu_capability"] == "AVX2"
+        figures = worker.measure()
+        assert figures["prefill"] > 0 and figures["decode"] > 0
+        assert worker.close()["peak_rss_bytes"] > 0
+    finally:
+        worker.kill()

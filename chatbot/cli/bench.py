@@ -376,6 +376,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="only compare CPU prefill and decode with this engine, interleaved (builds and converts once)",
     )
     parser.add_argument("--peer-rounds", type=int, default=5, help="interleaved rounds of the peer comparison")
+    parser.add_argument(
+        "--peer-isa",
+        choices=["native", "avx2"],
+        default="native",
+        help="instruction set of both sides of --peer: this CPU's (default), or AVX2 only, as an AVX2 CPU runs them "
+        "(llama.cpp built for AVX2, ours with ATEN_CPU_CAPABILITY=avx2 and oneDNN/MKL limited to AVX2)",
+    )
     parser.add_argument("--threads", type=int, help="CPU threads for both sides of --peer (default: all cores)")
     parser.add_argument("--out", type=Path, default=Path("bench-out"))
     parser.add_argument("--timeout", type=float, default=900, help="seconds allowed per precision")
@@ -407,7 +414,7 @@ def main(args: argparse.Namespace) -> int:
     if args.peer:
         from . import bench_peer
 
-        return bench_peer.main(args.model, args.peer, args.peer_rounds, args.threads, args.out)
+        return bench_peer.main(args.model, args.peer, args.peer_rounds, args.threads, args.out, isa=args.peer_isa)
     if args.concurrency:
         return serving_main(args, [int(level) for level in args.concurrency.split(",") if level.strip()])
     report = run_bench(args)

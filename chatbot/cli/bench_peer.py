@@ -12,7 +12,11 @@ Measured as llama-bench measures: prefill of a 512-token prompt (pp512) and 64 t
 an almost empty context (tg64), with the same number of threads on both sides.
 
     python -m chatbot make-model /tmp/qwen3-0.6b --size 0.6b --tokenizer qwen3
-    python -m chatbot bench --model /tmp/qwen3-0.6b --peer llama.cpp [--peer-rounds 5]
+    python -m chatbot bench --model /tmp/qwen3-0.6b --peer llama.cpp [--peer-rounds 5] [--peer-isa avx2]
+
+``--peer-isa avx2`` measures both sides with AVX2 kernels only on a CPU that has AVX-512: llama.cpp
+built for AVX2, ours with PyTorch, oneDNN and MKL held to AVX2 (``AVX2_ONLY``). That is the code an
+AVX2-only CPU runs, on this machine's memory and clock.
 """
 
 from __future__ import annotations
@@ -29,6 +33,8 @@ from pathlib import Path
 from typing import Any
 
 PEERS = ("llama.cpp",)
+# What holds PyTorch (its own kernels and Inductor's generated code), oneDNN and MKL to AVX2.
+AVX2_ONLY = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"}
 PROMPT_TOKENS = 512  # llama-bench's pp512
 NEW_TOKENS = 64  # llama-bench's tg64
 
@@ -88,13 +94,13 @@ def parse_llama_bench(output: str) -> dict[str, float]:
 
 
 def gguf_copies(
-    checkpoint: Path, log: Callable[[str], None], out_dir: Path | None = None
+    checkpoint: Path, log: Callable[[str], None], out_dir: Path | None = None, isa: str = "native"
 ) -> tuple[Any, dict[str, Path]]:
-    """The llama.cpp build (built once) and GGUF F16 and Q8_0 copies of ``checkpoint`` (converted once,
-    into ``out_dir`` or a folder of the llama.cpp cache named after the checkpoint)."""
+    """The llama.cpp build for ``isa`` (built once) and GGUF F16 and Q8_0 copies of ``checkpoint``
+    (converted once, into ``out_dir`` or a folder of the native build's cache named after the checkpoint)."""
     from .llamacpp import LlamaCppError, cache_root, ensure_built
 
-    build = ensure_built(log=log)
+    build = ensure_built(log=log, isa=isa)
     key = hashlib.sha256(str(checkpoint.resolve()).encode()).hexdigest()[:12]
     out_dir = out_dir or cache_root() / "gguf" / f"{checkpoint.name}-{key}"
     log(f"GGUF F16 and Q8_0 of {checkpoint} in {out_dir} (converted once)")
@@ -114,7 +120,7 @@ def gguf_copies(
 class OurWorker:
     """``python -m chatbot.cli.bench_worker`` in peer mode: loads once, then measures a round per request."""
 
-    def __init__(self, model: str, precision: str, threads: int) -> None:
+    def __init__(self, model: str, precision: str, threads: int, isa: str = "native") -> None:
         spec = {
             "peer": True,
             "model": model,
@@ -123,7 +129,7 @@ class OurWorker:
             "prompt_tokens": PROMPT_TOKENS,
             "new_tokens": NEW_TOKENS,
         }
-        env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
+        env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", **(AVX2_ONLY if isa == "avx2" else {})}
         self.process = subprocess.Popen(
             [sys.executable, "-m", "chatbot.cli.bench_worker", json.dumps(spec)],
             stdin=subprocess.PIPE,
@@ -168,6 +174,7 @@ def run_peer(
     threads: int | None,
     log: Callable[[str], None],
     gguf_dir: Path | None = None,
+    isa: str = "native",
 ) -> dict[str, Any]:
     """Build and convert for the peer, start our two workers, interleave ``rounds`` rounds.
 
@@ -180,11 +187,11 @@ def run_peer(
     from ..model.device import detect_device
 
     threads = threads or len(os.sched_getaffinity(0))
-    build, gguf = gguf_copies(Path(model), log, gguf_dir)
+    build, gguf = gguf_copies(Path(model), log, gguf_dir, isa)
     bench = build.binary("llama-bench")
-    default = OurWorker(model, "auto", threads)
+    default = OurWorker(model, "auto", threads, isa)
     try:
-        other = OurWorker(model, "fp16" if default.info["mode"] == "int8" else "int8", threads)
+        other = OurWorker(model, "fp16" if default.info["mode"] == "int8" else "int8", threads, isa)
     except BaseException:
         default.kill()
         raise
@@ -210,20 +217,21 @@ def run_peer(
         peer=peer,
         threads=threads,
         machine=device.name,
-        isa=_isa(),
+        isa=_isa(isa),
         prompt_tokens=PROMPT_TOKENS,
         new_tokens=NEW_TOKENS,
     )
     return report
 
 
-def _isa() -> str:
+def _isa(isa: str = "native") -> str:
     import torch
 
     from ..model.device import cpu_flags
 
     extras = [flag for flag in ("avx512_bf16", "amx_bf16", "avx512_vnni", "avx_vnni") if flag in cpu_flags()]
-    return ", ".join([torch.backends.cpu.get_cpu_capability(), *extras])
+    native = ", ".join([torch.backends.cpu.get_cpu_capability(), *extras])
+    return native if isa == "native" else f"AVX2 kernels only, on a CPU with {native}"
 
 
 # --- report ----------------------------------------------------------------------------------------------------
@@ -293,19 +301,20 @@ def _each(values: list[float]) -> str:
     return ", ".join(f"{v:.1f}" for v in values)
 
 
-def main(model: str, peer: str, rounds: int, threads: int | None, out: Path) -> int:
+def main(model: str, peer: str, rounds: int, threads: int | None, out: Path, isa: str = "native") -> int:
     def log(line: str) -> None:
         print(line, file=sys.stderr, flush=True)
 
     from .llamacpp import LlamaCppError
 
     try:
-        report = run_peer(model, peer, rounds, threads, log)
+        report = run_peer(model, peer, rounds, threads, log, isa=isa)
     except LlamaCppError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     out.mkdir(parents=True, exist_ok=True)
-    (out / "peer.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    name = "peer.json" if isa == "native" else f"peer-{isa}.json"
+    (out / name).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     print("\n".join(markdown_lines(report)))
-    print(f"\nWrote {out / 'peer.json'}")
+    print(f"\nWrote {out / name}")
     return 0

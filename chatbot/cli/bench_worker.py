@@ -304,6 +304,7 @@ def peer_worker(spec: dict[str, Any]) -> None:
             "label": decision.label,
             "reason": decision.reason,
             "weights_bytes": loaded.weights_bytes,
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(),  # what ATEN_CPU_CAPABILITY left in use
         }
     )
     for command in sys.stdin:

@@ -8,6 +8,7 @@ network beyond the package registry. The build is cached; later calls cost nothi
 
     python -m chatbot.cli.llamacpp build                 # once: about 10-15 minutes on 2 cores
     python -m chatbot.cli.llamacpp convert MODEL OUTDIR  # GGUF F16 and Q8_0 of a checkpoint folder
+    python -m chatbot.cli.llamacpp build --isa avx2      # a second build limited to AVX2 (see ISAS)
 
 A checkpoint for llama.cpp's converter needs Qwen3's real tokenizer (the converter recognises the
 pre-tokenizer by hashing its output): ``python -m chatbot make-model OUT --tokenizer qwen3``.
@@ -33,26 +34,37 @@ VERSION = "0.3.36"  # llama-cpp-python release whose vendored llama.cpp is built
 TARGETS = ("llama-bench", "llama-server", "llama-quantize")
 CMAKE_FLAGS = (
     "-DCMAKE_BUILD_TYPE=Release",
-    "-DGGML_NATIVE=ON",  # this CPU's instruction set, as a user building it for their machine gets
     "-DLLAMA_CURL=OFF",
     "-DLLAMA_BUILD_TESTS=OFF",
     "-DLLAMA_BUILD_EXAMPLES=OFF",
     "-DBUILD_SHARED_LIBS=OFF",  # self-contained binaries: the cache folder can move
 )
 GGUF_TYPES = ("f16", "q8_0")
+# Instruction sets a build can target: this CPU's own ("native"), or AVX2 without AVX-512 ("avx2"),
+# the instruction set of the slower machines users run us on, so that a machine with AVX-512 can
+# measure both sides as such a CPU runs them (``bench --peer llama.cpp --peer-isa avx2``).
+ISAS = {
+    "native": ("-DGGML_NATIVE=ON",),  # this CPU's instruction set, as a user building it for their machine gets
+    "avx2": ("-DGGML_NATIVE=OFF", "-DGGML_AVX=ON", "-DGGML_AVX2=ON", "-DGGML_FMA=ON", "-DGGML_F16C=ON",
+             "-DGGML_BMI2=ON", "-DGGML_AVX512=OFF"),
+}
 
 
 class LlamaCppError(ChatbotError):
     """llama.cpp could not be fetched, built or run."""
 
 
-def cache_root() -> Path:
-    """Where the build lives: ``$QWEN_LLAMACPP_CACHE`` or ``~/.cache/qwen3-chat/llama.cpp-VERSION``."""
+def cache_root(isa: str = "native") -> Path:
+    """Where the build lives: ``$QWEN_LLAMACPP_CACHE`` or ``~/.cache/qwen3-chat/llama.cpp-VERSION``
+    (with ``-ISA`` appended for a build other than the native one)."""
+    if isa not in ISAS:
+        raise LlamaCppError(f"unknown instruction set {isa!r} for llama.cpp", fix=f"use one of {', '.join(ISAS)}")
+    suffix = "" if isa == "native" else f"-{isa}"
     explicit = os.environ.get("QWEN_LLAMACPP_CACHE")
     if explicit:
-        return Path(explicit)
+        return Path(explicit + suffix)
     base = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "qwen3-chat"
-    return base / f"llama.cpp-{VERSION}"
+    return base / f"llama.cpp-{VERSION}{suffix}"
 
 
 @dataclass(frozen=True)
@@ -106,14 +118,16 @@ def find(root: Path | None = None) -> LlamaCpp | None:
     return build if all(build.binary(t).exists() for t in TARGETS) else None
 
 
-def ensure_built(log: Callable[[str], None] = print, root: Path | None = None, verbose: bool = False) -> LlamaCpp:
-    """The cached build, building it first when needed (one process at a time builds).
+def ensure_built(
+    log: Callable[[str], None] = print, root: Path | None = None, verbose: bool = False, isa: str = "native"
+) -> LlamaCpp:
+    """The cached build for ``isa`` (see ISAS), building it first when needed (one process at a time builds).
 
     ``verbose``: show the compiler's progress on stderr (otherwise only its error output, on failure).
 
     Raises LlamaCppError naming what is missing (cmake, a C++ compiler, the registry) and how to fix it.
     """
-    root = root or cache_root()
+    root = root or cache_root(isa)
     root.mkdir(parents=True, exist_ok=True)
     with _exclusive(root / ".lock"):
         found = find(root)
@@ -130,8 +144,8 @@ def ensure_built(log: Callable[[str], None] = print, root: Path | None = None, v
             _fetch_source(root, log)
         source = source_root / "vendor" / "llama.cpp"
         jobs = str(len(os.sched_getaffinity(0)))
-        log(f"Building llama.cpp ({', '.join(TARGETS)}) in {source}: about 10-15 minutes on 2 cores, once")
-        configure = ["cmake", "-S", str(source), "-B", str(source / "build"), *CMAKE_FLAGS]
+        log(f"Building llama.cpp ({', '.join(TARGETS)}, {isa}) in {source}: about 10-15 minutes on 2 cores, once")
+        configure = ["cmake", "-S", str(source), "-B", str(source / "build"), *CMAKE_FLAGS, *ISAS[isa]]
         _run(configure, "cmake configure", verbose=verbose)
         compile_ = ["cmake", "--build", str(source / "build"), "-j", jobs, "--target", *TARGETS]
         _run(compile_, "cmake build", verbose=verbose)
@@ -198,13 +212,15 @@ def _exclusive(lock_path: Path) -> Iterator[None]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m chatbot.cli.llamacpp", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("build", help="build llama.cpp once (cached)")
+    build_command = commands.add_parser("build", help="build llama.cpp once (cached)")
+    build_command.add_argument("--isa", choices=tuple(ISAS), default="native", help="instruction set (default: this CPU's)")
     convert = commands.add_parser("convert", help="GGUF F16 and Q8_0 files of a checkpoint folder")
     convert.add_argument("checkpoint", type=Path)
     convert.add_argument("out_dir", type=Path)
     args = parser.parse_args(argv)
     try:
-        build = ensure_built(log=lambda line: print(line, file=sys.stderr, flush=True), verbose=True)
+        isa = getattr(args, "isa", "native")
+        build = ensure_built(log=lambda line: print(line, file=sys.stderr, flush=True), verbose=True, isa=isa)
         if args.command == "convert":
             for kind, path in build.convert(args.checkpoint, args.out_dir).items():
                 print(f"{kind}: {path}")

@@ -46,7 +46,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import DynamicCache
 
-from .cpu_int8 import CpuInt8Linear, _aten_matvec, _int8_matvec
+from .cpu_int8 import CpuInt8Linear, _int8_matvec
 from .cpu_layers import CpuLinear
 
 log = logging.getLogger(__name__)
@@ -92,7 +92,20 @@ def _linear_int8(x: torch.Tensor, weight: tuple[torch.Tensor, torch.Tensor]) -> 
 
 
 def _linear_int8_aten(x: torch.Tensor, weight: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-    return _aten_matvec(x, *weight)
+    # The scales come in BF16 already: Inductor cannot lower _weight_int8pack_mm with a scale computed in the graph.
+    q, scale_bf16 = weight
+    return torch.ops.aten._weight_int8pack_mm(x.to(torch.bfloat16), q, scale_bf16).float()
+
+
+def vectorize_ok(isa: str | None = None) -> bool:
+    """Whether Inductor may vectorize the step's fused code on this CPU.
+
+    Not with AVX2 code in torch 2.13: its vectorized float -> FP16 conversion feeding the matmuls
+    writes wrong values (NaN logits; ``ATEN_CPU_CAPABILITY=avx2`` reproduces it on any x86 CPU), as its
+    int8 -> FP32 one does for ``cpu_int8``. Scalar C++ is exact, and the fused code around the matmuls
+    is a few thousand numbers per token, so it costs little.
+    """
+    return (isa or torch.backends.cpu.get_cpu_capability()).upper().startswith("AVX512")
 
 
 def _step_functions(linear: Callable[..., torch.Tensor], heads: int, kv_heads: int, head_dim: int, eps: float) -> Any:
@@ -160,19 +173,20 @@ class CompiledDecodeStep:
         self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.heads
         self.scaling = self.head_dim**-0.5
         self.int8 = isinstance(inner.layers[0].self_attn.q_proj, CpuInt8Linear)
+        kernel = inner.layers[0].self_attn.q_proj.kernel if self.int8 else None
+        # The kernel the layers passed their self-check with (see cpu_int8): the compiled one, or PyTorch's.
+        self.int8_aten = self.int8 and (kernel is None or kernel.name != "inductor")
         self.compiled = compiled
         self.enabled = True
         self.embed, self.rotary = inner.embed_tokens, inner.rotary_emb
         self.norm = inner.norm.weight
         self.layers = [self._layer(layer) for layer in inner.layers]
         self.head_weight = self._weight(model.lm_head)
-        linear = _linear_16bit
-        if self.int8:  # the kernel the layers passed their self-check with (see cpu_int8)
-            kernel = inner.layers[0].self_attn.q_proj.kernel
-            linear = _linear_int8 if kernel is not None and kernel.name == "inductor" else _linear_int8_aten
+        linear = (_linear_int8_aten if self.int8_aten else _linear_int8) if self.int8 else _linear_16bit
         functions = _step_functions(linear, self.heads, self.kv_heads, self.head_dim, config.rms_norm_eps)
         if compiled:
-            functions = tuple(torch.compile(f, fullgraph=True, dynamic=False) for f in functions)
+            options = None if vectorize_ok() else {"cpp.vec_isa_ok": False}
+            functions = tuple(torch.compile(f, fullgraph=True, dynamic=False, options=options) for f in functions)
         self.pre, self.post, self.head = functions
 
     def _layer(self, layer: nn.Module) -> tuple[Any, ...]:
@@ -189,7 +203,10 @@ class CompiledDecodeStep:
         )
 
     def _weight(self, module: nn.Module) -> Any:
-        return (module.weight, module.weight_scale) if self.int8 else module.weight
+        return (module.weight, self._scales(module.weight_scale)) if self.int8 else module.weight
+
+    def _scales(self, scales: torch.Tensor) -> torch.Tensor:
+        return scales.to(torch.bfloat16) if self.int8_aten else scales
 
     def _stack(self, modules: list[nn.Module]) -> Any:
         """One matrix for several projections of the same input; the layers' weights become views of it."""
@@ -204,7 +221,7 @@ class CompiledDecodeStep:
             else:
                 module.weight = nn.Parameter(stacked[start:end], requires_grad=False)
             start = end
-        return (stacked, scales) if self.int8 else stacked
+        return (stacked, self._scales(scales)) if self.int8 else stacked
 
     def handles(self, rows: int) -> bool:
         """Single rows only: batches decode from the prefill copies (``cpu_layers``) or, in INT8, a
