@@ -60,6 +60,57 @@ def test_the_step_computes_what_transformers_computes(load_with, precision) -> N
         assert int(mine.argmax()) == int(reference.argmax())
 
 
+def test_the_step_attends_over_a_long_growing_cache_as_transformers_does(load_with) -> None:
+    """Attention over views of the engine's cache, before and after it grows, as transformers computes it."""
+    loaded = load_with("compiled")
+    vocab = loaded.model.config.vocab_size
+    prompt = [(7 * i + 3) % vocab for i in range(250)]  # the cache grows past its first 256 places below
+    tokens = [(11 * i + 5) % vocab for i in range(12)]
+    ours = step_logits(loaded, prompt, tokens, fast=True)
+    theirs = step_logits(loaded, prompt, tokens, fast=False)
+    for mine, reference in zip(ours, theirs, strict=True):
+        assert float((mine - reference).abs().max() / reference.abs().max()) <= CHECK_TOLERANCE
+
+
+AVX2_STEP = """
+import sys, torch
+from chatbot.engine.kv_cache import new_cache
+from chatbot.model.loader import load_model
+loaded = load_model(sys.argv[1], device="cpu", precision=sys.argv[2])
+model = loaded.model
+step = model.qwen_decode_step  # AttributeError (the test fails) when the step was refused
+worst = 0.0
+with torch.inference_mode():
+    caches = [new_cache(model.config), new_cache(model.config)]
+    for cache in caches:
+        model(input_ids=torch.tensor([[5, 9, 13, 17, 21]]), past_key_values=cache, use_cache=True, logits_to_keep=1)
+    for token in (3, 8, 30, 60):
+        mine = step([token], [caches[0]])[0]
+        ids = torch.tensor([[token]])
+        reference = model(input_ids=ids, past_key_values=caches[1], use_cache=True, logits_to_keep=1).logits[0, -1]
+        worst = max(worst, float((mine - reference).abs().max() / reference.abs().max()))
+print(torch.backends.cpu.get_cpu_capability(), worst, loaded.precision.details["decode_step"])
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("precision", ["fp16", "int8"])
+def test_with_avx2_code_the_step_is_used_and_right(random_fp8, precision) -> None:
+    """torch 2.13's AVX2 code converts floats to FP16 wrongly (NaN logits) and Inductor cannot lower
+    ``_weight_int8pack_mm`` with scales converted in the graph; the step works around both."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "ATEN_CPU_CAPABILITY": "avx2", "QWEN_CPU_DECODE_STEP": "compiled"}
+    command = [sys.executable, "-c", AVX2_STEP, str(random_fp8), precision]
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    isa, worst, details = done.stdout.split(maxsplit=2)
+    assert isa == "AVX2" and details.startswith("compiled decode step")
+    assert float(worst) <= CHECK_TOLERANCE
+
+
 def test_replies_and_the_conversation_cache_are_unchanged(load_with, scripted_fp8) -> None:
     """A reply through the engine, with a follow-up that reuses the cached conversation, is the same text."""
     replies = {}

@@ -26,6 +26,10 @@ matmuls, and so do batched steps, which decode from the prefill copies (``cpu_la
 with several rows, this step was no faster there (the matmuls dominate). Its logits differ from
 transformers' step in the last bits only (the fused code rounds at other points).
 
+With AVX2 code (CPUs without AVX-512) the fused code is compiled unvectorized (``vectorize_ok``):
+torch 2.13's AVX2 conversion to FP16 writes wrong values there, and the fused code is tiny beside the
+matmuls, which stay PyTorch's own.
+
 At load it is compiled and checked against transformers' own decode step on the loaded model; a
 model it does not fit (not Qwen3's layout, biases, sliding-window layers), a missing C++ compiler or
 a mismatch leave transformers' step in place, with the reason in the precision details.
@@ -46,6 +50,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import DynamicCache
 
+from ..engine.kv_cache import new_cache
 from .cpu_int8 import CpuInt8Linear, _int8_matvec
 from .cpu_layers import CpuLinear
 
@@ -255,7 +260,7 @@ def check_against_transformers(model: nn.Module, step: CompiledDecodeStep) -> fl
     """
     prompt = torch.tensor([[9707, 11, 1879, 0, 358, 1079]]) % model.config.vocab_size
     with torch.inference_mode():
-        ours, theirs = DynamicCache(config=model.config), DynamicCache(config=model.config)
+        ours, theirs = new_cache(model.config), DynamicCache(config=model.config)  # ours: the engine's cache
         for cache in (ours, theirs):
             model(input_ids=prompt, past_key_values=cache, use_cache=True, logits_to_keep=1)
         token = prompt[:, -1:]
