@@ -45,8 +45,15 @@ GGUF_TYPES = ("f16", "q8_0")
 # measure both sides as such a CPU runs them (``bench --peer llama.cpp --peer-isa avx2``).
 ISAS = {
     "native": ("-DGGML_NATIVE=ON",),  # this CPU's instruction set, as a user building it for their machine gets
-    "avx2": ("-DGGML_NATIVE=OFF", "-DGGML_AVX=ON", "-DGGML_AVX2=ON", "-DGGML_FMA=ON", "-DGGML_F16C=ON",
-             "-DGGML_BMI2=ON", "-DGGML_AVX512=OFF"),
+    "avx2": (
+        "-DGGML_NATIVE=OFF",
+        "-DGGML_AVX=ON",
+        "-DGGML_AVX2=ON",
+        "-DGGML_FMA=ON",
+        "-DGGML_F16C=ON",
+        "-DGGML_BMI2=ON",
+        "-DGGML_AVX512=OFF",
+    ),
 }
 
 
@@ -213,7 +220,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m chatbot.cli.llamacpp", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
     build_command = commands.add_parser("build", help="build llama.cpp once (cached)")
-    build_command.add_argument("--isa", choices=tuple(ISAS), default="native", help="instruction set (default: this CPU's)")
+    build_command.add_argument(
+        "--isa", choices=tuple(ISAS), default="native", help="instruction set (default: this CPU's)"
+    )
     convert = commands.add_parser("convert", help="GGUF F16 and Q8_0 files of a checkpoint folder")
     convert.add_argument("checkpoint", type=Path)
     convert.add_argument("out_dir", type=Path)
