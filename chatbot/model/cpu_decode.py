@@ -50,8 +50,8 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import DynamicCache
 
-from .cpu_int8 import CpuInt8Linear, _int8_matvec
-from .cpu_layers import CpuLinear
+from .cpu_int8 import CpuInt8Linear, _aten_matvec, _int8_matvec
+from .cpu_layers import CpuLinear, _vector_isa
 
 log = logging.getLogger(__name__)
 MIN_MODEL_BYTES = 256 * 2**20  # below this the weights sit in the CPU caches and the compile is not worth it
@@ -96,12 +96,12 @@ def _linear_int8(x: torch.Tensor, weight: tuple[torch.Tensor, torch.Tensor]) -> 
 
 
 def _linear_int8_aten(x: torch.Tensor, weight: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-    # The scales come in BF16 already: Inductor cannot lower _weight_int8pack_mm with a scale computed in the graph.
-    q, scale_bf16 = weight
-    return torch.ops.aten._weight_int8pack_mm(x.to(torch.bfloat16), q, scale_bf16).float()
+    # The scales come in BF16 already (the conversion is then a no-op): Inductor cannot lower
+    # _weight_int8pack_mm with a scale converted inside the graph.
+    return _aten_matvec(x, *weight)
 
 
-def vectorize_ok(isa: str | None = None) -> bool:
+def vectorize_ok() -> bool:
     """Whether Inductor may vectorize the step's fused code on this CPU.
 
     Not with AVX2 code in torch 2.13: its vectorized float -> FP16 conversion feeding the matmuls
@@ -109,7 +109,7 @@ def vectorize_ok(isa: str | None = None) -> bool:
     int8 -> FP32 one does for ``cpu_int8``. Scalar C++ is exact, and the fused code around the matmuls
     is a few thousand numbers per token, so it costs little.
     """
-    return (isa or torch.backends.cpu.get_cpu_capability()).upper().startswith("AVX512")
+    return _vector_isa().upper().startswith("AVX512")
 
 
 def _step_functions(linear: Callable[..., torch.Tensor], heads: int, kv_heads: int, head_dim: int, eps: float) -> Any:
