@@ -59,7 +59,10 @@ class Settings(BaseSettings):
     )
     queue_size: int = Field(16, ge=1, le=1024, description="Requests that may wait for the model at once.")
     max_batch: int | None = Field(
-        None, ge=1, le=256, description="Requests generated at once (default: 4 on CPU, 32 on a GPU)."
+        None,
+        ge=1,
+        le=256,
+        description="Requests generated at once (default: 8 on CPU, 32 on a GPU, 64 with a backend).",
     )
     client_limit: int = Field(0, ge=0, description="Requests one client may have waiting (0: half the queue).")
     prefill_chunk: int | None = Field(

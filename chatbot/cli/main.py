@@ -97,7 +97,9 @@ def add_serve_flags(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--queue-size", type=int, help="requests that may wait for the model (default 16)")
     parser.add_argument(
-        "--max-batch", type=int, help="requests generated at once (default: 4 on CPU, 32 on a GPU; 1 = one at a time)"
+        "--max-batch",
+        type=int,
+        help="requests generated at once (default: 8 on CPU, 32 on a GPU, 64 with --backend; 1 = one at a time)",
     )
     parser.add_argument(
         "--client-limit", type=int, help="requests one client may have waiting (default: half the queue)"
