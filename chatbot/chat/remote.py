@@ -32,6 +32,7 @@ import openai
 from ..engine.jobs import LOCAL_CLIENT
 from ..engine.sampling import sampling_options
 from ..errors import BackendError, ChatbotError, ContextLengthError
+from .limits import ReplyLimits
 from .prompt import effective_thinking, normalize_messages
 from .remote_slots import RemoteSlots
 from .remote_stream import RemoteReply, backend_error, remote_messages, request_body
@@ -107,8 +108,12 @@ class RemoteBackend:
         precision: str | None = None,
         max_batch: int | None = None,
         queue_size: int = 16,
+        limits: ReplyLimits | None = None,
     ) -> None:
         self.url = url
+        # The server's bounds on one reply (--max-new-tokens-cap, --max-generation-seconds), held here
+        # as for a local model: the remote server may allow more.
+        self.limits = limits or ReplyLimits()
         self.configured_model = model
         self.max_batch = max_batch or DEFAULT_MAX_IN_FLIGHT
         self.queue_size = queue_size
@@ -141,6 +146,7 @@ class RemoteBackend:
             precision=settings.backend_precision,
             max_batch=settings.max_batch,
             queue_size=settings.queue_size,
+            limits=ReplyLimits.from_settings(settings),
         )
 
     # --- what the server is -------------------------------------------------------------------------------
@@ -294,13 +300,20 @@ class RemoteBackend:
         clean = normalize_messages(messages)
         thinking = effective_thinking(clean, enable_thinking)
         logit_bias = generation_kwargs.pop("logit_bias", None)
+        requested = generation_kwargs.get("max_new_tokens")
         options = sampling_options(thinking, **generation_kwargs)
-        send_max = not (strict_context and generation_kwargs.get("max_new_tokens") is None)
+        send_max, implied_cap = self._max_tokens_rule(options, requested, strict_context)
+        if implied_cap:
+            options = options.model_copy(update={"max_new_tokens": self.limits.max_new_tokens_cap})
+        elif requested is None and send_max:
+            options = options.model_copy(update={"max_new_tokens": self.limits.bound(options.max_new_tokens)})
         cancel = cancel or threading.Event()
         submitted = time.perf_counter()
         if not (yield from self.slots.take(cancel)):
             yield from RemoteReply(thinking, False, submitted).finish(cancelled=True)
             return
+        limit = self.limits.max_generation_seconds
+        deadline = time.perf_counter() + limit if limit else None  # from the start, not the wait for a slot
         dropped = 0
         try:
             while True:
@@ -322,11 +335,16 @@ class RemoteBackend:
                 reply.dropped_messages = dropped
                 started = False
                 try:
-                    for event in self._stream(body, reply, cancel):
+                    for event in self._stream(body, reply, cancel, deadline):
                         started = True
                         yield event
                     return
                 except ContextLengthError:
+                    if implied_cap and not started:
+                        # The cap is more than the room the server has left: its context bounds the reply
+                        # below the cap already, so the request goes again without max_tokens.
+                        send_max = implied_cap = False
+                        continue
                     # The web chat's rule, as for a local model: the oldest whole turns make room (never
                     # the system prompt or the new message). The server is the judge: no tokenizer here.
                     shorter = None if strict_context or started else drop_oldest_turn(clean)
@@ -337,15 +355,49 @@ class RemoteBackend:
         finally:
             self.slots.free()
 
-    def _stream(self, body: dict[str, Any], reply: RemoteReply, cancel: threading.Event) -> Iterator[ChatEvent]:
+    def _max_tokens_rule(self, options: Any, requested: int | None, strict_context: bool) -> tuple[bool, bool]:
+        """(send max_tokens, it is the cap standing in for "the room left").
+
+        As locally: an explicit ``max_new_tokens`` over the cap is refused; the API's "no max_tokens" means
+        the room left, at most the cap; otherwise the mode's default, at most the cap.
+
+        Raises:
+            InvalidRequestError: ``requested`` is over ``limits.max_new_tokens_cap``.
+        """
+        if requested is not None:
+            self.limits.check_max_new_tokens(options.max_new_tokens)
+            return True, False
+        if not strict_context:
+            return True, False
+        cap, context = self.limits.max_new_tokens_cap, self._info.max_model_len
+        bounded = cap is not None and not (context and cap >= context)  # a cap past the context binds nothing
+        return bounded, bounded
+
+    def _stream(
+        self, body: dict[str, Any], reply: RemoteReply, cancel: threading.Event, deadline: float | None = None
+    ) -> Iterator[ChatEvent]:
+        """The events of one request; past ``deadline`` (``time.perf_counter()``) it ends with "length"."""
         out: queue.Queue[tuple[str, Any]] = queue.Queue()
         future = asyncio.run_coroutine_threadsafe(self._pump(body, out), self._loop)
         try:
             while True:
                 if cancel.is_set():
                     future.cancel()  # cancels the task: its connection closes and the server stops
+                wait = CANCEL_POLL_SECONDS
+                if deadline is not None:
+                    left = deadline - time.perf_counter()
+                    if left <= 0:
+                        future.cancel()
+                        log.info(
+                            "remote request stopped at the time limit: %.0f s, %d pieces (--max-generation-seconds)",
+                            self.limits.max_generation_seconds,
+                            reply.pieces,
+                        )
+                        yield from reply.finish(time_limited=True)
+                        return
+                    wait = min(wait, left)
                 try:
-                    kind, item = out.get(timeout=CANCEL_POLL_SECONDS)
+                    kind, item = out.get(timeout=wait)
                 except queue.Empty:
                     if future.cancelled() and out.empty():  # cancelled before it started
                         kind, item = "cancelled", None

@@ -105,7 +105,8 @@ class ChatHandlers:
         engine = self.app.engine
         if isinstance(engine, RemoteBackend):  # the context a remote server reported, if it did
             context = engine.info().max_model_len
-            return max_new_tokens_bound(context) if context else None
+            cap = engine.limits.max_new_tokens_cap
+            return engine.limits.bound(max_new_tokens_bound(context)) if context else cap
         if engine.loaded is None:
             return None
         bound = max_new_tokens_bound(engine.loaded.max_context)
