@@ -7,7 +7,7 @@ The README's "Options" table lists the same fields.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import Field, SecretStr, field_validator, model_validator
@@ -131,9 +131,10 @@ class Settings(BaseSettings):
         return self
 
     @classmethod
-    def from_overrides(cls, **overrides: object) -> Settings:
+    def from_overrides(cls, **overrides: Any) -> Settings:
         """Build settings where every non-None keyword beats the environment."""
-        return cls(**{key: value for key, value in overrides.items() if value is not None})
+        given: dict[str, Any] = {key: value for key, value in overrides.items() if value is not None}
+        return cls(**given)
 
     def auth_pair(self) -> tuple[str, str] | None:
         if self.auth is None:

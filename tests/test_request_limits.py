@@ -20,7 +20,7 @@ from gradio_client import Client
 
 from chatbot.chat.limits import ReplyLimits
 from chatbot.chat.remote import RemoteBackend
-from chatbot.chat.reply import ChatDone
+from chatbot.chat.reply import ChatDone, stream_reply
 from chatbot.errors import InvalidRequestError
 
 CAP = 16
@@ -67,11 +67,11 @@ def test_the_time_limit_ends_a_remote_reply_with_length(demo_app: RunningApp) ->
     limits = ReplyLimits(max_new_tokens_cap=7000, max_generation_seconds=0.5)
     backend = RemoteBackend(demo_app.api_url + "/v1", limits=limits)
     try:
-        events = list(backend.stream_reply(HELLO, max_new_tokens=7000, min_new_tokens=7000))
+        events = list(stream_reply(backend, HELLO, max_new_tokens=7000, min_new_tokens=7000))
         done = events[-1]
         assert isinstance(done, ChatDone) and done.finish_reason == "length" and done.stats["time_limited"]
         with pytest.raises(InvalidRequestError, match="max-new-tokens-cap"):  # refused here, nothing sent
-            list(backend.stream_reply(HELLO, max_new_tokens=7001))
+            list(stream_reply(backend, HELLO, max_new_tokens=7001))
     finally:
         backend.close()
     demo_app.wait_until_idle()  # the front hung up: the remote stopped generating

@@ -32,7 +32,7 @@ from ..errors import (
     InvalidRequestError,
     QueueFullError,
 )
-from .reply import AnswerDelta, ChatDone, ChatEvent, ThinkingDelta, ToolCallDelta
+from .events import AnswerDelta, ChatDone, ChatEvent, ThinkingDelta, ToolCallDelta
 from .thinking import THINK_CLOSE, THINK_OPEN, ThinkingStreamSplitter, TrimmedChannel
 from .tools import ToolCall
 
