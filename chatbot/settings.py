@@ -6,6 +6,7 @@ The README's "Options" table lists the same fields.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
@@ -15,6 +16,12 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_MODEL = "Qwen/Qwen3-0.6B-FP8"
 PrecisionChoice = Literal["auto", "fp8", "int8", "fp16", "bf16", "fp32"]
+
+
+def cache_dir() -> Path:
+    """Where this app keeps what it makes or fetches once (the demo model, Qwen3's tokenizer, llama.cpp):
+    ``$XDG_CACHE_HOME/qwen3-chat``, by default ``~/.cache/qwen3-chat``."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "qwen3-chat"
 
 
 class Settings(BaseSettings):
