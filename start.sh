@@ -134,9 +134,10 @@ if ! command -v cmake >/dev/null 2>&1 || ! command -v c++ >/dev/null 2>&1; then
 fi
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 if [[ $# -eq 0 ]]; then
-  say "Lint (ruff)"
+  say "Lint (ruff) and types (mypy)"
   "$PY" -m ruff check chatbot tests app.py
   "$PY" -m ruff format --check --quiet chatbot tests app.py
+  "$PY" -m mypy  # over chatbot/, configured in pyproject.toml
   # Built once and cached (~/.cache/qwen3-chat/llama.cpp-*): about 10-15 minutes the first time on 2 cores.
   "$PY" -m chatbot.cli.llamacpp build
 fi

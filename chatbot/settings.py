@@ -6,8 +6,9 @@ The README's "Options" table lists the same fields.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import Field, SecretStr, field_validator, model_validator
@@ -15,6 +16,12 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_MODEL = "Qwen/Qwen3-0.6B-FP8"
 PrecisionChoice = Literal["auto", "fp8", "int8", "fp16", "bf16", "fp32"]
+
+
+def cache_dir() -> Path:
+    """Where this app keeps what it makes or fetches once (the demo model, Qwen3's tokenizer, llama.cpp):
+    ``$XDG_CACHE_HOME/qwen3-chat``, by default ``~/.cache/qwen3-chat``."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "qwen3-chat"
 
 
 class Settings(BaseSettings):
@@ -134,9 +141,10 @@ class Settings(BaseSettings):
         return self
 
     @classmethod
-    def from_overrides(cls, **overrides: object) -> Settings:
+    def from_overrides(cls, **overrides: Any) -> Settings:
         """Build settings where every non-None keyword beats the environment."""
-        return cls(**{key: value for key, value in overrides.items() if value is not None})
+        given: dict[str, Any] = {key: value for key, value in overrides.items() if value is not None}
+        return cls(**given)
 
     def auth_pair(self) -> tuple[str, str] | None:
         if self.auth is None:

@@ -499,7 +499,7 @@ def test_an_unexpected_error_reaches_the_client_as_an_id_and_the_details_stay_in
         raise KeyError("/home/alice/.cache/secret-path")
 
     with in_process_client(str(scripted_fp8)) as http:
-        monkeypatch.setattr("chatbot.serve.api_stream.stream_reply", broken)
+        monkeypatch.setattr("chatbot.chat.local.LocalBackend.stream", broken)
         response = http.post("/v1/chat/completions", json={"messages": HELLO})
     assert response.status_code == 500
     message = response.json()["error"]["message"]

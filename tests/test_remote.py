@@ -24,7 +24,7 @@ from conftest import ROOT, WAIT_LIMIT_SECONDS, RunningApp, free_port, start_app,
 
 from chatbot import Qwen3ChatBot
 from chatbot.chat.remote import RemoteBackend
-from chatbot.chat.reply import AnswerDelta, ChatDone, QueuePosition
+from chatbot.chat.reply import AnswerDelta, ChatDone, QueuePosition, stream_reply
 from chatbot.errors import ContextLengthError, QueueFullError
 
 LONG_REPLY_TOKENS = 7000
@@ -225,12 +225,12 @@ def test_requests_beyond_the_slots_wait_their_turn_then_are_refused(remote: Runn
         assert backend.load().reachable
         stop_first, stop_second = threading.Event(), threading.Event()
         long = {"max_new_tokens": 4000, "min_new_tokens": 4000}
-        first = backend.stream_reply(ask("Talk."), cancel=stop_first, **long)
+        first = stream_reply(backend, ask("Talk."), cancel=stop_first, **long)
         next(event for event in first if isinstance(event, AnswerDelta))  # it holds the one slot now
-        second = backend.stream_reply(ask("Me too."), cancel=stop_second)
+        second = stream_reply(backend, ask("Me too."), cancel=stop_second)
         assert next(second) == QueuePosition(1)
         with pytest.raises(QueueFullError):
-            next(backend.stream_reply(ask("And me.")))
+            next(stream_reply(backend, ask("And me.")))
         stop_second.set()  # leaves the queue without reaching the server
         done = list(second)[-1]
         assert isinstance(done, ChatDone) and done.finish_reason == "cancelled" and done.full_response == ""
@@ -253,10 +253,10 @@ def test_the_oldest_turns_make_room_as_for_a_local_model(remote: RunningApp) -> 
     history.append({"role": "user", "content": "Hello!"})
     backend = RemoteBackend(remote.api_url + "/v1")
     try:
-        done = list(backend.stream_reply(history, max_new_tokens=16))[-1]
+        done = list(stream_reply(backend, history, max_new_tokens=16))[-1]
         assert isinstance(done, ChatDone) and done.finish_reason in ("stop", "length") and done.answer
         assert done.dropped_messages >= 2 and done.dropped_messages % 2 == 0  # whole turns, oldest first
         with pytest.raises(ContextLengthError):  # the API's rule: nothing is dropped
-            list(backend.stream_reply(history, max_new_tokens=16, strict_context=True))
+            list(stream_reply(backend, history, max_new_tokens=16, strict_context=True))
     finally:
         backend.close()

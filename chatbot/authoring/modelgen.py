@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from ..settings import cache_dir
 from . import tokenizer_build
 from .quantize import quantization_config, quantize_tensors, write_checkpoint
 
@@ -235,8 +236,7 @@ def make_model(
 
 def demo_model_path() -> Path:
     """Where ``--demo`` keeps its generated model (made on first use)."""
-    base = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "qwen3-chat"
-    return base / "demo-model-v1"
+    return cache_dir() / "demo-model-v1"
 
 
 def ensure_demo_model() -> Path:

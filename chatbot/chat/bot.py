@@ -19,8 +19,13 @@ from ..errors import ChatbotError
 from ..model.loader import LoadedModel
 from ..model.precision import PrecisionDecision
 from ..settings import DEFAULT_MODEL
-from .remote import BackendInfo, RemoteBackend
-from .reply import ChatDone, ChatEvent, Conversation, batch_reply, stream_reply
+from .backend import Backend, BackendInfo
+from .backends import as_backend
+from .conversation import Conversation
+from .events import ChatDone, ChatEvent
+from .remote import RemoteBackend
+from .reply import batch_reply
+from .request import ChatRequest
 
 
 class Qwen3ChatBot:
@@ -31,7 +36,8 @@ class Qwen3ChatBot:
         device: "auto", "cpu", "cuda", "cuda:N" or "mps".
         precision: "auto", "fp8", "int8", "fp16", "bf16", "fp32"; None reads ``QWEN_PRECISION`` (default auto).
         system_prompt: sent first in every prompt; never dropped when the history is trimmed.
-        engine: share an existing engine (and its loaded model) instead of creating one.
+        engine: share an existing engine (and its loaded model), or any ``chat.backend.Backend``, instead
+            of creating one.
         backend: another OpenAI-compatible server instead of a local model: its /v1 URL or a
             ``RemoteBackend`` (then ``model_path``, ``device``, ``precision`` are not used).
         load: "lazy" (on first use), "background" (start now in a thread) or "now" (block here).
@@ -45,22 +51,24 @@ class Qwen3ChatBot:
         precision: str | None = None,
         *,
         system_prompt: str = "",
-        engine: ChatEngine | RemoteBackend | None = None,
+        engine: ChatEngine | Backend | None = None,
         backend: str | RemoteBackend | None = None,
         load: str = "lazy",
         **engine_kwargs: Any,
     ) -> None:
         if isinstance(backend, str):
             backend = RemoteBackend(backend)
-        self.engine: ChatEngine | RemoteBackend = (
+        # ``engine`` is what was given or made (a ChatEngine or a backend); ``backend`` answers.
+        self.engine: ChatEngine | Backend = (
             backend or engine or ChatEngine(model_path, device=device, precision=precision, **engine_kwargs)
         )
+        self.backend: Backend = as_backend(self.engine)
         self.conversation = Conversation(system_prompt)
         self._lock = threading.Lock()
         if load == "background":
-            self.engine.start_loading()
+            self.backend.start_loading()
         elif load == "now":
-            self.engine.load()
+            self.backend.load()
         elif load != "lazy":
             raise ValueError("load must be 'lazy', 'background' or 'now'")
 
@@ -71,13 +79,14 @@ class Qwen3ChatBot:
 
         With a remote backend: ask the server once and return what it said (``BackendInfo``).
         """
-        return self.engine.load()
+        return self.backend.load()
 
     def _local(self) -> LoadedModel:
-        loaded = self.load()
-        if not isinstance(loaded, LoadedModel):
+        self.load()
+        loaded = self.backend.loaded
+        if loaded is None:
             raise ChatbotError(
-                f"This bot answers from the model server at {loaded.url}: no model, tokenizer or precision "
+                f"This bot answers from {self.backend.describe()}: no model, tokenizer or precision "
                 "decision is loaded here.",
                 fix="Use describe() for what the server reported.",
             )
@@ -98,10 +107,7 @@ class Qwen3ChatBot:
 
     def describe(self) -> str:
         """One line on what answers: the precision decision, or the remote server as it reported itself."""
-        if isinstance(self.engine, RemoteBackend):
-            self.engine.load()
-            return self.engine.summary()
-        return self.precision.summary()
+        return self.backend.describe()
 
     # --- chatting -----------------------------------------------------------------------------------------
 
@@ -120,10 +126,13 @@ class Qwen3ChatBot:
         QueueFullError, GenerationError.
         """
         with self._lock:
-            messages = self.conversation.messages_with(message)
-            for event in stream_reply(
-                self.engine, messages, enable_thinking=enable_thinking, cancel=cancel, **generation_kwargs
-            ):
+            request = ChatRequest.build(
+                self.conversation.messages_with(message),
+                enable_thinking=enable_thinking,
+                limits=self.backend.limits,
+                **generation_kwargs,
+            )
+            for event in self.backend.stream(request, cancel):
                 if isinstance(event, ChatDone):
                     self.conversation.add_exchange(message, event)
                 yield event
@@ -149,7 +158,7 @@ class Qwen3ChatBot:
             [{"role": "system", "content": self.conversation.system_prompt}] if self.conversation.system_prompt else []
         )
         conversations = [[*system, {"role": "user", "content": p}] if isinstance(p, str) else list(p) for p in prompts]
-        return batch_reply(self.engine, conversations, enable_thinking=enable_thinking, **generation_kwargs)
+        return batch_reply(self.backend, conversations, enable_thinking=enable_thinking, **generation_kwargs)
 
     def clear_history(self) -> None:
         self.conversation.clear()
@@ -159,4 +168,4 @@ class Qwen3ChatBot:
         return self.conversation.to_list()
 
     def close(self) -> None:
-        self.engine.close()
+        self.backend.close()

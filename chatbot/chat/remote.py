@@ -1,10 +1,10 @@
 """``RemoteBackend``: replies from another OpenAI-compatible server, nothing loaded here.
 
 ``--backend URL`` puts the web chat, the API, ``Qwen3ChatBot(backend=...)`` and the terminal chat in
-front of vLLM, SGLang, llama.cpp's ``llama-server`` or another copy of this app. The backend offers
-what those callers use of the local ``ChatEngine`` (``status``, ``load_error``, ``progress``,
-``occupancy``, ``start_loading``, ``close``; see ``chat/backend.py``) and streams replies itself with
-the official ``openai`` client; ``chat.reply.stream_reply`` hands requests to it.
+front of vLLM, SGLang, llama.cpp's ``llama-server`` or another copy of this app. It is a
+``chat.backend.Backend``, as the model loaded here is: ``stream(request, cancel)`` sends a
+``ChatRequest`` with the official ``openai`` client, and this app's bounds on one reply
+(``--max-new-tokens-cap``, ``--max-generation-seconds``) hold as they do locally.
 
 * Requests stream from the server on a private event loop (one thread); Stop cancels the request's
   task, which closes its connection at once, so the server sees the cancel and frees its slot.
@@ -24,18 +24,21 @@ import queue
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, replace
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from typing import Any
 
 import openai
 
-from ..engine.jobs import LOCAL_CLIENT
-from ..engine.sampling import sampling_options
 from ..errors import BackendError, ChatbotError, ContextLengthError
-from .prompt import effective_thinking, normalize_messages
+from .backend import BackendInfo, BackendStatus
+from .events import ChatDone, ChatEvent
+from .limits import ReplyLimits
 from .remote_slots import RemoteSlots
 from .remote_stream import RemoteReply, backend_error, remote_messages, request_body
-from .reply import ChatEvent
+from .request import ChatRequest
+
+__all__ = ["BackendInfo", "RemoteBackend"]
 
 log = logging.getLogger(__name__)
 
@@ -51,25 +54,6 @@ DEFAULT_MAX_IN_FLIGHT = 64  # requests sent at once; the server batches them
 
 def one_line(error: BaseException) -> str:
     return str(error).replace("\nFix: ", " Fix: ")
-
-
-@dataclass(frozen=True)
-class BackendInfo:
-    """What is known of the server: as it reported itself, never guessed."""
-
-    url: str
-    model: str | None = None  # the model requests ask for (--backend-model, else the first listed)
-    models: tuple[str, ...] = ()  # what GET /v1/models listed
-    max_model_len: int | None = None  # the context length, when /v1/models reports it (vLLM does)
-    reachable: bool | None = None  # None: not asked yet
-    error: str | None = None
-    checked_at: float | None = None  # time.time() of the last answer or failure
-    retry_in: float | None = None  # seconds until the next try, while unreachable
-    round_trip_seconds: float | None = None  # of the last GET /v1/models
-    precision: str | None = None  # as the operator stated it (--backend-precision)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "models": list(self.models)}
 
 
 def drop_oldest_turn(messages: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], int] | None:
@@ -107,8 +91,12 @@ class RemoteBackend:
         precision: str | None = None,
         max_batch: int | None = None,
         queue_size: int = 16,
+        limits: ReplyLimits | None = None,
     ) -> None:
         self.url = url
+        # The server's bounds on one reply (--max-new-tokens-cap, --max-generation-seconds), held here
+        # as for a local model: the remote server may allow more.
+        self.limits = limits or ReplyLimits()
         self.configured_model = model
         self.max_batch = max_batch or DEFAULT_MAX_IN_FLIGHT
         self.queue_size = queue_size
@@ -141,6 +129,7 @@ class RemoteBackend:
             precision=settings.backend_precision,
             max_batch=settings.max_batch,
             queue_size=settings.queue_size,
+            limits=ReplyLimits.from_settings(settings),
         )
 
     # --- what the server is -------------------------------------------------------------------------------
@@ -152,8 +141,7 @@ class RemoteBackend:
     def model_name(self) -> str | None:
         return self._info.model
 
-    @property
-    def status(self) -> str:
+    def _state(self) -> str:
         """ "not loaded" (not started), "loading" (first answer pending), "ready" or "failed" (unreachable)."""
         if self._watcher is None:
             return "not loaded"
@@ -161,6 +149,23 @@ class RemoteBackend:
         if info.reachable is None:
             return "loading"
         return "ready" if info.reachable and info.error is None else "failed"
+
+    def status(self) -> BackendStatus:
+        info = self._info
+        queue = self.occupancy()
+        return BackendStatus(
+            state=self._state(),
+            stage="connected" if info.reachable else f"connecting to {info.url}",
+            fraction=1.0 if info.reachable else 0.0,
+            error=info.error,
+            settled=False,  # the server may go away and come back: the badge keeps following it
+            context_window=info.max_model_len,
+            queue={**queue, "size": self.queue_size, "busy": self.busy},
+            remote=info,
+        )
+
+    def context_window(self) -> int | None:
+        return self._info.max_model_len
 
     @property
     def load_error(self) -> ChatbotError | None:
@@ -172,14 +177,12 @@ class RemoteBackend:
 
     def summary(self) -> str:
         """One line: what serves, as the server reported it."""
-        info = self._info
-        parts = [f"remote {info.model or 'model'} at {info.url}"]
-        if info.max_model_len:
-            parts.append(f"context {info.max_model_len:,} tokens")
-        if info.precision:
-            parts.append(f"precision {info.precision} (stated by the operator)")
-        parts.append("reachable" if info.reachable else "not reached yet" if info.reachable is None else "unreachable")
-        return ", ".join(parts)
+        return self.status().summary()
+
+    def describe(self) -> str:
+        """Ask the server (a few seconds at most, when not asked yet) and say what serves."""
+        self.load()
+        return self.summary()
 
     def start_loading(self) -> None:
         """Start watching the server (no-op when watching)."""
@@ -269,67 +272,57 @@ class RemoteBackend:
     def busy(self) -> bool:
         return self.slots.busy
 
-    def stream_reply(
-        self,
-        messages: Sequence[dict[str, Any]],
-        *,
-        enable_thinking: bool = False,
-        cancel: threading.Event | None = None,
-        tools: list[dict[str, Any]] | None = None,
-        tool_choice: Any = None,
-        parallel_tool_calls: bool = True,
-        response_format: dict[str, Any] | None = None,
-        strict_context: bool = False,
-        client: str = LOCAL_CLIENT,
-        **generation_kwargs: Any,
-    ) -> Iterator[ChatEvent]:
-        """Stream the reply from the server; the arguments, events and errors of ``chat.reply.stream_reply``
-        (``client`` is accepted for the same signature: the server schedules requests itself).
+    def stream(self, request: ChatRequest, cancel: threading.Event | None = None) -> Iterator[ChatEvent]:
+        """Stream the reply from the server (see ``chat.backend.Backend.stream``). The request's client is not
+        sent: the server schedules requests itself.
 
         Raises:
-            InvalidRequestError, ContextLengthError: bad messages or options (ours or the server's 400).
+            InvalidRequestError, ContextLengthError: the server's 400.
             QueueFullError: too many requests waiting here, or the server answered 429.
             BackendUnavailableError: the server cannot be reached; BackendError: it answered an error.
         """
-        clean = normalize_messages(messages)
-        thinking = effective_thinking(clean, enable_thinking)
-        logit_bias = generation_kwargs.pop("logit_bias", None)
-        options = sampling_options(thinking, **generation_kwargs)
-        send_max = not (strict_context and generation_kwargs.get("max_new_tokens") is None)
+        clean = list(request.messages)
+        thinking = request.thinking
+        send_max = self._sends_max_tokens(request)
         cancel = cancel or threading.Event()
         submitted = time.perf_counter()
         if not (yield from self.slots.take(cancel)):
             yield from RemoteReply(thinking, False, submitted).finish(cancelled=True)
             return
+        limit = request.limits.max_generation_seconds
+        deadline = time.perf_counter() + limit if limit else None  # from the start, not the wait for a slot
         dropped = 0
         try:
             while True:
                 body = request_body(
                     self._info.model or "",
                     remote_messages(clean),
-                    options,
+                    request.options,
                     thinking=thinking,
                     send_max_tokens=send_max,
-                    tools=tools if tools and tool_choice != "none" else None,
-                    tool_choice=tool_choice,
-                    parallel_tool_calls=parallel_tool_calls,
-                    response_format=response_format if response_format not in (None, {"type": "text"}) else None,
+                    tools=list(request.tools) if request.tools else None,
+                    tool_choice=request.tool_choice,
+                    parallel_tool_calls=request.parallel_tool_calls,
+                    response_format=request.response_format,
                 )
-                if logit_bias:
-                    body["logit_bias"] = logit_bias
                 reply = RemoteReply(thinking, clean[-1]["role"] == "assistant", submitted)
                 reply.queue_seconds = time.perf_counter() - submitted
                 reply.dropped_messages = dropped
                 started = False
                 try:
-                    for event in self._stream(body, reply, cancel):
+                    for event in self._stream(body, reply, cancel, deadline):
                         started = True
                         yield event
                     return
                 except ContextLengthError:
+                    if request.fill_context and send_max and not started:
+                        # The cap is more than the room the server has left: its context bounds the reply
+                        # below the cap already, so the request goes again without max_tokens.
+                        send_max = False
+                        continue
                     # The web chat's rule, as for a local model: the oldest whole turns make room (never
                     # the system prompt or the new message). The server is the judge: no tokenizer here.
-                    shorter = None if strict_context or started else drop_oldest_turn(clean)
+                    shorter = None if request.strict_context or started else drop_oldest_turn(clean)
                     if shorter is None:
                         raise
                     clean, count = shorter
@@ -337,15 +330,47 @@ class RemoteBackend:
         finally:
             self.slots.free()
 
-    def _stream(self, body: dict[str, Any], reply: RemoteReply, cancel: threading.Event) -> Iterator[ChatEvent]:
+    def _sends_max_tokens(self, request: ChatRequest) -> bool:
+        """Whether ``max_tokens`` goes to the server: always, except for "the room left" (the API with no
+        max_tokens) when no cap binds it below the server's context."""
+        if not request.fill_context:
+            return True
+        cap, context = request.limits.max_new_tokens_cap, self._info.max_model_len
+        return cap is not None and not (context and cap >= context)
+
+    def batch(self, requests: Sequence[ChatRequest], cancel: threading.Event | None = None) -> list[ChatDone]:
+        """One request per item, all at once (up to ``max_batch``): the server batches them."""
+
+        def one(request: ChatRequest) -> ChatDone:
+            return next(e for e in self.stream(request, cancel) if isinstance(e, ChatDone))
+
+        with ThreadPoolExecutor(max_workers=max(1, min(len(requests), self.max_batch))) as pool:
+            return list(pool.map(one, requests))
+
+    def _stream(
+        self, body: dict[str, Any], reply: RemoteReply, cancel: threading.Event, deadline: float | None = None
+    ) -> Iterator[ChatEvent]:
+        """The events of one request; past ``deadline`` (``time.perf_counter()``) it ends with "length"."""
         out: queue.Queue[tuple[str, Any]] = queue.Queue()
         future = asyncio.run_coroutine_threadsafe(self._pump(body, out), self._loop)
         try:
             while True:
                 if cancel.is_set():
                     future.cancel()  # cancels the task: its connection closes and the server stops
+                wait = CANCEL_POLL_SECONDS
+                if deadline is not None:
+                    left = deadline - time.perf_counter()
+                    if left <= 0:
+                        future.cancel()
+                        log.info(
+                            "remote request stopped at the time limit after %d pieces (--max-generation-seconds)",
+                            reply.pieces,
+                        )
+                        yield from reply.finish(time_limited=True)
+                        return
+                    wait = min(wait, left)
                 try:
-                    kind, item = out.get(timeout=CANCEL_POLL_SECONDS)
+                    kind, item = out.get(timeout=wait)
                 except queue.Empty:
                     if future.cancelled() and out.empty():  # cancelled before it started
                         kind, item = "cancelled", None

@@ -12,7 +12,7 @@ import threading
 from collections.abc import Generator
 
 from ..errors import ChatbotError, QueueFullError
-from .reply import QueuePosition
+from .events import QueuePosition
 
 POLL_SECONDS = 0.2  # how often a waiting request checks its stop signal
 

@@ -32,7 +32,7 @@ from ..errors import (
     InvalidRequestError,
     QueueFullError,
 )
-from .reply import AnswerDelta, ChatDone, ChatEvent, ThinkingDelta, ToolCallDelta
+from .events import AnswerDelta, ChatDone, ChatEvent, ThinkingDelta, ToolCallDelta
 from .thinking import THINK_CLOSE, THINK_OPEN, ThinkingStreamSplitter, TrimmedChannel
 from .tools import ToolCall
 
@@ -145,6 +145,7 @@ class RemoteReply:
         self.logprobs: list[dict[str, Any]] = []
         self.queue_seconds = 0.0
         self.dropped_messages = 0  # oldest messages left out to fit the server's context
+        self.time_limited = False  # cut by this server's --max-generation-seconds
 
     def feed(self, chunk: Any) -> list[ChatEvent]:
         """The events of one ``ChatCompletionChunk``."""
@@ -209,15 +210,19 @@ class RemoteReply:
             for index, slot in sorted(self.calls.items())
         )
 
-    def finish(self, cancelled: bool = False) -> list[ChatEvent]:
-        """The tool calls and the ``ChatDone`` of a stream that ended (or was ``cancelled`` by us).
+    def finish(self, cancelled: bool = False, time_limited: bool = False) -> list[ChatEvent]:
+        """The tool calls and the ``ChatDone`` of a stream that ended (or was ``cancelled`` by us, or cut by
+        this server's time limit: finish reason "length", as for a local model).
 
         Raises:
             BackendError: the server closed the stream without saying why the reply ended.
         """
         held: list[ChatEvent] = []
+        self.time_limited = time_limited
         if cancelled:
             reason = "cancelled"
+        elif time_limited:
+            reason = "length"
         elif self.finish_reason is None:
             raise BackendError(
                 "The model server closed the stream before the reply ended (no finish_reason).",
@@ -266,6 +271,7 @@ class RemoteReply:
             "decode_seconds": round(decode, 4),
             "tokens_per_second": round((new_tokens - 1) / decode, 4) if new_tokens > 1 and decode > 0 else 0.0,
             "total_seconds": round(now - self.submitted, 4),
+            "time_limited": self.time_limited,
         }
 
 

@@ -164,19 +164,24 @@ def checkpoint_section(report: Report, model: str, chosen: DeviceInfo | None, pr
 
 
 def load_section(report: Report, model: str, device: str, precision: str | None) -> None:
-    from ..model.loader import load_model
+    """Load the model as the servers do and print its status: the line the badge and ``/health`` show."""
+    from ..chat.local import LocalBackend
+    from ..engine.engine import ChatEngine
 
     report.section("Load and probe")
+    backend = LocalBackend(ChatEngine(model, device=device, precision=precision))
     try:
-        loaded = load_model(model, device=device, precision=precision)
+        loaded = backend.load()
     except ChatbotError as exc:
         report.problem(exc)
         return
-    decision = loaded.precision
-    report.ok(f"{decision.summary()}")
-    for attempt in decision.attempts:
+    finally:
+        backend.close()
+    status = backend.status()
+    report.ok(status.summary())
+    for attempt in status.precision.attempts if status.precision is not None else ():
         report.info(f"{'ok  ' if attempt.ok else 'fail'} {attempt.mode}: {attempt.detail}")
-    report.ok(f"weights {loaded.weights_bytes / 2**20:.0f} MiB, loaded in {loaded.load_seconds:.1f} s")
+    report.ok(f"weights {(status.weights_bytes or 0) / 2**20:.0f} MiB, loaded in {loaded.load_seconds:.1f} s")
 
 
 def run_doctor(model: str, device: str = "auto", precision: str | None = None, load: bool = False) -> int:

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ChatbotError
+from ..settings import cache_dir
 
 VERSION = "0.3.36"  # llama-cpp-python release whose vendored llama.cpp is built
 TARGETS = ("llama-bench", "llama-server", "llama-quantize")
@@ -70,8 +71,7 @@ def cache_root(isa: str = "native") -> Path:
     explicit = os.environ.get("QWEN_LLAMACPP_CACHE")
     if explicit:
         return Path(explicit + suffix)
-    base = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "qwen3-chat"
-    return base / f"llama.cpp-{VERSION}{suffix}"
+    return cache_dir() / f"llama.cpp-{VERSION}{suffix}"
 
 
 @dataclass(frozen=True)

@@ -36,7 +36,7 @@ def add_model_flags(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--max-context", type=int, help="context window in tokens (env QWEN_MAX_CONTEXT)")
     parser.add_argument("--gpu-memory-limit", type=float, help="fraction of GPU memory to use, e.g. 0.8")
-    parser.add_argument("--threads", type=int, help="CPU threads for torch")
+    parser.add_argument("--threads", type=int, help="CPU threads for torch (default: all cores; env QWEN_THREADS)")
     parser.add_argument(
         "--trust-remote-code",
         action="store_true",
@@ -277,6 +277,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"Wrote {quantize_checkpoint(args.source, args.out, args.format, args.shards)}")
         return 0
     settings = settings_from(args)
+    if settings.threads:  # chat, batch and doctor as serve does (create_app)
+        import torch
+
+        torch.set_num_threads(settings.threads)
     model = _model_source(settings)
     if args.command == "doctor":
         configure_logging(settings.log_level if args.log_level else "warning")

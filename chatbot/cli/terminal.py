@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import sys
 
+from ..chat.backend import Backend
+from ..chat.backends import backend_from_settings
 from ..chat.bot import Qwen3ChatBot
-from ..chat.remote import RemoteBackend
-from ..chat.reply import AnswerDelta, ChatDone, Loading, ThinkingDelta
-from ..engine.engine import ChatEngine
+from ..chat.events import AnswerDelta, ChatDone, Loading, ThinkingDelta
 from ..errors import ChatbotError
 from ..settings import Settings
 
@@ -29,12 +29,8 @@ HELP = """Commands (alone on a line):
 
 
 def chat_loop(model: str, settings: Settings, think: bool = True) -> int:
-    engine: ChatEngine | RemoteBackend
-    if settings.backend:
-        engine = RemoteBackend.from_settings(settings)
-        model = settings.backend
-    else:
-        engine = ChatEngine.from_settings(settings, model)
+    engine = backend_from_settings(settings, model)
+    model = settings.backend or model
     try:
         return _converse(engine, model, settings, think)
     finally:
@@ -43,7 +39,7 @@ def chat_loop(model: str, settings: Settings, think: bool = True) -> int:
         engine.close()
 
 
-def _converse(engine: ChatEngine | RemoteBackend, model: str, settings: Settings, think: bool) -> int:
+def _converse(engine: Backend, model: str, settings: Settings, think: bool) -> int:
     bot = Qwen3ChatBot(engine=engine, system_prompt=settings.system_prompt, load="background")
     print(f"Chatting with {model}. Type /help for the commands.")
     try:

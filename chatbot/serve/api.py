@@ -5,7 +5,7 @@ constrained decoding), ``logprobs`` / ``top_logprobs`` and ``logit_bias`` follow
 ``HEAD`` answers wherever ``GET`` does. ``/v1/completions`` (legacy text completion) is not
 served: a 404 says to use ``/v1/chat/completions``.
 
-A thin layer over the chat engine the web UI uses: every request goes through ``stream_reply``
+A thin layer over the backend the web UI uses: every request is a ``ChatRequest`` for ``backend.stream``
 and waits in the same first-come, first-served queue. ``python app.py`` serves it on
 ``--api-port`` (8000; 0 turns it off) beside the web UI; ``--api-key`` makes it require
 ``Authorization: Bearer KEY``. The schema of every field is at ``/docs``.
@@ -36,7 +36,7 @@ from .security import install_api_guards
 
 
 def build_api(app: App) -> FastAPI:
-    """The API's FastAPI application, answering from ``app.engine`` under ``app.model_name``."""
+    """The API's FastAPI application, answering from ``app.backend`` under ``app.model_name``."""
     keyed = app.settings.api_key is not None
     api = FastAPI(
         title="Qwen3 Chat API",

@@ -42,7 +42,7 @@ STREAM_RESPONSE = {
 
 
 def add_completion_routes(app: App, v1: APIRouter) -> None:
-    """Add the completion routes to ``v1`` (the ``/v1`` router), answering from ``app.engine``."""
+    """Add the completion routes to ``v1`` (the ``/v1`` router), answering from ``app.backend``."""
 
     @v1.post(
         "/chat/completions",
@@ -52,7 +52,7 @@ def add_completion_routes(app: App, v1: APIRouter) -> None:
     )
     async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any:
         meta = Completion.new(app.model_name)
-        reply = ReplyStream(app.engine, body, client_key(request))
+        reply = ReplyStream(app.backend, body, client_key(request))
         try:
             if body.stream:
                 # Wait until the request is accepted, so that bad input or a full queue is still an

@@ -16,8 +16,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from ..chat.remote import RemoteBackend
-from ..engine.engine import ChatEngine
+from ..chat.backend import Backend
 from ..errors import BackendError, ContextLengthError, GenerationError, InvalidRequestError, QueueFullError
 from .api_models import ErrorResponse
 
@@ -63,7 +62,7 @@ def one_line(exc: BaseException) -> str:
     return str(exc).replace("\nFix: ", " Fix: ")
 
 
-def api_error_from(exc: BaseException, engine: ChatEngine | RemoteBackend) -> APIError:
+def api_error_from(exc: BaseException, backend: Backend) -> APIError:
     """The HTTP status and OpenAI error for an error raised while answering a request."""
     if isinstance(exc, APIError):
         return exc
@@ -81,7 +80,7 @@ def api_error_from(exc: BaseException, engine: ChatEngine | RemoteBackend) -> AP
         )
     if isinstance(exc, BackendError):  # the remote server (--backend): 502 for its errors, 503 unreachable
         return APIError(exc.status, one_line(exc), type="server_error", code=exc.code)
-    if engine.status == "failed":
+    if backend.status().state == "failed":
         return APIError(
             503,
             f"The model failed to load: {one_line(exc)} See GET /health and the server log.",
@@ -107,7 +106,7 @@ def shutting_down() -> APIError:
 def validation_error(exc: RequestValidationError) -> APIError:
     """A 400 naming the first bad field, in the words a client can act on."""
     errors = exc.errors()
-    first = errors[0] if errors else {"loc": (), "msg": "invalid request", "type": ""}
+    first: dict[str, Any] = dict(errors[0]) if errors else {"loc": (), "msg": "invalid request", "type": ""}
     location = [part for part in first.get("loc", ()) if part != "body"]
     param = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in location).lstrip(".") or None
     kind = first.get("type", "")

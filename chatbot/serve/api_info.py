@@ -11,37 +11,34 @@ import torch
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from ..chat.remote import RemoteBackend
-from .api_errors import ERROR_RESPONSES, APIError, one_line
+from .api_errors import ERROR_RESPONSES, APIError
 from .api_keys import has_key
 from .api_models import ErrorResponse, Health, ModelCard, ModelList
 from .app_state import App
-from .remote_view import remote_health
 
 
 def health_body(app: App) -> dict[str, Any]:
-    engine = app.engine
-    if isinstance(engine, RemoteBackend):
-        return remote_health(app, engine)
-    loaded = engine.loaded
-    status = {"ready": "ready", "failed": "failed"}.get(engine.status, "loading")
-    stage, fraction = engine.progress.snapshot()
-    cuda = loaded is not None and loaded.device.type == "cuda" and torch.cuda.is_available()
-    queue = engine.occupancy()
-    return {
-        "status": status,
+    """``/health``: the backend's status (``Backend.status()``), the process's memory, the served name."""
+    status = app.backend.status()
+    cuda = status.device is not None and status.device.type == "cuda" and torch.cuda.is_available()
+    body = {
+        "status": {"ready": "ready", "failed": "failed"}.get(status.state, "loading"),
         "model": app.model_name,
-        "precision": loaded.precision.to_dict() if loaded else None,
+        # A remote server's precision is not decided here: the operator's statement is in backend.precision.
+        "precision": status.precision.to_dict() if status.precision is not None else None,
         "memory": {
-            "weights_bytes": loaded.weights_bytes if loaded else None,
+            "weights_bytes": status.weights_bytes,
             "process_rss_bytes": psutil.Process().memory_info().rss,
-            "cuda_allocated_bytes": torch.cuda.memory_allocated(loaded.device) if cuda else None,
-            "cuda_reserved_bytes": torch.cuda.memory_reserved(loaded.device) if cuda else None,
+            "cuda_allocated_bytes": torch.cuda.memory_allocated(status.device) if cuda else None,
+            "cuda_reserved_bytes": torch.cuda.memory_reserved(status.device) if cuda else None,
         },
-        "queue": {**queue, "depth": queue["waiting"], "size": engine.queue_size, "busy": engine.busy},
-        "load": {"stage": stage, "fraction": round(fraction, 3)},
-        "error": one_line(engine.load_error) if engine.load_error is not None else None,
+        "queue": {**status.queue, "depth": status.queue.get("waiting", 0)},
+        "load": {"stage": status.stage, "fraction": status.fraction},
+        "error": status.error,
     }
+    if status.remote is not None:
+        body["backend"] = status.remote.to_dict()
+    return body
 
 
 def model_card(name: str, created: int, max_model_len: int | None = None) -> dict[str, Any]:
@@ -51,9 +48,7 @@ def model_card(name: str, created: int, max_model_len: int | None = None) -> dic
 
 def context_window(app: App) -> int | None:
     """The loaded model's context, or the one a remote server reported."""
-    if isinstance(app.engine, RemoteBackend):
-        return app.engine.info().max_model_len
-    return app.engine.loaded.max_context if app.engine.loaded is not None else None
+    return app.backend.context_window()
 
 
 def add_info_routes(app: App, api: FastAPI, v1: APIRouter) -> None:

@@ -11,6 +11,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
+from ..chat.limits import ReplyLimits
+from ..chat.request import ChatRequest
 from ..engine.sampling import (
     MAX_STOP_STRINGS,
     MAX_TOP_LOGPROBS,
@@ -113,7 +115,7 @@ class ChatMessage(BaseModel):
         return "".join(part.text for part in self.content)
 
     def plain(self) -> dict[str, Any]:
-        """The message as ``stream_reply`` takes it."""
+        """The message as ``ChatRequest.build`` takes it."""
         message: dict[str, Any] = {"role": self.role, "content": self.text()}
         if self.tool_calls:
             message["tool_calls"] = [call.model_dump() for call in self.tool_calls]
@@ -276,39 +278,40 @@ class ChatCompletionRequest(BaseModel):
             return self.chat_template_kwargs.enable_thinking
         return False
 
-    def reply_kwargs(self) -> dict[str, Any]:
-        """Tools and structured output for ``stream_reply``."""
-        return {
-            "tools": [tool.model_dump(exclude_none=True) for tool in self.tools] if self.tools else None,
-            "tool_choice": self.tool_choice.model_dump()
-            if isinstance(self.tool_choice, NamedToolChoice)
-            else self.tool_choice,
-            "parallel_tool_calls": self.parallel_tool_calls is not False,
-            "response_format": self.response_format.as_dict() if self.response_format else None,
-            "strict_context": True,
-        }
+    def chat_request(self, client: str, limits: ReplyLimits) -> ChatRequest:
+        """The request as the backends take it: validated, under the server's ``limits``, with the API's
+        rules (``strict_context``: nothing dropped; no max_tokens means the room left, at most the cap).
 
-    def sampling_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments for ``stream_reply`` (None means the mode's default)."""
-        return {
-            "logprobs": self.logprobs,
-            "top_logprobs": self.top_logprobs,
-            "logit_bias": self.logit_bias,
-            "temperature": self.temperature,
-            "top_p": self.top_p,
-            "top_k": 0 if self.top_k == -1 else self.top_k,
-            "min_p": self.min_p,
-            "max_new_tokens": self.max_completion_tokens or self.max_tokens,
-            "min_new_tokens": self.min_tokens,
-            "repetition_penalty": self.repetition_penalty,
-            "presence_penalty": self.presence_penalty,
-            "frequency_penalty": self.frequency_penalty,
-            "seed": self.seed,
-            "stop": self.stop,
-        }
-
-    def plain_messages(self) -> list[dict[str, Any]]:
-        return [message.plain() for message in self.messages]
+        Raises:
+            InvalidRequestError: what pydantic cannot check here (messages, tools with response_format,
+                max_tokens over the cap...).
+        """
+        tool_choice = self.tool_choice
+        return ChatRequest.build(
+            [message.plain() for message in self.messages],
+            enable_thinking=self.thinking(),
+            tools=[tool.model_dump(exclude_none=True) for tool in self.tools] if self.tools else None,
+            tool_choice=tool_choice.model_dump() if isinstance(tool_choice, NamedToolChoice) else tool_choice,
+            parallel_tool_calls=self.parallel_tool_calls is not False,
+            response_format=self.response_format.as_dict() if self.response_format else None,
+            strict_context=True,
+            client=client,
+            limits=limits,
+            logprobs=self.logprobs,
+            top_logprobs=self.top_logprobs,
+            logit_bias=self.logit_bias,
+            temperature=self.temperature,
+            top_p=self.top_p,
+            top_k=0 if self.top_k == -1 else self.top_k,
+            min_p=self.min_p,
+            max_new_tokens=self.max_completion_tokens or self.max_tokens,
+            min_new_tokens=self.min_tokens,
+            repetition_penalty=self.repetition_penalty,
+            presence_penalty=self.presence_penalty,
+            frequency_penalty=self.frequency_penalty,
+            seed=self.seed,
+            stop=self.stop,
+        )
 
 
 # --- responses ------------------------------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """One chat completion as the API sends it: the engine's stream bridged into the event loop, the
 ``chat.completion`` body, and the Server-Sent Events of a streamed reply (``chat.completion.chunk``).
 
-``ReplyStream`` runs ``stream_reply`` on a thread of its own (the engine blocks), so the event loop
+``ReplyStream`` runs the backend's stream on a thread of its own (it blocks), so the event loop
 keeps serving other requests and ``/health``; a client that goes away cancels its generation.
 Streamed chunks carry the thinking in ``reasoning_content``, the answer in ``content`` (each with
 its own tokens' ``logprobs`` when asked for), tool calls in ``tool_calls``, then the finish reason
@@ -22,9 +22,8 @@ from typing import Any
 
 from fastapi import Request
 
-from ..chat.remote import RemoteBackend
-from ..chat.reply import AnswerDelta, ChatDone, ChatEvent, Loading, ThinkingDelta, ToolCallDelta, stream_reply
-from ..engine.engine import ChatEngine
+from ..chat.backend import Backend
+from ..chat.events import AnswerDelta, ChatDone, ChatEvent, Loading, ThinkingDelta, ToolCallDelta
 from ..errors import ChatbotError
 from .api_errors import APIError, ClientDisconnected, api_error_from, shutting_down
 from .api_models import ChatCompletionRequest
@@ -39,38 +38,32 @@ _FINISHED = object()
 
 
 class ReplyStream:
-    """Runs ``stream_reply`` on a thread of its own and hands its events to the event loop.
+    """Runs ``backend.stream`` on a thread of its own and hands its events to the event loop.
 
     The engine's iterator blocks (waiting in the queue, then for each token), so it never runs on
     the event loop: other requests and ``/health`` stay responsive. ``cancel()`` stops the
     generation within one model step and frees the model for the next request.
     """
 
-    def __init__(self, engine: ChatEngine | RemoteBackend, request: ChatCompletionRequest, client: str) -> None:
-        self.engine = engine
+    def __init__(self, backend: Backend, request: ChatCompletionRequest, client: str) -> None:
+        self.backend = backend
         self._cancel = threading.Event()
         self._loop = asyncio.get_running_loop()
         self._events: asyncio.Queue[Any] = asyncio.Queue()
         self._next_disconnect_check = 0.0
         self._thread = threading.Thread(
             target=self._produce,
-            args=(
-                request.plain_messages(),
-                request.thinking(),
-                {**request.sampling_kwargs(), **request.reply_kwargs()},
-                client,
-            ),
+            args=(request, client),
             name="api-request",
             daemon=True,
         )
         self._thread.start()
 
-    def _produce(self, messages: list[dict[str, Any]], thinking: bool, sampling: dict[str, Any], client: str) -> None:
+    def _produce(self, body: ChatCompletionRequest, client: str) -> None:
         try:
-            events = stream_reply(
-                self.engine, messages, enable_thinking=thinking, cancel=self._cancel, client=client, **sampling
-            )
-            for event in events:
+            # Built here, not on the event loop: a bad request is an error event like any other.
+            request = body.chat_request(client, self.backend.limits)
+            for event in self.backend.stream(request, self._cancel):
                 self._hand_over(event)
         except ChatbotError as exc:
             self._hand_over(exc)
@@ -107,7 +100,7 @@ class ReplyStream:
             if item is _FINISHED:
                 raise APIError(500, "The reply ended without a result.", type="server_error")
             if isinstance(item, BaseException):
-                raise api_error_from(item, self.engine)
+                raise api_error_from(item, self.backend)
             return item
 
     async def _raise_if_disconnected(self, request: Request) -> None:

@@ -1,4 +1,4 @@
-"""The value the web UI and the API share: settings, the one engine (or remote backend), the model name.
+"""The value the web UI and the API share: settings, the one backend (local model or remote server), the name.
 
 ``server`` creates it; ``api`` and ``ui`` receive it. It lives apart from ``server`` so that the two
 servers import it without importing the module that starts them.
@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from ..chat.remote import RemoteBackend
-from ..engine.engine import ChatEngine
+from ..chat.backend import Backend
+from ..chat.backends import as_backend
 from ..settings import Settings
 
 DEMO_NAME = "qwen3-chat-demo"
@@ -40,12 +41,13 @@ REMOTE_PLACEHOLDER_NAME = "remote-model"  # until a --backend server that names 
 @dataclass
 class App:
     settings: Settings
-    engine: ChatEngine | RemoteBackend
+    backend: Backend  # a ChatEngine given here is wrapped in its LocalBackend
     name: str | None  # the name clients see (API "model", UI title); None: the remote server's own
+
+    def __post_init__(self) -> None:
+        given: Any = self.backend
+        self.backend = as_backend(given)
 
     @property
     def model_name(self) -> str:
-        if self.name:
-            return self.name
-        remote = self.engine.model_name if isinstance(self.engine, RemoteBackend) else None
-        return remote or REMOTE_PLACEHOLDER_NAME
+        return self.name or self.backend.model_name or REMOTE_PLACEHOLDER_NAME

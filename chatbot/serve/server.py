@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from ..authoring.modelgen import ensure_demo_model
+from ..chat.local import LocalBackend
 from ..chat.remote import RemoteBackend
 from ..engine.engine import ChatEngine
 from ..model.checkpoint import inspect_checkpoint, resolve_checkpoint
@@ -55,9 +56,9 @@ def create_app(settings: Settings) -> App:
     source = str(ensure_demo_model()) if settings.demo else settings.model
     path = resolve_checkpoint(source)
     inspect_checkpoint(path, source)
-    engine = ChatEngine.from_settings(settings, source)
-    engine.start_loading()
-    return App(settings, engine, served_name(settings))
+    backend = LocalBackend(ChatEngine.from_settings(settings, source))
+    backend.start_loading()
+    return App(settings, backend, served_name(settings))
 
 
 def create_remote_app(settings: Settings) -> App:
@@ -153,4 +154,4 @@ def serve(settings: Settings, warnings: list[str] | None = None) -> None:
     finally:
         if api_server is not None:
             api_server.should_exit = True
-        app.engine.close()
+        app.backend.close()

@@ -44,6 +44,8 @@ class DeadlineH11Protocol(H11Protocol):
         self._disarm_head_deadline()
         super().connection_lost(exc)
 
+    _head_deadline: asyncio.TimerHandle | None
+
     def _arm_head_deadline(self) -> None:
         self._disarm_head_deadline()
         self._head_deadline = self.loop.call_later(self.head_seconds, self._head_too_slow)

@@ -1,4 +1,4 @@
-"""The web UI: a Gradio chat over ``chatbot.chat.reply.stream_reply``, one chat per browser tab.
+"""The web UI: a Gradio chat over the app's backend (``Backend.stream``), one chat per browser tab.
 
 python app.py --demo            # then open http://127.0.0.1:7860
 
@@ -32,7 +32,6 @@ from typing import Any
 
 import gradio as gr
 
-from ..chat.remote import RemoteBackend
 from ..engine.sampling import DEFAULT_MAX_NEW_TOKENS, NON_THINKING_DEFAULTS, THINKING_DEFAULTS
 from .app_state import App
 from .security import ui_middleware
@@ -43,17 +42,19 @@ from .ui_render import ESCAPED_TAGS
 from .ui_session import storage_secret
 
 log = logging.getLogger(__name__)
-ASSETS = Path(__file__).resolve().parents[2] / "assets"
-REMOTE_BADGE_SECONDS = 2.0  # how often the page asks about a remote server's reachability
+# The page's script, style and logo: inside the package once installed (pip install .), else the checkout's assets/.
+_PACKAGED_ASSETS = Path(__file__).resolve().parents[1] / "assets"
+ASSETS = _PACKAGED_ASSETS if _PACKAGED_ASSETS.is_dir() else Path(__file__).resolve().parents[2] / "assets"
+REMOTE_BADGE_SECONDS = 2.0  # how often the page asks about a backend that never settles (a remote server)
 MAX_SLIDER_TOKENS = 32768  # until the model is loaded and its context is known
 # All four delimiters Qwen3 writes; "$$" before "$" so that display math is not read as two inline ones.
-LATEX_DELIMITERS = [
+LATEX_DELIMITERS: list[dict[str, str | bool]] = [
     {"left": "$$", "right": "$$", "display": True},
     {"left": "\\[", "right": "\\]", "display": True},
     {"left": "\\(", "right": "\\)", "display": False},
     {"left": "$", "right": "$", "display": False},
 ]
-SETTING_NAMES = ("theme", "thinking", *("temperature", "top_p", "top_k", "max_new_tokens"))
+SETTING_NAMES: tuple[str, ...] = ("theme", "thinking", *("temperature", "top_p", "top_k", "max_new_tokens"))
 SETTING_NAMES += ("presence_penalty", "repetition_penalty", "min_new_tokens")
 SHORTCUTS = """| keys | does |
 |---|---|
@@ -307,13 +308,14 @@ def build_ui(app: App) -> gr.Blocks:
             )
             clear_button = gr.Button("✕ Clear", size="sm", variant="secondary", scale=0, min_width=80)
         # The badge follows the load, and a remote server's reachability for as long as the page is open.
-        remote = isinstance(app.engine, RemoteBackend)
-        timer = gr.Timer(REMOTE_BADGE_SECONDS if remote else 0.5, active=remote or app.engine.status != "ready")
+        status = app.backend.status()
+        loading = status.state in ("not loaded", "loading")
+        timer = gr.Timer(0.5 if loading else REMOTE_BADGE_SECONDS, active=not status.settled)
 
         chat_states = [conversation, chat_id, title]
         meter_inputs = [message_box, system_prompt, thinking, max_new_tokens, conversation]
         reply_outputs = [chat, message_box, notice, conversation, record]
-        private = dict(api_visibility="private")
+        private: dict[str, Any] = {"api_visibility": "private"}
         # Each reply: swap Send for Stop (and scroll to the bottom), stream, swap back. The swap runs first
         # (not beside the reply) so that a quick reply cannot finish before it. An edit's first step also
         # keeps what was edited: the Chatbot's event data does not reach the steps chained after it.
@@ -446,7 +448,8 @@ def build_ui(app: App) -> gr.Blocks:
         # Settings: kept per browser, restored on load; the theme applies at once.
         setting_controls = [panel.theme, thinking, *sampling]
         for control in setting_controls:
-            control.change(save_settings, setting_controls, settings_store, queue=False, **private)
+            # Every control of the list has .change (gradio types the list as its common base, FormComponent).
+            control.change(save_settings, setting_controls, settings_store, queue=False, **private)  # type: ignore[attr-defined]
         panel.theme.change(None, panel.theme, None, js="(choice) => { qcTheme(choice); }", **private)
         thinking.input(
             handlers.follow_mode, [thinking, temperature, top_p, top_k], [temperature, top_p, top_k], **private

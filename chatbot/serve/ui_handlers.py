@@ -20,9 +20,10 @@ from typing import Any
 
 import gradio as gr
 
+from ..chat.conversation import Conversation, Turn
+from ..chat.events import AnswerDelta, ChatEvent, Loading, QueuePosition, ThinkingDelta
 from ..chat.prompt import could_fit, encode, normalize_messages
-from ..chat.remote import RemoteBackend
-from ..chat.reply import AnswerDelta, ChatEvent, Conversation, Loading, QueuePosition, ThinkingDelta, Turn, stream_reply
+from ..chat.request import ChatRequest
 from ..engine.sampling import DEFAULT_MAX_NEW_TOKENS, NON_THINKING_DEFAULTS, THINKING_DEFAULTS
 from ..errors import ChatbotError
 from .app_state import App
@@ -101,15 +102,11 @@ class ChatHandlers:
     # --- replies ------------------------------------------------------------------------------------------
 
     def max_new_tokens_limit(self) -> int | None:
-        """The most "Max new tokens" can be: the context less room for a prompt, within the server's cap."""
-        engine = self.app.engine
-        if isinstance(engine, RemoteBackend):  # the context a remote server reported, if it did
-            context = engine.info().max_model_len
-            return max_new_tokens_bound(context) if context else None
-        if engine.loaded is None:
-            return None
-        bound = max_new_tokens_bound(engine.loaded.max_context)
-        return min(bound, engine.max_new_tokens_cap or bound)
+        """The most "Max new tokens" can be: the context less room for a prompt, within the server's cap
+        (None while the context is unknown: a model still loading, a remote server that does not say)."""
+        backend = self.app.backend
+        context = backend.context_window()
+        return backend.limits.bound(max_new_tokens_bound(context)) if context else None
 
     def send(
         self,
@@ -141,7 +138,7 @@ class ChatHandlers:
             temperature, top_p, top_k, max_new_tokens, presence_penalty, repetition_penalty, min_new_tokens
         )
         yield from self._reply(
-            conversation, message, enable_thinking, system_prompt, options, request.session_hash, chat_id, title
+            conversation, message, enable_thinking, system_prompt, options, session_of(request), chat_id, title
         )
 
     def regenerate(
@@ -170,7 +167,7 @@ class ChatHandlers:
             notice = notice_html("There is no answer to regenerate yet (Regenerate answers your last message again).")
             yield conversation_messages(conversation), gr.skip(), notice, conversation, gr.skip()
             return
-        if self.stops.running(request.session_hash):
+        if self.stops.running(session_of(request)):
             yield gr.skip(), gr.skip(), notice_html(BUSY), conversation, gr.skip()
             return
         options = self._options(
@@ -179,7 +176,7 @@ class ChatHandlers:
         branch = Branch("assistant", versions_before_change(conversation, last), conversation.turns[last - 1 :])
         del conversation.turns[last - 1 :]
         question = branch.removed[0].content
-        session = request.session_hash
+        session = session_of(request)
         yield from self._reply(
             conversation, question, enable_thinking, system_prompt, options, session, chat_id, title, branch
         )
@@ -211,11 +208,12 @@ class ChatHandlers:
         drawn = indexed_messages(conversation)
         position = edit.get("index")
         index = drawn[position][0] if isinstance(position, int) and 0 <= position < len(drawn) else -1
-        text = edit.get("value") if isinstance(edit.get("value"), str) else ""
+        value = edit.get("value")
+        text = value if isinstance(value, str) else ""
         problem = ""
         if index < 0 or conversation.turns[index].role != "user":
             problem = "Only your own messages can be edited, once their reply has ended."
-        elif self.stops.running(request.session_hash):
+        elif self.stops.running(session_of(request)):
             problem = BUSY
         elif not text.strip():
             problem = "An edited message needs some text: type it, or use Undo to remove the exchange."
@@ -230,14 +228,14 @@ class ChatHandlers:
         )
         branch = Branch("user", versions_before_change(conversation, index), conversation.turns[index:])
         del conversation.turns[index:]
-        session = request.session_hash
+        session = session_of(request)
         yield from self._reply(
             conversation, text, enable_thinking, system_prompt, options, session, chat_id, title, branch
         )
 
     def _options(self, *values: float) -> dict[str, Any]:
         options = sampling_kwargs(*values)
-        limit = self.max_new_tokens_limit()
+        limit = self.max_new_tokens_limit() or self.app.backend.limits.max_new_tokens_cap
         if limit is not None and options["max_new_tokens"] > limit:
             # A value past the context (an old saved setting, an API call) would make every message fail.
             options["max_new_tokens"] = limit
@@ -276,14 +274,15 @@ class ChatHandlers:
         with self.stops.reply(session) as stop:
             try:
                 next_update = next_save = 0.0
-                for event in stream_reply(
-                    self.app.engine,
+                backend = self.app.backend
+                request = ChatRequest.build(
                     conversation.messages_with(message),
                     enable_thinking=enable_thinking,
-                    cancel=stop,
                     client=f"ui:{session}",  # each browser session takes its own turns
+                    limits=backend.limits,
                     **options,
-                ):
+                )
+                for event in backend.stream(request, stop):
                     if stop.is_set() and isinstance(event, Loading):
                         break  # stopped while the model was still loading
                     first_of_its_kind = isinstance(event, QueuePosition) or _starts_a_part(event, live)
@@ -324,12 +323,12 @@ class ChatHandlers:
 
     def stop(self, request: gr.Request) -> str:
         """Stop this session's running reply (other sessions keep theirs)."""
-        stopped = self.stops.stop(request.session_hash)
+        stopped = self.stops.stop(session_of(request))
         return "" if stopped else notice_html("Nothing to stop.")
 
     def stop_on_unload(self, request: gr.Request) -> None:
         """A closed or reloaded tab stops its reply (the page saved it as far as it got)."""
-        self.stops.stop(request.session_hash)
+        self.stops.stop(session_of(request))
 
     # --- editing the chat ---------------------------------------------------------------------------------
 
@@ -379,7 +378,7 @@ class ChatHandlers:
 
     def new_chat(self, system_prompt: str, request: gr.Request) -> tuple[Any, ...]:
         """A fresh chat in this tab; a reply still running in the old one finishes there and is saved."""
-        self.stops.stop_and_wait(request.session_hash, STOP_WAIT_SECONDS, detach=True)
+        self.stops.stop_and_wait(session_of(request), STOP_WAIT_SECONDS, detach=True)
         fresh = Conversation(system_prompt.strip())
         return [], fresh, new_chat_id(), "", "", as_text(saved_form(fresh, ""))
 
@@ -389,7 +388,7 @@ class ChatHandlers:
         if not chosen or not isinstance(record, dict):
             notice = notice_html("That chat is no longer saved in this browser (deleted in another tab?).")
             return gr.skip(), conversation, gr.skip(), gr.skip(), notice, gr.skip()
-        self.stops.stop_and_wait(request.session_hash, STOP_WAIT_SECONDS, detach=True)
+        self.stops.stop_and_wait(session_of(request), STOP_WAIT_SECONDS, detach=True)
         try:
             check_chat_size(record, self.app.settings.max_chat_mb, saved)
             opened = from_saved_form(record, "")
@@ -410,7 +409,7 @@ class ChatHandlers:
 
         Outputs: chat, conversation, chat id, title, record, deleted id, kept-for-undo, undo button.
         """
-        self.stops.stop_and_wait(request.session_hash, STOP_WAIT_SECONDS, drop=True)
+        self.stops.stop_and_wait(session_of(request), STOP_WAIT_SECONDS, drop=True)
         kept = saved_form(conversation, chat_id, title) if conversation.turns else None
         fresh = Conversation(conversation.system_prompt)
         undo = gr.update(visible=kept is not None)
@@ -420,7 +419,7 @@ class ChatHandlers:
         """Bring the last deleted chat back (outputs: chat, conversation, chat id, title, record, undo button)."""
         if not isinstance(kept, dict):
             return gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.update(visible=False)
-        self.stops.stop_and_wait(request.session_hash, STOP_WAIT_SECONDS, detach=True)
+        self.stops.stop_and_wait(session_of(request), STOP_WAIT_SECONDS, detach=True)
         restored = from_saved_form(kept, "")
         title = str(kept.get("title") or "")
         record = saved_form(restored, str(kept["id"]), title) | {"undeleted": True}  # the page lifts its tombstone
@@ -521,7 +520,7 @@ class ChatHandlers:
         self, message: str, system_prompt: str, enable_thinking: bool, max_new_tokens: float, conversation: Conversation
     ) -> str:
         """Tokens of the chat plus the typed message against the context window (counted by the model's tokenizer)."""
-        loaded = self.app.engine.loaded
+        loaded = self.app.backend.loaded
         if loaded is None:
             return ""
         probe = Conversation(system_prompt.strip(), conversation.turns)
@@ -554,14 +553,14 @@ class ChatHandlers:
 
     def model_status(self) -> str:
         """The precision badge as HTML (mode, reason, device, weights' memory, or loading progress)."""
-        return badge_html(self.app.engine, demo=self.app.settings.demo)
+        return badge_html(self.app.backend.status(), demo=self.app.settings.demo)
 
     def poll_model_status(self, max_new_tokens: float, min_new_tokens: float) -> tuple[Any, ...]:
         """The badge, the timer switched off once loading has ended, and the bounded token sliders."""
-        engine = self.app.engine
-        loading = engine.status in ("loading", "not loaded") or isinstance(engine, RemoteBackend)
+        status = self.app.backend.status()
         sliders = self.max_tokens_controls(max_new_tokens, min_new_tokens)
-        return self.model_status(), gr.Timer(active=loading), *sliders
+        badge = badge_html(status, demo=self.app.settings.demo)
+        return badge, gr.Timer(active=not status.settled), *sliders
 
     def follow_mode(self, enable_thinking: bool, temperature: float, top_p: float, top_k: float) -> tuple[Any, ...]:
         """Switch sampling to the new mode's defaults, unless the user has chosen their own values."""
@@ -598,3 +597,8 @@ def _starts_a_part(event: ChatEvent, live: LiveReply) -> bool:
     """The first piece of the thinking or of the answer: always shown at once, however fast the model."""
     first_thought = isinstance(event, ThinkingDelta) and not live.thinking
     return first_thought or (isinstance(event, AnswerDelta) and not live.answer)
+
+
+def session_of(request: gr.Request) -> str:
+    """The browser session's hash (Gradio sets it on every event from a page)."""
+    return request.session_hash or ""

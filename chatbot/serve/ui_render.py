@@ -20,9 +20,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..chat.remote import RemoteBackend
-from ..chat.reply import AnswerDelta, ChatDone, ChatEvent, Conversation, Loading, QueuePosition, ThinkingDelta, Turn
-from ..engine.engine import ChatEngine
+from ..chat.backend import BackendStatus
+from ..chat.conversation import Conversation, Turn
+from ..chat.events import AnswerDelta, ChatDone, ChatEvent, Loading, QueuePosition, ThinkingDelta
 from .remote_view import remote_badge_html
 from .ui_versions import version_nav
 
@@ -70,11 +70,12 @@ def thinking_message(text: str, seconds: float, *, done: bool, ended: str = "") 
 
     ``ended`` says why thinking ended without an answer: "stopped", "cut" (max tokens) or "interrupted".
     """
+    metadata: dict[str, Any]
     if not done:
         metadata = {"title": "Thinking…", "status": "pending"}
     else:
-        note = {"stopped": " (stopped)", "cut": " (cut at the max new tokens limit)", "interrupted": " (interrupted)"}
-        note = note.get(ended, "")
+        notes = {"stopped": " (stopped)", "cut": " (cut at the max new tokens limit)", "interrupted": " (interrupted)"}
+        note = notes.get(ended, "")
         title = f"Thought for {format_seconds(seconds)}{note}"
         metadata = {"title": title, "status": "done", "duration": round(seconds, 1)}
     return {"role": "assistant", "content": shown_markdown(text), "metadata": metadata}
@@ -82,7 +83,8 @@ def thinking_message(text: str, seconds: float, *, done: bool, ended: str = "") 
 
 def tool_call_message(call: dict[str, Any]) -> Message:
     """A tool call as a folded block: "Tool call: name · {args}" as its title, the arguments laid out inside."""
-    function = call.get("function") if isinstance(call.get("function"), dict) else {}
+    given = call.get("function")
+    function: dict[str, Any] = given if isinstance(given, dict) else {}
     name = str(function.get("name") or "a tool")
     arguments = function.get("arguments", "")
     title = f"Tool call: {name}" + (f" · {one_line(arguments)}" if arguments not in ("", "{}") else "")
@@ -297,33 +299,32 @@ def format_bytes(size: int) -> str:
     return f"{size} B"
 
 
-def badge_html(engine: ChatEngine | RemoteBackend, *, demo: bool) -> str:
-    """The precision badge: mode, reason, device and weights' memory; progress while loading."""
-    if isinstance(engine, RemoteBackend):
-        return remote_badge_html(engine)
-    status = engine.status
-    loaded = engine.loaded
+def badge_html(backend: BackendStatus, *, demo: bool) -> str:
+    """The precision badge: mode, reason, device and weights' memory; progress while loading; for a remote
+    server, what it reported of itself."""
+    if backend.remote is not None:
+        return remote_badge_html(backend, backend.remote)
     demo_note = ""
-    if demo or (loaded is not None and loaded.generated is not None):
+    if demo or backend.generated:
         demo_note = '<span class="qc-badge-demo">demo model, random weights</span>'
-    if loaded is not None:
-        decision = loaded.precision
+    decision = backend.precision
+    if decision is not None:
         mode_class = "fp8" if decision.mode == "fp8" else "fallback" if "fallback" in decision.label else "plain"
         return (
             f'<div class="qc-badge qc-badge-{mode_class}" data-status="ready">'
             f'<span class="qc-badge-mode">{html.escape(decision.label)}</span>{demo_note}'
             f'<span class="qc-badge-device">{html.escape(decision.device_name or decision.device)}'
-            f" · weights {format_bytes(loaded.weights_bytes)}</span>"
+            f" · weights {format_bytes(backend.weights_bytes or 0)}</span>"
             f'<div class="qc-badge-reason">{html.escape(decision.reason)}</div></div>'
         )
-    if status == "failed":
-        error = str(engine.load_error or "unknown error").splitlines()[0]
+    if backend.state == "failed":
+        error = (backend.error or "unknown error").split(" Fix: ")[0]
         return (
             '<div class="qc-badge qc-badge-failed" data-status="failed">'
             '<span class="qc-badge-mode">model failed to load</span>'
             f'<div class="qc-badge-reason">{html.escape(error)}</div></div>'
         )
-    stage, fraction = engine.progress.snapshot()
+    stage, fraction = backend.stage, backend.fraction
     return (
         '<div class="qc-badge qc-badge-loading" data-status="loading">'
         f'<span class="qc-badge-mode">loading... {fraction:.0%}</span>{demo_note}'
