@@ -293,3 +293,35 @@ def test_nan_in_fp8_weights_kept_as_fp8_is_refused(random_fp8, tmp_path, monkeyp
     monkeypatch.setattr(fp8_linear, "KERNELS", [spec("reference", lambda: reference_kernel)])
     with pytest.raises(CheckpointError, match="holds NaN"):
         load_model(str(folder), device_info=HOPPER)
+
+
+def test_loading_fp8_loads_no_hub_kernel_and_opens_no_connection(random_fp8) -> None:
+    """The FP8 path with the real kernel list (simulated Hopper): no hub kernel is asked for, no socket opened.
+
+    transformers' fine-grained FP8 kernel downloaded its code from the hub when first called (offline it
+    waited on the hub's timeouts). transformers imports the ``kernels`` package itself; what must not
+    happen is a kernel load from the hub, or any connection or name lookup (an audit hook sees those)."""
+    script = """
+import sys
+attempts = []
+network = ("socket.connect", "socket.getaddrinfo")
+sys.addaudithook(lambda event, args: attempts.append(event) if event in network else None)
+import kernels
+import transformers.integrations.finegrained_fp8 as finegrained_fp8
+import transformers.integrations.hub_kernels as hub_kernels
+def refuse(*args, **kwargs):
+    attempts.append("hub kernel")
+    raise ImportError("hub kernels are not allowed here")
+for module, name in ((kernels, "get_kernel"), (hub_kernels, "lazy_load_kernel"), (finegrained_fp8, "lazy_load_kernel")):
+    setattr(module, name, refuse)
+from chatbot.model.device import DeviceInfo
+from chatbot.model.loader import load_model
+loaded = load_model(sys.argv[1], device_info=DeviceInfo.simulated_cuda((9, 0), "Simulated H100"), precision="auto")
+print(loaded.precision.attempts[0].mode, attempts)
+"""
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
+    result = subprocess.run(
+        [sys.executable, "-c", script, str(random_fp8)], cwd=ROOT, capture_output=True, text=True, timeout=300, env=env
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == "fp8 []", result.stdout  # FP8 was tried (no GPU here: it then steps down)

@@ -1,14 +1,13 @@
 """FP8 linear layers for CUDA GPUs: the weights stay FP8 in GPU memory with their 128x128 block scales.
 
-Kernels, each used only after it passes a numerical self-check on this GPU (``select_fp8_kernels``), so
-nothing is fetched from the network at run time:
+Kernels, each used only after it passes a numerical self-check on this GPU (``select_fp8_kernels``); all
+of them ship with this package or torch, so nothing is fetched from the network (transformers' own
+fine-grained FP8 kernel is not used: it downloads its code from the Hugging Face hub at load):
 
 * ``triton`` (W8A16): this package's Triton kernel, FP8 weights decoded per tile inside the matmul
   with the hardware FP8 conversion, 16-bit activations; compute capability >= 8.9.
 * ``triton-bits`` (W8A16): the same kernel decoding the e4m3 byte with bit arithmetic, so GPUs without
   FP8 support (Turing, Ampere) keep 1-byte weights too ("FP8 weight-only").
-* ``transformers`` (W8A8): transformers' fine-grained FP8 kernels, only where its ``kernels`` package
-  can provide them (it downloads them from the hub, so never offline).
 * ``torch-scaled-mm`` (W8A8): ``torch.nn.functional.scaled_mm`` with block-wise scales (cuBLAS). Its
   per-call work (padding, activation quantization) costs more than the matmul for a few rows, so it is
   used for long prompts only (``PREFILL_MIN_ROWS``), beside a W8A16 kernel for decoding.
@@ -193,26 +192,9 @@ def _triton_kernel(decode: str) -> KernelFn:
     return run
 
 
-# --- W8A8: transformers' fine-grained FP8 (hub-fetched kernels) ---------------------------------------------
-
-
-def _transformers_kernel() -> KernelFn:
-    from transformers.utils.import_utils import is_kernels_available
-
-    if not is_kernels_available():
-        raise ImportError("the `kernels` package is not installed (and it would download kernels from the hub)")
-    from transformers.integrations.finegrained_fp8 import fp8_linear
-
-    def run(x: torch.Tensor, weight: torch.Tensor, scale_inv: torch.Tensor, block: tuple[int, int]) -> torch.Tensor:
-        return fp8_linear(x.to(torch.bfloat16), weight, scale_inv, list(block)).to(x.dtype)
-
-    return run
-
-
 KERNELS: list[KernelSpec] = [
     KernelSpec("triton", "w8a16", True, lambda: _triton_kernel("cast")),
     KernelSpec("triton-bits", "w8a16", False, lambda: _triton_kernel("bits")),
-    KernelSpec("transformers", "w8a8", True, _transformers_kernel),
     KernelSpec("torch-scaled-mm", "w8a8", True, lambda: _scaled_mm_kernel, scaled_mm_weight_scales),
 ]
 
