@@ -325,3 +325,30 @@ print(loaded.precision.attempts[0].mode, attempts)
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip() == "fp8 []", result.stdout  # FP8 was tried (no GPU here: it then steps down)
+
+
+def test_scaled_mm_as_the_only_working_kernel_decodes_with_its_scale_layout(monkeypatch) -> None:
+    """An H100 without a working Triton, simulated: decode goes through scaled_mm, which needs the block
+    scales padded and transposed (``scaled_mm_weight_scales``). The raw [N/128, K/128] scales made the
+    post-load layer check fail and the model fall back although a working FP8 kernel existed."""
+    from chatbot.model.loader import check_fp8_layer
+
+    monkeypatch.setattr(F, "scaled_mm", emulated_scaled_mm)
+    scaled_mm = KernelSpec(
+        "torch-scaled-mm", "w8a8", True, lambda: fp8_linear._scaled_mm_kernel, scaled_mm_weight_scales
+    )
+    kernels, _ = select_fp8_kernels(torch.device("cpu"), (128, 128), shapes=SHAPES, kernels=[scaled_mm])
+    assert kernels.decode.name == "torch-scaled-mm" and kernels.prefill is None
+    generator = torch.Generator().manual_seed(1)
+    q, scale_inv = quantize_block_fp8(
+        fp8_linear.spread_block_weight(384, 640, (128, 128), generator), scale_dtype=torch.float32
+    )
+    layer = Fp8Linear(640, 384, (128, 128), kernels)
+    layer.weight, layer.weight_scale_inv = torch.nn.Parameter(q, False), torch.nn.Parameter(scale_inv, False)
+    check_fp8_layer(torch.nn.Sequential(layer), torch.bfloat16)  # the loader's check, before prepare_scales
+    layer.prepare_scales()
+    for rows in (1, 16, 600):
+        x = torch.randn(rows, 640, generator=generator, dtype=torch.bfloat16)
+        reference = fp8_linear.reference_output("w8a8", x, q, scale_inv, (128, 128))
+        out = layer(x).float()
+        assert ((out - reference).abs().max() / reference.abs().max()) < 0.02

@@ -106,20 +106,34 @@ class Fp8Linear(nn.Module):
         self.weight_scale_inv = nn.Parameter(
             torch.empty(rows, cols, dtype=torch.float32, device="meta"), requires_grad=False
         )
-        self._prefill_scales: torch.Tensor | None = None  # prepared once, on the first long prompt
+        self._prepared: dict[str, torch.Tensor] = {}  # each kernel's scale layout, by kernel name
+
+    def prepare_scales(self) -> None:
+        """Turn the block scales into each kernel's layout now (the loader calls it once the weights are in).
+
+        Call it again after changing ``weight_scale_inv``; until then forward uses the layouts made here.
+        """
+        self._prepared = {}
+        for kernel in (self.kernels.decode, self.kernels.prefill):
+            if kernel is not None and kernel.prepare is not None:
+                self._prepared[kernel.name] = kernel.prepare(self.weight_scale_inv, self.block)
+
+    def scales_for(self, kernel: Fp8Kernel) -> torch.Tensor:
+        """The block scales in ``kernel``'s layout (prepared on first use when ``prepare_scales`` was not called)."""
+        if kernel.prepare is None:
+            return self.weight_scale_inv
+        prepared = self._prepared.get(kernel.name)
+        if prepared is None:
+            prepared = self._prepared[kernel.name] = kernel.prepare(self.weight_scale_inv, self.block)
+        return prepared
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
         flat = x.reshape(-1, shape[-1])
-        prefill = self.kernels.prefill
-        if prefill is not None and flat.shape[0] >= self.kernels.prefill_min_rows:
-            if self._prefill_scales is None:
-                self._prefill_scales = (
-                    prefill.prepare(self.weight_scale_inv, self.block) if prefill.prepare else self.weight_scale_inv
-                )
-            out = prefill.fn(flat, self.weight, self._prefill_scales, self.block)
-        else:
-            out = self.kernels.decode.fn(flat, self.weight, self.weight_scale_inv, self.block)
+        kernel = self.kernels.decode
+        if self.kernels.prefill is not None and flat.shape[0] >= self.kernels.prefill_min_rows:
+            kernel = self.kernels.prefill
+        out = kernel.fn(flat, self.weight, self.scales_for(kernel), self.block)
         return out.reshape(*shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:

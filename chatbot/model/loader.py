@@ -59,8 +59,8 @@ from .cpu_layers import (
 )
 from .device import DeviceInfo, detect_device, is_sticky_cuda_fault
 from .formats import PROJECTION_RE, FormatKind
-from .fp8 import DEFAULT_BLOCK, dequantize_block_fp8, quantize_block_fp8
-from .fp8_linear import Fp8DeviceFault, Fp8KernelUnavailable, Fp8Linear, select_fp8_kernels
+from .fp8 import DEFAULT_BLOCK, quantize_block_fp8
+from .fp8_linear import Fp8DeviceFault, Fp8KernelUnavailable, Fp8Linear, reference_output, select_fp8_kernels
 from .precision import COMPUTE_DTYPES, Attempt, Candidate, PrecisionDecision, plan_precision, resolve_request
 
 log = logging.getLogger(__name__)
@@ -367,6 +367,8 @@ def _build(
             log.warning("INT8 as requested, though %s (the automatic choice's bound is %s)", quality, MAX_RMS_ERROR)
         details["reason_suffix"] = f"{quality.describe()}; {kernel.name} decode kernel, {prefill.describe()}"
     if mode == "fp8":
+        for layer in (m for m in model.modules() if isinstance(m, Fp8Linear)):
+            layer.prepare_scales()  # every kernel's scale layout, once, before the first forward
         check_fp8_layer(model, compute_dtype)
     if prefill is not None and prefill.copy:
         details["prefill_copy_bytes"] = str(keep_prefill_copies(model))
@@ -404,8 +406,8 @@ def check_fp8_layer(model: nn.Module, dtype: torch.dtype, rows: int = 16) -> Non
     name, layer = next((n, m) for n, m in model.named_modules() if isinstance(m, Fp8Linear))
     generator = torch.Generator().manual_seed(0)
     x = torch.randn(rows, layer.in_features, generator=generator).to(dtype)
-    dense = dequantize_block_fp8(layer.weight.cpu(), layer.weight_scale_inv.cpu(), layer.block, torch.float32)
-    reference = x.float() @ dense.t()
+    kernel = layer.kernels.decode  # what serves this many rows; a W8A8 kernel is held to the W8A8 reference
+    reference = reference_output(kernel.kind, x, layer.weight.cpu(), layer.weight_scale_inv.cpu(), layer.block)
     with torch.inference_mode():
         out = layer(x.to(layer.weight.device)).float().cpu()
     error = ((out - reference).abs().max() / reference.abs().max().clamp(min=1e-30)).item()
