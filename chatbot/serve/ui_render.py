@@ -23,6 +23,7 @@ from typing import Any
 from ..chat.remote import RemoteBackend
 from ..chat.reply import AnswerDelta, ChatDone, ChatEvent, Conversation, Loading, QueuePosition, ThinkingDelta, Turn
 from ..engine.engine import ChatEngine
+from ..errors import DeviceFaultError
 from .remote_view import remote_badge_html
 from .ui_versions import version_nav
 
@@ -306,7 +307,7 @@ def badge_html(engine: ChatEngine | RemoteBackend, *, demo: bool) -> str:
     demo_note = ""
     if demo or (loaded is not None and loaded.generated is not None):
         demo_note = '<span class="qc-badge-demo">demo model, random weights</span>'
-    if loaded is not None:
+    if loaded is not None and status != "failed":
         decision = loaded.precision
         mode_class = "fp8" if decision.mode == "fp8" else "fallback" if "fallback" in decision.label else "plain"
         return (
@@ -318,9 +319,14 @@ def badge_html(engine: ChatEngine | RemoteBackend, *, demo: bool) -> str:
         )
     if status == "failed":
         error = str(engine.load_error or "unknown error").splitlines()[0]
+        what = (
+            "GPU fault: restart the server"
+            if isinstance(engine.load_error, DeviceFaultError)
+            else "model failed to load"
+        )
         return (
             '<div class="qc-badge qc-badge-failed" data-status="failed">'
-            '<span class="qc-badge-mode">model failed to load</span>'
+            f'<span class="qc-badge-mode">{what}</span>'
             f'<div class="qc-badge-reason">{html.escape(error)}</div></div>'
         )
     stage, fraction = engine.progress.snapshot()
