@@ -56,6 +56,7 @@ class Fp8Kernel:
     fn: KernelFn
     kind: str = "w8a16"  # "w8a16": 16-bit activations; "w8a8": activations quantized to FP8 per 1x128 too
     prepare: Callable[[torch.Tensor, tuple[int, int]], torch.Tensor] | None = None
+    compiled: bool = False  # compiled per row-count variant (Triton): every variant is compiled at load
 
     def __call__(self, x: torch.Tensor, weight: torch.Tensor, scale_inv: torch.Tensor, block: tuple[int, int]):
         scales = self.prepare(scale_inv, block) if self.prepare else scale_inv
@@ -69,9 +70,10 @@ class KernelSpec:
     needs_fp8_hardware: bool  # compute capability >= 8.9
     factory: Callable[[], KernelFn]
     prepare: Callable[[torch.Tensor, tuple[int, int]], torch.Tensor] | None = None
+    compiled: bool = False
 
     def build(self) -> Fp8Kernel:
-        return Fp8Kernel(self.name, self.factory(), self.kind, self.prepare)
+        return Fp8Kernel(self.name, self.factory(), self.kind, self.prepare, self.compiled)
 
 
 @dataclass(frozen=True)
@@ -201,16 +203,49 @@ def _triton_kernel(decode: str) -> KernelFn:
     from .fp8_triton import w8a16_block_matmul
 
     def run(x: torch.Tensor, weight: torch.Tensor, scale_inv: torch.Tensor, block: tuple[int, int]) -> torch.Tensor:
+        if not x.is_cuda:  # the operator would compute in PyTorch: not the kernel this name promises
+            raise RuntimeError("the Triton FP8 kernels run on CUDA tensors only")
         return w8a16_block_matmul(x, weight, scale_inv, block, decode=decode)
 
     return run
 
 
 KERNELS: list[KernelSpec] = [
-    KernelSpec("triton", "w8a16", True, lambda: _triton_kernel("cast")),
-    KernelSpec("triton-bits", "w8a16", False, lambda: _triton_kernel("bits")),
+    KernelSpec("triton", "w8a16", True, lambda: _triton_kernel("cast"), compiled=True),
+    KernelSpec("triton-bits", "w8a16", False, lambda: _triton_kernel("bits"), compiled=True),
     KernelSpec("torch-scaled-mm", "w8a8", True, lambda: _scaled_mm_kernel, scaled_mm_weight_scales),
 ]
+
+
+# --- compiling every variant at load ------------------------------------------------------------------------
+
+WARM_MAX_ROWS = 4096  # beyond a prompt chunk; row counts past 32 run no variant that fewer rows do not
+
+
+def warm_fp8_layers(model: nn.Module, dtype: torch.dtype) -> int:
+    """Run each FP8 layer shape once per compiled variant its kernels can reach, so that no request waits
+    for a compilation (about a second each) and a kernel that fails to compile fails the load, not serving.
+
+    Returns the number of calls made. Raises whatever the kernels raise (the loader steps down or stops).
+    """
+    from .fp8_tiles import warm_rows
+
+    calls = 0
+    seen: set[tuple[int, int, str]] = set()
+    for layer in (m for m in model.modules() if isinstance(m, Fp8Linear)):
+        kernels = layer.kernels
+        key = (layer.out_features, layer.in_features, kernels.describe())
+        if key in seen or not kernels.decode.compiled:
+            continue
+        seen.add(key)
+        max_rows = kernels.prefill_min_rows - 1 if kernels.prefill is not None else WARM_MAX_ROWS
+        for rows in warm_rows(layer.out_features, layer.in_features, layer.block, max_rows):
+            with torch.inference_mode():
+                layer(torch.zeros(rows, layer.in_features, dtype=dtype, device=layer.weight.device))
+            calls += 1
+    if calls and layer.weight.is_cuda:
+        torch.cuda.synchronize(layer.weight.device)  # a fault surfaces here, during the load
+    return calls
 
 
 # --- self-check and choice ---------------------------------------------------------------------------------

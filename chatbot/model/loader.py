@@ -60,7 +60,14 @@ from .cpu_layers import (
 from .device import DeviceInfo, detect_device, is_sticky_cuda_fault
 from .formats import PROJECTION_RE, FormatKind
 from .fp8 import DEFAULT_BLOCK, quantize_block_fp8
-from .fp8_linear import Fp8DeviceFault, Fp8KernelUnavailable, Fp8Linear, reference_output, select_fp8_kernels
+from .fp8_linear import (
+    Fp8DeviceFault,
+    Fp8KernelUnavailable,
+    Fp8Linear,
+    reference_output,
+    select_fp8_kernels,
+    warm_fp8_layers,
+)
 from .precision import COMPUTE_DTYPES, Attempt, Candidate, PrecisionDecision, plan_precision, resolve_request
 
 log = logging.getLogger(__name__)
@@ -370,6 +377,8 @@ def _build(
         for layer in (m for m in model.modules() if isinstance(m, Fp8Linear)):
             layer.prepare_scales()  # every kernel's scale layout, once, before the first forward
         check_fp8_layer(model, compute_dtype)
+        progress.update("compiling the FP8 kernels", 0.93)
+        warm_fp8_layers(model, compute_dtype)
     if prefill is not None and prefill.copy:
         details["prefill_copy_bytes"] = str(keep_prefill_copies(model))
     if dev.kind == "cpu" and not dev.simulated and prefill is not None:
