@@ -68,6 +68,7 @@ from .fp8_linear import (
     select_fp8_kernels,
     warm_fp8_layers,
 )
+from .fp8_packed import pack_mlps, packed_mlp_shapes
 from .precision import COMPUTE_DTYPES, Attempt, Candidate, PrecisionDecision, plan_precision, resolve_request
 
 log = logging.getLogger(__name__)
@@ -347,7 +348,8 @@ def _build(
     model = _skeleton(info, compute_dtype, trust_remote_code)
     if mode == "fp8":  # the kernels' self-check runs on the model's own layer shapes, before any weight is read
         block = _fp8_block(info)
-        shapes = sorted({(m.out_features, m.in_features) for _, m in _fp8_projections(model)})
+        shapes = {(m.out_features, m.in_features) for _, m in _fp8_projections(model)}
+        shapes = sorted(shapes | packed_mlp_shapes(model, block))
         progress.update("checking FP8 kernels", 0.04)
         kernels, notes = select_fp8_kernels(target, block, shapes=shapes, fp8_hardware=dev.has_fp8, dtype=compute_dtype)
         details["fp8_kernel"] = kernels.describe()
@@ -374,6 +376,9 @@ def _build(
             log.warning("INT8 as requested, though %s (the automatic choice's bound is %s)", quality, MAX_RMS_ERROR)
         details["reason_suffix"] = f"{quality.describe()}; {kernel.name} decode kernel, {prefill.describe()}"
     if mode == "fp8":
+        packed = pack_mlps(model)  # gate and up in one FP8 weight where their sizes allow
+        if packed:
+            details["fp8_packed"] = f"gate/up packed in {packed} MLPs"
         for layer in (m for m in model.modules() if isinstance(m, Fp8Linear)):
             layer.prepare_scales()  # every kernel's scale layout, once, before the first forward
         check_fp8_layer(model, compute_dtype)
