@@ -10,44 +10,65 @@
 #                               no pytest arguments are given) and run the tests
 #
 # Environment: PYTHON (interpreter to build .venv with), TORCH_SPEC (torch requirement to install when
-# torch is missing), TORCH_INDEX_URL (pip index for torch, e.g. https://download.pytorch.org/whl/cu126).
+# torch is missing), TORCH_INDEX_URL (the one pip index torch comes from, e.g. https://download.pytorch.org/whl/cu126;
+# its dependencies come from PyPI, with torch held to that build by .venv/torch-constraint.txt).
 set -euo pipefail
 
 say() { printf '[start.sh] %s\n' "$*" >&2; }
 
-# Which torch to install when none is there: prints "SPEC INDEX_URL" (INDEX_URL may be empty).
+# Which torch to install when none is there: prints "SPEC INDEX_URL" (INDEX_URL may be empty: PyPI).
 # PyPI's Linux torch is a CUDA 13 build since 2.11, which needs a driver for CUDA >= 13.0 (580+); with
 # an older driver it installs fine and then sees no GPU. So the build follows what the driver supports
-# (`nvidia-smi` prints it as "CUDA Version: X.Y").
+# (`nvidia-smi` prints it as "CUDA Version: X.Y"), pinned to a version its index has: PyTorch dropped
+# CUDA 12.8 builds after 2.11, so the cu128 index's newest torch is older than PyPI's.
+TORCH_VERSION=2.13.0       # the torch the app is tested with (PyPI, the cu126 index and CPU machines)
+TORCH_CU128_VERSION=2.11.0 # the last release with CUDA 12.8 builds
+PYTORCH_WHEELS=https://download.pytorch.org/whl
 torch_choice() {
   if [[ -n "${TORCH_SPEC:-}" || -n "${TORCH_INDEX_URL:-}" ]]; then
     echo "${TORCH_SPEC:-torch} ${TORCH_INDEX_URL:-}"
     return
   fi
   if ! command -v nvidia-smi >/dev/null 2>&1; then
-    echo "torch==2.13.0 "  # no NVIDIA GPU: a pinned CPU-friendly build (an unpinned one pulls gigabytes of CUDA)
+    echo "torch==$TORCH_VERSION "  # no NVIDIA GPU: pinned (an unpinned one may pull a torch the app was not tested with)
     return
   fi
   local cuda major minor
   cuda=$(nvidia-smi 2>/dev/null | sed -n 's/.*CUDA Version: *\([0-9][0-9]*\.[0-9][0-9]*\).*/\1/p' | head -n 1)
   if [[ -z "$cuda" ]]; then
     say "nvidia-smi did not say which CUDA version the driver supports; installing PyPI's torch (CUDA 13)"
-    echo "torch "
+    echo "torch==$TORCH_VERSION "
     return
   fi
   major=${cuda%%.*}
   minor=${cuda#*.}
   if ((major >= 13)); then
-    echo "torch "
+    echo "torch==$TORCH_VERSION "
   elif ((major == 12 && minor >= 8)); then
-    echo "torch https://download.pytorch.org/whl/cu128"
+    echo "torch==$TORCH_CU128_VERSION+cu128 $PYTORCH_WHEELS/cu128"
   elif ((major == 12 && minor >= 6)); then
-    echo "torch https://download.pytorch.org/whl/cu126"
+    echo "torch==$TORCH_VERSION+cu126 $PYTORCH_WHEELS/cu126"
   else
     say "The NVIDIA driver supports CUDA $cuda only; current torch builds need 12.6 or newer."
     say "Update the driver, or set TORCH_SPEC and TORCH_INDEX_URL to a torch build for CUDA $cuda."
-    echo "torch https://download.pytorch.org/whl/cu126"
+    echo "torch==$TORCH_VERSION+cu126 $PYTORCH_WHEELS/cu126"
   fi
+}
+
+# install_torch PY CONSTRAINT_FILE: installs torch_choice's torch into PY's environment and writes
+# CONSTRAINT_FILE, which holds torch to that build for every later `pip install` (-c).
+# torch comes from ONE index: with PyPI as an extra index, pip takes the highest version of all, and
+# PyPI's CUDA 13 wheel wins over the cu128 build. So torch alone from its index (--no-deps), then its
+# dependencies (nvidia-*, sympy, ...) from PyPI, with the constraint leaving pip no other torch to pick.
+install_torch() {
+  local py=$1 constraint=$2 spec index
+  read -r spec index <<<"$(torch_choice)"
+  echo "$spec" >"$constraint"
+  say "Installing $spec${index:+ from $index}"
+  if [[ -n "$index" ]]; then
+    "$py" -m pip install --quiet --no-deps --index-url "$index" "$spec"
+  fi
+  "$py" -m pip install --quiet -c "$constraint" "$spec"
 }
 
 # Sourced (by the tests) for the functions above only.
@@ -88,10 +109,9 @@ if [[ ! -x "$VENV/bin/python" ]]; then
 fi
 PY="$VENV/bin/python"
 
+TORCH_CONSTRAINT="$VENV/torch-constraint.txt"
 if ! "$PY" -c 'import torch' >/dev/null 2>&1; then
-  read -r spec index <<<"$(torch_choice)"
-  say "Installing $spec${index:+ from $index}"
-  "$PY" -m pip install --quiet ${index:+--index-url "$index" --extra-index-url https://pypi.org/simple} "$spec"
+  install_torch "$PY" "$TORCH_CONSTRAINT"
 fi
 
 requirements=requirements.txt
@@ -99,7 +119,10 @@ requirements=requirements.txt
 stamp="$VENV/.installed-$(cat requirements.txt "$requirements" | sha256sum | cut -c1-16)-${MODE/command/run}"
 if [[ ! -f "$stamp" ]]; then
   say "Installing $requirements"
-  "$PY" -m pip install --quiet -r "$requirements"
+  # The torch installed above stays: a requirement that wanted another one fails here instead of replacing it.
+  constraint=()
+  [[ -f "$TORCH_CONSTRAINT" ]] && constraint=(-c "$TORCH_CONSTRAINT")
+  "$PY" -m pip install --quiet ${constraint[@]+"${constraint[@]}"} -r "$requirements"
   touch "$stamp"
 fi
 

@@ -58,6 +58,11 @@ class GenerationError(ChatbotError):
     """Generation failed part-way; the request ends, the server keeps serving."""
 
 
+class DeviceFaultError(ChatbotError):
+    """The GPU faulted while generating (illegal address, launch failure): CUDA cannot be used again in this
+    process, so the engine stops serving and every request fails with this error until a restart."""
+
+
 class BackendError(ChatbotError):
     """The remote model server (``--backend``) answered with an error; the API passes it on as a 502."""
 

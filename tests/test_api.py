@@ -506,3 +506,24 @@ def test_an_unexpected_error_reaches_the_client_as_an_id_and_the_details_stay_in
     assert message.startswith("Internal error ") and "secret-path" not in response.text
     error_id = message.split()[2].rstrip(":")
     assert f"Internal error {error_id}" in caplog.text and "secret-path" in caplog.text
+
+
+def test_after_a_gpu_fault_health_is_503_failed_and_requests_get_the_restart_advice_simulated(
+    scripted_fp8, monkeypatch
+) -> None:
+    def faulting_decode(*args, **kwargs):
+        raise RuntimeError("CUDA error: unspecified launch failure (simulated)")
+
+    with in_process_client(str(scripted_fp8)) as http:
+        assert http.post("/v1/chat/completions", json={"messages": HELLO}).status_code == 200
+        monkeypatch.setattr("chatbot.engine.scheduler.decode_rows", faulting_decode)
+        faulted = http.post("/v1/chat/completions", json={"messages": HELLO})
+        monkeypatch.undo()
+        later = http.post("/v1/chat/completions", json={"messages": HELLO})
+        health = http.get("/health")
+    for reply in (faulted, later):
+        assert reply.status_code == 503 and reply.json()["error"]["code"] == "device_fault"
+        assert "unspecified launch failure" in reply.json()["error"]["message"]
+        assert "Restart the server" in reply.json()["error"]["message"]
+    assert health.status_code == 503 and health.json()["status"] == "failed"
+    assert "Restart the server" in health.json()["error"]

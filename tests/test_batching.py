@@ -259,3 +259,30 @@ def test_queue_positions_follow_the_turns(noisy) -> None:
 
 def _positions(job) -> list[int]:
     return [e.position for e in list(job.events.queue) if isinstance(e, Queued)]
+
+
+def test_a_sticky_gpu_fault_ends_serving_with_restart_advice_not_a_retry_per_row_simulated(noisy, monkeypatch) -> None:
+    """A fake CUDA fault in the batched decode: after one, no CUDA call can succeed in the process, so the
+    rows are not retried one by one; every request fails with the advice and the engine says "failed"."""
+    from chatbot.errors import DeviceFaultError
+
+    engine = ChatEngine.from_loaded(noisy, max_batch=3, prefix_cache_tokens=0)
+    calls = []
+
+    def faulting_decode(*args, **kwargs):
+        calls.append(1)
+        raise RuntimeError("CUDA error: an illegal memory access was encountered (simulated)")
+
+    monkeypatch.setattr("chatbot.engine.scheduler.decode_rows", faulting_decode)
+    options = sampling_options(False, temperature=0, min_new_tokens=20, max_new_tokens=20)
+    running = [engine.submit(prompt(noisy, f"Question {i}"), options, client=f"c{i}") for i in range(3)]
+    waiting = engine.submit(prompt(noisy, "Waiting"), options, client="c0")
+    for job in [*running, waiting]:
+        event = collect(job)[1]
+        assert isinstance(event, Failed) and isinstance(event.error, DeviceFaultError), event
+        assert "illegal memory access" in event.error.message and "Restart the server" in event.error.fix
+    assert len(calls) == 1  # one batched step faulted; no row was tried again alone
+    assert engine.status == "failed" and isinstance(engine.load_error, DeviceFaultError)
+    with pytest.raises(DeviceFaultError, match="Restart the server"):
+        engine.submit(prompt(noisy, "Later"), options)
+    engine.close()

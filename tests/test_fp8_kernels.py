@@ -164,45 +164,106 @@ def test_scaled_mm_refuses_shapes_it_cannot_serve() -> None:
         scaled_mm_arguments(torch.randn(2, 200), q, scaled_mm_weight_scales(scale_inv, (128, 128)), (128, 128))
 
 
-@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton is not installed")
-def test_triton_kernel_matches_the_reference_in_the_interpreter() -> None:
-    """TRITON_INTERPRET=1 runs the real kernel on the CPU (FP16 activations: the interpreter lacks BF16).
+needs_triton = pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton is not installed")
+
+
+def run_in_interpreter(script: str) -> None:
+    """Run ``script`` with TRITON_INTERPRET=1 (Triton's CPU interpreter); it must print "ok"."""
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "TRITON_INTERPRET": "1"},
+    )
+    assert result.returncode == 0 and result.stdout.strip().endswith("ok"), result.stderr[-3000:]
+
+
+@needs_triton
+def test_triton_kernels_match_the_reference_in_the_interpreter() -> None:
+    """TRITON_INTERPRET=1 runs the real kernels on the CPU (FP16 activations: the interpreter lacks BF16).
 
     Both ways of decoding the FP8 byte: the hardware cast and the bit arithmetic older GPUs use, which
-    must be exact for every finite e4m3 value; block magnitudes spread over 2^-6..2^6."""
-    script = """
+    must be exact for every finite e4m3 value; block magnitudes spread over 2^-6..2^6. Row counts up to
+    16 run the retiled kernel (split-K, whole K blocks), more rows the general one; partial blocks at the
+    edges (300 x 200) in both."""
+    run_in_interpreter("""
 import torch
 from chatbot.model.fp8 import quantize_block_fp8, dequantize_block_fp8
 from chatbot.model.fp8_linear import spread_block_weight
-from chatbot.model.fp8_triton import w8a16_block_matmul
+from chatbot.model.fp8_tiles import choose_tiles
+from chatbot.model.fp8_triton import launch_kernels
 g = torch.Generator().manual_seed(0)
 finite = torch.arange(256, dtype=torch.uint8)
 finite = finite[(finite & 0x7F) != 0x7F]  # every e4m3fn byte but NaN
 weight = torch.zeros(2, 128, dtype=torch.uint8)
 weight.view(-1)[: finite.numel()] = finite
 weight = weight.view(torch.float8_e4m3fn)
+cases = [(1, 384, 640), (7, 300, 200), (16, 256, 576), (37, 300, 200), (20, 256, 576)]
 for decode in ("cast", "bits"):
-    out = w8a16_block_matmul(torch.eye(128).half(), weight, torch.ones(1, 1), (128, 128), decode=decode)
-    assert torch.equal(out.float().t(), weight.float()), decode
-    for rows, n, k in [(1, 384, 256), (37, 300, 200), (20, 256, 576)]:
+    for rows in (16, 128):  # the retiled kernel, then the general one
+        out = launch_kernels(torch.eye(128)[:rows].half(), weight, torch.ones(1, 1), (128, 128), decode=decode)
+        assert torch.equal(out.float().t(), weight.float()[:, :rows]), (decode, rows)
+    for rows, n, k in cases:
         w = spread_block_weight(n, k, (128, 128), g)
         x = torch.randn(rows, k, generator=g).half()
         q, s = quantize_block_fp8(w, scale_dtype=torch.float32)
         ref = x.float() @ dequantize_block_fp8(q, s, dtype=torch.float32).t()
-        out = w8a16_block_matmul(x, q, s, (128, 128), decode=decode).float()
+        out = launch_kernels(x, q, s, (128, 128), decode=decode).float()
         err = ((out - ref).abs().max() / ref.abs().max()).item()
         assert err < 2e-3, (decode, rows, n, k, err)
+assert choose_tiles(1, 384, 640, (128, 128)).split_k == 2 and choose_tiles(37, 300, 200, (128, 128)).block_m == 64
 print("ok")
-"""
-    result = subprocess.run(
-        [sys.executable, "-c", script],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, "TRITON_INTERPRET": "1"},
-    )
-    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-2000:]
+""")
+
+
+@needs_triton
+def test_the_retiled_kernel_on_a_qwen3_layer_shape_with_split_k_in_the_interpreter() -> None:
+    """down_proj of Qwen3-0.6B (N=1024, K=3072): 32 N tiles x 6 K slices; 1, 5 and 16 rows."""
+    run_in_interpreter("""
+import torch
+from chatbot.model.fp8 import quantize_block_fp8, dequantize_block_fp8
+from chatbot.model.fp8_linear import spread_block_weight
+from chatbot.model.fp8_tiles import choose_tiles
+from chatbot.model.fp8_triton import launch_kernels
+assert choose_tiles(1, 1024, 3072, (128, 128)).split_k == 6
+g = torch.Generator().manual_seed(0)
+q, s = quantize_block_fp8(spread_block_weight(1024, 3072, (128, 128), g), scale_dtype=torch.float32)
+dense = dequantize_block_fp8(q, s, dtype=torch.float32)
+x = torch.randn(16, 3072, generator=g).half()
+for rows in (1, 5, 16):
+    ref = x[:rows].float() @ dense.t()
+    out = launch_kernels(x[:rows], q, s, (128, 128)).float()
+    assert ((out - ref).abs().max() / ref.abs().max()).item() < 2e-3, rows
+print("ok")
+""")
+
+
+@needs_triton
+def test_the_fp8_operator_passes_opcheck_and_compiles_without_graph_breaks() -> None:
+    """``torch.ops.chatbot.fp8_block_matmul`` (triton_op): schema, fake tensors, autograd registration and
+    AOT dispatch with dynamic shapes hold on the CPU; an Fp8Linear served by it compiles with fullgraph=True
+    (a graph break would raise) and gives what eager gives."""
+    from chatbot.model.fp8_triton import fp8_block_matmul
+
+    generator = torch.Generator().manual_seed(0)
+    q, scale_inv = quantize_block_fp8(torch.randn(384, 640, generator=generator) * 0.05, scale_dtype=torch.float32)
+    for rows in (1, 5, 37):
+        x = torch.randn(rows, 640, generator=generator).to(torch.bfloat16)
+        for bits in (False, True):
+            torch.library.opcheck(fp8_block_matmul, (x, q.view(torch.uint8), scale_inv, 128, 128, bits))
+    from chatbot.model.fp8_triton import w8a16_block_matmul
+
+    kernels = fp8_linear.Fp8Kernels(fp8_linear.Fp8Kernel("triton-op", w8a16_block_matmul, compiled=True))
+    layer = Fp8Linear(640, 384, (128, 128), kernels)
+    layer.weight, layer.weight_scale_inv = torch.nn.Parameter(q, False), torch.nn.Parameter(scale_inv, False)
+    compiled = torch.compile(layer, fullgraph=True, backend="aot_eager")
+    x = torch.randn(3, 640, generator=generator).to(torch.bfloat16)
+    with torch.inference_mode():
+        assert torch.equal(compiled(x), layer(x))
+        reference = reference_kernel(x, q, scale_inv, (128, 128))
+        assert torch.allclose(layer(x).float(), reference.float(), rtol=1e-2, atol=1e-2)
 
 
 def test_simulated_hopper_without_a_working_kernel_falls_back_to_bf16(random_fp8) -> None:
@@ -293,3 +354,100 @@ def test_nan_in_fp8_weights_kept_as_fp8_is_refused(random_fp8, tmp_path, monkeyp
     monkeypatch.setattr(fp8_linear, "KERNELS", [spec("reference", lambda: reference_kernel)])
     with pytest.raises(CheckpointError, match="holds NaN"):
         load_model(str(folder), device_info=HOPPER)
+
+
+def test_loading_fp8_loads_no_hub_kernel_and_opens_no_connection(random_fp8) -> None:
+    """The FP8 path with the real kernel list (simulated Hopper): no hub kernel is asked for, no socket opened.
+
+    transformers' fine-grained FP8 kernel downloaded its code from the hub when first called (offline it
+    waited on the hub's timeouts). transformers imports the ``kernels`` package itself; what must not
+    happen is a kernel load from the hub, or any connection or name lookup (an audit hook sees those)."""
+    script = """
+import sys
+attempts = []
+network = ("socket.connect", "socket.getaddrinfo")
+sys.addaudithook(lambda event, args: attempts.append(event) if event in network else None)
+import kernels
+import transformers.integrations.finegrained_fp8 as finegrained_fp8
+import transformers.integrations.hub_kernels as hub_kernels
+def refuse(*args, **kwargs):
+    attempts.append("hub kernel")
+    raise ImportError("hub kernels are not allowed here")
+for module, name in ((kernels, "get_kernel"), (hub_kernels, "lazy_load_kernel"), (finegrained_fp8, "lazy_load_kernel")):
+    setattr(module, name, refuse)
+from chatbot.model.device import DeviceInfo
+from chatbot.model.loader import load_model
+loaded = load_model(sys.argv[1], device_info=DeviceInfo.simulated_cuda((9, 0), "Simulated H100"), precision="auto")
+print(loaded.precision.attempts[0].mode, attempts)
+"""
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
+    result = subprocess.run(
+        [sys.executable, "-c", script, str(random_fp8)], cwd=ROOT, capture_output=True, text=True, timeout=300, env=env
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == "fp8 []", result.stdout  # FP8 was tried (no GPU here: it then steps down)
+
+
+def test_scaled_mm_as_the_only_working_kernel_decodes_with_its_scale_layout(monkeypatch) -> None:
+    """An H100 without a working Triton, simulated: decode goes through scaled_mm, which needs the block
+    scales padded and transposed (``scaled_mm_weight_scales``). The raw [N/128, K/128] scales made the
+    post-load layer check fail and the model fall back although a working FP8 kernel existed."""
+    from chatbot.model.loader import check_fp8_layer
+
+    monkeypatch.setattr(F, "scaled_mm", emulated_scaled_mm)
+    scaled_mm = KernelSpec(
+        "torch-scaled-mm", "w8a8", True, lambda: fp8_linear._scaled_mm_kernel, scaled_mm_weight_scales
+    )
+    kernels, _ = select_fp8_kernels(torch.device("cpu"), (128, 128), shapes=SHAPES, kernels=[scaled_mm])
+    assert kernels.decode.name == "torch-scaled-mm" and kernels.prefill is None
+    generator = torch.Generator().manual_seed(1)
+    q, scale_inv = quantize_block_fp8(
+        fp8_linear.spread_block_weight(384, 640, (128, 128), generator), scale_dtype=torch.float32
+    )
+    layer = Fp8Linear(640, 384, (128, 128), kernels)
+    layer.weight, layer.weight_scale_inv = torch.nn.Parameter(q, False), torch.nn.Parameter(scale_inv, False)
+    check_fp8_layer(torch.nn.Sequential(layer), torch.bfloat16)  # the loader's check, before prepare_scales
+    layer.prepare_scales()
+    for rows in (1, 16, 600):
+        x = torch.randn(rows, 640, generator=generator, dtype=torch.bfloat16)
+        reference = fp8_linear.reference_output("w8a8", x, q, scale_inv, (128, 128))
+        out = layer(x).float()
+        assert ((out - reference).abs().max() / reference.abs().max()) < 0.02
+
+
+def test_every_compiled_variant_of_each_layer_shape_runs_at_load_simulated(random_fp8, monkeypatch) -> None:
+    """A Triton kernel compiles once per tile choice and class of row count (1, a multiple of 16, other).
+    A fake compiled kernel records the rows each layer shape ran at load: every variant that any batch or
+    prompt chunk can reach was among them, so none compiles mid-serving (a stall, or a failed request)."""
+    from chatbot.model.fp8_tiles import variant_key
+
+    seen: dict[tuple[int, int], set[int]] = {}
+
+    def recording_kernel(x, weight, scale_inv, block):
+        seen.setdefault(tuple(weight.shape), set()).add(x.shape[0])
+        return reference_kernel(x, weight, scale_inv, block)
+
+    compiled = KernelSpec("fake-triton", "w8a16", True, lambda: recording_kernel, compiled=True)
+    monkeypatch.setattr(fp8_linear, "KERNELS", [compiled])
+    loaded = load_model(str(random_fp8), device_info=HOPPER)
+    assert loaded.precision.fp8_kernel == "fake-triton"
+    shapes = {(m.out_features, m.in_features) for m in loaded.model.modules() if isinstance(m, Fp8Linear)}
+    for n, k in shapes:
+        reachable = {variant_key(rows, n, k, (128, 128)) for rows in range(1, fp8_linear.WARM_MAX_ROWS + 1)}
+        warmed = {variant_key(rows, n, k, (128, 128)) for rows in seen[(n, k)]}
+        assert reachable <= warmed, (n, k, sorted(seen[(n, k)]))
+    assert any(2 <= rows < 16 for rows in seen[next(iter(shapes))])  # a batch of 2..15 rows was among them
+
+
+def test_decode_tiles_keep_an_h100_busy_on_every_qwen3_layer_shape() -> None:
+    """M <= 16: each 0.6B shape (q/k/v and gate/up packed or not) gets >= 128 programs (132 SMs), tiles
+    inside one 128-row scale block and at least two whole K blocks per program."""
+    from chatbot.model.fp8_tiles import SMALL_M_TILES, choose_tiles, small_m_tiles
+
+    for (n, k), tiles in SMALL_M_TILES.items():
+        assert choose_tiles(16, n, k, (128, 128)) == tiles and tiles.small_m
+        assert tiles.programs(1, n) >= 128 and 128 % tiles.block_n == 0 and tiles.block_k == 128
+        assert (k // 128) % tiles.split_k == 0 and k // 128 // tiles.split_k >= 2
+    assert small_m_tiles(1024, 4096).programs(1, 1024) >= 128  # an unknown shape: the same rule
+    assert not choose_tiles(17, 1024, 1024, (128, 128)).small_m
+    assert not choose_tiles(1, 1024, 1024, (64, 96)).small_m  # other block sizes: the general kernel

@@ -103,3 +103,19 @@ def test_dequantized_reference_is_what_the_fp8_layers_compute(random_fp8) -> Non
     reference = x.float() @ dense.t()
     error = (layer(x).float() - reference).abs().max() / reference.abs().max()
     assert error < 0.02
+
+
+def test_the_0_6b_fp8_model_packs_gate_and_up_and_matches_its_dequantized_self(make_checkpoint) -> None:
+    from chatbot.model.fp8_packed import PackedFp8MLP
+
+    folder = make_checkpoint("fp8", size="0.6b")
+    loaded = load_model(str(folder), device="cuda")
+    assert loaded.precision.mode == "fp8", loaded.precision.attempts
+    mlps = [m for m in loaded.model.modules() if isinstance(m, PackedFp8MLP)]
+    assert len(mlps) == loaded.model.config.num_hidden_layers
+    layer = mlps[0].gate_up_proj
+    for rows in (1, 4, 16, 64):
+        x = torch.randn(rows, layer.in_features, device="cuda", dtype=loaded.precision.dtype)
+        dense = dequantize_block_fp8(layer.weight, layer.weight_scale_inv, layer.block, torch.float32)
+        reference = x.float() @ dense.t()
+        assert ((layer(x).float() - reference).abs().max() / reference.abs().max()) < 0.02, rows

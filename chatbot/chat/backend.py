@@ -49,6 +49,7 @@ class BackendStatus:
             cannot be reached).
         stage, fraction: the load's progress (a remote server: "connected" or "connecting to URL").
         error: why it failed, in one line.
+        device_fault: serving ended on a sticky device fault (a restart is the fix), not a failed load.
         settled: nothing changes by itself any more (a local model loaded or failed); a remote server
             never is (it may go away and come back).
         context_window: the context in tokens (a remote server's only when it reports it).
@@ -62,6 +63,7 @@ class BackendStatus:
     stage: str = ""
     fraction: float = 0.0
     error: str | None = None
+    device_fault: bool = False
     settled: bool = False
     context_window: int | None = None
     queue: dict[str, Any] = field(default_factory=dict)

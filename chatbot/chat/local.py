@@ -16,7 +16,7 @@ from typing import Any
 from ..engine.constraints import Vocabulary, vocabulary
 from ..engine.engine import ChatEngine, Failed, Finished, Queued, TextDelta
 from ..engine.jobs import LOCAL_CLIENT
-from ..errors import InvalidRequestError
+from ..errors import DeviceFaultError, InvalidRequestError
 from ..model.loader import LoadedModel
 from .backend import BackendStatus
 from .events import AnswerDelta, ChatDone, ChatEvent, Loading, QueuePosition, ThinkingDelta, ToolCallDelta
@@ -81,6 +81,7 @@ class LocalBackend:
             stage=stage,
             fraction=round(fraction, 3),
             error=str(error).replace("\nFix: ", " Fix: ") if error is not None else None,
+            device_fault=isinstance(error, DeviceFaultError),
             settled=state in ("ready", "failed"),
             context_window=loaded.max_context if loaded else None,
             queue={**engine.occupancy(), "size": engine.queue_size, "busy": engine.busy},

@@ -22,7 +22,8 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from ..errors import ChatbotError, GenerationError, InvalidRequestError, QueueFullError
+from ..errors import ChatbotError, DeviceFaultError, GenerationError, InvalidRequestError, QueueFullError
+from ..model.device import is_sticky_cuda_fault
 from ..model.loader import LoadedModel, LoadProgress, load_model
 from ..settings import Settings
 from .batching import install_row_attention
@@ -31,7 +32,7 @@ from .generation import GenerationResult, Generator, PrefixCache
 from .jobs import LOCAL_CLIENT, EngineEvent, Failed, Finished, Job, Queued, TextDelta, cancelled_result
 from .request import ActiveRequest
 from .sampling import SamplingOptions
-from .scheduler import CPU_PREFILL_CHUNK, GPU_PREFILL_CHUNK, STEP_ERRORS, Batch, as_generation_error
+from .scheduler import CPU_PREFILL_CHUNK, GPU_PREFILL_CHUNK, STEP_ERRORS, Batch, as_generation_error, device_fault
 
 __all__ = ["ChatEngine", "EngineEvent", "Failed", "Finished", "Job", "Queued", "TextDelta"]
 log = logging.getLogger(__name__)
@@ -84,6 +85,7 @@ class ChatEngine:
         self.progress = LoadProgress()
         self._loaded: LoadedModel | None = None
         self._load_error: BaseException | None = None
+        self._fault: DeviceFaultError | None = None  # the GPU faulted: nothing more runs in this process
         self._load_lock = threading.Lock()
         self._load_thread: threading.Thread | None = None
         self._queue = FairQueue(queue_size, client_limit)
@@ -126,7 +128,9 @@ class ChatEngine:
 
     @property
     def status(self) -> str:
-        """ "not loaded", "loading", "ready" or "failed"."""
+        """ "not loaded", "loading", "ready" or "failed" (the load failed, or the GPU faulted while serving)."""
+        if self._fault is not None:
+            return "failed"
         if self._loaded is not None:
             return "ready"
         if self._load_error is not None:
@@ -141,7 +145,8 @@ class ChatEngine:
 
     @property
     def load_error(self) -> BaseException | None:
-        return self._load_error
+        """Why the engine cannot serve: the load's error, or the GPU fault that ended serving."""
+        return self._fault or self._load_error
 
     def start_loading(self) -> None:
         """Load the model in a background thread (no-op if loading or loaded)."""
@@ -232,6 +237,8 @@ class ChatEngine:
         self.check_max_new_tokens(options.max_new_tokens, "max_new_tokens")
         job = Job(list(prompt_ids), options, cancel or threading.Event(), next(self._ids), client)
         with self._cv:
+            if self._fault is not None:
+                raise DeviceFaultError(self._fault.message, fix=self._fault.fix)
             if self._closed:
                 raise ChatbotError("The engine is shut down.")
             self._queue.add(job)
@@ -342,8 +349,24 @@ class ChatEngine:
                     self._start(job, batch)
                 batch.round()
             except Exception as exc:  # a bug here must not leave every caller waiting forever
+                if isinstance(exc, DeviceFaultError) or is_sticky_cuda_fault(exc):
+                    self._stop_serving(batch, device_fault(exc))
+                    return
                 log.exception("The generation worker failed; ending the running requests")
                 self._fail_running(batch, exc)
+
+    def _stop_serving(self, batch: Batch, fault: DeviceFaultError) -> None:
+        """After a sticky GPU fault: every running and waiting request fails with the restart advice, new
+        ones are refused with it, and ``status`` says "failed" (``/health`` with it)."""
+        log.error("%s", fault)
+        with self._cv:
+            self._fault = fault
+            waiting = [job for job in self._queue.jobs() if not self._queue.is_paused(job)]
+            for job in waiting:
+                self._queue.remove(job)
+        self._fail_running(batch, fault)
+        for job in waiting:
+            job.events.put(Failed(fault))
 
     def _fail_running(self, batch: Batch, exc: Exception) -> None:
         with self._cv:

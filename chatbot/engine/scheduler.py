@@ -11,7 +11,9 @@ Each round the worker (``ChatEngine``) admits waiting requests into free slots, 
    (``batching.decode_rows``).
 
 A request that fails (its prefill raises, its logits are inf/NaN, or its row of a failed batch
-fails again when retried alone) ends with an error and the others go on.
+fails again when retried alone) ends with an error and the others go on. A sticky GPU fault (illegal
+address, launch failure) is not retried: after one, no CUDA call can succeed in this process, so
+``round`` raises ``DeviceFaultError`` and the engine stops serving.
 """
 
 from __future__ import annotations
@@ -22,8 +24,9 @@ from typing import Any
 
 import torch
 
-from ..errors import ChatbotError, GenerationError
+from ..errors import ChatbotError, DeviceFaultError, GenerationError
 from ..model.cpu_layers import use_fp32_decode
+from ..model.device import is_sticky_cuda_fault
 from .batching import decode_rows
 from .generation import Generator, all_finite
 from .jobs import Failed, Finished
@@ -42,6 +45,19 @@ def as_generation_error(exc: BaseException) -> ChatbotError:
         return exc
     return GenerationError(
         f"Generation failed: {exc}", fix="Try again; if it keeps failing, run `python -m chatbot doctor`."
+    )
+
+
+def device_fault(exc: BaseException) -> DeviceFaultError:
+    """The error every request gets once the GPU has faulted (``exc``: the fault as CUDA reported it)."""
+    if isinstance(exc, DeviceFaultError):
+        return exc
+    first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+    return DeviceFaultError(
+        f"The GPU faulted while generating ({first}). CUDA cannot be used again in this process, so this "
+        "server has stopped generating.",
+        fix="Restart the server. If it happens again, restart with --precision bf16 (no FP8 kernels) or "
+        "--device cpu, and run `python -m chatbot doctor --load` to see each FP8 kernel's self-check.",
     )
 
 
@@ -91,6 +107,8 @@ class Batch:
         try:
             logits = self._decode_step(requests, lengths)
         except STEP_ERRORS as exc:
+            if is_sticky_cuda_fault(exc):  # retrying row by row would only fault again, once per row
+                raise device_fault(exc) from exc
             if len(requests) == 1:
                 self._fail(requests[0], exc)
                 return
@@ -127,6 +145,8 @@ class Batch:
         return decode_rows(model, [r.last_token for r in requests], caches, device)
 
     def _fail(self, request: ActiveRequest, exc: BaseException) -> None:
+        if is_sticky_cuda_fault(exc):
+            raise device_fault(exc) from exc
         if not isinstance(exc, ChatbotError):
             log.error("Generation of request %d failed: %s", request.job.id, exc, exc_info=exc)
         self.requests.remove(request)

@@ -1,14 +1,13 @@
 """FP8 linear layers for CUDA GPUs: the weights stay FP8 in GPU memory with their 128x128 block scales.
 
-Kernels, each used only after it passes a numerical self-check on this GPU (``select_fp8_kernels``), so
-nothing is fetched from the network at run time:
+Kernels, each used only after it passes a numerical self-check on this GPU (``select_fp8_kernels``); all
+of them ship with this package or torch, so nothing is fetched from the network (transformers' own
+fine-grained FP8 kernel is not used: it downloads its code from the Hugging Face hub at load):
 
 * ``triton`` (W8A16): this package's Triton kernel, FP8 weights decoded per tile inside the matmul
   with the hardware FP8 conversion, 16-bit activations; compute capability >= 8.9.
 * ``triton-bits`` (W8A16): the same kernel decoding the e4m3 byte with bit arithmetic, so GPUs without
   FP8 support (Turing, Ampere) keep 1-byte weights too ("FP8 weight-only").
-* ``transformers`` (W8A8): transformers' fine-grained FP8 kernels, only where its ``kernels`` package
-  can provide them (it downloads them from the hub, so never offline).
 * ``torch-scaled-mm`` (W8A8): ``torch.nn.functional.scaled_mm`` with block-wise scales (cuBLAS). Its
   per-call work (padding, activation quantization) costs more than the matmul for a few rows, so it is
   used for long prompts only (``PREFILL_MIN_ROWS``), beside a W8A16 kernel for decoding.
@@ -57,6 +56,7 @@ class Fp8Kernel:
     fn: KernelFn
     kind: str = "w8a16"  # "w8a16": 16-bit activations; "w8a8": activations quantized to FP8 per 1x128 too
     prepare: Callable[[torch.Tensor, tuple[int, int]], torch.Tensor] | None = None
+    compiled: bool = False  # compiled per row-count variant (Triton): every variant is compiled at load
 
     def __call__(self, x: torch.Tensor, weight: torch.Tensor, scale_inv: torch.Tensor, block: tuple[int, int]):
         scales = self.prepare(scale_inv, block) if self.prepare else scale_inv
@@ -70,9 +70,10 @@ class KernelSpec:
     needs_fp8_hardware: bool  # compute capability >= 8.9
     factory: Callable[[], KernelFn]
     prepare: Callable[[torch.Tensor, tuple[int, int]], torch.Tensor] | None = None
+    compiled: bool = False
 
     def build(self) -> Fp8Kernel:
-        return Fp8Kernel(self.name, self.factory(), self.kind, self.prepare)
+        return Fp8Kernel(self.name, self.factory(), self.kind, self.prepare, self.compiled)
 
 
 @dataclass(frozen=True)
@@ -107,20 +108,34 @@ class Fp8Linear(nn.Module):
         self.weight_scale_inv = nn.Parameter(
             torch.empty(rows, cols, dtype=torch.float32, device="meta"), requires_grad=False
         )
-        self._prefill_scales: torch.Tensor | None = None  # prepared once, on the first long prompt
+        self._prepared: dict[str, torch.Tensor] = {}  # each kernel's scale layout, by kernel name
+
+    def prepare_scales(self) -> None:
+        """Turn the block scales into each kernel's layout now (the loader calls it once the weights are in).
+
+        Call it again after changing ``weight_scale_inv``; until then forward uses the layouts made here.
+        """
+        self._prepared = {}
+        for kernel in (self.kernels.decode, self.kernels.prefill):
+            if kernel is not None and kernel.prepare is not None:
+                self._prepared[kernel.name] = kernel.prepare(self.weight_scale_inv, self.block)
+
+    def scales_for(self, kernel: Fp8Kernel) -> torch.Tensor:
+        """The block scales in ``kernel``'s layout (prepared on first use when ``prepare_scales`` was not called)."""
+        if kernel.prepare is None:
+            return self.weight_scale_inv
+        prepared = self._prepared.get(kernel.name)
+        if prepared is None:
+            prepared = self._prepared[kernel.name] = kernel.prepare(self.weight_scale_inv, self.block)
+        return prepared
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
         flat = x.reshape(-1, shape[-1])
-        prefill = self.kernels.prefill
-        if prefill is not None and flat.shape[0] >= self.kernels.prefill_min_rows:
-            if self._prefill_scales is None:
-                self._prefill_scales = (
-                    prefill.prepare(self.weight_scale_inv, self.block) if prefill.prepare else self.weight_scale_inv
-                )
-            out = prefill.fn(flat, self.weight, self._prefill_scales, self.block)
-        else:
-            out = self.kernels.decode.fn(flat, self.weight, self.weight_scale_inv, self.block)
+        kernel = self.kernels.decode
+        if self.kernels.prefill is not None and flat.shape[0] >= self.kernels.prefill_min_rows:
+            kernel = self.kernels.prefill
+        out = kernel.fn(flat, self.weight, self.scales_for(kernel), self.block)
         return out.reshape(*shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:
@@ -188,33 +203,49 @@ def _triton_kernel(decode: str) -> KernelFn:
     from .fp8_triton import w8a16_block_matmul
 
     def run(x: torch.Tensor, weight: torch.Tensor, scale_inv: torch.Tensor, block: tuple[int, int]) -> torch.Tensor:
+        if not x.is_cuda:  # the operator would compute in PyTorch: not the kernel this name promises
+            raise RuntimeError("the Triton FP8 kernels run on CUDA tensors only")
         return w8a16_block_matmul(x, weight, scale_inv, block, decode=decode)
 
     return run
 
 
-# --- W8A8: transformers' fine-grained FP8 (hub-fetched kernels) ---------------------------------------------
-
-
-def _transformers_kernel() -> KernelFn:
-    from transformers.utils.import_utils import is_kernels_available
-
-    if not is_kernels_available():
-        raise ImportError("the `kernels` package is not installed (and it would download kernels from the hub)")
-    from transformers.integrations.finegrained_fp8 import fp8_linear
-
-    def run(x: torch.Tensor, weight: torch.Tensor, scale_inv: torch.Tensor, block: tuple[int, int]) -> torch.Tensor:
-        return fp8_linear(x.to(torch.bfloat16), weight, scale_inv, list(block)).to(x.dtype)
-
-    return run
-
-
 KERNELS: list[KernelSpec] = [
-    KernelSpec("triton", "w8a16", True, lambda: _triton_kernel("cast")),
-    KernelSpec("triton-bits", "w8a16", False, lambda: _triton_kernel("bits")),
-    KernelSpec("transformers", "w8a8", True, _transformers_kernel),
+    KernelSpec("triton", "w8a16", True, lambda: _triton_kernel("cast"), compiled=True),
+    KernelSpec("triton-bits", "w8a16", False, lambda: _triton_kernel("bits"), compiled=True),
     KernelSpec("torch-scaled-mm", "w8a8", True, lambda: _scaled_mm_kernel, scaled_mm_weight_scales),
 ]
+
+
+# --- compiling every variant at load ------------------------------------------------------------------------
+
+WARM_MAX_ROWS = 4096  # beyond a prompt chunk; row counts past 32 run no variant that fewer rows do not
+
+
+def warm_fp8_layers(model: nn.Module, dtype: torch.dtype) -> int:
+    """Run each FP8 layer shape once per compiled variant its kernels can reach, so that no request waits
+    for a compilation (about a second each) and a kernel that fails to compile fails the load, not serving.
+
+    Returns the number of calls made. Raises whatever the kernels raise (the loader steps down or stops).
+    """
+    from .fp8_tiles import warm_rows
+
+    calls = 0
+    seen: set[tuple[int, int, str]] = set()
+    for layer in (m for m in model.modules() if isinstance(m, Fp8Linear)):
+        kernels = layer.kernels
+        key = (layer.out_features, layer.in_features, kernels.describe())
+        if key in seen or not kernels.decode.compiled:
+            continue
+        seen.add(key)
+        max_rows = kernels.prefill_min_rows - 1 if kernels.prefill is not None else WARM_MAX_ROWS
+        for rows in warm_rows(layer.out_features, layer.in_features, layer.block, max_rows):
+            with torch.inference_mode():
+                layer(torch.zeros(rows, layer.in_features, dtype=dtype, device=layer.weight.device))
+            calls += 1
+    if calls and layer.weight.is_cuda:
+        torch.cuda.synchronize(layer.weight.device)  # a fault surfaces here, during the load
+    return calls
 
 
 # --- self-check and choice ---------------------------------------------------------------------------------

@@ -59,8 +59,16 @@ from .cpu_layers import (
 )
 from .device import DeviceInfo, detect_device, is_sticky_cuda_fault
 from .formats import PROJECTION_RE, FormatKind
-from .fp8 import DEFAULT_BLOCK, dequantize_block_fp8, quantize_block_fp8
-from .fp8_linear import Fp8DeviceFault, Fp8KernelUnavailable, Fp8Linear, select_fp8_kernels
+from .fp8 import DEFAULT_BLOCK, quantize_block_fp8
+from .fp8_linear import (
+    Fp8DeviceFault,
+    Fp8KernelUnavailable,
+    Fp8Linear,
+    reference_output,
+    select_fp8_kernels,
+    warm_fp8_layers,
+)
+from .fp8_packed import pack_mlps, packed_mlp_shapes
 from .precision import COMPUTE_DTYPES, Attempt, Candidate, PrecisionDecision, plan_precision, resolve_request
 
 log = logging.getLogger(__name__)
@@ -340,7 +348,8 @@ def _build(
     model = _skeleton(info, compute_dtype, trust_remote_code)
     if mode == "fp8":  # the kernels' self-check runs on the model's own layer shapes, before any weight is read
         block = _fp8_block(info)
-        shapes = sorted({(m.out_features, m.in_features) for _, m in _fp8_projections(model)})
+        shapes = {(m.out_features, m.in_features) for _, m in _fp8_projections(model)}
+        shapes = sorted(shapes | packed_mlp_shapes(model, block))
         progress.update("checking FP8 kernels", 0.04)
         kernels, notes = select_fp8_kernels(target, block, shapes=shapes, fp8_hardware=dev.has_fp8, dtype=compute_dtype)
         details["fp8_kernel"] = kernels.describe()
@@ -367,7 +376,14 @@ def _build(
             log.warning("INT8 as requested, though %s (the automatic choice's bound is %s)", quality, MAX_RMS_ERROR)
         details["reason_suffix"] = f"{quality.describe()}; {kernel.name} decode kernel, {prefill.describe()}"
     if mode == "fp8":
+        packed = pack_mlps(model)  # gate and up in one FP8 weight where their sizes allow
+        if packed:
+            details["fp8_packed"] = f"gate/up packed in {packed} MLPs"
+        for layer in (m for m in model.modules() if isinstance(m, Fp8Linear)):
+            layer.prepare_scales()  # every kernel's scale layout, once, before the first forward
         check_fp8_layer(model, compute_dtype)
+        progress.update("compiling the FP8 kernels", 0.93)
+        warm_fp8_layers(model, compute_dtype)
     if prefill is not None and prefill.copy:
         details["prefill_copy_bytes"] = str(keep_prefill_copies(model))
     if dev.kind == "cpu" and not dev.simulated and prefill is not None:
@@ -404,8 +420,8 @@ def check_fp8_layer(model: nn.Module, dtype: torch.dtype, rows: int = 16) -> Non
     name, layer = next((n, m) for n, m in model.named_modules() if isinstance(m, Fp8Linear))
     generator = torch.Generator().manual_seed(0)
     x = torch.randn(rows, layer.in_features, generator=generator).to(dtype)
-    dense = dequantize_block_fp8(layer.weight.cpu(), layer.weight_scale_inv.cpu(), layer.block, torch.float32)
-    reference = x.float() @ dense.t()
+    kernel = layer.kernels.decode  # what serves this many rows; a W8A8 kernel is held to the W8A8 reference
+    reference = reference_output(kernel.kind, x, layer.weight.cpu(), layer.weight_scale_inv.cpu(), layer.block)
     with torch.inference_mode():
         out = layer(x.to(layer.weight.device)).float().cpu()
     error = ((out - reference).abs().max() / reference.abs().max().clamp(min=1e-30)).item()

@@ -17,7 +17,14 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..chat.backend import Backend
-from ..errors import BackendError, ContextLengthError, GenerationError, InvalidRequestError, QueueFullError
+from ..errors import (
+    BackendError,
+    ContextLengthError,
+    DeviceFaultError,
+    GenerationError,
+    InvalidRequestError,
+    QueueFullError,
+)
 from .api_models import ErrorResponse
 
 log = logging.getLogger(__name__)
@@ -80,6 +87,8 @@ def api_error_from(exc: BaseException, backend: Backend) -> APIError:
         )
     if isinstance(exc, BackendError):  # the remote server (--backend): 502 for its errors, 503 unreachable
         return APIError(exc.status, one_line(exc), type="server_error", code=exc.code)
+    if isinstance(exc, DeviceFaultError):  # serving ended: a restart is the fix
+        return APIError(503, one_line(exc), type="server_error", code="device_fault")
     if backend.status().state == "failed":
         return APIError(
             503,

@@ -308,7 +308,7 @@ def badge_html(backend: BackendStatus, *, demo: bool) -> str:
     if demo or backend.generated:
         demo_note = '<span class="qc-badge-demo">demo model, random weights</span>'
     decision = backend.precision
-    if decision is not None:
+    if decision is not None and backend.state != "failed":
         mode_class = "fp8" if decision.mode == "fp8" else "fallback" if "fallback" in decision.label else "plain"
         return (
             f'<div class="qc-badge qc-badge-{mode_class}" data-status="ready">'
@@ -319,9 +319,10 @@ def badge_html(backend: BackendStatus, *, demo: bool) -> str:
         )
     if backend.state == "failed":
         error = (backend.error or "unknown error").split(" Fix: ")[0]
+        what = "GPU fault: restart the server" if backend.device_fault else "model failed to load"
         return (
             '<div class="qc-badge qc-badge-failed" data-status="failed">'
-            '<span class="qc-badge-mode">model failed to load</span>'
+            f'<span class="qc-badge-mode">{what}</span>'
             f'<div class="qc-badge-reason">{html.escape(error)}</div></div>'
         )
     stage, fraction = backend.stage, backend.fraction
