@@ -94,7 +94,7 @@ def test_cancel_stops_within_one_step(noisy) -> None:
         if len(pieces) == 5:
             cancel.set()
 
-    result, pieces = run(
+    result, _ = run(
         noisy,
         prompt_for(noisy, "Tell a long story", False),
         cancel=cancel,
