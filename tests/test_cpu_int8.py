@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import threading
-
 import pytest
 import torch
 import torch.nn.functional as F
 
 import chatbot.model.loader as loader
-from chatbot.engine.generation import Generator
+from chatbot.engine.engine import ChatEngine
 from chatbot.engine.sampling import sampling_options
 from chatbot.model import cpu_int8
 from chatbot.model.cpu_int8 import (
@@ -156,9 +154,12 @@ def test_the_speed_check_counts_the_model_s_own_weights() -> None:
 
 
 def greedy(loaded, prompt: list[int], tokens: int = 24) -> tuple[int, ...]:
-    generator = Generator(loaded.model, loaded.tokenizer, loaded.eos_token_ids, loaded.device)
-    options = sampling_options(False, temperature=0, max_new_tokens=tokens)
-    return generator.run(prompt, options, threading.Event(), lambda _: None).token_ids
+    engine = ChatEngine.from_loaded(loaded, max_batch=1, prefix_cache_tokens=0)
+    try:
+        (result,) = engine.run_batch([prompt], sampling_options(False, temperature=0, max_new_tokens=tokens))
+    finally:
+        engine.close()
+    return result.token_ids
 
 
 def test_int8_model_loads_with_half_the_weights_and_writes_the_same_script(scripted_fp8) -> None:
