@@ -39,12 +39,10 @@ from .cpu_int8 import (
     CpuInt8Linear,
     Int8KernelUnavailable,
     Int8Quality,
-    Int8Speed,
     attach_kernel,
     convert_to_int8_layers,
     fp16_weight_bytes,
     linear_shapes,
-    measure_int8_speed,
     quantize_per_channel,
     release_free_heap,
     select_int8_kernel,
@@ -52,6 +50,7 @@ from .cpu_int8 import (
 )
 from .cpu_layers import (
     PrefillChoice,
+    _vector_isa,
     batched_decode_rows,
     choose_prefill_dtype,
     convert_to_cpu_layers,
@@ -61,7 +60,15 @@ from .device import DeviceInfo, detect_device, is_sticky_cuda_fault
 from .formats import PROJECTION_RE, FormatKind
 from .fp8 import DEFAULT_BLOCK, dequantize_block_fp8, quantize_block_fp8
 from .fp8_linear import Fp8DeviceFault, Fp8KernelUnavailable, Fp8Linear, select_fp8_kernels
-from .precision import COMPUTE_DTYPES, Attempt, Candidate, PrecisionDecision, plan_precision, resolve_request
+from .precision import (
+    COMPUTE_DTYPES,
+    Attempt,
+    Candidate,
+    Int8Rule,
+    PrecisionDecision,
+    plan_precision,
+    resolve_request,
+)
 
 log = logging.getLogger(__name__)
 DEFAULT_MAX_CONTEXT = 32768
@@ -155,7 +162,7 @@ def load_model(
     if dev.kind == "cuda" and gpu_memory_limit and not dev.simulated:
         torch.cuda.set_per_process_memory_fraction(gpu_memory_limit, dev.index)
     requested, request_source = resolve_request(precision)
-    int8_speed = _measure_int8(info, dev, progress) if requested == "auto" else None
+    int8_speed = _int8_rule(info, dev, progress) if requested == "auto" else None
     candidates, attempts = plan_precision(
         requested, dev, checkpoint_fp8=info.format.is_fp8, checkpoint_dtype=info.native_dtype, int8_speed=int8_speed
     )
@@ -209,8 +216,9 @@ def load_model(
     )
 
 
-def _measure_int8(info: CheckpointInfo, dev: DeviceInfo, progress: LoadProgress) -> Int8Speed | None:
-    """On a real CPU, for a model too large for the caches: the int8 kernel's speed against FP16's."""
+def _int8_rule(info: CheckpointInfo, dev: DeviceInfo, progress: LoadProgress) -> Int8Rule | None:
+    """On a real CPU, for a model too large for the caches: whether INT8 decodes faster here, by the rule
+    for the int8 kernel that passes its self-check on this CPU and the instruction set (``INT8_RULES``)."""
     if dev.kind != "cpu" or dev.simulated or info.config.get("model_type") not in SUPPORTED_MODEL_TYPES:
         return None
     try:
@@ -219,14 +227,15 @@ def _measure_int8(info: CheckpointInfo, dev: DeviceInfo, progress: LoadProgress)
         layer, _ = linear_shapes(info.config)
     except (KeyError, TypeError, ValueError):
         return None  # an unusual config: the 16-bit path, which needs none of these fields
-    progress.update("measuring int8 against fp16", 0.04)
+    progress.update("checking the int8 kernel", 0.04)
     try:
-        speed = measure_int8_speed(tuple(layer))
+        kernel = select_int8_kernel(tuple(sorted(set(layer))))
     except Int8KernelUnavailable as exc:
         log.warning("INT8 not considered: %s", exc)
         return None
-    log.info("INT8 %s", speed.describe())
-    return speed
+    rule = Int8Rule(kernel.name, _vector_isa())
+    log.info("INT8 %s: %s", "chosen" if rule.faster else "not chosen", rule.describe())
+    return rule
 
 
 def _step_down_errors() -> tuple[type[BaseException], ...]:
