@@ -49,12 +49,14 @@ from .cpu_int8 import (
     set_int8_tensor,
 )
 from .cpu_layers import (
+    CpuLinear,
     PrefillChoice,
     _vector_isa,
     batched_decode_rows,
     choose_prefill_dtype,
     convert_to_cpu_layers,
     keep_prefill_copies,
+    short_name,
 )
 from .device import DeviceInfo, detect_device, is_sticky_cuda_fault
 from .formats import PROJECTION_RE, FormatKind
@@ -66,6 +68,8 @@ from .precision import (
     Candidate,
     Int8Rule,
     PrecisionDecision,
+    batch_invariant_requested,
+    batched_decode_path,
     plan_precision,
     resolve_request,
 )
@@ -282,6 +286,16 @@ def _decision(
     )
 
 
+def _batched_decode_dtype(model: nn.Module, mode: str) -> str | None:
+    """What CPU layers compute batched decode rows with, when it is not what a lone row uses (else None)."""
+    for module in model.modules():
+        if isinstance(module, CpuLinear) and module.prefill_weight is not None and module.decode_rows < 2:
+            return f"the {short_name(module.prefill_weight.dtype)} prefill copy"
+        if isinstance(module, CpuInt8Linear) and module.batch_kernel is not None and module.single_rows < 2:
+            return "PyTorch's int8 kernel with BF16 activations"
+    return None
+
+
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0][:300] if text else type(exc).__name__
@@ -379,6 +393,12 @@ def _build(
         check_fp8_layer(model, compute_dtype)
     if prefill is not None and prefill.copy:
         details["prefill_copy_bytes"] = str(keep_prefill_copies(model))
+    invariant = batch_invariant_requested()
+    model.qwen_batch_invariant = invariant  # read by the engine's batched decode step
+    batched = _batched_decode_dtype(model, mode) if dev.kind == "cpu" else None
+    details["batched_decode"] = batched_decode_path(mode, dev.kind, batched, invariant)
+    if dev.kind == "cpu" and "reason_suffix" in details:
+        details["reason_suffix"] += f"; {details['batched_decode']}"
     if dev.kind == "cpu" and not dev.simulated and prefill is not None:
         progress.update("compiling the decode step", 0.9)
         details["decode_step"] = attach_decode_step(model, weights_bytes(model))

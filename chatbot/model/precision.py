@@ -258,3 +258,36 @@ def _auto_choice(
     if checkpoint_fp8:
         return Candidate("fp16", f"{prefix}FP16 fallback: {why}, so the FP8 weights are dequantized to FP16{slower}")
     return Candidate("fp16", f"{prefix}FP16 on CPU: 16-bit weights halve the bytes read per generated token{slower}")
+
+
+BATCH_INVARIANT_VAR = "QWEN_BATCH_INVARIANT"
+
+
+def batch_invariant_requested(environ: dict[str, str] | None = None) -> bool:
+    """``QWEN_BATCH_INVARIANT=1``: requests decoded together run row by row, each exactly as it runs alone.
+
+    Off by default: a matmul's rounding depends on how many rows it multiplies (and on the CPU batched
+    rows use faster weights: the BF16 prefill copy, PyTorch's int8 kernel), so a seeded reply can differ
+    in a batch from the same request alone; decoding every row alone costs the batching's speed.
+
+    Raises:
+        ValueError: a value other than 0/1, true/false, yes/no, on/off.
+    """
+    value = (os.environ if environ is None else environ).get(BATCH_INVARIANT_VAR, "").strip().lower()
+    if value in ("", "0", "false", "no", "off"):
+        return False
+    if value in ("1", "true", "yes", "on"):
+        return True
+    raise ValueError(f"{BATCH_INVARIANT_VAR} must be 1 or 0, not {value!r}")
+
+
+def batched_decode_path(mode: str, device_kind: str, batched_dtype: str | None, invariant: bool) -> str:
+    """One sentence for the reason: what requests decoded together (2 or more rows) compute with."""
+    if invariant:
+        return f"requests decoded together run one by one, each as alone ({BATCH_INVARIANT_VAR}=1)"
+    if batched_dtype is None:
+        return f"requests decoded together use the same {mode.upper()} weights as one alone"
+    return (
+        f"requests decoded together use {batched_dtype}, so a seeded reply may differ from the same request "
+        f"alone ({BATCH_INVARIANT_VAR}=1 decodes each as alone)"
+    )
