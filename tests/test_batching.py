@@ -24,11 +24,11 @@ from chatbot.model.loader import load_model
 
 @pytest.fixture(scope="module")
 def noisy(random_fp8):
-    # Batches of up to 16 rows decode from the 16-bit weights, as a lone request does (by default a CPU
-    # batch of two or more decodes from the faster prefill copy, whose rounding differs): then a reply
-    # in a batch can be checked against the same request alone, token for token.
+    # Batch-invariant: rows decoded together run each as alone (by default a CPU batch of two or more
+    # decodes from the faster prefill copy, and a matmul's rounding depends on its rows anyway): then a
+    # reply in a batch can be checked against the same request alone, token for token.
     with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("QWEN_CPU_DECODE_ROWS", "16")
+        patch.setenv("QWEN_BATCH_INVARIANT", "1")
         return load_model(str(random_fp8), device="cpu")
 
 
@@ -88,6 +88,25 @@ def test_batched_replies_equal_solo_replies_token_for_token(noisy) -> None:
         assert shared.token_ids == single.token_ids, f"request {number}"
         assert shared.text == single.text and shared.finish_reason == single.finish_reason
     assert [len(r.token_ids) for r in together] == [40, 30, 9, 50, 25]
+
+
+def test_the_reason_names_what_batched_rows_decode_with(noisy, random_fp8) -> None:
+    assert "requests decoded together run one by one, each as alone (QWEN_BATCH_INVARIANT=1)" in noisy.precision.reason
+    default = load_model(str(random_fp8), device="cpu")  # the badge and /health show this reason
+    assert "requests decoded together use the BF16 prefill copy" in default.precision.reason or (
+        "requests decoded together use the FP32 prefill copy" in default.precision.reason
+    )
+    assert default.precision.details["batched_decode"] in default.precision.reason
+    assert not default.model.qwen_batch_invariant
+
+
+def test_batch_invariance_is_off_unless_asked_for() -> None:
+    from chatbot.model.precision import batch_invariant_requested
+
+    assert not batch_invariant_requested({}) and not batch_invariant_requested({"QWEN_BATCH_INVARIANT": "0"})
+    assert batch_invariant_requested({"QWEN_BATCH_INVARIANT": "1"})
+    with pytest.raises(ValueError, match="QWEN_BATCH_INVARIANT must be 1 or 0"):
+        batch_invariant_requested({"QWEN_BATCH_INVARIANT": "maybe"})
 
 
 def test_stop_strings_and_max_tokens_act_per_request_in_a_batch(scripted) -> None:

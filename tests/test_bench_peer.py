@@ -23,15 +23,17 @@ def test_rounds_take_every_contestant_once_in_turn() -> None:
     def contestant(name: str, kind: str) -> Contestant:
         def measure() -> dict[str, float]:
             calls.append(name)
-            return {"prefill": 100.0 + len(calls), "decode": 10.0 + len(calls)}
+            figures = {"prefill": 100.0 + len(calls), "decode": 10.0 + len(calls)}
+            return {**figures, "decode_main_thread": 9.0} if kind == "ours" else figures
 
         return Contestant(name, kind, measure)
 
     names = ["ours a", "peer b", "ours c", "peer d"]
     report = interleave([contestant(n, n.split()[0]) for n in names], rounds=3, log=lambda _: None)
     assert calls == names * 3
-    first = report["contestants"][0]
+    first, peer = report["contestants"][0], report["contestants"][1]
     assert first["prefill"] == [101.0, 105.0, 109.0] and first["decode"] == [11.0, 15.0, 19.0]
+    assert first["decode_main_thread"] == [9.0] * 3 and "decode_main_thread" not in peer
 
 
 LLAMA_BENCH_JSON = json.dumps(
@@ -66,6 +68,7 @@ def fabricated_report() -> dict:
                 "ours",
                 [70, 72, 40],
                 [5, 6, 3],
+                decode_main_thread=[5, 6, 4],
                 mode="fp16",
                 label="FP16 fallback",
                 peak_rss_bytes=3000 * 2**20,
@@ -88,7 +91,9 @@ def test_report_gives_each_round_the_medians_and_the_ratios_of_medians() -> None
     assert rows[("ours INT8 / ours FP16 fallback", "peak memory")] == (pytest.approx(0.4), 0.65)
     text = "\n".join(markdown_lines(report))
     assert "Test CPU (AVX2), 2 threads, 3 interleaved rounds" in text
-    assert "| llama.cpp Q8_0 | 70.0, 71.0, 65.0 | 70.0 | 18.0, 20.0, 19.0 | 19.0 | - |" in text
+    assert rows[("ours FP16 fallback served / main thread", "decode")] == (5 / 5, 0.97)
+    assert "| llama.cpp Q8_0 | 70.0, 71.0, 65.0 | 70.0 | 18.0, 20.0, 19.0 | 19.0 | - | - |" in text
+    assert "| ours, default (FP16 fallback) | 70.0, 72.0, 40.0 | 70.0 | 5.0, 6.0, 3.0 | 5.0 | 5.0 | 3000 |" in text
     assert "| ours INT8 / llama.cpp Q8_0 | decode | 0.47x | >= 0.90x (MISSED) |" in text
     assert "| ours INT8 / ours FP16 fallback | peak memory | 0.40x | <= 0.65x (met) |" in text
 
@@ -103,6 +108,8 @@ def test_a_real_run_interleaves_llama_bench_with_our_two_modes(llamacpp, scripte
     assert report["contestants"][0]["mode"] == "fp16" and report["contestants"][2]["mode"] == "int8"
     for contestant in report["contestants"]:
         assert len(contestant["prefill"]) == len(contestant["decode"]) == 2
+        if contestant["kind"] == "ours":  # served by the engine's worker thread, and on the main thread
+            assert len(contestant["decode_main_thread"]) == 2
         assert min(contestant["prefill"] + contestant["decode"]) > 0
     measured = [line.split(": ")[1] for line in lines if line.startswith("round ")]
     assert measured == names * 2  # in turn, round after round
@@ -130,7 +137,7 @@ def test_our_avx2_worker_runs_pytorch_with_avx2_kernels(scripted_qwen3: Path) ->
     try:
         assert worker.info["cpu_capability"] == "AVX2"
         figures = worker.measure()
-        assert figures["prefill"] > 0 and figures["decode"] > 0
+        assert figures["prefill"] > 0 and figures["decode"] > 0 and figures["decode_main_thread"] > 0
         assert worker.close()["peak_rss_bytes"] > 0
     finally:
         worker.kill()

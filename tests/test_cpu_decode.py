@@ -6,13 +6,10 @@ forces it on here. Nothing measures speed.
 
 from __future__ import annotations
 
-import threading
-
 import pytest
 import torch
 
 from chatbot.engine.engine import ChatEngine, Failed, Finished
-from chatbot.engine.generation import Generator
 from chatbot.engine.kv_cache import new_cache
 from chatbot.engine.sampling import sampling_options
 from chatbot.model.cpu_decode import CHECK_TOLERANCE, requested_mode
@@ -143,11 +140,14 @@ def _finished_text(job) -> str:
 
 def test_an_fp16_overflow_goes_back_to_transformers_fp32_decode(load_with) -> None:
     loaded = load_with("compiled")
-    generator = Generator(loaded.model, loaded.tokenizer, loaded.eos_token_ids, loaded.device)
     assert use_fp32_decode(loaded.model)
     assert not loaded.model.qwen_decode_step.enabled  # the recovery decodes in FP32 from the layers
     options = sampling_options(False, temperature=0, min_new_tokens=5, max_new_tokens=5)
-    result = generator.run([7, 11, 19], options, threading.Event(), lambda text: None)
+    engine = ChatEngine.from_loaded(loaded, max_batch=1, prefix_cache_tokens=0)
+    try:
+        (result,) = engine.run_batch([[7, 11, 19]], options)
+    finally:
+        engine.close()
     assert len(result.token_ids) == 5
 
 

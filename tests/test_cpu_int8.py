@@ -2,28 +2,24 @@
 
 from __future__ import annotations
 
-import threading
-
 import pytest
 import torch
 import torch.nn.functional as F
 
 import chatbot.model.loader as loader
-from chatbot.engine.generation import Generator
+from chatbot.engine.engine import ChatEngine
 from chatbot.engine.sampling import sampling_options
 from chatbot.model import cpu_int8
 from chatbot.model.cpu_int8 import (
     CpuInt8Linear,
     Int8KernelUnavailable,
-    Int8Speed,
     dequantize,
-    fp16_weight_bytes,
     quantize_per_channel,
     select_int8_kernel,
 )
 from chatbot.model.device import DeviceInfo
 from chatbot.model.loader import load_model
-from chatbot.model.precision import plan_precision
+from chatbot.model.precision import Int8Rule, plan_precision
 
 
 def int8_layer(weight: torch.Tensor, kernel_name: str | None = None) -> CpuInt8Linear:
@@ -119,46 +115,55 @@ def test_a_kernel_that_fails_its_self_check_is_skipped_with_the_reason(monkeypat
         select_int8_kernel.cache_clear()
 
 
-FAST = Int8Speed(int8_ms=10.0, fp16_ms=20.0, sample_mib=192, kernel="inductor")
-SLOW = Int8Speed(int8_ms=20.0, fp16_ms=21.0, sample_mib=192, kernel="inductor")
+FAST = Int8Rule("inductor", "AVX512")  # INT8_RULES: faster than FP16
+SLOW = Int8Rule("aten", "AVX2")  # INT8_RULES: slower
 
 
-def test_auto_on_cpu_picks_int8_only_when_measured_faster() -> None:
+def test_auto_on_cpu_picks_int8_by_the_rule_for_its_kernel_and_instruction_set() -> None:
     cpu = DeviceInfo.simulated_cpu()
     candidates, _ = plan_precision("auto", cpu, checkpoint_fp8=True, int8_speed=FAST)
     assert [c.mode for c in candidates] == ["int8", "fp16", "bf16", "fp32"]
-    assert "2.00x FP16's speed" in candidates[0].reason and "1 byte per weight" in candidates[0].reason
+    assert "1.37x FP16's tokens/s" in candidates[0].reason and "1 byte per weight" in candidates[0].reason
+    assert "inductor kernel, AVX512 code" in candidates[0].reason
     candidates, _ = plan_precision("auto", cpu, checkpoint_fp8=True, int8_speed=SLOW)
     assert [c.mode for c in candidates] == ["fp16", "bf16", "fp32"]
-    assert "INT8 not used: decode matmuls measured 1.05x" in candidates[0].reason
-    candidates, _ = plan_precision("auto", cpu, checkpoint_fp8=True)  # not measured (a small model)
+    assert "INT8 not used: PyTorch's int8 kernel decoded 0.84x" in candidates[0].reason
+    unknown = Int8Rule("vnni", "AVX512")  # a kernel the bench has not measured yet keeps FP16
+    candidates, _ = plan_precision("auto", cpu, checkpoint_fp8=True, int8_speed=unknown)
+    assert candidates[0].mode == "fp16" and "no measurement of the vnni int8 kernel" in candidates[0].reason
+    candidates, _ = plan_precision("auto", cpu, checkpoint_fp8=True)  # not considered (a small model)
     assert candidates[0].mode == "fp16" and "INT8" not in candidates[0].reason
 
 
-def test_int8_is_a_cpu_mode() -> None:
-    candidates, refused = plan_precision("int8", DeviceInfo.simulated_cuda((9, 0)), checkpoint_fp8=True)
-    assert candidates[0].mode == "fp8" and "INT8 is a CPU mode" in refused[0].detail
-    candidates, _ = plan_precision("int8", DeviceInfo.simulated_cpu(), checkpoint_fp8=True)
-    assert [c.mode for c in candidates] == ["int8", "fp16", "bf16", "fp32"]
+def test_the_int8_choice_is_a_rule_not_a_timing_so_the_same_machine_always_gets_the_same_mode(
+    scripted_fp8, monkeypatch
+) -> None:
+    """Simulated machines (kernel, instruction set): no timing runs, and every load answers alike."""
+    from chatbot.model.checkpoint import inspect_checkpoint, resolve_checkpoint
+    from chatbot.model.device import detect_device
+    from chatbot.model.loader import LoadProgress
 
+    def no_timing(*args, **kwargs):
+        raise AssertionError("auto must not time kernels at load")
 
-def test_the_speed_check_counts_the_model_s_own_weights() -> None:
-    config = {
-        "hidden_size": 1024,
-        "num_attention_heads": 16,
-        "num_key_value_heads": 8,
-        "head_dim": 128,
-        "intermediate_size": 3072,
-        "num_hidden_layers": 28,
-        "vocab_size": 151936,
-    }
-    assert fp16_weight_bytes(config) == 2 * (28 * 15_728_640 + 151936 * 1024)  # Qwen3-0.6B: 1.19 GB
+    monkeypatch.setattr(cpu_int8, "measure_int8_speed", no_timing)
+    monkeypatch.setattr(loader, "INT8_MIN_MODEL_BYTES", 0)
+    info = inspect_checkpoint(resolve_checkpoint(str(scripted_fp8)), str(scripted_fp8))
+    device = detect_device("cpu")
+    for kernel, isa, expected in (("inductor", "AVX512", True), ("aten", "AVX2", False), ("aten", "AVX512", False)):
+        monkeypatch.setattr(loader, "select_int8_kernel", lambda shapes, name=kernel: cpu_int8.Int8Kernel(name, None))
+        monkeypatch.setattr(loader, "_vector_isa", lambda isa=isa: isa)
+        answers = {loader._int8_rule(info, device, LoadProgress()).faster for _ in range(5)}
+        assert answers == {expected}, (kernel, isa)
 
 
 def greedy(loaded, prompt: list[int], tokens: int = 24) -> tuple[int, ...]:
-    generator = Generator(loaded.model, loaded.tokenizer, loaded.eos_token_ids, loaded.device)
-    options = sampling_options(False, temperature=0, max_new_tokens=tokens)
-    return generator.run(prompt, options, threading.Event(), lambda _: None).token_ids
+    engine = ChatEngine.from_loaded(loaded, max_batch=1, prefix_cache_tokens=0)
+    try:
+        (result,) = engine.run_batch([prompt], sampling_options(False, temperature=0, max_new_tokens=tokens))
+    finally:
+        engine.close()
+    return result.token_ids
 
 
 def test_int8_model_loads_with_half_the_weights_and_writes_the_same_script(scripted_fp8) -> None:
@@ -176,11 +181,13 @@ def test_int8_model_loads_with_half_the_weights_and_writes_the_same_script(scrip
     assert greedy(int8, prompt) == greedy(fp16, prompt)
 
 
-def test_auto_loads_int8_when_measured_faster_and_steps_down_beyond_the_error_bound(scripted_fp8, monkeypatch) -> None:
+def test_auto_loads_int8_where_its_rule_says_faster_and_steps_down_beyond_the_error_bound(
+    scripted_fp8, monkeypatch
+) -> None:
     monkeypatch.setattr(loader, "INT8_MIN_MODEL_BYTES", 0)  # treat the tiny model as one beyond the caches
-    monkeypatch.setattr(loader, "measure_int8_speed", lambda shapes: FAST)
+    monkeypatch.setattr(loader, "_int8_rule", lambda info, dev, progress: FAST)
     decision = load_model(str(scripted_fp8), device="cpu").precision
-    assert decision.mode == "int8" and decision.label == "INT8 fallback" and "measured 2.00x" in decision.reason
+    assert decision.mode == "int8" and decision.label == "INT8 fallback" and "1.37x" in decision.reason
     monkeypatch.setattr(loader, "MAX_RMS_ERROR", 1e-6)
     decision = load_model(str(scripted_fp8), device="cpu").precision
     assert [(a.mode, a.ok) for a in decision.attempts] == [("int8", False), ("fp16", True)]

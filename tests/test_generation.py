@@ -1,4 +1,4 @@
-"""The decode loop on a real (tiny) model: streaming text, stop conditions, cancellation, cache reuse."""
+"""The engine's decode loop on a real (tiny) model: streaming text, stop conditions, cancellation, cache reuse."""
 
 from __future__ import annotations
 
@@ -12,8 +12,9 @@ from transformers import AutoTokenizer
 from chatbot.authoring.modelgen import SCRIPTED_ANSWER, SCRIPTED_THINKING
 from chatbot.chat.prompt import build_prompt
 from chatbot.engine.constraints import Constraint
-from chatbot.engine.generation import Generator, IncrementalDetokenizer, PrefixCache, StopStringMatcher
-from chatbot.engine.sampling import sampling_options
+from chatbot.engine.engine import ChatEngine, Failed, Finished, TextDelta
+from chatbot.engine.generation import IncrementalDetokenizer, PrefixCache, StopStringMatcher
+from chatbot.engine.sampling import Sampler, sampling_options
 from chatbot.model.loader import load_model
 
 
@@ -37,16 +38,25 @@ def prompt_for(loaded, text: str, thinking: bool) -> list[int]:
     ).ids
 
 
-def run(loaded, ids, cache=None, cancel=None, on_piece=None, **options):
-    generator = Generator(loaded.model, loaded.tokenizer, loaded.eos_token_ids, loaded.device, cache)
+def run(loaded, ids, cache=None, cancel=None, on_piece=None, thinking=False, **options):
+    """One reply through the engine, as the servers run it; ``cache`` stands in for its prefix cache."""
+    engine = ChatEngine.from_loaded(loaded, max_batch=1, prefix_cache_tokens=0)
+    if cache is not None:
+        engine.prefix_cache = cache
     pieces: list[str] = []
-
-    def emit(text: str) -> None:
-        pieces.append(text)
-        if on_piece:
-            on_piece(pieces)
-
-    result = generator.run(ids, sampling_options(False, **options), cancel or threading.Event(), emit)
+    result = None
+    try:
+        for event in engine.stream(ids, sampling_options(thinking, **options), cancel):
+            if isinstance(event, TextDelta):
+                pieces.append(event.text)
+                if on_piece:
+                    on_piece(pieces)
+            elif isinstance(event, Finished):
+                result = event.result
+            elif isinstance(event, Failed):
+                raise event.error
+    finally:
+        engine.close()
     assert "".join(pieces) == result.text  # the stream adds up to the result
     return result, pieces
 
@@ -84,7 +94,7 @@ def test_cancel_stops_within_one_step(noisy) -> None:
         if len(pieces) == 5:
             cancel.set()
 
-    result, pieces = run(
+    result, _ = run(
         noisy,
         prompt_for(noisy, "Tell a long story", False),
         cancel=cancel,
@@ -93,7 +103,7 @@ def test_cancel_stops_within_one_step(noisy) -> None:
         max_new_tokens=500,
     )
     assert result.finish_reason == "cancelled"
-    assert len(pieces) <= 6  # the five pieces, then at most the flush of held-back bytes
+    # The worker sees the signal at its next round; pieces it streamed meanwhile were already queued.
     assert len(result.token_ids) < 100  # nowhere near the 500 it was asked for
 
 
@@ -209,9 +219,7 @@ def test_a_grammar_makes_even_random_weights_write_schema_valid_json(noisy) -> N
 def test_the_grammar_waits_for_the_end_of_thinking(scripted) -> None:
     constraint = Constraint("json_schema", json.dumps(ENUM_SCHEMA), after_thinking=True)
     ids = prompt_for(scripted, "Pick a colour", True)
-    generator = Generator(scripted.model, scripted.tokenizer, scripted.eos_token_ids, scripted.device)
-    options = sampling_options(True, max_new_tokens=120, constraint=constraint)
-    result = generator.run(ids, options, threading.Event(), lambda _: None)
+    result, _ = run(scripted, ids, thinking=True, max_new_tokens=120, constraint=constraint)
     thinking, _, answer = result.text.partition("</think>")
     assert thinking == f"<think>{SCRIPTED_THINKING}"  # thinking stays free
     assert result.finish_reason == "stop"
@@ -232,12 +240,11 @@ def test_logit_bias_and_logprobs_on_the_scripted_model(scripted) -> None:
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
-def test_the_one_pass_finiteness_check_sees_any_inf_or_nan(bad, dtype) -> None:
-    from chatbot.engine.generation import all_finite
-
+def test_the_one_pass_finiteness_flag_of_a_pick_sees_any_inf_or_nan(bad, dtype) -> None:
+    sampler = Sampler(sampling_options(False, temperature=0), [], (0,), torch.device("cpu"))
     logits = (torch.randn(151936) * 30).to(dtype)  # a 16-bit sum of these would overflow; the check sums in FP32
-    assert all_finite(logits)
+    assert sampler.pick(logits, 0)[1] == 1.0
     for position in (0, 77777, 151935):
         broken = logits.clone()
         broken[position] = bad
-        assert not all_finite(broken)
+        assert sampler.pick(broken, 0)[1] == 0.0

@@ -6,8 +6,12 @@ token, prefill and decode speed (median of several runs after a warm-up, with mi
 share of the memory-bandwidth limit that decode reaches, and fidelity against the highest precision
 (top-1 agreement, mean KL divergence, perplexity on the passage shipped in ``chatbot/data``). The
 default precision also runs the chat scenarios: time to first token at turns 1, 2, 4 and 8 of one
-conversation (with and without the conversation cache), decode through the chat stream against a
-bare decode loop, and batch throughput at batch sizes 1, 4 and 8.
+conversation (with and without the conversation cache), decode through the chat stream against the
+same decode on the main thread, and batch throughput at batch sizes 1, 4 and 8.
+
+Every speed of ours is the served one: requests to ``ChatEngine``, decoded on its worker thread as
+the servers run them (see ``bench_worker``); beside each, interleaved, the same request through the
+same engine code on the main thread, and their ratio.
 
 Output: a Markdown table on stdout, ``bench.json`` and ``bench.png`` in ``--out``.
 
@@ -34,6 +38,7 @@ from . import bench_serving
 from .bench_worker import BATCH_SIZES, TURNS
 
 ALL_PRECISIONS = ("fp8", "int8", "fp16", "bf16", "fp32")
+SERVED_TARGET = 0.97  # served decode (engine worker thread) against the same decode on the main thread
 # Figures to compare with, measured on a 2-core AVX2 CPU with the Qwen3-0.6B architecture (tokens/s).
 REFERENCE_FIGURES = {
     "plain transformers 5.23, FP32": {"prefill_64": 72, "decode": 7.9},
@@ -184,12 +189,12 @@ def markdown(report: dict[str, Any]) -> str:
         + (f"measured memory bandwidth {bandwidth / 1e9:.1f} GB/s" if bandwidth else "no precision ran"),
         "",
         "| precision | mode used | load s | weights MiB | peak RSS MiB | TTFT s | prefill tok/s | decode tok/s "
-        "(min-max) | bandwidth use | top-1 agree | mean KL | perplexity |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "served (min-max) | main thread | served / main | bandwidth use | top-1 agree | mean KL | perplexity |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in report["results"]:
         if "error" in r:
-            lines.append(f"| {r['precision']} | failed: {r['error'].splitlines()[-1]} |" + " |" * 10)
+            lines.append(f"| {r['precision']} | failed: {r['error'].splitlines()[-1]} |" + " |" * 12)
             continue
         decode = r["decode_tok_s"]
         share = r["decoded_weight_bytes"] * decode["median"] / bandwidth if bandwidth else None
@@ -199,11 +204,12 @@ def markdown(report: dict[str, Any]) -> str:
             f"| {r['weights_bytes'] / 2**20:.0f} | {r['peak_rss_bytes'] / 2**20:.0f} "
             f"| {_fmt(r['time_to_first_token_s']['median'], 2)} | {_fmt(r['prefill_tok_s']['median'])} "
             f"| {_fmt(decode['median'])} ({_fmt(decode['min'])}-{_fmt(decode['max'])}) "
+            f"| {_fmt(r['main_thread_decode_tok_s']['median'])} | {r['served_vs_main_thread']:.2f}x "
             f"| {'-' if share is None else f'{share:.0%}'} | {_fmt(fidelity.get('top1_agreement'), 3)} "
             f"| {_kl(fidelity.get('mean_kl'))} | {_fmt(fidelity['perplexity'])} |"
         )
     for precision, why in report["skipped"].items():
-        lines.append(f"| {precision} | skipped: {why} |" + " |" * 10)
+        lines.append(f"| {precision} | skipped: {why} |" + " |" * 12)
     lines += _baseline_lines(report) + _scenario_lines(report) + _target_lines(report) + _reference_lines()
     if "serving" in report:
         lines += bench_serving.markdown_lines(report["serving"])
@@ -249,11 +255,12 @@ def _scenario_lines(report: dict[str, Any]) -> list[str]:
         "|---" * (len(BATCH_SIZES) + 1) + "|",
         "| total new tok/s | " + " | ".join(_fmt(s["batch_tok_s"][str(b)]) for b in BATCH_SIZES) + " |",
     ]
-    versus = s["stream_vs_bare"]
+    versus = s["served_vs_main_thread"]
     lines += [
         "",
-        f"Decode, {versus['prompt_tokens']}-token prompt: chat stream {_fmt(versus['stream_tok_s']['median'])} "
-        f"tok/s, bare loop {_fmt(versus['bare_tok_s']['median'])} tok/s ({versus['ratio']:.2f}x)",
+        f"Decode, {versus['prompt_tokens']}-token prompt: served (chat stream, engine worker thread) "
+        f"{_fmt(versus['served_tok_s']['median'])} tok/s, the same engine code on the main thread "
+        f"{_fmt(versus['main_thread_tok_s']['median'])} tok/s ({versus['ratio']:.2f}x), interleaved",
     ]
     return lines
 
@@ -265,8 +272,9 @@ def targets(report: dict[str, Any]) -> list[tuple[str, str, bool | None]]:
     rows: list[tuple[str, str, bool | None]] = []
     if main and "scenarios" in main:
         s = main["scenarios"]
-        ratio = s["stream_vs_bare"]["ratio"]
-        rows.append(("chat stream decode >= 0.9x bare decode", f"{ratio:.2f}x", ratio >= 0.9))
+        ratio = s["served_vs_main_thread"]["ratio"]
+        target = f"served decode >= {SERVED_TARGET}x main-thread decode (chat stream)"
+        rows.append((target, f"{ratio:.2f}x", ratio >= SERVED_TARGET))
         turns = s["ttft_by_turn_with_cache"]
         growth = turns[str(max(TURNS))] / turns["1"]
         rows.append(("TTFT turn 8 <= 1.5x turn 1", f"{growth:.2f}x", growth <= 1.5))
@@ -275,6 +283,12 @@ def targets(report: dict[str, Any]) -> list[tuple[str, str, bool | None]]:
         decode = main["decode_tok_s"]["median"] / results["fp32"]["decode_tok_s"]["median"]
         rows.append((f"{main['precision']} prefill >= FP32 prefill", f"{prefill:.2f}x", prefill >= 0.95))
         rows.append((f"{main['precision']} decode vs FP32 decode (half the bytes)", f"{decode:.2f}x", None))
+    for precision, r in results.items():
+        if "served_vs_main_thread" in r:
+            ratio = r["served_vs_main_thread"]
+            rows.append(
+                (f"{precision} served decode >= {SERVED_TARGET}x main thread", f"{ratio:.2f}x", ratio >= SERVED_TARGET)
+            )
     for b in report.get("baselines", []):
         if main and "error" not in b and b["baseline"] in ("bf16", "fp16"):
             ratio = main["decode_tok_s"]["median"] / b["decode_tok_s"]["median"]

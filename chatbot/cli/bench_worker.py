@@ -4,6 +4,12 @@
 and decode speed, fidelity against a reference, and for the default precision the chat scenarios);
 ``plain_worker`` measures plain transformers on the same weights as the baseline. Each prints one JSON
 line; ``chatbot.cli.bench`` runs them and writes the report.
+
+Every speed of ours comes from ``ChatEngine`` as the servers run it: requests submitted to the engine,
+decoded by its worker thread with its sampler, stop checks and streaming detokenizer, timed by the
+request's own stats. Beside each served decode, interleaved, the same request runs through the same
+engine code on the process's main thread (``ChatEngine.run_on_this_thread``): the ratio shows what
+serving from the worker thread costs.
 """
 
 from __future__ import annotations
@@ -33,46 +39,51 @@ def _prompt_ids(tokenizer: Any, count: int) -> list[int]:
     return ids[:count]
 
 
-def _measure_generation(loaded: Any, prompt: list[int], new_tokens: int, runs: int) -> dict[str, Any]:
-    import threading
+def bench_engine(loaded: Any) -> Any:
+    """An engine over ``loaded`` for speed runs: one request at a time, no prefix cache (each run reads
+    its whole prompt)."""
+    from ..engine.engine import ChatEngine
 
-    from ..engine.generation import Generator
+    return ChatEngine.from_loaded(loaded, max_batch=1, prefix_cache_tokens=0)
+
+
+def served(engine: Any, prompt: list[int], options: Any) -> Any:
+    """The result of one request served by ``engine``'s worker thread (raises the request's error)."""
+    from ..engine.engine import Failed, Finished
+
+    for event in engine.stream(prompt, options):
+        if isinstance(event, Finished):
+            return event.result
+        if isinstance(event, Failed):
+            raise event.error
+    raise RuntimeError("the request ended without a result")
+
+
+def greedy(new_tokens: int) -> Any:
     from ..engine.sampling import sampling_options
 
-    generator = Generator(loaded.model, loaded.tokenizer, loaded.eos_token_ids, loaded.device)
-    options = sampling_options(False, temperature=0, min_new_tokens=new_tokens, max_new_tokens=new_tokens)
-    generator.run(prompt[:32], sampling_options(False, temperature=0, max_new_tokens=4), threading.Event(), _drop)
-    ttft, prefill, decode = [], [], []
+    return sampling_options(False, temperature=0, min_new_tokens=new_tokens, max_new_tokens=new_tokens)
+
+
+def _measure_generation(engine: Any, prompt: list[int], new_tokens: int, runs: int) -> dict[str, Any]:
+    """Served runs, each followed by the same request on the main thread (decode only)."""
+    options = greedy(new_tokens)
+    served(engine, prompt[:32], greedy(4))  # warm-up, on both threads
+    engine.run_on_this_thread(prompt[:32], greedy(4))
+    ttft, prefill, decode, main_thread = [], [], [], []
     for _ in range(runs):
-        stats = generator.run(prompt, options, threading.Event(), _drop).stats
+        stats = served(engine, prompt, options).stats
         ttft.append(stats.time_to_first_token)
         prefill.append(len(prompt) / stats.prefill_seconds)
         decode.append(stats.tokens_per_second)
-    return {"time_to_first_token_s": spread(ttft), "prefill_tok_s": spread(prefill), "decode_tok_s": spread(decode)}
-
-
-def _drop(_: str) -> None:
-    return None
-
-
-def _bare_decode(loaded: Any, prompt: list[int], new_tokens: int) -> float:
-    """Tokens/s of a bare greedy loop (no queue, streaming, sampling or stop checks) with the same
-    key/value cache as the app: the ratio then measures what the chat path adds, nothing else."""
-    import torch
-
-    from ..engine.kv_cache import new_cache
-
-    with torch.inference_mode():
-        cache = new_cache(loaded.model.config)
-        ids = torch.tensor([prompt], device=loaded.device)
-        out = loaded.model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
-        token = out.logits[:, -1].argmax(-1, keepdim=True)
-        start = time.perf_counter()
-        for _ in range(new_tokens - 1):
-            out = loaded.model(input_ids=token, past_key_values=cache, use_cache=True)
-            token = out.logits[:, -1].argmax(-1, keepdim=True)
-        int(token)
-        return (new_tokens - 1) / (time.perf_counter() - start)
+        main_thread.append(engine.run_on_this_thread(prompt, options).stats.tokens_per_second)
+    return {
+        "time_to_first_token_s": spread(ttft),
+        "prefill_tok_s": spread(prefill),
+        "decode_tok_s": spread(decode),
+        "main_thread_decode_tok_s": spread(main_thread),
+        "served_vs_main_thread": statistics.median(decode) / statistics.median(main_thread),
+    }
 
 
 def _fidelity(loaded: Any, reference: Path | None, save: Path | None) -> dict[str, float]:
@@ -108,9 +119,9 @@ def _decoded_weight_bytes(model: Any) -> int:
     return total
 
 
-def _stream_vs_bare(engine: Any, prompt_tokens: int, new_tokens: int, runs: int) -> dict[str, Any]:
-    """Decode through the chat stream (engine queue, streaming, thinking split, stop checks) against a
-    bare loop, alternating runs on the same model, prompt and reply length."""
+def _served_vs_main_thread(engine: Any, prompt_tokens: int, new_tokens: int, runs: int) -> dict[str, Any]:
+    """Decode through the chat stream (``stream_reply``: engine queue, worker thread, streaming, thinking
+    split, stop checks) against the same engine code on the main thread, alternating runs."""
     from ..authoring.tokenizer_build import data_text
     from ..chat.prompt import build_prompt
     from ..chat.reply import ChatDone, stream_reply
@@ -122,9 +133,9 @@ def _stream_vs_bare(engine: Any, prompt_tokens: int, new_tokens: int, runs: int)
     ids = build_prompt(
         loaded.tokenizer, messages, enable_thinking=False, max_context=loaded.max_context, max_new_tokens=new_tokens
     ).ids
-    stream, bare = [], []
+    stream, main_thread = [], []
     for _ in range(runs):
-        bare.append(_bare_decode(loaded, ids, new_tokens))
+        main_thread.append(engine.run_on_this_thread(ids, greedy(new_tokens)).stats.tokens_per_second)
         for event in stream_reply(
             engine, messages, temperature=0, min_new_tokens=new_tokens, max_new_tokens=new_tokens
         ):
@@ -132,9 +143,9 @@ def _stream_vs_bare(engine: Any, prompt_tokens: int, new_tokens: int, runs: int)
                 stream.append(event.stats["tokens_per_second"])
     return {
         "prompt_tokens": len(ids),
-        "stream_tok_s": spread(stream),
-        "bare_tok_s": spread(bare),
-        "ratio": statistics.median(stream) / statistics.median(bare),
+        "served_tok_s": spread(stream),
+        "main_thread_tok_s": spread(main_thread),
+        "ratio": statistics.median(stream) / statistics.median(main_thread),
     }
 
 
@@ -163,7 +174,9 @@ def _scenarios(loaded_source: str, device: str, precision: str, spec: dict[str, 
                         ttft[turn] = event.stats["time_to_first_token"]
         results[f"ttft_by_turn_{label}"] = ttft
         if label == "without_cache":
-            results["stream_vs_bare"] = _stream_vs_bare(engine, spec["prompt_tokens"], spec["new_tokens"], spec["runs"])
+            results["served_vs_main_thread"] = _served_vs_main_thread(
+                engine, spec["prompt_tokens"], spec["new_tokens"], spec["runs"]
+            )
         if label == "with_cache":
             throughput = {}
             for size in BATCH_SIZES:
@@ -204,7 +217,9 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
         "prompt_tokens": len(prompt),
         "new_tokens": spec["new_tokens"],
     }
-    result.update(_measure_generation(loaded, prompt, spec["new_tokens"], spec["runs"]))
+    engine = bench_engine(loaded)
+    result.update(_measure_generation(engine, prompt, spec["new_tokens"], spec["runs"]))
+    engine.close()
     reference = Path(spec["reference"]) if spec.get("reference") else None
     save = Path(spec["save_logprobs"]) if spec.get("save_logprobs") else None
     result["fidelity"] = _fidelity(loaded, reference, save)
@@ -277,26 +292,26 @@ def serving_worker(spec: dict[str, Any]) -> dict[str, Any]:
 def peer_worker(spec: dict[str, Any]) -> None:
     """``bench --peer``: load once, then one round (prefill and decode) per ``round`` line on stdin.
 
-    Prints one JSON line when loaded (mode, label), one per round ({"prefill", "decode"} tokens/s) and
-    one on ``quit`` (peak memory). Decode is measured as llama-bench's tg: from an almost empty context.
+    Prints one JSON line when loaded (mode, label), one per round ({"prefill", "decode",
+    "decode_main_thread"} tokens/s) and one on ``quit`` (peak memory). Decode is measured as
+    llama-bench's tg: from an almost empty context; served by the engine's worker thread, then the same
+    request on the main thread.
     """
     import resource
-    import threading
 
     import torch
 
-    from ..engine.generation import Generator
-    from ..engine.sampling import sampling_options
     from ..model.loader import load_model
 
     torch.set_num_threads(spec["threads"])
     loaded = load_model(spec["model"], device="cpu", precision=spec["precision"])
-    generator = Generator(loaded.model, loaded.tokenizer, loaded.eos_token_ids, loaded.device)
+    engine = bench_engine(loaded)
     prompt = _prompt_ids(loaded.tokenizer, spec["prompt_tokens"])
     new = spec["new_tokens"]
-    one_token = sampling_options(False, temperature=0, max_new_tokens=1)
-    decode = sampling_options(False, temperature=0, min_new_tokens=new + 1, max_new_tokens=new + 1)
-    generator.run(prompt[:32], sampling_options(False, temperature=0, max_new_tokens=4), threading.Event(), _drop)
+    # One token of prompt, then new + 1 tokens: the first comes from the prompt step, the next `new` are decoded.
+    one_token, decode = greedy(1), greedy(new + 1)
+    served(engine, prompt[:32], greedy(4))  # warm-up, on both threads
+    engine.run_on_this_thread(prompt[:32], greedy(4))
     decision = loaded.precision
     _say(
         {
@@ -310,10 +325,17 @@ def peer_worker(spec: dict[str, Any]) -> None:
     for command in sys.stdin:
         if command.strip() != "round":
             break
-        prefill = generator.run(prompt, one_token, threading.Event(), _drop).stats
-        # One token of prompt, then new + 1 tokens: the first comes from the prompt step, the next `new` are decoded.
-        stats = generator.run(prompt[:1], decode, threading.Event(), _drop).stats
-        _say({"prefill": len(prompt) / prefill.prefill_seconds, "decode": stats.tokens_per_second})
+        prefill = served(engine, prompt, one_token).stats
+        stats = served(engine, prompt[:1], decode).stats
+        main_thread = engine.run_on_this_thread(prompt[:1], decode).stats
+        _say(
+            {
+                "prefill": len(prompt) / prefill.prefill_seconds,
+                "decode": stats.tokens_per_second,
+                "decode_main_thread": main_thread.tokens_per_second,
+            }
+        )
+    engine.close()
     _say({"peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024})
 
 

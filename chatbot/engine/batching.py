@@ -5,9 +5,10 @@ conversation cache keeps working). A decode step stacks the requests' last token
 one batch: the linear layers, which hold almost all the weights, run once for all rows, and
 attention runs row by row against each request's own cache through the same attention call a lone
 request makes. No padding, no copying caches into one tensor, and a row's numbers do not depend on
-which rows share its step: 16-bit linear layers give each row the same bits whatever the batch size
-(the CPU layers decode from their 16-bit weights up to ``DECODE_MAX_ROWS`` rows), so a batched reply
-is token for token the reply the request gets alone.
+which rows share its step, as far as the matmuls allow: a matmul's rounding can depend on its number
+of rows, and by default CPU batches of two or more decode from the faster prefill copy (``cpu_layers``,
+``cpu_int8``). With ``QWEN_BATCH_INVARIANT=1`` every row runs alone through the lone request's path,
+so a seeded reply is token for token the reply the request gets alone, at the cost of batching.
 
 transformers hands attention the keys and values its cache returns; a ``RowCaches`` object stands
 in for the cache during a step and routes row i to cache i, and the attention function registered
@@ -92,7 +93,12 @@ def decode_rows(model: Any, tokens: list[int], caches: list[Any], device: torch.
     """Feed ``tokens[i]`` to the request whose cache is ``caches[i]``; returns last-position logits [rows, vocab].
 
     On a CPU with the compiled decode step (``cpu_decode``) that step does it; else transformers' forward.
+    A batch-invariant model (``QWEN_BATCH_INVARIANT=1``, set by the loader) decodes each row alone, so
+    its logits are bit for bit those of the request alone, whoever shares the step.
     """
+    if len(tokens) > 1 and getattr(model, "qwen_batch_invariant", False):
+        rows = [decode_rows(model, [token], [cache], device) for token, cache in zip(tokens, caches, strict=True)]
+        return torch.cat(rows)
     step = decode_step_of(model, len(tokens))
     if step is not None:
         return step(tokens, caches)

@@ -27,8 +27,9 @@ from ..model.device import is_sticky_cuda_fault
 from ..model.loader import LoadedModel, LoadProgress, load_model
 from ..settings import Settings
 from .batching import install_row_attention
+from .cpu_threads import release_openmp_team
 from .fair_queue import FairQueue
-from .generation import GenerationResult, Generator, PrefixCache
+from .generation import GenerationResult, PrefixCache
 from .jobs import LOCAL_CLIENT, EngineEvent, Failed, Finished, Job, Queued, TextDelta, cancelled_result
 from .request import ActiveRequest
 from .sampling import SamplingOptions
@@ -120,6 +121,7 @@ class ChatEngine:
     def from_loaded(cls, loaded: LoadedModel, **kwargs: Any) -> ChatEngine:
         """An engine over a model already loaded (several engines may share it, one running at a time)."""
         engine = cls(str(loaded.checkpoint.path), **kwargs)
+        release_openmp_team()  # the caller loaded it: its thread's team goes (see cpu_threads)
         engine._loaded = loaded
         engine._max_batch = engine.requested_max_batch or default_max_batch(loaded.device.type)
         return engine
@@ -174,6 +176,8 @@ class ChatEngine:
                 except BaseException as exc:
                     self._load_error = exc
                     raise
+                finally:
+                    release_openmp_team()  # the worker's team is then the only one (see cpu_threads)
                 self._max_batch = self._max_batch or self.requested_max_batch or default_max_batch(loaded.device.type)
                 self._loaded = loaded
         return self._loaded
@@ -337,6 +341,10 @@ class ChatEngine:
     def _work(self) -> None:
         while True:
             with self._cv:
+                idle = not self._queue.jobs() and not self._running and not self._closed
+            if idle:  # nothing to run: this thread's OpenMP team goes back (see cpu_threads)
+                release_openmp_team()
+            with self._cv:
                 while not self._queue.jobs() and not self._running and not self._closed:
                     self._cv.wait()
                 if self._closed and not self._queue.jobs() and not self._running:
@@ -414,13 +422,54 @@ class ChatEngine:
                 loaded.model.config._attn_implementation,
             )
             size = 1
-        cpu = loaded.device.type == "cpu"
-        chunk = self.requested_prefill_chunk or (CPU_PREFILL_CHUNK if cpu else GPU_PREFILL_CHUNK)
+        chunk = self._prefill_chunk(loaded)
         with self._cv:
             self._max_batch = size
         log.info("Continuous batching: up to %d requests at once, prompts read %d tokens per step", size, chunk)
-        generator = Generator(loaded.model, loaded.tokenizer, loaded.eos_token_ids, loaded.device, self.prefix_cache)
-        return Batch(generator, chunk, self._release)
+        return Batch(loaded.model, loaded.device, chunk, self._release)
+
+    def _prefill_chunk(self, loaded: LoadedModel) -> int:
+        cpu = loaded.device.type == "cpu"
+        return self.requested_prefill_chunk or (CPU_PREFILL_CHUNK if cpu else GPU_PREFILL_CHUNK)
+
+    def run_on_this_thread(self, prompt_ids: list[int], options: SamplingOptions) -> GenerationResult:
+        """Run one request to its end on the calling thread, through the worker's own code (a ``Batch``
+        of one request, round after round), and return its result.
+
+        For measurements only: ``bench`` times it beside the same request served by the worker thread,
+        to show what decoding on that thread costs. The engine must be idle meanwhile.
+
+        Raises:
+            ChatbotError: the engine is running or queueing requests; or the request's own error.
+        """
+        loaded = self.load()
+        with self._cv:
+            if self._running or self._queue.jobs():
+                raise ChatbotError("The engine is serving requests; measure on the calling thread while it is idle.")
+        job = Job(list(prompt_ids), options, threading.Event(), next(self._ids))
+        batch = Batch(loaded.model, loaded.device, self._prefill_chunk(loaded), lambda request: None)
+        batch.add(
+            ActiveRequest(
+                job,
+                loaded.model.config,
+                loaded.tokenizer,
+                loaded.eos_token_ids,
+                loaded.device,
+                self.prefix_cache,
+                time_limit=self.max_generation_seconds,
+            )
+        )
+        try:
+            while batch.requests:
+                batch.round()
+        finally:
+            release_openmp_team()  # as the worker does when idle: one team in the process (cpu_threads)
+        while True:
+            event = job.events.get_nowait()
+            if isinstance(event, Finished):
+                return event.result
+            if isinstance(event, Failed):
+                raise event.error
 
     def _admit(self) -> list[Job]:
         """Move waiting jobs into free slots, pausing a request of a client above its share (see fair_queue)."""

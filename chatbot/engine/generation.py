@@ -1,30 +1,18 @@
-"""The decode loop: prefill (chunked, reusing cached conversation prefixes), then one token at a time.
+"""What one generation is made of, beside the model step: its result and stats, the streaming
+detokenizer, the stop-string matcher and the cache of conversation prefixes.
 
-``Generator.run`` streams text deltas through a callback and returns a ``GenerationResult`` with
-the finish reason ("stop", "length" or "cancelled") and the stats. It checks the request's stop
-signal before every model step, so a cancelled request releases the model within one step.
+The decode loop itself is the engine's (``scheduler.Batch`` rounds over ``request.ActiveRequest``s,
+run by ``ChatEngine``'s worker thread): every caller, the servers and the bench alike, goes through it.
 """
 
 from __future__ import annotations
 
-import logging
 import threading
-import time
 from collections import OrderedDict
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
-import torch
-
-from ..errors import GenerationError
-from ..model.cpu_decode import decode_step_of
-from ..model.cpu_layers import use_fp32_decode
-from .kv_cache import new_cache
-from .sampling import Sampler, SamplingOptions, TokenLogprob
-
-log = logging.getLogger(__name__)
-PREFILL_CHUNK = 2048  # bounds attention memory and lets a cancel interrupt a long prompt
+from .sampling import TokenLogprob
 
 
 @dataclass
@@ -51,15 +39,6 @@ class GenerationResult:
     finish_reason: str
     stats: GenerationStats
     logprobs: tuple[TokenLogprob, ...] = ()  # one per generated token when options.logprobs
-
-
-def all_finite(logits: torch.Tensor) -> bool:
-    """Whether no logit is inf or NaN, in one pass over the 151,936 values (``isfinite().all()`` takes four).
-
-    Any inf or NaN makes the FP32 sum inf or NaN; finite logits would need magnitudes near 1e33 to
-    overflow it, far beyond any working model's.
-    """
-    return bool(torch.isfinite(logits.sum(dtype=torch.float32)))
 
 
 class IncrementalDetokenizer:
@@ -179,121 +158,3 @@ def _common_prefix(a: tuple[int, ...], b: list[int]) -> int:
     while i < n and a[i] == b[i]:
         i += 1
     return i
-
-
-class Generator:
-    """Runs one request at a time on a loaded model (the engine's worker thread owns it)."""
-
-    def __init__(
-        self,
-        model: Any,
-        tokenizer: Any,
-        eos_ids: tuple[int, ...],
-        device: torch.device,
-        prefix_cache: PrefixCache | None = None,
-    ) -> None:
-        self.model = model
-        self.tokenizer = tokenizer
-        self.eos_ids = eos_ids
-        self.device = device
-        self.prefix_cache = prefix_cache
-
-    def _new_cache(self) -> Any:
-        return new_cache(self.model.config)
-
-    def _forward(self, ids: list[int], cache: Any, cancel: threading.Event | None = None) -> torch.Tensor | None:
-        logits = None
-        for start in range(0, len(ids), PREFILL_CHUNK):
-            if cancel is not None and start and cancel.is_set():
-                return None
-            logits = self.step(ids[start : start + PREFILL_CHUNK], cache)
-        return logits
-
-    def step(self, ids: list[int], cache: Any) -> torch.Tensor:
-        """One forward over ``ids``; non-finite logits (FP16 overflow) are recomputed with FP32 matmuls."""
-        before = cache.get_seq_length()
-        fast = decode_step_of(self.model, 1) if len(ids) == 1 else None
-        if fast is not None:
-            logits = fast(ids, [cache])[0]
-        else:
-            chunk = torch.tensor([ids], device=self.device)
-            logits = self.model(input_ids=chunk, past_key_values=cache, use_cache=True, logits_to_keep=1).logits[0, -1]
-        if all_finite(logits):
-            return logits
-        if not use_fp32_decode(self.model):
-            raise GenerationError(
-                "The model produced inf/NaN (an overflow in this precision).",
-                fix="Restart with --precision bf16 or --precision fp32.",
-            )
-        log.warning("FP16 overflow in a decode matmul: CPU layers decode in FP32 from now on")
-        cache.crop(before - cache.get_seq_length())
-        return self.step(ids, cache)
-
-    @torch.inference_mode()
-    def run(
-        self,
-        prompt_ids: list[int],
-        options: SamplingOptions,
-        cancel: threading.Event,
-        emit: Callable[[str], None],
-        queue_seconds: float = 0.0,
-    ) -> GenerationResult:
-        """Generate a reply to ``prompt_ids``, calling ``emit`` with each new piece of text."""
-        stats = GenerationStats(prompt_tokens=len(prompt_ids), queue_seconds=queue_seconds)
-        started = time.perf_counter()
-        # A seeded request always prefills in full: a reused prefix is computed in other chunks, whose
-        # rounding differs, so the same seed could otherwise give two replies.
-        reusable = self.prefix_cache is not None and options.seed is None
-        cache, reused = self.prefix_cache.take(prompt_ids) if reusable else (None, 0)
-        cache = cache if cache is not None else self._new_cache()
-        stats.cached_prompt_tokens = reused
-        sampler = Sampler(options, prompt_ids, self.eos_ids, self.device, self.tokenizer)
-        detokenizer = IncrementalDetokenizer(self.tokenizer)
-        stopper = StopStringMatcher(options.stop)
-        eos = set(self.eos_ids)
-        generated: list[int] = []
-        pieces: list[str] = []
-        finish = "length"
-        stop_hit = False
-        logits = None if cancel.is_set() else self._forward(prompt_ids[reused:], cache, cancel)
-        prefill_done = time.perf_counter()
-        stats.prefill_seconds = prefill_done - started
-        if logits is None:
-            finish = "cancelled"
-        while logits is not None:
-            token = sampler.next_token(logits, len(generated))
-            if not generated:
-                stats.time_to_first_token = time.perf_counter() - started
-            generated.append(token)
-            if token in eos:
-                finish = "stop"
-                break
-            text, hit = stopper.push(detokenizer.push(token))
-            if text:
-                pieces.append(text)
-                emit(text)
-            if hit:
-                finish, stop_hit = "stop", True
-                break
-            if len(generated) >= options.max_new_tokens:
-                finish = "length"
-                break
-            if cancel.is_set():
-                finish = "cancelled"
-                break
-            logits = self._forward([token], cache)
-        if not stop_hit:
-            tail = stopper.push(detokenizer.flush())[0] + stopper.flush()
-            if tail:
-                pieces.append(tail)
-                emit(tail)
-        ended = time.perf_counter()
-        stats.new_tokens = len(generated)
-        stats.decode_seconds = ended - prefill_done
-        stats.total_seconds = ended - started
-        if len(generated) > 1 and stats.time_to_first_token:
-            stats.tokens_per_second = (len(generated) - 1) / max(ended - started - stats.time_to_first_token, 1e-9)
-        if self.prefix_cache is not None:
-            fed = [*prompt_ids, *generated[:-1]] if generated else list(prompt_ids)
-            self.prefix_cache.put(fed[: cache.get_seq_length()], cache)
-        return GenerationResult("".join(pieces), tuple(generated), finish, stats, tuple(sampler.logprobs))

@@ -1,10 +1,10 @@
 """One request inside the continuous batch: its cache, its sampler, its text so far and why it ended.
 
-The scheduler feeds it prompt chunks (``next_chunk``) and hands it the logits of each step
-(``accept``); it samples with its own ``Sampler`` (own options, seed and penalties), streams text
-through the streaming detokenizer and the stop-string matcher, and decides its own end: end of
-turn, a stop string, ``max_new_tokens``, the server's time limit or its cancel signal. The rules are those of
-``Generator.run``, so a request gives the same reply in a batch as alone.
+The scheduler feeds it prompt chunks (``next_chunk``), has it pick a token from the logits of each
+step on the device (``pick``, with its own ``Sampler``: own options, seed and penalties) and hands
+back the values it read (``accept``); the request then streams text through the streaming
+detokenizer and the stop-string matcher, and decides its own end: end of turn, a stop string,
+``max_new_tokens``, the server's time limit or its cancel signal.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ class ActiveRequest:
         self.stats = GenerationStats(prompt_tokens=len(job.prompt_ids), queue_seconds=self.started - job.submitted)
         self.prefix = prefix
         # A seeded request always prefills in full: a reused prefix was computed in other chunks, whose
-        # rounding differs, so the same seed could otherwise give two replies (as in Generator.run).
+        # rounding differs, so the same seed could otherwise give two replies.
         reusable = prefix.max_tokens and job.options.seed is None
         cache, reused = prefix.take(job.prompt_ids) if reusable else (None, 0)
         self.cache = cache if cache is not None else new_cache(config)
@@ -85,12 +85,17 @@ class ActiveRequest:
             self.finish, self.timed_out = "length", True
         return self.timed_out
 
-    def accept(self, logits: torch.Tensor) -> None:
-        """Sample the next token from ``logits`` [vocab] and stream its text; sets ``finish`` at the end."""
+    def pick(self, logits: torch.Tensor) -> torch.Tensor:
+        """The next token from ``logits`` [vocab], on the device (``Sampler.pick``); nothing is read."""
         if not self.generated:
             self.prefill_done = time.perf_counter()
             self.stats.prefill_seconds = self.prefill_done - self.started
-        token = self.sampler.next_token(logits, len(self.generated))
+        return self.sampler.pick(logits, len(self.generated))
+
+    def accept(self, values: list[float]) -> None:
+        """Take the token ``pick`` chose (its values, read by the scheduler) and stream its text; sets
+        ``finish`` at the end."""
+        token = self.sampler.commit(values)
         if not self.generated:
             self.stats.time_to_first_token = time.perf_counter() - self.started
         self.generated.append(token)

@@ -103,7 +103,13 @@ class TokenLogprob:
 
 
 class Sampler:
-    """Picks next tokens for one request (its own random generator, penalty counts, bias and grammar)."""
+    """Picks next tokens for one request (its own random generator, penalty counts, bias and grammar).
+
+    A pick is two halves, so that a batched step reads the device once for all its rows: ``pick``
+    does the device work and returns one small tensor (the token, whether the logits were finite, and
+    the log-probability record when asked), and ``commit`` takes that tensor's values, read by the
+    caller, and does the host bookkeeping (penalty counts, the grammar, the record).
+    """
 
     def __init__(
         self,
@@ -125,6 +131,7 @@ class Sampler:
                 torch.tensor(values, dtype=torch.float32, device=device),
             )
         self.eos_ids = torch.tensor(eos_ids, dtype=torch.long, device=device)
+        self._eos = tuple(eos_ids)
         self.device = device
         self.generator = None
         if not options.greedy:
@@ -134,17 +141,26 @@ class Sampler:
             else:
                 self.generator.seed()
         self.counts: torch.Tensor | None = None
+        # Tokens seen (prompt and reply), for the repetition penalty: a mask over the vocabulary, so
+        # marking one more token needs no read of the device (``unique`` on an id list would).
+        self._prompt_ids = sorted(set(prompt_ids)) if options.repetition_penalty != 1.0 else None
         self.seen: torch.Tensor | None = None
-        if options.repetition_penalty != 1.0:
-            self.seen = torch.tensor(sorted(set(prompt_ids)), dtype=torch.long, device=device)
+        self.vocab_size = 0  # the logits' width, known at the first pick
+
+    @property
+    def record_size(self) -> int:
+        """Values per ``pick``: token, finite flag, then (with logprobs) its logprob and top ids and logprobs."""
+        return 2 + (1 + 2 * self.options.top_logprobs if self.options.logprobs else 0)
 
     def _penalize(self, logits: torch.Tensor) -> torch.Tensor:
         opts = self.options
-        if self.seen is not None and self.seen.numel():
-            picked = logits[self.seen]
-            logits[self.seen] = torch.where(
-                picked > 0, picked / opts.repetition_penalty, picked * opts.repetition_penalty
-            )
+        if self._prompt_ids is not None:
+            if self.seen is None:
+                self.seen = torch.zeros(logits.numel(), dtype=torch.bool, device=logits.device)
+                ids = [i for i in self._prompt_ids if 0 <= i < logits.numel()]
+                self.seen[torch.tensor(ids, dtype=torch.long, device=logits.device)] = True
+            penalized = torch.where(logits > 0, logits / opts.repetition_penalty, logits * opts.repetition_penalty)
+            logits = torch.where(self.seen, penalized, logits)
         if self.counts is not None and (opts.presence_penalty or opts.frequency_penalty):
             logits -= opts.frequency_penalty * self.counts + opts.presence_penalty * (self.counts > 0).float()
         return logits
@@ -155,8 +171,7 @@ class Sampler:
         if self.grammar is None:
             if self.tokenizer is None:
                 raise ValueError("a constrained request needs the tokenizer passed to its Sampler")
-            eos = tuple(int(i) for i in self.eos_ids.tolist())
-            self.grammar = GrammarState(self.options.constraint, vocabulary(self.tokenizer, vocab_size, eos))
+            self.grammar = GrammarState(self.options.constraint, vocabulary(self.tokenizer, vocab_size, self._eos))
         return self.grammar
 
     def choose(self, logits: torch.Tensor, generated: int) -> tuple[int, TokenLogprob | None]:
@@ -165,8 +180,26 @@ class Sampler:
         return token, self.logprobs[-1] if self.options.logprobs else None
 
     def next_token(self, logits: torch.Tensor, generated: int) -> int:
-        """Pick the next token from last-position logits [vocab]."""
+        """Pick the next token from last-position logits [vocab] (``pick`` and ``commit`` with one read).
+
+        Raises:
+            ValueError: the logits hold inf or NaN.
+        """
+        values = self.pick(logits, generated).tolist()
+        if not values[1]:
+            raise ValueError("the logits hold inf or NaN")
+        return self.commit(values)
+
+    def pick(self, logits: torch.Tensor, generated: int) -> torch.Tensor:
+        """The device half of a pick from last-position logits [vocab]; nothing is read to the host.
+
+        Returns a float64 tensor of ``record_size`` values: the token, 1.0 if every logit was finite
+        (else 0.0, and the token means nothing), then with logprobs the token's log-probability, the
+        ``top_logprobs`` most likely ids and their log-probabilities. Hand its values to ``commit``.
+        """
         opts = self.options
+        self.vocab_size = logits.numel()
+        finite = torch.isfinite(logits.sum(dtype=torch.float32))  # one pass: any inf or NaN makes the sum so
         logits = logits.float().clone()
         if self._bias is not None:
             ids, values = self._bias
@@ -179,7 +212,7 @@ class Sampler:
         model_logprobs = torch.log_softmax(logits, dim=-1) if opts.logprobs else None
         logits = self._penalize(logits)
         if opts.greedy:
-            token = int(torch.argmax(logits))
+            token = torch.argmax(logits).reshape(1)
         else:
             # Shift by the maximum first: any temperature > 0, however small, then gives finite values or -inf.
             logits = (logits - logits.max()) / opts.temperature
@@ -195,29 +228,39 @@ class Sampler:
                 probs = torch.where(keep, probs, torch.zeros_like(probs))
             if opts.min_p > 0.0:
                 probs = torch.where(probs >= opts.min_p * probs[0], probs, torch.zeros_like(probs))
-            if not bool(torch.isfinite(probs).all()) or float(probs.sum()) <= 0.0:
-                token = int(indices[0])  # degenerate distribution: take the most likely token
-            else:
-                token = int(indices[torch.multinomial(probs, 1, generator=self.generator)])
-        self._count(token, logits.numel())
-        if grammar is not None:
-            grammar.accept(token)
+            # A degenerate distribution (inf/NaN, or nothing left) takes the most likely token, decided on
+            # the device: the distribution becomes that one token.
+            usable = torch.isfinite(probs).all() & (probs.sum() > 0.0)
+            first = torch.zeros_like(probs)
+            first[0] = 1.0
+            probs = torch.where(usable, probs, first)
+            token = indices.index_select(0, torch.multinomial(probs, 1, generator=self.generator))
+        # index_select, not indexing by a 0-d tensor: that would read the index back to the host.
+        parts = [token.double(), finite.reshape(1).double()]
         if model_logprobs is not None:
-            self._record(token, model_logprobs)
-        return token
+            parts.append(model_logprobs.index_select(0, token).double())
+            if opts.top_logprobs:
+                top_values, top_ids = torch.topk(model_logprobs, min(opts.top_logprobs, model_logprobs.numel()))
+                parts += [top_ids.double(), top_values.double()]
+        return torch.cat(parts)
 
-    def _record(self, token: int, logprobs: torch.Tensor) -> None:
-        top: tuple[tuple[int, float], ...] = ()
-        if self.options.top_logprobs:
-            values, indices = torch.topk(logprobs, min(self.options.top_logprobs, logprobs.numel()))
-            top = tuple((int(i), float(v)) for i, v in zip(indices.tolist(), values.tolist(), strict=True))
-        self.logprobs.append(TokenLogprob(token, float(logprobs[token]), top))
-
-    def _count(self, token: int, vocab: int) -> None:
+    def commit(self, values: list[float]) -> int:
+        """The host half of a pick: ``values`` are the ``pick`` tensor's, read by the caller. Returns the token."""
+        token = int(values[0])
         opts = self.options
         if opts.presence_penalty or opts.frequency_penalty:
             if self.counts is None:
-                self.counts = torch.zeros(vocab, device=self.device)
+                self.counts = torch.zeros(self.vocab_size, device=self.device)
             self.counts[token] += 1
         if self.seen is not None:
-            self.seen = torch.cat([self.seen, torch.tensor([token], device=self.device)]).unique()
+            self.seen[token] = True
+        if self.grammar is not None:
+            self.grammar.accept(token)
+        if opts.logprobs:
+            top: tuple[tuple[int, float], ...] = ()
+            count = (len(values) - 3) // 2
+            if count:
+                ids, logprobs = values[3 : 3 + count], values[3 + count :]
+                top = tuple((int(i), float(v)) for i, v in zip(ids, logprobs, strict=True))
+            self.logprobs.append(TokenLogprob(token, float(values[2]), top))
+        return token

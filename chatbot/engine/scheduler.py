@@ -10,6 +10,12 @@ Each round the worker (``ChatEngine``) admits waiting requests into free slots, 
 3. every request past its prompt advances by one token, all in one batched forward
    (``batching.decode_rows``).
 
+Every request picks its token on the device (``ActiveRequest.pick``), and the picks of all rows,
+with each row's finiteness flag, come back to the host in one read per step (``_pick``): the only
+device-to-host transfer of a step, which a GPU would otherwise wait for several times per token.
+Logits with inf or NaN (an FP16 overflow) are recomputed once with FP32 matmuls where the layers
+allow it (``use_fp32_decode``).
+
 A request that fails (its prefill raises, its logits are inf/NaN, or its row of a failed batch
 fails again when retried alone) ends with an error and the others go on. A sticky GPU fault (illegal
 address, launch failure) is not retried: after one, no CUDA call can succeed in this process, so
@@ -25,10 +31,10 @@ from typing import Any
 import torch
 
 from ..errors import ChatbotError, DeviceFaultError, GenerationError
+from ..model.cpu_decode import decode_step_of
 from ..model.cpu_layers import use_fp32_decode
 from ..model.device import is_sticky_cuda_fault
 from .batching import decode_rows
-from .generation import Generator, all_finite
 from .jobs import Failed, Finished
 from .kv_cache import crop_to
 from .request import ActiveRequest
@@ -61,11 +67,20 @@ def device_fault(exc: BaseException) -> DeviceFaultError:
     )
 
 
-class Batch:
-    """The running requests of one engine (owned by its worker thread)."""
+OVERFLOW = GenerationError(
+    "The model produced inf/NaN (an overflow in this precision).",
+    fix="Restart with --precision bf16 or --precision fp32.",
+)
 
-    def __init__(self, generator: Generator, prefill_chunk: int, on_end: Callable[[ActiveRequest], None]) -> None:
-        self.generator = generator
+
+class Batch:
+    """The running requests of one engine (driven by its worker thread, one ``round`` at a time)."""
+
+    def __init__(
+        self, model: Any, device: torch.device, prefill_chunk: int, on_end: Callable[[ActiveRequest], None]
+    ) -> None:
+        self.model = model
+        self.device = device
         self.prefill_chunk = prefill_chunk
         self.requests: list[ActiveRequest] = []
         self._on_end = on_end
@@ -93,19 +108,40 @@ class Batch:
         for request in [r for r in self.requests if r.finish is not None]:
             self._end(request)
 
+    def _forward(self, ids: list[int], cache: Any) -> torch.Tensor:
+        """One forward of ``ids`` on one request's cache; the last position's logits [1, vocab]."""
+        step = decode_step_of(self.model, 1) if len(ids) == 1 else None
+        if step is not None:
+            return step(ids, [cache])
+        chunk = torch.tensor([ids], device=self.device)
+        return self.model(input_ids=chunk, past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1]
+
     def _prefill(self, request: ActiveRequest) -> None:
+        before = request.cache.get_seq_length()
         chunk = request.next_chunk(self.prefill_chunk)
+
+        def forward() -> torch.Tensor:
+            crop_to(request.cache, before)
+            return self._forward(chunk, request.cache)
+
         try:
-            logits = self.generator.step(chunk, request.cache)
-            if not request.prefilling:
-                request.accept(logits)
+            logits = self._forward(chunk, request.cache)
+            if not request.prefilling:  # the prompt is read: its last logits give the first token
+                self._pick([request], logits, forward)
         except (*STEP_ERRORS, ChatbotError) as exc:
             self._fail(request, exc)
 
     def _decode(self, requests: list[ActiveRequest]) -> None:
         lengths = [r.cache.get_seq_length() for r in requests]
+
+        def forward() -> torch.Tensor:
+            for request, length in zip(requests, lengths, strict=True):
+                crop_to(request.cache, length)
+            return decode_rows(self.model, [r.last_token for r in requests], [r.cache for r in requests], self.device)
+
         try:
-            logits = self._decode_step(requests, lengths)
+            logits = decode_rows(self.model, [r.last_token for r in requests], [r.cache for r in requests], self.device)
+            picks = self._picks(requests, logits)
         except STEP_ERRORS as exc:
             if is_sticky_cuda_fault(exc):  # retrying row by row would only fault again, once per row
                 raise device_fault(exc) from exc
@@ -118,31 +154,40 @@ class Batch:
                 crop_to(request.cache, length)
                 self._decode([request])
             return
-        for index, request in enumerate(requests):
-            if all_finite(logits[index]):
-                try:
-                    request.accept(logits[index])
-                except (*STEP_ERRORS, ChatbotError) as exc:  # e.g. in the request's own sampling
-                    self._fail(request, exc)
-            else:
-                self._fail(
-                    request,
-                    GenerationError(
-                        "The model produced inf/NaN (an overflow in this precision).",
-                        fix="Restart with --precision bf16 or --precision fp32.",
-                    ),
-                )
+        self._pick(requests, logits, forward, picks)
 
-    def _decode_step(self, requests: list[ActiveRequest], lengths: list[int]) -> torch.Tensor:
-        model, device = self.generator.model, self.generator.device
-        caches: list[Any] = [r.cache for r in requests]
-        logits = decode_rows(model, [r.last_token for r in requests], caches, device)
-        if all_finite(logits) or not use_fp32_decode(model):
-            return logits
-        log.warning("FP16 overflow in a decode matmul: CPU layers decode in FP32 from now on")
-        for cache, length in zip(caches, lengths, strict=True):
-            crop_to(cache, length)
-        return decode_rows(model, [r.last_token for r in requests], caches, device)
+    def _picks(self, requests: list[ActiveRequest], logits: torch.Tensor) -> list[list[float]]:
+        """Every row's pick (token, finite flag, logprobs), read from the device in one transfer."""
+        tensors = [request.pick(logits[row]) for row, request in enumerate(requests)]
+        values = torch.cat(tensors).tolist()  # the one device-to-host read of the step
+        picks, start = [], 0
+        for tensor in tensors:
+            picks.append(values[start : start + tensor.numel()])
+            start += tensor.numel()
+        return picks
+
+    def _pick(
+        self,
+        requests: list[ActiveRequest],
+        logits: torch.Tensor,
+        recompute: Callable[[], torch.Tensor],
+        picks: list[list[float]] | None = None,
+    ) -> None:
+        """Give every request its picked token; logits with inf/NaN are recomputed once in FP32 where the
+        layers allow it (an FP16 overflow), else that request fails."""
+        picks = picks if picks is not None else self._picks(requests, logits)
+        if not all(pick[1] for pick in picks) and use_fp32_decode(self.model):
+            log.warning("FP16 overflow in a decode matmul: CPU layers decode in FP32 from now on")
+            # The picks were not committed: each sampler picks again (its random stream moves on).
+            picks = self._picks(requests, recompute())
+        for request, pick in zip(requests, picks, strict=True):
+            if not pick[1]:
+                self._fail(request, OVERFLOW)
+                continue
+            try:
+                request.accept(pick)
+            except (*STEP_ERRORS, ChatbotError) as exc:  # e.g. in the request's grammar
+                self._fail(request, exc)
 
     def _fail(self, request: ActiveRequest, exc: BaseException) -> None:
         if is_sticky_cuda_fault(exc):

@@ -39,23 +39,24 @@ from .cpu_int8 import (
     CpuInt8Linear,
     Int8KernelUnavailable,
     Int8Quality,
-    Int8Speed,
     attach_kernel,
     convert_to_int8_layers,
     fp16_weight_bytes,
     linear_shapes,
-    measure_int8_speed,
     quantize_per_channel,
     release_free_heap,
     select_int8_kernel,
     set_int8_tensor,
 )
 from .cpu_layers import (
+    CpuLinear,
     PrefillChoice,
+    _vector_isa,
     batched_decode_rows,
     choose_prefill_dtype,
     convert_to_cpu_layers,
     keep_prefill_copies,
+    short_name,
 )
 from .device import DeviceInfo, detect_device, is_sticky_cuda_fault
 from .formats import PROJECTION_RE, FormatKind
@@ -69,7 +70,17 @@ from .fp8_linear import (
     warm_fp8_layers,
 )
 from .fp8_packed import pack_mlps, packed_mlp_shapes
-from .precision import COMPUTE_DTYPES, Attempt, Candidate, PrecisionDecision, plan_precision, resolve_request
+from .precision import (
+    COMPUTE_DTYPES,
+    Attempt,
+    Candidate,
+    Int8Rule,
+    PrecisionDecision,
+    batch_invariant_requested,
+    batched_decode_path,
+    plan_precision,
+    resolve_request,
+)
 
 log = logging.getLogger(__name__)
 DEFAULT_MAX_CONTEXT = 32768
@@ -163,7 +174,7 @@ def load_model(
     if dev.kind == "cuda" and gpu_memory_limit and not dev.simulated:
         torch.cuda.set_per_process_memory_fraction(gpu_memory_limit, dev.index)
     requested, request_source = resolve_request(precision)
-    int8_speed = _measure_int8(info, dev, progress) if requested == "auto" else None
+    int8_speed = _int8_rule(info, dev, progress) if requested == "auto" else None
     candidates, attempts = plan_precision(
         requested, dev, checkpoint_fp8=info.format.is_fp8, checkpoint_dtype=info.native_dtype, int8_speed=int8_speed
     )
@@ -217,8 +228,9 @@ def load_model(
     )
 
 
-def _measure_int8(info: CheckpointInfo, dev: DeviceInfo, progress: LoadProgress) -> Int8Speed | None:
-    """On a real CPU, for a model too large for the caches: the int8 kernel's speed against FP16's."""
+def _int8_rule(info: CheckpointInfo, dev: DeviceInfo, progress: LoadProgress) -> Int8Rule | None:
+    """On a real CPU, for a model too large for the caches: whether INT8 decodes faster here, by the rule
+    for the int8 kernel that passes its self-check on this CPU and the instruction set (``INT8_RULES``)."""
     if dev.kind != "cpu" or dev.simulated or info.config.get("model_type") not in SUPPORTED_MODEL_TYPES:
         return None
     try:
@@ -227,14 +239,15 @@ def _measure_int8(info: CheckpointInfo, dev: DeviceInfo, progress: LoadProgress)
         layer, _ = linear_shapes(info.config)
     except (KeyError, TypeError, ValueError):
         return None  # an unusual config: the 16-bit path, which needs none of these fields
-    progress.update("measuring int8 against fp16", 0.04)
+    progress.update("checking the int8 kernel", 0.04)
     try:
-        speed = measure_int8_speed(tuple(layer))
+        kernel = select_int8_kernel(tuple(sorted(set(layer))))
     except Int8KernelUnavailable as exc:
         log.warning("INT8 not considered: %s", exc)
         return None
-    log.info("INT8 %s", speed.describe())
-    return speed
+    rule = Int8Rule(kernel.name, _vector_isa())
+    log.info("INT8 %s: %s", "chosen" if rule.faster else "not chosen", rule.describe())
+    return rule
 
 
 def _step_down_errors() -> tuple[type[BaseException], ...]:
@@ -279,6 +292,16 @@ def _decision(
         fp8_weight_only=details.get("fp8_weight_only") == "yes",
         details={k: v for k, v in details.items() if k not in ("compute_dtype", "reason_suffix")},
     )
+
+
+def _batched_decode_dtype(model: nn.Module, mode: str) -> str | None:
+    """What CPU layers compute batched decode rows with, when it is not what a lone row uses (else None)."""
+    for module in model.modules():
+        if isinstance(module, CpuLinear) and module.prefill_weight is not None and module.decode_rows < 2:
+            return f"the {short_name(module.prefill_weight.dtype)} prefill copy"
+        if isinstance(module, CpuInt8Linear) and module.batch_kernel is not None and module.single_rows < 2:
+            return "PyTorch's int8 kernel with BF16 activations"
+    return None
 
 
 def _first_line(exc: BaseException) -> str:
@@ -386,6 +409,12 @@ def _build(
         warm_fp8_layers(model, compute_dtype)
     if prefill is not None and prefill.copy:
         details["prefill_copy_bytes"] = str(keep_prefill_copies(model))
+    invariant = batch_invariant_requested()
+    model.qwen_batch_invariant = invariant  # read by the engine's batched decode step
+    batched = _batched_decode_dtype(model, mode) if dev.kind == "cpu" else None
+    details["batched_decode"] = batched_decode_path(mode, dev.kind, batched, invariant)
+    if dev.kind == "cpu" and "reason_suffix" in details:
+        details["reason_suffix"] += f"; {details['batched_decode']}"
     if dev.kind == "cpu" and not dev.simulated and prefill is not None:
         progress.update("compiling the decode step", 0.9)
         details["decode_step"] = attach_decode_step(model, weights_bytes(model))

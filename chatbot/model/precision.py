@@ -5,8 +5,10 @@ devices. The loader walks the planned chain: it loads the first candidate, runs 
 and steps down when loading raises or the logits are not finite, recording every attempt. The chain
 depends on the device: fp8 -> bf16 -> fp16 -> fp32 on GPUs with native BF16 (Qwen3 is trained in
 BF16, and FP16 can overflow), fp8 -> fp16 -> fp32 on older GPUs, int8 -> fp16 -> bf16 -> fp32 on the
-CPU (whose FP16 path recomputes an overflowing step in FP32). ``auto`` picks INT8 on a CPU only where
-the loader measured its decode kernel faster than FP16 (``cpu_int8``); otherwise FP16.
+CPU (whose FP16 path recomputes an overflowing step in FP32). ``auto`` picks INT8 on a CPU by a rule
+per (int8 decode kernel, instruction set) written from the bench's measurements (``INT8_RULES``),
+never from a timing at load: one-shot timings flipped between two loads of the same checkpoint on
+the same machine, and a rule gives the same machine and checkpoint the same mode every time.
 
 FP8 on CUDA: native on compute capability >= 8.9 (FP8 tensor cores); below that "weight-only" (the
 FP8 bytes stay in memory and are decoded inside the matmul, as FP8 Marlin does), if the kernel passes
@@ -18,15 +20,11 @@ from __future__ import annotations
 
 import os
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING
 
 import torch
 
 from ..errors import InvalidRequestError
 from .device import BF16_MIN_CAPABILITY, FP8_MIN_CAPABILITY, DeviceInfo
-
-if TYPE_CHECKING:
-    from .cpu_int8 import Int8Speed as CpuInt8Check
 
 MODES = ("fp8", "int8", "fp16", "bf16", "fp32")
 CHAIN = MODES  # step-down order on the CPU and Apple GPUs (modes a device cannot run are left out)
@@ -40,6 +38,34 @@ COMPUTE_DTYPES = {
     "bf16": torch.bfloat16,
     "fp32": torch.float32,
 }
+
+
+# auto's INT8-or-FP16 choice on a CPU, by (int8 decode kernel that passed its self-check, vector instruction
+# set PyTorch uses): (INT8 decodes faster, the measurement behind it). Measured with `bench --peer llama.cpp`
+# (served decode, interleaved rounds, medians); a kernel or instruction set without an entry keeps FP16.
+INT8_RULES: dict[tuple[str, str], tuple[bool, str]] = {
+    ("inductor", "AVX512"): (True, "INT8 decoded 1.37x FP16's tokens/s with this kernel (2-core AVX-512 CPU)"),
+    ("aten", "AVX512"): (False, "PyTorch's int8 kernel decoded slower than FP16 (2-core AVX-512 CPU)"),
+    ("aten", "AVX2"): (False, "PyTorch's int8 kernel decoded 0.84x FP16's tokens/s (17.3 vs 20.6, AVX2 kernels)"),
+}
+
+
+@dataclass(frozen=True)
+class Int8Rule:
+    """Whether INT8 decodes faster than FP16 here, by ``INT8_RULES`` (same machine, same answer)."""
+
+    kernel: str  # the int8 decode kernel that passed its self-check (cpu_int8)
+    isa: str  # the vector instruction set PyTorch's kernels use ("AVX512", "AVX2", ...)
+
+    @property
+    def faster(self) -> bool:
+        return INT8_RULES.get((self.kernel, self.isa), (False, ""))[0]
+
+    def describe(self) -> str:
+        rule = INT8_RULES.get((self.kernel, self.isa))
+        if rule is None:
+            return f"no measurement of the {self.kernel} int8 kernel with {self.isa} code (bench --peer llama.cpp)"
+        return f"{rule[1]}; {self.kernel} kernel, {self.isa} code"
 
 
 @dataclass(frozen=True)
@@ -160,7 +186,7 @@ def plan_precision(
     *,
     checkpoint_fp8: bool,
     checkpoint_dtype: str = "bfloat16",
-    int8_speed: CpuInt8Check | None = None,
+    int8_speed: Int8Rule | None = None,
 ) -> tuple[list[Candidate], list[Attempt]]:
     """Order the modes to try, best first, each with the sentence that explains it.
 
@@ -169,7 +195,8 @@ def plan_precision(
         device: the device (real or simulated).
         checkpoint_fp8: whether the checkpoint stores FP8 weights.
         checkpoint_dtype: dtype of a plain checkpoint ("bfloat16", "float16", "float32").
-        int8_speed: on a CPU, how the int8 decode kernel compared with FP16 here (None: not measured).
+        int8_speed: on a CPU, whether the int8 decode kernel beats FP16 here (``Int8Rule``; None: not
+            considered, e.g. a model that fits in the CPU caches).
     Returns:
         (candidates, refused) where refused records requested modes the device cannot run.
     """
@@ -197,7 +224,7 @@ def _auto_choice(
     device: DeviceInfo,
     checkpoint_fp8: bool,
     checkpoint_dtype: str,
-    int8_speed: CpuInt8Check | None = None,
+    int8_speed: Int8Rule | None = None,
     requested_failed: str | None = None,
 ) -> Candidate:
     prefix = f"{requested_failed.upper()} unavailable, " if requested_failed else ""
@@ -221,8 +248,8 @@ def _auto_choice(
     if device.kind == "mps":
         return Candidate("fp16", f"{prefix}FP16 fallback: Apple GPU has no FP8; weights loaded on CPU, then moved")
     # CPU: decode is bound by memory bandwidth, so fewer bytes per weight mean more tokens per second.
-    # INT8 halves FP16's bytes, but is chosen only where its kernel was measured faster here (the
-    # loader measures it for models too large for the CPU caches, and bounds its error at load).
+    # INT8 halves FP16's bytes, but is chosen only where its kernel decodes faster on this instruction set
+    # (INT8_RULES; the loader asks for models too large for the CPU caches, and bounds INT8's error at load).
     # The loader also measures which dtype the long prompt matmuls run fastest in and adds it to the reason.
     if int8_speed is not None and int8_speed.faster:
         return Candidate("int8", f"{prefix}INT8: 1 byte per weight, {int8_speed.describe()}")
@@ -231,3 +258,36 @@ def _auto_choice(
     if checkpoint_fp8:
         return Candidate("fp16", f"{prefix}FP16 fallback: {why}, so the FP8 weights are dequantized to FP16{slower}")
     return Candidate("fp16", f"{prefix}FP16 on CPU: 16-bit weights halve the bytes read per generated token{slower}")
+
+
+BATCH_INVARIANT_VAR = "QWEN_BATCH_INVARIANT"
+
+
+def batch_invariant_requested(environ: dict[str, str] | None = None) -> bool:
+    """``QWEN_BATCH_INVARIANT=1``: requests decoded together run row by row, each exactly as it runs alone.
+
+    Off by default: a matmul's rounding depends on how many rows it multiplies (and on the CPU batched
+    rows use faster weights: the BF16 prefill copy, PyTorch's int8 kernel), so a seeded reply can differ
+    in a batch from the same request alone; decoding every row alone costs the batching's speed.
+
+    Raises:
+        ValueError: a value other than 0/1, true/false, yes/no, on/off.
+    """
+    value = (os.environ if environ is None else environ).get(BATCH_INVARIANT_VAR, "").strip().lower()
+    if value in ("", "0", "false", "no", "off"):
+        return False
+    if value in ("1", "true", "yes", "on"):
+        return True
+    raise ValueError(f"{BATCH_INVARIANT_VAR} must be 1 or 0, not {value!r}")
+
+
+def batched_decode_path(mode: str, device_kind: str, batched_dtype: str | None, invariant: bool) -> str:
+    """One sentence for the reason: what requests decoded together (2 or more rows) compute with."""
+    if invariant:
+        return f"requests decoded together run one by one, each as alone ({BATCH_INVARIANT_VAR}=1)"
+    if batched_dtype is None:
+        return f"requests decoded together use the same {mode.upper()} weights as one alone"
+    return (
+        f"requests decoded together use {batched_dtype}, so a seeded reply may differ from the same request "
+        f"alone ({BATCH_INVARIANT_VAR}=1 decodes each as alone)"
+    )
