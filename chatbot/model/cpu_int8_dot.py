@@ -190,4 +190,5 @@ def dot_kernel(isa: str) -> KernelFn:
         return torch.ops.qwen_int8.matvec(x, q, scale, bit)
 
     matvec.__name__ = f"int8_dot_{isa.replace('-', '_')}"
+    matvec.isa = isa  # type: ignore[attr-defined]
     return matvec
