@@ -146,9 +146,10 @@ def activation_error_bound(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor
     at most the sum of |weight| times that half step. Exact kernels stay far below it.
     """
     rows, columns = x.shape
-    blocks = x.float().reshape(rows, columns // cpu_int8_dot.BLOCK, cpu_int8_dot.BLOCK)
-    half_step = (blocks.abs().amax(-1, keepdim=True) / (2 * QMAX)).expand_as(blocks).reshape(rows, columns)
-    return half_step @ (q.float().abs() * scale.float()[:, None]).t()
+    padded = F.pad(x.float(), (0, -columns % cpu_int8_dot.BLOCK))  # a last partial block, for other widths
+    blocks = padded.reshape(rows, -1, cpu_int8_dot.BLOCK)
+    half_step = (blocks.abs().amax(-1, keepdim=True) / (2 * QMAX)).expand_as(blocks).reshape(rows, -1)
+    return half_step[:, :columns] @ (q.float().abs() * scale.float()[:, None]).t()
 
 
 def _dot_kernel() -> KernelFn:
