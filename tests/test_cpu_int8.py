@@ -1,4 +1,4 @@
-"""The 8-bit CPU mode: per-row int8 weights, its kernels (the dot kernel itself: test_cpu_int8_dot), the automatic choice."""
+"""The 8-bit CPU mode: per-row int8 weights, its kernels (the dot kernel: test_cpu_int8_dot), the automatic choice."""
 
 from __future__ import annotations
 
