@@ -21,7 +21,6 @@
 #include <torch/library.h>
 
 #include <algorithm>
-#include <cmath>
 #include <cstdint>
 #include <vector>
 
@@ -47,6 +46,35 @@ struct Activations {
   const int32_t* bias_row(int64_t m) const { return lane_bias.data() + m * (padded / kLane); }
 };
 
+// One block of 32 activations: the step max|x| / 127, x / step rounded to even (the MXCSR default) as int8,
+// |int8|, and per 4-byte lane the step and -128 * the lane's sum. Every path needs AVX2, so this is AVX2 code.
+__attribute__((target("avx2,fma"))) void quantize_block(const float* x, int8_t* q, uint8_t* magnitude,
+                                                        float* lane_scale, int32_t* lane_bias) {
+  const __m256 sign = _mm256_set1_ps(-0.0f);
+  __m256 v[4], largest = _mm256_setzero_ps();
+  for (int j = 0; j < 4; ++j) {
+    v[j] = _mm256_loadu_ps(x + 8 * j);
+    largest = _mm256_max_ps(largest, _mm256_andnot_ps(sign, v[j]));
+  }
+  __m128 m = _mm_max_ps(_mm256_castps256_ps128(largest), _mm256_extractf128_ps(largest, 1));
+  m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+  m = _mm_max_ss(m, _mm_movehdup_ps(m));
+  const float scale = _mm_cvtss_f32(m) / 127.0f;
+  const __m256 inverse = _mm256_set1_ps(scale > 0.0f ? 1.0f / scale : 0.0f);
+  __m256i i[4];
+  for (int j = 0; j < 4; ++j) i[j] = _mm256_cvtps_epi32(_mm256_mul_ps(v[j], inverse));
+  // Packing works within 128-bit halves; the permutation puts the 32 bytes back in order.
+  const __m256i packed = _mm256_permutevar8x32_epi32(
+      _mm256_packs_epi16(_mm256_packs_epi32(i[0], i[1]), _mm256_packs_epi32(i[2], i[3])),
+      _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(q), packed);
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(magnitude), _mm256_abs_epi8(packed));
+  const __m256i lane_sums =
+      _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_set1_epi8(1), packed), _mm256_set1_epi16(1));
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(lane_bias), _mm256_mullo_epi32(lane_sums, _mm256_set1_epi32(-128)));
+  _mm256_storeu_ps(lane_scale, _mm256_set1_ps(scale));
+}
+
 Activations quantize(const float* x, int64_t rows, int64_t k) {
   Activations a;
   a.rows = rows;
@@ -55,27 +83,11 @@ Activations quantize(const float* x, int64_t rows, int64_t k) {
   a.magnitude.assign(rows * a.padded, 0);
   a.lane_scale.assign(rows * a.padded / kLane, 0.0f);
   a.lane_bias.assign(rows * a.padded / kLane, 0);
-  for (int64_t m = 0; m < rows; ++m) {
-    const float* row = x + m * k;
-    int8_t* q = a.q.data() + m * a.padded;
-    for (int64_t start = 0; start < k; start += kBlock) {
-      float amax = 0.0f;
-      for (int64_t i = start; i < start + kBlock; ++i) amax = std::max(amax, std::fabs(row[i]));
-      const float scale = amax / 127.0f;
-      const float inverse = scale > 0.0f ? 1.0f / scale : 0.0f;
-      for (int64_t i = start; i < start + kBlock; ++i) {
-        const float v = std::nearbyint(row[i] * inverse);
-        q[i] = static_cast<int8_t>(std::min(127.0f, std::max(-127.0f, v)));
-        a.magnitude[m * a.padded + i] = static_cast<uint8_t>(q[i] < 0 ? -q[i] : q[i]);
-      }
-      for (int64_t lane = start / kLane; lane < (start + kBlock) / kLane; ++lane) {
-        int32_t sum = 0;
-        for (int64_t i = lane * kLane; i < (lane + 1) * kLane; ++i) sum += q[i];
-        a.lane_scale[m * a.padded / kLane + lane] = scale;
-        a.lane_bias[m * a.padded / kLane + lane] = -128 * sum;
-      }
-    }
-  }
+  for (int64_t m = 0; m < rows; ++m)
+    for (int64_t start = 0; start < k; start += kBlock)
+      quantize_block(x + m * k + start, a.q.data() + m * a.padded + start, a.magnitude.data() + m * a.padded + start,
+                     a.lane_scale.data() + (m * a.padded + start) / kLane,
+                     a.lane_bias.data() + (m * a.padded + start) / kLane);
   return a;
 }
 
@@ -202,15 +214,21 @@ TileFn pick_tile(int64_t isa, int64_t r, int64_t mt) {
   return pick_rows<1>(isa, mt);
 }
 
-int64_t supported_isas() {
+int64_t detect_isas() {
   __builtin_cpu_init();
   int64_t isas = 0;
   if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) isas |= kAvx2;
   if ((isas & kAvx2) && __builtin_cpu_supports("avxvnni")) isas |= kAvxVnni;
-  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+  // The activations are quantized with AVX2 code on every path.
+  if ((isas & kAvx2) && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
       __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl") &&
       __builtin_cpu_supports("avx512vnni"))
     isas |= kAvx512Vnni;
+  return isas;
+}
+
+int64_t supported_isas() {
+  static const int64_t isas = detect_isas();
   return isas;
 }
 
