@@ -183,3 +183,14 @@ def test_batch_command_reports_bad_lines_and_processes_the_rest(scripted_fp8, tm
     assert "temperature" in records[3]["error"]
     assert records[4]["finish_reason"] == "length" and records[4]["completion_tokens"] == 2
     assert "messages[0].role" in records[5]["error"]
+
+
+def test_bench_measures_the_decode_path_s_fidelity_and_the_int8_kernel_s_error(bench_report) -> None:
+    report, stdout, _ = bench_report
+    results = {r["precision"]: r for r in report["results"]}
+    for precision in ("bf16", "fp16", "int8"):
+        fidelity = results[precision]["fidelity"]
+        assert 0.9 <= fidelity["decode_top1_agreement"] <= 1.0 and fidelity["decode_mean_kl"] >= 0
+    details = results["int8"]["matmul_details"]
+    assert details["int8_kernel"] and float(details["int8_kernel_error"]) >= 0 and float(details["int8_rms_error"]) > 0
+    assert "Decode path: the passage fed one token at a time" in stdout and "| int8 kernel | kernel error |" in stdout

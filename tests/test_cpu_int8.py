@@ -1,4 +1,4 @@
-"""The 8-bit CPU mode: per-row int8 weights, the compiled and the ATen kernel, the automatic choice."""
+"""The 8-bit CPU mode: per-row int8 weights, its kernels (the dot kernel: test_cpu_int8_dot), the automatic choice."""
 
 from __future__ import annotations
 
@@ -212,7 +212,7 @@ with torch.inference_mode():
     x = torch.randn(1, 1024)
     reference = F.linear(x, dequantize(q, scale, torch.float32))
     error = float((kernel.fn(x, q, scale) - reference).abs().max() / reference.abs().max())
-print(kernel.name, error)
+print(kernel.name, error, kernel.isa or "-")
 """
 
 
@@ -226,5 +226,6 @@ def test_the_kernel_chosen_for_avx2_code_is_right() -> None:
     env = {**os.environ, "ATEN_CPU_CAPABILITY": "avx2"}
     done = subprocess.run([sys.executable, "-c", AVX2_CHECK], capture_output=True, text=True, env=env, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
-    name, error = done.stdout.split()
+    name, error, isa = done.stdout.split()
     assert name in cpu_int8.KERNELS and float(error) < cpu_int8.SELF_CHECK_MAX_ERROR
+    assert isa == ("avx2" if name == "dot" else "-")  # the dot kernel's AVX2 code, as llama.cpp's AVX2 build

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 FIDELITY_TOKENS = 256
+FIDELITY_DECODE_TOKENS = 64  # fed one token at a time: the decode kernels' own fidelity
 TURNS = (1, 2, 4, 8)
 BATCH_SIZES = (1, 4, 8)
 
@@ -103,7 +104,31 @@ def _fidelity(loaded: Any, reference: Path | None, save: Path | None) -> dict[st
         ref = torch.load(reference).float()
         result["top1_agreement"] = float((ref.argmax(-1) == logprobs.argmax(-1)).float().mean())
         result["mean_kl"] = float((ref.exp() * (ref - logprobs)).sum(-1).mean())
+        # The passage as decode steps (the full forward above is the prefill path, with other kernels).
+        decoded, ref = _decode_logprobs(loaded, ids[:FIDELITY_DECODE_TOKENS]), ref[:FIDELITY_DECODE_TOKENS]
+        result["decode_top1_agreement"] = float((ref.argmax(-1) == decoded.argmax(-1)).float().mean())
+        result["decode_mean_kl"] = float((ref.exp() * (ref - decoded)).sum(-1).mean())
     return result
+
+
+def _decode_logprobs(loaded: Any, ids: list[int]) -> Any:
+    """Next-token log-probabilities with ``ids`` fed one token at a time, as a lone request decodes (the
+    compiled decode step where the model has one)."""
+    import torch
+
+    from ..engine.kv_cache import new_cache
+
+    step = getattr(loaded.model, "qwen_decode_step", None)
+    cache, rows = new_cache(loaded.model.config), []
+    with torch.inference_mode():
+        for position, token in enumerate(ids):
+            if step is not None and position > 0:
+                logits = step([token], [cache])[0]
+            else:
+                ids_in = torch.tensor([[token]], device=loaded.device)
+                logits = loaded.model(input_ids=ids_in, past_key_values=cache, use_cache=True).logits[0, -1]
+            rows.append(logits.float().cpu())
+    return torch.log_softmax(torch.stack(rows), dim=-1)
 
 
 def _decoded_weight_bytes(model: Any) -> int:
@@ -214,6 +239,7 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
         "load_s": load_seconds,
         "weights_bytes": loaded.weights_bytes,
         "decoded_weight_bytes": _decoded_weight_bytes(loaded.model),
+        "matmul_details": {k: v for k, v in loaded.precision.details.items() if k.startswith(("int8_", "decode_step"))},
         "prompt_tokens": len(prompt),
         "new_tokens": spec["new_tokens"],
     }

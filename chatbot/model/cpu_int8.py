@@ -9,8 +9,12 @@ for Qwen3-0.6B) and the scheme torchao's int8 weight-only and llama.cpp's Q8_0 u
 of 32 columns); its error against the checkpoint is measured for every tensor at load
 (``Int8Quality``) and bounded when ``auto`` chooses this mode.
 
-Decode kernels (the first that passes its self-check is used):
+Decode kernels (the first that builds and passes its self-check is used):
 
+* ``dot``: integer dot products over activations quantized to int8 per block of 32, as llama.cpp's
+  Q8_0 computes (``cpu_int8_dot``: C++ with AVX512-VNNI, AVX-VNNI or AVX2 code, built at first use with
+  the C++ compiler and cached; all decode rows, 1 to 16, in one pass over the weights). Its extra
+  error, from rounding the activations, is bounded by ``activation_error_bound``.
 * ``inductor``: the matrix-vector product written as a multiply-and-sum over the int8 rows and
   compiled by ``torch.compile`` (Inductor's CPU code generation: C++ vectorized for this CPU's
   instruction set, OpenMP over output rows, int8 -> FP32 conversion in registers). The result is laid
@@ -20,7 +24,7 @@ Decode kernels (the first that passes its self-check is used):
 * ``aten``: PyTorch's own ``_weight_int8pack_mm`` (BF16 activations) where nothing can be compiled,
   or where the compiled code fails its self-check. It does with AVX2 code in torch 2.13: Inductor's
   vectorized int8 -> FP32 conversion there gives wrong sums (84% off, caught by the self-check;
-  reproduce with ``ATEN_CPU_CAPABILITY=avx2``), so AVX2-only CPUs use this kernel.
+  reproduce with ``ATEN_CPU_CAPABILITY=avx2``).
 
 Prompts (more rows than ``decode_rows``) dequantize each layer's weights to the prefill dtype right
 before its matmul; no copy is kept, so the mode's memory stays at one byte per weight.
@@ -40,6 +44,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import cpu_int8_dot
 from .cpu_layers import DECODE_MAX_ROWS
 
 log = logging.getLogger(__name__)
@@ -47,6 +52,7 @@ QMAX = 127
 QUANT_CHUNK_ROWS = 8192  # quantize large tables (the 151,936-row embedding) in slices of this many rows
 MAX_RMS_ERROR = 0.02  # auto keeps INT8 only when every tensor is this close to the checkpoint's values
 SELF_CHECK_MAX_ERROR = 0.01  # kernel vs FP32 reference, relative to the largest output (BF16 inputs: ~0.4%)
+OUTLIER_GAIN = 50.0  # the self-check's outlier channels: this many times the others (trained models have such)
 SELF_CHECK_MAX_ROWS = 1000  # output rows of each self-check layer (a 151,936-row head would cost 1 GB)
 SPEED_SAMPLE_BYTES = 192 * 2**20  # FP16 bytes timed when measuring: beyond the caches of common CPUs
 MIN_SPEEDUP = 1.1  # auto picks INT8 only when its decode matmuls are at least this much faster
@@ -133,6 +139,23 @@ def _aten_matvec(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor) -> torch
     return torch.ops.aten._weight_int8pack_mm(x.to(torch.bfloat16), q, scale.to(torch.bfloat16)).float()
 
 
+def activation_error_bound(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """The most that rounding x to int8 per block of 32 (the ``dot`` kernel) can move each output: [M, N].
+
+    Each activation moves by at most half its block's step (``max|block| / 127``), so an output moves by
+    at most the sum of |weight| times that half step. Exact kernels stay far below it.
+    """
+    rows, columns = x.shape
+    padded = F.pad(x.float(), (0, -columns % cpu_int8_dot.BLOCK))  # a last partial block, for other widths
+    blocks = padded.reshape(rows, -1, cpu_int8_dot.BLOCK)
+    half_step = (blocks.abs().amax(-1, keepdim=True) / (2 * QMAX)).expand_as(blocks).reshape(rows, -1)
+    return half_step[:, :columns] @ (q.float().abs() * scale.float()[:, None]).t()
+
+
+def _dot_kernel() -> KernelFn:
+    return cpu_int8_dot.dot_kernel(cpu_int8_dot.chosen_isa())
+
+
 def _inductor_kernel() -> KernelFn:
     return torch.compile(_int8_matvec, dynamic=True, fullgraph=True)
 
@@ -143,7 +166,7 @@ def _aten_kernel() -> KernelFn:
     return _aten_matvec
 
 
-KERNELS: dict[str, Callable[[], KernelFn]] = {"inductor": _inductor_kernel, "aten": _aten_kernel}
+KERNELS: dict[str, Callable[[], KernelFn]] = {"dot": _dot_kernel, "inductor": _inductor_kernel, "aten": _aten_kernel}
 
 
 @dataclass(frozen=True)
@@ -151,32 +174,53 @@ class Int8Kernel:
     name: str
     fn: KernelFn
     skipped: tuple[str, ...] = ()  # "name: why" for kernels tried before this one
+    error: float = 0.0  # the self-check's largest error on Gaussian inputs, relative to the largest output
+
+    @property
+    def isa(self) -> str:
+        """The instruction set of the ``dot`` kernel ("" for the others)."""
+        return getattr(self.fn, "isa", "")
 
     def describe(self) -> str:
-        return self.name + (f" ({'; '.join(self.skipped)})" if self.skipped else "")
+        name = f"{self.name} ({self.isa})" if self.isa else self.name
+        return name + (f" ({'; '.join(self.skipped)})" if self.skipped else "")
 
 
-def _self_check(fn: KernelFn, shapes: Sequence[tuple[int, int]]) -> None:
+def _self_check(fn: KernelFn, shapes: Sequence[tuple[int, int]]) -> float:
     """The kernel on the model's layer shapes with 1, 2 and 3 rows, against an FP32 reference.
 
-    Weights made outside inference mode and inputs inside it, as in generation: the compiled code
-    then matches the model's calls and is ready before the first token.
+    Gaussian inputs must come within ``SELF_CHECK_MAX_ERROR`` of the largest output; inputs with
+    outlier channels within ``activation_error_bound`` plus that much. Weights made outside inference
+    mode and inputs inside it, as in generation: the compiled code then matches the model's calls and is
+    ready before the first token. Returns the largest relative error on the Gaussian inputs.
     """
     generator = torch.Generator().manual_seed(0)
+    worst = 0.0
     for out_features, in_features in shapes:
         # The kernel is compiled for any number of output rows: a slice of a large layer checks it as well.
         out_features = min(out_features, SELF_CHECK_MAX_ROWS)
         weight = torch.randn(out_features, in_features, generator=generator)
         weight[:, : in_features // 3] *= 64  # rows whose columns differ in magnitude
         q, scale, _ = quantize_per_channel(weight)
+        dense = dequantize(q, scale, torch.float32)
         with torch.inference_mode():
             for rows in (1, 2, 3):
                 x = torch.randn(rows, in_features, generator=generator)
-                reference = F.linear(x, dequantize(q, scale, torch.float32))
+                reference = F.linear(x, dense)
                 out = fn(x, q, scale)
                 error = float((out - reference).abs().max() / reference.abs().max())
                 if tuple(out.shape) != (rows, out_features) or not error <= SELF_CHECK_MAX_ERROR:
                     raise RuntimeError(f"{error:.1e} off an FP32 reference on a {out_features}x{in_features} layer")
+                worst = max(worst, error)
+                x[:, 1::37] *= OUTLIER_GAIN
+                reference = F.linear(x, dense)
+                allowed = activation_error_bound(x, q, scale) + SELF_CHECK_MAX_ERROR * reference.abs().max()
+                excess = float(((fn(x, q, scale) - reference).abs() - allowed).max())
+                if not excess <= 0:
+                    raise RuntimeError(
+                        f"beyond its error bound on inputs with outlier channels ({out_features}x{in_features} layer)"
+                    )
+    return worst
 
 
 @cache
@@ -190,13 +234,13 @@ def select_int8_kernel(shapes: tuple[tuple[int, int], ...] = ((96, 64),)) -> Int
     for name, factory in KERNELS.items():
         try:
             fn = factory()
-            _self_check(fn, shapes)
+            error = _self_check(fn, shapes)
         except Exception as exc:  # a compiler missing or failing surfaces as many exception types
             reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
             log.warning("int8 kernel %s unavailable: %s", name, reason)
             skipped.append(f"{name}: {reason}")
             continue
-        return Int8Kernel(name, fn, tuple(skipped))
+        return Int8Kernel(name, fn, tuple(skipped), error)
     raise Int8KernelUnavailable("no int8 CPU kernel works here: " + "; ".join(skipped))
 
 
@@ -276,9 +320,10 @@ def convert_to_int8_layers(model: nn.Module, prefill_dtype: torch.dtype) -> None
 
 
 def attach_kernel(model: nn.Module, kernel: Int8Kernel, single_rows: int = DECODE_MAX_ROWS) -> None:
-    """Give the int8 layers their decode kernel; with ``single_rows`` < 16, batched decode steps of more rows
-    use PyTorch's ``_weight_int8pack_mm`` (see ``batch_kernel``)."""
-    batch = batch_kernel() if single_rows < DECODE_MAX_ROWS and kernel.name != "aten" else None
+    """Give the int8 layers their decode kernel; with the ``inductor`` kernel and ``single_rows`` < 16,
+    batched decode steps of more rows use PyTorch's ``_weight_int8pack_mm`` (see ``batch_kernel``). The
+    ``dot`` kernel reads each weight row once for all rows, so it takes every decode step itself."""
+    batch = batch_kernel() if single_rows < DECODE_MAX_ROWS and kernel.name == "inductor" else None
     for module in model.modules():
         if isinstance(module, CpuInt8Linear):
             module.kernel = kernel

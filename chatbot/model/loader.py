@@ -387,6 +387,7 @@ def _build(
         convert_to_int8_layers(model, prefill.dtype)
         kernel = select_int8_kernel(_int8_shapes(model))
         details["int8_kernel"] = kernel.describe()
+        details["int8_kernel_error"] = f"{kernel.error:.1e}"  # self-check vs FP32, relative to the largest output
     elif prefill is not None:
         convert_to_cpu_layers(model, COMPUTE_DTYPES[mode], prefill.dtype)
     _fill_weights(model, info, target, mode, progress, quality)
