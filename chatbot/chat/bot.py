@@ -86,7 +86,7 @@ class Qwen3ChatBot:
         self._lock = threading.Lock()  # one reply at a time joins the history
         self._streams_lock = threading.RLock()  # re-entrant: a collected stream's cleanup may run anywhere
         self._replying: set[threading.Event] = set()  # the cancel signals of the replies in progress
-        # The newest stream_chat generator and the thread that started it (see _leave_earlier_stream).
+        # The newest stream_chat generator and the thread that started it (see leave_unfinished).
         self._last_stream: tuple[weakref.ref[Generator[ChatEvent, None, None]], int] | None = None
         self._closed = False
         if load == "background":
