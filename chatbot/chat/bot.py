@@ -6,12 +6,23 @@ reply = bot.chat("Hello!", enable_thinking=True)  # {"thinking", "answer", "full
 for event in bot.stream_chat("And in French?"):   # ThinkingDelta / AnswerDelta / ... / ChatDone
     ...
 remote = Qwen3ChatBot(backend="http://gpu-box:8000/v1")  # the same over vLLM, SGLang, llama-server...
+
+with Qwen3ChatBot("Qwen/Qwen3-0.6B-FP8") as bot:   # closes the engine at the end of the block
+    ...
+
+Leaving a ``stream_chat`` loop early (``break``, an exception, Ctrl+C, the generator collected) stops
+that reply's generation at once; its exchange is not added to the history. A script may also simply
+end: whatever is still generating or loading is stopped before the interpreter exits (``close()``
+runs for every engine at exit; see ``engine/shutdown.py``).
 """
 
 from __future__ import annotations
 
+import inspect
 import threading
-from collections.abc import Iterator
+import weakref
+from collections.abc import Generator, Iterator
+from types import TracebackType
 from typing import Any
 
 from ..engine.engine import ChatEngine
@@ -28,6 +39,17 @@ from .reply import batch_reply
 from .request import ChatRequest
 
 
+def leave_unfinished(stream: tuple[weakref.ref[Generator[ChatEvent, None, None]], int] | None) -> None:
+    """Close ``stream`` (a ``stream_chat`` generator and the thread that made it) if this thread left it
+    part-way: it holds the bot's history lock, so a new reply waiting for it would wait forever. A stream
+    not started yet, finished, or another thread's is left alone (another thread's reply is waited for)."""
+    if stream is None or stream[1] != threading.get_ident():
+        return
+    generator = stream[0]()
+    if generator is not None and inspect.getgeneratorstate(generator) == inspect.GEN_SUSPENDED:
+        generator.close()
+
+
 class Qwen3ChatBot:
     """A conversation with a Qwen3 model: history, thinking mode, streaming.
 
@@ -42,6 +64,9 @@ class Qwen3ChatBot:
             ``RemoteBackend`` (then ``model_path``, ``device``, ``precision`` are not used).
         load: "lazy" (on first use), "background" (start now in a thread) or "now" (block here).
         **engine_kwargs: max_context, gpu_memory_limit, queue_size, prefix_cache_tokens, trust_remote_code.
+
+    Use it in a ``with`` block, or call ``close()``, to stop its engine when done (a script that just
+    ends is fine too: engines are closed at exit).
     """
 
     def __init__(
@@ -56,6 +81,8 @@ class Qwen3ChatBot:
         load: str = "lazy",
         **engine_kwargs: Any,
     ) -> None:
+        # close() stops what this bot created; an engine or backend object passed in is the caller's.
+        self._owns_engine = isinstance(backend, str) or (backend is None and engine is None)
         if isinstance(backend, str):
             backend = RemoteBackend(backend)
         # ``engine`` is what was given or made (a ChatEngine or a backend); ``backend`` answers.
@@ -64,7 +91,12 @@ class Qwen3ChatBot:
         )
         self.backend: Backend = as_backend(self.engine)
         self.conversation = Conversation(system_prompt)
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # one reply at a time joins the history
+        self._streams_lock = threading.RLock()  # re-entrant: a collected stream's cleanup may run anywhere
+        self._replying: set[threading.Event] = set()  # the cancel signals of the replies in progress
+        # The newest stream_chat generator and the thread that started it (see leave_unfinished).
+        self._last_stream: tuple[weakref.ref[Generator[ChatEvent, None, None]], int] | None = None
+        self._closed = False
         if load == "background":
             self.backend.start_loading()
         elif load == "now":
@@ -122,20 +154,58 @@ class Qwen3ChatBot:
         """Send ``message`` and stream the reply; the exchange joins the history when it ends.
 
         Yields Loading, QueuePosition, ThinkingDelta and AnswerDelta events, then one ChatDone.
+        Leaving the loop early (``break``, an exception, Ctrl+C, the generator closed or collected) cancels
+        the generation at once and leaves the history as it was; so does a new ``stream_chat``/``chat`` call
+        from the same thread while this stream is left unfinished. ``cancel``, when given, is set then.
         Raises InvalidRequestError / ContextLengthError (nothing sent, history unchanged),
-        QueueFullError, GenerationError.
+        QueueFullError, GenerationError; ChatbotError once the bot is closed.
         """
+        earlier = self._last_stream
+        stream = self._stream(message, enable_thinking, cancel or threading.Event(), generation_kwargs, earlier)
+        self._last_stream = (weakref.ref(stream), threading.get_ident())
+        return stream
+
+    def _stream(
+        self,
+        message: str,
+        enable_thinking: bool,
+        cancel: threading.Event,
+        generation_kwargs: dict[str, Any],
+        earlier: tuple[weakref.ref[Generator[ChatEvent, None, None]], int] | None,
+    ) -> Generator[ChatEvent, None, None]:
+        leave_unfinished(earlier)
         with self._lock:
+            self._check_open()
             request = ChatRequest.build(
                 self.conversation.messages_with(message),
                 enable_thinking=enable_thinking,
                 limits=self.backend.limits,
                 **generation_kwargs,
             )
-            for event in self.backend.stream(request, cancel):
-                if isinstance(event, ChatDone):
-                    self.conversation.add_exchange(message, event)
-                yield event
+            events = self.backend.stream(request, cancel)
+            with self._streams_lock:
+                self._replying.add(cancel)
+            finished = False
+            try:
+                for event in events:
+                    if isinstance(event, ChatDone):
+                        finished = True
+                        self.conversation.add_exchange(message, event)
+                    try:
+                        yield event
+                    except BaseException:  # left early (GeneratorExit, or thrown in): stop generating now
+                        if not finished:
+                            cancel.set()
+                        raise
+            finally:
+                with self._streams_lock:
+                    self._replying.discard(cancel)
+                if isinstance(events, Generator):  # at once, not whenever the garbage collector gets to it
+                    events.close()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ChatbotError("This Qwen3ChatBot is closed.", fix="Create a new Qwen3ChatBot to chat again.")
 
     def chat(self, message: str, enable_thinking: bool = False, **generation_kwargs: Any) -> dict[str, Any]:
         """Send ``message`` and return {"thinking", "answer", "full_response", "finish_reason", "stats"}."""
@@ -154,6 +224,7 @@ class Qwen3ChatBot:
         Each prompt is a user message or a whole list of messages. Returns one dict per prompt:
         thinking, answer, full_response, finish_reason, prompt_tokens, completion_tokens.
         """
+        self._check_open()
         system = (
             [{"role": "system", "content": self.conversation.system_prompt}] if self.conversation.system_prompt else []
         )
@@ -168,4 +239,21 @@ class Qwen3ChatBot:
         return self.conversation.to_list()
 
     def close(self) -> None:
-        self.backend.close()
+        """Stop this bot: its replies in progress are cancelled, and the engine or remote backend it created
+        is shut down (its worker thread joined). An ``engine`` or ``backend`` object passed in stays open for
+        its other users. Closing twice is fine; chatting afterwards raises ChatbotError."""
+        self._closed = True
+        with self._streams_lock:
+            replying = list(self._replying)
+        for cancel in replying:
+            cancel.set()
+        if self._owns_engine:
+            self.backend.close()
+
+    def __enter__(self) -> Qwen3ChatBot:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, traceback: TracebackType | None
+    ) -> None:
+        self.close()

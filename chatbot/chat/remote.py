@@ -30,6 +30,7 @@ from typing import Any
 
 import openai
 
+from ..engine.shutdown import close_at_exit
 from ..errors import BackendError, ChatbotError, ContextLengthError
 from .backend import BackendInfo, BackendStatus
 from .events import ChatDone, ChatEvent
@@ -109,6 +110,7 @@ class RemoteBackend:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="remote-backend", daemon=True)
         self._thread.start()
+        close_at_exit(self)  # its requests end and the loop stops before the interpreter exits
         # The key is sent as a bearer token; "none" to servers that want none (the client insists on one).
         self._client = openai.AsyncOpenAI(
             base_url=url,
@@ -386,6 +388,14 @@ class RemoteBackend:
         finally:
             future.cancel()
 
+    async def _stop_requests(self) -> None:
+        """Cancel every request streaming now (each closes its connection), then close the client."""
+        tasks = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await self._client.close()
+
     async def _pump(self, body: dict[str, Any], out: queue.Queue[tuple[str, Any]]) -> None:
         """Stream one request into ``out``: ("chunk", c)..., then ("end"|"cancelled", None) or ("error", e)."""
         try:
@@ -410,7 +420,8 @@ class RemoteBackend:
             out.put(("error", backend_error(exc, self.url)))
 
     def close(self, timeout: float = 10.0) -> None:
-        """Stop watching, end the waiting requests, close the connections and the event loop."""
+        """Stop watching, end the waiting and running requests (they finish "cancelled"), close the
+        connections and the event loop. Closing twice is fine; later requests raise ChatbotError."""
         with self._lock:
             if self.slots.closed:
                 return
@@ -418,6 +429,6 @@ class RemoteBackend:
         if self._watcher is not None:
             self._watcher.cancel()
         with contextlib.suppress(Exception):
-            asyncio.run_coroutine_threadsafe(self._client.close(), self._loop).result(timeout)
+            asyncio.run_coroutine_threadsafe(self._stop_requests(), self._loop).result(timeout)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout)

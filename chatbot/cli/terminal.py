@@ -3,8 +3,9 @@
 Thinking is on by default, as in the web chat (``--no-think`` starts with it off). Commands, typed
 alone on a line: /think and /no_think switch thinking for the next messages, /clear forgets the
 history, /help lists the commands, /quit (or Ctrl-D) leaves. Inside a message, /think or /no_think
-switches thinking for that message only (Qwen3's own soft switch). With ``--backend URL`` the
-replies come from that OpenAI-compatible server instead of a model loaded here.
+switches thinking for that message only (Qwen3's own soft switch). Ctrl+C stops the reply being
+written and gives the prompt back; at the prompt, or while the model loads, it leaves. With
+``--backend URL`` the replies come from that OpenAI-compatible server instead of a model loaded here.
 """
 
 from __future__ import annotations
@@ -47,6 +48,9 @@ def _converse(engine: Backend, model: str, settings: Settings, think: bool) -> i
     except ChatbotError as exc:
         print(f"error: {exc}")
         return 1
+    except KeyboardInterrupt:  # Ctrl+C while loading: leave quietly (chat_loop stops the load)
+        print()
+        return 130
     print(f"{DIM}{bot.describe()}{RESET}")
     print(f"{DIM}Thinking is {'on' if think else 'off'} (/think, /no_think).{RESET}")
     while True:

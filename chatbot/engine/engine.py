@@ -17,6 +17,7 @@ import itertools
 import logging
 import queue
 import threading
+import time
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -24,7 +25,7 @@ from typing import Any
 
 from ..errors import ChatbotError, DeviceFaultError, GenerationError, InvalidRequestError, QueueFullError
 from ..model.device import is_sticky_cuda_fault
-from ..model.loader import LoadedModel, LoadProgress, load_model
+from ..model.loader import LoadedModel, load_model
 from ..settings import Settings
 from .batching import install_row_attention
 from .cpu_threads import release_openmp_team
@@ -34,6 +35,7 @@ from .jobs import LOCAL_CLIENT, EngineEvent, Failed, Finished, Job, Queued, Text
 from .request import ActiveRequest
 from .sampling import SamplingOptions
 from .scheduler import CPU_PREFILL_CHUNK, GPU_PREFILL_CHUNK, STEP_ERRORS, Batch, as_generation_error, device_fault
+from .shutdown import LoadStopped, StoppableProgress, close_at_exit
 
 __all__ = ["ChatEngine", "EngineEvent", "Failed", "Finished", "Job", "Queued", "TextDelta"]
 log = logging.getLogger(__name__)
@@ -83,7 +85,7 @@ class ChatEngine:
         self.max_generation_seconds = max_generation_seconds
         self._max_batch: int | None = None
         self.prefix_cache = PrefixCache(prefix_cache_tokens)
-        self.progress = LoadProgress()
+        self.progress = StoppableProgress()  # close() stops a load in progress at its next step
         self._loaded: LoadedModel | None = None
         self._load_error: BaseException | None = None
         self._fault: DeviceFaultError | None = None  # the GPU faulted: nothing more runs in this process
@@ -153,8 +155,14 @@ class ChatEngine:
     def start_loading(self) -> None:
         """Load the model in a background thread (no-op if loading or loaded)."""
         with self._cv:
-            if self._loaded is not None or (self._load_thread is not None and self._load_thread.is_alive()):
+            if self._loaded is not None:
                 return
+            if self._closed:  # callers waiting for the model (wait_for_model) learn why it never comes
+                self._load_error = self._load_error or ChatbotError("The engine is shut down.")
+                return
+            if self._load_thread is not None and self._load_thread.is_alive():
+                return
+            close_at_exit(self)
             self._load_thread = threading.Thread(target=self._load_quietly, name="model-loader", daemon=True)
             self._load_thread.start()
 
@@ -162,7 +170,10 @@ class ChatEngine:
         try:
             self.load()
         except (ChatbotError, RuntimeError, OSError) as exc:
-            log.error("Loading %s failed: %s", self.source, exc)
+            if self._closed:  # a script that ended, or Ctrl+C, before the model was needed
+                log.info("Loading %s stopped: the engine was closed", self.source)
+            else:
+                log.error("Loading %s failed: %s", self.source, exc)
 
     def load(self) -> LoadedModel:
         """Load the model now (or wait for the load in progress); raises the load error if it failed."""
@@ -173,6 +184,9 @@ class ChatEngine:
                 self._load_error = None
                 try:
                     loaded = load_model(self.source, progress=self.progress, **self._load_kwargs)
+                except LoadStopped:
+                    self._load_error = ChatbotError("The engine was closed before the model finished loading.")
+                    raise self._load_error from None
                 except BaseException as exc:
                     self._load_error = exc
                     raise
@@ -268,7 +282,11 @@ class ChatEngine:
         cancel = cancel or threading.Event()
         window = max(1, min(len(prompts), self.max_batch, self._queue.client_limit))
         with ThreadPoolExecutor(max_workers=window, thread_name_prefix="batch-request") as pool:
-            return list(pool.map(lambda prompt: self._reply(list(prompt), options, cancel, client), prompts))
+            try:
+                return list(pool.map(lambda prompt: self._reply(list(prompt), options, cancel, client), prompts))
+            except BaseException:  # Ctrl+C or an error: the rest stop now (leaving the pool waits for them)
+                cancel.set()
+                raise
 
     def _reply(
         self, prompt: list[int], options: SamplingOptions, cancel: threading.Event, client: str
@@ -333,6 +351,7 @@ class ChatEngine:
 
     def _ensure_worker(self) -> None:
         if self._worker is None or not self._worker.is_alive():
+            close_at_exit(self)  # a daemon thread, so an idle one never keeps a script alive; see shutdown.py
             self._worker = threading.Thread(target=self._work, name="generation-worker", daemon=True)
             self._worker.start()
 
@@ -543,16 +562,25 @@ class ChatEngine:
             self._send_positions()
 
     def close(self, timeout: float = 10.0) -> None:
-        """Cancel the running and waiting requests and wait (up to ``timeout``) for the worker to end.
+        """Cancel the running and waiting requests, stop a load in progress, and wait (up to ``timeout``)
+        for the worker and loader threads to end. Later requests raise ``ChatbotError``; closing twice is fine.
 
-        Waiting matters at exit: a worker thread still inside torch when the interpreter shuts down
-        can abort the process.
+        Waiting matters at exit: a thread still inside torch when the interpreter shuts down aborts the
+        process (see ``shutdown.py``, which calls this for every engine at exit).
         """
         with self._cv:
             self._closed = True
             for job in [*self._queue.jobs(), *self._running]:
                 job.cancel.set()
             self._cv.notify_all()
-            worker = self._worker
-        if worker is not None and worker is not threading.current_thread():
-            worker.join(timeout)
+            threads = [t for t in (self._worker, self._load_thread) if t is not None]
+        self.progress.stop()
+        deadline = time.monotonic() + timeout
+        for thread in threads:
+            if thread is threading.current_thread():
+                continue
+            thread.join(max(0.0, deadline - time.monotonic()))
+            if thread.is_alive():
+                log.warning(
+                    "The engine's %s thread is still busy after %.0f s; leaving it running", thread.name, timeout
+                )
