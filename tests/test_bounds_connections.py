@@ -106,7 +106,7 @@ def test_slow_bodies_are_cut_and_other_clients_are_served_meanwhile(app: Running
 
 
 def test_slow_bodies_are_cut_on_the_web_chat_port_too(app: RunningApp) -> None:
-    slow = slow_bodies(app.ui_url, "/gradio_api/upload", 50, "127.0.0.2")
+    slow = slow_bodies(app.ui_url, "/gradio_api/queue/join", 50, "127.0.0.2")
     try:
         assert len(slow) == 50
         wait_until_closed_by_the_server(slow)
