@@ -109,9 +109,6 @@ class LocalBackend:
         options = request.options
         check_logit_bias(options.logit_bias, vocab_size(loaded))
         vocab = model_vocabulary(loaded) if (options.constraint is not None or options.logprobs) else None
-        if options.constraint is not None:
-            assert vocab is not None
-            vocab.compile(options.constraint)  # a schema the grammar engine refuses is a 400 before anything runs
         prompt = build_prompt(
             loaded.tokenizer,
             list(request.messages),
@@ -125,6 +122,15 @@ class LocalBackend:
             options = options.model_copy(
                 update={"max_new_tokens": min(loaded.max_context - len(prompt.ids), options.max_new_tokens)}
             )
+        if options.constraint is not None:
+            assert vocab is not None
+            # Compiled here, before the engine admits the request (bounded; a refused schema is a 400), and
+            # carried in the options: the engine's worker never waits for a compilation.
+            compiled = vocab.compile(options.constraint, cancel)
+            if compiled is None:  # the client went away while it compiled
+                yield ChatDone("", "", "", "cancelled", request.thinking, {})
+                return
+            options = options.model_copy(update={"compiled_grammar": compiled})
         yield from run_reply(
             self.engine,
             loaded,

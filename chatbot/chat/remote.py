@@ -11,6 +11,9 @@ front of vLLM, SGLang, llama.cpp's ``llama-server`` or another copy of this app.
 * A watcher asks ``GET /v1/models`` when started, then every ``RECHECK_SECONDS`` while the server
   answers, and with backoff (1, 2, 4 ... 30 s) while it does not; ``info()`` is what it learnt
   (model, ``max_model_len`` when the server reports it, reachability, the last error).
+* A web chat conversation longer than the server's context loses its oldest whole turns as with a local
+  model, worked out from the server's reported context and its refusal, with at most one retry
+  (``remote_trim.py``).
 * At most ``max_batch`` requests are sent at once; up to ``queue_size`` more wait here with their
   position, and beyond that a request is refused (``QueueFullError``; see ``remote_slots.py``).
 """
@@ -37,6 +40,7 @@ from .events import ChatDone, ChatEvent
 from .limits import ReplyLimits
 from .remote_slots import RemoteSlots
 from .remote_stream import RemoteReply, backend_error, remote_messages, request_body
+from .remote_trim import leave_out_what_cannot_fit, trim_to_report
 from .request import ChatRequest
 
 __all__ = ["BackendInfo", "RemoteBackend"]
@@ -293,7 +297,10 @@ class RemoteBackend:
             return
         limit = request.limits.max_generation_seconds
         deadline = time.perf_counter() + limit if limit else None  # from the start, not the wait for a slot
-        dropped = 0
+        dropped, trimmed = 0, False
+        context = self._info.max_model_len
+        if context and not request.strict_context:  # what certainly cannot fit is not sent at all
+            clean, dropped = leave_out_what_cannot_fit(clean, context)
         try:
             while True:
                 body = request_body(
@@ -316,19 +323,24 @@ class RemoteBackend:
                         started = True
                         yield event
                     return
-                except ContextLengthError:
+                except ContextLengthError as error:
                     if request.fill_context and send_max and not started:
                         # The cap is more than the room the server has left: its context bounds the reply
                         # below the cap already, so the request goes again without max_tokens.
                         send_max = False
                         continue
                     # The web chat's rule, as for a local model: the oldest whole turns make room (never
-                    # the system prompt or the new message). The server is the judge: no tokenizer here.
-                    shorter = None if request.strict_context or started else drop_oldest_turn(clean)
+                    # the system prompt or the new message), worked out once from the server's refusal and
+                    # sent once more (remote_trim.py): no tokenizer here, and no request per dropped turn.
+                    if request.strict_context or started or trimmed:
+                        raise
+                    reply_tokens = request.options.max_new_tokens if send_max else 0
+                    shorter = trim_to_report(clean, error.message, self._info.max_model_len, reply_tokens)
                     if shorter is None:
                         raise
                     clean, count = shorter
                     dropped += count
+                    trimmed = True
         finally:
             self.slots.free()
 

@@ -20,7 +20,7 @@ from ..errors import InvalidRequestError
 from .limits import ReplyLimits
 from .prompt import effective_thinking, normalize_messages
 from .structured import response_format_constraint
-from .tools import tool_call_constraint
+from .tools import check_tools_size, tool_call_constraint
 
 # The most a reply may ask for (SamplingOptions' own bound): "the room left" with no cap at all.
 MAX_NEW_TOKENS = 131072
@@ -90,9 +90,11 @@ class ChatRequest:
             **sampling: ``SamplingOptions`` fields (temperature, max_new_tokens, logit_bias, logprobs, ...);
                 None values take the mode's defaults.
         Raises:
-            InvalidRequestError: bad messages or options, or ``max_new_tokens`` over the server's cap.
+            InvalidRequestError: bad messages or options, ``max_new_tokens`` over the server's cap, or tools or a
+                schema over their bounds (``tools.MAX_TOOLS``, ``MAX_TOOLS_BYTES``, ``structured.MAX_SCHEMA_BYTES``).
         """
         limits = limits or ReplyLimits()
+        check_tools_size(list(tools or []))  # counted before any work is spent on them
         clean = normalize_messages(messages)
         thinking = effective_thinking(clean, enable_thinking)
         after_thinking = thinking and clean[-1]["role"] != "assistant"

@@ -14,12 +14,16 @@ from typing import Any
 from ..engine.constraints import Constraint
 from ..errors import InvalidRequestError
 
+# The largest JSON schema a response_format may carry (as compact JSON), counted before it is compiled.
+MAX_SCHEMA_BYTES = 64 * 1024
+
 
 def response_format_constraint(response_format: Any, *, after_thinking: bool) -> Constraint | None:
     """The constraint for ``response_format`` (a dict as OpenAI sends it, or None).
 
     Raises:
-        InvalidRequestError: an unknown type, or json_schema without a schema object.
+        InvalidRequestError: an unknown type, json_schema without a schema object, or a schema over
+            ``MAX_SCHEMA_BYTES``.
     """
     if response_format is None:
         return None
@@ -39,7 +43,16 @@ def response_format_constraint(response_format: Any, *, after_thinking: bool) ->
                 param="response_format.json_schema.schema",
                 fix='Send {"type": "json_schema", "json_schema": {"name": "...", "schema": {...}}}.',
             )
-        return Constraint("json_schema", json.dumps(schema, sort_keys=False), after_thinking=after_thinking)
+        text = json.dumps(schema, sort_keys=False)
+        size = len(json.dumps(schema, ensure_ascii=False, separators=(",", ":")).encode("utf-8"))
+        if size > MAX_SCHEMA_BYTES:
+            raise InvalidRequestError(
+                f"response_format.json_schema.schema is {size / 1024:.0f} KiB; this server takes schemas of at "
+                f"most {MAX_SCHEMA_BYTES // 1024} KiB.",
+                param="response_format.json_schema.schema",
+                fix="Send a smaller schema: fewer properties, shorter enums.",
+            )
+        return Constraint("json_schema", text, after_thinking=after_thinking)
     raise InvalidRequestError(
         f"response_format.type {kind!r} is not supported; use text, json_object or json_schema",
         param="response_format.type",

@@ -23,6 +23,10 @@ OPEN, CLOSE = "<tool_call>", "</tool_call>"
 BLOCK_RE = re.compile(r"<tool_call>\s*(.*?)\s*</tool_call>", re.S)
 # Most calls one constrained reply may hold when parallel calls are allowed.
 MAX_PARALLEL_CALLS = 4
+# Most tools one request may offer (OpenAI's own bound), and their size as JSON together: counted before any
+# work (rendering them into the prompt, compiling their grammar) is spent on them.
+MAX_TOOLS = 128
+MAX_TOOLS_BYTES = 256 * 1024
 
 
 @dataclass(frozen=True)
@@ -129,6 +133,33 @@ class ToolCallStream:
         rest, self.buffer = self.buffer, ""
         self._content(out, rest.rstrip())
         return out
+
+
+def check_tools_size(tools: Sequence[dict[str, Any]]) -> None:
+    """Refuse more than ``MAX_TOOLS`` tools, or more than ``MAX_TOOLS_BYTES`` of them as JSON.
+
+    Raises:
+        InvalidRequestError: param ``tools``, saying the bound and what to send instead.
+    """
+    if len(tools) > MAX_TOOLS:
+        raise InvalidRequestError(
+            f"tools has {len(tools)} functions; this server takes at most {MAX_TOOLS} per request.",
+            param="tools",
+            fix="Offer only the tools this turn may need.",
+        )
+    size = json_size(tools)
+    if size > MAX_TOOLS_BYTES:
+        raise InvalidRequestError(
+            f"tools is {size / 1024:.0f} KiB of JSON; this server takes at most {MAX_TOOLS_BYTES // 1024} KiB of "
+            "tool definitions per request.",
+            param="tools",
+            fix="Offer fewer tools, or shorter descriptions and parameter schemas.",
+        )
+
+
+def json_size(value: Any) -> int:
+    """Bytes of ``value`` as compact JSON (how it is counted against the request bounds)."""
+    return len(json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8"))
 
 
 def tool_names(tools: Sequence[dict[str, Any]]) -> list[str]:

@@ -3,7 +3,8 @@
 A ``Constraint`` says what the answer must be (JSON matching a schema, any JSON object, or an EBNF
 grammar such as a tool call); ``GrammarState`` is one request's matcher over the loaded tokenizer.
 xgrammar is the grammar engine vLLM and SGLang use: it compiles the grammar against the vocabulary
-once (cached per tokenizer and grammar) and fills a token bitmask per step on the CPU.
+once (cached per tokenizer and grammar; in a worker process with a time and memory bound, see
+``grammar_compile.py``) and fills a token bitmask per step on the CPU.
 
 With ``after_thinking`` the thinking stays free: the mask applies from the token after ``</think>``
 (an optional blank line is allowed there, as the model writes one). Once the grammar is complete
@@ -14,10 +15,9 @@ only an end-of-turn token is allowed, so a constrained reply always ends with va
 from __future__ import annotations
 
 import functools
-import json
 import logging
-import re
 import threading
+import uuid
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -25,12 +25,13 @@ import torch
 import xgrammar as xgr
 
 from ..errors import InvalidRequestError
+from .grammar_compile import COMPILER, Cancelled
+from .grammar_worker import build_grammar, engine_message
 
 log = logging.getLogger(__name__)
 THINK_CLOSE = "</think>"
-# What may precede the constrained answer: the blank line Qwen3 writes after </think>.
-LEADING_NEWLINES = '"\\n"{0,2}'
-ENGINE_PREFIX = re.compile(r"^\[[\d:]+\] \S+:\d+: ")
+# Compiled grammars (and refusals) kept per vocabulary: schemas differ per client.
+CACHED_GRAMMARS = 64
 
 
 @dataclass(frozen=True)
@@ -51,41 +52,30 @@ class Constraint:
     param: str = "response_format"  # the request field an unusable schema came from
 
     def grammar(self) -> xgr.Grammar:
-        """The xgrammar grammar of the answer, with the optional blank line in front.
+        """The xgrammar grammar of the answer, with the optional blank line in front (built in this process;
+        ``Vocabulary.compile`` builds and compiles it in the bounded worker).
 
         Raises:
             InvalidRequestError: the schema cannot be compiled (param ``response_format``).
         """
-        schema = self.schema if self.kind == "json_schema" else '{"type": "object"}'
         try:
-            # Compact separators (", " and ": ") as Qwen3 writes JSON: no unbounded whitespace runs.
-            value = xgr.Grammar.from_json_schema(schema, any_whitespace=False)
+            return build_grammar(**self.fields())
         except (RuntimeError, ValueError, TypeError) as exc:
             raise InvalidRequestError(
                 f"The JSON schema cannot be used for constrained decoding: {engine_message(exc)}",
                 param=self.param,
                 fix="Send a valid JSON Schema (type, properties, required, enum, items, anyOf...).",
             ) from exc
-        before, after = self.wrap
-        one = [literal(before), value, literal(after)] if before or after else [value]
-        options = []
-        for count in range(1, self.max_count + 1):
-            parts = list(one)
-            for _ in range(count - 1):
-                parts += [literal(self.separator), *one]
-            options.append(xgr.Grammar.concat(*parts))
-        answer = options[0] if len(options) == 1 else xgr.Grammar.union(*options)
-        return xgr.Grammar.concat(xgr.Grammar.from_ebnf(f"root ::= {LEADING_NEWLINES}"), answer)
 
-
-def engine_message(exc: BaseException) -> str:
-    """xgrammar's error without the C++ time stamp and source location it starts with."""
-    return ENGINE_PREFIX.sub("", str(exc)).strip()
-
-
-def literal(text: str) -> xgr.Grammar:
-    """A grammar that matches exactly ``text``."""
-    return xgr.Grammar.from_ebnf(f"root ::= {json.dumps(text)}")
+    def fields(self) -> dict[str, Any]:
+        """``grammar_worker.build_grammar``'s arguments for this constraint."""
+        return {
+            "kind": self.kind,
+            "schema": self.schema,
+            "wrap": list(self.wrap),
+            "separator": self.separator,
+            "max_count": self.max_count,
+        }
 
 
 class Vocabulary:
@@ -93,31 +83,58 @@ class Vocabulary:
 
     def __init__(self, tokenizer: Any, vocab_size: int, eos_ids: tuple[int, ...]) -> None:
         self.info = xgr.TokenizerInfo.from_huggingface(tokenizer, vocab_size=vocab_size, stop_token_ids=list(eos_ids))
-        self.compiler = xgr.GrammarCompiler(self.info, max_threads=1)
         self.vocab_size = vocab_size
         think = tokenizer.convert_tokens_to_ids(THINK_CLOSE)
         self.think_close_id: int | None = think if isinstance(think, int) and think >= 0 else None
+        self.key = uuid.uuid4().hex  # names this vocabulary to the compiler's worker
         self._compiled: dict[Constraint, xgr.CompiledGrammar] = {}
-        self._lock = threading.Lock()
+        self._refused: dict[Constraint, InvalidRequestError] = {}
+        self._lock = threading.Lock()  # guards the two caches only, never held while compiling
 
-    def compile(self, constraint: Constraint) -> xgr.CompiledGrammar:
+    def compile(self, constraint: Constraint, cancel: threading.Event | None = None) -> xgr.CompiledGrammar | None:
+        """The constraint's grammar compiled for this vocabulary: cached, else compiled by the bounded worker
+        (``grammar_compile.COMPILER``) on the caller's thread. None when ``cancel`` was set meanwhile.
+
+        Raises:
+            InvalidRequestError: the schema is unusable, or past the compiler's time or memory bound (a
+                refusal is remembered: the same schema is refused again at once).
+            QueueFullError: other requests' grammars kept the compiler busy too long.
+        """
         with self._lock:
-            if constraint not in self._compiled:
-                if len(self._compiled) >= 64:  # bounded: schemas differ per client
-                    self._compiled.pop(next(iter(self._compiled)))
-                try:
-                    self._compiled[constraint] = self.compiler.compile_grammar(constraint.grammar())
-                except RuntimeError as exc:
-                    raise InvalidRequestError(
-                        f"The grammar for {constraint.param} cannot be compiled: {engine_message(exc)}",
-                        param=constraint.param,
-                    ) from exc
-            return self._compiled[constraint]
+            compiled = self._compiled.get(constraint)
+            refused = self._refused.get(constraint)
+        if compiled is not None:
+            return compiled
+        if refused is not None:
+            raise InvalidRequestError(refused.message, param=refused.param, fix=refused.fix)
+        try:
+            text = COMPILER.compile(self.key, self.info_json, constraint.fields(), constraint.param, cancel)
+        except Cancelled:
+            return None
+        except InvalidRequestError as exc:
+            with self._lock:
+                remember(self._refused, constraint, exc)
+            raise
+        compiled = xgr.CompiledGrammar.deserialize_json(text, self.info)
+        with self._lock:
+            remember(self._compiled, constraint, compiled)
+        return compiled
+
+    def info_json(self) -> str:
+        """The tokenizer info as the compiler's worker takes it (a few MB for Qwen3's vocabulary)."""
+        return str(self.info.serialize_json())
 
     @functools.cached_property
     def token_bytes(self) -> list[bytes]:
         """The raw bytes of every token (for logprobs' ``bytes``)."""
         return [bytes(b) for b in self.info.decoded_vocab]
+
+
+def remember(cache: dict[Constraint, Any], constraint: Constraint, value: Any) -> None:
+    """Add to a bounded cache, dropping the oldest entry."""
+    if constraint not in cache and len(cache) >= CACHED_GRAMMARS:
+        cache.pop(next(iter(cache)))
+    cache[constraint] = value
 
 
 _VOCABULARIES: dict[tuple[int, int], Vocabulary] = {}
@@ -138,9 +155,13 @@ def vocabulary(tokenizer: Any, vocab_size: int, eos_ids: tuple[int, ...]) -> Voc
 class GrammarState:
     """One request's grammar: masks logits while active, advances with each chosen token."""
 
-    def __init__(self, constraint: Constraint, vocab: Vocabulary) -> None:
+    def __init__(self, constraint: Constraint, vocab: Vocabulary, compiled: xgr.CompiledGrammar | None = None) -> None:
+        """``compiled``: the constraint's grammar, compiled before the request was admitted; without it the
+        grammar is compiled here (bounded, but on this thread: callers outside the servers)."""
         self.vocab = vocab
-        self.matcher = xgr.GrammarMatcher(vocab.compile(constraint))
+        compiled = compiled if compiled is not None else vocab.compile(constraint)
+        assert compiled is not None  # no cancel signal: compile returns a grammar or raises
+        self.matcher = xgr.GrammarMatcher(compiled)
         self.bitmask = xgr.allocate_token_bitmask(1, vocab.vocab_size)
         # Thinking first (when the prompt opens it): the grammar waits for </think>.
         self.active = not (constraint.after_thinking and vocab.think_close_id is not None)

@@ -70,11 +70,20 @@ class IncrementalDetokenizer:
 
 
 class StopStringMatcher:
-    """Finds stop strings in streamed text, holding back text that may be the start of one."""
+    """Finds stop strings in streamed text, holding back text that may be the start of one.
+
+    Each stop string has a Knuth-Morris-Pratt automaton whose state (the longest start of the stop string
+    that the text so far ends with) carries over from one piece to the next, so each character is looked
+    at a bounded number of times per stop string: the work is linear in the text streamed, however long
+    the reply or the stop strings (re-searching the held-back text on every token made it quadratic).
+    """
 
     def __init__(self, stops: tuple[str, ...]) -> None:
-        self.stops = stops
+        self.stops = tuple(stop for stop in stops if stop)
         self.pending = ""
+        self._fallback = [_prefix_function(stop) for stop in self.stops]
+        self._state = [0] * len(self.stops)
+        self.steps = 0  # automaton steps taken (what the work is; tests check that it stays linear)
 
     def push(self, text: str) -> tuple[str, bool]:
         """Returns (text safe to emit, whether a stop string was hit)."""
@@ -82,24 +91,49 @@ class StopStringMatcher:
         if not self.stops:
             self.pending = ""
             return buffer, False
-        hits = [i for i in (buffer.find(stop) for stop in self.stops) if i >= 0]
-        if hits:
+        offset = len(self.pending)  # where ``text`` starts in ``buffer``
+        first_hit: int | None = None
+        steps = 0
+        for k, stop in enumerate(self.stops):
+            state, fallback, length = self._state[k], self._fallback[k], len(stop)
+            for i, char in enumerate(text):
+                while state and stop[state] != char:
+                    state = fallback[state - 1]
+                    steps += 1
+                steps += 1
+                if stop[state] == char:
+                    state += 1
+                    if state == length:  # the first occurrence of this stop string: where it starts
+                        start = offset + i + 1 - length
+                        first_hit = start if first_hit is None else min(first_hit, start)
+                        break
+            self._state[k] = state
+        self.steps += steps
+        if first_hit is not None:
             self.pending = ""
-            return buffer[: min(hits)], True
-        keep = max((_partial_suffix(buffer, stop) for stop in self.stops), default=0)
+            self._state = [0] * len(self.stops)
+            return buffer[:first_hit], True
+        keep = max(self._state)  # the longest held-back start of a stop string
         self.pending = buffer[len(buffer) - keep :] if keep else ""
         return buffer[: len(buffer) - keep], False
 
     def flush(self) -> str:
         text, self.pending = self.pending, ""
+        self._state = [0] * len(self.stops)
         return text
 
 
-def _partial_suffix(text: str, stop: str) -> int:
-    for size in range(min(len(stop) - 1, len(text)), 0, -1):
-        if stop.startswith(text[-size:]):
-            return size
-    return 0
+def _prefix_function(stop: str) -> list[int]:
+    """KMP's table: for each prefix of ``stop``, the length of its longest proper prefix that is also its suffix."""
+    table = [0] * len(stop)
+    state = 0
+    for i in range(1, len(stop)):
+        while state and stop[i] != stop[state]:
+            state = table[state - 1]
+        if stop[i] == stop[state]:
+            state += 1
+        table[i] = state
+    return table
 
 
 class PrefixCache:

@@ -56,6 +56,13 @@ class SamplingOptions(BaseModel):
         0, ge=0, le=MAX_TOP_LOGPROBS, description="Also record this many most likely tokens per position."
     )
     constraint: Constraint | None = Field(None, description="A grammar the answer must match.")
+    compiled_grammar: Any = Field(
+        None,
+        exclude=True,
+        repr=False,
+        description="The constraint compiled for the model's vocabulary before the request was admitted "
+        "(``Vocabulary.compile``), so that the engine never waits for a compilation.",
+    )
 
     @property
     def greedy(self) -> bool:
@@ -171,7 +178,8 @@ class Sampler:
         if self.grammar is None:
             if self.tokenizer is None:
                 raise ValueError("a constrained request needs the tokenizer passed to its Sampler")
-            self.grammar = GrammarState(self.options.constraint, vocabulary(self.tokenizer, vocab_size, self._eos))
+            vocab = vocabulary(self.tokenizer, vocab_size, self._eos)
+            self.grammar = GrammarState(self.options.constraint, vocab, self.options.compiled_grammar)
         return self.grammar
 
     def choose(self, logits: torch.Tensor, generated: int) -> tuple[int, TokenLogprob | None]:

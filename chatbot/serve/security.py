@@ -8,7 +8,9 @@ A web page the user happens to open can make the browser send requests to 127.0.
   Ollama and the llama.cpp server do.
 * **Cross-site requests**: a form or script on another origin POSTs to us. Browsers send that origin in
   the ``Origin`` header; a state-changing request (anything but GET/HEAD/OPTIONS, and every WebSocket)
-  from an origin that is neither ours nor in ``--cors-origins`` is refused (403).
+  from an origin that is neither ours nor in ``--cors-origins`` is refused (403). Ours means one of our
+  names on one of our two ports: another web app or dev server on this machine (``localhost:9999``) is
+  not ours, as Ollama accepts only ``OLLAMA_ORIGINS`` beyond its own.
 
 ``HostOriginGuard`` is plain ASGI middleware, installed on the API's FastAPI app and on Gradio's.
 ``FailedLoginThrottle`` slows password and key guessing: after a few failures from one address, that
@@ -17,6 +19,7 @@ address gets 429 with Retry-After for a time that doubles with each further fail
 
 from __future__ import annotations
 
+import hmac
 import json
 import logging
 import math
@@ -81,7 +84,8 @@ def host_name(value: str) -> str:
 
 async def send_json_error(send, status: int, message: str, code: str, headers: Iterable[tuple[bytes, bytes]] = ()):
     """An OpenAI-style error body, for middleware that answers before the app does."""
-    kind = {401: "authentication_error", 403: "forbidden", 413: "invalid_request_error"}.get(status, "rate_limit_error")
+    kinds = {400: "invalid_request_error", 401: "authentication_error", 403: "forbidden", 413: "invalid_request_error"}
+    kind = kinds.get(status, "rate_limit_error")
     body = json.dumps({"error": {"message": message, "type": kind, "param": None, "code": code}}).encode()
     start_headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), *headers]
     await send({"type": "http.response.start", "status": status, "headers": start_headers})
@@ -91,11 +95,24 @@ async def send_json_error(send, status: int, message: str, code: str, headers: I
 class HostOriginGuard:
     """ASGI middleware: 403 for a foreign Host, and for a state-changing request from a foreign Origin."""
 
-    def __init__(self, app, hosts: set[str] | None, cors_origins: Iterable[str] = (), flag_hint: str = "") -> None:
+    def __init__(
+        self,
+        app,
+        hosts: set[str] | None,
+        cors_origins: Iterable[str] = (),
+        flag_hint: str = "",
+        ports: Iterable[int] | None = None,
+        named_hosts: Iterable[str] = (),
+    ) -> None:
+        """``ports``: the app's own ports (the web chat's and the API's); an origin on one of ``hosts`` is
+        ours only on one of them (None: on any). ``named_hosts`` (``--allowed-hosts``) are served behind a
+        proxy that picks the port: any port of theirs is ours."""
         self.app = app
         self.hosts = hosts
         self.cors_origins = {origin.rstrip("/").lower() for origin in cors_origins}
         self.flag_hint = flag_hint
+        self.ports = set(ports) if ports is not None else None
+        self.named_hosts = {host.lower().strip("[]") for host in named_hosts}
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] not in ("http", "websocket"):
@@ -124,22 +141,41 @@ class HostOriginGuard:
         state_changing = scope["type"] == "websocket" or scope.get("method", "GET") not in SAFE_METHODS
         if origin is None or not state_changing or origin.rstrip("/").lower() in self.cors_origins:
             return None
-        origin_host = host_name(urlsplit(origin).netloc) if "://" in origin else origin.lower()
-        if self.hosts is None or origin_host in self.hosts:
+        if self.hosts is None or self.own_origin(origin):
             return None
         return (
             f"Requests from the web page at {origin} are refused: it is not this app's own page. To let a "
             f"browser front end on that origin use this server, start with --cors-origins {origin}."
         )
 
+    def own_origin(self, origin: str) -> bool:
+        """Whether ``origin`` is one of this app's pages: one of our names on one of our ports (another web app
+        on this machine, say http://localhost:9999, is not)."""
+        if "://" not in origin:
+            return False
+        parts = urlsplit(origin.lower())
+        host = host_name(parts.netloc)
+        if host in self.named_hosts:
+            return True
+        if self.hosts is None or host not in self.hosts:
+            return False
+        try:
+            port = parts.port or {"http": 80, "https": 443}.get(parts.scheme)
+        except ValueError:  # not a port number
+            return False
+        return self.ports is None or port in self.ports
+
 
 class FailedLoginThrottle:
     """ASGI middleware: after ``free`` failed attempts from one address, its attempts get 429 for 1, 2, 4... s
     (at most ``most``); requests that are not attempts (``attempt(scope)`` false) pass as usual.
 
-    ``outcome(scope, status)`` says what a response means: "failed", "succeeded" (which forgives the
-    address) or None. Addresses are forgotten ``window`` seconds after their last
-    failure, and at most ``capacity`` are remembered, so memory stays bounded under a flood.
+    An attempt is counted before the next one from the same address is let through, so parallel guesses
+    get no more tries than sequential ones: ``verdict(scope)``, when given, says at once whether an attempt
+    fails (an API key is compared before the app runs); without it every attempt counts as failed while
+    it runs and is settled by ``outcome(scope, status)``: "failed", "succeeded" (which forgives the
+    address) or None (not an attempt after all). Addresses are forgotten ``window`` seconds after their
+    last failure, and at most ``capacity`` are remembered, so memory stays bounded under a flood.
     """
 
     def __init__(
@@ -148,12 +184,13 @@ class FailedLoginThrottle:
         outcome: Callable[[dict, int], str | None],
         attempt: Callable[[dict], bool],
         what: str,
+        verdict: Callable[[dict], str | None] | None = None,
         free: int = 10,
         most: float = 300.0,
         window: float = 600.0,
         capacity: int = 10_000,
     ) -> None:
-        self.app, self.outcome, self.attempt, self.what = app, outcome, attempt, what
+        self.app, self.outcome, self.attempt, self.what, self.verdict = app, outcome, attempt, what, verdict
         self.free, self.most, self.window, self.capacity = free, most, window, capacity
         self.clients: OrderedDict[str, tuple[int, float, float]] = OrderedDict()  # failures, locked until, last
 
@@ -173,6 +210,15 @@ class FailedLoginThrottle:
                 send, 429, message, "too_many_failed_attempts", [(b"retry-after", str(wait).encode())]
             )
             return
+        # Counted before anything awaits: the next attempt from this address already sees this one.
+        known = self.verdict(scope) if self.verdict is not None else "pending"
+        if known == "succeeded":
+            self.clients.pop(client, None)
+        elif known is not None:
+            self.record_failure(client, failures + 1, now)
+        if known != "pending":
+            await self.app(scope, receive, send)
+            return
         status = 0
 
         async def watch(message) -> None:
@@ -181,12 +227,15 @@ class FailedLoginThrottle:
                 status = message["status"]
             await send(message)
 
-        await self.app(scope, receive, watch)
-        result = self.outcome(scope, status)
-        if result == "succeeded":
-            self.clients.pop(client, None)
-        elif result == "failed":
-            self.record_failure(client, failures + 1, time.monotonic())
+        try:
+            await self.app(scope, receive, watch)
+        finally:
+            result = self.outcome(scope, status)
+            if result == "succeeded":
+                self.clients.pop(client, None)
+            elif result != "failed" and client in self.clients:  # not a failure after all: uncount it
+                counted, until, at = self.clients[client]
+                self.clients[client] = (max(0, counted - 1), until, at)
 
     def record_failure(self, client: str, failures: int, now: float) -> None:
         locked_until = 0.0
@@ -262,6 +311,19 @@ def carries_a_key(scope: dict) -> bool:
     return any(name.lower() == b"authorization" for name, _ in scope.get("headers", ()))
 
 
+def api_key_verdict(key: str) -> Callable[[dict], str | None]:
+    """Whether a request's bearer key is ``key`` ("succeeded") or not ("failed"), compared in constant time."""
+    expected = key.encode()
+
+    def verdict(scope: dict) -> str | None:
+        header = next((value for name, value in scope.get("headers", ()) if name.lower() == b"authorization"), b"")
+        scheme, _, given = header.decode("latin-1").partition(" ")
+        matches = scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), expected)
+        return "succeeded" if matches else "failed"
+
+    return verdict
+
+
 def api_key_outcome(scope: dict, status: int) -> str | None:
     """A wrong key fails; a request served with the right one forgives the address."""
     if status == 401:
@@ -328,9 +390,12 @@ def ui_middleware(settings) -> list:
 
 def guard_options(settings) -> dict:
     """HostOriginGuard's arguments for these settings (the same on both ports)."""
+    named = split_list(settings.allowed_hosts)
     return {
-        "hosts": allowed_hosts(settings.host, split_list(settings.allowed_hosts)),
+        "hosts": allowed_hosts(settings.host, named),
         "cors_origins": split_list(settings.cors_origins),
+        "ports": {port for port in (settings.port, settings.api_port) if port},
+        "named_hosts": [host for host in named if host != ANY],
     }
 
 
@@ -348,5 +413,11 @@ def install_api_guards(api, settings) -> None:
         )
     api.add_middleware(BodySizeLimit, limit=int(settings.max_request_mb * 2**20))
     if settings.api_key is not None:
-        api.add_middleware(FailedLoginThrottle, outcome=api_key_outcome, attempt=carries_a_key, what="API keys")
+        api.add_middleware(
+            FailedLoginThrottle,
+            outcome=api_key_outcome,
+            attempt=carries_a_key,
+            what="API keys",
+            verdict=api_key_verdict(settings.api_key.get_secret_value()),
+        )
     api.add_middleware(HostOriginGuard, **guard_options(settings))

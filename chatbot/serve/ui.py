@@ -37,6 +37,7 @@ from .app_state import App
 from .security import ui_middleware
 from .session_owner import SessionOwnership, cookie_key
 from .slow_clients import deadline_by_default
+from .ui_errors import EventErrors, log_event_errors
 from .ui_handlers import ChatHandlers
 from .ui_render import ESCAPED_TAGS
 from .ui_session import storage_secret
@@ -508,7 +509,7 @@ def page_middleware(app: App) -> list:
     from starlette.middleware import Middleware
 
     owner = Middleware(SessionOwnership, key=cookie_key(storage_secret()))
-    return [*ui_middleware(app.settings), owner]
+    return [*ui_middleware(app.settings), owner, Middleware(EventErrors)]
 
 
 def launch_ui(app: App) -> None:
@@ -523,6 +524,7 @@ def launch_ui(app: App) -> None:
     )
     script = (ASSETS / "chat.js").read_text(encoding="utf-8")
     deadline_by_default()  # Gradio's own uvicorn closes connections that never finish their headers, too
+    log_event_errors()  # one rate-limited log line per failed event, not a traceback on stderr
     demo.launch(
         server_name=app.settings.host,
         server_port=app.settings.port,
@@ -541,7 +543,7 @@ def launch_ui(app: App) -> None:
         # Gradio's run history would keep a copy of every message in localStorage, deleted chats included.
         run_history=False,
         ssr_mode=False,
-        show_error=True,
+        show_error=False,  # no Python error text reaches a browser; handlers show their own notices
         quiet=True,
         app_kwargs={"middleware": page_middleware(app)},
         max_file_size=int(app.settings.max_upload_mb * 2**20),

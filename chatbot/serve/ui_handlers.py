@@ -51,6 +51,7 @@ SAVE_INTERVAL_SECONDS = 0.5  # how often a streaming reply is written to the bro
 STOP_WAIT_SECONDS = 10.0
 ARCHIVE_FORMAT = "qwen3-chat-archive"  # "Export all": {"format": ..., "chats": [record, ...]}
 BUSY = "A reply is still being written: wait for it or press Stop, then try again."
+FULL_CHAT = "Start a new chat (this one stays saved in this browser), or start the server with a larger --max-chat-mb."
 
 
 @dataclass
@@ -269,8 +270,15 @@ class ChatHandlers:
                 changed |= {"versions": [*branch.versions, shown | {"after": []}], "version": len(branch.versions)}
             return as_text(saved_form(conversation, chat_id, title, exchange))
 
+        grown = record(True)
+        try:  # a chat grows by typing too: held, it stays within the same bounds as an imported one
+            check_chat_size(json.loads(grown), self.app.settings.max_chat_mb, grown, fix=FULL_CHAT)
+        except ChatbotError as error:
+            conversation.turns.extend(restore)
+            yield conversation_messages(conversation), message, notice_html(error), conversation, gr.skip()
+            return
         # The question is stored before the model starts: a reload from now on keeps it.
-        yield [*earlier, user_message(message), *live.messages()], "", "", conversation, record(True)
+        yield [*earlier, user_message(message), *live.messages()], "", "", conversation, grown
         with self.stops.reply(session) as stop:
             try:
                 next_update = next_save = 0.0

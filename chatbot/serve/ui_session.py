@@ -36,6 +36,9 @@ log = logging.getLogger(__name__)
 MODE_KEYS = ("temperature", "top_p", "top_k")
 EXPORT_FORMAT = "qwen3-chat-conversation"
 TITLE_LENGTH = 48
+# Most messages a chat the server holds may have, however it grows (typed, imported, opened, restored): tens of
+# thousands of short ones fit in --max-chat-mb but cost about a kilobyte each once held.
+MAX_CHAT_MESSAGES = 2000
 
 
 class ReplySignal(threading.Event):
@@ -159,20 +162,43 @@ def max_new_tokens_bound(context: int) -> int:
     return max(16, (context - max(64, context // 8)) // 16 * 16)
 
 
-def check_chat_size(data: Any, limit_mb: float, text: str | None = None) -> None:
-    """Refuse a chat (saved form, or its JSON ``text``) larger than ``limit_mb`` before the server holds it.
+def check_chat_size(data: Any, limit_mb: float, text: str | None = None, fix: str | None = None) -> None:
+    """Refuse a chat (saved form, or its JSON ``text``) larger than ``limit_mb`` or with more than
+    ``MAX_CHAT_MESSAGES`` messages (earlier versions included) before the server holds it: held, every
+    message costs the server far more than its text.
 
     Raises:
-        ChatbotError: the chat is too large, saying by how much and which flag raises the limit.
+        ChatbotError: the chat is too large, saying by how much and what to do (``fix``, else: import less).
     """
     size = len((text if text is not None else json.dumps(data, ensure_ascii=False)).encode("utf-8"))
+    title = data.get("title") if isinstance(data, dict) else None
+    name = f"The chat {title!r}" if isinstance(title, str) and title else "This chat"
     if size > limit_mb * 2**20:
-        title = data.get("title") if isinstance(data, dict) else None
-        name = f"The chat {title!r}" if isinstance(title, str) and title else "This chat"
         raise ChatbotError(
             f"{name} is {size / 2**20:.1f} MB; this server holds chats of at most {limit_mb:g} MB.",
-            fix="Import a shorter chat, or start the server with a larger --max-chat-mb.",
+            fix=fix or "Import a shorter chat, or start the server with a larger --max-chat-mb.",
         )
+    count = count_messages(data.get("messages") if isinstance(data, dict) else data)
+    if count > MAX_CHAT_MESSAGES:
+        raise ChatbotError(
+            f"{name} has {count:,} messages; this server holds chats of at most {MAX_CHAT_MESSAGES:,}.",
+            fix=fix or "Import a shorter chat.",
+        )
+
+
+def count_messages(items: Any, depth: int = 0) -> int:
+    """Messages in a saved chat's message list, with those kept as earlier versions (``versions[].after``)."""
+    if not isinstance(items, list) or depth > 8:
+        return 0
+    count = 0
+    for item in items:
+        if not isinstance(item, dict):
+            continue
+        count += 1
+        for version in item.get("versions") or []:
+            if isinstance(version, dict):
+                count += count_messages(version.get("after"), depth + 1)
+    return count
 
 
 def from_saved_form(data: Any, system_prompt: str) -> Conversation:
