@@ -14,5 +14,5 @@ export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
 model="$OUT/qwen3-0.6b-fp8"
 [[ -f "$model/config.json" ]] || "$PY" -m chatbot make-model "$model" --size 0.6b --format fp8 >"$OUT/make-model.txt"
 { nvidia-smi || true; "$PY" -m chatbot doctor --model "$model" --load || true; } 2>&1 | tee "$OUT/doctor.txt"
-"$PY" -m pytest -m gpu tests/test_gpu.py -q -p no:cacheprovider -rs 2>&1 | tee "$OUT/gpu-tests.txt" || true
+"$PY" -m pytest -m gpu tests/engine/test_gpu.py -q -p no:cacheprovider -rs 2>&1 | tee "$OUT/gpu-tests.txt" || true
 "$PY" -m chatbot bench --model "$model" --device cuda --precisions fp8,bf16,fp16 --out "$OUT" 2>&1 | tee "$OUT/bench.txt"
