@@ -6,8 +6,12 @@
 #   ./start.sh chat|doctor|make-model|quantize|batch|bench [args]
 #                               the same set-up, then `.venv/bin/python -m chatbot COMMAND args`
 #   ./start.sh test [pytest args]
-#                               set up with the test tools (and Chromium for the browser tests), lint (when
-#                               no pytest arguments are given) and run the tests
+#                               set up with the test tools (and Chromium for the browser tests, cmake and g++
+#                               for llama.cpp), lint and build llama.cpp (when no pytest arguments are given)
+#                               and run the tests: the whole suite, what CI runs
+#   ./start.sh test --fast [pytest args]
+#                               the fast lane: every tier but browser and peers (no Chromium, no llama.cpp
+#                               build, no litellm environment), after lint when no pytest arguments are given
 #
 # Environment: PYTHON (interpreter to build .venv with), TORCH_SPEC (torch requirement to install when
 # torch is missing), TORCH_INDEX_URL (the one pip index torch comes from, e.g. https://download.pytorch.org/whl/cu126;
@@ -79,9 +83,14 @@ cd "$(dirname "$0")"
 PYTHON="${PYTHON:-python3}"
 VENV=.venv
 MODE=run
+FAST=""
 if [[ "${1:-}" == "test" ]]; then
   MODE=test
   shift
+  if [[ "${1:-}" == "--fast" ]]; then
+    FAST=1
+    shift
+  fi
 fi
 case "${1:-}" in
   serve | chat | make-model | quantize | doctor | batch | bench) MODE=command ;;
@@ -133,8 +142,8 @@ if [[ "$MODE" == command ]]; then
   exec "$PY" -m chatbot "$@"
 fi
 
-# Tests: the browser tests drive Debian's Chromium through Playwright (no browser download); the remote-backend
-# and peer tests build llama.cpp from source (cmake, g++).
+# Tests: the browser tests drive Debian's Chromium through Playwright (no browser download); the peer tests
+# build llama.cpp from source (cmake, g++). The fast lane (--fast) runs neither tier and needs neither.
 apt_install() {
   if [[ "$(id -u)" -eq 0 ]]; then sudo=""; else sudo="sudo"; fi
   # Another apt or dpkg (an unattended upgrade, say) may hold the locks: wait for it instead of failing.
@@ -147,11 +156,11 @@ apt_install() {
   done
   [[ -n "$updated" ]] && DEBIAN_FRONTEND=noninteractive $sudo apt-get "${lock_wait[@]}" install -y -qq "$@" >/dev/null
 }
-if ! command -v chromium >/dev/null 2>&1 && [[ -z "${CHROMIUM_PATH:-}" ]]; then
+if [[ -z "$FAST" ]] && ! command -v chromium >/dev/null 2>&1 && [[ -z "${CHROMIUM_PATH:-}" ]]; then
   say "Installing Chromium for the browser tests"
   apt_install chromium || { say "Could not install chromium: install it (apt-get install chromium) or set CHROMIUM_PATH."; exit 1; }
 fi
-if ! command -v cmake >/dev/null 2>&1 || ! command -v c++ >/dev/null 2>&1; then
+if [[ -z "$FAST" ]] && { ! command -v cmake >/dev/null 2>&1 || ! command -v c++ >/dev/null 2>&1; }; then
   say "Installing cmake and g++ to build llama.cpp for the tests"
   apt_install cmake g++ || { say "Could not install cmake and g++: install them (apt-get install cmake g++)."; exit 1; }
 fi
@@ -161,7 +170,13 @@ if [[ $# -eq 0 ]]; then
   "$PY" -m ruff check chatbot tests app.py
   "$PY" -m ruff format --check --quiet chatbot tests app.py
   "$PY" -m mypy  # over chatbot/, configured in pyproject.toml
-  # Built once and cached (~/.cache/qwen3-chat/llama.cpp-*): about 10-15 minutes the first time on 2 cores.
-  "$PY" -m chatbot.cli.llamacpp build
+  if [[ -z "$FAST" ]]; then
+    # Built once and cached (~/.cache/qwen3-chat/llama.cpp-*): about 10-15 minutes the first time on 2 cores.
+    "$PY" -m chatbot.cli.llamacpp build
+  fi
+fi
+if [[ -n "$FAST" ]]; then
+  say "Fast lane: the unit, engine and app tiers (not browser, not peers)"
+  exec "$PY" -m pytest -m "not browser and not peers" "$@"
 fi
 exec "$PY" -m pytest "$@"

@@ -1,7 +1,9 @@
 """Settings: one typed object, built once from CLI flags and ``QWEN_*`` environment variables.
 
 Priority for every field: explicit argument / CLI flag > environment variable > the default below.
-The README's "Options" table lists the same fields.
+Each field is written once, here: its description, range and default are also the command line's
+``--help`` (``chatbot/cli/main.py`` makes one flag per field), and the README's "Options" table lists
+the same fields (a test checks it).
 """
 
 from __future__ import annotations
@@ -30,52 +32,65 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="QWEN_", extra="ignore", validate_default=True)
 
     model: str = Field(DEFAULT_MODEL, description="Hub id or local folder of a Qwen3 checkpoint.")
-    device: str = Field("auto", description="auto, cpu, cuda, cuda:N or mps.")
-    precision: PrecisionChoice = Field("auto", description="auto, fp8, int8, fp16, bf16 or fp32.")
+    device: str = Field("auto", description="Where the model runs: auto, cpu, cuda, cuda:N or mps.")
+    precision: PrecisionChoice = Field("auto", description="Precision mode: auto, fp8, int8 (CPU), fp16, bf16 or fp32.")
     gpu_memory_limit: float | None = Field(
         None, gt=0.0, le=1.0, description="Fraction of GPU memory this process may use, e.g. 0.8."
     )
     max_context: int | None = Field(
         None, ge=256, description="Context window in tokens (default: the model's own, at most 32768)."
     )
-    demo: bool = Field(False, description="Use a generated tiny demo model (random weights, scripted replies).")
-    trust_remote_code: bool = Field(False, description="Allow code shipped inside a checkpoint to run.")
+    demo: bool = Field(
+        False, description="Use a generated tiny demo model (random weights, scripted replies), no download."
+    )
+    trust_remote_code: bool = Field(
+        False, description="Allow code shipped inside a checkpoint to run (Qwen3 needs none)."
+    )
 
-    host: str = Field("127.0.0.1", description="Interface the web UI and API bind to.")
+    host: str = Field(
+        "127.0.0.1",
+        description="Interface the web UI and API listen on; 0.0.0.0 serves the LAN (set auth and an API key).",
+    )
     port: int = Field(7860, ge=1, le=65535, description="Web UI port.")
     api_port: int = Field(8000, ge=0, le=65535, description="OpenAI-compatible API port; 0 turns the API off.")
-    auth: SecretStr | None = Field(None, description="user:password for the web UI login.")
+    auth: SecretStr | None = Field(None, description="user:password login for the web UI (as a flag it shows in `ps`).")
     auth_file: Path | None = Field(None, description="File holding user:password (keeps it out of `ps`).")
-    api_key: SecretStr | None = Field(None, description="Bearer key required by the API when set.")
+    api_key: SecretStr | None = Field(None, description="Key the API then requires as 'Authorization: Bearer KEY'.")
     api_key_file: Path | None = Field(None, description="File holding the API key (keeps it out of `ps`).")
     allowed_hosts: str = Field(
-        "", description="Extra Host names to serve, comma-separated ('*': any); loopback and our addresses always."
+        "", description="Extra Host names both servers answer to, comma-separated ('*': any); loopback and ours always."
     )
-    cors_origins: str = Field("", description="Web origins (https://app.example) allowed to call the API from a page.")
-    max_upload_mb: float = Field(10.0, gt=0, description="Largest file the web page accepts (conversation imports).")
+    cors_origins: str = Field(
+        "", description="Web origins (https://app.example) whose pages may call the API, comma-separated."
+    )
+    max_upload_mb: float = Field(
+        10.0, gt=0, description="Largest file the web page accepts (conversation imports), in MB."
+    )
     max_chat_mb: float = Field(
         2.0, gt=0, description="Largest chat the server holds for a tab (imported, opened or restored), in MB."
     )
     max_sessions: int = Field(1000, ge=1, description="Web chat tabs whose chat the server holds at once.")
-    max_request_mb: float = Field(8.0, gt=0, description="Largest request body either server reads (413 above).")
+    max_request_mb: float = Field(8.0, gt=0, description="Largest request body either server reads, in MB (413 above).")
     max_new_tokens_cap: int = Field(
         16384, ge=1, description="Most tokens one reply may generate (API: asking for more is a 400)."
     )
     max_generation_seconds: float = Field(
         600.0, gt=0, description="Longest one reply may generate, in seconds; it then ends with finish_reason length."
     )
-    queue_size: int = Field(16, ge=1, le=1024, description="Requests that may wait for the model at once.")
+    queue_size: int = Field(
+        16, ge=1, le=1024, description="Requests that may wait for the model at once (the API answers 429 beyond)."
+    )
     max_batch: int | None = Field(
         None,
         ge=1,
         le=256,
-        description="Requests generated at once (default: 8 on CPU, 32 on a GPU, 64 with a backend).",
+        description="Requests generated at once (default: 8 on CPU, 32 on a GPU, 64 with a backend; 1: one at a time).",
     )
     client_limit: int = Field(0, ge=0, description="Requests one client may have waiting (0: half the queue).")
     prefill_chunk: int | None = Field(
         None, ge=16, description="Prompt tokens read per step while others decode (default: 128 CPU, 2048 GPU)."
     )
-    system_prompt: str = Field("", description="Default system prompt of the web UI.")
+    system_prompt: str = Field("", description="Default system prompt (of the web chat, and of the terminal chat).")
     prefix_cache_tokens: int = Field(
         16384, ge=0, description="Tokens of conversation key/value cache kept for reuse (0 disables)."
     )
@@ -83,11 +98,13 @@ class Settings(BaseSettings):
     served_model_name: str | None = Field(
         None, min_length=1, description="Model name the API lists and answers to (default: hub id or folder name)."
     )
-    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="How much the log says.")
 
     # A remote backend: the web chat and the API in front of another OpenAI-compatible server.
     backend: str | None = Field(
-        None, description="Base URL (…/v1) of an OpenAI-compatible server to answer from; nothing loads locally."
+        None,
+        description="Base URL (…/v1) of an OpenAI-compatible server (vLLM, SGLang, llama-server...) to answer from; "
+        "nothing loads locally.",
     )
     backend_api_key: SecretStr | None = Field(None, description="Bearer key the backend requires.")
     backend_api_key_file: Path | None = Field(None, description="File holding the backend's key (not in `ps`).")

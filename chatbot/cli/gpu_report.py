@@ -3,7 +3,7 @@
 Run by ``tests/gpu_report.sh`` (which also generates the checkpoint); aimed at under 8 minutes on an H100:
 
 * ``versions``: GPU, driver, CUDA, torch, Triton, transformers;
-* ``gpu_tests``: ``pytest -m gpu tests/test_gpu.py`` (passed, failed, skipped, the failures' names);
+* ``gpu_tests``: ``pytest -m gpu tests/engine/test_gpu.py`` (passed, failed, skipped, the failures' names);
 * ``decode``: for FP8 and BF16, tokens/s with 1, 4 and 16 streams through the engine (what a user gets),
   and the time to first token of a 512-token prompt;
 * ``profile``: from ``torch.profiler``, GPU kernels and host synchronizations per generated token at batch 1;
@@ -170,7 +170,7 @@ def versions(device: str) -> dict[str, Any]:
 
 def gpu_tests(out_dir: Path) -> dict[str, Any]:
     junit = out_dir / "gpu-tests.xml"
-    command = [sys.executable, "-m", "pytest", "-m", "gpu", "tests/test_gpu.py", "-q", "-p", "no:cacheprovider"]
+    command = [sys.executable, "-m", "pytest", "-m", "gpu", "tests/engine/test_gpu.py", "-q", "-p", "no:cacheprovider"]
     completed = subprocess.run([*command, f"--junitxml={junit}"], cwd=ROOT, capture_output=True, text=True, timeout=240)
     (out_dir / "gpu-tests.txt").write_text(completed.stdout + completed.stderr)
     return {"exit_status": completed.returncode, **junit_summary(junit)}

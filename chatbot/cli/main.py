@@ -13,108 +13,19 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from types import UnionType
+from typing import Any, Literal, Union, get_args, get_origin
 
 from pydantic import ValidationError
+from pydantic.fields import FieldInfo
 
 from ..errors import ChatbotError
-from ..settings import DEFAULT_MODEL, Settings
+from ..settings import Settings
 
-
-def add_model_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", help=f"hub id or local checkpoint folder (default {DEFAULT_MODEL}; env QWEN_MODEL)")
-    parser.add_argument(
-        "--demo",
-        action="store_true",
-        default=None,
-        help="use a generated tiny demo model (random weights, scripted replies)",
-    )
-    parser.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps (env QWEN_DEVICE)")
-    parser.add_argument(
-        "--precision",
-        choices=["auto", "fp8", "int8", "fp16", "bf16", "fp32"],
-        help="precision mode (env QWEN_PRECISION; default auto)",
-    )
-    parser.add_argument("--max-context", type=int, help="context window in tokens (env QWEN_MAX_CONTEXT)")
-    parser.add_argument("--gpu-memory-limit", type=float, help="fraction of GPU memory to use, e.g. 0.8")
-    parser.add_argument("--threads", type=int, help="CPU threads for torch (default: all cores; env QWEN_THREADS)")
-    parser.add_argument(
-        "--trust-remote-code",
-        action="store_true",
-        default=None,
-        help="allow Python code shipped in a checkpoint to run (off by default)",
-    )
-    parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
-
-
-def add_backend_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--backend",
-        metavar="URL",
-        help="answer from another OpenAI-compatible server (vLLM, SGLang, llama-server...) at this /v1 URL; "
-        "nothing loads here (env QWEN_BACKEND)",
-    )
-    parser.add_argument("--backend-api-key", help="key the backend requires (env QWEN_BACKEND_API_KEY)")
-    parser.add_argument("--backend-api-key-file", help="file holding the backend's key (not visible in ps)")
-    parser.add_argument("--backend-model", help="model to ask the backend for (default: the first it lists)")
-    parser.add_argument(
-        "--backend-precision", help="the backend's precision, as you know it (e.g. fp8); shown, never guessed"
-    )
-
-
-def add_serve_flags(parser: argparse.ArgumentParser) -> None:
-    add_model_flags(parser)
-    add_backend_flags(parser)
-    parser.add_argument("--host", help="interface to listen on (default 127.0.0.1; 0.0.0.0 serves the LAN)")
-    parser.add_argument("--port", type=int, help="web UI port (default 7860)")
-    parser.add_argument("--api-port", type=int, help="API port (default 8000; 0 turns the API off)")
-    parser.add_argument("--auth", help="user:password login for the web UI (env QWEN_AUTH)")
-    parser.add_argument("--auth-file", help="file holding user:password (env QWEN_AUTH_FILE; not visible in ps)")
-    parser.add_argument("--api-key", help="key the API requires as 'Authorization: Bearer KEY' (env QWEN_API_KEY)")
-    parser.add_argument("--api-key-file", help="file holding the API key (env QWEN_API_KEY_FILE; not visible in ps)")
-    parser.add_argument(
-        "--allowed-hosts",
-        help="extra Host names the servers answer to, comma-separated; '*' for any (env QWEN_ALLOWED_HOSTS)",
-    )
-    parser.add_argument(
-        "--cors-origins",
-        help="web origins allowed to call the API from a browser, comma-separated (env QWEN_CORS_ORIGINS)",
-    )
-    parser.add_argument("--max-upload-mb", type=float, help="largest file the web page accepts (default 10)")
-    parser.add_argument(
-        "--max-chat-mb", type=float, help="largest chat the server holds for a tab: imported, opened (default 2)"
-    )
-    parser.add_argument("--max-sessions", type=int, help="web chat tabs whose chat the server holds (default 1000)")
-    parser.add_argument("--max-request-mb", type=float, help="largest request body either server reads (default 8)")
-    parser.add_argument(
-        "--max-new-tokens-cap",
-        type=int,
-        help="most tokens one reply may generate; the API refuses more with a 400 (default 16384)",
-    )
-    parser.add_argument(
-        "--max-generation-seconds",
-        type=float,
-        help="longest one reply may generate, in seconds; it then ends with finish_reason length (default 600)",
-    )
-    parser.add_argument("--queue-size", type=int, help="requests that may wait for the model (default 16)")
-    parser.add_argument(
-        "--max-batch",
-        type=int,
-        help="requests generated at once (default: 8 on CPU, 32 on a GPU, 64 with --backend; 1 = one at a time)",
-    )
-    parser.add_argument(
-        "--client-limit", type=int, help="requests one client may have waiting (default: half the queue)"
-    )
-    parser.add_argument(
-        "--prefill-chunk", type=int, help="prompt tokens read per step beside the others' decoding (default: device)"
-    )
-    parser.add_argument("--system-prompt", help="default system prompt of the web UI")
-    parser.add_argument("--prefix-cache-tokens", type=int, help="tokens of conversation cache kept for reuse")
-    parser.add_argument(
-        "--served-model-name", help="model name the API lists and answers to (default: hub id or folder name)"
-    )
-
-
-SETTING_FLAGS = (
+# The settings each command takes, as flags made from the ``Settings`` fields (help, choices, ranges and
+# defaults from there): every command that loads a model takes the model's; chat and doctor also the
+# remote backend's; serve takes them all.
+MODEL_SETTINGS = (
     "model",
     "demo",
     "device",
@@ -124,34 +35,85 @@ SETTING_FLAGS = (
     "threads",
     "trust_remote_code",
     "log_level",
-    "host",
-    "port",
-    "api_port",
-    "auth",
-    "auth_file",
-    "api_key",
-    "api_key_file",
-    "allowed_hosts",
-    "cors_origins",
-    "max_upload_mb",
-    "max_request_mb",
-    "max_chat_mb",
-    "max_sessions",
-    "max_new_tokens_cap",
-    "max_generation_seconds",
-    "queue_size",
-    "max_batch",
-    "client_limit",
-    "prefill_chunk",
-    "system_prompt",
-    "prefix_cache_tokens",
-    "served_model_name",
-    "backend",
-    "backend_api_key",
-    "backend_api_key_file",
-    "backend_model",
-    "backend_precision",
 )
+BACKEND_SETTINGS = tuple(name for name in Settings.model_fields if name.startswith("backend"))
+SERVER_SETTINGS = tuple(name for name in Settings.model_fields if name not in {*MODEL_SETTINGS, *BACKEND_SETTINGS})
+# Where a value's type does not name it well enough in --help (a file is FILE, a whole number N).
+METAVARS = {
+    "backend": "URL",
+    "auth": "USER:PASSWORD",
+    "api_key": "KEY",
+    "backend_api_key": "KEY",
+    "gpu_memory_limit": "FRACTION",
+    "max_upload_mb": "MB",
+    "max_request_mb": "MB",
+    "max_chat_mb": "MB",
+    "max_generation_seconds": "SECONDS",
+}
+
+
+def flag_of(name: str) -> str:
+    """The command-line flag of a ``Settings`` field: ``max_batch`` -> ``--max-batch``."""
+    return "--" + name.replace("_", "-")
+
+
+def env_of(name: str) -> str:
+    """The environment variable of a ``Settings`` field: ``max_batch`` -> ``QWEN_MAX_BATCH``."""
+    return f"{Settings.model_config.get('env_prefix', '')}{name}".upper()
+
+
+def _value_type(annotation: Any) -> Any:
+    """``int | None`` -> ``int``; any other annotation unchanged."""
+    if get_origin(annotation) in (Union, UnionType):
+        [kind] = [arg for arg in get_args(annotation) if arg is not type(None)]
+        return kind
+    return annotation
+
+
+def _range_text(field: FieldInfo) -> str | None:
+    """The field's bounds in words ("from 1 to 65535", "more than 0"), or None without bounds."""
+    bounds = {
+        kind: getattr(item, kind) for item in field.metadata for kind in ("ge", "gt", "le", "lt") if hasattr(item, kind)
+    }
+    low = f"more than {bounds['gt']:g}" if "gt" in bounds else f"at least {bounds['ge']:g}" if "ge" in bounds else None
+    high = f"at most {bounds['le']:g}" if "le" in bounds else f"less than {bounds['lt']:g}" if "lt" in bounds else None
+    if "ge" in bounds and "le" in bounds:
+        return f"from {bounds['ge']:g} to {bounds['le']:g}"
+    return ", ".join(part for part in (low, high) if part) or None
+
+
+def setting_help(name: str) -> str:
+    """--help's text for a setting: its description, then its default, range and environment variable."""
+    field = Settings.model_fields[name]
+    notes = []
+    if field.default is False:
+        notes.append("off by default")
+    elif field.default not in (None, "", True):
+        notes.append(f"default {field.default:g}" if isinstance(field.default, float) else f"default {field.default}")
+    if bounds := _range_text(field):
+        notes.append(bounds)
+    notes.append(f"env {env_of(name)}")
+    return f"{field.description} [{'; '.join(notes)}]".replace("%", "%%")  # argparse formats help with %
+
+
+def add_setting_flags(parser: argparse.ArgumentParser, names: tuple[str, ...], title: str) -> None:
+    """One flag per ``Settings`` field in ``names``, in an argument group. Every flag's default is None, so a
+    value not given comes from the environment or the field's default (``settings_from``)."""
+    group = parser.add_argument_group(title)
+    for name in names:
+        kind = _value_type(Settings.model_fields[name].annotation)
+        if kind is bool:
+            group.add_argument(flag_of(name), action="store_true", default=None, help=setting_help(name))
+            continue
+        options: dict[str, Any] = {"help": setting_help(name)}
+        if get_origin(kind) is Literal:
+            options["choices"] = list(get_args(kind))
+        elif kind in (int, float):
+            options["type"] = kind
+        metavar = METAVARS.get(name) or {int: "N", Path: "FILE"}.get(kind)
+        if metavar:
+            options["metavar"] = metavar
+        group.add_argument(flag_of(name), **options)
 
 
 def secrets_on_the_command_line(args: argparse.Namespace) -> list[str]:
@@ -169,7 +131,9 @@ def secrets_on_the_command_line(args: argparse.Namespace) -> list[str]:
 
 
 def settings_from(args: argparse.Namespace) -> Settings:
-    return Settings.from_overrides(**{name: getattr(args, name, None) for name in SETTING_FLAGS})
+    """The settings of a parsed command line: a flag given beats its environment variable, which beats
+    the field's default."""
+    return Settings.from_overrides(**{name: getattr(args, name, None) for name in Settings.model_fields})
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -178,28 +142,33 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True)
 
-    add_serve_flags(commands.add_parser("serve", help="run the web UI and the API"))
+    serve = commands.add_parser("serve", help="run the web UI and the API")
+    add_setting_flags(serve, MODEL_SETTINGS, "model")
+    add_setting_flags(serve, BACKEND_SETTINGS, "remote backend (instead of a model here)")
+    add_setting_flags(serve, SERVER_SETTINGS, "servers")
 
     chat = commands.add_parser("chat", help="chat in the terminal")
-    add_model_flags(chat)
+    add_setting_flags(chat, MODEL_SETTINGS, "model")
     chat.add_argument(
         "--think",
         action=argparse.BooleanOptionalAction,
         default=True,
         help="start with thinking on (the default, as in the web chat) or off (--no-think); /think, /no_think switch",
     )
-    chat.add_argument("--system-prompt", help="system prompt")
-    add_backend_flags(chat)
+    add_setting_flags(chat, ("system_prompt",), "conversation")
+    add_setting_flags(chat, BACKEND_SETTINGS, "remote backend (instead of a model here)")
 
     make = commands.add_parser("make-model", help="write a generated Qwen3 checkpoint")
     make.add_argument("out", type=Path)
-    make.add_argument("--size", choices=["tiny", "0.6b"], default="tiny")
-    make.add_argument("--format", choices=["fp8", "compressed-tensors", "bf16"], default="fp8")
-    make.add_argument("--shards", type=int, default=1)
+    make.add_argument("--size", choices=["tiny", "0.6b"], default="tiny", help="tiny, or Qwen3-0.6B's shapes")
+    make.add_argument(
+        "--format", choices=["fp8", "compressed-tensors", "bf16"], default="fp8", help="weight format (default fp8)"
+    )
+    make.add_argument("--shards", type=int, default=1, help="safetensors files to split the weights into")
     make.add_argument(
         "--scripted", action="store_true", help="weights that write a thinking block and an answer (tiny only)"
     )
-    make.add_argument("--seed", type=int, default=0)
+    make.add_argument("--seed", type=int, default=0, help="seed of the random weights")
     make.add_argument(
         "--tokenizer",
         choices=["generated", "qwen3"],
@@ -211,14 +180,16 @@ def build_parser() -> argparse.ArgumentParser:
     quantize = commands.add_parser("quantize", help="convert a BF16/FP16 checkpoint to block FP8")
     quantize.add_argument("source", help="checkpoint folder or hub id")
     quantize.add_argument("out", type=Path)
-    quantize.add_argument("--format", choices=["fp8", "compressed-tensors"], default="fp8")
-    quantize.add_argument("--shards", type=int, default=1)
+    quantize.add_argument(
+        "--format", choices=["fp8", "compressed-tensors"], default="fp8", help="Qwen's block FP8 or compressed-tensors"
+    )
+    quantize.add_argument("--shards", type=int, default=1, help="safetensors files to split the weights into")
 
     batch = commands.add_parser("batch", help="answer the prompts of a JSONL file, several at a time")
     batch.add_argument("input", type=Path, help='JSONL: one {"prompt": ...} or {"messages": [...]} per line')
     batch.add_argument("output", type=Path, help="JSONL: one result (or error) per input line, in order")
-    add_model_flags(batch)
-    batch.add_argument("--batch-size", type=int, default=8)
+    add_setting_flags(batch, MODEL_SETTINGS, "model")
+    batch.add_argument("--batch-size", type=int, default=8, help="prompts answered at once (default 8)")
     batch.add_argument("--think", action="store_true", help="thinking mode for lines that do not say")
     batch.add_argument("--max-new-tokens", type=int, help="default for lines that do not say")
     batch.add_argument("--temperature", type=float, help="default for lines that do not say")
@@ -228,9 +199,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_bench_arguments(commands.add_parser("bench", help="measure each precision's speed, memory and fidelity"))
 
     doctor = commands.add_parser("doctor", help="check the machine and a checkpoint")
-    add_model_flags(doctor)
+    add_setting_flags(doctor, MODEL_SETTINGS, "model")
     doctor.add_argument("--load", action="store_true", help="also load the model and run the probe forward")
-    add_backend_flags(doctor)
+    add_setting_flags(doctor, BACKEND_SETTINGS, "remote backend (instead of a model here)")
     return parser
 
 

@@ -1,0 +1,25 @@
+"""The one way tests build the ``openai`` client: no retries (a retry would hide the error under test)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import openai
+
+from helpers.app import RunningApp
+
+
+def openai_client(
+    app: RunningApp | str, *, api_key: str = "x", validate: bool = False, **options: Any
+) -> openai.OpenAI:
+    """An ``openai.OpenAI`` on ``app``'s API (or on a base URL ending in ``/v1``), with ``max_retries=0``.
+
+    ``validate=True`` checks every JSON body received against OpenAI's published schemas
+    (``helpers.openai_spec``); ``options`` go to ``openai.OpenAI`` (``timeout``, ``http_client``...).
+    """
+    base_url = app if isinstance(app, str) else app.api_url + "/v1"
+    if validate:
+        from helpers.openai_spec import validating_http_client
+
+        options["http_client"] = validating_http_client()
+    return openai.OpenAI(base_url=base_url, api_key=api_key, **{"max_retries": 0, **options})
