@@ -41,11 +41,18 @@ CMAKE_FLAGS = (
     "-DBUILD_SHARED_LIBS=OFF",  # self-contained binaries: the cache folder can move
 )
 GGUF_TYPES = ("f16", "q8_0")
+BUILT_MARK = f"llama-cpp-python {VERSION}, built without AMX\n"  # a cached build by another recipe is redone
 # Instruction sets a build can target: this CPU's own ("native"), or AVX2 without AVX-512 ("avx2"),
 # the instruction set of the slower machines users run us on, so that a machine with AVX-512 can
 # measure both sides as such a CPU runs them (``bench --peer llama.cpp --peer-isa avx2``).
+# AMX stays off even where the CPU lists it: on virtual machines that list AMX without giving guests its
+# tile state (seen on a 2-core Xeon VM), llama.cpp's AMX kernels for quantized types die on their first
+# `tileloadd` (SIGILL) as soon as a batch of rows reaches them; GCC honours an explicit -mno-amx-* over
+# -march=native, so the rest of the native instruction set is kept.
+NO_AMX = "-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
 ISAS = {
-    "native": ("-DGGML_NATIVE=ON",),  # this CPU's instruction set, as a user building it for their machine gets
+    # this CPU's instruction set, as a user building it for their machine gets (AMX aside, see above)
+    "native": ("-DGGML_NATIVE=ON", f"-DCMAKE_C_FLAGS={NO_AMX}", f"-DCMAKE_CXX_FLAGS={NO_AMX}"),
     "avx2": (
         "-DGGML_NATIVE=OFF",
         "-DGGML_AVX=ON",
@@ -119,8 +126,9 @@ def find(root: Path | None = None) -> LlamaCpp | None:
     """The cached build, or None when it has not been built (or not completely)."""
     root = root or cache_root()
     source = root / "src" / "vendor" / "llama.cpp"
-    if not (root / "built").exists():
-        return None
+    marker = root / "built"
+    if not marker.exists() or marker.read_text(encoding="utf-8") != BUILT_MARK:
+        return None  # not built, not completely, or by an earlier recipe (e.g. with AMX): build again
     build = LlamaCpp(source)
     return build if all(build.binary(t).exists() for t in TARGETS) else None
 
@@ -156,7 +164,7 @@ def ensure_built(
         _run(configure, "cmake configure", verbose=verbose)
         compile_ = ["cmake", "--build", str(source / "build"), "-j", jobs, "--target", *TARGETS]
         _run(compile_, "cmake build", verbose=verbose)
-        (root / "built").write_text(f"llama-cpp-python {VERSION}\n", encoding="utf-8")
+        (root / "built").write_text(BUILT_MARK, encoding="utf-8")
         built = find(root)
         if built is None:
             raise LlamaCppError(f"the llama.cpp build in {source} finished without {', '.join(TARGETS)}")
