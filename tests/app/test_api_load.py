@@ -35,7 +35,7 @@ def random_api(random_fp8: Path, tmp_path_factory: pytest.TempPathFactory) -> It
     # batching) while the others wait their turn.
     # Batches decode from the 16-bit weights as a lone request does (see tests/engine/test_batching.py).
     args = ["--model", str(random_fp8), "--prefix-cache-tokens", "0", "--max-batch", "4"]
-    env = {"QWEN_CPU_DECODE_ROWS": "16"}
+    env = {"QWEN_CPU_DECODE_ROWS": "16", "QWEN_BATCH_INVARIANT": "1"}  # batched replies compared with solo ones
     with running_app(args, tmp_path_factory.mktemp("logs") / "random_api.log", env=env) as app:
         yield app
 

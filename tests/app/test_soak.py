@@ -49,7 +49,7 @@ def soak_app(random_fp8: Path, tmp_path_factory: pytest.TempPathFactory) -> Iter
     # Batches of up to 8 (the CPU default) decode from the 16-bit weights like a lone request (same
     # precision), so each reply can be checked against the same request run alone.
     args = ["--model", str(random_fp8), "--queue-size", str(QUEUE_SIZE), "--prefix-cache-tokens", "0"]
-    env = {"QWEN_CPU_DECODE_ROWS": "16"}
+    env = {"QWEN_CPU_DECODE_ROWS": "16", "QWEN_BATCH_INVARIANT": "1"}  # batched replies compared with solo ones
     with running_app(args, tmp_path_factory.mktemp("soak") / "soak.log", env=env) as app:
         yield app
 
