@@ -110,7 +110,10 @@ def test_cpu_tuning_switches_are_settings_whose_flags_reach_the_model_layer(monk
     args = ["serve", "--cpu-decode-step", "eager", "--cpu-decode-rows", "16", "--no-cpu-prefill-pack"]
     settings = settings_from(build_parser().parse_args([*args, "--batch-invariant"]))
     assert (settings.cpu_decode_step, settings.cpu_decode_rows, settings.cpu_prefill_pack) == ("eager", 16, False)
-    settings.export_tuning()
+    exported: dict[str, str] = {}
+    settings.export_tuning(exported)  # os.environ by default; here through monkeypatch, undone after the test
+    for variable, value in exported.items():
+        monkeypatch.setenv(variable, value)
     assert requested_mode() == "eager" and batched_decode_rows() == 16
     assert not packing_works() and batch_invariant_requested()
     monkeypatch.setenv("QWEN_CPU_DECODE_ROWS", "2")  # a flag beats the variable it is exported to
