@@ -261,7 +261,7 @@ def history_of(store: ResponseStore, body: ResponsesRequest, client: str) -> lis
         if kept is None:
             raise APIError(
                 400,
-                f"Previous response {body.previous_response_id!r} is not kept on this server: it never existed, "
+                f"previous_response_id {body.previous_response_id!r} is not kept on this server: it never existed, "
                 f"was made by another client, was stored with store: false, or was dropped (the server keeps the "
                 f"latest {store.capacity} replies, in memory only). Send the whole conversation as input items.",
                 param="previous_response_id",
@@ -319,7 +319,10 @@ def usage(done: ChatDone) -> dict[str, Any]:
     prompt, generated = int(done.stats.get("prompt_tokens", 0)), int(done.stats.get("new_tokens", 0))
     return {
         "input_tokens": prompt,
-        "input_tokens_details": {"cached_tokens": int(done.stats.get("cached_prompt_tokens", 0))},
+        "input_tokens_details": {
+            "cached_tokens": int(done.stats.get("cached_prompt_tokens", 0)),
+            "cache_write_tokens": 0,
+        },
         "output_tokens": generated,
         "output_tokens_details": {"reasoning_tokens": 0},  # not counted apart from the answer
         "total_tokens": prompt + generated,
@@ -329,7 +332,7 @@ def usage(done: ChatDone) -> dict[str, Any]:
 def response_body(
     response_id: str, created: int, model: str, body: ResponsesRequest, *, status: str = "in_progress", **fields: Any
 ) -> dict[str, Any]:
-    """The ``response`` object; ``fields`` (output, usage, error...) complete or override it."""
+    """The ``response`` object (no ``usage`` until it is done); ``fields`` (output, usage...) complete it."""
     tools = [
         {
             "type": "function",
@@ -362,7 +365,6 @@ def response_body(
         "tool_choice": body.tool_choice or "auto",
         "tools": tools,
         "truncation": "disabled",
-        "usage": None,
         "metadata": body.metadata or {},
         **fields,
     }
