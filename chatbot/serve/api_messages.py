@@ -32,7 +32,16 @@ from ..engine.sampling import MAX_STOP_STRINGS
 from ..errors import InvalidRequestError
 from .api_errors import ERROR_RESPONSES, APIError
 from .api_models import sampling_field
-from .api_replies import Translated, compact, function_tool, log_done, reply_events, start_reply, translate
+from .api_replies import (
+    Translated,
+    compact,
+    function_tool,
+    log_done,
+    reply_events,
+    start_reply,
+    stream_response,
+    translate,
+)
 from .api_stream import ReplyStream
 from .app_state import App
 
@@ -47,6 +56,25 @@ ERROR_TYPES = {
     429: "rate_limit_error",
 }
 PREFIX = "/v1/messages"
+
+
+class AnthropicErrorDetail(BaseModel):
+    type: str = Field(
+        description="invalid_request_error, authentication_error, permission_error, not_found_error, "
+        "request_too_large, rate_limit_error or api_error."
+    )
+    message: str = Field(description="What went wrong and what to do.")
+
+
+class AnthropicErrorResponse(BaseModel):
+    type: Literal["error"] = "error"
+    error: AnthropicErrorDetail
+
+
+ANTHROPIC_ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"model": AnthropicErrorResponse, "description": about["description"]}
+    for status, about in ERROR_RESPONSES.items()
+}
 
 
 # --- requests -------------------------------------------------------------------------------------------------
@@ -384,7 +412,16 @@ class AnthropicErrors:
 def add_messages_routes(app: App, v1: APIRouter) -> None:
     """Add ``/messages`` and ``/messages/count_tokens`` to ``v1``, answering from ``app.backend``."""
 
-    @v1.post("/messages", responses=ERROR_RESPONSES, summary="Anthropic Messages API, streaming or not")
+    stream = stream_response(
+        "With stream false: a message. With stream true: Anthropic's events (message_start, content_block_start, "
+        "content_block_delta, content_block_stop, message_delta, message_stop; error on a failure)."
+    )
+
+    @v1.post(
+        "/messages",
+        responses={200: stream, **ANTHROPIC_ERROR_RESPONSES},
+        summary="Anthropic Messages API, streaming or not",
+    )
     async def messages(body: MessagesRequest, request: Request) -> Any:
         message_id = f"msg_{uuid.uuid4().hex}"
         started = await start_reply(
@@ -399,7 +436,9 @@ def add_messages_routes(app: App, v1: APIRouter) -> None:
         log_done(message_id, event)
         return JSONResponse(message_body(message_id, app.model_name, event))
 
-    @v1.post("/messages/count_tokens", responses=ERROR_RESPONSES, summary="Anthropic's token count of a request")
+    @v1.post(
+        "/messages/count_tokens", responses=ANTHROPIC_ERROR_RESPONSES, summary="Anthropic's token count of a request"
+    )
     async def count_tokens(body: MessagesRequest, request: Request) -> Any:
         # Counted by the backend itself (the prompt of a one-token reply), so the count is the prompt the
         # model reads, chat template and tools included, here or behind --backend.

@@ -93,6 +93,19 @@ async def reply_events(reply: ReplyStream, first: ChatEvent) -> AsyncIterator[Ch
         event = await reply.next_event()
 
 
+def stream_response(description: str) -> dict[str, Any]:
+    """The OpenAPI description of a 200 that is JSON, or Server-Sent Events with ``stream: true``."""
+    event = {
+        "type": "object",
+        "properties": {
+            "event": {"type": "string", "description": "The event's type."},
+            "data": {"type": "string", "description": "The event as JSON."},
+        },
+        "required": ["data"],
+    }
+    return {"description": description, "content": {"text/event-stream": {"schema": event}}}
+
+
 def compact(value: Any) -> str:
     """JSON as the streams send it: compact, UTF-8 as is."""
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
