@@ -5,13 +5,20 @@ Run: ``.venv/bin/python -m pytest tests/unit/test_api_translation.py -q``.
 
 from __future__ import annotations
 
-import pytest
+import asyncio
+import json
 
+import pytest
+from helpers.openai_spec import assert_valid
+
+from chatbot.chat.events import AnswerDelta
 from chatbot.chat.limits import ReplyLimits
 from chatbot.errors import InvalidRequestError
 from chatbot.serve import api_messages, api_responses
+from chatbot.serve.api_errors import APIError
 from chatbot.serve.api_messages import MessagesRequest
 from chatbot.serve.api_responses import ResponsesRequest, ResponseStore
+from chatbot.serve.api_responses_items import response_events
 
 SCHEMA = {"type": "object", "properties": {"city": {"type": "string"}}}
 
@@ -121,3 +128,39 @@ def test_the_store_is_bounded_and_answers_only_its_client() -> None:
     assert store.get("resp_2", "b") is None
     store.put("resp_big", "a", [{"role": "user", "content": "x" * 20_000}])  # larger than the whole store
     assert store.get("resp_big", "a") is None and store.get("resp_2", "a") is not None
+
+
+class FailingReply:
+    """A reply that fails after its first piece of answer, as a backend failing mid-stream does."""
+
+    def __init__(self) -> None:
+        self.cancelled = False
+
+    async def next_event(self):
+        raise APIError(500, "Generation failed part-way.", type="server_error", code="generation_failed")
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+async def collected(events) -> list[dict]:
+    return [{"event": item.event, **json.loads(item.data)} async for item in events]
+
+
+def test_a_failure_mid_stream_ends_each_stream_in_its_apis_words() -> None:
+    body = ResponsesRequest.model_validate({"input": "Hello"})
+    start = api_responses.response_body("resp_1", 0, "qwen3", body)
+    reply = FailingReply()
+    events = asyncio.run(collected(response_events(reply, AnswerDelta("Hel"), start, lambda done: None)))
+    for event in events:
+        assert_valid("ResponseStreamEvent", {key: value for key, value in event.items() if key != "event"})
+    assert [event["type"] for event in events][-2:] == ["error", "response.failed"] and reply.cancelled
+    assert events[-1]["response"]["error"] == {"code": "server_error", "message": "Generation failed part-way."}
+    reply = FailingReply()
+    events = asyncio.run(collected(api_messages.message_events(reply, AnswerDelta("Hel"), "msg_1", "qwen3")))
+    assert events[-1] == {
+        "event": "error",
+        "type": "error",
+        "error": {"type": "api_error", "message": "Generation failed part-way."},
+    }
+    assert [event["type"] for event in events][:3] == ["message_start", "ping", "content_block_start"]
