@@ -18,15 +18,16 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from fastapi import Request
 
 from ..chat.backend import Backend
 from ..chat.events import AnswerDelta, ChatDone, ChatEvent, Loading, ThinkingDelta, ToolCallDelta
+from ..chat.limits import ReplyLimits
+from ..chat.request import ChatRequest
 from ..errors import ChatbotError
 from .api_errors import APIError, ClientDisconnected, api_error_from, shutting_down
-from .api_models import ChatCompletionRequest
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +38,12 @@ DISCONNECT_POLL_SECONDS = 0.25
 _FINISHED = object()
 
 
+class RequestBody(Protocol):
+    """A request of any of the API's families (a chat completion, a translated Messages or Responses request)."""
+
+    def chat_request(self, client: str, limits: ReplyLimits) -> ChatRequest: ...
+
+
 class ReplyStream:
     """Runs ``backend.stream`` on a thread of its own and hands its events to the event loop.
 
@@ -45,7 +52,7 @@ class ReplyStream:
     generation within one model step and frees the model for the next request.
     """
 
-    def __init__(self, backend: Backend, request: ChatCompletionRequest, client: str) -> None:
+    def __init__(self, backend: Backend, request: RequestBody, client: str) -> None:
         self.backend = backend
         self._cancel = threading.Event()
         self._loop = asyncio.get_running_loop()
@@ -59,7 +66,7 @@ class ReplyStream:
         )
         self._thread.start()
 
-    def _produce(self, body: ChatCompletionRequest, client: str) -> None:
+    def _produce(self, body: RequestBody, client: str) -> None:
         try:
             # Built here, not on the event loop: a bad request is an error event like any other.
             request = body.chat_request(client, self.backend.limits)
