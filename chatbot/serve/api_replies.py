@@ -19,8 +19,8 @@ from fastapi import Request
 from fastapi.responses import Response
 
 from ..chat.events import ChatDone, ChatEvent, Loading, QueuePosition
-from ..chat.limits import ReplyLimits
 from ..chat.request import ChatRequest
+from ..engine.limits import ReplyLimits
 from ..errors import ChatbotError
 from .api_errors import ClientDisconnected, api_error_from, shutting_down
 from .api_keys import client_key

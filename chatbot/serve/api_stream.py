@@ -24,8 +24,8 @@ from fastapi import Request
 
 from ..chat.backend import Backend
 from ..chat.events import AnswerDelta, ChatDone, ChatEvent, Loading, ThinkingDelta, ToolCallDelta
-from ..chat.limits import ReplyLimits
 from ..chat.request import ChatRequest
+from ..engine.limits import ReplyLimits
 from ..errors import ChatbotError
 from .api_errors import APIError, ClientDisconnected, api_error_from, shutting_down
 

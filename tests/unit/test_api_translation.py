@@ -12,7 +12,7 @@ import pytest
 from helpers.openai_spec import assert_valid
 
 from chatbot.chat.events import AnswerDelta
-from chatbot.chat.limits import ReplyLimits
+from chatbot.engine.limits import ReplyLimits
 from chatbot.errors import InvalidRequestError
 from chatbot.serve import api_messages, api_responses
 from chatbot.serve.api_errors import APIError
