@@ -14,14 +14,15 @@ reads the prompt itself, as a request alone does. Everything here runs on the en
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
 from .kv_cache import copy_prefix
 
-if TYPE_CHECKING:
-    from .request import ActiveRequest
+# The requests are ``request.ActiveRequest``s; named loosely here, as the job that holds this value
+# (jobs.py) is imported by request.py.
+ActiveRequest = Any
 
 
 class SharedPrefill:

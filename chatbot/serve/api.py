@@ -31,6 +31,7 @@ from .api_chat import add_completion_routes
 from .api_errors import install_error_handlers
 from .api_info import add_info_routes
 from .api_keys import api_key_guard
+from .api_metrics import add_metrics
 from .app_state import App
 from .security import install_api_guards
 
@@ -54,6 +55,7 @@ def build_api(app: App) -> FastAPI:
     v1 = APIRouter(prefix="/v1", dependencies=guard)
     add_completion_routes(app, v1)
     add_info_routes(app, api, v1)
+    add_metrics(app, api, guard)
 
     if keyed:
 
