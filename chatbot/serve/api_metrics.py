@@ -34,20 +34,24 @@ class RequestCounter:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        status = 500  # what the client gets when the app raises before it answers
+        counted = False
+
+        def count(status: int) -> None:
+            nonlocal counted
+            counted = True
+            route = scope.get("route")  # set by the router when a route matched
+            self.metrics.http_requests.labels(getattr(route, "path", None) or OTHER_ENDPOINT, str(status)).inc()
 
         async def counting_send(message: Any) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
+            if message["type"] == "http.response.start" and not counted:
+                count(message["status"])  # before the client has it: a scrape after the response counts it
             await send(message)
 
         try:
             await self.app(scope, receive, counting_send)
         finally:
-            route = scope.get("route")  # set by the router when a route matched
-            endpoint = getattr(route, "path", None) or OTHER_ENDPOINT
-            self.metrics.http_requests.labels(endpoint, str(status)).inc()
+            if not counted:  # the app raised before it answered: the client gets a 500
+                count(500)
 
 
 def add_metrics(app: App, api: FastAPI, guard: Sequence[Depends]) -> None:

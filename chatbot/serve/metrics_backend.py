@@ -82,20 +82,22 @@ class MeteredBackend:
         started = time.perf_counter()
         first: float | None = None
         outcome = "cancelled"  # the caller stopped reading before the end
-        done: ChatDone | None = None
-        ended: float | None = None
+        recorded = False
         try:
             for event in self.inner.stream(request, cancel):
                 if first is None and isinstance(event, TEXT_EVENTS):
                     first = time.perf_counter()
                 elif isinstance(event, ChatDone):
-                    done, outcome, ended = event, event.finish_reason, time.perf_counter()
+                    # Recorded before the caller sees the end: a scrape after the reply counts it.
+                    recorded = True
+                    self._record(request, event.finish_reason, event, started, first, time.perf_counter())
                 yield event
         except Exception:  # refused, failed, or a bug: counted, then on to the caller as before
             outcome = "error"
             raise
         finally:
-            self._record(request, outcome, done, started, first, ended or time.perf_counter())
+            if not recorded:
+                self._record(request, outcome, None, started, first, time.perf_counter())
 
     def _record(
         self,
