@@ -1,7 +1,7 @@
 """How replies are recorded in the metrics, with a scripted fake backend (no model, no server): outcomes,
 tokens (a request's choices count their prompt once), a stream left early, an error, the HTTP counter.
 
-Run: ``.venv/bin/python -m pytest tests/unit/test_metrics.py -q``.
+Run: ``.venv/bin/python -m pytest tests/unit/test_metrics_recording.py -q``.
 """
 
 from __future__ import annotations
