@@ -36,6 +36,7 @@ from .limits import ReplyLimits
 from .request import ActiveRequest
 from .sampling import SamplingOptions
 from .scheduler import CPU_PREFILL_CHUNK, GPU_PREFILL_CHUNK, STEP_ERRORS, Batch, as_generation_error, device_fault
+from .shared_prefill import SharedPrefill
 from .shutdown import LoadStopped, StoppableProgress, close_at_exit
 
 __all__ = ["ChatEngine", "EngineEvent", "Failed", "Finished", "Job", "Queued", "TextDelta"]
@@ -229,17 +230,19 @@ class ChatEngine:
         options: SamplingOptions,
         cancel: threading.Event | None = None,
         client: str = LOCAL_CLIENT,
+        shared: SharedPrefill | None = None,
     ) -> Job:
         """Queue a generation; its events arrive on ``job.events``.
 
-        ``client`` groups requests for fair turns (see ``fair_queue``).
+        ``client`` groups requests for fair turns (see ``fair_queue``). ``shared``: one value for the choices
+        of one request (the same prompt, n > 1), which then read the prompt once (``shared_prefill``).
 
         Raises:
             QueueFullError: ``queue_size`` requests are already waiting, or ``client`` has its limit waiting.
             InvalidRequestError: ``options.max_new_tokens`` is over ``max_new_tokens_cap``.
         """
         self.limits.check_max_new_tokens(options.max_new_tokens, "max_new_tokens")
-        job = Job(list(prompt_ids), options, cancel or threading.Event(), next(self._ids), client)
+        job = Job(list(prompt_ids), options, cancel or threading.Event(), next(self._ids), client, shared=shared)
         with self._cv:
             if self._fault is not None:
                 raise DeviceFaultError(self._fault.message, fix=self._fault.fix)
@@ -296,9 +299,10 @@ class ChatEngine:
         options: SamplingOptions,
         cancel: threading.Event | None = None,
         client: str = LOCAL_CLIENT,
+        shared: SharedPrefill | None = None,
     ) -> Iterator[EngineEvent]:
-        """Submit and yield events until the request ends; leaving early cancels it."""
-        job = self.submit(prompt_ids, options, cancel, client=client)
+        """Submit and yield events until the request ends; leaving early cancels it (``shared``: see ``submit``)."""
+        job = self.submit(prompt_ids, options, cancel, client=client, shared=shared)
         done = False
         try:
             while True:

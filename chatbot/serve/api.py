@@ -32,6 +32,7 @@ from .api_errors import install_error_handlers
 from .api_info import add_info_routes
 from .api_keys import api_key_guard
 from .api_messages import AnthropicErrors, add_messages_routes
+from .api_metrics import add_metrics
 from .api_responses import add_responses_routes
 from .app_state import App
 from .security import install_api_guards
@@ -59,6 +60,7 @@ def build_api(app: App) -> FastAPI:
     add_messages_routes(app, v1)
     add_responses_routes(app, v1)
     add_info_routes(app, api, v1)
+    add_metrics(app, api, guard)
 
     if keyed:
 

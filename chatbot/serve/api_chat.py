@@ -10,6 +10,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from sse_starlette import EventSourceResponse
 
+from .api_choices import answer_choices
 from .api_errors import ERROR_RESPONSES, APIError, ClientDisconnected, shutting_down
 from .api_keys import client_key
 from .api_models import ChatCompletion, ChatCompletionRequest, ErrorResponse
@@ -51,6 +52,8 @@ def add_completion_routes(app: App, v1: APIRouter) -> None:
         summary="Chat completion, streaming or not",
     )
     async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any:
+        if (body.n or 1) > 1:
+            return await answer_choices(app, body, request, client_key(request))
         meta = Completion.new(app.model_name)
         reply = ReplyStream(app.backend, body, client_key(request))
         try:

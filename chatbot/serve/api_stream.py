@@ -39,7 +39,8 @@ _FINISHED = object()
 
 
 class RequestBody(Protocol):
-    """A request of any of the API's families (a chat completion, a translated Messages or Responses request)."""
+    """A request of any of the API's families (a chat completion or one choice of it, a translated Messages or
+    Responses request): it builds its ``ChatRequest``."""
 
     def chat_request(self, client: str, limits: ReplyLimits) -> ChatRequest: ...
 
@@ -146,12 +147,15 @@ class Completion:
         return cls(f"chatcmpl-{uuid.uuid4().hex}", int(time.time()), model)
 
 
-def usage(done: ChatDone) -> dict[str, int]:
-    prompt, completion = int(done.stats["prompt_tokens"]), int(done.stats["new_tokens"])
+def usage(done: ChatDone, *more: ChatDone) -> dict[str, int]:
+    """OpenAI's usage of a reply; for several choices of one prompt, the prompt counts once."""
+    prompt = int(done.stats["prompt_tokens"])
+    completion = sum(int(each.stats["new_tokens"]) for each in (done, *more))
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
 
-def completion_body(meta: Completion, done: ChatDone) -> dict[str, Any]:
+def choice_body(done: ChatDone, index: int = 0) -> dict[str, Any]:
+    """One choice of a ``chat.completion``."""
     message: dict[str, Any] = {
         "role": "assistant",
         "content": done.answer if done.answer or not done.tool_calls else None,
@@ -160,14 +164,18 @@ def completion_body(meta: Completion, done: ChatDone) -> dict[str, Any]:
     }
     if done.tool_calls:
         message["tool_calls"] = [call.as_openai() for call in done.tool_calls]
-    choice = {"index": 0, "message": message, "finish_reason": done.finish_reason, "logprobs": done.logprobs}
+    return {"index": index, "message": message, "finish_reason": done.finish_reason, "logprobs": done.logprobs}
+
+
+def completion_body(meta: Completion, done: ChatDone, *more: ChatDone) -> dict[str, Any]:
+    """The ``chat.completion``: one choice per reply given (``n``), in order."""
     return {
         "id": meta.id,
         "object": "chat.completion",
         "created": meta.created,
         "model": meta.model,
-        "choices": [choice],
-        "usage": usage(done),
+        "choices": [choice_body(each, index) for index, each in enumerate((done, *more))],
+        "usage": usage(done, *more),
     }
 
 
@@ -178,8 +186,9 @@ def chunk_json(
     usage_field: dict[str, int] | None = None,
     with_usage: bool = False,
     logprobs: dict[str, Any] | None = None,
+    index: int = 0,
 ) -> str:
-    """One ``chat.completion.chunk``; ``delta=None`` makes the usage chunk (no choices)."""
+    """One ``chat.completion.chunk`` of choice ``index``; ``delta=None`` makes the usage chunk (no choices)."""
     chunk: dict[str, Any] = {
         "id": meta.id,
         "object": "chat.completion.chunk",
@@ -187,11 +196,46 @@ def chunk_json(
         "model": meta.model,
         "choices": []
         if delta is None
-        else [{"index": 0, "delta": delta, "finish_reason": finish_reason, "logprobs": logprobs}],
+        else [{"index": index, "delta": delta, "finish_reason": finish_reason, "logprobs": logprobs}],
     }
     if with_usage:
         chunk["usage"] = usage_field
     return json.dumps(chunk, ensure_ascii=False, separators=(",", ":"))
+
+
+class ChoiceChunks:
+    """The chunks of one choice (``index``) of a streamed reply, event by event."""
+
+    def __init__(self, meta: Completion, include_usage: bool, index: int = 0) -> None:
+        self.meta = meta
+        self.include_usage = include_usage
+        self.index = index
+        self.sent_logprobs = 0
+
+    def chunk(self, delta: dict[str, Any] | None, finish_reason: str | None = None, **fields: Any) -> str:
+        return chunk_json(self.meta, delta, finish_reason, with_usage=self.include_usage, index=self.index, **fields)
+
+    def first(self) -> str:
+        return self.chunk({"role": "assistant", "content": ""})
+
+    def event(self, event: ChatEvent) -> str | None:
+        """The chunk of a thinking, answer or tool call event (None for the others)."""
+        if isinstance(event, ThinkingDelta):
+            return self.chunk({"reasoning_content": event.text})
+        if isinstance(event, AnswerDelta):
+            # Each chunk carries the log-probabilities of its own tokens, as OpenAI and vLLM send them.
+            logprobs = {"content": list(event.logprobs), "refusal": None} if event.logprobs else None
+            self.sent_logprobs += len(event.logprobs)
+            return self.chunk({"content": event.text}, logprobs=logprobs)
+        if isinstance(event, ToolCallDelta):
+            return self.chunk({"tool_calls": [{"index": event.index, **event.call.as_openai()}]})
+        return None
+
+    def last(self, done: ChatDone) -> str:
+        """The finish chunk; tokens whose text went out with no answer piece (a tool call's, say) travel with it."""
+        rest = (done.logprobs or {}).get("content", [])[self.sent_logprobs :]
+        logprobs = {"content": rest, "refusal": None} if rest else None
+        return self.chunk({}, done.finish_reason, logprobs=logprobs)
 
 
 async def sse_chunks(reply: ReplyStream, first: ChatEvent, meta: Completion, include_usage: bool) -> AsyncIterator[str]:
@@ -201,29 +245,18 @@ async def sse_chunks(reply: ReplyStream, first: ChatEvent, meta: Completion, inc
     generation at once.
     """
     ended = False
-    sent_logprobs = 0
+    chunks = ChoiceChunks(meta, include_usage)
     try:
-        yield chunk_json(meta, {"role": "assistant", "content": ""}, with_usage=include_usage)
+        yield chunks.first()
         event = first
         while not isinstance(event, ChatDone):
-            if isinstance(event, ThinkingDelta):
-                yield chunk_json(meta, {"reasoning_content": event.text}, with_usage=include_usage)
-            elif isinstance(event, AnswerDelta):
-                # Each chunk carries the log-probabilities of its own tokens, as OpenAI and vLLM send them.
-                logprobs = {"content": list(event.logprobs), "refusal": None} if event.logprobs else None
-                sent_logprobs += len(event.logprobs)
-                yield chunk_json(meta, {"content": event.text}, with_usage=include_usage, logprobs=logprobs)
-            elif isinstance(event, ToolCallDelta):
-                call = {"index": event.index, **event.call.as_openai()}
-                yield chunk_json(meta, {"tool_calls": [call]}, with_usage=include_usage)
+            if (chunk := chunks.event(event)) is not None:
+                yield chunk
             event = await reply.next_event()
         ended = True
         if event.finish_reason == "cancelled":
             raise shutting_down()
-        # Tokens whose text went out with no answer piece (a tool call's, say) travel with the last chunk.
-        rest = (event.logprobs or {}).get("content", [])[sent_logprobs:]
-        logprobs = {"content": rest, "refusal": None} if rest else None
-        yield chunk_json(meta, {}, event.finish_reason, with_usage=include_usage, logprobs=logprobs)
+        yield chunks.last(event)
         if include_usage:
             yield chunk_json(meta, None, usage_field=usage(event), with_usage=True)
         log_reply(meta, event)
