@@ -105,11 +105,13 @@ def api_help(app: App, request: gr.Request | None) -> tuple[str, str]:
         f"reply = client.chat.completions.create(\n"
         f'    model="{app.model_name}",\n'
         f'    messages=[{{"role": "user", "content": "Hello!"}}],\n'
+        f"    max_tokens=1024,  # thinking is on by default and counts\n"
         f")\n"
         f"print(reply.choices[0].message.content)\n\n"
         f"# or with curl:\n"
         f"# curl {base}/chat/completions -H 'Content-Type: application/json' \\\n"
-        f'#   -d \'{{"model": "{app.model_name}", "messages": [{{"role": "user", "content": "Hello!"}}]}}\''
+        f'#   -d \'{{"model": "{app.model_name}", "max_tokens": 1024,\n'
+        f'#         "messages": [{{"role": "user", "content": "Hello!"}}]}}\''
     )
     return text, snippet
 
