@@ -64,6 +64,23 @@ class Branch:
     removed: list[Turn]
 
 
+def hold_pending_edit(conversation: Conversation, index: int) -> None:
+    """Edit last (or ↑) takes question ``index`` and what followed it out of the chat: kept with the chat
+    (server side, this tab only), the question sent next becomes its new version, as the pencil's edit does."""
+    branch = Branch("user", versions_before_change(conversation, index), conversation.turns[index:])
+    conversation.pending_edit = (branch, conversation.to_list()[:index])  # type: ignore[attr-defined]
+
+
+def take_pending_edit(conversation: Conversation) -> Branch | None:
+    """The branch Edit last took out, if the chat is still as it left it (not undone, switched or cleared)."""
+    pending = getattr(conversation, "pending_edit", None)
+    conversation.pending_edit = None  # type: ignore[attr-defined]  # one message uses it, or it is stale
+    if pending is None:
+        return None
+    branch, before = pending
+    return branch if conversation.to_list() == before else None
+
+
 def notice_html(error: ChatbotError | str) -> str:
     text = error if isinstance(error, str) else error.message + (f" {error.fix}" if error.fix else "")
     return f'<div class="qc-notice" role="alert">{html.escape(text)}</div>'
@@ -138,8 +155,9 @@ class ChatHandlers:
         options = self._options(
             temperature, top_p, top_k, max_new_tokens, presence_penalty, repetition_penalty, min_new_tokens
         )
+        branch = take_pending_edit(conversation)  # after Edit last (or ↑): the old exchange stays a version
         yield from self._reply(
-            conversation, message, enable_thinking, system_prompt, options, session_of(request), chat_id, title
+            conversation, message, enable_thinking, system_prompt, options, session_of(request), chat_id, title, branch
         )
 
     def regenerate(
@@ -354,6 +372,7 @@ class ChatHandlers:
             notice = notice_html("There is no message to edit yet.")
             return gr.skip(), message, notice, conversation, gr.skip()
         question = conversation.turns[last].content
+        hold_pending_edit(conversation, last)
         del conversation.turns[last:]
         record = as_text(saved_form(conversation, chat_id, title))
         return conversation_messages(conversation), question, "", conversation, record

@@ -435,6 +435,24 @@ def test_regenerate_edit_undo_and_clear(client: Client) -> None:
     assert "nothing to regenerate" in notice.lower() or "no answer to regenerate" in notice.lower()
 
 
+def test_edit_last_keeps_the_old_exchange_as_a_version(client: Client) -> None:
+    client.predict(message="One", enable_thinking=False, api_name="/chat")
+    client.predict(message="Two", enable_thinking=False, api_name="/chat")
+    chat, box, _, _ = client.predict(message="", api_name="/edit_last")
+    assert box == "Two" and user_texts(chat) == ["One"]
+    chat, _, notice, record = client.predict(message="Two, edited", enable_thinking=False, api_name="/chat")
+    assert notice == "" and user_texts(chat) == ["One", "Two, edited"]
+    assert reply_parts(chat)["stats"].startswith("‹ question 2 of 2 ›")
+    assert [v["content"] for v in json.loads(record)["messages"][2]["versions"]] == ["Two", "Two, edited"]
+    chat, _, _ = client.predict(request_text="2:-1", api_name="/switch_version")
+    assert user_texts(chat) == ["One", "Two"] and reply_parts(chat)["answer"] == SCRIPTED_ANSWER
+    # Edit last, then Undo: the chat changed meanwhile, so the next message is a new one, not a version.
+    client.predict(message="", api_name="/edit_last")
+    client.predict(api_name="/undo")
+    chat, _, _, _ = client.predict(message="Fresh", enable_thinking=False, api_name="/chat")
+    assert user_texts(chat) == ["Fresh"] and "of 2" not in reply_parts(chat)["stats"]
+
+
 def test_edit_any_question_then_switch_between_its_versions(client: Client) -> None:
     client.predict(message="One", enable_thinking=False, api_name="/chat")
     client.predict(message="Two", enable_thinking=False, api_name="/chat")

@@ -1,0 +1,44 @@
+"""The web chat's details in a real headless browser (Debian's Chromium driven by Playwright, offline):
+↑ and "Edit last" keep the old answer as a version, and the page's fine print (issue 27).
+
+.venv/bin/python -m pytest tests/browser/test_chat_details.py -q
+"""
+
+from __future__ import annotations
+
+import pytest
+from helpers.app import RunningApp
+from helpers.browser import open_page, send, wait_for_stats
+
+
+def chat_text(page) -> str:
+    return page.inner_text("#qc-chat")
+
+
+def box_holds(page, text: str) -> None:
+    page.wait_for_function("(text) => document.querySelector('#qc-message textarea').value === text", arg=text)
+
+
+@pytest.mark.parametrize("how", ["up arrow", "Edit last"])
+def test_editing_the_last_message_keeps_the_old_answer_as_a_version(browser, demo_app: RunningApp, how) -> None:
+    page = open_page(browser, demo_app)
+    page.uncheck("#qc-thinking input")
+    send(page, "First take")
+    wait_for_stats(page, 1)
+    page.wait_for_selector("#qc-send", state="visible")
+    if how == "up arrow":
+        page.focus("#qc-message textarea")
+        page.keyboard.press("ArrowUp")
+    else:
+        page.click("#qc-edit")
+    box_holds(page, "First take")
+    send(page, "Second take")
+    page.wait_for_selector("#qc-chat .qc-stats:has-text('question 2 of 2')")
+    page.wait_for_selector("#qc-send", state="visible")
+    assert "Second take" in chat_text(page) and "First take" not in chat_text(page)
+    page.locator("#qc-chat .qc-step-prev").first.click()  # ‹: the first question and its answer are back
+    page.wait_for_selector("#qc-chat .qc-stats:has-text('question 1 of 2')")
+    assert "First take" in chat_text(page) and "Second take" not in chat_text(page)
+    wait_for_stats(page, 1)
+    assert not page.errors, page.errors
+    page.context.close()
