@@ -56,8 +56,16 @@
       return store.all().filter(matches).map((chat) => [chat.title || "New chat", chat.id]);
     },
     write(record) {
-      // An empty chat is not kept: "New chat" clicked twice leaves no clutter in the list.
-      if (!record || !record.id || !Array.isArray(record.messages) || !record.messages.length) return;
+      // An empty chat is not kept: "New chat" clicked twice leaves no clutter in the list, and a chat whose
+      // first message was refused or stopped before the model began is taken out again (no ghost chat).
+      if (!record || !record.id || !Array.isArray(record.messages)) return;
+      if (!record.messages.length) {
+        if (localStorage.getItem(PREFIX + record.id) !== null) {
+          localStorage.removeItem(PREFIX + record.id);
+          store.refreshSoon();
+        }
+        return;
+      }
       if (record.undeleted) {
         deleted.delete(record.id);
         record = { ...record };

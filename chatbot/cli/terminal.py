@@ -6,13 +6,19 @@ history, /help lists the commands, /quit (or Ctrl-D) leaves. Inside a message, /
 switches thinking for that message only (Qwen3's own soft switch). Ctrl+C stops the reply being
 written and gives the prompt back; at the prompt, or while the model loads, it leaves. With
 ``--backend URL`` the replies come from that OpenAI-compatible server instead of a model loaded here.
+
+On a terminal the prompt has line editing and history (the standard library's ``readline``: arrows,
+Ctrl+A/E, ↑ for the previous lines of this session) and a progress bar is drawn while the model loads.
 """
 
 from __future__ import annotations
 
+import shutil
 import sys
+import time
+from typing import TextIO
 
-from ..chat.backend import Backend
+from ..chat.backend import Backend, BackendStatus
 from ..chat.backends import backend_from_settings
 from ..chat.bot import Qwen3ChatBot
 from ..chat.events import AnswerDelta, ChatDone, Loading, ThinkingDelta
@@ -26,7 +32,9 @@ HELP = """Commands (alone on a line):
   /clear       forget the history
   /help        this list
   /quit        leave (or Ctrl-D)
-/think or /no_think inside a message switches thinking for that message only."""
+/think or /no_think inside a message switches thinking for that message only.
+Arrows edit the line; up and down recall earlier lines."""
+LOAD_POLL_SECONDS = 0.2
 
 
 def chat_loop(model: str, settings: Settings, think: bool = True) -> int:
@@ -43,7 +51,9 @@ def chat_loop(model: str, settings: Settings, think: bool = True) -> int:
 def _converse(engine: Backend, model: str, settings: Settings, think: bool) -> int:
     bot = Qwen3ChatBot(engine=engine, system_prompt=settings.system_prompt, load="background")
     print(f"Chatting with {model}. Type /help for the commands.")
+    editing = line_editing()
     try:
+        show_loading(engine)
         bot.load()  # the precision line belongs before the first question, not after the first answer
     except ChatbotError as exc:
         print(f"error: {exc}")
@@ -53,9 +63,12 @@ def _converse(engine: Backend, model: str, settings: Settings, think: bool) -> i
         return 130
     print(f"{DIM}{bot.describe()}{RESET}")
     print(f"{DIM}Thinking is {'on' if think else 'off'} (/think, /no_think).{RESET}")
+    if editing:
+        print(f"{DIM}{editing}{RESET}")
     while True:
         try:
-            message = input("\nyou> ").strip()
+            print()  # the blank line outside the prompt: readline redraws a one-line prompt cleanly
+            message = input("you> ").strip()
         except (EOFError, KeyboardInterrupt):
             print()
             return 0
@@ -81,6 +94,45 @@ def _converse(engine: Backend, model: str, settings: Settings, think: bool) -> i
             print("\n(stopped)")
         except ChatbotError as exc:
             print(f"\nerror: {exc}")
+
+
+def line_editing() -> str | None:
+    """Give ``input()`` line editing and history on a terminal (GNU readline or libedit); returns a note
+    when this Python has no ``readline`` module (Windows), None otherwise."""
+    if not sys.stdin.isatty():
+        return None  # piped input: nothing to edit, and no escape sequences in the output
+    try:
+        import readline  # noqa: F401  (importing it is what turns line editing on for input())
+    except ImportError:
+        return "No line editing or history here: this Python has no readline module."
+    return None
+
+
+def show_loading(backend: Backend, out: TextIO | None = None) -> None:
+    """Draw a progress bar (on a terminal) until the backend's load ends, loaded or failed; the caller
+    then learns how it ended from ``load()``. Ctrl+C raises KeyboardInterrupt as usual."""
+    out = out or sys.stdout
+    if not out.isatty():
+        return
+    while (status := backend.status()).state == "loading":
+        out.write("\r" + progress_line(status) + "\x1b[K")
+        out.flush()
+        time.sleep(LOAD_POLL_SECONDS)
+    if status.state == "ready":
+        out.write("\r" + progress_line(status) + "\x1b[K")
+    out.write("\n")
+    out.flush()
+
+
+def progress_line(status: BackendStatus, width: int | None = None) -> str:
+    """``loading [#######.............]  35%  loading weights 10/28``, cut to the terminal's width."""
+    width = width or shutil.get_terminal_size((80, 24)).columns
+    fraction = 1.0 if status.state == "ready" else status.fraction
+    cells = 24
+    filled = round(cells * fraction)
+    stage = status.stage or status.state
+    line = f"loading [{'#' * filled}{'.' * (cells - filled)}] {fraction:4.0%}  {stage}"
+    return line[: max(width - 1, 10)]
 
 
 def print_reply(bot: Qwen3ChatBot, message: str, think: bool) -> None:

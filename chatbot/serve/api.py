@@ -11,11 +11,12 @@ and waits in the same first-come, first-served queue. ``python app.py`` serves i
 ``Authorization: Bearer KEY``. The schema of every field is at ``/docs``.
 
     curl http://127.0.0.1:8000/v1/chat/completions -H "Content-Type: application/json" \\
-      -d '{"model": "qwen3", "messages": [{"role": "user", "content": "Hello"}]}'
+      -d '{"model": "qwen3", "max_tokens": 256, "messages": [{"role": "user", "content": "Hello"}]}'
 
-Thinking is off by default; ``"chat_template_kwargs": {"enable_thinking": true}`` (or a top-level
-``"enable_thinking": true``) turns it on, and the thinking arrives in ``reasoning_content`` beside
-the answer in ``content``, as vLLM and SGLang do.
+Thinking is on by default, as in the web chat, vLLM and Qwen3's chat template; the thinking arrives in
+``reasoning_content`` beside the answer in ``content``, as vLLM and SGLang do.
+``"chat_template_kwargs": {"enable_thinking": false}`` (or a top-level ``"enable_thinking": false``)
+turns it off.
 
 This module makes the application; the routes, the streaming, the errors and the key check live in
 ``api_chat``, ``api_info``, ``api_stream``, ``api_errors`` and ``api_keys``.

@@ -189,7 +189,7 @@ class ChatTemplateKwargs(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
 
-    enable_thinking: bool | None = Field(None, description="Think before answering (default false).")
+    enable_thinking: bool | None = Field(None, description="Think before answering (default true).")
 
 
 class ChatCompletionRequest(BaseModel):
@@ -206,11 +206,12 @@ class ChatCompletionRequest(BaseModel):
     stream_options: StreamOptions | None = Field(None, description="Streaming options (include_usage).")
     enable_thinking: bool | None = Field(
         None,
-        description="Think before answering; wins over chat_template_kwargs.enable_thinking. Default false. "
+        description="Think before answering; wins over chat_template_kwargs.enable_thinking. Default true, "
+        "as in the web chat, vLLM and Qwen3's chat template. "
         "/think or /no_think in the last user message overrides both, as in Qwen3.",
     )
     chat_template_kwargs: ChatTemplateKwargs | None = Field(
-        None, description='{"enable_thinking": true} turns thinking on (vLLM/SGLang convention).'
+        None, description='{"enable_thinking": false} turns thinking off (vLLM/SGLang convention).'
     )
     temperature: float | None = sampling_field("temperature")
     top_p: float | None = sampling_field("top_p")
@@ -281,12 +282,13 @@ class ChatCompletionRequest(BaseModel):
         return value
 
     def thinking(self) -> bool:
-        """The thinking switch: top-level ``enable_thinking``, else ``chat_template_kwargs``, else off."""
+        """The thinking switch: top-level ``enable_thinking``, else ``chat_template_kwargs``, else on (as the
+        web chat, vLLM and Qwen3's chat template default)."""
         if self.enable_thinking is not None:
             return self.enable_thinking
         if self.chat_template_kwargs is not None and self.chat_template_kwargs.enable_thinking is not None:
             return self.chat_template_kwargs.enable_thinking
-        return False
+        return True
 
     def chat_request(self, client: str, limits: ReplyLimits) -> ChatRequest:
         """The request as the backends take it: validated, under the server's ``limits``, with the API's

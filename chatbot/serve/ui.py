@@ -48,12 +48,12 @@ _PACKAGED_ASSETS = Path(__file__).resolve().parents[1] / "assets"
 ASSETS = _PACKAGED_ASSETS if _PACKAGED_ASSETS.is_dir() else Path(__file__).resolve().parents[2] / "assets"
 REMOTE_BADGE_SECONDS = 2.0  # how often the page asks about a backend that never settles (a remote server)
 MAX_SLIDER_TOKENS = 32768  # until the model is loaded and its context is known
-# All four delimiters Qwen3 writes; "$$" before "$" so that display math is not read as two inline ones.
+# The delimiters Qwen3 writes. Its inline "$x$" reaches the page as "\(x\)" (ui_render.inline_math, which
+# leaves prices such as "$5 and $10" as text), so a lone "$" is never a delimiter here.
 LATEX_DELIMITERS: list[dict[str, str | bool]] = [
     {"left": "$$", "right": "$$", "display": True},
     {"left": "\\[", "right": "\\]", "display": True},
     {"left": "\\(", "right": "\\)", "display": False},
-    {"left": "$", "right": "$", "display": False},
 ]
 SETTING_NAMES: tuple[str, ...] = ("theme", "thinking", *("temperature", "top_p", "top_k", "max_new_tokens"))
 SETTING_NAMES += ("presence_penalty", "repetition_penalty", "min_new_tokens")
@@ -105,11 +105,13 @@ def api_help(app: App, request: gr.Request | None) -> tuple[str, str]:
         f"reply = client.chat.completions.create(\n"
         f'    model="{app.model_name}",\n'
         f'    messages=[{{"role": "user", "content": "Hello!"}}],\n'
+        f"    max_tokens=1024,  # thinking is on by default and counts\n"
         f")\n"
         f"print(reply.choices[0].message.content)\n\n"
         f"# or with curl:\n"
         f"# curl {base}/chat/completions -H 'Content-Type: application/json' \\\n"
-        f'#   -d \'{{"model": "{app.model_name}", "messages": [{{"role": "user", "content": "Hello!"}}]}}\''
+        f'#   -d \'{{"model": "{app.model_name}", "max_tokens": 1024,\n'
+        f'#         "messages": [{{"role": "user", "content": "Hello!"}}]}}\''
     )
     return text, snippet
 
@@ -317,6 +319,18 @@ def build_ui(app: App) -> gr.Blocks:
         meter_inputs = [message_box, system_prompt, thinking, max_new_tokens, conversation]
         reply_outputs = [chat, message_box, notice, conversation, record]
         private: dict[str, Any] = {"api_visibility": "private"}
+        # The context meter: counted on the server with the model's tokenizer, after typing pauses
+        # (wired first: the later private events that count again would otherwise take its API name).
+        gr.on(
+            [message_box.input, thinking.change, max_new_tokens.change, system_prompt.input],
+            handlers.context_meter,
+            meter_inputs,
+            meter,
+            api_name="context_meter",
+            trigger_mode="always_last",
+            show_progress="hidden",
+            concurrency_limit=None,
+        )
         # Each reply: swap Send for Stop (and scroll to the bottom), stream, swap back. The swap runs first
         # (not beside the reply) so that a quick reply cannot finish before it. An edit's first step also
         # keeps what was edited: the Chatbot's event data does not reach the steps chained after it.
@@ -349,15 +363,15 @@ def build_ui(app: App) -> gr.Blocks:
         stop_button.click(handlers.stop, None, notice, api_name="stop", queue=False)
         demo.unload(handlers.stop_on_unload)
 
+        # Another chat shown (a version, fewer turns, another or a new chat): the context meter counts it again.
+        meter_again = dict(fn=handlers.context_meter, inputs=meter_inputs, outputs=meter, show_progress="hidden")
         gr.on(
             [undo_button.click, chat.undo],
             handlers.undo,
             chat_states,
             [chat, conversation, record],
             api_name="undo",
-        )
-        # Another version shown is another chat for the model: the context meter counts it again.
-        meter_again = dict(fn=handlers.context_meter, inputs=meter_inputs, outputs=meter, show_progress="hidden")
+        ).then(**meter_again, **private)
         switches = [chat, record, notice]
         previous_button.click(handlers.previous_answer, chat_states, switches, api_name="previous_answer").then(
             **meter_again, **private
@@ -378,7 +392,7 @@ def build_ui(app: App) -> gr.Blocks:
             [message_box, *chat_states],
             [chat, message_box, notice, conversation, record],
             api_name="edit_last",
-        )
+        ).then(**meter_again, **private)
 
         # Chats: every change of this tab's chat is written to the browser, then the list is redrawn.
         # (the page redraws the list itself when a chat is new or renamed, not on every save of a streaming reply)
@@ -393,7 +407,7 @@ def build_ui(app: App) -> gr.Blocks:
         new_outputs = [chat, conversation, chat_id, title, notice, record]
         gr.on([chats.new_button.click], handlers.new_chat, system_prompt, new_outputs, api_name="new_chat").then(
             handlers.chat_list, [chat_index, chat_id], chats.chats, js=JS_INDEX, queue=False, **private
-        )
+        ).then(**meter_again, **private)
         chats.chats.input(
             handlers.open_chat,
             [chats.chats, read_record, conversation],
@@ -413,13 +427,13 @@ def build_ui(app: App) -> gr.Blocks:
             chat_states,
             [chat, conversation, chat_id, title, record, deleted_id, kept_for_undo, chats.undo_delete_button],
             api_name="clear",
-        )
+        ).then(**meter_again, **private)
         chats.undo_delete_button.click(
             handlers.undo_delete,
             kept_for_undo,
             [chat, conversation, chat_id, title, record, chats.undo_delete_button],
             **private,
-        )
+        ).then(**meter_again, **private)
         chats.export_button.click(
             handlers.export_conversation, chat_states, export_file, api_name="export_conversation"
         ).then(None, export_file, None, js="(file) => { qcStore.downloadFile(file); }", **private)
@@ -431,17 +445,6 @@ def build_ui(app: App) -> gr.Blocks:
             api_name="import_conversation",
         ).then(**meter_again, **private)
 
-        # The context meter: counted on the server with the model's tokenizer, after typing pauses.
-        gr.on(
-            [message_box.input, thinking.change, max_new_tokens.change, system_prompt.input],
-            handlers.context_meter,
-            meter_inputs,
-            meter,
-            api_name="context_meter",
-            trigger_mode="always_last",
-            show_progress="hidden",
-            concurrency_limit=None,
-        )
         message_box.input(None, message_box, None, js="(text) => { qcStore.draft(text); }", **private)
         message_box.submit(None, None, None, js="() => { qcStore.draft(''); }", **private)
         send_button.click(None, None, None, js="() => { qcStore.draft(''); }", **private)
@@ -539,7 +542,10 @@ def launch_ui(app: App) -> None:
             font_mono=["ui-monospace", "SFMono-Regular", "Menlo", "monospace"],
         ),
         favicon_path=ASSETS / "logo.svg",
-        footer_links=["gradio", "settings"],  # not Gradio's API page: the OpenAI API is in the settings panel
+        # Not Gradio's API page (the OpenAI API is in the settings panel), nor its Settings (a second theme
+        # switch, "install as an app", screen recording) beside the page's own.
+        footer_links=["gradio"],
+        pwa=False,
         # Gradio's run history would keep a copy of every message in localStorage, deleted chats included.
         run_history=False,
         ssr_mode=False,

@@ -22,7 +22,7 @@ import gradio as gr
 
 from ..chat.conversation import Conversation, Turn
 from ..chat.events import AnswerDelta, ChatEvent, Loading, QueuePosition, ThinkingDelta
-from ..chat.prompt import could_fit, encode, normalize_messages
+from ..chat.prompt import build_prompt, could_fit, encode, normalize_messages
 from ..chat.request import ChatRequest
 from ..engine.sampling import DEFAULT_MAX_NEW_TOKENS, NON_THINKING_DEFAULTS, THINKING_DEFAULTS
 from ..errors import ChatbotError
@@ -62,6 +62,23 @@ class Branch:
     role: str
     versions: list[dict[str, Any]]
     removed: list[Turn]
+
+
+def hold_pending_edit(conversation: Conversation, index: int) -> None:
+    """Edit last (or ↑) takes question ``index`` and what followed it out of the chat: kept with the chat
+    (server side, this tab only), the question sent next becomes its new version, as the pencil's edit does."""
+    branch = Branch("user", versions_before_change(conversation, index), conversation.turns[index:])
+    conversation.pending_edit = (branch, conversation.to_list()[:index])  # type: ignore[attr-defined]
+
+
+def take_pending_edit(conversation: Conversation) -> Branch | None:
+    """The branch Edit last took out, if the chat is still as it left it (not undone, switched or cleared)."""
+    pending = getattr(conversation, "pending_edit", None)
+    conversation.pending_edit = None  # type: ignore[attr-defined]  # one message uses it, or it is stale
+    if pending is None:
+        return None
+    branch, before = pending
+    return branch if conversation.to_list() == before else None
 
 
 def notice_html(error: ChatbotError | str) -> str:
@@ -138,8 +155,9 @@ class ChatHandlers:
         options = self._options(
             temperature, top_p, top_k, max_new_tokens, presence_penalty, repetition_penalty, min_new_tokens
         )
+        branch = take_pending_edit(conversation)  # after Edit last (or ↑): the old exchange stays a version
         yield from self._reply(
-            conversation, message, enable_thinking, system_prompt, options, session_of(request), chat_id, title
+            conversation, message, enable_thinking, system_prompt, options, session_of(request), chat_id, title, branch
         )
 
     def regenerate(
@@ -354,6 +372,7 @@ class ChatHandlers:
             notice = notice_html("There is no message to edit yet.")
             return gr.skip(), message, notice, conversation, gr.skip()
         question = conversation.turns[last].content
+        hold_pending_edit(conversation, last)
         del conversation.turns[last:]
         record = as_text(saved_form(conversation, chat_id, title))
         return conversation_messages(conversation), question, "", conversation, record
@@ -527,25 +546,37 @@ class ChatHandlers:
     def context_meter(
         self, message: str, system_prompt: str, enable_thinking: bool, max_new_tokens: float, conversation: Conversation
     ) -> str:
-        """Tokens of the chat plus the typed message against the context window (counted by the model's tokenizer)."""
+        """Tokens of the system prompt, the chat and the typed message against the context window (counted by
+        the model's tokenizer); over it, whether the oldest turns will be left out or the message refused."""
         loaded = self.app.backend.loaded
         if loaded is None:
             return ""
         probe = Conversation(system_prompt.strip(), conversation.turns)
-        try:
-            messages = normalize_messages(probe.messages_with(message if message.strip() else "…"))
-            if not could_fit(messages, loaded.max_context):  # certainly over: no tokenizing on each keystroke
-                over = "over the context window · oldest turns will be left out"
-                return f'<span class="qc-meter qc-meter-over">{over}</span>'
-            used = len(encode(loaded.tokenizer, messages, enable_thinking))
-        except ChatbotError as error:
-            return f'<span class="qc-meter qc-meter-over">{html.escape(error.message)}</span>'
         context = loaded.max_context
         reply_room = min(int(max_new_tokens), max_new_tokens_bound(context))
+        try:
+            messages = normalize_messages(probe.messages_with(message if message.strip() else "…"))
+            # Certainly over (no tokenizing on each keystroke), or counted: either way, the same rule as a reply's.
+            used = len(encode(loaded.tokenizer, messages, enable_thinking)) if could_fit(messages, context) else None
+            if used is None or used + reply_room > context:
+                build_prompt(
+                    loaded.tokenizer,
+                    messages,
+                    enable_thinking=enable_thinking,
+                    max_context=context,
+                    max_new_tokens=reply_room,
+                )
+        except ChatbotError as error:  # the message would be refused
+            text = error.message + (f" {error.fix}" if error.fix else "")
+            return f'<span class="qc-meter qc-meter-over">{html.escape(text)}</span>'
+        if used is None:
+            over = "over the context window · oldest turns will be left out"
+            return f'<span class="qc-meter qc-meter-over">{over}</span>'
         level = "over" if used + reply_room > context else "near" if used > context * 0.75 else "ok"
         note = " · oldest turns will be left out" if level == "over" else ""
         return (
-            f'<span class="qc-meter qc-meter-{level}" title="prompt tokens (chat + message) / context window">'
+            f'<span class="qc-meter qc-meter-{level}" '
+            'title="prompt tokens (system prompt + chat + message) / context window">'
             f"{used:,} / {context:,} tokens{note}</span>"
         )
 

@@ -43,9 +43,31 @@ ESCAPED_TAGS = [
 CPP_FENCE_RE = re.compile(r"^( {0,3}(?:`{3,}|~{3,})[ \t]*)cpp\b", re.MULTILINE | re.IGNORECASE)
 
 
+# Code (fenced blocks, inline spans) is left as written; math is only looked for outside it.
+CODE_RE = re.compile(r"^ {0,3}(`{3,}|~{3,})[^\n]*\n.*?(?:^ {0,3}\1[ \t]*$|\Z)|(`+).+?\2", re.MULTILINE | re.DOTALL)
+# Inline math between single dollars, by Pandoc's rule: the opening "$" has a non-space right after it,
+# the closing one a non-space right before it and no digit after it. So "$x^2$" is math and
+# "$5 and $10" is text; "$$" (display math) and an escaped "\$" are left alone.
+DOLLAR_MATH_RE = re.compile(r"(?<![\\$])\$(?![\s$])((?:\\.|[^$\\\n])+?)(?<![\s\\])\$(?![\d$])")
+
+
+def inline_math(text: str) -> str:
+    """``text`` with each ``$...$`` that is math written ``\\(...\\)``, the page's inline delimiter; other
+    dollars (prices, amounts) stay text. Code is not touched."""
+    if "$" not in text:
+        return text
+    parts, start = [], 0
+    for code in CODE_RE.finditer(text):
+        parts += [DOLLAR_MATH_RE.sub(r"\\(\1\\)", text[start : code.start()]), code.group(0)]
+        start = code.end()
+    parts.append(DOLLAR_MATH_RE.sub(r"\\(\1\\)", text[start:]))
+    return "".join(parts)
+
+
 def shown_markdown(text: str) -> str:
-    """The Markdown the page draws for ``text`` (fences that break Gradio's highlighter renamed)."""
-    return CPP_FENCE_RE.sub(r"\1c++", text)
+    """The Markdown the page draws for ``text``: fences that break Gradio's highlighter renamed, inline
+    ``$...$`` math in the page's own delimiters."""
+    return inline_math(CPP_FENCE_RE.sub(r"\1c++", text))
 
 
 # --- messages ---------------------------------------------------------------------------------------------

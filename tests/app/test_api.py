@@ -31,6 +31,7 @@ from chatbot.settings import Settings
 HELLO = [{"role": "user", "content": "Hello"}]
 TOOL = {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}
 THINKING_ON = {"chat_template_kwargs": {"enable_thinking": True}}
+THINKING_OFF = {"chat_template_kwargs": {"enable_thinking": False}}
 # What the scripted model generates with thinking on; <|im_end|> follows it.
 SCRIPTED_REPLY = f"<think>{SCRIPTED_THINKING}</think>\n\n{SCRIPTED_ANSWER}"
 
@@ -73,8 +74,16 @@ def test_reply_with_thinking_keeps_reasoning_apart_from_the_answer(client, token
     assert reply.usage.total_tokens == reply.usage.prompt_tokens + reply.usage.completion_tokens
 
 
-def test_thinking_is_off_by_default_and_gives_no_reasoning(client, tokenizer) -> None:
+def test_thinking_is_on_by_default_as_in_the_web_chat_and_vllm(client, tokenizer) -> None:
     reply = client.chat.completions.create(model="qwen3", messages=HELLO)
+    message = reply.choices[0].message
+    assert message.reasoning_content == SCRIPTED_THINKING and message.content == SCRIPTED_ANSWER
+    assert reply.usage.prompt_tokens == prompt_token_count(tokenizer, HELLO, thinking=True)
+    assert reply.usage.completion_tokens == generated_token_count(tokenizer, SCRIPTED_REPLY)
+
+
+def test_thinking_off_gives_no_reasoning(client, tokenizer) -> None:
+    reply = client.chat.completions.create(model="qwen3", messages=HELLO, extra_body=THINKING_OFF)
     message = reply.choices[0].message
     assert getattr(message, "reasoning_content", None) is None
     assert message.content == SCRIPTED_ANSWER
@@ -124,7 +133,7 @@ def test_streaming_sends_openai_chunks_with_reasoning_then_answer(client, tokeni
 
 
 def test_streaming_without_thinking_has_no_reasoning_deltas(client) -> None:
-    chunks = list(client.chat.completions.create(model="qwen3", messages=HELLO, stream=True))
+    chunks = list(client.chat.completions.create(model="qwen3", messages=HELLO, stream=True, extra_body=THINKING_OFF))
     deltas = [chunk.choices[0].delta for chunk in chunks if chunk.choices]
     assert not any(getattr(delta, "reasoning_content", None) for delta in deltas)
     assert "".join(delta.content or "" for delta in deltas) == SCRIPTED_ANSWER
@@ -133,10 +142,15 @@ def test_streaming_without_thinking_has_no_reasoning_deltas(client) -> None:
 
 
 def test_stop_strings_end_the_reply_before_them(client) -> None:
-    reply = client.chat.completions.create(model="qwen3", messages=HELLO, stop="demo")
+    # thinking off: the stop strings occur in the thinking too
+    reply = client.chat.completions.create(model="qwen3", messages=HELLO, stop="demo", extra_body=THINKING_OFF)
     assert reply.choices[0].message.content == SCRIPTED_ANSWER.split("demo")[0]
     assert reply.choices[0].finish_reason == "stop"
-    chunks = list(client.chat.completions.create(model="qwen3", messages=HELLO, stop=["weights", "xyz"], stream=True))
+    chunks = list(
+        client.chat.completions.create(
+            model="qwen3", messages=HELLO, stop=["weights", "xyz"], stream=True, extra_body=THINKING_OFF
+        )
+    )
     streamed = "".join(chunk.choices[0].delta.content or "" for chunk in chunks if chunk.choices)
     assert (
         streamed == SCRIPTED_ANSWER.split("weights")[0].rstrip()
@@ -159,7 +173,7 @@ def test_history_is_stateless_and_earlier_thinking_is_not_resent(client, tokeniz
         {"role": "assistant", "content": f"<think>{SCRIPTED_THINKING}</think>\n\n{SCRIPTED_ANSWER}"},
         {"role": "user", "content": "Again"},
     ]
-    reply = client.chat.completions.create(model="qwen3", messages=history)
+    reply = client.chat.completions.create(model="qwen3", messages=history, extra_body=THINKING_OFF)
     answer_only = [*history[:2], {"role": "assistant", "content": SCRIPTED_ANSWER}, history[3]]
     assert reply.usage.prompt_tokens == prompt_token_count(tokenizer, answer_only, thinking=False)
     assert reply.choices[0].message.content == SCRIPTED_ANSWER
@@ -474,14 +488,15 @@ def fail_part_way(*args, **kwargs):
 def test_a_generation_that_fails_part_way_is_reported_and_the_server_keeps_serving(scripted_fp8, monkeypatch) -> None:
     with in_process_client(str(scripted_fp8)) as http:
         monkeypatch.setattr("chatbot.engine.scheduler.decode_rows", fail_part_way)
-        plain = http.post("/v1/chat/completions", json={"messages": HELLO})
-        with http.stream("POST", "/v1/chat/completions", json={"messages": HELLO, "stream": True}) as response:
+        plain = http.post("/v1/chat/completions", json={"messages": HELLO, **THINKING_OFF})
+        stream_body = {"messages": HELLO, "stream": True, **THINKING_OFF}
+        with http.stream("POST", "/v1/chat/completions", json=stream_body) as response:
             status, payloads = response.status_code, sse_payloads(response.read().decode())
         client = openai_client("http://127.0.0.1/v1", http_client=http)
         with pytest.raises(openai.APIError, match="out of memory"):
             list(client.chat.completions.create(model="qwen3", messages=HELLO, stream=True))
         monkeypatch.undo()
-        healthy = http.post("/v1/chat/completions", json={"messages": HELLO})
+        healthy = http.post("/v1/chat/completions", json={"messages": HELLO, **THINKING_OFF})
     assert plain.status_code == 500
     assert plain.json()["error"]["code"] == "generation_failed"
     assert "out of memory (simulated)" in plain.json()["error"]["message"]

@@ -22,7 +22,9 @@ from helpers.clients import openai_client
 
 # Long enough that a generation nobody stops would hold the model for many seconds.
 LONG_REPLY_TOKENS = 7000
-LONG_REPLY = {"max_tokens": LONG_REPLY_TOKENS, "extra_body": {"min_tokens": LONG_REPLY_TOKENS}}
+# Thinking off: the random model may think for the whole reply, and the tests count answer chunks.
+NO_THINKING = {"chat_template_kwargs": {"enable_thinking": False}}
+LONG_REPLY = {"max_tokens": LONG_REPLY_TOKENS, "extra_body": {"min_tokens": LONG_REPLY_TOKENS, **NO_THINKING}}
 
 
 @pytest.fixture(scope="module")

@@ -29,6 +29,7 @@ from chatbot.errors import ContextLengthError, QueueFullError
 LONG_REPLY_TOKENS = 7000
 LONG_REPLY = {"max_tokens": LONG_REPLY_TOKENS, "extra_body": {"min_tokens": LONG_REPLY_TOKENS}}
 THINK = {"extra_body": {"chat_template_kwargs": {"enable_thinking": True}}}
+NO_THINK = {"extra_body": {"chat_template_kwargs": {"enable_thinking": False}}}
 
 
 def ask(text: str) -> list[dict[str, str]]:
@@ -74,7 +75,7 @@ def test_thinking_streams_apart_and_matches_the_remote(front: RunningApp, remote
 
 
 def test_without_thinking_everything_is_the_answer(front: RunningApp) -> None:
-    reasoning, content, finish = streamed(openai_client(front), messages=ask("Hello!"))
+    reasoning, content, finish = streamed(openai_client(front), messages=ask("Hello!"), **NO_THINK)
     assert reasoning == "" and content and finish == "stop"
     reply = openai_client(front).chat.completions.create(model="any", messages=ask("Hello!"), seed=3, **THINK)
     message = reply.choices[0].message

@@ -122,6 +122,22 @@ def test_only_the_cpp_fence_is_renamed_for_the_page() -> None:
     assert shown_markdown("你好 **bold** `<b>`") == "你好 **bold** `<b>`"  # text goes as written: copy gives it
 
 
+@pytest.mark.parametrize(
+    ("text", "shown"),
+    [
+        ("I paid $5 and $10 today.", "I paid $5 and $10 today."),  # prices stay text
+        ("It costs $5, or $e^{i\\pi}$.", "It costs $5, or \\(e^{i\\pi}\\)."),
+        ("Inline $x^2$, display $$\\sum k$$.", "Inline \\(x^2\\), display $$\\sum k$$."),
+        ("Both \\(a\\) and \\[b\\] as written", "Both \\(a\\) and \\[b\\] as written"),
+        ("code `$a$` then $b$", "code `$a$` then \\(b\\)"),
+        ("```sh\necho $HOME $x$\n```\n$y$", "```sh\necho $HOME $x$\n```\n\\(y\\)"),
+        ("between $ 5 $ and 3$ each", "between $ 5 $ and 3$ each"),
+    ],
+)
+def test_single_dollar_math_is_drawn_only_when_it_is_math(text: str, shown: str) -> None:
+    assert shown_markdown(text) == shown
+
+
 def test_thinking_off_keeps_a_think_tag_in_the_answer_and_a_cut_thought_stays_thinking() -> None:
     off = split_thinking("Tags: </think> stays text.", expect_thinking=False)
     assert (off.thinking, off.answer) == ("", "Tags: </think> stays text.")
@@ -433,6 +449,44 @@ def test_regenerate_edit_undo_and_clear(client: Client) -> None:
     assert chat == [] and json.loads(record)["messages"] == [] and deleted and new_id != deleted
     _, _, notice, _ = client.predict(enable_thinking=False, api_name="/regenerate")
     assert "nothing to regenerate" in notice.lower() or "no answer to regenerate" in notice.lower()
+
+
+def test_the_context_meter_counts_the_system_prompt_and_tells_a_refusal_from_trimming(client: Client) -> None:
+    def meter(message: str, system_prompt: str = "", max_new_tokens: int = 64) -> str:
+        return client.predict(
+            message=message,
+            system_prompt=system_prompt,
+            enable_thinking=False,
+            max_new_tokens=max_new_tokens,
+            api_name="/context_meter",
+        )
+
+    def used(text: str) -> int:
+        return int(re.search(r"([\d,]+) /", text).group(1).replace(",", ""))
+
+    plain = meter("Hello")
+    assert used(meter("Hello", system_prompt="Answer in one short sentence, please.")) > used(plain)
+    # A message that cannot fit on its own is refused when sent: the meter says so, not "left out".
+    refused = html.unescape(meter("word " * 50_000))
+    assert "oldest turns" not in refused and "Shorten the message" in refused
+
+
+def test_edit_last_keeps_the_old_exchange_as_a_version(client: Client) -> None:
+    client.predict(message="One", enable_thinking=False, api_name="/chat")
+    client.predict(message="Two", enable_thinking=False, api_name="/chat")
+    chat, box, _, _ = client.predict(message="", api_name="/edit_last")
+    assert box == "Two" and user_texts(chat) == ["One"]
+    chat, _, notice, record = client.predict(message="Two, edited", enable_thinking=False, api_name="/chat")
+    assert notice == "" and user_texts(chat) == ["One", "Two, edited"]
+    assert reply_parts(chat)["stats"].startswith("‹ question 2 of 2 ›")
+    assert [v["content"] for v in json.loads(record)["messages"][2]["versions"]] == ["Two", "Two, edited"]
+    chat, _, _ = client.predict(request_text="2:-1", api_name="/switch_version")
+    assert user_texts(chat) == ["One", "Two"] and reply_parts(chat)["answer"] == SCRIPTED_ANSWER
+    # Edit last, then Undo: the chat changed meanwhile, so the next message is a new one, not a version.
+    client.predict(message="", api_name="/edit_last")
+    client.predict(api_name="/undo")
+    chat, _, _, _ = client.predict(message="Fresh", enable_thinking=False, api_name="/chat")
+    assert user_texts(chat) == ["Fresh"] and "of 2" not in reply_parts(chat)["stats"]
 
 
 def test_edit_any_question_then_switch_between_its_versions(client: Client) -> None:

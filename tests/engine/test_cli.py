@@ -157,6 +157,30 @@ def test_terminal_commands_alone_are_not_sent_and_thinking_defaults_on(scripted_
     assert "(thinking off from the next message)" in done.stdout
 
 
+def test_terminal_chat_has_line_editing_history_and_a_loading_bar(scripted_fp8) -> None:
+    from helpers.terminal import UP_ARROW, Terminal
+
+    left = "\x1b[D"
+    chat = Terminal([sys.executable, "-m", "chatbot", "chat", "--model", str(scripted_fp8), "--device", "cpu"])
+    try:
+        at = chat.expect("you> ", 0)
+        loading = chat.output[:at]
+        # A bar while the model loads, ending full once it is ready (before the first prompt).
+        assert re.search(r"loading \[#{24}\] 100%", loading), loading[-2000:]
+        chat.type("/hlp" + left * 2 + "e\r")  # edited to /help with the arrow keys: a command, not a message
+        at = chat.expect("/clear       forget the history", at)
+        at = chat.expect("you> ", at)
+        chat.type(UP_ARROW + "\r")  # the previous line again
+        at = chat.expect("/clear       forget the history", at)
+        at = chat.expect("you> ", at)
+        chat.type("/quit\r")
+    finally:
+        status = chat.close()
+    assert status == 0, chat.output[-3000:]
+    assert "^[[A" not in chat.output and "^[[D" not in chat.output  # keys, not printed escape codes
+    assert "answer:" not in chat.output  # nothing was sent to the model
+
+
 def test_a_demo_model_from_an_older_version_is_remade_with_the_current_template(tmp_path, monkeypatch) -> None:
     from chatbot.authoring import tokenizer_build
     from chatbot.authoring.modelgen import ensure_demo_model

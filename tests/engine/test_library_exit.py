@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import select
 import shutil
 import signal
 import subprocess
@@ -26,6 +25,7 @@ from pathlib import Path
 
 import pytest
 from helpers.app import CANCELLED_LINE, ROOT, WAIT_LIMIT_SECONDS, RunningApp
+from helpers.terminal import Terminal
 from safetensors import safe_open
 from safetensors.torch import save_file
 
@@ -336,63 +336,6 @@ def endless_fp8(random_fp8: Path, tmp_path_factory: pytest.TempPathFactory) -> P
     tensors["model.embed_tokens.weight"][sorted(ends)] = 0
     save_file(tensors, str(path), metadata=metadata)
     return folder
-
-
-class Terminal:
-    """A program on a pseudo-terminal: what it printed, and keys typed to it (Ctrl+C included)."""
-
-    def __init__(self, command: list[str]) -> None:
-        import pty
-
-        self.master, slave = pty.openpty()
-        # A session of its own with this terminal as its controlling one, so that Ctrl+C is a real SIGINT.
-        launcher = (
-            "import fcntl, os, sys, termios; fcntl.ioctl(0, termios.TIOCSCTTY, 0); os.execv(sys.argv[1], sys.argv[1:])"
-        )
-        self.process = subprocess.Popen(
-            [sys.executable, "-c", launcher, *command],
-            cwd=ROOT,
-            stdin=slave,
-            stdout=slave,
-            stderr=slave,
-            start_new_session=True,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
-        os.close(slave)
-        self.output = ""
-
-    def read(self, timeout: float = 0.1) -> None:
-        while select.select([self.master], [], [], timeout)[0]:
-            try:
-                chunk = os.read(self.master, 65536)
-            except OSError:  # the program ended and closed the terminal
-                return
-            if not chunk:
-                return
-            self.output += chunk.decode(errors="replace")
-            timeout = 0
-
-    def expect(self, text: str, start: int) -> int:
-        """Wait until ``text`` appears after position ``start``; returns where it ends."""
-        deadline = time.monotonic() + WAIT_LIMIT_SECONDS
-        while (found := self.output.find(text, start)) < 0:
-            assert self.process.poll() is None or found >= 0, f"the chat ended:\n{self.output[-3000:]}"
-            assert time.monotonic() < deadline, f"never printed {text!r}:\n{self.output[-3000:]}"
-            self.read()
-        return found + len(text)
-
-    def type(self, keys: str) -> None:
-        os.write(self.master, keys.encode())
-
-    def close(self) -> int:
-        deadline = time.monotonic() + WAIT_LIMIT_SECONDS
-        while self.process.poll() is None and time.monotonic() < deadline:
-            self.read()
-        self.read(0)
-        os.close(self.master)
-        if self.process.poll() is None:
-            self.process.kill()
-        return self.process.wait()
 
 
 def test_ctrl_c_in_the_terminal_chat_stops_the_reply_and_the_prompt_comes_back(endless_fp8: Path) -> None:
