@@ -117,9 +117,10 @@ def _decode_logprobs(loaded: Any, ids: list[int]) -> Any:
     import torch
 
     from ..engine.kv_cache import new_cache
+    from ..model.kv_attention import kv_cache_dtype
 
     step = getattr(loaded.model, "qwen_decode_step", None)
-    cache, rows = new_cache(loaded.model.config), []
+    cache, rows = new_cache(loaded.model.config, kv_cache_dtype(loaded.model)), []
     with torch.inference_mode():
         for position, token in enumerate(ids):
             if step is not None and position > 0:

@@ -25,6 +25,7 @@ from typing import Any
 
 from ..errors import ChatbotError, DeviceFaultError, GenerationError, QueueFullError
 from ..model.device import is_sticky_cuda_fault
+from ..model.kv_attention import kv_cache_dtype
 from ..model.loader import LoadedModel, load_model
 from ..settings import Settings
 from .batching import install_row_attention
@@ -480,6 +481,7 @@ class ChatEngine:
             loaded.device,
             self.prefix_cache,
             time_limit=self.limits.max_generation_seconds,
+            kv_dtype=kv_cache_dtype(loaded.model),
         )
 
     def _admit(self) -> list[Job]:

@@ -33,6 +33,7 @@ class ActiveRequest:
         device: torch.device,
         prefix: PrefixCache,
         time_limit: float | None = None,
+        kv_dtype: torch.dtype | None = None,
     ) -> None:
         if not job.prompt_ids:
             raise GenerationError("The prompt is empty: nothing to continue.", fix="Send at least one message.")
@@ -49,7 +50,7 @@ class ActiveRequest:
         # A choice whose prompt another choice has read copies that one's cache instead (shared_prefill).
         reusable = prefix.max_tokens and job.options.seed is None and not (job.shared and job.shared.available)
         cache, reused = prefix.take(job.prompt_ids) if reusable else (None, 0)
-        self.cache = cache if cache is not None else new_cache(config)
+        self.cache = cache if cache is not None else new_cache(config, kv_dtype)
         self.stats.cached_prompt_tokens = reused
         self.unfed = list(job.prompt_ids[reused:])  # prompt tokens still to prefill
         self.sampler = Sampler(job.options, job.prompt_ids, eos_ids, device, tokenizer)

@@ -12,8 +12,8 @@ generation fuses every elementwise operation and reduction around the matmuls in
   into one matrix at load; the layers' own weights become views of it, so no memory is added),
   q/k RMSNorm, rotary embedding;
 * attention (eager, per request): the new key and value go into the request's own growing cache
-  (the one the prefill and the conversation cache use), then softmax(q k^T) v over the grouped heads
-  with two small batched matmuls;
+  (the one the prefill and the conversation cache use, 16-bit on the CPU), then softmax(q k^T) v over
+  the grouped heads, read from the cache as stored (``kv_attention.attend``);
 * ``post`` (per layer): output projection, residual, RMSNorm, gate and up in one matmul (stacked
   too), SiLU-and-multiply, down projection, residual; and ``head``: final norm and output matmul.
 
@@ -53,6 +53,7 @@ from transformers import DynamicCache
 from ..settings import tuning
 from .cpu_int8 import CpuInt8Linear, _aten_matvec, _int8_matvec
 from .cpu_layers import CpuLinear, _vector_isa
+from .kv_attention import attend
 
 log = logging.getLogger(__name__)
 MIN_MODEL_BYTES = 256 * 2**20  # below this the weights sit in the CPU caches and the compile is not worth it
@@ -142,13 +143,6 @@ def _step_functions(linear: Callable[..., torch.Tensor], heads: int, kv_heads: i
         return linear(_rms_norm(x, norm, eps), weight)
 
     return pre, post, head
-
-
-def _attend(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, scaling: float) -> torch.Tensor:
-    """One query row against one request's cache: q [heads, d], keys/values [kv_heads, length, d] -> [heads * d]."""
-    grouped = q.view(keys.shape[0], -1, q.shape[-1])
-    scores = torch.bmm(grouped, keys.transpose(1, 2)).mul_(scaling)
-    return torch.bmm(torch.softmax(scores, dim=-1), values).view(-1)
 
 
 # --- the step --------------------------------------------------------------------------------------------------
@@ -256,7 +250,7 @@ class CompiledDecodeStep:
         for index, (norm, qkv, q_norm, k_norm, o_proj, norm2, gate_up, down) in enumerate(self.layers):
             q, k, v = self.pre(x, norm, qkv, q_norm, k_norm, cos, sin)
             keys, values = cache.layers[index].update(k[:, :, None], v[:, :, None])
-            attended = _attend(q[0], keys[0], values[0], self.scaling)
+            attended = attend(q[0], keys[0], values[0], self.scaling)
             x = self.post(x, attended[None], o_proj, norm2, gate_up, down)
         return self.head(x, self.norm, self.head_weight)
 

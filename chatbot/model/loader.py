@@ -70,6 +70,7 @@ from .fp8_linear import (
     warm_fp8_layers,
 )
 from .fp8_packed import pack_mlps, packed_mlp_shapes
+from .kv_attention import choose_kv_cache_dtype, kv_cache_dtype, use_kv16_attention
 from .precision import (
     COMPUTE_DTYPES,
     Attempt,
@@ -290,6 +291,7 @@ def _decision(
         prefill_dtype=details.get("prefill_dtype"),
         fp8_kernel=details.get("fp8_kernel"),
         fp8_weight_only=details.get("fp8_weight_only") == "yes",
+        kv_cache_dtype=details.get("kv_cache_dtype"),
         details={k: v for k, v in details.items() if k not in ("compute_dtype", "reason_suffix")},
     )
 
@@ -416,6 +418,12 @@ def _build(
     details["batched_decode"] = batched_decode_path(mode, dev.kind, batched, invariant)
     if dev.kind == "cpu" and "reason_suffix" in details:
         details["reason_suffix"] += f"; {details['batched_decode']}"
+    if dev.kind == "cpu":
+        kv_choice = choose_kv_cache_dtype(mode)
+        details["kv_cache"] = use_kv16_attention(model, kv_choice)
+        details["kv_cache_dtype"] = str(kv_cache_dtype(model)).removeprefix("torch.")
+        suffix = details.get("reason_suffix")
+        details["reason_suffix"] = f"{suffix}; {details['kv_cache']}" if suffix else details["kv_cache"]
     if dev.kind == "cpu" and not dev.simulated and prefill is not None:
         progress.update("compiling the decode step", 0.9)
         details["decode_step"] = attach_decode_step(model, weights_bytes(model))

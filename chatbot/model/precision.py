@@ -103,6 +103,7 @@ class PrecisionDecision:
     prefill_dtype: str | None = None  # CPU only: dtype the long prompt matmuls run in
     fp8_kernel: str | None = None  # fp8 only: which matmul kernel(s) passed the self-check
     fp8_weight_only: bool = False  # fp8 only: weights decoded by bit arithmetic, no FP8 hardware used
+    kv_cache_dtype: str | None = None  # CPU only: what requests' key/value caches store (kv_attention)
     device_name: str = ""
     details: dict[str, str] = field(default_factory=dict)
 
