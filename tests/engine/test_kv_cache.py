@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from transformers import DynamicCache
 
+from chatbot.engine import kv_cache
 from chatbot.engine.kv_cache import GROWTH_STEP, GrowingLayer, new_cache
 from chatbot.model.loader import load_model
 
@@ -41,3 +42,24 @@ def test_capacity_grows_in_steps_and_keeps_the_contents() -> None:
     torch.testing.assert_close(keys, torch.cat([first, second], dim=-2))
     torch.testing.assert_close(values, torch.cat([first, second], dim=-2) * 2)
     assert layer.get_seq_length() == 600
+
+
+def test_a_16_bit_layer_stores_16_bits_and_returns_what_it_stored() -> None:
+    layer = GrowingLayer(torch.bfloat16)
+    first = torch.randn(1, 2, 10, 4)
+    keys, values = layer.update(first, first * 2)
+    assert keys.dtype == values.dtype == torch.bfloat16
+    torch.testing.assert_close(keys, first.bfloat16())
+    assert layer._keys_buffer.dtype == torch.bfloat16
+
+
+def test_an_fp16_layer_turns_fp32_for_a_value_beyond_fp16s_range(caplog) -> None:
+    layer = GrowingLayer(torch.float16)
+    first = torch.randn(1, 2, 10, 4)
+    layer.update(first, first)
+    huge = torch.full((1, 2, 1, 4), 1e5)  # FP16 would store inf
+    keys, values = layer.update(first[..., :1, :], huge)
+    assert keys.dtype == values.dtype == torch.float32 and bool(values.isfinite().all())
+    torch.testing.assert_close(keys[..., :10, :], first.half().float())  # the earlier tokens are kept
+    assert values[0, 0, -1, 0] == 1e5
+    assert "beyond FP16's range" in caplog.text or kv_cache._warned_fp16

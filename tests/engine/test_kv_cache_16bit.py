@@ -22,7 +22,7 @@ from chatbot.engine.engine import ChatEngine, Failed, Finished
 from chatbot.engine.generation import PrefixCache
 from chatbot.engine.kv_cache import cache_bytes, new_cache
 from chatbot.engine.sampling import sampling_options
-from chatbot.model.kv_attention import ATTENTION_NAME, kv_cache_dtype
+from chatbot.model.kv_attention import ATTENTION_NAME, choose_kv_cache_dtype, kv_cache_dtype
 from chatbot.model.loader import load_model
 
 CPU = torch.device("cpu")
@@ -196,3 +196,26 @@ def test_the_16_bit_attention_is_right_with_avx2_code() -> None:
     assert done.returncode == 0, done.stderr[-2000:]
     errors = dict(line.rsplit(" ", 1) for line in done.stdout.strip().splitlines())
     assert float(errors["torch.float16"]) < 2e-3 and float(errors["torch.bfloat16"]) < 1e-2, errors
+
+
+@pytest.mark.parametrize(
+    ("mode", "flags", "isa", "environ", "expected"),
+    [
+        ("fp16", {"avx512_bf16"}, "AVX512", {}, torch.bfloat16),
+        ("int8", {"amx_bf16"}, "AVX512", {}, torch.bfloat16),
+        ("fp16", {"avx512_bf16"}, "AVX2", {}, torch.float16),  # BF16 flags, but AVX2 code
+        ("fp16", {"avx2", "f16c"}, "AVX2", {}, torch.float16),
+        ("fp32", {"avx512_bf16"}, "AVX512", {}, torch.float32),
+        ("fp16", {"avx512_bf16"}, "AVX512", {"QWEN_KV_CACHE_DTYPE": "fp32"}, torch.float32),
+        ("fp32", set(), "AVX2", {"QWEN_KV_CACHE_DTYPE": "bf16"}, torch.bfloat16),
+        ("fp16", {"avx512_bf16"}, "AVX512", {"QWEN_KV_CACHE_DTYPE": "auto"}, torch.bfloat16),
+    ],
+)
+def test_the_cache_dtype_rule(mode, flags, isa, environ, expected) -> None:
+    choice = choose_kv_cache_dtype(mode, frozenset(flags), environ, isa)
+    assert choice.dtype == expected and choice.describe().startswith(f"key/value cache in {choice.name.upper()}")
+
+
+def test_an_unknown_cache_dtype_is_refused_with_the_choices() -> None:
+    with pytest.raises(ValueError, match="auto, bf16, fp16, fp32"):
+        choose_kv_cache_dtype("fp16", frozenset(), {"QWEN_KV_CACHE_DTYPE": "int4"}, "AVX2")
