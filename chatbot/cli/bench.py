@@ -423,6 +423,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "(llama.cpp built for AVX2, ours with ATEN_CPU_CAPABILITY=avx2 and oneDNN/MKL limited to AVX2)",
     )
     parser.add_argument("--threads", type=int, help="CPU threads for both sides of --peer (default: all cores)")
+    parser.add_argument(
+        "--depth",
+        type=int,
+        default=0,
+        help="with --peer: also decode after this many tokens of context (llama-bench -d), and beside our "
+        "default mode the same mode with an FP32 key/value cache (e.g. 2048)",
+    )
     parser.add_argument("--out", type=Path, default=Path("bench-out"))
     parser.add_argument("--timeout", type=float, default=900, help="seconds allowed per precision")
 
@@ -453,7 +460,9 @@ def main(args: argparse.Namespace) -> int:
     if args.peer:
         from . import bench_peer
 
-        return bench_peer.main(args.model, args.peer, args.peer_rounds, args.threads, args.out, isa=args.peer_isa)
+        return bench_peer.main(
+            args.model, args.peer, args.peer_rounds, args.threads, args.out, isa=args.peer_isa, depth=args.depth
+        )
     if args.concurrency:
         return serving_main(args, [int(level) for level in args.concurrency.split(",") if level.strip()])
     report = run_bench(args)

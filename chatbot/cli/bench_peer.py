@@ -17,6 +17,11 @@ worker process's main thread, and the report gives served / main thread.
     python -m chatbot make-model /tmp/qwen3-0.6b --size 0.6b --tokenizer qwen3
     python -m chatbot bench --model /tmp/qwen3-0.6b --peer llama.cpp [--peer-rounds 5] [--peer-isa avx2]
 
+``--depth 2048`` adds decode after 2,048 tokens of context (llama-bench ``-d 2048``; ours: a request
+whose 2,048-token prompt was read once and is kept in the engine's conversation cache, so each round
+prefills one token and then decodes 64), and a third worker of ours in the default mode with its
+key/value cache in FP32 (``QWEN_KV_CACHE_DTYPE=fp32``), the cache before it was kept in 16 bits.
+
 ``--peer-isa avx2`` measures both sides with AVX2 kernels only on a CPU that has AVX-512: llama.cpp
 built for AVX2, ours with PyTorch, oneDNN and MKL held to AVX2 (``AVX2_ONLY``). That is the code an
 AVX2-only CPU runs, on this machine's memory and clock.
@@ -60,11 +65,12 @@ def interleave(contestants: list[Contestant], rounds: int, log: Callable[[str], 
     for round_number in range(1, rounds + 1):
         for contestant in contestants:
             result = contestant.measure()
-            for key, value in result.items():  # ours add "decode_main_thread"
+            for key, value in result.items():  # ours add "decode_main_thread"; with a depth, "decode_at_depth"
                 figures[contestant.name].setdefault(key, []).append(value)
+            at_depth = f", at depth {result['decode_at_depth']:.1f}" if "decode_at_depth" in result else ""
             log(
                 f"round {round_number}/{rounds}: {contestant.name}: prefill {result['prefill']:.1f}, "
-                f"decode {result['decode']:.1f} tok/s"
+                f"decode {result['decode']:.1f}{at_depth} tok/s"
             )
     return {
         "rounds": rounds,
@@ -75,23 +81,40 @@ def interleave(contestants: list[Contestant], rounds: int, log: Callable[[str], 
 # --- llama.cpp -------------------------------------------------------------------------------------------------
 
 
-def llama_bench_round(binary: Path, gguf: Path, threads: int) -> dict[str, float]:
-    """One ``llama-bench`` call (one repetition of pp512 and tg64 after its own warm-up)."""
-    command = [str(binary), "-m", str(gguf), "-t", str(threads), "-p", str(PROMPT_TOKENS), "-n", str(NEW_TOKENS)]
-    done = subprocess.run([*command, "-r", "1", "-o", "json"], capture_output=True, text=True, check=False)
+def llama_bench_round(binary: Path, gguf: Path, threads: int, depth: int = 0) -> dict[str, float]:
+    """One ``llama-bench`` call (one repetition of pp512 and tg64 after its own warm-up); with ``depth``,
+    a second one for tg64 after ``depth`` tokens of context (``-d``)."""
+    base = [str(binary), "-m", str(gguf), "-t", str(threads), "-r", "1", "-o", "json"]
+    figures = parse_llama_bench(_llama_bench([*base, "-p", str(PROMPT_TOKENS), "-n", str(NEW_TOKENS)]))
+    if depth:
+        deep = parse_llama_bench(_llama_bench([*base, "-p", "0", "-n", str(NEW_TOKENS), "-d", str(depth)]), depth)
+        figures["decode_at_depth"] = deep["decode_at_depth"]
+    return figures
+
+
+def _llama_bench(command: list[str]) -> str:
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise RuntimeError(f"llama-bench failed (exit {done.returncode}): {done.stderr.strip()[-500:]}")
-    return parse_llama_bench(done.stdout)
+    return done.stdout
 
 
-def parse_llama_bench(output: str) -> dict[str, float]:
-    """{"prefill", "decode"} tokens/s from ``llama-bench -o json`` (the pp and the tg test)."""
+def parse_llama_bench(output: str, depth: int = 0) -> dict[str, float]:
+    """{"prefill", "decode"} tokens/s from ``llama-bench -o json`` (the pp and the tg test); with ``depth``,
+    {"decode_at_depth"}: its tg test at that depth."""
     figures: dict[str, float] = {}
     for test in json.loads(output):
-        if test["n_prompt"] and not test["n_gen"]:
+        if depth:
+            if test["n_gen"] and not test["n_prompt"] and test.get("n_depth", 0) == depth:
+                figures["decode_at_depth"] = float(test["avg_ts"])
+        elif test["n_prompt"] and not test["n_gen"]:
             figures["prefill"] = float(test["avg_ts"])
         elif test["n_gen"] and not test["n_prompt"]:
             figures["decode"] = float(test["avg_ts"])
+    if depth:
+        if not figures:
+            raise RuntimeError(f"llama-bench printed no tg figure at depth {depth}: {output[:300]}")
+        return figures
     if set(figures) != {"prefill", "decode"}:
         raise RuntimeError(f"llama-bench printed no pp and tg figures: {output[:300]}")
     return figures
@@ -124,7 +147,15 @@ def gguf_copies(
 class OurWorker:
     """``python -m chatbot.cli.bench_worker`` in peer mode: loads once, then measures a round per request."""
 
-    def __init__(self, model: str, precision: str, threads: int, isa: str = "native") -> None:
+    def __init__(
+        self,
+        model: str,
+        precision: str,
+        threads: int,
+        isa: str = "native",
+        depth: int = 0,
+        environ: dict[str, str] | None = None,
+    ) -> None:
         spec = {
             "peer": True,
             "model": model,
@@ -132,8 +163,14 @@ class OurWorker:
             "threads": threads,
             "prompt_tokens": PROMPT_TOKENS,
             "new_tokens": NEW_TOKENS,
+            "depth": depth,
         }
-        env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", **(AVX2_ONLY if isa == "avx2" else {})}
+        env = {
+            **os.environ,
+            "TOKENIZERS_PARALLELISM": "false",
+            **(AVX2_ONLY if isa == "avx2" else {}),
+            **(environ or {}),
+        }
         self.process = subprocess.Popen(
             [sys.executable, "-m", "chatbot.cli.bench_worker", json.dumps(spec)],
             stdin=subprocess.PIPE,
@@ -179,8 +216,10 @@ def run_peer(
     log: Callable[[str], None],
     gguf_dir: Path | None = None,
     isa: str = "native",
+    depth: int = 0,
 ) -> dict[str, Any]:
-    """Build and convert for the peer, start our two workers, interleave ``rounds`` rounds.
+    """Build and convert for the peer, start our two workers (three with a ``depth``), interleave ``rounds``
+    rounds.
 
     Raises:
         LlamaCppError: llama.cpp cannot be built, or its converter refuses the checkpoint.
@@ -189,23 +228,32 @@ def run_peer(
     if peer not in PEERS:
         raise SystemExit(f"error: unknown peer {peer!r}; choose from {', '.join(PEERS)}")
     from ..model.device import detect_device
+    from ..model.kv_attention import KV_DTYPE_VAR
 
     threads = threads or len(os.sched_getaffinity(0))
     build, gguf = gguf_copies(Path(model), log, gguf_dir, isa)
     bench = build.binary("llama-bench")
-    default = OurWorker(model, "auto", threads, isa)
+    workers = [OurWorker(model, "auto", threads, isa, depth)]
+    default = workers[0]
     try:
-        other = OurWorker(model, "fp16" if default.info["mode"] == "int8" else "int8", threads, isa)
+        workers.append(OurWorker(model, "fp16" if default.info["mode"] == "int8" else "int8", threads, isa, depth))
+        if depth:  # the default mode as it was before its key/value cache was kept in 16 bits
+            workers.append(OurWorker(model, default.info["mode"], threads, isa, depth, {KV_DTYPE_VAR: "fp32"}))
     except BaseException:
-        default.kill()
+        for worker in workers:
+            worker.kill()
         raise
-    workers = [default, other]
+    other = workers[1]
     contestants = [
         Contestant(f"ours, default ({default.info['label']})", "ours", default.measure, info=default.info),
-        Contestant("llama.cpp F16", "peer", lambda: llama_bench_round(bench, gguf["f16"], threads)),
+        Contestant("llama.cpp F16", "peer", lambda: llama_bench_round(bench, gguf["f16"], threads, depth)),
         Contestant(f"ours, {other.info['label']}", "ours", other.measure, info=other.info),
-        Contestant("llama.cpp Q8_0", "peer", lambda: llama_bench_round(bench, gguf["q8_0"], threads)),
+        Contestant("llama.cpp Q8_0", "peer", lambda: llama_bench_round(bench, gguf["q8_0"], threads, depth)),
     ]
+    if depth:
+        fp32_cache = workers[2]
+        name = f"ours, {fp32_cache.info['label']}, FP32 key/value cache"
+        contestants.append(Contestant(name, "ours", fp32_cache.measure, info=fp32_cache.info))
     try:
         report = interleave(contestants, rounds, log)
     except BaseException:
@@ -213,7 +261,8 @@ def run_peer(
             worker.kill()
         raise
     ends = [worker.close() for worker in workers]
-    for contestant, end in zip((report["contestants"][0], report["contestants"][2]), ends, strict=True):
+    ours = [c for c in report["contestants"] if c["kind"] == "ours"]
+    for contestant, end in zip(ours, ends, strict=True):
         contestant.update(end)
     device = detect_device("cpu")
     report.update(
@@ -224,6 +273,7 @@ def run_peer(
         isa=_isa(isa),
         prompt_tokens=PROMPT_TOKENS,
         new_tokens=NEW_TOKENS,
+        depth=depth,
     )
     return report
 
@@ -245,7 +295,7 @@ def ratios(report: dict[str, Any]) -> list[tuple[str, str, float, float | None]]
     """(comparison, figure, ratio of medians, target or None) for the pairs the targets are about."""
     by_name = {c["name"]: c for c in report["contestants"]}
     ours = [c for c in report["contestants"] if c["kind"] == "ours"]
-    default, other = ours[0], ours[1]
+    default, other = ours[0], ours[1]  # a third, with --depth: the default mode with an FP32 key/value cache
     eight_bit = other if other.get("mode") == "int8" else default
     sixteen_bit = default if eight_bit is other else other
     f16, q8 = by_name["llama.cpp F16"], by_name["llama.cpp Q8_0"]
@@ -267,9 +317,34 @@ def ratios(report: dict[str, Any]) -> list[tuple[str, str, float, float | None]]
         if contestant.get("decode_main_thread"):
             served_ratio = statistics.median(contestant["decode"]) / statistics.median(contestant["decode_main_thread"])
             rows.append((f"ours {contestant['label']} served / main thread", "decode", served_ratio, SERVED_TARGET))
+    if report.get("depth"):
+        rows += _depth_ratios(report, by_name, ours, sixteen_bit, eight_bit)
     if eight_bit.get("peak_rss_bytes") and sixteen_bit.get("peak_rss_bytes"):
         memory = eight_bit["peak_rss_bytes"] / sixteen_bit["peak_rss_bytes"]
         rows.append((f"ours {eight_bit['label']} / ours {sixteen_bit['label']}", "peak memory", memory, 0.65))
+    return rows
+
+
+def _depth_ratios(
+    report: dict[str, Any],
+    by_name: dict[str, dict[str, Any]],
+    ours: list[dict[str, Any]],
+    sixteen_bit: dict[str, Any],
+    eight_bit: dict[str, Any],
+) -> list[tuple[str, str, float, float | None]]:
+    """The rows about decode after ``depth`` tokens: against llama.cpp, against the FP32 cache, against depth 0."""
+    figure = f"decode at depth {report['depth']}"
+    f16, q8 = by_name["llama.cpp F16"], by_name["llama.cpp Q8_0"]
+    rows: list[tuple[str, str, float, float | None]] = [
+        (f"ours {sixteen_bit['label']} / llama.cpp F16", figure, _ratio(sixteen_bit, f16, "decode_at_depth"), 1.0),
+        (f"ours {eight_bit['label']} / llama.cpp Q8_0", figure, _ratio(eight_bit, q8, "decode_at_depth"), 1.0),
+    ]
+    if len(ours) > 2:
+        ratio = _ratio(ours[0], ours[2], "decode_at_depth")
+        rows.append((f"ours {ours[0]['label']}: 16-bit / FP32 key/value cache", figure, ratio, None))
+    for contestant in [*ours, f16, q8]:
+        flat = statistics.median(contestant["decode_at_depth"]) / statistics.median(contestant["decode"])
+        rows.append((f"{contestant['name']}: at depth / at the start", "decode", flat, None))
     return rows
 
 
@@ -287,12 +362,19 @@ def markdown_lines(report: dict[str, Any]) -> list[str]:
         "| decode on the main thread, median | peak RSS MiB |",
         "|---|---|---|---|---|---|---|",
     ]
+    depth = report.get("depth")
+    if depth:
+        lines[0] += f"; at depth = {report['new_tokens']} tokens after {depth} tokens of context (llama-bench -d)"
+        header = f"| decode at depth {depth}, each round | median | peak RSS MiB |"
+        lines[2] = lines[2][: -len("| peak RSS MiB |")] + header
+        lines[3] += "---|---|"
     for c in report["contestants"]:
         memory = f"{c['peak_rss_bytes'] / 2**20:.0f}" if c.get("peak_rss_bytes") else "-"
         main_thread = f"{statistics.median(c['decode_main_thread']):.1f}" if c.get("decode_main_thread") else "-"
+        deep = f" {_each(c['decode_at_depth'])} | {statistics.median(c['decode_at_depth']):.1f} |" if depth else ""
         lines.append(
             f"| {c['name']} | {_each(c['prefill'])} | {statistics.median(c['prefill']):.1f} "
-            f"| {_each(c['decode'])} | {statistics.median(c['decode']):.1f} | {main_thread} | {memory} |"
+            f"| {_each(c['decode'])} | {statistics.median(c['decode']):.1f} | {main_thread} |{deep} {memory} |"
         )
     lines += ["", "| ratio of medians | figure | ratio | target |", "|---|---|---|---|"]
     for comparison, figure, ratio, target in ratios(report):
@@ -311,14 +393,16 @@ def _each(values: list[float]) -> str:
     return ", ".join(f"{v:.1f}" for v in values)
 
 
-def main(model: str, peer: str, rounds: int, threads: int | None, out: Path, isa: str = "native") -> int:
+def main(
+    model: str, peer: str, rounds: int, threads: int | None, out: Path, isa: str = "native", depth: int = 0
+) -> int:
     def log(line: str) -> None:
         print(line, file=sys.stderr, flush=True)
 
     from .llamacpp import LlamaCppError
 
     try:
-        report = run_peer(model, peer, rounds, threads, log, isa=isa)
+        report = run_peer(model, peer, rounds, threads, log, isa=isa, depth=depth)
     except LlamaCppError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

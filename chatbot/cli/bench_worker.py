@@ -322,12 +322,16 @@ def peer_worker(spec: dict[str, Any]) -> None:
     Prints one JSON line when loaded (mode, label), one per round ({"prefill", "decode",
     "decode_main_thread"} tokens/s) and one on ``quit`` (peak memory). Decode is measured as
     llama-bench's tg: from an almost empty context; served by the engine's worker thread, then the same
-    request on the main thread.
+    request on the main thread. With a ``depth``, each round adds "decode_at_depth": served after that
+    many tokens of prompt, which are read once, before the first round, and kept in a conversation
+    cache of their own (each round prefills the prompt's last token, as ``llama-bench -d`` times only
+    the generation after its context).
     """
     import resource
 
     import torch
 
+    from ..engine.generation import PrefixCache
     from ..model.loader import load_model
 
     torch.set_num_threads(spec["threads"])
@@ -339,6 +343,13 @@ def peer_worker(spec: dict[str, Any]) -> None:
     one_token, decode = greedy(1), greedy(new + 1)
     served(engine, prompt[:32], greedy(4))  # warm-up, on both threads
     engine.run_on_this_thread(prompt[:32], greedy(4))
+    depth = spec.get("depth", 0)
+    no_cache, deep_cache = engine.prefix_cache, PrefixCache(depth + new + 64)
+    deep_prompt = _prompt_ids(loaded.tokenizer, depth + 1)[::-1]  # shares no prefix with ``prompt``
+    if depth:
+        engine.prefix_cache = deep_cache
+        served(engine, deep_prompt, greedy(2))  # reads the context once
+        engine.prefix_cache = no_cache
     decision = loaded.precision
     _say(
         {
@@ -347,6 +358,7 @@ def peer_worker(spec: dict[str, Any]) -> None:
             "reason": decision.reason,
             "weights_bytes": loaded.weights_bytes,
             "cpu_capability": torch.backends.cpu.get_cpu_capability(),  # what ATEN_CPU_CAPABILITY left in use
+            "kv_cache_dtype": decision.kv_cache_dtype,
         }
     )
     for command in sys.stdin:
@@ -355,13 +367,16 @@ def peer_worker(spec: dict[str, Any]) -> None:
         prefill = served(engine, prompt, one_token).stats
         stats = served(engine, prompt[:1], decode).stats
         main_thread = engine.run_on_this_thread(prompt[:1], decode).stats
-        _say(
-            {
-                "prefill": len(prompt) / prefill.prefill_seconds,
-                "decode": stats.tokens_per_second,
-                "decode_main_thread": main_thread.tokens_per_second,
-            }
-        )
+        figures = {
+            "prefill": len(prompt) / prefill.prefill_seconds,
+            "decode": stats.tokens_per_second,
+            "decode_main_thread": main_thread.tokens_per_second,
+        }
+        if depth:
+            engine.prefix_cache = deep_cache
+            figures["decode_at_depth"] = served(engine, deep_prompt, decode).stats.tokens_per_second
+            engine.prefix_cache = no_cache
+        _say(figures)
     engine.close()
     _say({"peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024})
 
