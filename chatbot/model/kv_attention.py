@@ -9,8 +9,8 @@ so do the bytes read per token.
 Which 16-bit type (``choose_kv_cache_dtype``): BF16 on CPUs with native BF16 instructions (FP32's range,
 so nothing can overflow), FP16 elsewhere (more precise, and converted by F16C on every x86-64 CPU of
 the last decade; a value beyond FP16's range moves that layer's cache to FP32, see ``kv_cache``).
-``--precision fp32`` keeps FP32, as ``QWEN_KV_CACHE_DTYPE=fp32`` does in any mode; ``=bf16|fp16``
-forces one.
+``--precision fp32`` keeps FP32, as ``--kv-cache-dtype fp32`` (``QWEN_KV_CACHE_DTYPE``) does in any
+mode; ``bf16`` or ``fp16`` forces one.
 
 The attention never converts the cache: the query is rounded to the cache's dtype and PyTorch's
 ``scaled_dot_product_attention`` runs its CPU flash-attention kernel, which reads 16-bit keys and
@@ -23,7 +23,6 @@ head). The same function serves the compiled decode step (``attend``) and transf
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..settings import tuning
 from .cpu_layers import NATIVE_BF16_FLAGS, _vector_isa
 from .device import cpu_flags
 
@@ -63,13 +63,10 @@ def choose_kv_cache_dtype(
     """The key/value cache dtype of a CPU model loaded in ``mode`` (see the module docstring).
 
     Raises:
-        ValueError: QWEN_KV_CACHE_DTYPE names no dtype.
+        ValueError: QWEN_KV_CACHE_DTYPE (``--kv-cache-dtype``) names no dtype.
     """
-    environ = os.environ if environ is None else environ
-    forced = environ.get(KV_DTYPE_VAR, "").strip().lower()
-    if forced and forced != "auto":
-        if forced not in KV_DTYPES:
-            raise ValueError(f"{KV_DTYPE_VAR} must be one of auto, {', '.join(KV_DTYPES)}, not {forced!r}")
+    forced = tuning(environ).kv_cache_dtype
+    if forced != "auto":
         return KvCacheChoice(KV_DTYPES[forced], KV_DTYPE_VAR)
     if mode == "fp32":
         return KvCacheChoice(torch.float32, "FP32 as the precision asks")
