@@ -229,11 +229,14 @@ def transformers_batching(loaded: Any, levels: list[int], tokens: int) -> dict[s
     import torch
 
     from ..engine.batching import ROW_PREFIX
+    from ..model.kv_attention import ATTENTION_NAME
     from ..model.loader import load_model
 
     model = loaded.model
     ours = model.config._attn_implementation
-    model.config._attn_implementation = ours.removeprefix(ROW_PREFIX)
+    inner = ours.removeprefix(ROW_PREFIX)
+    # transformers' paged cache holds what attention computes in: its own SDPA, not ours over a 16-bit cache.
+    model.config._attn_implementation = "sdpa" if inner == ATTENTION_NAME else inner
     try:
         on_ours = _generate_batch_figures(model, loaded, levels, tokens)
     finally:
