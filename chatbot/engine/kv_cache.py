@@ -32,15 +32,18 @@ _warned_fp16 = False
 class GrowingLayer(DynamicLayer):
     """``DynamicLayer`` with amortized in-place appends; ``crop`` just shortens the view.
 
-    ``dtype``: what the buffer stores (None: the dtype of the keys and values handed in).
+    ``dtype``: what the buffer stores (None: the dtype of the first keys and values handed in).
     """
 
     def __init__(self, dtype: torch.dtype | None = None) -> None:
         super().__init__()
-        self.storage_dtype = dtype
+        self.storage_dtype = self._chosen_dtype = dtype
 
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
         super().lazy_initialization(key_states, value_states)
+        # Without a dtype the first keys set it: a copied prefix (``copy_prefix``) keeps its source's dtype
+        # when it grows, whatever dtype the model hands in later.
+        self.storage_dtype = self.storage_dtype or key_states.dtype
         self._keys_buffer: torch.Tensor | None = None
         self._values_buffer: torch.Tensor | None = None
         self._length = 0
@@ -51,7 +54,7 @@ class GrowingLayer(DynamicLayer):
             return
         capacity = max(needed, int(capacity * GROWTH_FACTOR))
         capacity = -(-capacity // GROWTH_STEP) * GROWTH_STEP
-        dtype = self.storage_dtype or key_states.dtype
+        dtype = self.storage_dtype
         keys = key_states.new_empty((*key_states.shape[:-2], capacity, key_states.shape[-1]), dtype=dtype)
         values = value_states.new_empty((*value_states.shape[:-2], capacity, value_states.shape[-1]), dtype=dtype)
         if self._length:
@@ -98,6 +101,7 @@ class GrowingLayer(DynamicLayer):
 
     def reset(self) -> None:
         super().reset()
+        self.storage_dtype = self._chosen_dtype
         self._keys_buffer = self._values_buffer = None
         self._length = 0
 

@@ -6,7 +6,7 @@ import torch
 from transformers import DynamicCache
 
 from chatbot.engine import kv_cache
-from chatbot.engine.kv_cache import GROWTH_STEP, GrowingLayer, new_cache
+from chatbot.engine.kv_cache import GROWTH_STEP, GrowingLayer, copy_prefix, new_cache
 from chatbot.model.loader import load_model
 
 
@@ -63,3 +63,16 @@ def test_an_fp16_layer_turns_fp32_for_a_value_beyond_fp16s_range(caplog) -> None
     torch.testing.assert_close(keys[..., :10, :], first.half().float())  # the earlier tokens are kept
     assert values[0, 0, -1, 0] == 1e5
     assert "beyond FP16's range" in caplog.text or kv_cache._warned_fp16
+
+
+def test_a_copied_16_bit_prefix_stays_16_bit_as_it_grows(random_fp8) -> None:
+    """The choices of one request (``n``) copy the prompt's cache: the copy keeps its source's dtype."""
+    config = load_model(str(random_fp8), device="cpu", precision="fp32").model.config
+    source = new_cache(config, torch.bfloat16)
+    for index in range(len(source.layers)):
+        source.update(torch.randn(1, 2, 40, 64), torch.randn(1, 2, 40, 64), index)
+    copy = copy_prefix(source, 30, config)
+    for index, layer in enumerate(copy.layers):
+        keys, values = copy.update(torch.randn(1, 2, GROWTH_STEP, 64), torch.randn(1, 2, GROWTH_STEP, 64), index)
+        assert keys.dtype == values.dtype == layer._keys_buffer.dtype == torch.bfloat16
+        torch.testing.assert_close(keys[..., :30, :], source.layers[index].keys[..., :30, :])
