@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 from collections.abc import Callable
 from typing import Annotated, Any
@@ -24,11 +23,13 @@ def has_key(request: Request, key: SecretStr) -> bool:
 
 
 def client_key(request: Request) -> str:
-    """Who is asking, for fair turns: the remote address, and the bearer key (hashed, never kept) if one is sent."""
+    """Who is asking, for fair turns: the remote address.
+
+    Never the bearer token as sent: without ``--api-key`` any token is accepted, so each made-up token
+    would be a new client with its own turns and queue places. With a key, every request that gets here
+    carries that one key, which tells its holders apart no better than their addresses do.
+    """
     address = request.client.host if request.client else "unknown"
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() == "bearer" and token:
-        return f"api:{address}:{hashlib.sha256(token.encode()).hexdigest()[:12]}"
     return f"api:{address}"
 
 

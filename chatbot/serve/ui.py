@@ -508,7 +508,7 @@ def page_middleware(app: App) -> list:
     """The door's middleware (Host/Origin, sizes, login), then each session's owner check innermost."""
     from starlette.middleware import Middleware
 
-    owner = Middleware(SessionOwnership, key=cookie_key(storage_secret()))
+    owner = Middleware(SessionOwnership, key=cookie_key(storage_secret()), max_sessions=app.settings.max_sessions)
     return [*ui_middleware(app.settings), owner, Middleware(EventErrors)]
 
 
