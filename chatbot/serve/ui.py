@@ -544,6 +544,8 @@ def launch_ui(app: App) -> None:
         run_history=False,
         ssr_mode=False,
         show_error=False,  # no Python error text reaches a browser; handlers show their own notices
+        # Gradio's /monitoring would show usage to anyone without --auth and print its key's URL on each visit.
+        enable_monitoring=False,
         quiet=True,
         app_kwargs={"middleware": page_middleware(app)},
         max_file_size=int(app.settings.max_upload_mb * 2**20),
