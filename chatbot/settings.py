@@ -77,6 +77,12 @@ class Settings(BaseSettings):
     max_generation_seconds: float = Field(
         600.0, gt=0, description="Longest one reply may generate, in seconds; it then ends with finish_reason length."
     )
+    stream_write_seconds: float = Field(
+        30.0, gt=0, description="How long a streamed reply waits for its client to read before it is cancelled."
+    )
+    shutdown_grace_seconds: float = Field(
+        30.0, ge=0, description="On SIGTERM, how long running replies may finish before they are stopped."
+    )
     queue_size: int = Field(
         16, ge=1, le=1024, description="Requests that may wait for the model at once (the API answers 429 beyond)."
     )
