@@ -41,6 +41,7 @@ from .ui_errors import EventErrors, log_event_errors
 from .ui_handlers import ChatHandlers
 from .ui_render import ESCAPED_TAGS
 from .ui_session import storage_secret
+from .uploads import UPLOAD_TTL_SECONDS, UploadQuota, discard_upload
 
 log = logging.getLogger(__name__)
 # The page's script, style and logo: inside the package once installed (pip install .), else the checkout's assets/.
@@ -236,7 +237,9 @@ def build_ui(app: App) -> gr.Blocks:
     handlers = ChatHandlers(app)
     thinking_default = True
     mode = THINKING_DEFAULTS if thinking_default else NON_THINKING_DEFAULTS
-    with gr.Blocks(title="Qwen3 Chat", analytics_enabled=False, fill_height=True) as demo:
+    # Files Gradio made (uploads, exports) are deleted once they are UPLOAD_TTL_SECONDS old, used or not.
+    cache_sweep = (60, int(UPLOAD_TTL_SECONDS))
+    with gr.Blocks(title="Qwen3 Chat", analytics_enabled=False, fill_height=True, delete_cache=cache_sweep) as demo:
         conversation = gr.State(handlers.unrestored_conversation())
         title = gr.State("")
         kept_for_undo = gr.State(None)
@@ -425,7 +428,7 @@ def build_ui(app: App) -> gr.Blocks:
         ).then(None, export_file, None, js="(file) => { qcStore.downloadFile(file); }", **private)
         chats.export_all_button.click(None, None, None, js="() => { qcStore.downloadAll(); }", **private)
         chats.import_button.upload(
-            handlers.import_conversation,
+            imported_and_deleted(handlers),
             [chats.import_button, system_prompt],
             [chat, notice, system_prompt, conversation, chat_id, title, record, records],
             api_name="import_conversation",
@@ -504,12 +507,24 @@ def restore_settings(saved: Any) -> tuple[Any, ...]:
     return tuple(saved[name] if name in saved else gr.skip() for name in SETTING_NAMES)
 
 
+def imported_and_deleted(handlers: ChatHandlers):
+    """The import handler, deleting the uploaded file once it has been read (the chat is then in the browser)."""
+
+    def import_conversation(file: str | None, system_prompt: str) -> tuple[Any, ...]:
+        try:
+            return handlers.import_conversation(file, system_prompt)
+        finally:
+            discard_upload(file)
+
+    return import_conversation
+
+
 def page_middleware(app: App) -> list:
     """The door's middleware (Host/Origin, sizes, login), then each session's owner check innermost."""
     from starlette.middleware import Middleware
 
     owner = Middleware(SessionOwnership, key=cookie_key(storage_secret()), max_sessions=app.settings.max_sessions)
-    return [*ui_middleware(app.settings), owner, Middleware(EventErrors)]
+    return [*ui_middleware(app.settings), Middleware(UploadQuota), owner, Middleware(EventErrors)]
 
 
 def launch_ui(app: App) -> None:
