@@ -24,6 +24,7 @@ from ..chat.backend import BackendStatus
 from ..chat.conversation import Conversation, Turn
 from ..chat.events import AnswerDelta, ChatDone, ChatEvent, Loading, QueuePosition, ThinkingDelta
 from .remote_view import remote_badge_html
+from .ui_styles import without_positioning
 from .ui_versions import version_nav
 
 STATS_CLASS = "qc-stats"
@@ -44,8 +45,9 @@ CPP_FENCE_RE = re.compile(r"^( {0,3}(?:`{3,}|~{3,})[ \t]*)cpp\b", re.MULTILINE |
 
 
 def shown_markdown(text: str) -> str:
-    """The Markdown the page draws for ``text`` (fences that break Gradio's highlighter renamed)."""
-    return CPP_FENCE_RE.sub(r"\1c++", text)
+    """The Markdown the page draws for ``text`` (fences that break Gradio's highlighter renamed, positioning
+    styles taken out of its HTML: ``ui_styles``)."""
+    return without_positioning(CPP_FENCE_RE.sub(r"\1c++", text))
 
 
 # --- messages ---------------------------------------------------------------------------------------------
