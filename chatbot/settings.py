@@ -70,6 +70,9 @@ class Settings(BaseSettings):
         2.0, gt=0, description="Largest chat the server holds for a tab (imported, opened or restored), in MB."
     )
     max_sessions: int = Field(1000, ge=1, description="Web chat tabs whose chat the server holds at once.")
+    session_memory_mb: float = Field(
+        1024.0, gt=0, description="Memory the held web chats may take together, in MB (oldest idle let go beyond)."
+    )
     max_request_mb: float = Field(8.0, gt=0, description="Largest request body either server reads, in MB (413 above).")
     max_new_tokens_cap: int = Field(
         16384, ge=1, description="Most tokens one reply may generate (API: asking for more is a 400)."

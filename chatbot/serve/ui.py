@@ -35,6 +35,7 @@ import gradio as gr
 from ..engine.sampling import DEFAULT_MAX_NEW_TOKENS, NON_THINKING_DEFAULTS, THINKING_DEFAULTS
 from .app_state import App
 from .security import ui_middleware
+from .session_budget import SessionBudget
 from .session_owner import SessionOwnership, cookie_key
 from .slow_clients import deadline_by_default
 from .ui_errors import EventErrors, log_event_errors
@@ -539,6 +540,7 @@ def launch_ui(app: App) -> None:
     )
     script = (ASSETS / "chat.js").read_text(encoding="utf-8")
     deadline_by_default()  # Gradio's own uvicorn closes connections that never finish their headers, too
+    SessionBudget(demo, int(app.settings.session_memory_mb * 2**20)).start()  # held chats within a total
     log_event_errors()  # one rate-limited log line per failed event, not a traceback on stderr
     demo.launch(
         server_name=app.settings.host,
