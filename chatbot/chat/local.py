@@ -16,11 +16,12 @@ from typing import Any
 from ..engine.constraints import Vocabulary, vocabulary
 from ..engine.engine import ChatEngine, Failed, Finished, Queued, TextDelta
 from ..engine.jobs import LOCAL_CLIENT
+from ..engine.limits import ReplyLimits
+from ..engine.shared_prefill import SharedPrefill
 from ..errors import DeviceFaultError, InvalidRequestError
 from ..model.loader import LoadedModel
 from .backend import BackendStatus
 from .events import AnswerDelta, ChatDone, ChatEvent, Loading, QueuePosition, ThinkingDelta, ToolCallDelta
-from .limits import ReplyLimits
 from .logprobs import StreamedLogprobs, answer_records, openai_logprobs
 from .prompt import Prompt, build_prompt
 from .request import ChatRequest
@@ -38,7 +39,7 @@ class LocalBackend:
 
     @property
     def limits(self) -> ReplyLimits:
-        return ReplyLimits(self.engine.max_new_tokens_cap, self.engine.max_generation_seconds)
+        return self.engine.limits
 
     @property
     def queue_size(self) -> int:
@@ -142,6 +143,7 @@ class LocalBackend:
             vocab,
             request.max_calls,
             request.client,
+            request.shared_prefill,
         )
 
     def batch(self, requests: Sequence[ChatRequest], cancel: threading.Event | None = None) -> list[ChatDone]:
@@ -215,10 +217,11 @@ def run_reply(
     vocab: Vocabulary | None,
     max_calls: int | None = None,
     client: str = LOCAL_CLIENT,
+    shared: SharedPrefill | None = None,
 ) -> Iterator[ChatEvent]:
     """The events of one prepared request: thinking and answer apart, tool calls parsed from the answer
     (at most ``max_calls``: ``parallel_tool_calls: false`` keeps the first). ``engine`` is anything with
-    the ``ChatEngine.stream`` method."""
+    the ``ChatEngine.stream`` method; ``shared``: the prompt read once for a request's choices."""
     expect_thinking = thinking and not prompt.continues
     splitter = ThinkingStreamSplitter(expect_thinking=expect_thinking)
     calls_stream = ToolCallStream() if parse_tools else None
@@ -242,7 +245,8 @@ def run_reply(
                 streamed_calls.append(value)
                 yield ToolCallDelta(len(streamed_calls) - 1, value)
 
-    for event in engine.stream(prompt.ids, options, cancel, client=client):
+    sharing = {"shared": shared} if shared is not None else {}
+    for event in engine.stream(prompt.ids, options, cancel, client=client, **sharing):
         if isinstance(event, Queued):
             yield QueuePosition(event.position, event.paused)
         elif isinstance(event, TextDelta):

@@ -15,9 +15,10 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ..engine.jobs import LOCAL_CLIENT
+from ..engine.limits import ReplyLimits
 from ..engine.sampling import SamplingOptions, sampling_options
+from ..engine.shared_prefill import SharedPrefill
 from ..errors import InvalidRequestError
-from .limits import ReplyLimits
 from .prompt import effective_thinking, normalize_messages
 from .structured import response_format_constraint
 from .tools import check_tools_size, tool_call_constraint
@@ -45,6 +46,9 @@ class ChatRequest:
             ``ContextLengthError``).
         client: who asks (API key or address, browser session): requests take fair turns by client.
         limits: the server's bounds this request was built under.
+        choice: which of a request's ``n`` choices this is (0 for a single reply); see ``as_choice``.
+        shared_prefill: the ``SharedPrefill`` the choices of one request share (a local model reads their
+            prompt once); None for a single reply.
     """
 
     messages: tuple[dict[str, Any], ...]
@@ -58,6 +62,8 @@ class ChatRequest:
     strict_context: bool = False
     client: str = LOCAL_CLIENT
     limits: ReplyLimits = field(default_factory=ReplyLimits)
+    choice: int = 0
+    shared_prefill: SharedPrefill | None = None
 
     @classmethod
     def build(
@@ -141,6 +147,14 @@ class ChatRequest:
     def max_calls(self) -> int | None:
         """Most tool calls kept from one reply (``parallel_tool_calls: false`` keeps the first)."""
         return None if self.parallel_tool_calls else 1
+
+    def as_choice(self, index: int, shared: SharedPrefill) -> ChatRequest:
+        """Choice ``index`` of a request for several: the seed (if any) becomes ``seed + index`` so the
+        choices differ yet each can be reproduced alone; ``shared`` is one value for all the choices."""
+        options = self.options
+        if options.seed is not None:
+            options = options.model_copy(update={"seed": options.seed + index})
+        return replace(self, options=options, choice=index, shared_prefill=shared)
 
     def with_messages(self, messages: Sequence[dict[str, Any]]) -> ChatRequest:
         """The same request over other (already normalized) messages, e.g. with the oldest turn left out."""

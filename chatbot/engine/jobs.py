@@ -6,10 +6,14 @@ import queue
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from ..errors import ChatbotError
 from .generation import GenerationResult, GenerationStats
 from .sampling import SamplingOptions, TokenLogprob
+
+if TYPE_CHECKING:
+    from .shared_prefill import SharedPrefill
 
 LOCAL_CLIENT = "local"  # the client key of requests that do not name one (a script using the engine)
 
@@ -52,6 +56,7 @@ class Job:
     events: queue.Queue[EngineEvent] = field(default_factory=queue.Queue)
     position: int = 0  # the last queue position sent
     token_times: list[float] | None = None  # when a list (the bench sets one): when each new token came
+    shared: SharedPrefill | None = None  # the choices of one request (n > 1) read their prompt once
 
 
 def cancelled_result(job: Job) -> GenerationResult:

@@ -83,3 +83,20 @@ def crop_to(cache: DynamicCache, length: int) -> None:
         excess = layer.get_seq_length() - length if layer.is_initialized else 0
         if excess > 0:
             layer.crop(-excess)
+
+
+def copy_prefix(cache: DynamicCache, length: int, config: Any) -> DynamicCache | None:
+    """A new cache for ``config`` holding a copy of ``cache``'s first ``length`` tokens, or None when a
+    layer is not a ``GrowingLayer`` holding that many (another layer kind may not keep every token)."""
+    copy = new_cache(config)
+    if len(copy.layers) != len(cache.layers):
+        return None
+    for source, target in zip(cache.layers, copy.layers, strict=True):
+        if type(source) is not GrowingLayer or type(target) is not GrowingLayer:
+            return None
+        if not source.is_initialized or source.get_seq_length() < length:
+            return None
+    for source, target in zip(cache.layers, copy.layers, strict=True):
+        # update() writes into the new layer's own buffer: a copy, never a view of the source.
+        target.update(source.keys[..., :length, :], source.values[..., :length, :])
+    return copy

@@ -37,6 +37,7 @@ class ActiveRequest:
         if not job.prompt_ids:
             raise GenerationError("The prompt is empty: nothing to continue.", fix="Send at least one message.")
         self.job = job
+        self.config = config
         self.started = time.perf_counter()
         # From the start of its generation (not its wait in the queue); paused turns count, as for the user.
         self.deadline = self.started + time_limit if time_limit else None
@@ -45,7 +46,8 @@ class ActiveRequest:
         self.prefix = prefix
         # A seeded request always prefills in full: a reused prefix was computed in other chunks, whose
         # rounding differs, so the same seed could otherwise give two replies.
-        reusable = prefix.max_tokens and job.options.seed is None
+        # A choice whose prompt another choice has read copies that one's cache instead (shared_prefill).
+        reusable = prefix.max_tokens and job.options.seed is None and not (job.shared and job.shared.available)
         cache, reused = prefix.take(job.prompt_ids) if reusable else (None, 0)
         self.cache = cache if cache is not None else new_cache(config)
         self.stats.cached_prompt_tokens = reused
@@ -72,6 +74,13 @@ class ActiveRequest:
     def next_chunk(self, size: int) -> list[int]:
         chunk, self.unfed = self.unfed[:size], self.unfed[size:]
         return chunk
+
+    def adopt(self, cache: Any) -> None:
+        """Take ``cache``, which holds this request's whole prompt (copied from another choice of the same
+        request): nothing is left to prefill; the first token comes from that choice's last logits."""
+        self.cache = cache
+        self.unfed = []
+        self.stats.cached_prompt_tokens = len(self.job.prompt_ids)
 
     def check_cancel(self) -> bool:
         """Ends the request as cancelled if its stop signal is set; True when it did."""
@@ -134,6 +143,8 @@ class ActiveRequest:
             stats.tokens_per_second = (len(self.generated) - 1) / max(
                 stats.total_seconds - stats.time_to_first_token, 1e-9
             )
+        if self.job.shared is not None:  # the cache goes on to the prefix cache: no more copies of it
+            self.job.shared.drop(self)
         if self.prefix.max_tokens:
             fed = [*self.job.prompt_ids, *self.generated[:-1]] if self.generated else list(self.job.prompt_ids)
             self.prefix.put(fed[: self.cache.get_seq_length()], self.cache)

@@ -99,9 +99,11 @@ class Batch:
         for request in list(self.requests):
             if request.check_cancel() or request.check_time():
                 self._end(request)
+        self._share_prompts()
         prefilling = [r for r in self.requests if r.prefilling]
         if prefilling:
             self._prefill(prefilling[0])
+            self._share_prompts()  # the other choices of a prompt just read start in this same round
         decoding = [r for r in self.requests if not r.prefilling and r.generated and r.finish is None]
         if decoding:
             self._decode(decoding)
@@ -127,9 +129,33 @@ class Batch:
         try:
             logits = self._forward(chunk, request.cache)
             if not request.prefilling:  # the prompt is read: its last logits give the first token
-                self._pick([request], logits, forward)
+                used = self._pick([request], logits, forward)
+                if request.job.shared is not None and request.generated and request.finish is None:
+                    request.job.shared.publish(request, used)
         except (*STEP_ERRORS, ChatbotError) as exc:
             self._fail(request, exc)
+
+    def _share_prompts(self) -> None:
+        """Choices whose prompt another choice of their request has read take a copy of its cache and pick
+        their first token from its last logits, with no prefill of their own (``shared_prefill``)."""
+        ready = [r for r in self.requests if r.job.shared is not None and r.job.shared.serves(r)]
+        adopted, logits = [], []
+        for request in ready:
+            shared = request.job.shared
+            assert shared is not None and shared.logits is not None
+            try:
+                cache = shared.copy_cache(request.config)
+            except STEP_ERRORS as exc:  # e.g. out of memory for the copy
+                self._fail(request, exc)
+                continue
+            if cache is None:  # layers that cannot be copied: this choice reads the prompt itself
+                continue
+            request.adopt(cache)
+            adopted.append(request)
+            logits.append(shared.logits)
+        if adopted:
+            rows = torch.cat(logits)
+            self._pick(adopted, rows, lambda: rows)  # the logits passed the publisher's finiteness check
 
     def _decode(self, requests: list[ActiveRequest]) -> None:
         lengths = [r.cache.get_seq_length() for r in requests]
@@ -172,14 +198,15 @@ class Batch:
         logits: torch.Tensor,
         recompute: Callable[[], torch.Tensor],
         picks: list[list[float]] | None = None,
-    ) -> None:
+    ) -> torch.Tensor:
         """Give every request its picked token; logits with inf/NaN are recomputed once in FP32 where the
-        layers allow it (an FP16 overflow), else that request fails."""
+        layers allow it (an FP16 overflow), else that request fails. Returns the logits picked from."""
         picks = picks if picks is not None else self._picks(requests, logits)
         if not all(pick[1] for pick in picks) and use_fp32_decode(self.model):
             log.warning("FP16 overflow in a decode matmul: CPU layers decode in FP32 from now on")
             # The picks were not committed: each sampler picks again (its random stream moves on).
-            picks = self._picks(requests, recompute())
+            logits = recompute()
+            picks = self._picks(requests, logits)
         for request, pick in zip(requests, picks, strict=True):
             if not pick[1]:
                 self._fail(request, OVERFLOW)
@@ -188,6 +215,7 @@ class Batch:
                 request.accept(pick)
             except (*STEP_ERRORS, ChatbotError) as exc:  # e.g. in the request's grammar
                 self._fail(request, exc)
+        return logits
 
     def _fail(self, request: ActiveRequest, exc: BaseException) -> None:
         if is_sticky_cuda_fault(exc):
@@ -195,6 +223,8 @@ class Batch:
         if not isinstance(exc, ChatbotError):
             log.error("Generation of request %d failed: %s", request.job.id, exc, exc_info=exc)
         self.requests.remove(request)
+        if request.job.shared is not None:
+            request.job.shared.drop(request)
         request.job.events.put(Failed(as_generation_error(exc)))
         self._on_end(request)
 

@@ -31,6 +31,9 @@ from .api_chat import add_completion_routes
 from .api_errors import install_error_handlers
 from .api_info import add_info_routes
 from .api_keys import api_key_guard
+from .api_messages import AnthropicErrors, add_messages_routes
+from .api_metrics import add_metrics
+from .api_responses import add_responses_routes
 from .app_state import App
 from .security import install_api_guards
 
@@ -50,10 +53,14 @@ def build_api(app: App) -> FastAPI:
     )
     install_error_handlers(api)
     install_api_guards(api, app.settings)
+    api.add_middleware(AnthropicErrors)  # outermost: the guards' refusals under /v1/messages take its shape too
     guard = [Depends(api_key_guard(app.settings.api_key))] if app.settings.api_key is not None else []
     v1 = APIRouter(prefix="/v1", dependencies=guard)
     add_completion_routes(app, v1)
+    add_messages_routes(app, v1)
+    add_responses_routes(app, v1)
     add_info_routes(app, api, v1)
+    add_metrics(app, api, guard)
 
     if keyed:
 

@@ -9,6 +9,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
+from .api_choices import answer_choices
 from .api_errors import ERROR_RESPONSES, APIError, ClientDisconnected, shutting_down
 from .api_keys import client_key
 from .api_models import ChatCompletion, ChatCompletionRequest, ErrorResponse
@@ -50,6 +51,8 @@ def add_completion_routes(app: App, v1: APIRouter) -> None:
         summary="Chat completion, streaming or not",
     )
     async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any:
+        if (body.n or 1) > 1:
+            return await answer_choices(app, body, request, client_key(request))
         meta = Completion.new(app.model_name)
         reply = ReplyStream(app.backend, body, client_key(request))
         try:
@@ -61,7 +64,7 @@ def add_completion_routes(app: App, v1: APIRouter) -> None:
                 # A client that stops reading holds the reply's memory and its batch slot: after
                 # --stream-write-seconds without taking the next piece, the stream is cut and the generation cancelled.
                 chunks = sse_chunks(reply, first, meta, include_usage)
-                return ReplyEvents(chunks, meta, app.settings.stream_write_seconds)
+                return ReplyEvents(chunks, meta.id, app.settings.stream_write_seconds)
             done = await reply.result(request)
         except ClientDisconnected:
             reply.cancel()

@@ -11,8 +11,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
-from ..chat.limits import ReplyLimits
 from ..chat.request import ChatRequest
+from ..engine.limits import ReplyLimits
 from ..engine.sampling import (
     MAX_STOP_STRINGS,
     MAX_TOP_LOGPROBS,
@@ -22,6 +22,7 @@ from ..engine.sampling import (
 )
 
 BOUND_NAMES = ("gt", "ge", "lt", "le", "max_length")
+MAX_CHOICES = 8  # the most choices (n) one chat completion may ask for
 
 
 def sampling_field(option: str, description: str | None = None, **overrides: Any) -> Any:
@@ -227,7 +228,13 @@ class ChatCompletionRequest(BaseModel):
     stop: str | Annotated[list[str], Field(max_length=MAX_STOP_STRINGS)] | None = Field(
         None, description=f"A string or up to {MAX_STOP_STRINGS} strings that end the reply (left out of it)."
     )
-    n: int | None = Field(1, ge=1, le=1, description="Number of choices; only 1 is supported (null = 1).")
+    n: int | None = Field(
+        1,
+        ge=1,
+        le=MAX_CHOICES,
+        description=f"Number of choices, 1 to {MAX_CHOICES} (null = 1): the prompt is read once and each choice "
+        "samples on its own, with seed + index when a seed is given; each choice takes a place in the queue.",
+    )
     logprobs: bool | None = Field(None, description="Return the log-probability of each answer token.")
     top_logprobs: int | None = Field(
         None, ge=0, le=MAX_TOP_LOGPROBS, description="With logprobs: this many most likely tokens per position."
@@ -264,10 +271,13 @@ class ChatCompletionRequest(BaseModel):
 
     @field_validator("n", mode="before")
     @classmethod
-    def _one_choice(cls, value: Any) -> Any:
+    def _choices_bound(cls, value: Any) -> Any:
         # A clearer message than the generic range error: the limit is this server's, not the client's.
-        if isinstance(value, int) and not isinstance(value, bool) and value > 1:
-            raise ValueError(f"n={value} is not supported: this server returns one choice per request; send n=1")
+        if isinstance(value, int) and not isinstance(value, bool) and value > MAX_CHOICES:
+            raise ValueError(
+                f"n={value} is over this server's limit of {MAX_CHOICES} choices per request; "
+                f"send n={MAX_CHOICES} or less, or several requests"
+            )
         return value
 
     def thinking(self) -> bool:

@@ -18,7 +18,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from fastapi import Request
 from sse_starlette import EventSourceResponse
@@ -26,9 +26,10 @@ from sse_starlette.sse import SendTimeoutError
 
 from ..chat.backend import Backend
 from ..chat.events import AnswerDelta, ChatDone, ChatEvent, Loading, ThinkingDelta, ToolCallDelta
+from ..chat.request import ChatRequest
+from ..engine.limits import ReplyLimits
 from ..errors import ChatbotError
 from .api_errors import APIError, ClientDisconnected, api_error_from, shutting_down
-from .api_models import ChatCompletionRequest
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +43,13 @@ MAX_UNREAD_EVENTS = 4096
 _FINISHED = object()
 
 
+class RequestBody(Protocol):
+    """A request of any of the API's families (a chat completion or one choice of it, a translated Messages or
+    Responses request): it builds its ``ChatRequest``."""
+
+    def chat_request(self, client: str, limits: ReplyLimits) -> ChatRequest: ...
+
+
 class ReplyStream:
     """Runs ``backend.stream`` on a thread of its own and hands its events to the event loop.
 
@@ -50,7 +58,7 @@ class ReplyStream:
     generation within one model step and frees the model for the next request.
     """
 
-    def __init__(self, backend: Backend, request: ChatCompletionRequest, client: str) -> None:
+    def __init__(self, backend: Backend, request: RequestBody, client: str) -> None:
         self.backend = backend
         self._cancel = threading.Event()
         self._loop = asyncio.get_running_loop()
@@ -64,7 +72,7 @@ class ReplyStream:
         )
         self._thread.start()
 
-    def _produce(self, body: ChatCompletionRequest, client: str) -> None:
+    def _produce(self, body: RequestBody, client: str) -> None:
         try:
             # Built here, not on the event loop: a bad request is an error event like any other.
             request = body.chat_request(client, self.backend.limits)
@@ -147,12 +155,15 @@ class Completion:
         return cls(f"chatcmpl-{uuid.uuid4().hex}", int(time.time()), model)
 
 
-def usage(done: ChatDone) -> dict[str, int]:
-    prompt, completion = int(done.stats["prompt_tokens"]), int(done.stats["new_tokens"])
+def usage(done: ChatDone, *more: ChatDone) -> dict[str, int]:
+    """OpenAI's usage of a reply; for several choices of one prompt, the prompt counts once."""
+    prompt = int(done.stats["prompt_tokens"])
+    completion = sum(int(each.stats["new_tokens"]) for each in (done, *more))
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
 
-def completion_body(meta: Completion, done: ChatDone) -> dict[str, Any]:
+def choice_body(done: ChatDone, index: int = 0) -> dict[str, Any]:
+    """One choice of a ``chat.completion``."""
     message: dict[str, Any] = {
         "role": "assistant",
         "content": done.answer if done.answer or not done.tool_calls else None,
@@ -161,14 +172,18 @@ def completion_body(meta: Completion, done: ChatDone) -> dict[str, Any]:
     }
     if done.tool_calls:
         message["tool_calls"] = [call.as_openai() for call in done.tool_calls]
-    choice = {"index": 0, "message": message, "finish_reason": done.finish_reason, "logprobs": done.logprobs}
+    return {"index": index, "message": message, "finish_reason": done.finish_reason, "logprobs": done.logprobs}
+
+
+def completion_body(meta: Completion, done: ChatDone, *more: ChatDone) -> dict[str, Any]:
+    """The ``chat.completion``: one choice per reply given (``n``), in order."""
     return {
         "id": meta.id,
         "object": "chat.completion",
         "created": meta.created,
         "model": meta.model,
-        "choices": [choice],
-        "usage": usage(done),
+        "choices": [choice_body(each, index) for index, each in enumerate((done, *more))],
+        "usage": usage(done, *more),
     }
 
 
@@ -179,8 +194,9 @@ def chunk_json(
     usage_field: dict[str, int] | None = None,
     with_usage: bool = False,
     logprobs: dict[str, Any] | None = None,
+    index: int = 0,
 ) -> str:
-    """One ``chat.completion.chunk``; ``delta=None`` makes the usage chunk (no choices)."""
+    """One ``chat.completion.chunk`` of choice ``index``; ``delta=None`` makes the usage chunk (no choices)."""
     chunk: dict[str, Any] = {
         "id": meta.id,
         "object": "chat.completion.chunk",
@@ -188,11 +204,46 @@ def chunk_json(
         "model": meta.model,
         "choices": []
         if delta is None
-        else [{"index": 0, "delta": delta, "finish_reason": finish_reason, "logprobs": logprobs}],
+        else [{"index": index, "delta": delta, "finish_reason": finish_reason, "logprobs": logprobs}],
     }
     if with_usage:
         chunk["usage"] = usage_field
     return json.dumps(chunk, ensure_ascii=False, separators=(",", ":"))
+
+
+class ChoiceChunks:
+    """The chunks of one choice (``index``) of a streamed reply, event by event."""
+
+    def __init__(self, meta: Completion, include_usage: bool, index: int = 0) -> None:
+        self.meta = meta
+        self.include_usage = include_usage
+        self.index = index
+        self.sent_logprobs = 0
+
+    def chunk(self, delta: dict[str, Any] | None, finish_reason: str | None = None, **fields: Any) -> str:
+        return chunk_json(self.meta, delta, finish_reason, with_usage=self.include_usage, index=self.index, **fields)
+
+    def first(self) -> str:
+        return self.chunk({"role": "assistant", "content": ""})
+
+    def event(self, event: ChatEvent) -> str | None:
+        """The chunk of a thinking, answer or tool call event (None for the others)."""
+        if isinstance(event, ThinkingDelta):
+            return self.chunk({"reasoning_content": event.text})
+        if isinstance(event, AnswerDelta):
+            # Each chunk carries the log-probabilities of its own tokens, as OpenAI and vLLM send them.
+            logprobs = {"content": list(event.logprobs), "refusal": None} if event.logprobs else None
+            self.sent_logprobs += len(event.logprobs)
+            return self.chunk({"content": event.text}, logprobs=logprobs)
+        if isinstance(event, ToolCallDelta):
+            return self.chunk({"tool_calls": [{"index": event.index, **event.call.as_openai()}]})
+        return None
+
+    def last(self, done: ChatDone) -> str:
+        """The finish chunk; tokens whose text went out with no answer piece (a tool call's, say) travel with it."""
+        rest = (done.logprobs or {}).get("content", [])[self.sent_logprobs :]
+        logprobs = {"content": rest, "refusal": None} if rest else None
+        return self.chunk({}, done.finish_reason, logprobs=logprobs)
 
 
 async def sse_chunks(reply: ReplyStream, first: ChatEvent, meta: Completion, include_usage: bool) -> AsyncIterator[str]:
@@ -202,29 +253,18 @@ async def sse_chunks(reply: ReplyStream, first: ChatEvent, meta: Completion, inc
     generation at once.
     """
     ended = False
-    sent_logprobs = 0
+    chunks = ChoiceChunks(meta, include_usage)
     try:
-        yield chunk_json(meta, {"role": "assistant", "content": ""}, with_usage=include_usage)
+        yield chunks.first()
         event = first
         while not isinstance(event, ChatDone):
-            if isinstance(event, ThinkingDelta):
-                yield chunk_json(meta, {"reasoning_content": event.text}, with_usage=include_usage)
-            elif isinstance(event, AnswerDelta):
-                # Each chunk carries the log-probabilities of its own tokens, as OpenAI and vLLM send them.
-                logprobs = {"content": list(event.logprobs), "refusal": None} if event.logprobs else None
-                sent_logprobs += len(event.logprobs)
-                yield chunk_json(meta, {"content": event.text}, with_usage=include_usage, logprobs=logprobs)
-            elif isinstance(event, ToolCallDelta):
-                call = {"index": event.index, **event.call.as_openai()}
-                yield chunk_json(meta, {"tool_calls": [call]}, with_usage=include_usage)
+            if (chunk := chunks.event(event)) is not None:
+                yield chunk
             event = await reply.next_event()
         ended = True
         if event.finish_reason == "cancelled":
             raise shutting_down()
-        # Tokens whose text went out with no answer piece (a tool call's, say) travel with the last chunk.
-        rest = (event.logprobs or {}).get("content", [])[sent_logprobs:]
-        logprobs = {"content": rest, "refusal": None} if rest else None
-        yield chunk_json(meta, {}, event.finish_reason, with_usage=include_usage, logprobs=logprobs)
+        yield chunks.last(event)
         if include_usage:
             yield chunk_json(meta, None, usage_field=usage(event), with_usage=True)
         log_reply(meta, event)
@@ -241,19 +281,20 @@ async def sse_chunks(reply: ReplyStream, first: ChatEvent, meta: Completion, inc
 
 
 class ReplyEvents(EventSourceResponse):
-    """The SSE response of one streamed reply; its ``send_timeout`` is the write deadline: a client that
-    takes no piece for that long has its stream cut (the generation is cancelled as on a disconnect)."""
+    """The SSE response of one streamed reply (any of the APIs); its ``send_timeout`` is the write deadline:
+    a client that takes no piece for that long has its stream cut (the generation is cancelled as on a
+    disconnect: the cut closes the events' generator, which cancels its reply)."""
 
-    def __init__(self, chunks: AsyncIterator[str], meta: Completion, write_seconds: float) -> None:
-        super().__init__(chunks, sep="\n", send_timeout=write_seconds)
-        self.meta = meta
+    def __init__(self, events: AsyncIterator[Any], name: str, write_seconds: float) -> None:
+        super().__init__(events, sep="\n", send_timeout=write_seconds)
+        self.name = name
 
     async def __call__(self, scope, receive, send) -> None:
         try:
             await super().__call__(scope, receive, send)
         except SendTimeoutError:
             seconds = self.send_timeout
-            log.info("%s: the client read nothing for %.0f s; stream cut, generation stopped", self.meta.id, seconds)
+            log.info("%s: the client read nothing for %.0f s; stream cut, generation stopped", self.name, seconds)
 
 
 def log_reply(meta: Completion, done: ChatDone) -> None:

@@ -6,13 +6,15 @@ servers import it without importing the module that starts them.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..chat.backend import Backend
 from ..chat.backends import as_backend
 from ..settings import Settings
+from .metrics import ServerMetrics
+from .metrics_backend import MeteredBackend
 
 DEMO_NAME = "qwen3-chat-demo"
 
@@ -44,9 +46,13 @@ class App:
     backend: Backend  # a ChatEngine given here is wrapped in its LocalBackend
     name: str | None  # the name clients see (API "model", UI title); None: the remote server's own
 
+    metrics: ServerMetrics = field(init=False)  # GET /metrics; every reply of self.backend is recorded in it
+
     def __post_init__(self) -> None:
         given: Any = self.backend
-        self.backend = as_backend(given)
+        backend = given.inner if isinstance(given, MeteredBackend) else as_backend(given)
+        self.metrics = ServerMetrics(backend)
+        self.backend = MeteredBackend(backend, self.metrics)
 
     @property
     def model_name(self) -> str:

@@ -308,7 +308,7 @@ class BodySizeLimit:
 
 
 def carries_a_key(scope: dict) -> bool:
-    return any(name.lower() == b"authorization" for name, _ in scope.get("headers", ()))
+    return any(name.lower() in (b"authorization", b"x-api-key") for name, _ in scope.get("headers", ()))
 
 
 def api_key_verdict(key: str) -> Callable[[dict], str | None]:
@@ -316,8 +316,10 @@ def api_key_verdict(key: str) -> Callable[[dict], str | None]:
     expected = key.encode()
 
     def verdict(scope: dict) -> str | None:
-        header = next((value for name, value in scope.get("headers", ()) if name.lower() == b"authorization"), b"")
-        scheme, _, given = header.decode("latin-1").partition(" ")
+        headers = {name.lower(): value for name, value in scope.get("headers", ())}
+        scheme, _, given = headers.get(b"authorization", b"").decode("latin-1").partition(" ")
+        if scheme.lower() != "bearer" or not given.strip():  # Anthropic's clients send x-api-key instead
+            scheme, given = "bearer", headers.get(b"x-api-key", b"").decode("latin-1")
         matches = scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), expected)
         return "succeeded" if matches else "failed"
 
@@ -409,7 +411,7 @@ def install_api_guards(api, settings) -> None:
             CORSMiddleware,
             allow_origins=origins,
             allow_methods=["GET", "POST", "OPTIONS"],
-            allow_headers=["Authorization", "Content-Type"],
+            allow_headers=["Authorization", "Content-Type", "x-api-key", "anthropic-version"],
         )
     api.add_middleware(BodySizeLimit, limit=int(settings.max_request_mb * 2**20))
     if settings.api_key is not None:

@@ -205,7 +205,7 @@ def test_models_lists_the_served_name_never_a_path(client, api, scripted_fp8) ->
 
 def test_openai_client_raises_its_own_errors(client) -> None:
     with pytest.raises(openai.BadRequestError) as caught:
-        client.chat.completions.create(model="qwen3", messages=HELLO, n=2)
+        client.chat.completions.create(model="qwen3", messages=HELLO, n=9)
     assert caught.value.body["param"] == "n"
     with pytest.raises(openai.NotFoundError):
         client.models.retrieve("gpt-4")
@@ -264,7 +264,8 @@ BAD_REQUESTS = [
     ("tool_choice required without tools", {"messages": HELLO, "tool_choice": "required"}, "tool_choice", None),
     ("stop not strings", {"messages": HELLO, "stop": [1, 2]}, "stop", None),
     ("too many stop strings", {"messages": HELLO, "stop": [str(i) for i in range(17)]}, "stop", None),
-    ("n above one", {"messages": HELLO, "n": 2}, "n", None),
+    ("n above the bound", {"messages": HELLO, "n": 9}, "n", None),
+    ("n zero", {"messages": HELLO, "n": 0}, "n", None),
     ("stream not a boolean", {"messages": HELLO, "stream": "sometimes"}, "stream", None),
     (
         "enable_thinking not a boolean",

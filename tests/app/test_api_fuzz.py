@@ -22,18 +22,26 @@ REQUEST_TIMEOUT_SECONDS = 120
 
 def cap_lengths(body: object) -> None:
     if isinstance(body, dict):
-        for name in ("max_tokens", "max_completion_tokens", "min_tokens"):
+        for name in ("max_tokens", "max_completion_tokens", "min_tokens", "max_output_tokens"):
             value = body.get(name)
             if isinstance(value, int | float) and not isinstance(value, bool) and value > MOST_TOKENS:
                 body[name] = MOST_TOKENS
         # Without a limit a reply may fill the window (as in vLLM), e.g. a json_object the scripted
         # model never closes: give it the cheap limit too.
-        if body.get("max_tokens") is None and body.get("max_completion_tokens") is None:
-            body["max_tokens"] = MOST_TOKENS
+        if all(body.get(name) is None for name in ("max_tokens", "max_completion_tokens", "max_output_tokens")):
+            body["max_tokens"] = body["max_output_tokens"] = MOST_TOKENS  # each API ignores the other's name
 
 
 @pytest.mark.parametrize(
-    ("path", "method"), [("/v1/chat/completions", "POST"), ("/v1/models", "GET"), ("/health", "GET")]
+    ("path", "method"),
+    [
+        ("/v1/chat/completions", "POST"),
+        ("/v1/messages", "POST"),
+        ("/v1/messages/count_tokens", "POST"),
+        ("/v1/responses", "POST"),
+        ("/v1/models", "GET"),
+        ("/health", "GET"),
+    ],
 )
 def test_generated_requests_get_documented_answers_and_never_a_server_error(demo_app: RunningApp, path, method) -> None:
     operation = schemathesis.openapi.from_url(demo_app.api_url + "/openapi.json")[path][method]

@@ -1,4 +1,4 @@
-"""OpenAI's published schemas (vendored from openai/openai-openapi, see tests/spec/openai_chat_schemas.json)
+"""OpenAI's published schemas (vendored from openai/openai-openapi, see tests/spec/openai_*_schemas.json)
 as validators: every response body, stream chunk and error the tests see can be checked against them."""
 
 from __future__ import annotations
@@ -10,7 +10,12 @@ from typing import Any
 
 import jsonschema_rs
 
-SCHEMAS = json.loads((Path(__file__).parent.parent / "spec" / "openai_chat_schemas.json").read_text(encoding="utf-8"))
+SPEC = Path(__file__).parent.parent / "spec"
+SCHEMAS = json.loads((SPEC / "openai_chat_schemas.json").read_text(encoding="utf-8"))
+# The Responses API's schemas, from the same commit of the same file.
+SCHEMAS["components"]["schemas"].update(
+    json.loads((SPEC / "openai_responses_schemas.json").read_text(encoding="utf-8"))["components"]["schemas"]
+)
 
 
 def json_schema(node: Any) -> Any:
@@ -54,6 +59,8 @@ def validating_http_client() -> Any:
             assert_valid("ErrorResponse", body)
         elif path.endswith("/chat/completions"):
             assert_valid("CreateChatCompletionResponse", body)
+        elif path.endswith("/responses"):
+            assert_valid("Response", body)
         elif path.endswith("/models"):
             assert_valid("ListModelsResponse", body)
         elif "/models/" in path:
