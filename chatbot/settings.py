@@ -139,6 +139,9 @@ class Settings(BaseSettings, Tuning):
         2.0, gt=0, description="Largest chat the server holds for a tab (imported, opened or restored), in MB."
     )
     max_sessions: int = Field(1000, ge=1, description="Web chat tabs whose chat the server holds at once.")
+    session_memory_mb: float = Field(
+        1024.0, gt=0, description="Memory the held web chats may take together, in MB (oldest idle let go beyond)."
+    )
     max_request_mb: float = Field(8.0, gt=0, description="Largest request body either server reads, in MB (413 above).")
     responses_store: int = Field(
         256, ge=0, description="Replies /v1/responses keeps for previous_response_id, in memory (0: off)."
@@ -148,6 +151,12 @@ class Settings(BaseSettings, Tuning):
     )
     max_generation_seconds: float = Field(
         600.0, gt=0, description="Longest one reply may generate, in seconds; it then ends with finish_reason length."
+    )
+    stream_write_seconds: float = Field(
+        30.0, gt=0, description="How long a streamed reply waits for its client to read before it is cancelled."
+    )
+    shutdown_grace_seconds: float = Field(
+        30.0, ge=0, description="On SIGTERM, how long running replies may finish before they are stopped."
     )
     queue_size: int = Field(
         16, ge=1, le=1024, description="Requests that may wait for the model at once (the API answers 429 beyond)."

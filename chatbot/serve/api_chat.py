@@ -8,13 +8,12 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
-from sse_starlette import EventSourceResponse
 
 from .api_choices import answer_choices
 from .api_errors import ERROR_RESPONSES, APIError, ClientDisconnected, shutting_down
 from .api_keys import client_key
 from .api_models import ChatCompletion, ChatCompletionRequest, ErrorResponse
-from .api_stream import Completion, ReplyStream, completion_body, log_reply, sse_chunks
+from .api_stream import Completion, ReplyEvents, ReplyStream, completion_body, log_reply, sse_chunks
 from .app_state import App
 
 log = logging.getLogger(__name__)
@@ -62,7 +61,10 @@ def add_completion_routes(app: App, v1: APIRouter) -> None:
                 # HTTP error status rather than an error inside a 200 stream.
                 first = await reply.first_event(request)
                 include_usage = body.stream_options is not None and body.stream_options.include_usage
-                return EventSourceResponse(sse_chunks(reply, first, meta, include_usage), sep="\n")
+                # A client that stops reading holds the reply's memory and its batch slot: after
+                # --stream-write-seconds without taking the next piece, the stream is cut and the generation cancelled.
+                chunks = sse_chunks(reply, first, meta, include_usage)
+                return ReplyEvents(chunks, meta.id, app.settings.stream_write_seconds)
             done = await reply.result(request)
         except ClientDisconnected:
             reply.cancel()

@@ -24,7 +24,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
-from sse_starlette import EventSourceResponse, ServerSentEvent
+from sse_starlette import ServerSentEvent
 
 from ..chat.events import AnswerDelta, ChatDone, ThinkingDelta, ToolCallDelta
 from ..chat.tools import ToolCall
@@ -42,7 +42,7 @@ from .api_replies import (
     stream_response,
     translate,
 )
-from .api_stream import ReplyStream
+from .api_stream import ReplyEvents, ReplyStream
 from .app_state import App
 
 STOP_REASONS = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use"}
@@ -431,7 +431,8 @@ def add_messages_routes(app: App, v1: APIRouter) -> None:
             return started
         reply, event = started
         if body.stream:
-            return EventSourceResponse(message_events(reply, event, message_id, app.model_name), sep="\n")
+            events = message_events(reply, event, message_id, app.model_name)
+            return ReplyEvents(events, message_id, app.settings.stream_write_seconds)  # with the write deadline
         assert isinstance(event, ChatDone)
         log_done(message_id, event)
         return JSONResponse(message_body(message_id, app.model_name, event))

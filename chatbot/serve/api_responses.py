@@ -30,7 +30,6 @@ from typing import Any, Literal
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
-from sse_starlette import EventSourceResponse
 
 from ..chat.events import ChatDone
 from ..chat.tools import json_size
@@ -40,6 +39,7 @@ from .api_keys import client_key
 from .api_models import sampling_field
 from .api_replies import Translated, function_tool, log_done, start_reply, stream_response, translate
 from .api_responses_items import finished_fields, new_id, output_items, response_events
+from .api_stream import ReplyEvents
 from .app_state import App
 
 log = logging.getLogger(__name__)
@@ -347,7 +347,8 @@ def add_responses_routes(app: App, v1: APIRouter) -> None:
         reply, event = started
         start = response_body(response_id, created, app.model_name, body)
         if body.stream:
-            return EventSourceResponse(response_events(reply, event, start, keep), sep="\n")
+            events = response_events(reply, event, start, keep)
+            return ReplyEvents(events, response_id, app.settings.stream_write_seconds)  # with the write deadline
         assert isinstance(event, ChatDone)
         keep(event)
         return JSONResponse({**start, **finished_fields(event, output_items(event))})

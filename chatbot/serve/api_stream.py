@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from fastapi import Request
+from sse_starlette import EventSourceResponse
+from sse_starlette.sse import SendTimeoutError
 
 from ..chat.backend import Backend
 from ..chat.events import AnswerDelta, ChatDone, ChatEvent, Loading, ThinkingDelta, ToolCallDelta
@@ -33,6 +35,9 @@ log = logging.getLogger(__name__)
 
 # How often a request that has not started streaming checks whether its client is still there.
 DISCONNECT_POLL_SECONDS = 0.25
+# Events generated but not yet sent: past this many the client is not reading (a stream waits for its
+# socket) and the reply is cancelled, so an unread stream holds a bounded amount of memory.
+MAX_UNREAD_EVENTS = 4096
 
 
 _FINISHED = object()
@@ -82,6 +87,9 @@ class ReplyStream:
             self._hand_over(_FINISHED)
 
     def _hand_over(self, item: Any) -> None:
+        if self._events.qsize() >= MAX_UNREAD_EVENTS and not self._cancel.is_set():
+            log.warning("A reply's client left %d pieces unread: generation stopped", MAX_UNREAD_EVENTS)
+            self._cancel.set()
         try:
             self._loop.call_soon_threadsafe(self._events.put_nowait, item)
         except RuntimeError:  # the event loop is closed: the server is stopping, nobody is listening
@@ -270,6 +278,23 @@ async def sse_chunks(reply: ReplyStream, first: ChatEvent, meta: Completion, inc
         if not ended:
             log.info("%s: the client disconnected mid-stream; generation stopped", meta.id)
     yield "[DONE]"
+
+
+class ReplyEvents(EventSourceResponse):
+    """The SSE response of one streamed reply (any of the APIs); its ``send_timeout`` is the write deadline:
+    a client that takes no piece for that long has its stream cut (the generation is cancelled as on a
+    disconnect: the cut closes the events' generator, which cancels its reply)."""
+
+    def __init__(self, events: AsyncIterator[Any], name: str, write_seconds: float) -> None:
+        super().__init__(events, sep="\n", send_timeout=write_seconds)
+        self.name = name
+
+    async def __call__(self, scope, receive, send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        except SendTimeoutError:
+            seconds = self.send_timeout
+            log.info("%s: the client read nothing for %.0f s; stream cut, generation stopped", self.name, seconds)
 
 
 def log_reply(meta: Completion, done: ChatDone) -> None:

@@ -35,12 +35,14 @@ import gradio as gr
 from ..engine.sampling import DEFAULT_MAX_NEW_TOKENS, NON_THINKING_DEFAULTS, THINKING_DEFAULTS
 from .app_state import App
 from .security import ui_middleware
+from .session_budget import SessionBudget
 from .session_owner import SessionOwnership, cookie_key
 from .slow_clients import deadline_by_default
 from .ui_errors import EventErrors, log_event_errors
 from .ui_handlers import ChatHandlers
 from .ui_render import ESCAPED_TAGS
 from .ui_session import storage_secret
+from .uploads import UPLOAD_TTL_SECONDS, UploadQuota, discard_upload
 
 log = logging.getLogger(__name__)
 # The page's script, style and logo: inside the package once installed (pip install .), else the checkout's assets/.
@@ -238,7 +240,9 @@ def build_ui(app: App) -> gr.Blocks:
     handlers = ChatHandlers(app)
     thinking_default = True
     mode = THINKING_DEFAULTS if thinking_default else NON_THINKING_DEFAULTS
-    with gr.Blocks(title="Qwen3 Chat", analytics_enabled=False, fill_height=True) as demo:
+    # Files Gradio made (uploads, exports) are deleted once they are UPLOAD_TTL_SECONDS old, used or not.
+    cache_sweep = (60, int(UPLOAD_TTL_SECONDS))
+    with gr.Blocks(title="Qwen3 Chat", analytics_enabled=False, fill_height=True, delete_cache=cache_sweep) as demo:
         conversation = gr.State(handlers.unrestored_conversation())
         title = gr.State("")
         kept_for_undo = gr.State(None)
@@ -439,7 +443,7 @@ def build_ui(app: App) -> gr.Blocks:
         ).then(None, export_file, None, js="(file) => { qcStore.downloadFile(file); }", **private)
         chats.export_all_button.click(None, None, None, js="() => { qcStore.downloadAll(); }", **private)
         chats.import_button.upload(
-            handlers.import_conversation,
+            imported_and_deleted(handlers),
             [chats.import_button, system_prompt],
             [chat, notice, system_prompt, conversation, chat_id, title, record, records],
             api_name="import_conversation",
@@ -507,12 +511,24 @@ def restore_settings(saved: Any) -> tuple[Any, ...]:
     return tuple(saved[name] if name in saved else gr.skip() for name in SETTING_NAMES)
 
 
+def imported_and_deleted(handlers: ChatHandlers):
+    """The import handler, deleting the uploaded file once it has been read (the chat is then in the browser)."""
+
+    def import_conversation(file: str | None, system_prompt: str) -> tuple[Any, ...]:
+        try:
+            return handlers.import_conversation(file, system_prompt)
+        finally:
+            discard_upload(file)
+
+    return import_conversation
+
+
 def page_middleware(app: App) -> list:
     """The door's middleware (Host/Origin, sizes, login), then each session's owner check innermost."""
     from starlette.middleware import Middleware
 
-    owner = Middleware(SessionOwnership, key=cookie_key(storage_secret()))
-    return [*ui_middleware(app.settings), owner, Middleware(EventErrors)]
+    owner = Middleware(SessionOwnership, key=cookie_key(storage_secret()), max_sessions=app.settings.max_sessions)
+    return [*ui_middleware(app.settings), Middleware(UploadQuota), owner, Middleware(EventErrors)]
 
 
 def launch_ui(app: App) -> None:
@@ -527,6 +543,7 @@ def launch_ui(app: App) -> None:
     )
     script = (ASSETS / "chat.js").read_text(encoding="utf-8")
     deadline_by_default()  # Gradio's own uvicorn closes connections that never finish their headers, too
+    SessionBudget(demo, int(app.settings.session_memory_mb * 2**20)).start()  # held chats within a total
     log_event_errors()  # one rate-limited log line per failed event, not a traceback on stderr
     demo.launch(
         server_name=app.settings.host,
@@ -550,6 +567,8 @@ def launch_ui(app: App) -> None:
         run_history=False,
         ssr_mode=False,
         show_error=False,  # no Python error text reaches a browser; handlers show their own notices
+        # Gradio's /monitoring would show usage to anyone without --auth and print its key's URL on each visit.
+        enable_monitoring=False,
         quiet=True,
         app_kwargs={"middleware": page_middleware(app)},
         max_file_size=int(app.settings.max_upload_mb * 2**20),

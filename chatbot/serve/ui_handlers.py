@@ -27,6 +27,7 @@ from ..chat.request import ChatRequest
 from ..engine.sampling import DEFAULT_MAX_NEW_TOKENS, NON_THINKING_DEFAULTS, THINKING_DEFAULTS
 from ..errors import ChatbotError
 from .app_state import App
+from .session_quota import web_client
 from .ui_render import LiveReply, badge_html, conversation_messages, indexed_messages, user_message
 from .ui_session import (
     StopSignals,
@@ -157,7 +158,16 @@ class ChatHandlers:
         )
         branch = take_pending_edit(conversation)  # after Edit last (or ↑): the old exchange stays a version
         yield from self._reply(
-            conversation, message, enable_thinking, system_prompt, options, session_of(request), chat_id, title, branch
+            conversation,
+            message,
+            enable_thinking,
+            system_prompt,
+            options,
+            session_of(request),
+            chat_id,
+            title,
+            branch,
+            client=web_client(request),
         )
 
     def regenerate(
@@ -197,7 +207,16 @@ class ChatHandlers:
         question = branch.removed[0].content
         session = session_of(request)
         yield from self._reply(
-            conversation, question, enable_thinking, system_prompt, options, session, chat_id, title, branch
+            conversation,
+            question,
+            enable_thinking,
+            system_prompt,
+            options,
+            session,
+            chat_id,
+            title,
+            branch,
+            client=web_client(request),
         )
 
     def edit_message(
@@ -249,7 +268,16 @@ class ChatHandlers:
         del conversation.turns[index:]
         session = session_of(request)
         yield from self._reply(
-            conversation, text, enable_thinking, system_prompt, options, session, chat_id, title, branch
+            conversation,
+            text,
+            enable_thinking,
+            system_prompt,
+            options,
+            session,
+            chat_id,
+            title,
+            branch,
+            client=web_client(request),
         )
 
     def _options(self, *values: float) -> dict[str, Any]:
@@ -272,9 +300,11 @@ class ChatHandlers:
         chat_id: str,
         title: str,
         branch: Branch | None = None,
+        client: str = "ui:unknown",
     ) -> Iterator[tuple[Any, ...]]:
         """Stream a reply to ``message`` after ``conversation``; ``branch``: what an edit or a regeneration
-        replaced (put back if this reply fails, kept as a version once it succeeds)."""
+        replaced (put back if this reply fails, kept as a version once it succeeds); ``client``: whose fair
+        turn it takes (``web_client``)."""
         conversation.system_prompt = system_prompt.strip()
         earlier = conversation_messages(conversation)
         live = LiveReply()
@@ -304,7 +334,7 @@ class ChatHandlers:
                 request = ChatRequest.build(
                     conversation.messages_with(message),
                     enable_thinking=enable_thinking,
-                    client=f"ui:{session}",  # each browser session takes its own turns
+                    client=client,  # the login or the address: a new tab is no new client
                     limits=backend.limits,
                     **options,
                 )

@@ -24,6 +24,7 @@ from ..chat.backend import BackendStatus
 from ..chat.conversation import Conversation, Turn
 from ..chat.events import AnswerDelta, ChatDone, ChatEvent, Loading, QueuePosition, ThinkingDelta
 from .remote_view import remote_badge_html
+from .ui_styles import without_positioning
 from .ui_versions import version_nav
 
 STATS_CLASS = "qc-stats"
@@ -66,8 +67,8 @@ def inline_math(text: str) -> str:
 
 def shown_markdown(text: str) -> str:
     """The Markdown the page draws for ``text``: fences that break Gradio's highlighter renamed, inline
-    ``$...$`` math in the page's own delimiters."""
-    return inline_math(CPP_FENCE_RE.sub(r"\1c++", text))
+    ``$...$`` math in the page's own delimiters, positioning styles taken out of its HTML (``ui_styles``)."""
+    return without_positioning(inline_math(CPP_FENCE_RE.sub(r"\1c++", text)))
 
 
 # --- messages ---------------------------------------------------------------------------------------------

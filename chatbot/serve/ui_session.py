@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import secrets
 import threading
 import time
@@ -219,14 +220,27 @@ def from_saved_form(data: Any, system_prompt: str) -> Conversation:
 
 
 def storage_secret() -> str:
-    """The key of the browser-side history, kept across restarts (a fresh one would orphan saved chats)."""
+    """The key of the browser-side history, kept across restarts (a fresh one would orphan saved chats).
+
+    It also seeds the browser cookie's signing key, so the file is this user's only (0600): made so, and an
+    older one readable by others is made so once, with a log line.
+    """
     path = demo_model_path().parent / "ui-storage-secret"  # the app's cache folder
     try:
         if path.exists():
+            if path.stat().st_mode & 0o077:
+                path.chmod(0o600)
+                log.warning("%s was readable by other users; it is now readable by this user only", path)
             return path.read_text(encoding="utf-8").strip()
         secret = secrets.token_urlsafe(24)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(secret, encoding="utf-8")
+        try:
+            descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)  # never readable by others
+        except FileExistsError:  # another app process made it just now
+            time.sleep(0.1)
+            return path.read_text(encoding="utf-8").strip()
+        with os.fdopen(descriptor, "w", encoding="utf-8") as file:
+            file.write(secret)
         return secret
     except OSError as exc:
         log.warning("Cannot keep the chat storage key in %s (%s); saved chats last until a restart", path, exc)
