@@ -26,6 +26,7 @@ import html
 import json
 import logging
 import os
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,7 +39,7 @@ from .security import ui_middleware
 from .session_owner import SessionOwnership, cookie_key
 from .slow_clients import deadline_by_default
 from .ui_errors import EventErrors, log_event_errors
-from .ui_handlers import ChatHandlers
+from .ui_handlers import ChatHandlers, ReplyInputs
 from .ui_render import ESCAPED_TAGS
 from .ui_session import storage_secret
 
@@ -321,10 +322,18 @@ def build_ui(app: App) -> gr.Blocks:
         # (not beside the reply) so that a quick reply cannot finish before it. An edit's first step also
         # keeps what was edited: the Chatbot's event data does not reach the steps chained after it.
         buttons = [send_button, stop_button]
-        for triggers, start, start_outputs, handler, inputs, api_name in (
-            ([message_box.submit, send_button.click], show_stop_button, buttons, handlers.send, [message_box], "chat"),
-            ([regenerate_button.click, chat.retry], show_stop_button, buttons, handlers.regenerate, [], "regenerate"),
-            ([chat.edit], take_edit, [edit_request, *buttons], handlers.edit_message, [edit_request], "edit_message"),
+        controls = reply_components(
+            enable_thinking=thinking,
+            system_prompt=system_prompt,
+            **dict(zip(SETTING_NAMES[2:], sampling, strict=True)),
+            conversation=conversation,
+            chat_id=chat_id,
+            title=title,
+        )
+        for triggers, start, start_outputs, handler, first, api_name in (
+            ([message_box.submit, send_button.click], show_stop_button, buttons, handlers.send, message_box, "chat"),
+            ([regenerate_button.click, chat.retry], show_stop_button, buttons, handlers.regenerate, None, "regenerate"),
+            ([chat.edit], take_edit, [edit_request, *buttons], handlers.edit_message, edit_request, "edit_message"),
         ):
             started = gr.on(
                 triggers,
@@ -336,10 +345,12 @@ def build_ui(app: App) -> gr.Blocks:
                 js=JS_SCROLL,
                 **private,
             )
+            leading = {} if first is None else {"message" if first is message_box else "edit_request": first}
             reply = started.then(
-                handler,
-                [*inputs, thinking, system_prompt, *sampling, *chat_states],
+                reply_event(handler, *leading),
+                None,
                 reply_outputs,
+                inputs_kwargs={**leading, **controls},
                 api_name=api_name,
                 concurrency_limit=None,
                 show_progress="hidden",
@@ -477,6 +488,25 @@ def build_ui(app: App) -> gr.Blocks:
             handlers.context_meter, meter_inputs, meter, show_progress="hidden", **private
         )
     return demo
+
+
+def reply_components(**components: Any) -> dict[str, Any]:
+    """The components a reply reads, by ``ReplyInputs`` field name (all of them, no other)."""
+    if tuple(components) != ReplyInputs.names():
+        raise ValueError(f"reply inputs {tuple(components)} differ from ReplyInputs {ReplyInputs.names()}")
+    return components
+
+
+def reply_event(handler: Callable[..., Iterator[Any]], *leading: str) -> Callable[..., Iterator[Any]]:
+    """Gradio's function for a reply event: the values come by name (``inputs_kwargs``) and go to ``handler``
+    as its ``leading`` arguments (the message, or the edit) then one ``ReplyInputs``."""
+
+    def event(request: gr.Request, **values: Any) -> Iterator[Any]:
+        first = [values.pop(name) for name in leading]
+        yield from handler(*first, ReplyInputs(**values), request)
+
+    event.__name__ = handler.__name__
+    return event
 
 
 def show_stop_button() -> tuple[Any, Any]:

@@ -14,7 +14,7 @@ import json
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +64,37 @@ class Branch:
     removed: list[Turn]
 
 
+@dataclass(frozen=True)
+class ReplyInputs:
+    """What a reply reads from the page besides its message: the chat controls' values and the tab's chat.
+
+    ``ui.py`` wires one component to each field by name (``reply_components``), so the page and the
+    handlers cannot drift apart; the names are also the parameters of /chat, /regenerate and /edit_message.
+    """
+
+    enable_thinking: bool
+    system_prompt: str
+    temperature: float
+    top_p: float
+    top_k: float
+    max_new_tokens: float
+    presence_penalty: float
+    repetition_penalty: float
+    min_new_tokens: float
+    conversation: Conversation
+    chat_id: str
+    title: str
+
+    @classmethod
+    def names(cls) -> tuple[str, ...]:
+        return tuple(item.name for item in fields(cls))
+
+    def sampling(self) -> dict[str, float]:
+        """The sampling sliders' values, as ``sampling_kwargs`` takes them."""
+        names = ("temperature", "top_p", "top_k", "max_new_tokens", "presence_penalty", "repetition_penalty")
+        return {name: getattr(self, name) for name in (*names, "min_new_tokens")}
+
+
 def notice_html(error: ChatbotError | str) -> str:
     text = error if isinstance(error, str) else error.message + (f" {error.fix}" if error.fix else "")
     return f'<div class="qc-notice" role="alert">{html.escape(text)}</div>'
@@ -109,24 +140,9 @@ class ChatHandlers:
         context = backend.context_window()
         return backend.limits.bound(max_new_tokens_bound(context)) if context else None
 
-    def send(
-        self,
-        message: str,
-        enable_thinking: bool,
-        system_prompt: str,
-        temperature: float,
-        top_p: float,
-        top_k: float,
-        max_new_tokens: float,
-        presence_penalty: float,
-        repetition_penalty: float,
-        min_new_tokens: float,
-        conversation: Conversation,
-        chat_id: str,
-        title: str,
-        request: gr.Request,
-    ) -> Iterator[tuple[Any, ...]]:
+    def send(self, message: str, inputs: ReplyInputs, request: gr.Request) -> Iterator[tuple[Any, ...]]:
         """Stream the reply to ``message``; outputs (chat, message box, notice, conversation, record)."""
+        conversation, chat_id = inputs.conversation, inputs.chat_id
         lost = self.session_lost(conversation, chat_id)
         if lost is not None:  # nothing is saved: the browser keeps the chat as it was
             yield gr.skip(), message, lost, conversation, gr.skip()
@@ -135,31 +151,12 @@ class ChatHandlers:
             text = "Type a message first." if not message else "The message is only blank space: type some text."
             yield conversation_messages(conversation), message, notice_html(text), conversation, gr.skip()
             return
-        options = self._options(
-            temperature, top_p, top_k, max_new_tokens, presence_penalty, repetition_penalty, min_new_tokens
-        )
-        yield from self._reply(
-            conversation, message, enable_thinking, system_prompt, options, session_of(request), chat_id, title
-        )
+        yield from self._reply(inputs, message, session_of(request))
 
-    def regenerate(
-        self,
-        enable_thinking: bool,
-        system_prompt: str,
-        temperature: float,
-        top_p: float,
-        top_k: float,
-        max_new_tokens: float,
-        presence_penalty: float,
-        repetition_penalty: float,
-        min_new_tokens: float,
-        conversation: Conversation,
-        chat_id: str,
-        title: str,
-        request: gr.Request,
-    ) -> Iterator[tuple[Any, ...]]:
+    def regenerate(self, inputs: ReplyInputs, request: gr.Request) -> Iterator[tuple[Any, ...]]:
         """Answer the last message again (the previous answer comes back if this one fails)."""
-        lost = self.session_lost(conversation, chat_id)
+        conversation = inputs.conversation
+        lost = self.session_lost(conversation, inputs.chat_id)
         if lost is not None:
             yield gr.skip(), gr.skip(), lost, conversation, gr.skip()
             return
@@ -171,39 +168,18 @@ class ChatHandlers:
         if self.stops.running(session_of(request)):
             yield gr.skip(), gr.skip(), notice_html(BUSY), conversation, gr.skip()
             return
-        options = self._options(
-            temperature, top_p, top_k, max_new_tokens, presence_penalty, repetition_penalty, min_new_tokens
-        )
         branch = Branch("assistant", versions_before_change(conversation, last), conversation.turns[last - 1 :])
         del conversation.turns[last - 1 :]
         question = branch.removed[0].content
-        session = session_of(request)
-        yield from self._reply(
-            conversation, question, enable_thinking, system_prompt, options, session, chat_id, title, branch
-        )
+        yield from self._reply(inputs, question, session_of(request), branch)
 
-    def edit_message(
-        self,
-        edit_request: str,
-        enable_thinking: bool,
-        system_prompt: str,
-        temperature: float,
-        top_p: float,
-        top_k: float,
-        max_new_tokens: float,
-        presence_penalty: float,
-        repetition_penalty: float,
-        min_new_tokens: float,
-        conversation: Conversation,
-        chat_id: str,
-        title: str,
-        request: gr.Request,
-    ) -> Iterator[tuple[Any, ...]]:
+    def edit_message(self, edit_request: str, inputs: ReplyInputs, request: gr.Request) -> Iterator[tuple[Any, ...]]:
         """A question edited in place (any of them): answered again from there; what followed it before
         is kept as the question's earlier version (‹ › under the answer switch back).
 
         ``edit_request``: JSON {"index": position of the message in the chat as drawn, "value": new text}.
         """
+        conversation = inputs.conversation
         edit = from_text(edit_request)
         edit = edit if isinstance(edit, dict) else {}
         drawn = indexed_messages(conversation)
@@ -224,18 +200,12 @@ class ChatHandlers:
         if text == conversation.turns[index].content and index + 1 < len(conversation.turns):
             yield conversation_messages(conversation), gr.skip(), "", conversation, gr.skip()  # nothing changed
             return
-        options = self._options(
-            temperature, top_p, top_k, max_new_tokens, presence_penalty, repetition_penalty, min_new_tokens
-        )
         branch = Branch("user", versions_before_change(conversation, index), conversation.turns[index:])
         del conversation.turns[index:]
-        session = session_of(request)
-        yield from self._reply(
-            conversation, text, enable_thinking, system_prompt, options, session, chat_id, title, branch
-        )
+        yield from self._reply(inputs, text, session_of(request), branch)
 
-    def _options(self, *values: float) -> dict[str, Any]:
-        options = sampling_kwargs(*values)
+    def _options(self, inputs: ReplyInputs) -> dict[str, Any]:
+        options = sampling_kwargs(**inputs.sampling())
         limit = self.max_new_tokens_limit() or self.app.backend.limits.max_new_tokens_cap
         if limit is not None and options["max_new_tokens"] > limit:
             # A value past the context (an old saved setting, an API call) would make every message fail.
@@ -244,20 +214,13 @@ class ChatHandlers:
         return options
 
     def _reply(
-        self,
-        conversation: Conversation,
-        message: str,
-        enable_thinking: bool,
-        system_prompt: str,
-        options: dict[str, Any],
-        session: str,
-        chat_id: str,
-        title: str,
-        branch: Branch | None = None,
+        self, inputs: ReplyInputs, message: str, session: str, branch: Branch | None = None
     ) -> Iterator[tuple[Any, ...]]:
-        """Stream a reply to ``message`` after ``conversation``; ``branch``: what an edit or a regeneration
+        """Stream a reply to ``message`` after ``inputs.conversation``; ``branch``: what an edit or a regeneration
         replaced (put back if this reply fails, kept as a version once it succeeds)."""
-        conversation.system_prompt = system_prompt.strip()
+        conversation, chat_id, title = inputs.conversation, inputs.chat_id, inputs.title
+        options = self._options(inputs)
+        conversation.system_prompt = inputs.system_prompt.strip()
         earlier = conversation_messages(conversation)
         live = LiveReply()
         restore = branch.removed if branch is not None else []
@@ -285,7 +248,7 @@ class ChatHandlers:
                 backend = self.app.backend
                 request = ChatRequest.build(
                     conversation.messages_with(message),
-                    enable_thinking=enable_thinking,
+                    enable_thinking=inputs.enable_thinking,
                     client=f"ui:{session}",  # each browser session takes its own turns
                     limits=backend.limits,
                     **options,
