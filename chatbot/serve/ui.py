@@ -69,7 +69,7 @@ SHORTCUTS = """| keys | does |
 # js hooks of events (run in the page before the Python function; their values replace the inputs)
 JS_RESTORE = "(record, draft, prompt) => [qcStore.readText(qcStore.current()), qcStore.draft(), prompt]"
 JS_INDEX = "(index, id) => [JSON.stringify(qcStore.index(qcStore.searchText())), id]"
-JS_OPEN = "(id, record, ...rest) => [id, qcStore.readText(id), ...rest]"
+JS_OPEN = "(id, record, ...rest) => { qcScrollDown(); return [id, qcStore.readText(id), ...rest]; }"
 JS_SCROLL = "(...args) => { qcScrollDown(); return args; }"
 JS_SWITCH = "(request, ...rest) => [qcVersions.request, ...rest]"
 
@@ -279,7 +279,7 @@ def build_ui(app: App) -> gr.Blocks:
             editable="user",  # any question can be edited: answered again from there, earlier version kept
             feedback_options=None,
             group_consecutive_messages=False,
-            autoscroll=True,
+            autoscroll=False,  # the page follows a reply only while the reader is at the bottom (chat.js)
             placeholder="<div class='qc-empty'><b>Ask anything.</b><br>English, 中文, code, Markdown, math…</div>",
         )
         notice = gr.HTML("", elem_id="qc-notice")
@@ -341,7 +341,7 @@ def build_ui(app: App) -> gr.Blocks:
                 None,
                 start_outputs,
                 concurrency_limit=None,
-                trigger_mode="once",
+                trigger_mode="multiple",  # one during a reply is refused at once, saying why (not ignored)
                 js=JS_SCROLL,
                 **private,
             )
@@ -355,7 +355,8 @@ def build_ui(app: App) -> gr.Blocks:
                 concurrency_limit=None,
                 show_progress="hidden",
             )
-            reply.then(show_send_button, None, buttons, **private)
+            # Send again unless a reply is still being written in the chat shown (this one was refused, say).
+            reply.then(handlers.reply_buttons, None, buttons, **private)
             reply.then(handlers.context_meter, meter_inputs, meter, show_progress="hidden", **private)
         stop_button.click(handlers.stop, None, notice, api_name="stop", queue=False)
         demo.unload(handlers.stop_on_unload)
@@ -402,16 +403,19 @@ def build_ui(app: App) -> gr.Blocks:
         # Typing in the search box and other tabs' changes redraw the list through the page's debounced refresh.
         refresh_list.click(handlers.chat_list, [chat_index, chat_id], chats.chats, js=JS_INDEX, queue=False, **private)
         new_outputs = [chat, conversation, chat_id, title, notice, record]
-        gr.on([chats.new_button.click], handlers.new_chat, system_prompt, new_outputs, api_name="new_chat").then(
-            handlers.chat_list, [chat_index, chat_id], chats.chats, js=JS_INDEX, queue=False, **private
-        )
-        chats.chats.input(
+        # A reply running in the chat left goes on (saved, not drawn): Send or Stop follow the chat shown.
+        new = gr.on([chats.new_button.click], handlers.new_chat, system_prompt, new_outputs, api_name="new_chat")
+        new.then(handlers.chat_list, [chat_index, chat_id], chats.chats, js=JS_INDEX, queue=False, **private)
+        new.then(handlers.reply_buttons, None, buttons, **private)
+        opened = chats.chats.input(
             handlers.open_chat,
             [chats.chats, read_record, conversation],
             [chat, conversation, chat_id, title, notice, system_prompt],
             js=JS_OPEN,
             **private,
-        ).then(handlers.context_meter, meter_inputs, meter, show_progress="hidden", **private)
+        )
+        opened.then(handlers.context_meter, meter_inputs, meter, show_progress="hidden", **private)
+        opened.then(handlers.reply_buttons, None, buttons, **private)
         chats.rename_button.click(
             handlers.rename,
             [chats.title_box, conversation, chat_id],
@@ -424,13 +428,13 @@ def build_ui(app: App) -> gr.Blocks:
             chat_states,
             [chat, conversation, chat_id, title, record, deleted_id, kept_for_undo, chats.undo_delete_button],
             api_name="clear",
-        )
+        ).then(handlers.reply_buttons, None, buttons, **private)
         chats.undo_delete_button.click(
             handlers.undo_delete,
             kept_for_undo,
             [chat, conversation, chat_id, title, record, chats.undo_delete_button],
             **private,
-        )
+        ).then(handlers.reply_buttons, None, buttons, **private)
         chats.export_button.click(
             handlers.export_conversation, chat_states, export_file, api_name="export_conversation"
         ).then(None, export_file, None, js="(file) => { qcStore.downloadFile(file); }", **private)
@@ -453,9 +457,10 @@ def build_ui(app: App) -> gr.Blocks:
             show_progress="hidden",
             concurrency_limit=None,
         )
-        message_box.input(None, message_box, None, js="(text) => { qcStore.draft(text); }", **private)
-        message_box.submit(None, None, None, js="() => { qcStore.draft(''); }", **private)
-        send_button.click(None, None, None, js="() => { qcStore.draft(''); }", **private)
+        # The unsent text is kept in the tab: typed, or put back by the server (a refused message). It is
+        # emptied only when the server has stored the message (its reply's first step empties the box),
+        # so a message that never reached the server (it was down) stays, and a sent one never comes back.
+        message_box.change(None, message_box, None, js="(text) => { qcStore.draft(text); }", **private)
 
         # Settings: kept per browser, restored on load; the theme applies at once.
         setting_controls = [panel.theme, thinking, *sampling]
@@ -517,10 +522,6 @@ def take_edit(edit: gr.EditData) -> tuple[Any, ...]:
     """An edited question as JSON text for the next step (which position in the chat, the new text)."""
     request = json.dumps({"index": edit.index, "value": edit.value}, ensure_ascii=False)
     return request, *show_stop_button()
-
-
-def show_send_button() -> tuple[Any, Any]:
-    return gr.update(visible=True), gr.update(visible=False)
 
 
 def save_settings(*values: Any) -> dict[str, Any]:

@@ -50,7 +50,7 @@ SAVE_INTERVAL_SECONDS = 0.5  # how often a streaming reply is written to the bro
 # normally); a bound, so a stuck reply cannot hold the page.
 STOP_WAIT_SECONDS = 10.0
 ARCHIVE_FORMAT = "qwen3-chat-archive"  # "Export all": {"format": ..., "chats": [record, ...]}
-BUSY = "A reply is still being written: wait for it or press Stop, then try again."
+BUSY = "A reply is still being written in this chat: wait for it or press Stop (Esc), then try again."
 FULL_CHAT = "Start a new chat (this one stays saved in this browser), or start the server with a larger --max-chat-mb."
 
 
@@ -151,6 +151,9 @@ class ChatHandlers:
             text = "Type a message first." if not message else "The message is only blank space: type some text."
             yield conversation_messages(conversation), message, notice_html(text), conversation, gr.skip()
             return
+        if self.stops.running(session_of(request)):  # the message stays in the box, to send once it ends
+            yield gr.skip(), message, notice_html(BUSY), conversation, gr.skip()
+            return
         yield from self._reply(inputs, message, session_of(request))
 
     def regenerate(self, inputs: ReplyInputs, request: gr.Request) -> Iterator[tuple[Any, ...]]:
@@ -225,8 +228,9 @@ class ChatHandlers:
         live = LiveReply()
         restore = branch.removed if branch is not None else []
 
-        def record(pending: bool) -> str:
-            exchange = pending_exchange(message, live.thinking, live.answer, live.stats) if pending else None
+        def record(pending: bool, tokens: int | None = None) -> str:
+            stats = live.stats if tokens is None else {**live.stats, "new_tokens": tokens}
+            exchange = pending_exchange(message, live.thinking, live.answer, stats) if pending else None
             if exchange and branch is not None:  # a reload mid-reply keeps the earlier versions too
                 changed = exchange[0 if branch.role == "user" else 1]
                 shown = {key: changed[key] for key in ("content", "thinking", "stats") if key in changed}
@@ -240,9 +244,14 @@ class ChatHandlers:
             conversation.turns.extend(restore)
             yield conversation_messages(conversation), message, notice_html(error), conversation, gr.skip()
             return
-        # The question is stored before the model starts: a reload from now on keeps it.
-        yield [*earlier, user_message(message), *live.messages()], "", "", conversation, grown
-        with self.stops.reply(session) as stop:
+        with self.stops.reply(session, chat_id, conversation) as stop:
+            if stop is None:  # another reply started in this chat meanwhile (a second Enter, say)
+                conversation.turns.extend(restore)
+                yield gr.skip(), message if branch is None else gr.skip(), notice_html(BUSY), conversation, gr.skip()
+                return
+            # The question is stored before the model starts: a reload from now on keeps it.
+            with stop.drawing():
+                yield [*earlier, user_message(message), *live.messages()], "", "", conversation, grown
             try:
                 next_update = next_save = 0.0
                 backend = self.app.backend
@@ -259,47 +268,72 @@ class ChatHandlers:
                     first_of_its_kind = isinstance(event, QueuePosition) or _starts_a_part(event, live)
                     live.apply(event)
                     now = time.perf_counter()
-                    if stop.discarded or live.done is not None or (now < next_update and not first_of_its_kind):
+                    if stop.discarded == "dropped" or live.done is not None:
+                        continue
+                    if now < next_update and not first_of_its_kind:
                         continue
                     next_update = now + STREAM_INTERVAL_SECONDS
                     saving = now >= next_save
                     next_save = now + SAVE_INTERVAL_SECONDS if saving else next_save
-                    shown = [*earlier, user_message(message), *live.messages()]
-                    yield shown, gr.skip(), "", conversation, record(True) if saving else gr.skip()
+                    saved = record(True, self._tokens_so_far(live)) if saving else gr.skip()
+                    with stop.drawing() as shown_here:
+                        if shown_here:
+                            shown = [*earlier, user_message(message), *live.messages()]
+                            yield shown, gr.skip(), "", conversation, saved
+                        elif saving:  # its tab shows another chat: saved, not drawn
+                            yield gr.skip(), gr.skip(), gr.skip(), gr.skip(), saved
             except ChatbotError as error:
                 conversation.turns.extend(restore)
                 if stop.discarded == "dropped":
                     return
-                yield conversation_messages(conversation), message, notice_html(error), conversation, record(False)
+                shown = conversation_messages(conversation), message, notice_html(error), conversation
+                with stop.drawing() as shown_here:
+                    yield *(shown if shown_here else (gr.skip(),) * 4), record(False)
                 return
-        if stop.discarded == "dropped":
-            return  # the chat was cleared: nothing of this reply is kept
-        if live.done is None or (live.done.finish_reason == "cancelled" and not live.done.full_response.strip()):
-            # Stopped before the model wrote anything: nothing to keep, the text goes back in the box.
-            conversation.turns.extend(restore)
-            if stop.discarded:
-                yield gr.skip(), gr.skip(), gr.skip(), gr.skip(), record(False)
+            if stop.discarded == "dropped":
+                return  # the chat was cleared: nothing of this reply is kept
+            interrupted = live.done is not None and live.done.finish_reason == "cancelled" and not stop.is_set()
+            if live.done is None or (live.done.finish_reason == "cancelled" and not live.done.full_response.strip()):
+                # Stopped before the model wrote anything: nothing to keep, the text goes back in the box.
+                conversation.turns.extend(restore)
+                with stop.drawing() as shown_here:
+                    if not shown_here:
+                        yield gr.skip(), gr.skip(), gr.skip(), gr.skip(), record(False)
+                        return
+                    text = "Stopped before the model started on this message."
+                    yield conversation_messages(conversation), message, notice_html(text), conversation, record(False)
                 return
-            text = "Stopped before the model started on this message."
-            yield conversation_messages(conversation), message, notice_html(text), conversation, record(False)
-            return
-        conversation.add_exchange(message, live.done)
-        conversation.turns[-1].stats = live.stats
-        if branch is not None:  # edited or regenerated: what was there stays as a version to switch back to
-            add_version(conversation.turns[-2 if branch.role == "user" else -1], branch.versions)
-        if stop.discarded:  # the tab moved to another chat: this one is saved, the screen is left alone
-            yield gr.skip(), gr.skip(), gr.skip(), gr.skip(), record(False)
-            return
-        yield conversation_messages(conversation), gr.skip(), "", conversation, record(False)
+            conversation.add_exchange(message, live.done)
+            # Cancelled by the server (shutting down), not by the user's Stop: said so, not "stopped".
+            conversation.turns[-1].stats = live.stats | ({"finish_reason": "interrupted"} if interrupted else {})
+            if branch is not None:  # edited or regenerated: what was there stays as a version to switch back to
+                add_version(conversation.turns[-2 if branch.role == "user" else -1], branch.versions)
+            with stop.drawing() as shown_here:
+                if not shown_here:  # the tab shows another chat: this one is saved, the screen is left alone
+                    yield gr.skip(), gr.skip(), gr.skip(), gr.skip(), record(False)
+                    return
+                yield conversation_messages(conversation), gr.skip(), "", conversation, record(False)
+
+    def _tokens_so_far(self, live: LiveReply) -> int | None:
+        """The tokens of a reply still streaming, counted with the model's tokenizer (None without one)."""
+        loaded = self.app.backend.loaded
+        if loaded is None:
+            return None
+        return len(loaded.tokenizer.encode(live.thinking + live.answer, add_special_tokens=False))
+
+    def reply_buttons(self, request: gr.Request) -> tuple[Any, Any]:
+        """Send, or Stop while a reply is being written in the chat this tab shows (outputs: send, stop)."""
+        running = self.stops.running(session_of(request))
+        return gr.update(visible=not running), gr.update(visible=running)
 
     def stop(self, request: gr.Request) -> str:
-        """Stop this session's running reply (other sessions keep theirs)."""
+        """Stop the reply this tab shows (its other chats' replies and other sessions keep theirs)."""
         stopped = self.stops.stop(session_of(request))
         return "" if stopped else notice_html("Nothing to stop.")
 
     def stop_on_unload(self, request: gr.Request) -> None:
         """A closed or reloaded tab stops its reply (the page saved it as far as it got)."""
-        self.stops.stop(session_of(request))
+        self.stops.stop(session_of(request), everywhere=True)
 
     # --- editing the chat ---------------------------------------------------------------------------------
 
@@ -348,8 +382,8 @@ class ChatHandlers:
     # --- chats: new, open, rename, delete and undo --------------------------------------------------------
 
     def new_chat(self, system_prompt: str, request: gr.Request) -> tuple[Any, ...]:
-        """A fresh chat in this tab; a reply still running in the old one finishes there and is saved."""
-        self.stops.stop_and_wait(session_of(request), STOP_WAIT_SECONDS, detach=True)
+        """A fresh chat in this tab; a reply still running in the old one goes on there and is saved."""
+        self.stops.detach(session_of(request), STOP_WAIT_SECONDS)
         fresh = Conversation(system_prompt.strip())
         return [], fresh, new_chat_id(), "", "", as_text(saved_form(fresh, ""))
 
@@ -359,13 +393,18 @@ class ChatHandlers:
         if not chosen or not isinstance(record, dict):
             notice = notice_html("That chat is no longer saved in this browser (deleted in another tab?).")
             return gr.skip(), conversation, gr.skip(), gr.skip(), notice, gr.skip()
-        self.stops.stop_and_wait(session_of(request), STOP_WAIT_SECONDS, detach=True)
+        session = session_of(request)
+        self.stops.detach(session, STOP_WAIT_SECONDS)  # a reply running here goes on, saved, not drawn
         try:
             check_chat_size(record, self.app.settings.max_chat_mb, saved)
             opened = from_saved_form(record, "")
         except ChatbotError as error:
             return gr.skip(), conversation, gr.skip(), gr.skip(), notice_html(error), gr.skip()
         title = str(record.get("title") or "")
+        running = self.stops.attach(session, chosen)
+        if running is not None and running.conversation is not None:
+            # Its reply is still being written: shown as saved so far, then drawn live again from its next piece.
+            return conversation_messages(opened), running.conversation, chosen, title, "", opened.system_prompt
         return conversation_messages(opened), opened, chosen, title, "", opened.system_prompt
 
     def rename(self, new_title: str, conversation: Conversation, chat_id: str) -> tuple[Any, ...]:
@@ -390,7 +429,7 @@ class ChatHandlers:
         """Bring the last deleted chat back (outputs: chat, conversation, chat id, title, record, undo button)."""
         if not isinstance(kept, dict):
             return gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.update(visible=False)
-        self.stops.stop_and_wait(session_of(request), STOP_WAIT_SECONDS, detach=True)
+        self.stops.detach(session_of(request), STOP_WAIT_SECONDS)
         restored = from_saved_form(kept, "")
         title = str(kept.get("title") or "")
         record = saved_form(restored, str(kept["id"]), title) | {"undeleted": True}  # the page lifts its tombstone
