@@ -9,27 +9,96 @@ the same fields (a test checks it).
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping, MutableMapping
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_MODEL = "Qwen/Qwen3-0.6B-FP8"
 PrecisionChoice = Literal["auto", "fp8", "int8", "fp16", "bf16", "fp32"]
 
 
-def cache_dir() -> Path:
+def cache_dir(environ: Mapping[str, str] | None = None) -> Path:
     """Where this app keeps what it makes or fetches once (the demo model, Qwen3's tokenizer, llama.cpp):
     ``$XDG_CACHE_HOME/qwen3-chat``, by default ``~/.cache/qwen3-chat``."""
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "qwen3-chat"
+    environ = os.environ if environ is None else environ
+    return Path(environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "qwen3-chat"
 
 
-class Settings(BaseSettings):
+class Tuning(BaseModel):
+    """The CPU tuning switches: measured defaults the bench established, changed only to compare or work around.
+
+    They are settings like the others (flags of every command that loads a model, ``QWEN_*`` variables),
+    read where they act through ``tuning()``; a flag given on the command line is exported to its variable
+    (``Settings.export_tuning``), so the model layer and the processes the app starts see it too.
+    """
+
+    model_config = ConfigDict(validate_default=True)
+
+    cpu_decode_step: Literal["auto", "compiled", "eager", "off"] = Field(
+        "auto", description="CPU decode step: auto (compiled where it checks out), compiled, eager or off."
+    )
+    cpu_decode_rows: int | None = Field(
+        None, ge=1, le=16, description="Most batched rows a CPU matmul takes from the 16-bit weights (default 1)."
+    )
+    cpu_prefill_dtype: Literal["auto", "bf16", "fp16", "fp32"] = Field(
+        "auto", description="CPU prefill dtype: auto (BF16 where the CPU has BF16 instructions), bf16, fp16 or fp32."
+    )
+    cpu_prefill_copy: bool = Field(
+        True, description="Keep a prefill copy of the CPU weights (faster prompts, more memory); off: none."
+    )
+    cpu_prefill_pack: bool = Field(True, description="Keep BF16 prefill copies pre-packed for oneDNN; off: plain.")
+    int8_isa: Literal["auto", "avx512-vnni", "avx-vnni", "avx2"] = Field(
+        "auto", description="Instruction set of the INT8 dot-product kernel (auto: the fastest this CPU runs)."
+    )
+    kernel_cache: Path | None = Field(
+        None, description="Folder for the built INT8 kernel (default: the cache folder's kernels/)."
+    )
+    batch_invariant: bool = Field(
+        False, description="Decode batched rows one by one, so a seeded reply is the same alone or in a batch (slower)."
+    )
+
+    @field_validator("cpu_decode_step", "cpu_prefill_dtype", "int8_isa", mode="before")
+    @classmethod
+    def _lower_case(cls, value: Any) -> Any:
+        return value.strip().lower() or "auto" if isinstance(value, str) else value
+
+    @field_validator("cpu_decode_rows", "kernel_cache", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: Any) -> Any:
+        return None if isinstance(value, str) and not value.strip() else value
+
+
+ENV_PREFIX = "QWEN_"
+
+
+def tuning(environ: Mapping[str, str] | None = None) -> Tuning:
+    """The tuning switches from ``environ`` (default: this process's environment).
+
+    Raises:
+        ValueError: a variable holds no valid value; the message names it and says what it takes.
+    """
+    environ = os.environ if environ is None else environ
+    values = {
+        name: environ[variable]
+        for name in Tuning.model_fields
+        if (variable := f"{ENV_PREFIX}{name}".upper()) in environ
+    }
+    try:
+        return Tuning.model_validate(values)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        variable = f"{ENV_PREFIX}{error['loc'][0]}".upper()
+        raise ValueError(f"{variable}: {error['msg'][0].lower()}{error['msg'][1:]}, not {error['input']!r}") from None
+
+
+class Settings(BaseSettings, Tuning):
     """Everything the app can be told, with its default and range."""
 
-    model_config = SettingsConfigDict(env_prefix="QWEN_", extra="ignore", validate_default=True)
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", validate_default=True)
 
     model: str = Field(DEFAULT_MODEL, description="Hub id or local folder of a Qwen3 checkpoint.")
     device: str = Field("auto", description="Where the model runs: auto, cpu, cuda, cuda:N or mps.")
@@ -162,6 +231,16 @@ class Settings(BaseSettings):
         """Build settings where every non-None keyword beats the environment."""
         given: dict[str, Any] = {key: value for key, value in overrides.items() if value is not None}
         return cls(**given)
+
+    def export_tuning(self, environ: MutableMapping[str, str] | None = None) -> None:
+        """Write the tuning switches given as flags to their ``QWEN_*`` variables, where ``tuning()`` reads them."""
+        environ = os.environ if environ is None else environ
+        for name in Tuning.model_fields:
+            value = getattr(self, name)
+            if name in self.model_fields_set and value is not None:
+                environ[f"{ENV_PREFIX}{name}".upper()] = (
+                    ("1" if value else "0") if isinstance(value, bool) else str(value)
+                )
 
     def auth_pair(self) -> tuple[str, str] | None:
         if self.auth is None:

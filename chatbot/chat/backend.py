@@ -15,9 +15,9 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:  # the chat layer's own modules import this one
+    from ..engine.limits import ReplyLimits
     from ..model.precision import PrecisionDecision
     from .events import ChatDone, ChatEvent
-    from .limits import ReplyLimits
     from .request import ChatRequest
 
 

@@ -16,11 +16,11 @@ from typing import Any
 from ..engine.constraints import Vocabulary, vocabulary
 from ..engine.engine import ChatEngine, Failed, Finished, Queued, TextDelta
 from ..engine.jobs import LOCAL_CLIENT
+from ..engine.limits import ReplyLimits
 from ..errors import DeviceFaultError, InvalidRequestError
 from ..model.loader import LoadedModel
 from .backend import BackendStatus
 from .events import AnswerDelta, ChatDone, ChatEvent, Loading, QueuePosition, ThinkingDelta, ToolCallDelta
-from .limits import ReplyLimits
 from .logprobs import StreamedLogprobs, answer_records, openai_logprobs
 from .prompt import Prompt, build_prompt
 from .request import ChatRequest
@@ -38,7 +38,7 @@ class LocalBackend:
 
     @property
     def limits(self) -> ReplyLimits:
-        return ReplyLimits(self.engine.max_new_tokens_cap, self.engine.max_generation_seconds)
+        return self.engine.limits
 
     @property
     def queue_size(self) -> int:

@@ -33,11 +33,11 @@ from typing import Any
 
 import openai
 
+from ..engine.limits import ReplyLimits
 from ..engine.shutdown import close_at_exit
 from ..errors import BackendError, ChatbotError, ContextLengthError
 from .backend import BackendInfo, BackendStatus
 from .events import ChatDone, ChatEvent
-from .limits import ReplyLimits
 from .remote_slots import RemoteSlots
 from .remote_stream import RemoteReply, backend_error, remote_messages, request_body
 from .remote_trim import leave_out_what_cannot_fit, trim_to_report

@@ -15,9 +15,9 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ..engine.jobs import LOCAL_CLIENT
+from ..engine.limits import ReplyLimits
 from ..engine.sampling import SamplingOptions, sampling_options
 from ..errors import InvalidRequestError
-from .limits import ReplyLimits
 from .prompt import effective_thinking, normalize_messages
 from .structured import response_format_constraint
 from .tools import check_tools_size, tool_call_constraint

@@ -20,7 +20,7 @@ from pydantic import ValidationError
 from pydantic.fields import FieldInfo
 
 from ..errors import ChatbotError
-from ..settings import Settings
+from ..settings import Settings, Tuning
 
 # The settings each command takes, as flags made from the ``Settings`` fields (help, choices, ranges and
 # defaults from there): every command that loads a model takes the model's; chat and doctor also the
@@ -37,7 +37,11 @@ MODEL_SETTINGS = (
     "log_level",
 )
 BACKEND_SETTINGS = tuple(name for name in Settings.model_fields if name.startswith("backend"))
-SERVER_SETTINGS = tuple(name for name in Settings.model_fields if name not in {*MODEL_SETTINGS, *BACKEND_SETTINGS})
+TUNING_SETTINGS = tuple(Tuning.model_fields)
+SERVER_SETTINGS = tuple(
+    name for name in Settings.model_fields if name not in {*MODEL_SETTINGS, *BACKEND_SETTINGS, *TUNING_SETTINGS}
+)
+TUNING_TITLE = "CPU tuning (measured defaults; change them to compare or to work around a problem)"
 # Where a value's type does not name it well enough in --help (a file is FILE, a whole number N).
 METAVARS = {
     "backend": "URL",
@@ -49,6 +53,7 @@ METAVARS = {
     "max_request_mb": "MB",
     "max_chat_mb": "MB",
     "max_generation_seconds": "SECONDS",
+    "kernel_cache": "FOLDER",
 }
 
 
@@ -88,6 +93,8 @@ def setting_help(name: str) -> str:
     notes = []
     if field.default is False:
         notes.append("off by default")
+    elif field.default is True:
+        notes.append("on by default")
     elif field.default not in (None, "", True):
         notes.append(f"default {field.default:g}" if isinstance(field.default, float) else f"default {field.default}")
     if bounds := _range_text(field):
@@ -102,8 +109,9 @@ def add_setting_flags(parser: argparse.ArgumentParser, names: tuple[str, ...], t
     group = parser.add_argument_group(title)
     for name in names:
         kind = _value_type(Settings.model_fields[name].annotation)
-        if kind is bool:
-            group.add_argument(flag_of(name), action="store_true", default=None, help=setting_help(name))
+        if kind is bool:  # a switch; one that is on by default also gets its --no- form
+            action = argparse.BooleanOptionalAction if Settings.model_fields[name].default else "store_true"
+            group.add_argument(flag_of(name), action=action, default=None, help=setting_help(name))
             continue
         options: dict[str, Any] = {"help": setting_help(name)}
         if get_origin(kind) is Literal:
@@ -146,6 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_setting_flags(serve, MODEL_SETTINGS, "model")
     add_setting_flags(serve, BACKEND_SETTINGS, "remote backend (instead of a model here)")
     add_setting_flags(serve, SERVER_SETTINGS, "servers")
+    add_setting_flags(serve, TUNING_SETTINGS, TUNING_TITLE)
 
     chat = commands.add_parser("chat", help="chat in the terminal")
     add_setting_flags(chat, MODEL_SETTINGS, "model")
@@ -157,6 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_setting_flags(chat, ("system_prompt",), "conversation")
     add_setting_flags(chat, BACKEND_SETTINGS, "remote backend (instead of a model here)")
+    add_setting_flags(chat, TUNING_SETTINGS, TUNING_TITLE)
 
     make = commands.add_parser("make-model", help="write a generated Qwen3 checkpoint")
     make.add_argument("out", type=Path)
@@ -189,6 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
     batch.add_argument("input", type=Path, help='JSONL: one {"prompt": ...} or {"messages": [...]} per line')
     batch.add_argument("output", type=Path, help="JSONL: one result (or error) per input line, in order")
     add_setting_flags(batch, MODEL_SETTINGS, "model")
+    add_setting_flags(batch, TUNING_SETTINGS, TUNING_TITLE)
     batch.add_argument("--batch-size", type=int, default=8, help="prompts answered at once (default 8)")
     batch.add_argument("--think", action="store_true", help="thinking mode for lines that do not say")
     batch.add_argument("--max-new-tokens", type=int, help="default for lines that do not say")
@@ -202,6 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_setting_flags(doctor, MODEL_SETTINGS, "model")
     doctor.add_argument("--load", action="store_true", help="also load the model and run the probe forward")
     add_setting_flags(doctor, BACKEND_SETTINGS, "remote backend (instead of a model here)")
+    add_setting_flags(doctor, TUNING_SETTINGS, TUNING_TITLE)
     return parser
 
 
@@ -227,7 +239,9 @@ def run(args: argparse.Namespace) -> int:
     if args.command == "serve":
         from ..serve.server import serve
 
-        serve(settings_from(args), warnings=secrets_on_the_command_line(args))
+        settings = settings_from(args)
+        settings.export_tuning()
+        serve(settings, warnings=secrets_on_the_command_line(args))
         return 0
     if args.command == "make-model":
         from ..authoring import qwen3_tokenizer
@@ -248,6 +262,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"Wrote {quantize_checkpoint(args.source, args.out, args.format, args.shards)}")
         return 0
     settings = settings_from(args)
+    settings.export_tuning()
     if settings.threads:  # chat, batch and doctor as serve does (create_app)
         import torch
 

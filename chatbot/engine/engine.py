@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from ..errors import ChatbotError, DeviceFaultError, GenerationError, InvalidRequestError, QueueFullError
+from ..errors import ChatbotError, DeviceFaultError, GenerationError, QueueFullError
 from ..model.device import is_sticky_cuda_fault
 from ..model.loader import LoadedModel, load_model
 from ..settings import Settings
@@ -32,6 +32,7 @@ from .cpu_threads import release_openmp_team
 from .fair_queue import FairQueue
 from .generation import GenerationResult, PrefixCache
 from .jobs import LOCAL_CLIENT, EngineEvent, Failed, Finished, Job, Queued, TextDelta, cancelled_result
+from .limits import ReplyLimits
 from .request import ActiveRequest
 from .sampling import SamplingOptions
 from .scheduler import CPU_PREFILL_CHUNK, GPU_PREFILL_CHUNK, STEP_ERRORS, Batch, as_generation_error, device_fault
@@ -81,8 +82,7 @@ class ChatEngine:
         self.requested_max_batch = max_batch
         self.requested_prefill_chunk = prefill_chunk
         # Server-side bounds on one reply, whatever it asks for (None: none; the context still bounds tokens).
-        self.max_new_tokens_cap = max_new_tokens_cap
-        self.max_generation_seconds = max_generation_seconds
+        self.limits = ReplyLimits(max_new_tokens_cap, max_generation_seconds)
         self._max_batch: int | None = None
         self.prefix_cache = PrefixCache(prefix_cache_tokens)
         self.progress = StoppableProgress()  # close() stops a load in progress at its next step
@@ -223,20 +223,6 @@ class ChatEngine:
         """Something runs, or is paused mid-reply."""
         return bool(self._running) or bool(self._queue.paused)
 
-    def check_max_new_tokens(self, requested: int, param: str = "max_tokens") -> None:
-        """Refuse a reply longer than ``max_new_tokens_cap`` (as vLLM refuses one longer than the context).
-
-        Raises:
-            InvalidRequestError: ``requested`` is over the cap.
-        """
-        cap = self.max_new_tokens_cap
-        if cap is not None and requested > cap:
-            raise InvalidRequestError(
-                f"{param} is {requested}, but this server generates at most {cap} tokens per reply.",
-                param=param,
-                fix=f"Ask for {cap} or fewer, or start the server with a larger --max-new-tokens-cap.",
-            )
-
     def submit(
         self,
         prompt_ids: list[int],
@@ -252,7 +238,7 @@ class ChatEngine:
             QueueFullError: ``queue_size`` requests are already waiting, or ``client`` has its limit waiting.
             InvalidRequestError: ``options.max_new_tokens`` is over ``max_new_tokens_cap``.
         """
-        self.check_max_new_tokens(options.max_new_tokens, "max_new_tokens")
+        self.limits.check_max_new_tokens(options.max_new_tokens, "max_new_tokens")
         job = Job(list(prompt_ids), options, cancel or threading.Event(), next(self._ids), client)
         with self._cv:
             if self._fault is not None:
@@ -467,17 +453,7 @@ class ChatEngine:
                 raise ChatbotError("The engine is serving requests; measure on the calling thread while it is idle.")
         job = Job(list(prompt_ids), options, threading.Event(), next(self._ids))
         batch = Batch(loaded.model, loaded.device, self._prefill_chunk(loaded), lambda request: None)
-        batch.add(
-            ActiveRequest(
-                job,
-                loaded.model.config,
-                loaded.tokenizer,
-                loaded.eos_token_ids,
-                loaded.device,
-                self.prefix_cache,
-                time_limit=self.max_generation_seconds,
-            )
-        )
+        batch.add(self._active_request(job, loaded))
         try:
             while batch.requests:
                 batch.round()
@@ -489,6 +465,18 @@ class ChatEngine:
                 return event.result
             if isinstance(event, Failed):
                 raise event.error
+
+    def _active_request(self, job: Job, loaded: LoadedModel) -> ActiveRequest:
+        """``job``'s state in a batch: its prompt to prefill (after the cached prefix), sampler and stops."""
+        return ActiveRequest(
+            job,
+            loaded.model.config,
+            loaded.tokenizer,
+            loaded.eos_token_ids,
+            loaded.device,
+            self.prefix_cache,
+            time_limit=self.limits.max_generation_seconds,
+        )
 
     def _admit(self) -> list[Job]:
         """Move waiting jobs into free slots, pausing a request of a client above its share (see fair_queue)."""
@@ -532,16 +520,7 @@ class ChatEngine:
             self._release_job(job)
             return
         try:
-            loaded = self.load()
-            state = ActiveRequest(
-                job,
-                loaded.model.config,
-                loaded.tokenizer,
-                loaded.eos_token_ids,
-                loaded.device,
-                self.prefix_cache,
-                time_limit=self.max_generation_seconds,
-            )
+            state = self._active_request(job, self.load())
         except (ChatbotError, *STEP_ERRORS) as exc:
             if not isinstance(exc, ChatbotError):
                 log.exception("Generation failed")

@@ -41,7 +41,6 @@ step uncompiled, or turns it off; by default it is used for models larger than t
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Callable
 from typing import Any
@@ -51,6 +50,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import DynamicCache
 
+from ..settings import tuning
 from .cpu_int8 import CpuInt8Linear, _aten_matvec, _int8_matvec
 from .cpu_layers import CpuLinear, _vector_isa
 
@@ -68,15 +68,12 @@ class DecodeStepUnavailable(RuntimeError):
 
 
 def requested_mode(environ: dict[str, str] | None = None) -> str:
-    """QWEN_CPU_DECODE_STEP (auto, compiled, eager or off).
+    """The ``cpu_decode_step`` setting (``QWEN_CPU_DECODE_STEP``): auto, compiled, eager or off.
 
     Raises:
         ValueError: an unknown value.
     """
-    value = (os.environ if environ is None else environ).get("QWEN_CPU_DECODE_STEP", "").strip().lower() or "auto"
-    if value not in MODES:
-        raise ValueError(f"QWEN_CPU_DECODE_STEP must be one of {', '.join(MODES)}, not {value!r}")
-    return value
+    return tuning(environ).cpu_decode_step
 
 
 # --- the arithmetic (compiled) ---------------------------------------------------------------------------------

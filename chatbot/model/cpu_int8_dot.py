@@ -38,6 +38,9 @@ from pathlib import Path
 
 import torch
 
+from ..settings import cache_dir as app_cache_dir
+from ..settings import tuning
+
 log = logging.getLogger(__name__)
 SOURCE = Path(__file__).with_suffix(".cpp")
 # Instruction sets, fastest first, with the bit the library uses for each.
@@ -54,11 +57,8 @@ class KernelBuildError(RuntimeError):
 
 def cache_dir(environ: dict[str, str] | None = None) -> Path:
     """``$QWEN_KERNEL_CACHE``, else ``$XDG_CACHE_HOME/qwen3-chat/kernels`` (``~/.cache`` by default)."""
-    environ = os.environ if environ is None else environ
-    explicit = environ.get("QWEN_KERNEL_CACHE", "").strip()
-    if explicit:
-        return Path(explicit)
-    return Path(environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "qwen3-chat" / "kernels"
+    explicit = tuning(environ).kernel_cache
+    return explicit if explicit is not None else app_cache_dir(environ) / "kernels"
 
 
 def compiler(environ: dict[str, str] | None = None) -> str:
@@ -163,12 +163,9 @@ def chosen_isa(environ: dict[str, str] | None = None) -> str:
         KernelBuildError: the library cannot be built, or this CPU lacks every path (or the one asked for).
         ValueError: ``QWEN_INT8_ISA`` names no instruction set.
     """
-    environ = os.environ if environ is None else environ
-    forced = environ.get("QWEN_INT8_ISA", "").strip().lower()
-    if forced and forced not in ISAS:
-        raise ValueError(f"QWEN_INT8_ISA must be one of {', '.join(ISAS)}, not {forced!r}")
+    forced = tuning(environ).int8_isa
     available = supported_isas(environ)
-    if forced:
+    if forced != "auto":
         if forced not in available:
             raise KernelBuildError(f"QWEN_INT8_ISA={forced}, but this CPU runs only {', '.join(available) or 'none'}")
         return forced

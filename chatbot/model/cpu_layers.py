@@ -21,13 +21,13 @@ in the prefill dtype can change the last bits of the logits against the request 
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..settings import tuning
 from .device import cpu_flags
 
 DECODE_MAX_ROWS = 16  # up to this many rows a matmul reads weights more than it computes
@@ -67,14 +67,12 @@ def choose_prefill_dtype(
     Raises:
         ValueError: QWEN_CPU_PREFILL_DTYPE names no dtype.
     """
-    environ = os.environ if environ is None else environ
+    switches = tuning(environ)
     flags = cpu_flags() if flags is None else flags
     isa = _vector_isa() if isa is None else isa
-    copy = environ.get("QWEN_CPU_PREFILL_COPY", "1").strip() not in ("0", "false", "no")
-    forced = environ.get("QWEN_CPU_PREFILL_DTYPE", "").strip().lower()
-    if forced:
-        if forced not in DTYPE_NAMES:
-            raise ValueError(f"QWEN_CPU_PREFILL_DTYPE must be one of {', '.join(DTYPE_NAMES)}, not {forced!r}")
+    copy = switches.cpu_prefill_copy
+    forced = switches.cpu_prefill_dtype
+    if forced != "auto":
         dtype, why = DTYPE_NAMES[forced], "QWEN_CPU_PREFILL_DTYPE"
     elif any(flag in flags for flag in NATIVE_BF16_FLAGS) and isa != "AVX2":
         dtype, why = torch.bfloat16, "this CPU has native BF16 matmul instructions"
@@ -152,7 +150,7 @@ def packing_works(environ: dict[str, str] | None = None) -> bool:
     CPU over half of Qwen3-0.6B's matrices), with the same results bit for bit, which is checked here
     on a small layer (and any error from a PyTorch built without oneDNN means no packing).
     """
-    if (os.environ if environ is None else environ).get("QWEN_CPU_PREFILL_PACK", "1").strip() in ("0", "false", "no"):
+    if not tuning(environ).cpu_prefill_pack:
         return False
     try:
         generator = torch.Generator().manual_seed(0)
@@ -209,12 +207,8 @@ def batched_decode_rows(environ: dict[str, str] | None = None) -> int:
     Raises:
         ValueError: QWEN_CPU_DECODE_ROWS is not a whole number from 1 to 16.
     """
-    value = (os.environ if environ is None else environ).get("QWEN_CPU_DECODE_ROWS", "").strip()
-    if not value:
-        return BATCHED_DECODE_ROWS
-    if not value.isdigit() or not 1 <= int(value) <= DECODE_MAX_ROWS:
-        raise ValueError(f"QWEN_CPU_DECODE_ROWS must be a whole number from 1 to {DECODE_MAX_ROWS}, not {value!r}")
-    return int(value)
+    rows = tuning(environ).cpu_decode_rows
+    return BATCHED_DECODE_ROWS if rows is None else rows
 
 
 def keep_prefill_copies(model: nn.Module) -> int:

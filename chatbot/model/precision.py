@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from ..errors import InvalidRequestError
+from ..settings import tuning
 from .device import BF16_MIN_CAPABILITY, FP8_MIN_CAPABILITY, DeviceInfo
 
 MODES = ("fp8", "int8", "fp16", "bf16", "fp32")
@@ -279,12 +280,7 @@ def batch_invariant_requested(environ: dict[str, str] | None = None) -> bool:
     Raises:
         ValueError: a value other than 0/1, true/false, yes/no, on/off.
     """
-    value = (os.environ if environ is None else environ).get(BATCH_INVARIANT_VAR, "").strip().lower()
-    if value in ("", "0", "false", "no", "off"):
-        return False
-    if value in ("1", "true", "yes", "on"):
-        return True
-    raise ValueError(f"{BATCH_INVARIANT_VAR} must be 1 or 0, not {value!r}")
+    return tuning(environ).batch_invariant
 
 
 def batched_decode_path(mode: str, device_kind: str, batched_dtype: str | None, invariant: bool) -> str:

@@ -11,8 +11,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
-from ..chat.limits import ReplyLimits
 from ..chat.request import ChatRequest
+from ..engine.limits import ReplyLimits
 from ..engine.sampling import (
     MAX_STOP_STRINGS,
     MAX_TOP_LOGPROBS,

@@ -19,9 +19,9 @@ from gradio_client import Client
 from helpers.app import RunningApp, running_app
 from helpers.clients import openai_client
 
-from chatbot.chat.limits import ReplyLimits
 from chatbot.chat.remote import RemoteBackend
 from chatbot.chat.reply import ChatDone, stream_reply
+from chatbot.engine.limits import ReplyLimits
 from chatbot.errors import InvalidRequestError
 
 CAP = 16

@@ -91,7 +91,7 @@ def test_batched_decode_rows_come_from_the_environment_with_a_clear_error() -> N
     assert batched_decode_rows({}) == BATCHED_DECODE_ROWS
     assert batched_decode_rows({"QWEN_CPU_DECODE_ROWS": "16"}) == 16
     for bad in ("0", "17", "four"):
-        with pytest.raises(ValueError, match="QWEN_CPU_DECODE_ROWS must be a whole number from 1 to 16"):
+        with pytest.raises(ValueError, match="QWEN_CPU_DECODE_ROWS: input should be"):
             batched_decode_rows({"QWEN_CPU_DECODE_ROWS": bad})
 
 

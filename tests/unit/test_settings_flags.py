@@ -14,6 +14,7 @@ import pytest
 from chatbot.cli.main import (
     BACKEND_SETTINGS,
     MODEL_SETTINGS,
+    TUNING_SETTINGS,
     build_parser,
     env_of,
     flag_of,
@@ -37,16 +38,17 @@ def setting_actions(parser: argparse.ArgumentParser) -> dict[str, argparse.Actio
     ("name", "expected"),
     [
         ("serve", set(Settings.model_fields)),
-        ("chat", {*MODEL_SETTINGS, *BACKEND_SETTINGS, "system_prompt"}),
-        ("doctor", {*MODEL_SETTINGS, *BACKEND_SETTINGS}),
-        ("batch", set(MODEL_SETTINGS)),
+        ("chat", {*MODEL_SETTINGS, *BACKEND_SETTINGS, *TUNING_SETTINGS, "system_prompt"}),
+        ("doctor", {*MODEL_SETTINGS, *BACKEND_SETTINGS, *TUNING_SETTINGS}),
+        ("batch", {*MODEL_SETTINGS, *TUNING_SETTINGS}),
     ],
 )
 def test_each_command_takes_its_settings_as_flags_made_from_the_fields(name: str, expected: set[str]) -> None:
     actions = setting_actions(command(name))
     assert set(actions) == expected
     for field, action in actions.items():
-        assert action.option_strings == [flag_of(field)]
+        on_by_default = Settings.model_fields[field].default is True  # a switch that is on also has its --no- form
+        assert action.option_strings == [flag_of(field), *(["--no-" + flag_of(field)[2:]] if on_by_default else [])]
         assert action.default is None  # not given: the environment or the field's default decides
         description = Settings.model_fields[field].description
         assert description and action.help == setting_help(field) and description in action.help
@@ -95,3 +97,36 @@ def test_values_out_of_range_are_refused_by_the_settings_and_bad_numbers_by_the_
     assert exited.value.code == 2
     with pytest.raises(SystemExit):
         build_parser().parse_args(["serve", "--precision", "fp4"])
+
+
+def test_cpu_tuning_switches_are_settings_whose_flags_reach_the_model_layer(monkeypatch) -> None:
+    """A tuning flag is exported to its variable, where the model layer (and the bench's workers) read it."""
+    from chatbot.model.cpu_decode import requested_mode
+    from chatbot.model.cpu_layers import batched_decode_rows, packing_works
+    from chatbot.model.precision import batch_invariant_requested
+
+    for name in TUNING_SETTINGS:
+        monkeypatch.delenv(env_of(name), raising=False)
+    args = ["serve", "--cpu-decode-step", "eager", "--cpu-decode-rows", "16", "--no-cpu-prefill-pack"]
+    settings = settings_from(build_parser().parse_args([*args, "--batch-invariant"]))
+    assert (settings.cpu_decode_step, settings.cpu_decode_rows, settings.cpu_prefill_pack) == ("eager", 16, False)
+    exported: dict[str, str] = {}
+    settings.export_tuning(exported)  # os.environ by default; here through monkeypatch, undone after the test
+    for variable, value in exported.items():
+        monkeypatch.setenv(variable, value)
+    assert requested_mode() == "eager" and batched_decode_rows() == 16
+    assert not packing_works() and batch_invariant_requested()
+    monkeypatch.setenv("QWEN_CPU_DECODE_ROWS", "2")  # a flag beats the variable it is exported to
+    assert settings_from(build_parser().parse_args(["chat", "--cpu-decode-rows", "3"])).cpu_decode_rows == 3
+
+
+def test_a_bad_tuning_variable_names_itself_and_what_it_takes(monkeypatch, capsys) -> None:
+    from chatbot.settings import tuning
+
+    with pytest.raises(ValueError, match="QWEN_CPU_DECODE_ROWS: input should be less than or equal to 16, not '99'"):
+        tuning({"QWEN_CPU_DECODE_ROWS": "99"})
+    with pytest.raises(ValueError, match="QWEN_INT8_ISA: input should be 'auto', 'avx512-vnni', 'avx-vnni' or 'avx2'"):
+        tuning({"QWEN_INT8_ISA": "sse2"})
+    monkeypatch.setenv("QWEN_CPU_DECODE_STEP", "fast")
+    assert main(["doctor"]) == 2  # the command refuses to start, naming the setting
+    assert "invalid setting cpu_decode_step" in capsys.readouterr().err

@@ -2,7 +2,8 @@
 
 ``ReplyLimits`` holds ``--max-new-tokens-cap`` and ``--max-generation-seconds``. Requests are checked
 against them when they are built (``chat/request.py``), so a front started with ``--backend`` refuses
-and cuts replies exactly as a server with the model loaded does.
+and cuts replies exactly as a server with the model loaded does; the engine holds the same value and
+checks what is submitted to it directly (``batch``, the library).
 """
 
 from __future__ import annotations
