@@ -154,6 +154,15 @@
     if (button) button.click();
   }, true);
 
+  // The unsent text is kept on every keystroke by the page itself, not through Gradio's events: once the
+  // server is out of reach Gradio sends no event at all (its own script hooks included) until it is back,
+  // then reloads the page, which puts the kept text back in the box. The server empties it (a change of the
+  // box's value, wired in ui.py) only once it has stored the message.
+  document.addEventListener("input", (event) => {
+    const box = event.target && event.target.closest && event.target.closest("#qc-message");
+    if (box && event.target.tagName === "TEXTAREA") store.draft(event.target.value);
+  }, true);
+
   // Scrolling as in the chat apps people know: the chat follows a reply only while the reader is at the
   // bottom; scrolled up, it stays put and a "Jump to latest" button brings the reader back (and following).
   // (Gradio's own autoscroll is off: it scrolls 300 ms after each update, undoing a reader's scroll.)

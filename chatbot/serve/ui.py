@@ -346,6 +346,8 @@ def build_ui(app: App) -> gr.Blocks:
                 **private,
             )
             leading = {} if first is None else {"message" if first is message_box else "edit_request": first}
+            # Every step "multiple": a chained step defaults to "once", which makes the page drop a second
+            # Enter's reply step while the first reply (the same step) still streams, without a word.
             reply = started.then(
                 reply_event(handler, *leading),
                 None,
@@ -354,10 +356,13 @@ def build_ui(app: App) -> gr.Blocks:
                 api_name=api_name,
                 concurrency_limit=None,
                 show_progress="hidden",
+                trigger_mode="multiple",
             )
             # Send again unless a reply is still being written in the chat shown (this one was refused, say).
-            reply.then(handlers.reply_buttons, None, buttons, **private)
-            reply.then(handlers.context_meter, meter_inputs, meter, show_progress="hidden", **private)
+            reply.then(handlers.reply_buttons, None, buttons, trigger_mode="multiple", **private)
+            reply.then(
+                handlers.context_meter, meter_inputs, meter, show_progress="hidden", trigger_mode="multiple", **private
+            )
         stop_button.click(handlers.stop, None, notice, api_name="stop", queue=False)
         demo.unload(handlers.stop_on_unload)
 

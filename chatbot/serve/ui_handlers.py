@@ -50,6 +50,10 @@ SAVE_INTERVAL_SECONDS = 0.5  # how often a streaming reply is written to the bro
 # normally); a bound, so a stuck reply cannot hold the page.
 STOP_WAIT_SECONDS = 10.0
 ARCHIVE_FORMAT = "qwen3-chat-archive"  # "Export all": {"format": ..., "chats": [record, ...]}
+# A reply's last outputs when its chat was deleted under it. Gradio ends a streaming event by sending its
+# last value of every output again; without this, the chat as last drawn (question and partial reply) would
+# come back after Clear, and its record would save the deleted chat again.
+LEAVE_THE_PAGE_ALONE = (gr.skip(),) * 5
 BUSY = "A reply is still being written in this chat: wait for it or press Stop (Esc), then try again."
 FULL_CHAT = "Start a new chat (this one stays saved in this browser), or start the server with a larger --max-chat-mb."
 
@@ -279,19 +283,23 @@ class ChatHandlers:
                     with stop.drawing() as shown_here:
                         if shown_here:
                             shown = [*earlier, user_message(message), *live.messages()]
-                            yield shown, gr.skip(), "", conversation, saved
+                            # The notice is left alone: one saying why a Send during this reply was
+                            # refused would otherwise be wiped by the next piece, 0.1 s later.
+                            yield shown, gr.skip(), gr.skip(), conversation, saved
                         elif saving:  # its tab shows another chat: saved, not drawn
                             yield gr.skip(), gr.skip(), gr.skip(), gr.skip(), saved
             except ChatbotError as error:
                 conversation.turns.extend(restore)
                 if stop.discarded == "dropped":
+                    yield LEAVE_THE_PAGE_ALONE
                     return
                 shown = conversation_messages(conversation), message, notice_html(error), conversation
                 with stop.drawing() as shown_here:
                     yield *(shown if shown_here else (gr.skip(),) * 4), record(False)
                 return
-            if stop.discarded == "dropped":
-                return  # the chat was cleared: nothing of this reply is kept
+            if stop.discarded == "dropped":  # the chat was cleared: nothing of this reply is kept
+                yield LEAVE_THE_PAGE_ALONE
+                return
             interrupted = live.done is not None and live.done.finish_reason == "cancelled" and not stop.is_set()
             if live.done is None or (live.done.finish_reason == "cancelled" and not live.done.full_response.strip()):
                 # Stopped before the model wrote anything: nothing to keep, the text goes back in the box.
@@ -326,10 +334,13 @@ class ChatHandlers:
         running = self.stops.running(session_of(request))
         return gr.update(visible=not running), gr.update(visible=running)
 
-    def stop(self, request: gr.Request) -> str:
-        """Stop the reply this tab shows (its other chats' replies and other sessions keep theirs)."""
+    def stop(self, request: gr.Request) -> Any:
+        """Stop the reply this tab shows (its other chats' replies and other sessions keep theirs).
+
+        The notice is left alone when a reply was stopped: a queued one says "Stopped before the model
+        started" at once, and an answer to this click arriving after it must not wipe that."""
         stopped = self.stops.stop(session_of(request))
-        return "" if stopped else notice_html("Nothing to stop.")
+        return gr.skip() if stopped else notice_html("Nothing to stop.")
 
     def stop_on_unload(self, request: gr.Request) -> None:
         """A closed or reloaded tab stops its reply (the page saved it as far as it got)."""

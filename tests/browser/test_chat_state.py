@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 from gradio_client import Client
-from helpers.app import WAIT_LIMIT_SECONDS, RunningApp, running_app
+from helpers.app import WAIT_LIMIT_SECONDS, RunningApp, free_port, running_app, start_app, stop_app
 from helpers.browser import open_page, open_settings, send, set_slider, wait_for_stats
 
 LONG_REPLY_TOKENS = 4000  # below the random model's max-new-tokens bound (its context less room for a prompt)
@@ -192,3 +192,34 @@ def test_reload_mid_reply_leaves_the_box_empty_and_counts_the_tokens_so_far(brow
     tokens = int(re.search(r"(?<![\d.])(\d+) tokens?(?!/)", stats).group(1))
     assert tokens > 10, stats
     page.context.close()
+
+
+def test_a_message_sent_while_the_server_is_down_is_back_in_the_box_when_it_returns(
+    browser, scripted_fp8: Path, tmp_path: Path
+) -> None:
+    ports = (free_port(), free_port())
+    args = ["--model", str(scripted_fp8)]
+    with running_app(args, tmp_path / "first.log", ports=ports) as app:
+        page = open_page(browser, app)
+        page.uncheck("#qc-thinking input")
+        stop_app(app)  # the server goes away (a restart, a crash)
+        box = page.locator("#qc-message textarea")
+        box.press_sequentially("Typed while the server was away")  # key by key, as a user types
+        box.press("Enter")
+        page.wait_for_timeout(3000)  # whatever the page tries meanwhile fails
+        assert box.input_value() == "Typed while the server was away"
+        page.evaluate("() => { window.qcBeforeTheRestart = true; }")
+        app.process = start_app(args, tmp_path / "second.log", ports=ports).process
+        # The page reconnects by itself (Gradio reloads it) and the message is offered again, in the box.
+        page.wait_for_function(
+            "() => !window.qcBeforeTheRestart && document.querySelector('#qc-badge [data-status=ready]')"
+        )
+        page.wait_for_function("() => sessionStorage.getItem('qwen3-chat:current')")
+        page.wait_for_function(
+            "() => document.querySelector('#qc-message textarea').value === 'Typed while the server was away'"
+        )
+        box.press("Enter")  # and it goes now
+        page.wait_for_selector("#qc-chat .message.user:has-text('Typed while the server was away')")
+        wait_for_stats(page, 1)
+        assert box.input_value() == ""
+        page.context.close()
