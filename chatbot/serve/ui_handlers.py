@@ -55,6 +55,10 @@ ARCHIVE_FORMAT = "qwen3-chat-archive"  # "Export all": {"format": ..., "chats": 
 # come back after Clear, and its record would save the deleted chat again.
 LEAVE_THE_PAGE_ALONE = (gr.skip(),) * 5
 BUSY = "A reply is still being written in this chat: wait for it or press Stop (Esc), then try again."
+BUSY_SEND = (
+    "A reply is still being written in this chat: your message stays in the box; "
+    "send it once the reply ends, or press Stop (Esc) first."
+)
 FULL_CHAT = "Start a new chat (this one stays saved in this browser), or start the server with a larger --max-chat-mb."
 
 
@@ -156,7 +160,7 @@ class ChatHandlers:
             yield conversation_messages(conversation), message, notice_html(text), conversation, gr.skip()
             return
         if self.stops.running(session_of(request)):  # the message stays in the box, to send once it ends
-            yield gr.skip(), message, notice_html(BUSY), conversation, gr.skip()
+            yield gr.skip(), message, notice_html(BUSY_SEND), conversation, gr.skip()
             return
         yield from self._reply(inputs, message, session_of(request))
 
@@ -251,7 +255,8 @@ class ChatHandlers:
         with self.stops.reply(session, chat_id, conversation) as stop:
             if stop is None:  # another reply started in this chat meanwhile (a second Enter, say)
                 conversation.turns.extend(restore)
-                yield gr.skip(), message if branch is None else gr.skip(), notice_html(BUSY), conversation, gr.skip()
+                busy = notice_html(BUSY if branch else BUSY_SEND)
+                yield gr.skip(), message if branch is None else gr.skip(), busy, conversation, gr.skip()
                 return
             # The question is stored before the model starts: a reload from now on keeps it.
             with stop.drawing():
