@@ -1,5 +1,5 @@
 """The web chat's state during a reply, in a real browser: scrolling, actions while a reply is written,
-switching chats, Stop in the queue, reloads (Playwright + Debian's Chromium, offline).
+switching chats, Stop in the queue, reloads, a server outage (Playwright + Debian's Chromium, offline).
 
 .venv/bin/python -m pytest tests/browser/test_chat_state.py -q
 
