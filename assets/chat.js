@@ -162,10 +162,80 @@
     if (button) button.click();
   }, true);
 
-  window.qcScrollDown = () => {
-    const log = document.querySelector("#qc-chat .bubble-wrap") || document.querySelector("#qc-chat [role=log]");
-    if (log) log.scrollTop = log.scrollHeight;
+  // The unsent text is kept on every keystroke by the page itself, not through Gradio's events: once the
+  // server is out of reach Gradio sends no event at all (its own script hooks included) until it is back,
+  // then reloads the page, which puts the kept text back in the box. The server empties it (a change of the
+  // box's value, wired in ui.py) only once it has stored the message.
+  document.addEventListener("input", (event) => {
+    const box = event.target && event.target.closest && event.target.closest("#qc-message");
+    if (box && event.target.tagName === "TEXTAREA") store.draft(event.target.value);
+  }, true);
+
+  // Scrolling as in the chat apps people know: the chat follows a reply only while the reader is at the
+  // bottom; scrolled up, it stays put and a "Jump to latest" button brings the reader back (and following).
+  // (Gradio's own autoscroll is off: it scrolls 300 ms after each update, undoing a reader's scroll.)
+  const NEAR_BOTTOM = 40;  // px: this close to the end counts as at the bottom
+  const chatLog = () =>
+    document.querySelector("#qc-chat .bubble-wrap") || document.querySelector("#qc-chat [role=log]");
+  const atBottom = (log) => log.scrollHeight - log.scrollTop - log.clientHeight <= NEAR_BOTTOM;
+  const scroll = { follow: true, button: null };
+  const showJump = (shown) => {
+    const chat = document.querySelector("#qc-chat");
+    if (!chat) return;
+    if (!scroll.button || !chat.contains(scroll.button)) {
+      scroll.button = document.createElement("button");
+      scroll.button.id = "qc-jump";
+      scroll.button.type = "button";
+      scroll.button.textContent = "↓ Jump to latest";
+      scroll.button.addEventListener("click", () => window.qcScrollDown());
+      chat.appendChild(scroll.button);
+    }
+    scroll.button.hidden = !shown;
   };
+  window.qcScrollDown = () => {
+    scroll.follow = true;
+    const log = chatLog();
+    if (log) log.scrollTop = log.scrollHeight;
+    showJump(false);
+  };
+  const followIfReading = () => {
+    const log = chatLog();
+    if (!log) return;
+    if (scroll.follow) log.scrollTop = log.scrollHeight;
+    showJump(!scroll.follow && !atBottom(log));
+  };
+  // The reader's own moves: a wheel, a drag or a key up stops following at once; reaching the end resumes.
+  const readerMoved = (event) => {
+    const log = chatLog();
+    if (!log || !event.target || !event.target.closest || !event.target.closest("#qc-chat")) return;
+    if (event.type === "wheel" && event.deltaY < 0) scroll.follow = false;
+    if (event.type === "scroll") {
+      if (atBottom(log)) scroll.follow = true;
+      else if (event.isTrusted && scroll.dragging) scroll.follow = false;
+      showJump(!scroll.follow && !atBottom(log));
+    }
+  };
+  document.addEventListener("wheel", readerMoved, { capture: true, passive: true });
+  document.addEventListener("scroll", readerMoved, true);
+  document.addEventListener("pointerdown", (event) => {
+    scroll.dragging = Boolean(event.target && event.target.closest && event.target.closest("#qc-chat"));
+  }, true);
+  document.addEventListener("pointerup", () => { scroll.dragging = false; }, true);
+  document.addEventListener("touchmove", (event) => {
+    if (event.target && event.target.closest && event.target.closest("#qc-chat")) scroll.follow = false;
+  }, { capture: true, passive: true });
+  let chatObserved = null;
+  const observeChat = setInterval(() => {
+    const chat = document.querySelector("#qc-chat");
+    if (!chat || chat === chatObserved) return;
+    chatObserved = chat;
+    new MutationObserver(() => requestAnimationFrame(followIfReading)).observe(chat, {
+      childList: true,
+      subtree: true,
+      characterData: true,
+    });
+  }, 200);
+  window.addEventListener("beforeunload", () => clearInterval(observeChat));
 
   window.qcTheme = (choice) => {
     const dark =

@@ -164,7 +164,7 @@ def serve(settings: Settings, warnings: list[str] | None = None) -> None:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     app = create_app(settings)
     draining = DrainingBackend(app.backend)
-    app.backend = draining  # type: ignore[assignment]  # the same Backend, with a count of running replies
+    app.backend = draining  # the same Backend, with a count of running replies
     api_server = start_api(app)
     # From now on SIGTERM drains first: no new requests, running replies get the grace period, the rest
     # end with a message; a second SIGTERM ends the process at once.

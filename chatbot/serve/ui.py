@@ -26,6 +26,7 @@ import html
 import json
 import logging
 import os
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,7 +40,7 @@ from .session_budget import SessionBudget
 from .session_owner import SessionOwnership, cookie_key
 from .slow_clients import deadline_by_default
 from .ui_errors import EventErrors, log_event_errors
-from .ui_handlers import ChatHandlers
+from .ui_handlers import ChatHandlers, ReplyInputs
 from .ui_render import ESCAPED_TAGS
 from .ui_session import storage_secret
 from .uploads import UPLOAD_TTL_SECONDS, UploadQuota, discard_upload
@@ -70,7 +71,7 @@ SHORTCUTS = """| keys | does |
 # js hooks of events (run in the page before the Python function; their values replace the inputs)
 JS_RESTORE = "(record, draft, prompt) => [qcStore.readText(qcStore.current()), qcStore.draft(), prompt]"
 JS_INDEX = "(index, id) => [JSON.stringify(qcStore.index(qcStore.searchText())), id]"
-JS_OPEN = "(id, record, ...rest) => [id, qcStore.readText(id), ...rest]"
+JS_OPEN = "(id, record, ...rest) => { qcScrollDown(); return [id, qcStore.readText(id), ...rest]; }"
 JS_SCROLL = "(...args) => { qcScrollDown(); return args; }"
 JS_SWITCH = "(request, ...rest) => [qcVersions.request, ...rest]"
 
@@ -284,7 +285,7 @@ def build_ui(app: App) -> gr.Blocks:
             editable="user",  # any question can be edited: answered again from there, earlier version kept
             feedback_options=None,
             group_consecutive_messages=False,
-            autoscroll=True,
+            autoscroll=False,  # the page follows a reply only while the reader is at the bottom (chat.js)
             placeholder="<div class='qc-empty'><b>Ask anything.</b><br>English, 中文, code, Markdown, math…</div>",
         )
         notice = gr.HTML("", elem_id="qc-notice")
@@ -339,10 +340,18 @@ def build_ui(app: App) -> gr.Blocks:
         # (not beside the reply) so that a quick reply cannot finish before it. An edit's first step also
         # keeps what was edited: the Chatbot's event data does not reach the steps chained after it.
         buttons = [send_button, stop_button]
-        for triggers, start, start_outputs, handler, inputs, api_name in (
-            ([message_box.submit, send_button.click], show_stop_button, buttons, handlers.send, [message_box], "chat"),
-            ([regenerate_button.click, chat.retry], show_stop_button, buttons, handlers.regenerate, [], "regenerate"),
-            ([chat.edit], take_edit, [edit_request, *buttons], handlers.edit_message, [edit_request], "edit_message"),
+        controls = reply_components(
+            enable_thinking=thinking,
+            system_prompt=system_prompt,
+            **dict(zip(SETTING_NAMES[2:], sampling, strict=True)),
+            conversation=conversation,
+            chat_id=chat_id,
+            title=title,
+        )
+        for triggers, start, start_outputs, handler, first, api_name in (
+            ([message_box.submit, send_button.click], show_stop_button, buttons, handlers.send, message_box, "chat"),
+            ([regenerate_button.click, chat.retry], show_stop_button, buttons, handlers.regenerate, None, "regenerate"),
+            ([chat.edit], take_edit, [edit_request, *buttons], handlers.edit_message, edit_request, "edit_message"),
         ):
             started = gr.on(
                 triggers,
@@ -350,20 +359,28 @@ def build_ui(app: App) -> gr.Blocks:
                 None,
                 start_outputs,
                 concurrency_limit=None,
-                trigger_mode="once",
+                trigger_mode="multiple",  # one during a reply is refused at once, saying why (not ignored)
                 js=JS_SCROLL,
                 **private,
             )
+            leading = {} if first is None else {"message" if first is message_box else "edit_request": first}
+            # Every step "multiple": a chained step defaults to "once", which makes the page drop a second
+            # Enter's reply step while the first reply (the same step) still streams, without a word.
             reply = started.then(
-                handler,
-                [*inputs, thinking, system_prompt, *sampling, *chat_states],
+                reply_event(handler, *leading),
+                None,
                 reply_outputs,
+                inputs_kwargs={**leading, **controls},
                 api_name=api_name,
                 concurrency_limit=None,
                 show_progress="hidden",
+                trigger_mode="multiple",
             )
-            reply.then(show_send_button, None, buttons, **private)
-            reply.then(handlers.context_meter, meter_inputs, meter, show_progress="hidden", **private)
+            # Send again unless a reply is still being written in the chat shown (this one was refused, say).
+            reply.then(handlers.reply_buttons, None, buttons, trigger_mode="multiple", **private)
+            reply.then(
+                handlers.context_meter, meter_inputs, meter, show_progress="hidden", trigger_mode="multiple", **private
+            )
         stop_button.click(handlers.stop, None, notice, api_name="stop", queue=False)
         demo.unload(handlers.stop_on_unload)
 
@@ -409,16 +426,21 @@ def build_ui(app: App) -> gr.Blocks:
         # Typing in the search box and other tabs' changes redraw the list through the page's debounced refresh.
         refresh_list.click(handlers.chat_list, [chat_index, chat_id], chats.chats, js=JS_INDEX, queue=False, **private)
         new_outputs = [chat, conversation, chat_id, title, notice, record]
-        gr.on([chats.new_button.click], handlers.new_chat, system_prompt, new_outputs, api_name="new_chat").then(
-            handlers.chat_list, [chat_index, chat_id], chats.chats, js=JS_INDEX, queue=False, **private
-        ).then(**meter_again, **private)
-        chats.chats.input(
+        # A reply running in the chat left goes on (saved, not drawn): Send or Stop follow the chat shown.
+        new = gr.on([chats.new_button.click], handlers.new_chat, system_prompt, new_outputs, api_name="new_chat")
+        new.then(handlers.chat_list, [chat_index, chat_id], chats.chats, js=JS_INDEX, queue=False, **private).then(
+            **meter_again, **private
+        )
+        new.then(handlers.reply_buttons, None, buttons, **private)
+        opened = chats.chats.input(
             handlers.open_chat,
             [chats.chats, read_record, conversation],
             [chat, conversation, chat_id, title, notice, system_prompt],
             js=JS_OPEN,
             **private,
-        ).then(handlers.context_meter, meter_inputs, meter, show_progress="hidden", **private)
+        )
+        opened.then(handlers.context_meter, meter_inputs, meter, show_progress="hidden", **private)
+        opened.then(handlers.reply_buttons, None, buttons, **private)
         chats.rename_button.click(
             handlers.rename,
             [chats.title_box, conversation, chat_id],
@@ -431,13 +453,13 @@ def build_ui(app: App) -> gr.Blocks:
             chat_states,
             [chat, conversation, chat_id, title, record, deleted_id, kept_for_undo, chats.undo_delete_button],
             api_name="clear",
-        ).then(**meter_again, **private)
+        ).then(**meter_again, **private).then(handlers.reply_buttons, None, buttons, **private)
         chats.undo_delete_button.click(
             handlers.undo_delete,
             kept_for_undo,
             [chat, conversation, chat_id, title, record, chats.undo_delete_button],
             **private,
-        ).then(**meter_again, **private)
+        ).then(**meter_again, **private).then(handlers.reply_buttons, None, buttons, **private)
         chats.export_button.click(
             handlers.export_conversation, chat_states, export_file, api_name="export_conversation"
         ).then(None, export_file, None, js="(file) => { qcStore.downloadFile(file); }", **private)
@@ -449,9 +471,10 @@ def build_ui(app: App) -> gr.Blocks:
             api_name="import_conversation",
         ).then(**meter_again, **private)
 
-        message_box.input(None, message_box, None, js="(text) => { qcStore.draft(text); }", **private)
-        message_box.submit(None, None, None, js="() => { qcStore.draft(''); }", **private)
-        send_button.click(None, None, None, js="() => { qcStore.draft(''); }", **private)
+        # The unsent text is kept in the tab: typed, or put back by the server (a refused message). It is
+        # emptied only when the server has stored the message (its reply's first step empties the box),
+        # so a message that never reached the server (it was down) stays, and a sent one never comes back.
+        message_box.change(None, message_box, None, js="(text) => { qcStore.draft(text); }", **private)
 
         # Settings: kept per browser, restored on load; the theme applies at once.
         setting_controls = [panel.theme, thinking, *sampling]
@@ -486,6 +509,25 @@ def build_ui(app: App) -> gr.Blocks:
     return demo
 
 
+def reply_components(**components: Any) -> dict[str, Any]:
+    """The components a reply reads, by ``ReplyInputs`` field name (all of them, no other)."""
+    if tuple(components) != ReplyInputs.names():
+        raise ValueError(f"reply inputs {tuple(components)} differ from ReplyInputs {ReplyInputs.names()}")
+    return components
+
+
+def reply_event(handler: Callable[..., Iterator[Any]], *leading: str) -> Callable[..., Iterator[Any]]:
+    """Gradio's function for a reply event: the values come by name (``inputs_kwargs``) and go to ``handler``
+    as its ``leading`` arguments (the message, or the edit) then one ``ReplyInputs``."""
+
+    def event(request: gr.Request, **values: Any) -> Iterator[Any]:
+        first = [values.pop(name) for name in leading]
+        yield from handler(*first, ReplyInputs(**values), request)
+
+    event.__name__ = handler.__name__
+    return event
+
+
 def show_stop_button() -> tuple[Any, Any]:
     return gr.update(visible=False), gr.update(visible=True)
 
@@ -494,10 +536,6 @@ def take_edit(edit: gr.EditData) -> tuple[Any, ...]:
     """An edited question as JSON text for the next step (which position in the chat, the new text)."""
     request = json.dumps({"index": edit.index, "value": edit.value}, ensure_ascii=False)
     return request, *show_stop_button()
-
-
-def show_send_button() -> tuple[Any, Any]:
-    return gr.update(visible=True), gr.update(visible=False)
 
 
 def save_settings(*values: Any) -> dict[str, Any]:

@@ -14,7 +14,7 @@ import json
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +51,15 @@ SAVE_INTERVAL_SECONDS = 0.5  # how often a streaming reply is written to the bro
 # normally); a bound, so a stuck reply cannot hold the page.
 STOP_WAIT_SECONDS = 10.0
 ARCHIVE_FORMAT = "qwen3-chat-archive"  # "Export all": {"format": ..., "chats": [record, ...]}
-BUSY = "A reply is still being written: wait for it or press Stop, then try again."
+# A reply's last outputs when its chat was deleted under it. Gradio ends a streaming event by sending its
+# last value of every output again; without this, the chat as last drawn (question and partial reply) would
+# come back after Clear, and its record would save the deleted chat again.
+LEAVE_THE_PAGE_ALONE = (gr.skip(),) * 5
+BUSY = "A reply is still being written in this chat: wait for it or press Stop (Esc), then try again."
+BUSY_SEND = (
+    "A reply is still being written in this chat: your message stays in the box; "
+    "send it once the reply ends, or press Stop (Esc) first."
+)
 FULL_CHAT = "Start a new chat (this one stays saved in this browser), or start the server with a larger --max-chat-mb."
 
 
@@ -80,6 +88,37 @@ def take_pending_edit(conversation: Conversation) -> Branch | None:
         return None
     branch, before = pending
     return branch if conversation.to_list() == before else None
+
+
+@dataclass(frozen=True)
+class ReplyInputs:
+    """What a reply reads from the page besides its message: the chat controls' values and the tab's chat.
+
+    ``ui.py`` wires one component to each field by name (``reply_components``), so the page and the
+    handlers cannot drift apart; the names are also the parameters of /chat, /regenerate and /edit_message.
+    """
+
+    enable_thinking: bool
+    system_prompt: str
+    temperature: float
+    top_p: float
+    top_k: float
+    max_new_tokens: float
+    presence_penalty: float
+    repetition_penalty: float
+    min_new_tokens: float
+    conversation: Conversation
+    chat_id: str
+    title: str
+
+    @classmethod
+    def names(cls) -> tuple[str, ...]:
+        return tuple(item.name for item in fields(cls))
+
+    def sampling(self) -> dict[str, float]:
+        """The sampling sliders' values, as ``sampling_kwargs`` takes them."""
+        names = ("temperature", "top_p", "top_k", "max_new_tokens", "presence_penalty", "repetition_penalty")
+        return {name: getattr(self, name) for name in (*names, "min_new_tokens")}
 
 
 def notice_html(error: ChatbotError | str) -> str:
@@ -127,24 +166,9 @@ class ChatHandlers:
         context = backend.context_window()
         return backend.limits.bound(max_new_tokens_bound(context)) if context else None
 
-    def send(
-        self,
-        message: str,
-        enable_thinking: bool,
-        system_prompt: str,
-        temperature: float,
-        top_p: float,
-        top_k: float,
-        max_new_tokens: float,
-        presence_penalty: float,
-        repetition_penalty: float,
-        min_new_tokens: float,
-        conversation: Conversation,
-        chat_id: str,
-        title: str,
-        request: gr.Request,
-    ) -> Iterator[tuple[Any, ...]]:
+    def send(self, message: str, inputs: ReplyInputs, request: gr.Request) -> Iterator[tuple[Any, ...]]:
         """Stream the reply to ``message``; outputs (chat, message box, notice, conversation, record)."""
+        conversation, chat_id = inputs.conversation, inputs.chat_id
         lost = self.session_lost(conversation, chat_id)
         if lost is not None:  # nothing is saved: the browser keeps the chat as it was
             yield gr.skip(), message, lost, conversation, gr.skip()
@@ -153,41 +177,16 @@ class ChatHandlers:
             text = "Type a message first." if not message else "The message is only blank space: type some text."
             yield conversation_messages(conversation), message, notice_html(text), conversation, gr.skip()
             return
-        options = self._options(
-            temperature, top_p, top_k, max_new_tokens, presence_penalty, repetition_penalty, min_new_tokens
-        )
+        if self.stops.running(session_of(request)):  # the message stays in the box, to send once it ends
+            yield gr.skip(), message, notice_html(BUSY_SEND), conversation, gr.skip()
+            return
         branch = take_pending_edit(conversation)  # after Edit last (or ↑): the old exchange stays a version
-        yield from self._reply(
-            conversation,
-            message,
-            enable_thinking,
-            system_prompt,
-            options,
-            session_of(request),
-            chat_id,
-            title,
-            branch,
-            client=web_client(request),
-        )
+        yield from self._reply(inputs, message, session_of(request), branch, client=web_client(request))
 
-    def regenerate(
-        self,
-        enable_thinking: bool,
-        system_prompt: str,
-        temperature: float,
-        top_p: float,
-        top_k: float,
-        max_new_tokens: float,
-        presence_penalty: float,
-        repetition_penalty: float,
-        min_new_tokens: float,
-        conversation: Conversation,
-        chat_id: str,
-        title: str,
-        request: gr.Request,
-    ) -> Iterator[tuple[Any, ...]]:
+    def regenerate(self, inputs: ReplyInputs, request: gr.Request) -> Iterator[tuple[Any, ...]]:
         """Answer the last message again (the previous answer comes back if this one fails)."""
-        lost = self.session_lost(conversation, chat_id)
+        conversation = inputs.conversation
+        lost = self.session_lost(conversation, inputs.chat_id)
         if lost is not None:
             yield gr.skip(), gr.skip(), lost, conversation, gr.skip()
             return
@@ -199,48 +198,18 @@ class ChatHandlers:
         if self.stops.running(session_of(request)):
             yield gr.skip(), gr.skip(), notice_html(BUSY), conversation, gr.skip()
             return
-        options = self._options(
-            temperature, top_p, top_k, max_new_tokens, presence_penalty, repetition_penalty, min_new_tokens
-        )
         branch = Branch("assistant", versions_before_change(conversation, last), conversation.turns[last - 1 :])
         del conversation.turns[last - 1 :]
         question = branch.removed[0].content
-        session = session_of(request)
-        yield from self._reply(
-            conversation,
-            question,
-            enable_thinking,
-            system_prompt,
-            options,
-            session,
-            chat_id,
-            title,
-            branch,
-            client=web_client(request),
-        )
+        yield from self._reply(inputs, question, session_of(request), branch, client=web_client(request))
 
-    def edit_message(
-        self,
-        edit_request: str,
-        enable_thinking: bool,
-        system_prompt: str,
-        temperature: float,
-        top_p: float,
-        top_k: float,
-        max_new_tokens: float,
-        presence_penalty: float,
-        repetition_penalty: float,
-        min_new_tokens: float,
-        conversation: Conversation,
-        chat_id: str,
-        title: str,
-        request: gr.Request,
-    ) -> Iterator[tuple[Any, ...]]:
+    def edit_message(self, edit_request: str, inputs: ReplyInputs, request: gr.Request) -> Iterator[tuple[Any, ...]]:
         """A question edited in place (any of them): answered again from there; what followed it before
         is kept as the question's earlier version (‹ › under the answer switch back).
 
         ``edit_request``: JSON {"index": position of the message in the chat as drawn, "value": new text}.
         """
+        conversation = inputs.conversation
         edit = from_text(edit_request)
         edit = edit if isinstance(edit, dict) else {}
         drawn = indexed_messages(conversation)
@@ -261,27 +230,12 @@ class ChatHandlers:
         if text == conversation.turns[index].content and index + 1 < len(conversation.turns):
             yield conversation_messages(conversation), gr.skip(), "", conversation, gr.skip()  # nothing changed
             return
-        options = self._options(
-            temperature, top_p, top_k, max_new_tokens, presence_penalty, repetition_penalty, min_new_tokens
-        )
         branch = Branch("user", versions_before_change(conversation, index), conversation.turns[index:])
         del conversation.turns[index:]
-        session = session_of(request)
-        yield from self._reply(
-            conversation,
-            text,
-            enable_thinking,
-            system_prompt,
-            options,
-            session,
-            chat_id,
-            title,
-            branch,
-            client=web_client(request),
-        )
+        yield from self._reply(inputs, text, session_of(request), branch, client=web_client(request))
 
-    def _options(self, *values: float) -> dict[str, Any]:
-        options = sampling_kwargs(*values)
+    def _options(self, inputs: ReplyInputs) -> dict[str, Any]:
+        options = sampling_kwargs(**inputs.sampling())
         limit = self.max_new_tokens_limit() or self.app.backend.limits.max_new_tokens_cap
         if limit is not None and options["max_new_tokens"] > limit:
             # A value past the context (an old saved setting, an API call) would make every message fail.
@@ -291,27 +245,25 @@ class ChatHandlers:
 
     def _reply(
         self,
-        conversation: Conversation,
+        inputs: ReplyInputs,
         message: str,
-        enable_thinking: bool,
-        system_prompt: str,
-        options: dict[str, Any],
         session: str,
-        chat_id: str,
-        title: str,
         branch: Branch | None = None,
         client: str = "ui:unknown",
     ) -> Iterator[tuple[Any, ...]]:
-        """Stream a reply to ``message`` after ``conversation``; ``branch``: what an edit or a regeneration
+        """Stream a reply to ``message`` after ``inputs.conversation``; ``branch``: what an edit or a regeneration
         replaced (put back if this reply fails, kept as a version once it succeeds); ``client``: whose fair
         turn it takes (``web_client``)."""
-        conversation.system_prompt = system_prompt.strip()
+        conversation, chat_id, title = inputs.conversation, inputs.chat_id, inputs.title
+        options = self._options(inputs)
+        conversation.system_prompt = inputs.system_prompt.strip()
         earlier = conversation_messages(conversation)
         live = LiveReply()
         restore = branch.removed if branch is not None else []
 
-        def record(pending: bool) -> str:
-            exchange = pending_exchange(message, live.thinking, live.answer, live.stats) if pending else None
+        def record(pending: bool, tokens: int | None = None) -> str:
+            stats = live.stats if tokens is None else {**live.stats, "new_tokens": tokens}
+            exchange = pending_exchange(message, live.thinking, live.answer, stats) if pending else None
             if exchange and branch is not None:  # a reload mid-reply keeps the earlier versions too
                 changed = exchange[0 if branch.role == "user" else 1]
                 shown = {key: changed[key] for key in ("content", "thinking", "stats") if key in changed}
@@ -325,15 +277,21 @@ class ChatHandlers:
             conversation.turns.extend(restore)
             yield conversation_messages(conversation), message, notice_html(error), conversation, gr.skip()
             return
-        # The question is stored before the model starts: a reload from now on keeps it.
-        yield [*earlier, user_message(message), *live.messages()], "", "", conversation, grown
-        with self.stops.reply(session) as stop:
+        with self.stops.reply(session, chat_id, conversation) as stop:
+            if stop is None:  # another reply started in this chat meanwhile (a second Enter, say)
+                conversation.turns.extend(restore)
+                busy = notice_html(BUSY if branch else BUSY_SEND)
+                yield gr.skip(), message if branch is None else gr.skip(), busy, conversation, gr.skip()
+                return
+            # The question is stored before the model starts: a reload from now on keeps it.
+            with stop.drawing():
+                yield [*earlier, user_message(message), *live.messages()], "", "", conversation, grown
             try:
                 next_update = next_save = 0.0
                 backend = self.app.backend
                 request = ChatRequest.build(
                     conversation.messages_with(message),
-                    enable_thinking=enable_thinking,
+                    enable_thinking=inputs.enable_thinking,
                     client=client,  # the login or the address: a new tab is no new client
                     limits=backend.limits,
                     **options,
@@ -344,47 +302,79 @@ class ChatHandlers:
                     first_of_its_kind = isinstance(event, QueuePosition) or _starts_a_part(event, live)
                     live.apply(event)
                     now = time.perf_counter()
-                    if stop.discarded or live.done is not None or (now < next_update and not first_of_its_kind):
+                    if stop.discarded == "dropped" or live.done is not None:
+                        continue
+                    if now < next_update and not first_of_its_kind:
                         continue
                     next_update = now + STREAM_INTERVAL_SECONDS
                     saving = now >= next_save
                     next_save = now + SAVE_INTERVAL_SECONDS if saving else next_save
-                    shown = [*earlier, user_message(message), *live.messages()]
-                    yield shown, gr.skip(), "", conversation, record(True) if saving else gr.skip()
+                    saved = record(True, self._tokens_so_far(live)) if saving else gr.skip()
+                    with stop.drawing() as shown_here:
+                        if shown_here:
+                            shown = [*earlier, user_message(message), *live.messages()]
+                            # The notice is left alone: one saying why a Send during this reply was
+                            # refused would otherwise be wiped by the next piece, 0.1 s later.
+                            yield shown, gr.skip(), gr.skip(), conversation, saved
+                        elif saving:  # its tab shows another chat: saved, not drawn
+                            yield gr.skip(), gr.skip(), gr.skip(), gr.skip(), saved
             except ChatbotError as error:
                 conversation.turns.extend(restore)
                 if stop.discarded == "dropped":
+                    yield LEAVE_THE_PAGE_ALONE
                     return
-                yield conversation_messages(conversation), message, notice_html(error), conversation, record(False)
+                refused = conversation_messages(conversation), message, notice_html(error), conversation
+                with stop.drawing() as shown_here:
+                    yield *(refused if shown_here else (gr.skip(),) * 4), record(False)
                 return
-        if stop.discarded == "dropped":
-            return  # the chat was cleared: nothing of this reply is kept
-        if live.done is None or (live.done.finish_reason == "cancelled" and not live.done.full_response.strip()):
-            # Stopped before the model wrote anything: nothing to keep, the text goes back in the box.
-            conversation.turns.extend(restore)
-            if stop.discarded:
-                yield gr.skip(), gr.skip(), gr.skip(), gr.skip(), record(False)
+            if stop.discarded == "dropped":  # the chat was cleared: nothing of this reply is kept
+                yield LEAVE_THE_PAGE_ALONE
                 return
-            text = "Stopped before the model started on this message."
-            yield conversation_messages(conversation), message, notice_html(text), conversation, record(False)
-            return
-        conversation.add_exchange(message, live.done)
-        conversation.turns[-1].stats = live.stats
-        if branch is not None:  # edited or regenerated: what was there stays as a version to switch back to
-            add_version(conversation.turns[-2 if branch.role == "user" else -1], branch.versions)
-        if stop.discarded:  # the tab moved to another chat: this one is saved, the screen is left alone
-            yield gr.skip(), gr.skip(), gr.skip(), gr.skip(), record(False)
-            return
-        yield conversation_messages(conversation), gr.skip(), "", conversation, record(False)
+            interrupted = live.done is not None and live.done.finish_reason == "cancelled" and not stop.is_set()
+            if live.done is None or (live.done.finish_reason == "cancelled" and not live.done.full_response.strip()):
+                # Stopped before the model wrote anything: nothing to keep, the text goes back in the box.
+                conversation.turns.extend(restore)
+                with stop.drawing() as shown_here:
+                    if not shown_here:
+                        yield gr.skip(), gr.skip(), gr.skip(), gr.skip(), record(False)
+                        return
+                    text = "Stopped before the model started on this message."
+                    yield conversation_messages(conversation), message, notice_html(text), conversation, record(False)
+                return
+            conversation.add_exchange(message, live.done)
+            # Cancelled by the server (shutting down), not by the user's Stop: said so, not "stopped".
+            conversation.turns[-1].stats = live.stats | ({"finish_reason": "interrupted"} if interrupted else {})
+            if branch is not None:  # edited or regenerated: what was there stays as a version to switch back to
+                add_version(conversation.turns[-2 if branch.role == "user" else -1], branch.versions)
+            with stop.drawing() as shown_here:
+                if not shown_here:  # the tab shows another chat: this one is saved, the screen is left alone
+                    yield gr.skip(), gr.skip(), gr.skip(), gr.skip(), record(False)
+                    return
+                yield conversation_messages(conversation), gr.skip(), "", conversation, record(False)
 
-    def stop(self, request: gr.Request) -> str:
-        """Stop this session's running reply (other sessions keep theirs)."""
+    def _tokens_so_far(self, live: LiveReply) -> int | None:
+        """The tokens of a reply still streaming, counted with the model's tokenizer (None without one)."""
+        loaded = self.app.backend.loaded
+        if loaded is None:
+            return None
+        return len(loaded.tokenizer.encode(live.thinking + live.answer, add_special_tokens=False))
+
+    def reply_buttons(self, request: gr.Request) -> tuple[Any, Any]:
+        """Send, or Stop while a reply is being written in the chat this tab shows (outputs: send, stop)."""
+        running = self.stops.running(session_of(request))
+        return gr.update(visible=not running), gr.update(visible=running)
+
+    def stop(self, request: gr.Request) -> Any:
+        """Stop the reply this tab shows (its other chats' replies and other sessions keep theirs).
+
+        The notice is left alone when a reply was stopped: a queued one says "Stopped before the model
+        started" at once, and an answer to this click arriving after it must not wipe that."""
         stopped = self.stops.stop(session_of(request))
-        return "" if stopped else notice_html("Nothing to stop.")
+        return gr.skip() if stopped else notice_html("Nothing to stop.")
 
     def stop_on_unload(self, request: gr.Request) -> None:
         """A closed or reloaded tab stops its reply (the page saved it as far as it got)."""
-        self.stops.stop(session_of(request))
+        self.stops.stop(session_of(request), everywhere=True)
 
     # --- editing the chat ---------------------------------------------------------------------------------
 
@@ -434,8 +424,8 @@ class ChatHandlers:
     # --- chats: new, open, rename, delete and undo --------------------------------------------------------
 
     def new_chat(self, system_prompt: str, request: gr.Request) -> tuple[Any, ...]:
-        """A fresh chat in this tab; a reply still running in the old one finishes there and is saved."""
-        self.stops.stop_and_wait(session_of(request), STOP_WAIT_SECONDS, detach=True)
+        """A fresh chat in this tab; a reply still running in the old one goes on there and is saved."""
+        self.stops.detach(session_of(request), STOP_WAIT_SECONDS)
         fresh = Conversation(system_prompt.strip())
         return [], fresh, new_chat_id(), "", "", as_text(saved_form(fresh, ""))
 
@@ -445,13 +435,18 @@ class ChatHandlers:
         if not chosen or not isinstance(record, dict):
             notice = notice_html("That chat is no longer saved in this browser (deleted in another tab?).")
             return gr.skip(), conversation, gr.skip(), gr.skip(), notice, gr.skip()
-        self.stops.stop_and_wait(session_of(request), STOP_WAIT_SECONDS, detach=True)
+        session = session_of(request)
+        self.stops.detach(session, STOP_WAIT_SECONDS)  # a reply running here goes on, saved, not drawn
         try:
             check_chat_size(record, self.app.settings.max_chat_mb, saved)
             opened = from_saved_form(record, "")
         except ChatbotError as error:
             return gr.skip(), conversation, gr.skip(), gr.skip(), notice_html(error), gr.skip()
         title = str(record.get("title") or "")
+        running = self.stops.attach(session, chosen)
+        if running is not None and running.conversation is not None:
+            # Its reply is still being written: shown as saved so far, then drawn live again from its next piece.
+            return conversation_messages(opened), running.conversation, chosen, title, "", opened.system_prompt
         return conversation_messages(opened), opened, chosen, title, "", opened.system_prompt
 
     def rename(self, new_title: str, conversation: Conversation, chat_id: str) -> tuple[Any, ...]:
@@ -476,7 +471,7 @@ class ChatHandlers:
         """Bring the last deleted chat back (outputs: chat, conversation, chat id, title, record, undo button)."""
         if not isinstance(kept, dict):
             return gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.update(visible=False)
-        self.stops.stop_and_wait(session_of(request), STOP_WAIT_SECONDS, detach=True)
+        self.stops.detach(session_of(request), STOP_WAIT_SECONDS)
         restored = from_saved_form(kept, "")
         title = str(kept.get("title") or "")
         record = saved_form(restored, str(kept["id"]), title) | {"undeleted": True}  # the page lifts its tombstone

@@ -182,7 +182,7 @@ def format_stats(stats: dict[str, Any]) -> str:
     if finish == "cancelled":
         parts.append("stopped")
     elif finish == "interrupted":
-        parts.append("interrupted: the page was closed or reloaded during the reply")
+        parts.append("interrupted: the page was closed or reloaded, or the server stopped, during the reply")
     elif finish == "length" and stats.get("time_limited"):
         parts.append("cut at the server's time limit for one reply")
     elif finish == "length":

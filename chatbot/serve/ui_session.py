@@ -43,25 +43,65 @@ MAX_CHAT_MESSAGES = 2000
 
 
 class ReplySignal(threading.Event):
-    """A reply's stop signal. ``discarded``: "detached" when its tab moved to another chat (the reply is
-    saved, not shown), "dropped" when its chat was deleted (nothing of it is kept); "" otherwise."""
+    """A reply's stop signal, and where the reply is shown.
 
-    discarded = ""
+    ``discarded``: "detached" while its tab shows another chat (the reply goes on and is saved, not drawn),
+    "dropped" once its chat was deleted (nothing of it is kept); "" while its chat is on the screen.
+    ``chat_id`` and ``conversation`` say which chat it grows, so opening that chat again shows it live.
+    """
+
+    def __init__(self, chat_id: str = "", conversation: Conversation | None = None) -> None:
+        super().__init__()
+        self.discarded = ""
+        self.chat_id = chat_id
+        self.conversation = conversation
+        self._drawing = threading.Condition()
+        self._busy = False
+
+    @contextmanager
+    def drawing(self) -> Iterator[bool]:
+        """Around a yield of the reply's screen outputs: True while its chat is on the screen.
+
+        ``discard`` waits for the draw under way, so nothing drawn for this reply can land on the page
+        after what a chat switch or a deletion returns.
+        """
+        with self._drawing:
+            self._busy = True
+        try:
+            yield not self.discarded
+        finally:
+            with self._drawing:
+                self._busy = False
+                self._drawing.notify_all()
+
+    def discard(self, how: str, timeout: float) -> None:
+        """Mark the reply "detached" or "dropped", then wait (at most ``timeout`` s) for a draw under way."""
+        self.discarded = how
+        with self._drawing:
+            self._drawing.wait_for(lambda: not self._busy, timeout)
 
 
 class StopSignals:
-    """The stop signals of the replies each browser session has running."""
+    """The stop signals of the replies each browser session has running (shown or not)."""
 
     def __init__(self) -> None:
         self._lock = threading.Condition()
         self._by_session: dict[str, set[ReplySignal]] = {}
 
     @contextmanager
-    def reply(self, session: str) -> Iterator[ReplySignal]:
-        """A fresh signal registered for ``session`` while the reply runs."""
-        signal = ReplySignal()
+    def reply(
+        self, session: str, chat_id: str = "", conversation: Conversation | None = None
+    ) -> Iterator[ReplySignal | None]:
+        """A fresh signal registered for ``session`` while the reply runs; None (nothing registered) when
+        the session already has a reply running in the chat it shows (one reply at a time per chat shown)."""
+        signal = ReplySignal(chat_id, conversation)
         with self._lock:
-            self._by_session.setdefault(session, set()).add(signal)
+            taken = any(not other.discarded for other in self._by_session.get(session, ()))
+            if not taken:
+                self._by_session.setdefault(session, set()).add(signal)
+        if taken:
+            yield None
+            return
         try:
             yield signal
         finally:
@@ -72,26 +112,49 @@ class StopSignals:
                     self._by_session.pop(session, None)
                 self._lock.notify_all()
 
-    def stop(self, session: str, *, detach: bool = False, drop: bool = False) -> int:
-        """Set every signal of ``session`` (see ``ReplySignal`` for ``detach``/``drop``); returns how many ran."""
+    def _shown(self, session: str) -> list[ReplySignal]:
         with self._lock:
-            signals = list(self._by_session.get(session, ()))
+            return [signal for signal in self._by_session.get(session, ()) if not signal.discarded]
+
+    def stop(self, session: str, *, everywhere: bool = False) -> int:
+        """Set the signals of the replies ``session`` shows (``everywhere``: its other chats' too); returns how many."""
+        with self._lock:
+            signals = list(self._by_session.get(session, ())) if everywhere else self._shown(session)
         for signal in signals:
-            signal.discarded = "dropped" if drop else "detached" if detach else signal.discarded
             signal.set()
         return len(signals)
 
     def running(self, session: str) -> bool:
-        """Whether ``session`` has a reply running."""
-        with self._lock:
-            return bool(self._by_session.get(session))
+        """Whether ``session`` has a reply running in the chat it shows."""
+        return bool(self._shown(session))
 
-    def stop_and_wait(self, session: str, timeout: float, *, detach: bool = False, drop: bool = False) -> bool:
-        """``stop``, then wait (at most ``timeout`` s) until the session's replies have ended, so that
-        nothing they still send can land on the page after what the caller returns; False on timeout."""
-        self.stop(session, detach=detach, drop=drop)
+    def detach(self, session: str, timeout: float) -> None:
+        """The tab moves to another chat: its reply goes on, saved but not drawn (see ``ReplySignal.discard``)."""
+        for signal in self._shown(session):
+            signal.discard("detached", timeout)
+
+    def attach(self, session: str, chat_id: str) -> ReplySignal | None:
+        """The tab shows ``chat_id`` again: its reply still running (if any) is drawn again; returned."""
         with self._lock:
-            return self._lock.wait_for(lambda: session not in self._by_session, timeout)
+            for signal in self._by_session.get(session, ()):
+                if signal.discarded == "detached" and signal.chat_id == chat_id and not signal.is_set():
+                    signal.discarded = ""
+                    return signal
+        return None
+
+    def stop_and_wait(self, session: str, timeout: float, *, drop: bool = False) -> bool:
+        """Stop the replies ``session`` shows (``drop``: nothing of them is kept), then wait (at most ``timeout``
+        s) until they have ended, so that nothing they still send can land on the page after what the caller
+        returns; False on timeout."""
+        signals = self._shown(session)
+        for signal in signals:
+            if drop:
+                signal.discard("dropped", timeout)
+            signal.set()
+        with self._lock:
+            return self._lock.wait_for(
+                lambda: not any(signal in self._by_session.get(session, ()) for signal in signals), timeout
+            )
 
 
 def is_mode_default(values: dict[str, Any]) -> bool:

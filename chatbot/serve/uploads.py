@@ -83,7 +83,7 @@ class UploadQuota:
                 del self.arriving[address]
         self.remember(address, body)
 
-    def remember(self, address: str, body: bytes) -> None:
+    def remember(self, address: str, body: bytes | bytearray) -> None:
         try:
             paths = json.loads(body)
         except (UnicodeDecodeError, json.JSONDecodeError):

@@ -154,12 +154,17 @@ def test_max_new_tokens_is_bounded_by_the_context_and_leaves_room_for_a_prompt()
 
 def test_stop_signals_detach_or_drop_only_their_own_session() -> None:
     signals = StopSignals()
-    with signals.reply("a") as mine, signals.reply("b") as other:
-        assert signals.stop("a", drop=True) == 1
+    with signals.reply("a") as mine, signals.reply("b", "chat-1") as other:
+        assert signals.stop_and_wait("a", 0.01, drop=True) is False  # still inside its reply
         assert mine.is_set() and mine.discarded == "dropped"
         assert not other.is_set() and other.discarded == ""
-        signals.stop("b", detach=True)
-        assert other.discarded == "detached"
+        signals.detach("b", 1.0)  # its tab opened another chat: the reply goes on, not drawn
+        assert other.discarded == "detached" and not other.is_set() and not signals.running("b")
+        with signals.reply("b", "chat-2") as second:  # the other chat can have its own reply
+            assert second is not None and signals.stop("b") == 1 and second.is_set() and not other.is_set()
+        with signals.reply("b", "chat-3") as third, signals.reply("b", "chat-3") as fourth:
+            assert third is not None and fourth is None  # one reply at a time in the chat shown
+        assert signals.attach("b", "chat-1") is other and other.discarded == "" and signals.running("b")
 
 
 def test_a_streaming_reply_is_saved_marked_interrupted() -> None:

@@ -420,12 +420,6 @@ def test_reload_mid_reply_keeps_the_question_and_the_reply_so_far(browser, long_
     page.context.close()
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="known intermittent defect: Clear pressed while a reply streams sometimes leaves the question and the "
-    "growing reply on the page (seen 2 of 4 runs on a loaded 2-core machine); to be fixed with the web chat's "
-    "state work",
-)
 def test_clear_and_esc_during_a_reply(browser, long_answer_app: RunningApp) -> None:
     page = open_page(browser, long_answer_app, login=LOGIN)
     open_settings(page)
