@@ -21,7 +21,6 @@ from typing import Any
 
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response
-from sse_starlette import EventSourceResponse
 
 from ..chat.backend import Backend
 from ..chat.events import ChatDone, ChatEvent
@@ -30,7 +29,16 @@ from ..engine.limits import ReplyLimits
 from ..engine.shared_prefill import SharedPrefill
 from .api_errors import APIError, ClientDisconnected, shutting_down
 from .api_models import ChatCompletionRequest
-from .api_stream import ChoiceChunks, Completion, ReplyStream, chunk_json, completion_body, log_reply, usage
+from .api_stream import (
+    ChoiceChunks,
+    Completion,
+    ReplyEvents,
+    ReplyStream,
+    chunk_json,
+    completion_body,
+    log_reply,
+    usage,
+)
 from .app_state import App
 
 log = logging.getLogger(__name__)
@@ -77,7 +85,9 @@ async def answer_choices(app: App, body: ChatCompletionRequest, request: Request
         if body.stream:
             firsts = await choices.first_events(request)
             include_usage = body.stream_options is not None and body.stream_options.include_usage
-            return EventSourceResponse(sse_choices(choices, firsts, meta, include_usage), sep="\n")
+            return ReplyEvents(
+                sse_choices(choices, firsts, meta, include_usage), meta.id, app.settings.stream_write_seconds
+            )
         dones = await choices.results(request)
     except ClientDisconnected:
         choices.cancel()
