@@ -21,6 +21,9 @@ DEFAULT_MODEL = "Qwen/Qwen3-0.6B-FP8"
 PrecisionChoice = Literal["auto", "fp8", "int8", "fp16", "bf16", "fp32"]
 
 
+MIN_SESSIONS = 16  # the fewest tabs a derived --max-sessions holds (the memory budget still bounds them)
+
+
 def cache_dir(environ: Mapping[str, str] | None = None) -> Path:
     """Where this app keeps what it makes or fetches once (the demo model, Qwen3's tokenizer, llama.cpp):
     ``$XDG_CACHE_HOME/qwen3-chat``, by default ``~/.cache/qwen3-chat``."""
@@ -138,7 +141,12 @@ class Settings(BaseSettings, Tuning):
     max_chat_mb: float = Field(
         2.0, gt=0, description="Largest chat the server holds for a tab (imported, opened or restored), in MB."
     )
-    max_sessions: int = Field(1000, ge=1, description="Web chat tabs whose chat the server holds at once.")
+    max_sessions: int | None = Field(
+        None,
+        ge=1,
+        description="Web chat tabs whose chat the server holds at once (default: --session-memory-mb / --max-chat-mb, "
+        "at least 16).",
+    )
     session_memory_mb: float = Field(
         1024.0, gt=0, description="Memory the held web chats may take together, in MB (oldest idle let go beyond)."
     )
@@ -253,6 +261,11 @@ class Settings(BaseSettings, Tuning):
                 environ[f"{ENV_PREFIX}{name}".upper()] = (
                     ("1" if value else "0") if isinstance(value, bool) else str(value)
                 )
+
+    @property
+    def session_capacity(self) -> int:
+        """``max_sessions`` as given, else as sized from the memory budget."""
+        return self.max_sessions or max(MIN_SESSIONS, int(self.session_memory_mb / self.max_chat_mb))
 
     def auth_pair(self) -> tuple[str, str] | None:
         if self.auth is None:

@@ -5,6 +5,9 @@ let go (their browsers keep their copies; such a tab is told to reload).
 their sum: 75 imported chats of 56,000 short messages took the server from 1.15 to 5.26 GB. A held chat
 costs its text plus about a kilobyte per message of Python objects (``PER_MESSAGE_BYTES``: 56,000 short
 messages took 55 MB);
+What the process's memory grows by is several times that count (``HELD_FACTOR``: 24 tabs each holding a chat
+at the limits, 2,000 messages and 2 MB, counted 3.8 MB each and grew RSS by 16-18 MB each; Gradio's copies of
+the values and the allocator's share are not in the count), so the budget is charged the measured multiple.
 ``SessionBudget`` adds that up over Gradio's session states every ``SWEEP_SECONDS`` (a session's cost is
 counted again only once it has been used since) and, while the sum is over ``--session-memory-mb``, lets go
 of the least recently used session that is not running an event.
@@ -20,6 +23,7 @@ from ..chat.conversation import Conversation
 
 log = logging.getLogger(__name__)
 PER_MESSAGE_BYTES = 1024  # what one short message costs once held, beyond its text
+HELD_FACTOR = 4  # RSS growth per held chat over ``held_bytes`` (measured; see the module docstring)
 SWEEP_SECONDS = 2.0
 RECOUNT_EVERY = 15  # sweeps between full counts (a state changed in place without a new use is seen then)
 MAX_DEPTH = 64
@@ -82,7 +86,7 @@ class SessionBudget:
             if known is not None and known[0] is not None and known[0] == used and not recount:
                 cost = known[1]
             else:
-                cost = held_bytes(list(state.state_data.values()))
+                cost = HELD_FACTOR * held_bytes(list(state.state_data.values()))
             # A session running an event may change after it was counted, under the same last use: count it again.
             costs[session] = (None if session in busy else used, cost)
             total += cost

@@ -565,7 +565,7 @@ def page_middleware(app: App) -> list:
     """The door's middleware (Host/Origin, sizes, login), then each session's owner check innermost."""
     from starlette.middleware import Middleware
 
-    owner = Middleware(SessionOwnership, key=cookie_key(storage_secret()), max_sessions=app.settings.max_sessions)
+    owner = Middleware(SessionOwnership, key=cookie_key(storage_secret()), max_sessions=app.settings.session_capacity)
     return [*ui_middleware(app.settings), Middleware(UploadQuota), owner, Middleware(EventErrors)]
 
 
@@ -610,5 +610,5 @@ def launch_ui(app: App) -> None:
         quiet=True,
         app_kwargs={"middleware": page_middleware(app)},
         max_file_size=int(app.settings.max_upload_mb * 2**20),
-        state_session_capacity=app.settings.max_sessions,  # beyond: the least recently used tab's chat is let go
+        state_session_capacity=app.settings.session_capacity,  # beyond: the least recently used tab's chat is let go
     )

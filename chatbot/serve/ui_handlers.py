@@ -147,13 +147,16 @@ class ChatHandlers:
     def session_lost(self, conversation: Conversation, chat_id: str) -> str | None:
         """A notice when the page shows a chat but the server has only a new session's empty one.
 
-        That happens when Gradio let the session go (more than --max-sessions tabs since) while the tab
-        stayed open; answering from the empty chat would overwrite the chat kept in the browser.
+        That happens when the server let the session go (more than --max-sessions tabs since, the held chats
+        over --session-memory-mb, or this address holding half the tabs) while the tab stayed open; answering
+        from the empty chat would overwrite the chat kept in the browser.
         """
         if getattr(conversation, "unrestored", False) and chat_id != self.initial_chat_id:
+            settings = self.app.settings
             return notice_html(
                 "The server no longer holds this tab's chat (it keeps the chats of at most "
-                f"{self.app.settings.max_sessions} tabs): reload the page. Your chats are kept in this browser."
+                f"{settings.session_capacity} tabs within {settings.session_memory_mb:g} MB, the least recently "
+                "used let go first): reload the page. Your chats are kept in this browser."
             )
         return None
 

@@ -43,6 +43,12 @@ class RunningApp:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
+    def rss(self) -> int:
+        """The server process's resident memory, in bytes."""
+        import psutil
+
+        return psutil.Process(self.process.pid).memory_info().rss
+
     def health(self) -> dict:
         return httpx.get(self.api_url + "/health", timeout=30).json()
 
