@@ -152,7 +152,10 @@ class Settings(BaseSettings, Tuning):
     )
     max_request_mb: float = Field(8.0, gt=0, description="Largest request body either server reads, in MB (413 above).")
     responses_store: int = Field(
-        256, ge=0, description="Replies /v1/responses keeps for previous_response_id, in memory (0: off)."
+        256,
+        ge=0,
+        description="Replies /v1/responses keeps, in memory, for previous_response_id and GET /v1/responses/{id} "
+        "(0: none).",
     )
     max_new_tokens_cap: int = Field(
         16384, ge=1, description="Most tokens one reply may generate (API: asking for more is a 400)."

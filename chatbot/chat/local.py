@@ -169,7 +169,15 @@ class LocalBackend:
             split = split_thinking(result.text, expect_thinking=prompt.enable_thinking, cut=cut)
             stats = result.stats.to_dict() | {"prompt_tokens": len(prompt.ids), "new_tokens": len(result.token_ids)}
             replies.append(
-                ChatDone(split.thinking, split.answer, result.text, result.finish_reason, prompt.enable_thinking, stats)
+                ChatDone(
+                    split.thinking,
+                    split.answer,
+                    result.text,
+                    result.finish_reason,
+                    prompt.enable_thinking,
+                    stats,
+                    stop_sequence=result.stop_sequence,
+                )
             )
         return replies
 
@@ -286,6 +294,7 @@ def run_reply(
                 prompt.dropped_messages,
                 tuple(calls),
                 logprobs,
+                result.stop_sequence,
             )
         elif isinstance(event, Failed):
             raise event.error

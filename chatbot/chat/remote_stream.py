@@ -143,6 +143,7 @@ class RemoteReply:
         self.usage: dict[str, int] = {}
         self.calls: dict[int, dict[str, str]] = {}
         self.logprobs: list[dict[str, Any]] = []
+        self.stop_sequence: str | None = None  # vLLM's stop_reason: the stop string that ended the reply
         self.queue_seconds = 0.0
         self.dropped_messages = 0  # oldest messages left out to fit the server's context
         self.time_limited = False  # cut by this server's --max-generation-seconds
@@ -187,6 +188,9 @@ class RemoteReply:
                 self.logprobs.extend(item.model_dump() for item in choice.logprobs.content)
             if choice.finish_reason:
                 self.finish_reason = choice.finish_reason
+                # vLLM (and this server) name the stop string in stop_reason; a token id or None is no string.
+                stop_reason = getattr(choice, "stop_reason", None)
+                self.stop_sequence = stop_reason if isinstance(stop_reason, str) and stop_reason else None
         return events
 
     def _split(self, text: str) -> list[tuple[str, str]]:
@@ -252,6 +256,7 @@ class RemoteReply:
                 dropped_messages=self.dropped_messages,
                 tool_calls=calls,
                 logprobs={"content": self.logprobs} if self.logprobs else None,
+                stop_sequence=self.stop_sequence if reason == "stop" else None,
             )
         )
         return events

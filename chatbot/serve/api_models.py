@@ -387,6 +387,7 @@ class Choice(BaseModel):
         description="stop: end of turn or a stop string; length: limit; tool_calls: the answer calls tools."
     )
     logprobs: ChoiceLogprobs | None = Field(None, description="With logprobs: the answer's tokens.")
+    stop_reason: str | None = Field(None, description="vLLM's field: the stop string that ended the reply, if one did.")
 
 
 class ChatCompletion(BaseModel):

@@ -172,7 +172,13 @@ def choice_body(done: ChatDone, index: int = 0) -> dict[str, Any]:
     }
     if done.tool_calls:
         message["tool_calls"] = [call.as_openai() for call in done.tool_calls]
-    return {"index": index, "message": message, "finish_reason": done.finish_reason, "logprobs": done.logprobs}
+    return {
+        "index": index,
+        "message": message,
+        "finish_reason": done.finish_reason,
+        "logprobs": done.logprobs,
+        "stop_reason": done.stop_sequence,  # vLLM's field: the stop string that ended the reply
+    }
 
 
 def completion_body(meta: Completion, done: ChatDone, *more: ChatDone) -> dict[str, Any]:
@@ -195,6 +201,7 @@ def chunk_json(
     with_usage: bool = False,
     logprobs: dict[str, Any] | None = None,
     index: int = 0,
+    stop_reason: str | None = None,
 ) -> str:
     """One ``chat.completion.chunk`` of choice ``index``; ``delta=None`` makes the usage chunk (no choices)."""
     chunk: dict[str, Any] = {
@@ -206,6 +213,8 @@ def chunk_json(
         if delta is None
         else [{"index": index, "delta": delta, "finish_reason": finish_reason, "logprobs": logprobs}],
     }
+    if stop_reason is not None:
+        chunk["choices"][0]["stop_reason"] = stop_reason  # vLLM's field, on the finish chunk
     if with_usage:
         chunk["usage"] = usage_field
     return json.dumps(chunk, ensure_ascii=False, separators=(",", ":"))
@@ -243,7 +252,7 @@ class ChoiceChunks:
         """The finish chunk; tokens whose text went out with no answer piece (a tool call's, say) travel with it."""
         rest = (done.logprobs or {}).get("content", [])[self.sent_logprobs :]
         logprobs = {"content": rest, "refusal": None} if rest else None
-        return self.chunk({}, done.finish_reason, logprobs=logprobs)
+        return self.chunk({}, done.finish_reason, logprobs=logprobs, stop_reason=done.stop_sequence)
 
 
 async def sse_chunks(reply: ReplyStream, first: ChatEvent, meta: Completion, include_usage: bool) -> AsyncIterator[str]:
