@@ -162,6 +162,16 @@
     if (button) button.click();
   }, true);
 
+  // "Continue ▸" under a cut answer: a click runs the hidden Continue event.
+  document.addEventListener("click", (event) => {
+    const action = event.target && event.target.closest && event.target.closest("#qc-chat .qc-continue");
+    if (!action) return;
+    event.preventDefault();
+    event.stopPropagation();
+    const button = document.querySelector("#qc-continue-reply");
+    if (button) button.click();
+  }, true);
+
   // The unsent text is kept on every keystroke by the page itself, not through Gradio's events: once the
   // server is out of reach Gradio sends no event at all (its own script hooks included) until it is back,
   // then reloads the page, which puts the kept text back in the box. The server empties it (a change of the

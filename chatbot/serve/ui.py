@@ -16,7 +16,7 @@ them:
   bounded FIFO queue, whose position is shown under the pending answer.
 
 Endpoints for ``gradio_client``: /chat, /regenerate, /edit_message (the Chatbot's own edit event),
-/switch_version, /previous_answer, /next_answer, /stop, /undo, /edit_last, /clear, /new_chat,
+/switch_version, /previous_answer, /next_answer, /continue_reply, /stop, /undo, /edit_last, /clear, /new_chat,
 /export_conversation, /import_conversation, /model_status, /context_meter.
 """
 
@@ -39,6 +39,7 @@ from .security import ui_middleware
 from .session_budget import SessionBudget
 from .session_owner import SessionOwnership, cookie_key
 from .slow_clients import deadline_by_default
+from .ui_continue import continue_reply
 from .ui_errors import EventErrors, log_event_errors
 from .ui_handlers import ChatHandlers, ReplyInputs
 from .ui_render import ESCAPED_TAGS
@@ -262,6 +263,7 @@ def build_ui(app: App) -> gr.Blocks:
         version_request = gr.Textbox("", visible="hidden")  # "TURN:STEP", set by the page's script
         edit_request = gr.Textbox("", visible="hidden")  # an edited question: {"index": ..., "value": ...}
         switch_button = gr.Button(visible="hidden", elem_id="qc-switch-version")  # clicked by the page's script
+        continue_button = gr.Button(visible="hidden", elem_id="qc-continue-reply")  # "Continue ▸" under a cut answer
 
         chats = chats_panel()
         panel = settings_panel(app, mode)
@@ -352,6 +354,7 @@ def build_ui(app: App) -> gr.Blocks:
             ([message_box.submit, send_button.click], show_stop_button, buttons, handlers.send, message_box, "chat"),
             ([regenerate_button.click, chat.retry], show_stop_button, buttons, handlers.regenerate, None, "regenerate"),
             ([chat.edit], take_edit, [edit_request, *buttons], handlers.edit_message, edit_request, "edit_message"),
+            ([continue_button.click], show_stop_button, buttons, continue_reply(handlers), None, "continue_reply"),
         ):
             started = gr.on(
                 triggers,

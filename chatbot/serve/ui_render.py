@@ -24,6 +24,7 @@ from ..chat.backend import BackendStatus
 from ..chat.conversation import Conversation, Turn
 from ..chat.events import AnswerDelta, ChatDone, ChatEvent, Loading, QueuePosition, ThinkingDelta
 from .remote_view import remote_badge_html
+from .ui_actions import turn_actions
 from .ui_styles import without_positioning
 from .ui_versions import version_nav
 
@@ -141,9 +142,10 @@ def laid_out(value: Any) -> str:
     return f"{fence}json\n{code}\n{fence}"
 
 
-def stats_message(text: str, navs: tuple[str, ...] = ()) -> Message:
-    """The small line under an answer (status while it streams, stats once done), after its ``navs``."""
-    parts = [*navs, html.escape(text)] if text else list(navs)
+def stats_message(text: str, navs: tuple[str, ...] = (), actions: tuple[str, ...] = ()) -> Message:
+    """The small line under an answer (status while it streams, stats once done), after its ``navs``, before
+    its ``actions`` (``ui_actions``)."""
+    parts = [*navs, html.escape(text), *actions] if text else [*navs, *actions]
     return {"role": "assistant", "content": f'<span class="{STATS_CLASS}">{" · ".join(parts)}</span>'}
 
 
@@ -192,9 +194,11 @@ def format_stats(stats: dict[str, Any]) -> str:
     return " · ".join(parts)
 
 
-def turn_messages(turn: Turn, navs: tuple[str, ...] = (), tool_name: str = "") -> list[Message]:
+def turn_messages(
+    turn: Turn, navs: tuple[str, ...] = (), tool_name: str = "", actions: tuple[str, ...] = ()
+) -> list[Message]:
     """One turn's messages; ``navs``: version switches shown in its stats line (see ``ui_versions``);
-    ``tool_name``: for a tool's result, the tool that gave it."""
+    ``tool_name``: for a tool's result, the tool that gave it; ``actions``: drawn at the end of its stats line."""
     if turn.role == "user":
         return [user_message(turn.content), *([stats_message("", navs)] if navs else [])]
     if turn.role == "tool":
@@ -207,7 +211,7 @@ def turn_messages(turn: Turn, navs: tuple[str, ...] = (), tool_name: str = "") -
         messages.append(answer_message(turn.content))
     messages += [tool_call_message(call) for call in turn.tool_calls if isinstance(call, dict)]
     if turn.stats or navs:
-        messages.append(stats_message(format_stats(turn.stats) if turn.stats else "", navs))
+        messages.append(stats_message(format_stats(turn.stats) if turn.stats else "", navs, actions))
     return messages
 
 
@@ -236,10 +240,13 @@ def indexed_messages(conversation: Conversation) -> list[tuple[int, Message]]:
         for call in turn.tool_calls
         if isinstance(call, dict) and isinstance(call.get("function") or {}, dict)
     }
+    actions = turn_actions(conversation)
     return [
         (index, message)
         for index, turn in enumerate(conversation.turns)
-        for message in turn_messages(turn, tuple(navs.get(index, ())), names.get(turn.tool_call_id, ""))
+        for message in turn_messages(
+            turn, tuple(navs.get(index, ())), names.get(turn.tool_call_id, ""), tuple(actions.get(index, ()))
+        )
     ]
 
 
