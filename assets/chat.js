@@ -172,6 +172,39 @@
     if (button) button.click();
   }, true);
 
+  // 🗑 beside each message's copy button: deletes that message (the server maps its position in the chat as
+  // drawn to the turn, as for Gradio's own edit event). Gradio redraws its button bars, so they are checked
+  // again after every change of the chat.
+  window.qcDelete = { request: "" };
+  const addDeleteButtons = () => {
+    const chat = document.querySelector("#qc-chat");
+    if (!chat) return;
+    chat.querySelectorAll(".message-buttons").forEach((bar) => {
+      if (bar.querySelector(".qc-delete-message")) return;
+      const button = document.createElement("button");
+      button.type = "button";
+      button.className = "qc-delete-message";
+      button.title = "Delete this message";
+      button.setAttribute("aria-label", "Delete this message");
+      button.textContent = "🗑";
+      bar.appendChild(button);
+    });
+  };
+  document.addEventListener("click", (event) => {
+    const button = event.target && event.target.closest && event.target.closest("#qc-chat .qc-delete-message");
+    if (!button) return;
+    event.preventDefault();
+    event.stopPropagation();
+    const bar = button.closest(".message-buttons");
+    const rows = [...document.querySelectorAll("#qc-chat .message-row")];
+    // The message a bar belongs to: the last row before it in the page.
+    const index = rows.filter((row) => row.compareDocumentPosition(bar) & Node.DOCUMENT_POSITION_FOLLOWING).length - 1;
+    if (index < 0) return;
+    window.qcDelete.request = JSON.stringify({ index });
+    const hidden = document.querySelector("#qc-delete-message");
+    if (hidden) hidden.click();
+  }, true);
+
   // The unsent text is kept on every keystroke by the page itself, not through Gradio's events: once the
   // server is out of reach Gradio sends no event at all (its own script hooks included) until it is back,
   // then reloads the page, which puts the kept text back in the box. The server empties it (a change of the
@@ -239,7 +272,11 @@
     const chat = document.querySelector("#qc-chat");
     if (!chat || chat === chatObserved) return;
     chatObserved = chat;
-    new MutationObserver(() => requestAnimationFrame(followIfReading)).observe(chat, {
+    addDeleteButtons();
+    new MutationObserver(() => requestAnimationFrame(() => {
+      followIfReading();
+      addDeleteButtons();
+    })).observe(chat, {
       childList: true,
       subtree: true,
       characterData: true,

@@ -18,8 +18,12 @@ from helpers.app import RunningApp, running_app
 from transformers import AutoTokenizer
 
 from chatbot.authoring.modelgen import SCRIPTED_ANSWER, SCRIPTED_THINKING
+from chatbot.chat.conversation import Conversation, Turn
 from chatbot.chat.prompt import encode
+from chatbot.serve.ui_delete import delete_turn
 from chatbot.serve.ui_render import is_stats_message
+from chatbot.serve.ui_session import from_saved_form, saved_form
+from chatbot.serve.ui_versions import add_version, versions_before_change
 
 
 def text_of(message: dict[str, Any]) -> str:
@@ -98,3 +102,58 @@ def test_continue_is_refused_saying_why_when_the_context_is_full(client: Client,
 def test_continue_without_a_cut_answer_says_so(client: Client) -> None:
     _, _, notice, _ = client.predict(enable_thinking=False, api_name="/continue_reply")
     assert "no answer to continue" in notice
+
+
+# --- deleting one message ---------------------------------------------------------------------------------
+
+
+def chat_of(*texts: str) -> Conversation:
+    """A chat of alternating questions and answers."""
+    roles = ("user", "assistant")
+    return Conversation("", [Turn(roles[i % 2], text) for i, text in enumerate(texts)])
+
+
+def test_deleting_a_message_takes_out_that_message_only() -> None:
+    chat = chat_of("Q1", "A1", "Q2", "A2")
+    delete_turn(chat, 1)
+    assert [t.content for t in chat.turns] == ["Q1", "Q2", "A2"]
+    delete_turn(chat, 0)
+    assert [t.content for t in chat.turns] == ["Q2", "A2"]
+
+
+def test_deleting_an_answer_takes_its_tool_results_along() -> None:
+    call = {"id": "c1", "type": "function", "function": {"name": "clock", "arguments": "{}"}}
+    chat = chat_of("What time is it?")
+    chat.turns += [Turn("assistant", "", tool_calls=[call]), Turn("tool", "12:00", tool_call_id="c1")]
+    chat.turns.append(Turn("assistant", "Noon."))
+    delete_turn(chat, 1)
+    assert [(t.role, t.content) for t in chat.turns] == [("user", "What time is it?"), ("assistant", "Noon.")]
+
+
+def test_deleting_a_message_with_versions_deletes_the_version_shown_and_keeps_the_others() -> None:
+    chat = chat_of("Q1", "First answer")
+    versions = versions_before_change(chat, 1)
+    chat.turns[1] = Turn("assistant", "Second answer")
+    add_version(chat.turns[1], versions)
+    chat.turns += [Turn("user", "Q2"), Turn("assistant", "A2")]  # the line after the second answer
+    done = delete_turn(chat, 1)
+    assert "1 left" in done
+    assert [t.content for t in chat.turns] == ["Q1", "First answer"] and chat.turns[1].versions == []
+    round_trip = from_saved_form(saved_form(chat), "")
+    assert [t.content for t in round_trip.turns] == ["Q1", "First answer"]
+
+
+def test_delete_message_updates_the_chat_the_record_and_the_meter(client: Client) -> None:
+    client.predict(message="First question", enable_thinking=False, api_name="/chat")
+    chat, _, _, _ = client.predict(message="Second question", enable_thinking=False, api_name="/chat")
+    meter_before = client.predict(message="", enable_thinking=False, api_name="/context_meter")
+    first_answer = next(i for i, m in enumerate(chat) if m["role"] == "assistant")
+    chat, record, notice = client.predict(request_text=json.dumps({"index": first_answer}), api_name="/delete_message")
+    assert notice == ""
+    assert [text_of(m) for m in chat if m["role"] == "user"] == ["First question", "Second question"]
+    assert [m["role"] for m in json.loads(record)["messages"]] == ["user", "user", "assistant"]
+    meter_after = client.predict(message="", enable_thinking=False, api_name="/context_meter")
+    used = [int(re.search(r"([\d,]+) /", text).group(1).replace(",", "")) for text in (meter_before, meter_after)]
+    assert used[1] < used[0]
+    _, _, notice = client.predict(request_text=json.dumps({"index": 99}), api_name="/delete_message")
+    assert "no longer in the chat" in notice
