@@ -158,6 +158,8 @@
     const turn = [...arrow.classList].find((name) => name.startsWith("qc-turn-"));
     if (!turn) return;
     window.qcVersions.request = `${turn.slice("qc-turn-".length)}:${arrow.classList.contains("qc-step-prev") ? -1 : 1}`;
+    // The reader stays where the arrow was clicked (the chat redrawn below it must not pull the view down).
+    scroll.follow = false;
     const button = document.querySelector("#qc-switch-version");
     if (button) button.click();
   }, true);
@@ -172,7 +174,7 @@
     if (button) button.click();
   }, true);
 
-  // 🗑 beside each message's copy button: deletes that message (the server maps its position in the chat as
+  // A trash can beside each message's copy button: deletes that message (the server maps its position in the chat as
   // drawn to the turn, as for Gradio's own edit event). Gradio redraws its button bars, so they are checked
   // again after every change of the chat.
   window.qcDelete = { request: "" };
@@ -186,8 +188,11 @@
       button.className = "qc-delete-message";
       button.title = "Delete this message";
       button.setAttribute("aria-label", "Delete this message");
-      button.textContent = "🗑";
-      bar.appendChild(button);
+      // A trash can drawn like Gradio's own icons (no emoji font needed).
+      button.innerHTML =
+        '<svg width="14" height="14" viewBox="0 0 24 24" fill="none" stroke="currentColor" stroke-width="2" ' +
+        'stroke-linecap="round" stroke-linejoin="round" aria-hidden="true"><path d="M3 6h18M8 6V4h8v2M19 6l-1 14H6L5 6"/></svg>';
+      (bar.querySelector(".icon-button-wrapper") || bar).appendChild(button);
     });
   };
   document.addEventListener("click", (event) => {

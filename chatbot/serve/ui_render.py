@@ -329,6 +329,17 @@ def format_bytes(size: int) -> str:
     return f"{size} B"
 
 
+SHORT_REASON_CHARS = 60
+
+
+def short_reason(reason: str) -> str:
+    """The precision reason's first clause, without the mode's name: "FP16 fallback: no CUDA GPU (cpu) to run FP8
+    matmuls, so ..." -> "no CUDA GPU (cpu) to run FP8 matmuls" (at most ``SHORT_REASON_CHARS`` characters)."""
+    text = reason.split(": ", 1)[1] if ": " in reason[:48] else reason
+    text = re.split(r", |; | \u2014 ", text, maxsplit=1)[0].strip()
+    return text if len(text) <= SHORT_REASON_CHARS else text[: SHORT_REASON_CHARS - 1].rstrip() + "…"
+
+
 def badge_html(backend: BackendStatus, *, demo: bool) -> str:
     """The precision badge: mode, reason, device and weights' memory; progress while loading; for a remote
     server, what it reported of itself."""
@@ -340,12 +351,15 @@ def badge_html(backend: BackendStatus, *, demo: bool) -> str:
     decision = backend.precision
     if decision is not None and backend.state != "failed":
         mode_class = "fp8" if decision.mode == "fp8" else "fallback" if "fallback" in decision.label else "plain"
+        # Compact: the mode and one short reason; the device, the weights and the whole reason on a click.
         return (
-            f'<div class="qc-badge qc-badge-{mode_class}" data-status="ready">'
-            f'<span class="qc-badge-mode">{html.escape(decision.label)}</span>{demo_note}'
-            f'<span class="qc-badge-device">{html.escape(decision.device_name or decision.device)}'
+            f'<details class="qc-badge qc-badge-{mode_class}" data-status="ready">'
+            f'<summary title="Click for the details"><span class="qc-badge-mode">{html.escape(decision.label)}</span>'
+            f'{demo_note}<span class="qc-badge-short">{html.escape(short_reason(decision.reason))}</span></summary>'
+            f'<div class="qc-badge-more"><span class="qc-badge-device">'
+            f"{html.escape(decision.device_name or decision.device)}"
             f" · weights {format_bytes(backend.weights_bytes or 0)}</span>"
-            f'<div class="qc-badge-reason">{html.escape(decision.reason)}</div></div>'
+            f'<div class="qc-badge-reason">{html.escape(decision.reason)}</div></div></details>'
         )
     if backend.state == "failed":
         error = (backend.error or "unknown error").split(" Fix: ")[0]
