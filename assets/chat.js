@@ -158,8 +158,56 @@
     const turn = [...arrow.classList].find((name) => name.startsWith("qc-turn-"));
     if (!turn) return;
     window.qcVersions.request = `${turn.slice("qc-turn-".length)}:${arrow.classList.contains("qc-step-prev") ? -1 : 1}`;
+    // The reader stays where the arrow was clicked (the chat redrawn below it must not pull the view down).
+    scroll.follow = false;
     const button = document.querySelector("#qc-switch-version");
     if (button) button.click();
+  }, true);
+
+  // "Continue ▸" under a cut answer: a click runs the hidden Continue event.
+  document.addEventListener("click", (event) => {
+    const action = event.target && event.target.closest && event.target.closest("#qc-chat .qc-continue");
+    if (!action) return;
+    event.preventDefault();
+    event.stopPropagation();
+    const button = document.querySelector("#qc-continue-reply");
+    if (button) button.click();
+  }, true);
+
+  // A trash can beside each message's copy button: deletes that message (the server maps its position in the chat as
+  // drawn to the turn, as for Gradio's own edit event). Gradio redraws its button bars, so they are checked
+  // again after every change of the chat.
+  window.qcDelete = { request: "" };
+  const addDeleteButtons = () => {
+    const chat = document.querySelector("#qc-chat");
+    if (!chat) return;
+    chat.querySelectorAll(".message-buttons").forEach((bar) => {
+      if (bar.querySelector(".qc-delete-message")) return;
+      const button = document.createElement("button");
+      button.type = "button";
+      button.className = "qc-delete-message";
+      button.title = "Delete this message";
+      button.setAttribute("aria-label", "Delete this message");
+      // A trash can drawn like Gradio's own icons (no emoji font needed).
+      button.innerHTML =
+        '<svg width="14" height="14" viewBox="0 0 24 24" fill="none" stroke="currentColor" stroke-width="2" ' +
+        'stroke-linecap="round" stroke-linejoin="round" aria-hidden="true"><path d="M3 6h18M8 6V4h8v2M19 6l-1 14H6L5 6"/></svg>';
+      (bar.querySelector(".icon-button-wrapper") || bar).appendChild(button);
+    });
+  };
+  document.addEventListener("click", (event) => {
+    const button = event.target && event.target.closest && event.target.closest("#qc-chat .qc-delete-message");
+    if (!button) return;
+    event.preventDefault();
+    event.stopPropagation();
+    const bar = button.closest(".message-buttons");
+    const rows = [...document.querySelectorAll("#qc-chat .message-row")];
+    // The message a bar belongs to: the last row before it in the page.
+    const index = rows.filter((row) => row.compareDocumentPosition(bar) & Node.DOCUMENT_POSITION_FOLLOWING).length - 1;
+    if (index < 0) return;
+    window.qcDelete.request = JSON.stringify({ index });
+    const hidden = document.querySelector("#qc-delete-message");
+    if (hidden) hidden.click();
   }, true);
 
   // The unsent text is kept on every keystroke by the page itself, not through Gradio's events: once the
@@ -229,7 +277,11 @@
     const chat = document.querySelector("#qc-chat");
     if (!chat || chat === chatObserved) return;
     chatObserved = chat;
-    new MutationObserver(() => requestAnimationFrame(followIfReading)).observe(chat, {
+    addDeleteButtons();
+    new MutationObserver(() => requestAnimationFrame(() => {
+      followIfReading();
+      addDeleteButtons();
+    })).observe(chat, {
       childList: true,
       subtree: true,
       characterData: true,

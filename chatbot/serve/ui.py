@@ -16,8 +16,8 @@ them:
   bounded FIFO queue, whose position is shown under the pending answer.
 
 Endpoints for ``gradio_client``: /chat, /regenerate, /edit_message (the Chatbot's own edit event),
-/switch_version, /previous_answer, /next_answer, /stop, /undo, /edit_last, /clear, /new_chat,
-/export_conversation, /import_conversation, /model_status, /context_meter.
+/switch_version, /previous_answer, /next_answer, /continue_reply, /delete_message, /stop, /undo, /edit_last,
+/clear, /new_chat, /export_conversation, /import_conversation, /model_status, /context_meter.
 """
 
 from __future__ import annotations
@@ -39,6 +39,8 @@ from .security import ui_middleware
 from .session_budget import SessionBudget
 from .session_owner import SessionOwnership, cookie_key
 from .slow_clients import deadline_by_default
+from .ui_continue import continue_reply
+from .ui_delete import delete_message
 from .ui_errors import EventErrors, log_event_errors
 from .ui_handlers import ChatHandlers, ReplyInputs
 from .ui_render import ESCAPED_TAGS
@@ -74,6 +76,7 @@ JS_INDEX = "(index, id) => [JSON.stringify(qcStore.index(qcStore.searchText())),
 JS_OPEN = "(id, record, ...rest) => { qcScrollDown(); return [id, qcStore.readText(id), ...rest]; }"
 JS_SCROLL = "(...args) => { qcScrollDown(); return args; }"
 JS_SWITCH = "(request, ...rest) => [qcVersions.request, ...rest]"
+JS_DELETE = "(request, ...rest) => [qcDelete.request, ...rest]"
 
 
 # --- layout -----------------------------------------------------------------------------------------------
@@ -262,6 +265,9 @@ def build_ui(app: App) -> gr.Blocks:
         version_request = gr.Textbox("", visible="hidden")  # "TURN:STEP", set by the page's script
         edit_request = gr.Textbox("", visible="hidden")  # an edited question: {"index": ..., "value": ...}
         switch_button = gr.Button(visible="hidden", elem_id="qc-switch-version")  # clicked by the page's script
+        continue_button = gr.Button(visible="hidden", elem_id="qc-continue-reply")  # "Continue ▸" under a cut answer
+        delete_request = gr.Textbox("", visible="hidden")  # {"index": position of the message as drawn}
+        delete_button = gr.Button(visible="hidden", elem_id="qc-delete-message")  # a message's 🗑, via the script
 
         chats = chats_panel()
         panel = settings_panel(app, mode)
@@ -352,6 +358,7 @@ def build_ui(app: App) -> gr.Blocks:
             ([message_box.submit, send_button.click], show_stop_button, buttons, handlers.send, message_box, "chat"),
             ([regenerate_button.click, chat.retry], show_stop_button, buttons, handlers.regenerate, None, "regenerate"),
             ([chat.edit], take_edit, [edit_request, *buttons], handlers.edit_message, edit_request, "edit_message"),
+            ([continue_button.click], show_stop_button, buttons, continue_reply(handlers), None, "continue_reply"),
         ):
             started = gr.on(
                 triggers,
@@ -407,6 +414,13 @@ def build_ui(app: App) -> gr.Blocks:
             switches,
             js=JS_SWITCH,
             api_name="switch_version",
+        ).then(**meter_again, **private)
+        delete_button.click(
+            delete_message(handlers),
+            [delete_request, *chat_states],
+            [chat, conversation, record, notice],
+            js=JS_DELETE,
+            api_name="delete_message",
         ).then(**meter_again, **private)
         edit_button.click(
             handlers.edit_last,

@@ -24,6 +24,7 @@ from ..chat.backend import BackendStatus
 from ..chat.conversation import Conversation, Turn
 from ..chat.events import AnswerDelta, ChatDone, ChatEvent, Loading, QueuePosition, ThinkingDelta
 from .remote_view import remote_badge_html
+from .ui_actions import turn_actions
 from .ui_styles import without_positioning
 from .ui_versions import version_nav
 
@@ -141,9 +142,10 @@ def laid_out(value: Any) -> str:
     return f"{fence}json\n{code}\n{fence}"
 
 
-def stats_message(text: str, navs: tuple[str, ...] = ()) -> Message:
-    """The small line under an answer (status while it streams, stats once done), after its ``navs``."""
-    parts = [*navs, html.escape(text)] if text else list(navs)
+def stats_message(text: str, navs: tuple[str, ...] = (), actions: tuple[str, ...] = ()) -> Message:
+    """The small line under an answer (status while it streams, stats once done), after its ``navs``, before
+    its ``actions`` (``ui_actions``)."""
+    parts = [*navs, html.escape(text), *actions] if text else [*navs, *actions]
     return {"role": "assistant", "content": f'<span class="{STATS_CLASS}">{" · ".join(parts)}</span>'}
 
 
@@ -192,9 +194,11 @@ def format_stats(stats: dict[str, Any]) -> str:
     return " · ".join(parts)
 
 
-def turn_messages(turn: Turn, navs: tuple[str, ...] = (), tool_name: str = "") -> list[Message]:
+def turn_messages(
+    turn: Turn, navs: tuple[str, ...] = (), tool_name: str = "", actions: tuple[str, ...] = ()
+) -> list[Message]:
     """One turn's messages; ``navs``: version switches shown in its stats line (see ``ui_versions``);
-    ``tool_name``: for a tool's result, the tool that gave it."""
+    ``tool_name``: for a tool's result, the tool that gave it; ``actions``: drawn at the end of its stats line."""
     if turn.role == "user":
         return [user_message(turn.content), *([stats_message("", navs)] if navs else [])]
     if turn.role == "tool":
@@ -207,7 +211,7 @@ def turn_messages(turn: Turn, navs: tuple[str, ...] = (), tool_name: str = "") -
         messages.append(answer_message(turn.content))
     messages += [tool_call_message(call) for call in turn.tool_calls if isinstance(call, dict)]
     if turn.stats or navs:
-        messages.append(stats_message(format_stats(turn.stats) if turn.stats else "", navs))
+        messages.append(stats_message(format_stats(turn.stats) if turn.stats else "", navs, actions))
     return messages
 
 
@@ -236,10 +240,13 @@ def indexed_messages(conversation: Conversation) -> list[tuple[int, Message]]:
         for call in turn.tool_calls
         if isinstance(call, dict) and isinstance(call.get("function") or {}, dict)
     }
+    actions = turn_actions(conversation)
     return [
         (index, message)
         for index, turn in enumerate(conversation.turns)
-        for message in turn_messages(turn, tuple(navs.get(index, ())), names.get(turn.tool_call_id, ""))
+        for message in turn_messages(
+            turn, tuple(navs.get(index, ())), names.get(turn.tool_call_id, ""), tuple(actions.get(index, ()))
+        )
     ]
 
 
@@ -322,6 +329,17 @@ def format_bytes(size: int) -> str:
     return f"{size} B"
 
 
+SHORT_REASON_CHARS = 60
+
+
+def short_reason(reason: str) -> str:
+    """The precision reason's first clause, without the mode's name: "FP16 fallback: no CUDA GPU (cpu) to run FP8
+    matmuls, so ..." -> "no CUDA GPU (cpu) to run FP8 matmuls" (at most ``SHORT_REASON_CHARS`` characters)."""
+    text = reason.split(": ", 1)[1] if ": " in reason[:48] else reason
+    text = re.split(r", |; | \u2014 ", text, maxsplit=1)[0].strip()
+    return text if len(text) <= SHORT_REASON_CHARS else text[: SHORT_REASON_CHARS - 1].rstrip() + "…"
+
+
 def badge_html(backend: BackendStatus, *, demo: bool) -> str:
     """The precision badge: mode, reason, device and weights' memory; progress while loading; for a remote
     server, what it reported of itself."""
@@ -333,12 +351,15 @@ def badge_html(backend: BackendStatus, *, demo: bool) -> str:
     decision = backend.precision
     if decision is not None and backend.state != "failed":
         mode_class = "fp8" if decision.mode == "fp8" else "fallback" if "fallback" in decision.label else "plain"
+        # Compact: the mode and one short reason; the device, the weights and the whole reason on a click.
         return (
-            f'<div class="qc-badge qc-badge-{mode_class}" data-status="ready">'
-            f'<span class="qc-badge-mode">{html.escape(decision.label)}</span>{demo_note}'
-            f'<span class="qc-badge-device">{html.escape(decision.device_name or decision.device)}'
+            f'<details class="qc-badge qc-badge-{mode_class}" data-status="ready">'
+            f'<summary title="Click for the details"><span class="qc-badge-mode">{html.escape(decision.label)}</span>'
+            f'{demo_note}<span class="qc-badge-short">{html.escape(short_reason(decision.reason))}</span></summary>'
+            f'<div class="qc-badge-more"><span class="qc-badge-device">'
+            f"{html.escape(decision.device_name or decision.device)}"
             f" · weights {format_bytes(backend.weights_bytes or 0)}</span>"
-            f'<div class="qc-badge-reason">{html.escape(decision.reason)}</div></div>'
+            f'<div class="qc-badge-reason">{html.escape(decision.reason)}</div></div></details>'
         )
     if backend.state == "failed":
         error = (backend.error or "unknown error").split(" Fix: ")[0]

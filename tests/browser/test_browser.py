@@ -77,7 +77,9 @@ def test_chat_shows_thinking_answer_badge_and_survives_a_reload(browser, demo_ap
     page = open_page(browser, demo_app_ui, requested)
     badge = page.inner_text("#qc-badge")
     assert re.search(r"FP8 native|FP16 fallback|BF16|FP32", badge)
-    assert "demo model, random weights" in badge and "weights" in badge
+    assert "demo model, random weights" in badge
+    page.click("#qc-badge summary")  # the device, the weights' memory and the whole reason open on a click
+    assert "weights" in page.inner_text("#qc-badge .qc-badge-more")
 
     send(page, "Hello! What are you?")
     page.wait_for_selector("#qc-chat .thought-group")  # the thinking block, apart from the answer
