@@ -99,13 +99,18 @@ class PageChats:
 
 
 class UserChats:
-    """One login's chats in the server's ``ChatStore``."""
+    """One login's chats in the server's ``ChatStore``.
+
+    ``aliases``: chat ids kept under another id. A session that never loaded the page (a program using
+    ``gradio_client``) still has the id every session starts with; its chat is kept under one of its own.
+    """
 
     where = "on this server"
 
-    def __init__(self, store: ChatStore, user: str) -> None:
+    def __init__(self, store: ChatStore, user: str, aliases: dict[str, str] | None = None) -> None:
         self.store = store
         self.user = user
+        self.aliases = aliases or {}
 
     def save(self, record: Record) -> None:
         """Keep ``record`` (a ``saved_form`` with an id); one without messages is removed (no empty chats).
@@ -121,11 +126,15 @@ class UserChats:
         Raises:
             ChatbotError: as ``save``.
         """
-        self.store.put(self.user, records)
+        renamed = [
+            record | {"id": self.aliases[record["id"]]} if record.get("id") in self.aliases else record
+            for record in records
+        ]
+        self.store.put(self.user, renamed)
 
     def load(self, chat_id: str, sent: Any = None) -> Record | None:
         """The chat ``chat_id`` (``sent``, what the page holds, is only its id here), or None if there is none."""
-        return self.store.get(self.user, chat_id) if chat_id else None
+        return self.store.get(self.user, self.aliases.get(chat_id, chat_id)) if chat_id else None
 
     def index(self, sent: Any) -> list[tuple[str, str]]:
         """[(title, id), ...] newest first; ``sent`` is ``{"query": text}`` from the page's search box."""
@@ -133,7 +142,7 @@ class UserChats:
         return self.store.titles(self.user, query if isinstance(query, str) else "")
 
     def delete(self, chat_id: str) -> None:
-        self.store.remove(self.user, chat_id)
+        self.store.remove(self.user, self.aliases.get(chat_id, chat_id))
 
     def all(self) -> list[Record]:
         return self.store.records(self.user)
@@ -172,8 +181,8 @@ class ChatStore:
         with self._lock:
             self._db.close()
 
-    def user(self, user: str) -> UserChats:
-        return UserChats(self, user)
+    def user(self, user: str, aliases: dict[str, str] | None = None) -> UserChats:
+        return UserChats(self, user, aliases)
 
     # --- what UserChats calls -------------------------------------------------------------------------
 
@@ -255,8 +264,7 @@ class ChatStore:
         if size > self.max_chat_bytes:
             name = f"The chat {title!r}" if title else "This chat"
             raise ChatbotError(
-                f"{name} is {size / 2**20:.1f} MB; this server keeps chats of at most "
-                f"{self.max_chat_bytes / 2**20:g} MB.",
+                f"{name} is {size_text(size)}; this server keeps chats of at most {size_text(self.max_chat_bytes)}.",
                 fix="Start a new chat, or ask the server's operator for a larger --max-chat-mb.",
             )
         # What the search box matches, as the page's own search does: the title and the messages' text.
@@ -282,10 +290,15 @@ class ChatStore:
             )
         if size > self.max_bytes:
             raise ChatbotError(
-                f"Your chats on this server would take {size / 2**20:.1f} MB; each login may keep "
-                f"{self.max_bytes / 2**20:g} MB.",
+                f"Your chats on this server would take {size_text(size)}; each login may keep "
+                f"{size_text(self.max_bytes)}.",
                 fix=fix[:-1] + ", or ask the server's operator for a larger --chat-store-mb.",
             )
+
+
+def size_text(size: int) -> str:
+    """Bytes in words: "3.21 MB", or "12 KB" below a tenth of a megabyte."""
+    return f"{size / 2**20:.3g} MB" if size >= 2**20 / 10 else f"{max(1, round(size / 1024))} KB"
 
 
 def open_chat_store(settings: Settings) -> ChatStore | None:

@@ -150,7 +150,10 @@ class ChatHandlers:
         if not request.username:  # the login middleware lets no event through without one
             log.warning("An event came without a login; its chat is not kept on the server")
             return PageChats()
-        return self.store.user(request.username)
+        # A session that never loaded the page (gradio_client) has the id every session starts with: its own here.
+        return self.store.user(
+            request.username, {self.initial_chat_id: f"{self.initial_chat_id}-{session_of(request)}"}
+        )
 
     def _kept(self, chats: Chats, data: dict[str, Any]) -> str:
         """``data`` (a saved chat) kept where ``chats`` keeps them; its JSON for the page's hidden record.

@@ -91,7 +91,7 @@ def test_bounds_per_login_refuse_with_what_to_do(store: ChatStore) -> None:
     assert store.user("bob").index({}) == []  # another login's room is its own
     store.user("bob").save(chat("b1", "Bob has room"))
 
-    with pytest.raises(ChatbotError, match=r"is 0\.3 MB; this server keeps chats of at most 0\.25 MB"):
+    with pytest.raises(ChatbotError, match=r"is 0\.333 MB; this server keeps chats of at most 0\.25 MB"):
         chats.save(chat("c0", "x" * (MB // 3), title="big"))
     for i in range(4):
         chats.delete(f"c{i}")
@@ -99,7 +99,7 @@ def test_bounds_per_login_refuse_with_what_to_do(store: ChatStore) -> None:
     chats.save(chat("c1", "y" * (MB // 5), title="big") | {"undeleted": True})
     chats.save(chat("c2", "y" * (MB // 5), title="big") | {"undeleted": True})
     chats.save(chat("c3", "y" * (MB // 5), title="big") | {"undeleted": True})
-    with pytest.raises(ChatbotError, match=r"would take 1\.0 MB; each login may keep 1 MB") as full:
+    with pytest.raises(ChatbotError, match=r"would take 1 MB; each login may keep 1 MB") as full:
         chats.save(chat("c4", "y" * (MB // 5), title="big"))
     assert "--chat-store-mb" in (full.value.fix or "")
 
