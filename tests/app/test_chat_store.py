@@ -106,7 +106,10 @@ def test_a_restart_keeps_every_chat_and_a_full_share_is_refused_saying_why(
 ) -> None:
     alice = Client(app.ui_url, auth=ALICE, verbose=False)
     alice.predict(message="Before the restart", enable_thinking=False, api_name="/chat")
+    bob = Client(app.ui_url, auth=BOB, verbose=False)
+    bob.predict(message="Bob's, before the restart", enable_thinking=False, api_name="/chat")
     before = {chat["id"]: chat for chat in kept_chats(alice)}
+    bob_before = kept_chats(bob)
     app.process.terminate()
     app.process.wait(timeout=60)
 
@@ -114,7 +117,7 @@ def test_a_restart_keeps_every_chat_and_a_full_share_is_refused_saying_why(
     with start(scripted_fp8, folder, "--chat-store-mb", "0.001") as again:
         alice = Client(again.ui_url, auth=ALICE, verbose=False)
         assert {chat["id"]: chat for chat in kept_chats(alice)} == before
-        assert kept_chats(Client(again.ui_url, auth=BOB, verbose=False))  # Bob's are kept too
+        assert kept_chats(Client(again.ui_url, auth=BOB, verbose=False)) == bob_before
         _, box, notice, _ = alice.predict(message="One more", enable_thinking=False, api_name="/chat")
         notice = html.unescape(notice)
         assert "each login may keep 1 KB" in notice and "Delete chats" in notice and "--chat-store-mb" in notice
