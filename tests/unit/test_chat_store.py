@@ -167,3 +167,14 @@ def test_a_store_that_cannot_be_opened_says_which_file_and_what_to_do(tmp_path: 
     with pytest.raises(ChatbotError, match="cannot be opened") as refused:
         ChatStore(blocked / "chats.sqlite3", max_bytes=MB, max_chat_bytes=MB)
     assert "--chat-store-file" in (refused.value.fix or "")
+
+
+def test_a_session_without_a_chat_id_of_its_own_keeps_its_chat_apart(store: ChatStore) -> None:
+    # Sessions that never loaded the page share the id every session starts with: each is kept under its own.
+    first, second = store.user("alice", {"start": "start-s1"}), store.user("alice", {"start": "start-s2"})
+    first.save(chat("start", "From session one"))
+    second.save(chat("start", "From session two"))
+    assert sorted(store.titles("alice")) == [("From session one", "start-s1"), ("From session two", "start-s2")]
+    assert first.load("start")["messages"][0]["content"] == "From session one"
+    second.delete("start")
+    assert store.titles("alice") == [("From session one", "start-s1")]
