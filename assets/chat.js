@@ -4,6 +4,9 @@
 //   so tabs writing different chats never overwrite each other; the id of the chat a tab shows lives in
 //   that tab's sessionStorage (it survives a reload, and a new tab starts its own chat). The unsent text
 //   of the message box is kept there too.
+//   With chats kept on the server (window.qcChatStore === "server": --auth, one store per login), the server
+//   saves, lists, loads and deletes them; the page keeps only the tab's chat id and its unsent text, and
+//   hands the server ids and the search text where it would hand it chats.
 // * Keyboard shortcuts (listed in the page's "Keyboard shortcuts" panel).
 // * Theme (light, dark or the system's) and the mobile layout's closed side panels.
 (() => {
@@ -12,6 +15,8 @@
   const DRAFT = "qwen3-chat:draft";
   // Chats deleted in this tab: a save of a reply still on its way must not bring one back (Undo does).
   const deleted = new Set();
+  const onServer = () => window.qcChatStore === "server";
+  const titles = new Map();  // chats on the server: the titles this page has seen saved, to redraw the list
 
   const parse = (text) => {
     try {
@@ -25,8 +30,9 @@
     read(id) {
       return id ? parse(localStorage.getItem(PREFIX + id)) : null;
     },
-    // The page's hidden fields carry chats as JSON text.
+    // The page's hidden fields carry chats as JSON text (only the id when the server keeps the chats).
     readText(id) {
+      if (onServer()) return id ? JSON.stringify({ id }) : "";
       return (id && localStorage.getItem(PREFIX + id)) || "";
     },
     writeText(text) {
@@ -36,6 +42,7 @@
       if (text) store.writeAll(parse(text));
     },
     all() {
+      if (onServer()) return [];
       const chats = [];
       for (let i = 0; i < localStorage.length; i++) {
         const key = localStorage.key(i);
@@ -48,6 +55,7 @@
     },
     // [[title, id], ...] newest first; `query` matches titles and message text, case-insensitively.
     index(query) {
+      if (onServer()) return { query: query || "" };  // the server searches its own
       const needle = (query || "").trim().toLowerCase();
       const matches = (chat) =>
         !needle ||
@@ -59,6 +67,12 @@
       // An empty chat is not kept: "New chat" clicked twice leaves no clutter in the list, and a chat whose
       // first message was refused or stopped before the model began is taken out again (no ghost chat).
       if (!record || !record.id || !Array.isArray(record.messages)) return;
+      if (onServer()) {  // saved there already: redraw the list when a chat is new, renamed or gone
+        const title = record.messages.length ? record.title || "" : null;
+        if (titles.get(record.id) !== title) store.refreshSoon();
+        titles.set(record.id, title);
+        return;
+      }
       if (!record.messages.length) {
         if (localStorage.getItem(PREFIX + record.id) !== null) {
           localStorage.removeItem(PREFIX + record.id);
@@ -85,6 +99,8 @@
     },
     remove(id) {
       if (!id) return;
+      titles.delete(id);
+      if (onServer()) return;
       deleted.add(id);
       localStorage.removeItem(PREFIX + id);
     },
@@ -109,6 +125,7 @@
       setTimeout(() => URL.revokeObjectURL(link.href), 10000);
     },
     downloadAll() {
+      if (onServer()) return;  // the server sends the file
       store.download("qwen3-chats.json", { format: "qwen3-chat-archive", chats: store.all() });
     },
     downloadFile(file) {
@@ -144,6 +161,10 @@
   );
   window.addEventListener("storage", (event) => {
     if (event.key === null || event.key.startsWith(PREFIX)) store.refreshSoon();  // another tab saved or deleted
+  });
+  // Chats on the server change from other devices too: the list is asked for again when the page is back in view.
+  document.addEventListener("visibilitychange", () => {
+    if (onServer() && document.visibilityState === "visible") store.refreshSoon();
   });
 
   // The ‹ › arrows under a message with versions (drawn by the server as spans whose classes name the

@@ -126,7 +126,9 @@ class Settings(BaseSettings, Tuning):
     port: int = Field(7860, ge=1, le=65535, description="Web UI port.")
     api_port: int = Field(8000, ge=0, le=65535, description="OpenAI-compatible API port; 0 turns the API off.")
     auth: SecretStr | None = Field(None, description="user:password login for the web UI (as a flag it shows in `ps`).")
-    auth_file: Path | None = Field(None, description="File holding user:password (keeps it out of `ps`).")
+    auth_file: Path | None = Field(
+        None, description="File holding user:password, one a line for several logins (keeps it out of `ps`)."
+    )
     api_key: SecretStr | None = Field(None, description="Key the API then requires as 'Authorization: Bearer KEY'.")
     api_key_file: Path | None = Field(None, description="File holding the API key (keeps it out of `ps`).")
     allowed_hosts: str = Field(
@@ -146,6 +148,17 @@ class Settings(BaseSettings, Tuning):
         ge=1,
         description="Web chat tabs whose chat the server holds at once (default: --session-memory-mb / --max-chat-mb, "
         "at least 16).",
+    )
+    chat_store: Literal["auto", "browser", "server"] = Field(
+        "auto",
+        description="Where the web chat keeps chats: server (SQLite, one store per login; needs --auth), "
+        "browser (its localStorage) or auto (server with --auth, else browser).",
+    )
+    chat_store_file: Path | None = Field(
+        None, description="SQLite file of the chats kept on the server (default: chats.sqlite3 in the cache folder)."
+    )
+    chat_store_mb: float = Field(
+        256.0, gt=0, description="Chats one login may keep on the server, in MB (and at most 1000 chats)."
     )
     session_memory_mb: float = Field(
         1024.0, gt=0, description="Memory the held web chats may take together, in MB (oldest idle let go beyond)."
@@ -226,8 +239,9 @@ class Settings(BaseSettings, Tuning):
     @field_validator("auth")
     @classmethod
     def _auth_has_user_and_password(cls, value: SecretStr | None) -> SecretStr | None:
-        if value is not None and ":" not in value.get_secret_value():
-            raise ValueError("auth must look like user:password")
+        # A file may hold several logins, one user:password a line (each gets its own chats on the server).
+        if value is not None and not all(":" in line for line in _login_lines(value.get_secret_value())):
+            raise ValueError("auth must look like user:password (an auth file: one user:password a line)")
         return value
 
     @model_validator(mode="after")
@@ -247,6 +261,8 @@ class Settings(BaseSettings, Tuning):
             setattr(self, name, SecretStr(secret))
         if self.auth is not None:
             self._auth_has_user_and_password(self.auth)
+        if self.chat_store == "server" and self.auth is None:
+            raise ValueError("chat_store server keeps one store per login: give --auth or --auth-file too")
         return self
 
     @classmethod
@@ -271,7 +287,25 @@ class Settings(BaseSettings, Tuning):
         return self.max_sessions or max(MIN_SESSIONS, int(self.session_memory_mb / self.max_chat_mb))
 
     def auth_pair(self) -> tuple[str, str] | None:
+        """The first login (the only one unless the auth file lists several)."""
+        pairs = self.auth_pairs()
+        return pairs[0] if pairs else None
+
+    def auth_pairs(self) -> list[tuple[str, str]]:
+        """Every login: ``--auth`` gives one, an auth file one per non-empty line."""
         if self.auth is None:
-            return None
-        user, _, password = self.auth.get_secret_value().partition(":")
-        return user, password
+            return []
+        return [_split_login(line) for line in _login_lines(self.auth.get_secret_value())]
+
+    def keeps_chats_on_server(self) -> bool:
+        """Whether the web chat keeps chats on the server (``chat_store``: server, or auto with a login)."""
+        return self.chat_store == "server" or (self.chat_store == "auto" and self.auth is not None)
+
+
+def _login_lines(secret: str) -> list[str]:
+    return [line.strip() for line in secret.splitlines() if line.strip()] or [secret]
+
+
+def _split_login(line: str) -> tuple[str, str]:
+    user, _, password = line.partition(":")
+    return user, password

@@ -189,16 +189,18 @@ class ChatsPanel:
     export_button: gr.Button
     export_all_button: gr.Button
     import_button: gr.UploadButton
+    export_markdown_button: gr.Button
 
 
-def chats_panel() -> ChatsPanel:
-    """The left panel: the chats kept in this browser, newest first, and what can be done with them."""
+def chats_panel(where: str = "in this browser") -> ChatsPanel:
+    """The left panel: the chats kept ``where`` (this browser, or this server), newest first, and what can be
+    done with them."""
     with gr.Sidebar(label="Chats", position="left", open=True, width=280, elem_id="qc-chats"):
         new_button = gr.Button("+ New chat", variant="primary", size="sm", elem_id="qc-new")
         search = gr.Textbox(
             placeholder="Search chats…", show_label=False, container=False, elem_id="qc-search", max_lines=1
         )
-        chats = gr.Radio([], label="Chats in this browser", elem_id="qc-list", container=False)
+        chats = gr.Radio([], label=f"Chats {where}", elem_id="qc-list", container=False)
         with gr.Row(elem_id="qc-chat-tools"):
             delete_button = gr.Button("Delete", size="sm", variant="secondary", elem_id="qc-delete", min_width=60)
             undo_delete_button = gr.Button(
@@ -216,13 +218,16 @@ def chats_panel() -> ChatsPanel:
             )
             import_button = gr.UploadButton(
                 "Import",
-                file_types=[".json"],
+                file_types=[".json", ".md"],
                 file_count="single",
                 size="sm",
                 variant="secondary",
                 elem_id="qc-import",
                 min_width=60,
             )
+        export_markdown_button = gr.Button(
+            "Export as Markdown", size="sm", variant="secondary", elem_id="qc-export-md", min_width=60
+        )
         with gr.Accordion("Keyboard shortcuts", open=False, elem_id="qc-shortcuts"):
             gr.Markdown(SHORTCUTS, elem_classes="qc-hint")
     return ChatsPanel(
@@ -236,6 +241,7 @@ def chats_panel() -> ChatsPanel:
         export_button,
         export_all_button,
         import_button,
+        export_markdown_button,
     )
 
 
@@ -269,7 +275,7 @@ def build_ui(app: App) -> gr.Blocks:
         delete_request = gr.Textbox("", visible="hidden")  # {"index": position of the message as drawn}
         delete_button = gr.Button(visible="hidden", elem_id="qc-delete-message")  # a message's 🗑, via the script
 
-        chats = chats_panel()
+        chats = chats_panel("on this server" if handlers.store is not None else "in this browser")
         panel = settings_panel(app, mode)
         system_prompt, sampling = panel.system_prompt, panel.sampling
         temperature, top_p, top_k, max_new_tokens = sampling[:4]
@@ -477,7 +483,13 @@ def build_ui(app: App) -> gr.Blocks:
         chats.export_button.click(
             handlers.export_conversation, chat_states, export_file, api_name="export_conversation"
         ).then(None, export_file, None, js="(file) => { qcStore.downloadFile(file); }", **private)
-        chats.export_all_button.click(None, None, None, js="() => { qcStore.downloadAll(); }", **private)
+        chats.export_markdown_button.click(
+            handlers.export_markdown, chat_states, export_file, api_name="export_markdown"
+        ).then(None, export_file, None, js="(file) => { qcStore.downloadFile(file); }", **private)
+        # The page exports the chats it keeps itself; chats kept on the server come as a file from there.
+        chats.export_all_button.click(
+            handlers.export_all, None, export_file, js="() => { qcStore.downloadAll(); }", api_name="export_all"
+        ).then(None, export_file, None, js="(file) => { qcStore.downloadFile(file); }", **private)
         chats.import_button.upload(
             imported_and_deleted(handlers),
             [chats.import_button, system_prompt],
@@ -566,9 +578,9 @@ def restore_settings(saved: Any) -> tuple[Any, ...]:
 def imported_and_deleted(handlers: ChatHandlers):
     """The import handler, deleting the uploaded file once it has been read (the chat is then in the browser)."""
 
-    def import_conversation(file: str | None, system_prompt: str) -> tuple[Any, ...]:
+    def import_conversation(file: str | None, system_prompt: str, request: gr.Request) -> tuple[Any, ...]:
         try:
-            return handlers.import_conversation(file, system_prompt)
+            return handlers.import_conversation(file, system_prompt, request)
         finally:
             discard_upload(file)
 
@@ -594,16 +606,18 @@ def launch_ui(app: App) -> None:
         " (login required)" if app.settings.auth else "",
     )
     script = (ASSETS / "chat.js").read_text(encoding="utf-8")
+    # Where the page's chats are kept (assets/chat.js reads it): "server" (one store per login) or "browser".
+    keeper = "server" if app.settings.keeps_chats_on_server() else "browser"
     deadline_by_default()  # Gradio's own uvicorn closes connections that never finish their headers, too
     SessionBudget(demo, int(app.settings.session_memory_mb * 2**20)).start()  # held chats within a total
     log_event_errors()  # one rate-limited log line per failed event, not a traceback on stderr
     demo.launch(
         server_name=app.settings.host,
         server_port=app.settings.port,
-        auth=app.settings.auth_pair(),
+        auth=app.settings.auth_pairs() or None,
         auth_message="Qwen3 Chat: log in with the user and password given to --auth.",
         css_paths=[ASSETS / "style.css"],
-        head=f"<script>{script}</script>",
+        head=f'<script>window.qcChatStore = "{keeper}";</script><script>{script}</script>',
         theme=gr.themes.Soft(
             primary_hue="violet",
             neutral_hue="slate",

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import html
 import json
+import logging
 import tempfile
 import time
 from collections.abc import Iterator
@@ -27,6 +28,8 @@ from ..chat.request import ChatRequest
 from ..engine.sampling import DEFAULT_MAX_NEW_TOKENS, NON_THINKING_DEFAULTS, THINKING_DEFAULTS
 from ..errors import ChatbotError
 from .app_state import App
+from .chat_markdown import from_markdown, looks_like_markdown, to_markdown
+from .chat_store import Chats, PageChats, open_chat_store
 from .session_quota import web_client
 from .ui_render import LiveReply, badge_html, conversation_messages, indexed_messages, user_message
 from .ui_session import (
@@ -42,6 +45,7 @@ from .ui_session import (
 )
 from .ui_versions import add_version, show_version, versions_before_change
 
+log = logging.getLogger(__name__)
 # Screen updates are batched: at most ~10 a second however fast the model writes, so a long reply
 # costs the browser a few hundred re-renders, not one per token (the first piece of the thinking and
 # of the answer are shown at once).
@@ -137,6 +141,30 @@ class ChatHandlers:
         self.app = app
         self.stops = StopSignals()
         self.initial_chat_id = new_chat_id()  # what a session has before its page restores its chat
+        self.store = open_chat_store(app.settings)  # None: the chats are kept by each browser
+
+    def chats(self, request: gr.Request) -> Chats:
+        """Where the chats of this event's login are kept: on the server (one store per login), or in the page."""
+        if self.store is None:
+            return PageChats()
+        if not request.username:  # the login middleware lets no event through without one
+            log.warning("An event came without a login; its chat is not kept on the server")
+            return PageChats()
+        # A session that never loaded the page (gradio_client) has the id every session starts with: its own here.
+        return self.store.user(
+            request.username, {self.initial_chat_id: f"{self.initial_chat_id}-{session_of(request)}"}
+        )
+
+    def _kept(self, chats: Chats, data: dict[str, Any]) -> str:
+        """``data`` (a saved chat) kept where ``chats`` keeps them; its JSON for the page's hidden record.
+
+        A store that refuses it (full) leaves the chat as it was kept, and says so in a pop-up."""
+        try:
+            chats.save(data)
+        except ChatbotError as error:
+            log.warning("A chat was not saved: %s", error.message)
+            gr.Warning(error.message + (f" {error.fix}" if error.fix else ""))
+        return as_text(data)
 
     def unrestored_conversation(self) -> Conversation:
         """The chat a session starts with (Gradio gives each new session a copy), marked as such."""
@@ -153,10 +181,11 @@ class ChatHandlers:
         """
         if getattr(conversation, "unrestored", False) and chat_id != self.initial_chat_id:
             settings = self.app.settings
+            kept = "on this server" if self.store else "in this browser"
             return notice_html(
                 "The server no longer holds this tab's chat (it keeps the chats of at most "
                 f"{settings.session_capacity} tabs within {settings.session_memory_mb:g} MB, the least recently "
-                "used let go first): reload the page. Your chats are kept in this browser."
+                f"used let go first): reload the page. Your chats are kept {kept}."
             )
         return None
 
@@ -184,7 +213,7 @@ class ChatHandlers:
             yield gr.skip(), message, notice_html(BUSY_SEND), conversation, gr.skip()
             return
         branch = take_pending_edit(conversation)  # after Edit last (or ↑): the old exchange stays a version
-        yield from self._reply(inputs, message, session_of(request), branch, client=web_client(request))
+        yield from self._reply(inputs, message, session_of(request), branch, web_client(request), self.chats(request))
 
     def regenerate(self, inputs: ReplyInputs, request: gr.Request) -> Iterator[tuple[Any, ...]]:
         """Answer the last message again (the previous answer comes back if this one fails)."""
@@ -204,7 +233,7 @@ class ChatHandlers:
         branch = Branch("assistant", versions_before_change(conversation, last), conversation.turns[last - 1 :])
         del conversation.turns[last - 1 :]
         question = branch.removed[0].content
-        yield from self._reply(inputs, question, session_of(request), branch, client=web_client(request))
+        yield from self._reply(inputs, question, session_of(request), branch, web_client(request), self.chats(request))
 
     def edit_message(self, edit_request: str, inputs: ReplyInputs, request: gr.Request) -> Iterator[tuple[Any, ...]]:
         """A question edited in place (any of them): answered again from there; what followed it before
@@ -235,7 +264,7 @@ class ChatHandlers:
             return
         branch = Branch("user", versions_before_change(conversation, index), conversation.turns[index:])
         del conversation.turns[index:]
-        yield from self._reply(inputs, text, session_of(request), branch, client=web_client(request))
+        yield from self._reply(inputs, text, session_of(request), branch, web_client(request), self.chats(request))
 
     def _options(self, inputs: ReplyInputs) -> dict[str, Any]:
         options = sampling_kwargs(**inputs.sampling())
@@ -253,10 +282,12 @@ class ChatHandlers:
         session: str,
         branch: Branch | None = None,
         client: str = "ui:unknown",
+        chats: Chats | None = None,
     ) -> Iterator[tuple[Any, ...]]:
         """Stream a reply to ``message`` after ``inputs.conversation``; ``branch``: what an edit or a regeneration
         replaced (put back if this reply fails, kept as a version once it succeeds); ``client``: whose fair
-        turn it takes (``web_client``)."""
+        turn it takes (``web_client``); ``chats``: where the chat is kept as it grows (default: the page)."""
+        chats = chats or PageChats()
         conversation, chat_id, title = inputs.conversation, inputs.chat_id, inputs.title
         options = self._options(inputs)
         conversation.system_prompt = inputs.system_prompt.strip()
@@ -264,16 +295,20 @@ class ChatHandlers:
         live = LiveReply()
         restore = branch.removed if branch is not None else []
 
-        def record(pending: bool, tokens: int | None = None) -> str:
+        def record_data(pending: bool, tokens: int | None = None) -> dict[str, Any]:
             stats = live.stats if tokens is None else {**live.stats, "new_tokens": tokens}
             exchange = pending_exchange(message, live.thinking, live.answer, stats) if pending else None
             if exchange and branch is not None:  # a reload mid-reply keeps the earlier versions too
                 changed = exchange[0 if branch.role == "user" else 1]
                 shown = {key: changed[key] for key in ("content", "thinking", "stats") if key in changed}
                 changed |= {"versions": [*branch.versions, shown | {"after": []}], "version": len(branch.versions)}
-            return as_text(saved_form(conversation, chat_id, title, exchange))
+            return saved_form(conversation, chat_id, title, exchange)
 
-        grown = record(True)
+        def record(pending: bool, tokens: int | None = None) -> str:
+            return self._kept(chats, record_data(pending, tokens))
+
+        grown_data = record_data(True)
+        grown = as_text(grown_data)
         try:  # a chat grows by typing too: held, it stays within the same bounds as an imported one
             check_chat_size(json.loads(grown), self.app.settings.max_chat_mb, grown, fix=FULL_CHAT)
         except ChatbotError as error:
@@ -285,6 +320,12 @@ class ChatHandlers:
                 conversation.turns.extend(restore)
                 busy = notice_html(BUSY if branch else BUSY_SEND)
                 yield gr.skip(), message if branch is None else gr.skip(), busy, conversation, gr.skip()
+                return
+            try:
+                chats.save(grown_data)  # the question is kept before the model starts; a full store refuses it
+            except ChatbotError as error:
+                conversation.turns.extend(restore)
+                yield conversation_messages(conversation), message, notice_html(error), conversation, gr.skip()
                 return
             # The question is stored before the model starts: a reload from now on keeps it.
             with stop.drawing():
@@ -381,14 +422,17 @@ class ChatHandlers:
 
     # --- editing the chat ---------------------------------------------------------------------------------
 
-    def undo(self, conversation: Conversation, chat_id: str, title: str) -> tuple[Any, ...]:
+    def undo(self, conversation: Conversation, chat_id: str, title: str, request: gr.Request) -> tuple[Any, ...]:
         """Remove the last exchange (the last question and everything after it: answer, tool calls, results)."""
         last = last_question(conversation)
         if last is not None:
             del conversation.turns[last:]
-        return conversation_messages(conversation), conversation, as_text(saved_form(conversation, chat_id, title))
+        record = self._kept(self.chats(request), saved_form(conversation, chat_id, title))
+        return conversation_messages(conversation), conversation, record
 
-    def edit_last(self, message: str, conversation: Conversation, chat_id: str, title: str) -> tuple[Any, ...]:
+    def edit_last(
+        self, message: str, conversation: Conversation, chat_id: str, title: str, request: gr.Request
+    ) -> tuple[Any, ...]:
         """Remove the last exchange and put its question back in the message box to be edited and sent."""
         last = last_question(conversation)
         if last is None:
@@ -397,32 +441,36 @@ class ChatHandlers:
         question = conversation.turns[last].content
         hold_pending_edit(conversation, last)
         del conversation.turns[last:]
-        record = as_text(saved_form(conversation, chat_id, title))
+        record = self._kept(self.chats(request), saved_form(conversation, chat_id, title))
         return conversation_messages(conversation), question, "", conversation, record
 
     def switch_version(
-        self, request_text: str, conversation: Conversation, chat_id: str, title: str
+        self, request_text: str, conversation: Conversation, chat_id: str, title: str, request: gr.Request
     ) -> tuple[Any, ...]:
         """Show another version of a message; ``request_text`` is "TURN:STEP" (from the arrows in the
         chat, STEP -1 or +1). Outputs: chat, record, notice."""
         turn_text, _, step_text = (request_text or "").partition(":")
         if not turn_text.isdigit() or step_text not in ("-1", "1"):
             return gr.skip(), gr.skip(), gr.skip()
-        return self._switch(int(turn_text), int(step_text), conversation, chat_id, title)
+        return self._switch(int(turn_text), int(step_text), conversation, chat_id, title, self.chats(request))
 
-    def _switch(self, index: int, step: int, conversation: Conversation, chat_id: str, title: str) -> tuple[Any, ...]:
+    def _switch(
+        self, index: int, step: int, conversation: Conversation, chat_id: str, title: str, chats: Chats
+    ) -> tuple[Any, ...]:
         turn = conversation.turns[index] if 0 <= index < len(conversation.turns) else None
         if turn is None or len(turn.versions) < 2:
             return gr.skip(), gr.skip(), notice_html("That message has no other version (the chat changed?).")
         show_version(conversation, index, (turn.version + step) % len(turn.versions))
-        return conversation_messages(conversation), as_text(saved_form(conversation, chat_id, title)), ""
+        return conversation_messages(conversation), self._kept(chats, saved_form(conversation, chat_id, title)), ""
 
-    def previous_answer(self, conversation: Conversation, chat_id: str, title: str) -> tuple[Any, ...]:
+    def previous_answer(
+        self, conversation: Conversation, chat_id: str, title: str, request: gr.Request
+    ) -> tuple[Any, ...]:
         """The previous version of the last answer; outputs chat, record, notice."""
-        return self._switch(len(conversation.turns) - 1, -1, conversation, chat_id, title)
+        return self._switch(len(conversation.turns) - 1, -1, conversation, chat_id, title, self.chats(request))
 
-    def next_answer(self, conversation: Conversation, chat_id: str, title: str) -> tuple[Any, ...]:
-        return self._switch(len(conversation.turns) - 1, 1, conversation, chat_id, title)
+    def next_answer(self, conversation: Conversation, chat_id: str, title: str, request: gr.Request) -> tuple[Any, ...]:
+        return self._switch(len(conversation.turns) - 1, 1, conversation, chat_id, title, self.chats(request))
 
     # --- chats: new, open, rename, delete and undo --------------------------------------------------------
 
@@ -433,15 +481,17 @@ class ChatHandlers:
         return [], fresh, new_chat_id(), "", "", as_text(saved_form(fresh, ""))
 
     def open_chat(self, chosen: str, saved: str, conversation: Conversation, request: gr.Request) -> tuple[Any, ...]:
-        """Show the chat ``chosen`` in the list (``saved``: its saved form as JSON, read from this browser)."""
-        record = from_text(saved)
+        """Show the chat ``chosen`` in the list (``saved``: what the page holds of it, as JSON: the chat itself
+        when the browser keeps the chats)."""
+        chats = self.chats(request)
+        record = chats.load(chosen, from_text(saved))
         if not chosen or not isinstance(record, dict):
-            notice = notice_html("That chat is no longer saved in this browser (deleted in another tab?).")
+            notice = notice_html(f"That chat is no longer saved {chats.where} (deleted in another tab?).")
             return gr.skip(), conversation, gr.skip(), gr.skip(), notice, gr.skip()
         session = session_of(request)
         self.stops.detach(session, STOP_WAIT_SECONDS)  # a reply running here goes on, saved, not drawn
         try:
-            check_chat_size(record, self.app.settings.max_chat_mb, saved)
+            check_chat_size(record, self.app.settings.max_chat_mb)
             opened = from_saved_form(record, "")
         except ChatbotError as error:
             return gr.skip(), conversation, gr.skip(), gr.skip(), notice_html(error), gr.skip()
@@ -452,12 +502,12 @@ class ChatHandlers:
             return conversation_messages(opened), running.conversation, chosen, title, "", opened.system_prompt
         return conversation_messages(opened), opened, chosen, title, "", opened.system_prompt
 
-    def rename(self, new_title: str, conversation: Conversation, chat_id: str) -> tuple[Any, ...]:
+    def rename(self, new_title: str, conversation: Conversation, chat_id: str, request: gr.Request) -> tuple[Any, ...]:
         """Outputs: title, rename box, record, notice."""
         title = " ".join(new_title.split())[:120]
         if not conversation.turns:
             return gr.skip(), gr.skip(), gr.skip(), notice_html("Send a message first: an empty chat is not saved.")
-        return title, "", as_text(saved_form(conversation, chat_id, title)), ""
+        return title, "", self._kept(self.chats(request), saved_form(conversation, chat_id, title)), ""
 
     def delete(self, conversation: Conversation, chat_id: str, title: str, request: gr.Request) -> tuple[Any, ...]:
         """Delete this tab's chat (its reply, if running, is dropped); Undo brings it back.
@@ -465,6 +515,7 @@ class ChatHandlers:
         Outputs: chat, conversation, chat id, title, record, deleted id, kept-for-undo, undo button.
         """
         self.stops.stop_and_wait(session_of(request), STOP_WAIT_SECONDS, drop=True)
+        self.chats(request).delete(chat_id)
         kept = saved_form(conversation, chat_id, title) if conversation.turns else None
         fresh = Conversation(conversation.system_prompt)
         undo = gr.update(visible=kept is not None)
@@ -478,7 +529,8 @@ class ChatHandlers:
         restored = from_saved_form(kept, "")
         title = str(kept.get("title") or "")
         record = saved_form(restored, str(kept["id"]), title) | {"undeleted": True}  # the page lifts its tombstone
-        return conversation_messages(restored), restored, kept["id"], title, as_text(record), gr.update(visible=False)
+        record_text = self._kept(self.chats(request), record)
+        return conversation_messages(restored), restored, kept["id"], title, record_text, gr.update(visible=False)
 
     # --- files --------------------------------------------------------------------------------------------
 
@@ -490,16 +542,34 @@ class ChatHandlers:
         path.write_text(json.dumps(data, ensure_ascii=False, indent=2), encoding="utf-8")
         return str(path)
 
-    def import_conversation(self, file: str | None, system_prompt: str) -> tuple[Any, ...]:
-        """Open an exported chat (or every chat of an "Export all" file) as new chats of this browser.
+    def export_markdown(self, conversation: Conversation, chat_id: str, title: str) -> str:
+        """Write the conversation as Markdown (``chat_markdown``) and return its path (the page downloads it)."""
+        folder = Path(tempfile.mkdtemp(prefix="qwen3-chat-export-"))
+        path = folder / "conversation.md"
+        path.write_text(to_markdown(saved_form(conversation, chat_id, title)), encoding="utf-8")
+        return str(path)
+
+    def export_all(self, request: gr.Request) -> str | None:
+        """ "Export all" of the chats kept on the server, as a JSON archive file (None: the page exports its own)."""
+        records = self.chats(request).all()
+        if records is None:
+            return None
+        folder = Path(tempfile.mkdtemp(prefix="qwen3-chat-export-"))
+        path = folder / "qwen3-chats.json"
+        path.write_text(json.dumps({"format": ARCHIVE_FORMAT, "chats": records}, ensure_ascii=False), encoding="utf-8")
+        return str(path)
+
+    def import_conversation(self, file: str | None, system_prompt: str, request: gr.Request) -> tuple[Any, ...]:
+        """Open an exported chat (JSON or Markdown, or every chat of an "Export all" file) as new chats.
 
         Outputs: chat, notice, system prompt, conversation, chat id, title, record, all imported records.
         """
         unchanged = (gr.skip(),) * 5
         if not file:
-            return gr.skip(), notice_html("Choose a JSON file to import."), *unchanged, gr.skip()
+            return gr.skip(), notice_html("Choose a .json or .md file to import."), *unchanged, gr.skip()
         try:
-            data = json.loads(Path(file).read_text(encoding="utf-8"))
+            text = Path(file).read_text(encoding="utf-8")
+            data = from_markdown(text) if looks_like_markdown(file) else json.loads(text)
             items = data["chats"] if isinstance(data, dict) and data.get("format") == ARCHIVE_FORMAT else [data]
             for item in items:  # each chat is held by the server when opened: none may be over the limit
                 check_chat_size(item, self.app.settings.max_chat_mb)
@@ -514,6 +584,11 @@ class ChatHandlers:
             return gr.skip(), notice_html("The file holds no chats."), *unchanged, gr.skip()
         titles = [str(item.get("title") or "") if isinstance(item, dict) else "" for item in items]
         records = [saved_form(chat, new_chat_id(), title) for chat, title in zip(opened, titles, strict=True)]
+        chats = self.chats(request)
+        try:
+            chats.save_all(records)  # all of them or none
+        except ChatbotError as error:
+            return gr.skip(), notice_html(error), *unchanged, gr.skip()
         first = opened[0]
         note = info_html(f"Imported {len(records)} chats.") if len(records) > 1 else ""
         return (
@@ -529,15 +604,17 @@ class ChatHandlers:
 
     # --- page load, chat list, settings -------------------------------------------------------------------
 
-    def restore(self, saved: str, draft: str, system_prompt: str) -> tuple[Any, ...]:
-        """On page load: this tab's chat (kept in the browser, as JSON) and its unsent text, or a fresh chat.
+    def restore(self, saved: str, draft: str, system_prompt: str, request: gr.Request) -> tuple[Any, ...]:
+        """On page load: this tab's chat and its unsent text, or a fresh chat. ``saved``: what the page holds of
+        the tab's chat, as JSON (the chat itself when the browser keeps the chats, else its id).
 
         Outputs: chat, system prompt, conversation, chat id, title, message box, notice.
         """
-        record = from_text(saved)
+        sent = from_text(saved)
+        record = self.chats(request).load(str(sent.get("id") or ""), sent) if isinstance(sent, dict) else None
         if isinstance(record, dict) and record.get("id"):
             try:
-                check_chat_size(record, self.app.settings.max_chat_mb, saved)
+                check_chat_size(record, self.app.settings.max_chat_mb)
             except ChatbotError as error:  # the chat stays in the browser; this tab starts a new one
                 return (
                     [],
@@ -564,10 +641,10 @@ class ChatHandlers:
                 pass  # storage from an older version: start afresh
         return [], gr.skip(), Conversation(system_prompt.strip()), new_chat_id(), "", draft or "", ""
 
-    def chat_list(self, index_text: str, chat_id: str) -> Any:
-        """The sidebar's list from the page's index of saved chats (JSON [[title, id], ...], newest first)."""
-        index = from_text(index_text)
-        choices = [(str(title), str(key)) for title, key in index] if isinstance(index, list) else []
+    def chat_list(self, index_text: str, chat_id: str, request: gr.Request) -> Any:
+        """The sidebar's list of saved chats, newest first. ``index_text``: the page's own index (JSON [[title,
+        id], ...]) when the browser keeps the chats, else {"query": the search box's text}."""
+        choices = self.chats(request).index(from_text(index_text))
         ids = {key for _, key in choices}
         return gr.update(choices=choices, value=chat_id if chat_id in ids else None)
 

@@ -84,12 +84,14 @@ def start_app(
     ui_port, api_port = ports or (free_port(), free_port() if api else 0)
     command = [sys.executable, str(ROOT / "app.py"), *args, "--port", str(ui_port), "--api-port", str(api_port)]
     log_file = log_path.open("w")
+    # Chats kept on the server (with --auth) go beside the log, never into the user's own store.
+    store = {"QWEN_CHAT_STORE_FILE": str(log_path.parent / "chats.sqlite3")}
     process = subprocess.Popen(
         command,
         cwd=ROOT,
         stdout=log_file,
         stderr=subprocess.STDOUT,
-        env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+        env={**store, **os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
     )
     app = RunningApp(process, f"http://127.0.0.1:{ui_port}", f"http://127.0.0.1:{api_port}" if api else None, log_path)
     deadline = time.monotonic() + timeout
