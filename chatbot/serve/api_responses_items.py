@@ -178,7 +178,7 @@ async def response_events(
                         "response.reasoning_text.delta", **item_fields({"content_index": 0, "delta": reply_event.text})
                     )
                 else:
-                    entries = list(reply_event.logprobs)
+                    entries = list(reply_event.logprobs) if isinstance(reply_event, AnswerDelta) else []
                     current["logprobs"].extend(entries)
                     sent_logprobs.extend(entries)
                     fields = {"content_index": 0, "delta": reply_event.text, "logprobs": delta_logprobs(entries)}

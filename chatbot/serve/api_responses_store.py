@@ -49,7 +49,7 @@ def owner_of(request: Request) -> str:
 def text_parts(content: Any, kind: str) -> list[dict[str, Any]]:
     """A message's content as text parts of ``kind`` (input_text or output_text); input was checked before."""
     texts = [content] if isinstance(content, str) else [part.get("text", "") for part in content or []]
-    extra = {"annotations": [], "logprobs": []} if kind == "output_text" else {}
+    extra: dict[str, list[Any]] = {"annotations": [], "logprobs": []} if kind == "output_text" else {}
     return [{"type": kind, "text": text, **extra} for text in texts]
 
 
