@@ -7,7 +7,6 @@ UI already shows "loading..." with progress.
 
 from __future__ import annotations
 
-import _thread
 import atexit
 import logging
 import os
@@ -147,7 +146,9 @@ def drain_then_stop(draining: DrainingBackend, grace: float) -> None:
     def drain() -> None:
         draining.drain(grace)
         time.sleep(FLUSH_SECONDS)  # the last events reach their clients before the servers close
-        _thread.interrupt_main()  # the web chat's launch() returns as on Ctrl+C; serve() stops the API
+        # A real SIGINT, not _thread.interrupt_main(): that only sets a flag, which a main thread blocked in
+        # launch()'s start-up (a SIGTERM right after the page first answered) never looked at again.
+        os.kill(os.getpid(), signal.SIGINT)  # launch() returns or raises as on Ctrl+C; serve() stops the API
 
     threading.Thread(target=drain, name="drain", daemon=True).start()
 
@@ -173,6 +174,10 @@ def serve(settings: Settings, warnings: list[str] | None = None) -> None:
 
     try:
         launch_ui(app)
+    except KeyboardInterrupt:
+        if not draining.closing.is_set():
+            raise
+        # The drain's own stop reached launch() before Gradio's loop that catches it: a clean stop all the same.
     finally:
         if api_server is not None:
             api_server.should_exit = True
