@@ -34,6 +34,7 @@ from typing import Any
 import gradio as gr
 
 from ..engine.sampling import DEFAULT_MAX_NEW_TOKENS, NON_THINKING_DEFAULTS, THINKING_DEFAULTS
+from . import ui_attach
 from .app_state import App
 from .security import ui_middleware
 from .session_budget import SessionBudget
@@ -289,7 +290,9 @@ def build_ui(app: App) -> gr.Blocks:
             placeholder="<div class='qc-empty'><b>Ask anything.</b><br>English, 中文, code, Markdown, math…</div>",
         )
         notice = gr.HTML("", elem_id="qc-notice")
+        attaching = ui_attach.attach_controls()  # the files waiting for the next message, as chips
         with gr.Row(elem_id="qc-composer"):
+            attach_button = ui_attach.attach_button()
             message_box = gr.Textbox(
                 show_label=False,
                 placeholder="Message Qwen3…  (Enter sends, Shift+Enter starts a new line)",
@@ -321,13 +324,13 @@ def build_ui(app: App) -> gr.Blocks:
         timer = gr.Timer(0.5 if loading else REMOTE_BADGE_SECONDS, active=not status.settled)
 
         chat_states = [conversation, chat_id, title]
-        meter_inputs = [message_box, system_prompt, thinking, max_new_tokens, conversation]
+        meter_inputs = [message_box, system_prompt, thinking, max_new_tokens, conversation, attaching.pending]
         reply_outputs = [chat, message_box, notice, conversation, record]
         private: dict[str, Any] = {"api_visibility": "private"}
         # The context meter: counted on the server with the model's tokenizer, after typing pauses
         # (wired first: the later private events that count again would otherwise take its API name).
         gr.on(
-            [message_box.input, thinking.change, max_new_tokens.change, system_prompt.input],
+            [message_box.input, thinking.change, max_new_tokens.change, system_prompt.input, attaching.pending.change],
             handlers.context_meter,
             meter_inputs,
             meter,
@@ -340,6 +343,7 @@ def build_ui(app: App) -> gr.Blocks:
         # (not beside the reply) so that a quick reply cannot finish before it. An edit's first step also
         # keeps what was edited: the Chatbot's event data does not reach the steps chained after it.
         buttons = [send_button, stop_button]
+        send = ui_attach.with_attached(handlers.send)  # the message with its attached files written in
         controls = reply_components(
             enable_thinking=thinking,
             system_prompt=system_prompt,
@@ -349,7 +353,7 @@ def build_ui(app: App) -> gr.Blocks:
             title=title,
         )
         for triggers, start, start_outputs, handler, first, api_name in (
-            ([message_box.submit, send_button.click], show_stop_button, buttons, handlers.send, message_box, "chat"),
+            ([message_box.submit, send_button.click], show_stop_button, buttons, send, message_box, "chat"),
             ([regenerate_button.click, chat.retry], show_stop_button, buttons, handlers.regenerate, None, "regenerate"),
             ([chat.edit], take_edit, [edit_request, *buttons], handlers.edit_message, edit_request, "edit_message"),
         ):
@@ -364,13 +368,14 @@ def build_ui(app: App) -> gr.Blocks:
                 **private,
             )
             leading = {} if first is None else {"message" if first is message_box else "edit_request": first}
+            files = {"attached": attaching.pending} if first is message_box else {}  # then emptied once sent
             # Every step "multiple": a chained step defaults to "once", which makes the page drop a second
             # Enter's reply step while the first reply (the same step) still streams, without a word.
             reply = started.then(
-                reply_event(handler, *leading),
+                reply_event(handler, *leading, *files),
                 None,
-                reply_outputs,
-                inputs_kwargs={**leading, **controls},
+                reply_outputs + list(files.values()),
+                inputs_kwargs={**leading, **files, **controls},
                 api_name=api_name,
                 concurrency_limit=None,
                 show_progress="hidden",
@@ -413,7 +418,12 @@ def build_ui(app: App) -> gr.Blocks:
             [message_box, *chat_states],
             [chat, message_box, notice, conversation, record],
             api_name="edit_last",
-        ).then(**meter_again, **private)
+        ).then(ui_attach.reclaim, [message_box, attaching.pending], [message_box, attaching.pending], **private).then(
+            **meter_again, **private
+        )
+
+        max_chars = int(app.settings.max_chat_mb * 2**20)  # of the files waiting, together: a chat holds no more
+        ui_attach.wire(attaching, attach_button, notice=notice, max_chars=max_chars)
 
         # Chats: every change of this tab's chat is written to the browser, then the list is redrawn.
         # (the page redraws the list itself when a chat is new or renamed, not on every save of a streaming reply)
@@ -579,7 +589,7 @@ def launch_ui(app: App) -> None:
         app.settings.port,
         " (login required)" if app.settings.auth else "",
     )
-    script = (ASSETS / "chat.js").read_text(encoding="utf-8")
+    script = "\n".join((ASSETS / name).read_text(encoding="utf-8") for name in ("chat.js", "attach.js"))
     deadline_by_default()  # Gradio's own uvicorn closes connections that never finish their headers, too
     SessionBudget(demo, int(app.settings.session_memory_mb * 2**20)).start()  # held chats within a total
     log_event_errors()  # one rate-limited log line per failed event, not a traceback on stderr
@@ -588,7 +598,7 @@ def launch_ui(app: App) -> None:
         server_port=app.settings.port,
         auth=app.settings.auth_pair(),
         auth_message="Qwen3 Chat: log in with the user and password given to --auth.",
-        css_paths=[ASSETS / "style.css"],
+        css_paths=[ASSETS / "style.css", ASSETS / "attach.css"],
         head=f"<script>{script}</script>",
         theme=gr.themes.Soft(
             primary_hue="violet",
