@@ -1,6 +1,6 @@
 // Qwen3 Chat: attaching files to a message (the server's part: chatbot/serve/ui_attach.py).
 //
-// A file dropped anywhere on the page, or pasted into the message box, is handed to the 📎 button's file
+// A file dropped anywhere on the page, or pasted into the message box, is handed to the paperclip button's file
 // input as if picked there: Gradio uploads it and the server reads it. A chip's × asks the server, through a
 // hidden button, to take that file off the message.
 (() => {

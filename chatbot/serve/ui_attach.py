@@ -1,7 +1,7 @@
-"""Files attached to a web chat message, on the page: the 📎 button, the chips above the message box, the send.
+"""Files attached to a web chat message, on the page: the paperclip button, the chips above the message box, the send.
 
-A file dropped on the page, pasted into the message box (``assets/attach.js`` hands both to the 📎
-button) or picked with the button is uploaded (bounded by ``uploads.UploadQuota``), read at once as text
+A file dropped on the page, pasted into the message box (``assets/attach.js`` hands both to the paperclip
+button) or picked with it is uploaded (bounded by ``uploads.UploadQuota``), read at once as text
 by ``attachments.read_attachment`` and deleted; its text waits, server side, in the tab's ``gr.State``
 until the message is sent, shown as a chip (name, size, ×) above the box. Send writes the files into the
 message (``attachments.compose``); the files are let go once the server has stored the message (when
@@ -24,12 +24,13 @@ from .attachments import Attachment, attachments_of, compose, describe_size, rea
 from .uploads import discard_upload
 
 MAX_ATTACHED = 8  # files waiting on one message
+FILES_COUNT = "The attached files are part of the message: take one off with its ×, or attach a part of it."
 JS_DETACH = "(request, ...rest) => [window.qcAttach.remove, ...rest]"
 
 
 @dataclass
 class AttachControls:
-    """The components of attaching besides the 📎 button: made in the page's layout, wired by ``wire``."""
+    """The components of attaching besides the paperclip button: made in the page's layout, wired by ``wire``."""
 
     chips: gr.HTML
     pending: gr.State  # [{"name": ..., "text": ...}, ...] waiting for the next message
@@ -38,9 +39,9 @@ class AttachControls:
 
 
 def attach_button() -> gr.UploadButton:
-    """The 📎 button (in the composer's row): picks files; the page's script also gives it dropped and pasted ones."""
+    """The paperclip button (in the composer's row): picks files; the page's script gives it dropped and pasted ones."""
     return gr.UploadButton(
-        "📎",
+        "Attach files",  # read aloud; the page shows a paperclip (attach.css)
         file_count="multiple",
         size="sm",
         variant="secondary",
@@ -64,10 +65,9 @@ def chips_html(pending: Any) -> str:
     chips = []
     for index, item in enumerate(attachments_of(pending)):
         name = html.escape(item.name)
-        icon = "📕" if item.name.lower().endswith(".pdf") else "📄"
         chips.append(
             f'<span class="qc-chip" title="{name} · {html.escape(describe_size(item.text))}">'
-            f'<span class="qc-chip-name">{icon} {name}</span>'
+            f'<span class="qc-chip-name">{name}</span>'
             f'<span class="qc-chip-size">{len(item.text):,} chars</span>'
             f'<button type="button" class="qc-chip-x qc-detach-{index}" aria-label="Remove {name}">×</button></span>'
         )
@@ -123,22 +123,29 @@ def with_attached(
     """``send`` (message, inputs, request) taking the waiting files too: (message, attached, inputs, request).
 
     The files are written into the message; each output gains the waiting list: emptied once the server
-    has stored the message (it empties the box), else left as it is. A refused message comes back to the
-    box as typed, its files still attached.
+    has stored the message (it empties the box). A message given back (refused: too long for the context,
+    a reply still running; stopped while queued) comes back to the box as typed, its files to their chips.
     """
 
     def send_with_files(message: str, attached: Any, inputs: Any, request: gr.Request) -> Iterator[tuple[Any, ...]]:
         files: list[Attachment] = attachments_of(attached)
         combined = compose(message, files)
-        for outputs in send(combined, inputs, request):
-            box = outputs[1]
+        for chat, box, notice, *rest in send(combined, inputs, request):
+            waiting: Any = gr.skip()
             if files and isinstance(box, str) and box == combined:
-                box = message  # refused: the typed text goes back, the files stay in their chips
-            sent = bool(files) and isinstance(box, str) and box == ""
-            yield (outputs[0], box, *outputs[2:], [] if sent else gr.skip())
+                box, waiting = message, [item.as_dict() for item in files]
+                if isinstance(notice, str) and "context window" in notice:
+                    notice += info_html(FILES_COUNT)
+            elif files and isinstance(box, str) and box == "":
+                waiting = []
+            yield chat, box, notice, *rest, waiting
 
     send_with_files.__name__ = send.__name__
     return send_with_files
+
+
+def info_html(text: str) -> str:
+    return f'<div class="qc-notice qc-info" role="status">{html.escape(text)}</div>'
 
 
 def wire(controls: AttachControls, button: gr.UploadButton, *, notice: gr.HTML, max_chars: int) -> None:

@@ -96,7 +96,7 @@ def user_messages(text: str) -> list[Message]:
             shown += f"\n… ({len(item.text) - len(shown):,} more characters, all read by the model)"
         fence = "`" * max(3, max((len(run) for run in re.findall(r"`+", shown)), default=0) + 1)
         name = re.sub(r"([\\`*_\[\]<>#|~$])", r"\\\1", item.name)  # a name, not Markdown or math
-        title = f"📎 {name} · {describe_size(item.text)}"
+        title = f"{name} · {describe_size(item.text)}"  # after a paperclip (attach.css)
         content = f"{fence}{fence_language(item.name)}\n{shown}\n{fence}"
         drawn.append({"role": "user", "content": content, "metadata": {"title": title, "status": "done"}})
     return drawn

@@ -108,6 +108,6 @@ def test_edit_last_takes_the_files_back_to_the_chips() -> None:
 def test_a_question_with_files_is_drawn_as_its_text_then_each_file_folded() -> None:
     drawn = user_messages(compose("Read this", [Attachment("my_notes.md", "```\ncode\n```")]))
     assert drawn[0] == {"role": "user", "content": "Read this"}
-    assert drawn[1]["metadata"]["title"].startswith("📎 my\\_notes.md · 12 characters")
+    assert drawn[1]["metadata"]["title"].startswith("my\\_notes.md · 12 characters")
     assert drawn[1]["content"].startswith("````markdown\n```\ncode")
     assert title_of([{"role": "user", "content": compose("", [Attachment("a.pdf", "x")])}]) == "a.pdf"
