@@ -34,7 +34,7 @@ from typing import Any
 import gradio as gr
 
 from ..engine.sampling import DEFAULT_MAX_NEW_TOKENS, NON_THINKING_DEFAULTS, THINKING_DEFAULTS
-from . import ui_attach
+from . import ui_attach, ui_prompts
 from .app_state import App
 from .security import ui_middleware
 from .session_budget import SessionBudget
@@ -60,7 +60,7 @@ LATEX_DELIMITERS: list[dict[str, str | bool]] = [
     {"left": "\\(", "right": "\\)", "display": False},
 ]
 SETTING_NAMES: tuple[str, ...] = ("theme", "thinking", *("temperature", "top_p", "top_k", "max_new_tokens"))
-SETTING_NAMES += ("presence_penalty", "repetition_penalty", "min_new_tokens")
+SETTING_NAMES += ("presence_penalty", "repetition_penalty", "min_new_tokens", "prompts")
 SHORTCUTS = """| keys | does |
 |---|---|
 | Enter / Shift+Enter | send / new line |
@@ -123,6 +123,7 @@ def api_help(app: App, request: gr.Request | None) -> tuple[str, str]:
 @dataclass
 class SettingsPanel:
     system_prompt: gr.Textbox
+    prompts: ui_prompts.PromptControls  # saved prompts and the one new chats start with
     theme: gr.Radio
     # temperature, top_p, top_k, max_new_tokens, presence_penalty, repetition_penalty, min_new_tokens
     sampling: list[gr.Slider]
@@ -143,6 +144,7 @@ def settings_panel(app: App, mode: dict[str, Any]) -> SettingsPanel:
             lines=3,
             max_lines=10,
         )
+        prompts = ui_prompts.prompt_controls()
         theme = gr.Radio(["System", "Light", "Dark"], value="System", label="Theme", elem_id="qc-theme")
         with gr.Accordion("Sampling", open=True):
             sampling = [
@@ -172,7 +174,7 @@ def settings_panel(app: App, mode: dict[str, Any]) -> SettingsPanel:
         with gr.Accordion("Use from code (OpenAI API)", open=False, elem_id="qc-api"):
             api_text = gr.Markdown(elem_id="qc-api-url")
             api_snippet = gr.Code(language="python", interactive=False, show_label=False, elem_id="qc-api-snippet")
-    return SettingsPanel(system_prompt, theme, sampling, reset_button, api_text, api_snippet)
+    return SettingsPanel(system_prompt, prompts, theme, sampling, reset_button, api_text, api_snippet)
 
 
 @dataclass
@@ -424,6 +426,7 @@ def build_ui(app: App) -> gr.Blocks:
 
         max_chars = int(app.settings.max_chat_mb * 2**20)  # of the files waiting, together: a chat holds no more
         ui_attach.wire(attaching, attach_button, notice=notice, max_chars=max_chars)
+        ui_prompts.wire(panel.prompts, system_prompt, notice, meter_again)
 
         # Chats: every change of this tab's chat is written to the browser, then the list is redrawn.
         # (the page redraws the list itself when a chat is new or renamed, not on every save of a streaming reply)
@@ -442,6 +445,7 @@ def build_ui(app: App) -> gr.Blocks:
             **meter_again, **private
         )
         new.then(handlers.reply_buttons, None, buttons, **private)
+        new.then(ui_prompts.for_new_chat, panel.prompts.store, system_prompt, **private).then(**meter_again, **private)
         opened = chats.chats.input(
             handlers.open_chat,
             [chats.chats, read_record, conversation],
@@ -487,7 +491,7 @@ def build_ui(app: App) -> gr.Blocks:
         message_box.change(None, message_box, None, js="(text) => { qcStore.draft(text); }", **private)
 
         # Settings: kept per browser, restored on load; the theme applies at once.
-        setting_controls = [panel.theme, thinking, *sampling]
+        setting_controls = [panel.theme, thinking, *sampling, panel.prompts.store]
         for control in setting_controls:
             # Every control of the list has .change (gradio types the list as its common base, FormComponent).
             control.change(save_settings, setting_controls, settings_store, queue=False, **private)  # type: ignore[attr-defined]
@@ -501,7 +505,12 @@ def build_ui(app: App) -> gr.Blocks:
         timer.tick(handlers.poll_model_status, token_sliders, [badge, timer, *token_sliders], queue=False, **private)
         demo.load(handlers.model_status, None, badge, api_name="model_status")
         demo.load(handlers.max_tokens_controls, token_sliders, token_sliders, **private)
-        demo.load(restore_settings, settings_store, setting_controls, **private)
+        # A new chat in this tab starts with the default system prompt, once both the settings and the chat are back.
+        fresh_inputs = [panel.prompts.store, conversation]
+        fresh_prompt = dict(fn=ui_prompts.for_fresh_chat, inputs=fresh_inputs, outputs=system_prompt)
+        demo.load(restore_settings, settings_store, setting_controls, **private).then(**fresh_prompt, **private).then(
+            **meter_again, **private
+        )
 
         def show_api_help(request: gr.Request) -> tuple[str, str]:
             return api_help(app, request)
@@ -515,7 +524,7 @@ def build_ui(app: App) -> gr.Blocks:
             **private,
         ).then(handlers.chat_list, [chat_index, chat_id], chats.chats, js=JS_INDEX, queue=False, **private).then(
             handlers.context_meter, meter_inputs, meter, show_progress="hidden", **private
-        )
+        ).then(**fresh_prompt, **private).then(**meter_again, **private)
     return demo
 
 

@@ -215,13 +215,13 @@ class ChatHandlers:
         edit = edit if isinstance(edit, dict) else {}
         drawn = indexed_messages(conversation)
         position = edit.get("index")
-        index = drawn[position][0] if isinstance(position, int) and 0 <= position < len(drawn) else -1
+        index, edited = drawn[position] if isinstance(position, int) and 0 <= position < len(drawn) else (-1, {})
         value = edit.get("value")
         text = value if isinstance(value, str) else ""
         problem = ""
         if index < 0 or conversation.turns[index].role != "user":
             problem = "Only your own messages can be edited, once their reply has ended."
-        elif drawn[position][1].get("metadata"):  # a file attached to the question, drawn folded
+        elif edited.get("metadata"):  # a file attached to the question, drawn folded
             problem = "An attached file cannot be edited: edit the message's text, or send the file again."
         elif self.stops.running(session_of(request)):
             problem = BUSY
