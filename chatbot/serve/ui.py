@@ -60,7 +60,8 @@ LATEX_DELIMITERS: list[dict[str, str | bool]] = [
     {"left": "\\(", "right": "\\)", "display": False},
 ]
 SETTING_NAMES: tuple[str, ...] = ("theme", "thinking", *("temperature", "top_p", "top_k", "max_new_tokens"))
-SETTING_NAMES += ("presence_penalty", "repetition_penalty", "min_new_tokens", "prompts")
+SETTING_NAMES += ("presence_penalty", "repetition_penalty", "min_new_tokens")
+KEPT_NAMES = (*SETTING_NAMES, "prompts")  # what the browser keeps: the settings' controls, then the saved prompts
 SHORTCUTS = """| keys | does |
 |---|---|
 | Enter / Shift+Enter | send / new line |
@@ -558,14 +559,14 @@ def take_edit(edit: gr.EditData) -> tuple[Any, ...]:
 
 
 def save_settings(*values: Any) -> dict[str, Any]:
-    return dict(zip(SETTING_NAMES, values, strict=True))
+    return dict(zip(KEPT_NAMES, values, strict=True))
 
 
 def restore_settings(saved: Any) -> tuple[Any, ...]:
     """The settings this browser kept (a value missing or from an older version keeps the default)."""
     if not isinstance(saved, dict):
-        return (gr.skip(),) * len(SETTING_NAMES)
-    return tuple(saved[name] if name in saved else gr.skip() for name in SETTING_NAMES)
+        return (gr.skip(),) * len(KEPT_NAMES)
+    return tuple(saved[name] if name in saved else gr.skip() for name in KEPT_NAMES)
 
 
 def imported_and_deleted(handlers: ChatHandlers):

@@ -12,7 +12,7 @@ from __future__ import annotations
 import base64
 
 from helpers.app import RunningApp
-from helpers.browser import open_page, reload_page, send, snap, wait_for_stats
+from helpers.browser import open_page, open_settings, reload_page, send, snap, wait_for_stats
 from helpers.pdf import tiny_pdf
 
 CHIPS = "#qc-attached .qc-chip"
@@ -128,4 +128,65 @@ def test_files_past_the_context_are_refused_before_the_model_and_nothing_is_lost
     page.wait_for_timeout(1000)  # the record is written on change
     assert page.evaluate(f"() => ({SAVED_CHATS})().length") == 0
     assert page.locator("#qc-chat .message-row.user-row").count() == 0
+    page.context.close()
+
+
+# --- saved system prompts ---------------------------------------------------------------------------------
+
+PROMPT_BOX = "#qc-sidebar textarea[placeholder^='e.g. You are']"
+
+
+def prompt_is(page, text: str) -> None:
+    page.wait_for_function("([sel, text]) => document.querySelector(sel).value === text", arg=[PROMPT_BOX, text])
+
+
+def save_preset(page, name: str, prompt: str) -> None:
+    page.fill(PROMPT_BOX, prompt)
+    page.fill("#qc-preset-name input, #qc-preset-name textarea", name)
+    page.click("#qc-preset-save")
+    page.wait_for_function("(name) => document.querySelector('#qc-preset input').value === name", arg=name)
+
+
+def choose_preset(page, name: str) -> None:
+    page.click("#qc-preset input")
+    page.click(f'#qc-preset li[role=option][aria-label="{name}"]')
+
+
+def open_prompts(page) -> None:
+    open_settings(page)
+    if page.locator("#qc-preset").count() == 0 or not page.locator("#qc-preset").is_visible():
+        page.click("#qc-prompts button.label-wrap, #qc-prompts .label-wrap")
+    page.wait_for_selector("#qc-preset", state="visible")
+
+
+def test_saved_prompts_are_picked_kept_per_browser_and_start_new_chats(browser, demo_app, tmp_path) -> None:
+    page = open_page(browser, demo_app)
+    open_prompts(page)
+    save_preset(page, "Pirate", "Talk like a pirate.")
+    save_preset(page, "Terse", "Answer in one word.")
+    page.click("#qc-prompt-default")  # new chats start with the prompt shown: Terse's
+    page.wait_for_selector("#qc-prompt-note:has-text('New chats start with: “Answer in one word.”')")
+    choose_preset(page, "Pirate")
+    prompt_is(page, "Talk like a pirate.")
+    page.uncheck("#qc-thinking input")
+    send(page, "Ahoy")
+    wait_for_stats(page, 1)
+    record = page.evaluate(f"() => JSON.parse(localStorage.getItem(({SAVED_CHATS})()[0]))")
+    assert record["system_prompt"] == "Talk like a pirate."
+
+    page.click("#qc-new")
+    prompt_is(page, "Answer in one word.")  # the default, not the last chat's
+    choose_preset(page, "Terse")
+    snap(page, "screenshot-prompts.png", tmp_path)
+    page.click("#qc-preset-delete")
+    page.wait_for_function("() => document.querySelector('#qc-preset input').value === ''")
+
+    second = open_page(browser, demo_app, context=page.context)  # another tab of this browser: a new chat
+    open_prompts(second)
+    prompt_is(second, "Answer in one word.")
+    second.click("#qc-preset input")
+    options = second.locator("#qc-preset li[role=option]")
+    options.first.wait_for()
+    assert [option.get_attribute("aria-label") for option in options.all()] == ["Pirate"]  # Terse was deleted
+    assert not page.errors and not second.errors, page.errors + second.errors
     page.context.close()
