@@ -5,18 +5,18 @@ part) is read here once, as text: UTF-8 text and code files by their name, and t
 (``pypdf``). Anything else (images, archives, office files, a binary file named ``.txt``) is refused,
 saying what is accepted.
 
-The model reads the message with each file's text after it, one block per file::
-
-    What does this script do?
+The model reads each file's text in a block of its own, then what was typed::
 
     <file name="backup.sh" chars="1234">
     ...the file's 1,234 characters...
     </file>
 
+    What does this script do?
+
 That text is the message: the context meter counts it, the model reads it, and the saved chat (browser
 storage, export) keeps it as the message's content. ``split`` finds the blocks again (the ``chars``
-count makes that exact, whatever the file holds) so the page shows the typed text, then each file as a
-folded block under its name. Plain Python; no Gradio.
+count makes that exact, whatever the file holds) so the page shows each file as a folded block under its
+name, then the typed text. Plain Python; no Gradio.
 """
 
 from __future__ import annotations
@@ -97,43 +97,34 @@ def clean_name(name: str) -> str:
 
 
 def compose(message: str, attachments: list[Attachment]) -> str:
-    """The message as the model reads it: the typed text, then one block per file (``split`` undoes it)."""
+    """The message as the model reads it: one block per file, then the typed text (``split`` undoes it).
+
+    Files first, as llama.cpp's web UI sends them: a question asked again in other words (an edit) then
+    shares the files' prompt prefix, which the engine's prefix cache need not read again, and a long
+    document before the question is the order models are trained to read."""
     if not attachments:
         return message
     blocks = "\n\n".join(item.block() for item in attachments)
-    return f"{message.rstrip()}\n\n{blocks}" if message.strip() else blocks
+    return f"{blocks}\n\n{message}" if message.strip() else blocks
 
 
 def split(content: str) -> tuple[str, list[Attachment]]:
-    """A message's typed text and its attached files (``compose`` in reverse); text without blocks is all typed."""
-    if "<file name=" not in content:
-        return content, []
-    for start in BLOCK_RE.finditer(content):
-        if start.start() and not content[: start.start()].endswith("\n\n"):
-            continue
-        found = _blocks_from(content, start.start())
-        if found is not None:
-            return content[: start.start()].rstrip("\n"), found
-    return content, []
-
-
-def _blocks_from(content: str, position: int) -> list[Attachment] | None:
-    """The blocks from ``position`` to the end of ``content``, or None unless they reach it exactly."""
+    """A message's attached files and its typed text (``compose`` in reverse): (typed text, files). Text that
+    does not start with a whole block is all typed."""
     found: list[Attachment] = []
-    while True:
-        header = BLOCK_RE.match(content, position)
-        if header is None:
-            return None
+    position = 0
+    while header := BLOCK_RE.match(content, position):
         text_end = header.end() + int(header.group(2))
         if not content.startswith(BLOCK_END, text_end):
-            return None
+            break
         found.append(Attachment(header.group(1), content[header.end() : text_end]))
         position = text_end + len(BLOCK_END)
         if position == len(content):
-            return found
+            return "", found
         if not content.startswith("\n\n", position):
-            return None
+            return content, []
         position += 2
+    return (content[position:], found) if found else (content, [])
 
 
 def with_typed_text(content: str, typed: str) -> str:

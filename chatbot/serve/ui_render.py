@@ -87,9 +87,9 @@ def user_message(text: str) -> Message:
 
 
 def user_messages(text: str) -> list[Message]:
-    """A question as drawn: its typed text, then each attached file folded under its name (``attachments``)."""
+    """A question as drawn: each attached file folded under its name (``attachments``), then the typed text."""
     typed, files = split(text)
-    drawn = [user_message(typed)] if typed.strip() or not files else []
+    drawn = []
     for item in files:
         shown = item.text[:ATTACHMENT_SHOWN_CHARS]
         if len(item.text) > len(shown):
@@ -99,7 +99,7 @@ def user_messages(text: str) -> list[Message]:
         title = f"{name} · {describe_size(item.text)}"  # after a paperclip (attach.css)
         content = f"{fence}{fence_language(item.name)}\n{shown}\n{fence}"
         drawn.append({"role": "user", "content": content, "metadata": {"title": title, "status": "done"}})
-    return drawn
+    return [*drawn, user_message(typed)] if typed.strip() or not files else drawn
 
 
 def answer_message(text: str) -> Message:

@@ -28,7 +28,8 @@ def file(tmp_path: Path, name: str, data: bytes | str) -> Path:
 def test_a_message_with_files_splits_back_into_its_typed_text_and_files() -> None:
     files = [Attachment("a.py", "print(1)\n"), Attachment("notes.md", "# Notes\n\nline")]
     combined = compose("What do these do?", files)
-    assert combined.startswith('What do these do?\n\n<file name="a.py" chars="9">\nprint(1)\n\n</file>')
+    assert combined.startswith('<file name="a.py" chars="9">\nprint(1)\n\n</file>\n\n<file name="notes.md"')
+    assert combined.endswith("</file>\n\nWhat do these do?")  # files first: an edit keeps their prompt prefix
     assert split(combined) == ("What do these do?", files)
     assert split(compose("", files)) == ("", files)
     assert split("plain text") == ("plain text", [])
@@ -41,8 +42,12 @@ def test_a_file_holding_block_markers_splits_exactly() -> None:
 
 
 def test_typed_blocks_that_do_not_add_up_stay_text() -> None:
-    text = 'Explain\n\n<file name="a" chars="99">\nshort\n</file>'
+    text = '<file name="a" chars="99">\nshort\n</file>\n\nExplain'
     assert split(text) == (text, [])
+    assert split('<file name="a" chars="1">\nA\n</file>\n\n<file name="b" chars="9">\nB') == (
+        '<file name="b" chars="9">\nB',
+        [Attachment("a", "A")],
+    )
 
 
 def test_an_edit_keeps_the_files() -> None:
@@ -107,7 +112,7 @@ def test_edit_last_takes_the_files_back_to_the_chips() -> None:
 
 def test_a_question_with_files_is_drawn_as_its_text_then_each_file_folded() -> None:
     drawn = user_messages(compose("Read this", [Attachment("my_notes.md", "```\ncode\n```")]))
-    assert drawn[0] == {"role": "user", "content": "Read this"}
-    assert drawn[1]["metadata"]["title"].startswith("my\\_notes.md · 12 characters")
-    assert drawn[1]["content"].startswith("````markdown\n```\ncode")
+    assert drawn[1] == {"role": "user", "content": "Read this"}
+    assert drawn[0]["metadata"]["title"].startswith("my\\_notes.md · 12 characters")
+    assert drawn[0]["content"].startswith("````markdown\n```\ncode")
     assert title_of([{"role": "user", "content": compose("", [Attachment("a.pdf", "x")])}]) == "a.pdf"
