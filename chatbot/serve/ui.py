@@ -10,7 +10,9 @@ them:
 * the chats live in the browser (``assets/chat.js``: one localStorage entry per chat, the tab's
   current chat in sessionStorage), listed in the left panel (new, open, rename, delete with undo,
   search, export and import one chat or all);
-* the settings (theme, thinking, sampling) are kept per browser in a ``gr.BrowserState``;
+* the settings (theme, thinking, sampling) and the saved system prompts (``ui_prompts``) are kept per
+  browser in a ``gr.BrowserState``;
+* files dropped, pasted or picked are attached to the next message (``ui_attach``, ``attachments``);
 * every reply gets its own stop signal; Stop (or Esc) sets the signals of its own session only;
 * the reply handler has no Gradio concurrency limit, so every request reaches the engine's own
   bounded FIFO queue, whose position is shown under the pending answer.
