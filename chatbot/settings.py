@@ -138,7 +138,7 @@ class Settings(BaseSettings, Tuning):
         "", description="Web origins (https://app.example) whose pages may call the API, comma-separated."
     )
     max_upload_mb: float = Field(
-        10.0, gt=0, description="Largest file the web page accepts (conversation imports), in MB."
+        10.0, gt=0, description="Largest file the web page accepts (conversation imports, attached files), in MB."
     )
     max_chat_mb: float = Field(
         2.0, gt=0, description="Largest chat the server holds for a tab (imported, opened or restored), in MB."

@@ -10,7 +10,9 @@ them:
 * the chats live in the browser (``assets/chat.js``: one localStorage entry per chat, the tab's
   current chat in sessionStorage), listed in the left panel (new, open, rename, delete with undo,
   search, export and import one chat or all);
-* the settings (theme, thinking, sampling) are kept per browser in a ``gr.BrowserState``;
+* the settings (theme, thinking, sampling) and the saved system prompts (``ui_prompts``) are kept per
+  browser in a ``gr.BrowserState``;
+* files dropped, pasted or picked are attached to the next message (``ui_attach``, ``attachments``);
 * every reply gets its own stop signal; Stop (or Esc) sets the signals of its own session only;
 * the reply handler has no Gradio concurrency limit, so every request reaches the engine's own
   bounded FIFO queue, whose position is shown under the pending answer.
@@ -34,6 +36,7 @@ from typing import Any
 import gradio as gr
 
 from ..engine.sampling import DEFAULT_MAX_NEW_TOKENS, NON_THINKING_DEFAULTS, THINKING_DEFAULTS
+from . import ui_attach, ui_prompts
 from .app_state import App
 from .security import ui_middleware
 from .session_budget import SessionBudget
@@ -62,6 +65,7 @@ LATEX_DELIMITERS: list[dict[str, str | bool]] = [
 ]
 SETTING_NAMES: tuple[str, ...] = ("theme", "thinking", *("temperature", "top_p", "top_k", "max_new_tokens"))
 SETTING_NAMES += ("presence_penalty", "repetition_penalty", "min_new_tokens")
+KEPT_NAMES = (*SETTING_NAMES, "prompts")  # what the browser keeps: the settings' controls, then the saved prompts
 SHORTCUTS = """| keys | does |
 |---|---|
 | Enter / Shift+Enter | send / new line |
@@ -125,6 +129,7 @@ def api_help(app: App, request: gr.Request | None) -> tuple[str, str]:
 @dataclass
 class SettingsPanel:
     system_prompt: gr.Textbox
+    prompts: ui_prompts.PromptControls  # saved prompts and the one new chats start with
     theme: gr.Radio
     # temperature, top_p, top_k, max_new_tokens, presence_penalty, repetition_penalty, min_new_tokens
     sampling: list[gr.Slider]
@@ -145,6 +150,7 @@ def settings_panel(app: App, mode: dict[str, Any]) -> SettingsPanel:
             lines=3,
             max_lines=10,
         )
+        prompts = ui_prompts.prompt_controls()
         theme = gr.Radio(["System", "Light", "Dark"], value="System", label="Theme", elem_id="qc-theme")
         with gr.Accordion("Sampling", open=True):
             sampling = [
@@ -174,7 +180,7 @@ def settings_panel(app: App, mode: dict[str, Any]) -> SettingsPanel:
         with gr.Accordion("Use from code (OpenAI API)", open=False, elem_id="qc-api"):
             api_text = gr.Markdown(elem_id="qc-api-url")
             api_snippet = gr.Code(language="python", interactive=False, show_label=False, elem_id="qc-api-snippet")
-    return SettingsPanel(system_prompt, theme, sampling, reset_button, api_text, api_snippet)
+    return SettingsPanel(system_prompt, prompts, theme, sampling, reset_button, api_text, api_snippet)
 
 
 @dataclass
@@ -301,7 +307,9 @@ def build_ui(app: App) -> gr.Blocks:
             placeholder="<div class='qc-empty'><b>Ask anything.</b><br>English, 中文, code, Markdown, math…</div>",
         )
         notice = gr.HTML("", elem_id="qc-notice")
+        attaching = ui_attach.attach_controls()  # the files waiting for the next message, as chips
         with gr.Row(elem_id="qc-composer"):
+            attach_button = ui_attach.attach_button()
             message_box = gr.Textbox(
                 show_label=False,
                 placeholder="Message Qwen3…  (Enter sends, Shift+Enter starts a new line)",
@@ -333,13 +341,13 @@ def build_ui(app: App) -> gr.Blocks:
         timer = gr.Timer(0.5 if loading else REMOTE_BADGE_SECONDS, active=not status.settled)
 
         chat_states = [conversation, chat_id, title]
-        meter_inputs = [message_box, system_prompt, thinking, max_new_tokens, conversation]
+        meter_inputs = [message_box, system_prompt, thinking, max_new_tokens, conversation, attaching.pending]
         reply_outputs = [chat, message_box, notice, conversation, record]
         private: dict[str, Any] = {"api_visibility": "private"}
         # The context meter: counted on the server with the model's tokenizer, after typing pauses
         # (wired first: the later private events that count again would otherwise take its API name).
         gr.on(
-            [message_box.input, thinking.change, max_new_tokens.change, system_prompt.input],
+            [message_box.input, thinking.change, max_new_tokens.change, system_prompt.input, attaching.pending.change],
             handlers.context_meter,
             meter_inputs,
             meter,
@@ -352,6 +360,7 @@ def build_ui(app: App) -> gr.Blocks:
         # (not beside the reply) so that a quick reply cannot finish before it. An edit's first step also
         # keeps what was edited: the Chatbot's event data does not reach the steps chained after it.
         buttons = [send_button, stop_button]
+        send = ui_attach.with_attached(handlers.send)  # the message with its attached files written in
         controls = reply_components(
             enable_thinking=thinking,
             system_prompt=system_prompt,
@@ -361,7 +370,7 @@ def build_ui(app: App) -> gr.Blocks:
             title=title,
         )
         for triggers, start, start_outputs, handler, first, api_name in (
-            ([message_box.submit, send_button.click], show_stop_button, buttons, handlers.send, message_box, "chat"),
+            ([message_box.submit, send_button.click], show_stop_button, buttons, send, message_box, "chat"),
             ([regenerate_button.click, chat.retry], show_stop_button, buttons, handlers.regenerate, None, "regenerate"),
             ([chat.edit], take_edit, [edit_request, *buttons], handlers.edit_message, edit_request, "edit_message"),
             ([continue_button.click], show_stop_button, buttons, continue_reply(handlers), None, "continue_reply"),
@@ -377,13 +386,14 @@ def build_ui(app: App) -> gr.Blocks:
                 **private,
             )
             leading = {} if first is None else {"message" if first is message_box else "edit_request": first}
+            files = {"attached": attaching.pending} if first is message_box else {}  # then emptied once sent
             # Every step "multiple": a chained step defaults to "once", which makes the page drop a second
             # Enter's reply step while the first reply (the same step) still streams, without a word.
             reply = started.then(
-                reply_event(handler, *leading),
+                reply_event(handler, *leading, *files),
                 None,
-                reply_outputs,
-                inputs_kwargs={**leading, **controls},
+                reply_outputs + list(files.values()),
+                inputs_kwargs={**leading, **files, **controls},
                 api_name=api_name,
                 concurrency_limit=None,
                 show_progress="hidden",
@@ -433,7 +443,13 @@ def build_ui(app: App) -> gr.Blocks:
             [message_box, *chat_states],
             [chat, message_box, notice, conversation, record],
             api_name="edit_last",
-        ).then(**meter_again, **private)
+        ).then(ui_attach.reclaim, [message_box, attaching.pending], [message_box, attaching.pending], **private).then(
+            **meter_again, **private
+        )
+
+        max_chars = int(app.settings.max_chat_mb * 2**20)  # of the files waiting, together: a chat holds no more
+        ui_attach.wire(attaching, attach_button, notice=notice, max_chars=max_chars)
+        ui_prompts.wire(panel.prompts, system_prompt, notice, meter_again)
 
         # Chats: every change of this tab's chat is written to the browser, then the list is redrawn.
         # (the page redraws the list itself when a chat is new or renamed, not on every save of a streaming reply)
@@ -452,6 +468,7 @@ def build_ui(app: App) -> gr.Blocks:
             **meter_again, **private
         )
         new.then(handlers.reply_buttons, None, buttons, **private)
+        new.then(ui_prompts.for_new_chat, panel.prompts.store, system_prompt, **private).then(**meter_again, **private)
         opened = chats.chats.input(
             handlers.open_chat,
             [chats.chats, read_record, conversation],
@@ -503,7 +520,7 @@ def build_ui(app: App) -> gr.Blocks:
         message_box.change(None, message_box, None, js="(text) => { qcStore.draft(text); }", **private)
 
         # Settings: kept per browser, restored on load; the theme applies at once.
-        setting_controls = [panel.theme, thinking, *sampling]
+        setting_controls = [panel.theme, thinking, *sampling, panel.prompts.store]
         for control in setting_controls:
             # Every control of the list has .change (gradio types the list as its common base, FormComponent).
             control.change(save_settings, setting_controls, settings_store, queue=False, **private)  # type: ignore[attr-defined]
@@ -517,7 +534,12 @@ def build_ui(app: App) -> gr.Blocks:
         timer.tick(handlers.poll_model_status, token_sliders, [badge, timer, *token_sliders], queue=False, **private)
         demo.load(handlers.model_status, None, badge, api_name="model_status")
         demo.load(handlers.max_tokens_controls, token_sliders, token_sliders, **private)
-        demo.load(restore_settings, settings_store, setting_controls, **private)
+        # A new chat in this tab starts with the default system prompt, once both the settings and the chat are back.
+        fresh_inputs = [panel.prompts.store, conversation]
+        fresh_prompt = dict(fn=ui_prompts.for_fresh_chat, inputs=fresh_inputs, outputs=system_prompt)
+        demo.load(restore_settings, settings_store, setting_controls, **private).then(**fresh_prompt, **private).then(
+            **meter_again, **private
+        )
 
         def show_api_help(request: gr.Request) -> tuple[str, str]:
             return api_help(app, request)
@@ -531,7 +553,7 @@ def build_ui(app: App) -> gr.Blocks:
             **private,
         ).then(handlers.chat_list, [chat_index, chat_id], chats.chats, js=JS_INDEX, queue=False, **private).then(
             handlers.context_meter, meter_inputs, meter, show_progress="hidden", **private
-        )
+        ).then(**fresh_prompt, **private).then(**meter_again, **private)
     return demo
 
 
@@ -565,14 +587,14 @@ def take_edit(edit: gr.EditData) -> tuple[Any, ...]:
 
 
 def save_settings(*values: Any) -> dict[str, Any]:
-    return dict(zip(SETTING_NAMES, values, strict=True))
+    return dict(zip(KEPT_NAMES, values, strict=True))
 
 
 def restore_settings(saved: Any) -> tuple[Any, ...]:
     """The settings this browser kept (a value missing or from an older version keeps the default)."""
     if not isinstance(saved, dict):
-        return (gr.skip(),) * len(SETTING_NAMES)
-    return tuple(saved[name] if name in saved else gr.skip() for name in SETTING_NAMES)
+        return (gr.skip(),) * len(KEPT_NAMES)
+    return tuple(saved[name] if name in saved else gr.skip() for name in KEPT_NAMES)
 
 
 def imported_and_deleted(handlers: ChatHandlers):
@@ -605,7 +627,7 @@ def launch_ui(app: App) -> None:
         app.settings.port,
         " (login required)" if app.settings.auth else "",
     )
-    script = (ASSETS / "chat.js").read_text(encoding="utf-8")
+    script = "\n".join((ASSETS / name).read_text(encoding="utf-8") for name in ("chat.js", "attach.js"))
     # Where the page's chats are kept (assets/chat.js reads it): "server" (one store per login) or "browser".
     keeper = "server" if app.settings.keeps_chats_on_server() else "browser"
     deadline_by_default()  # Gradio's own uvicorn closes connections that never finish their headers, too
@@ -616,7 +638,7 @@ def launch_ui(app: App) -> None:
         server_port=app.settings.port,
         auth=app.settings.auth_pairs() or None,
         auth_message="Qwen3 Chat: log in with the user and password given to --auth.",
-        css_paths=[ASSETS / "style.css"],
+        css_paths=[ASSETS / "style.css", ASSETS / "attach.css"],
         head=f'<script>window.qcChatStore = "{keeper}";</script><script>{script}</script>',
         theme=gr.themes.Soft(
             primary_hue="violet",

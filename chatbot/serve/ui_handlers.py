@@ -28,10 +28,11 @@ from ..chat.request import ChatRequest
 from ..engine.sampling import DEFAULT_MAX_NEW_TOKENS, NON_THINKING_DEFAULTS, THINKING_DEFAULTS
 from ..errors import ChatbotError
 from .app_state import App
+from .attachments import attachments_of, compose, with_typed_text
 from .chat_markdown import from_markdown, looks_like_markdown, to_markdown
 from .chat_store import Chats, PageChats, open_chat_store
 from .session_quota import web_client
-from .ui_render import LiveReply, badge_html, conversation_messages, indexed_messages, user_message
+from .ui_render import LiveReply, badge_html, conversation_messages, indexed_messages, user_messages
 from .ui_session import (
     StopSignals,
     check_chat_size,
@@ -246,12 +247,14 @@ class ChatHandlers:
         edit = edit if isinstance(edit, dict) else {}
         drawn = indexed_messages(conversation)
         position = edit.get("index")
-        index = drawn[position][0] if isinstance(position, int) and 0 <= position < len(drawn) else -1
+        index, edited = drawn[position] if isinstance(position, int) and 0 <= position < len(drawn) else (-1, {})
         value = edit.get("value")
         text = value if isinstance(value, str) else ""
         problem = ""
         if index < 0 or conversation.turns[index].role != "user":
             problem = "Only your own messages can be edited, once their reply has ended."
+        elif edited.get("metadata"):  # a file attached to the question, drawn folded
+            problem = "An attached file cannot be edited: edit the message's text, or send the file again."
         elif self.stops.running(session_of(request)):
             problem = BUSY
         elif not text.strip():
@@ -259,6 +262,7 @@ class ChatHandlers:
         if problem:
             yield conversation_messages(conversation), gr.skip(), notice_html(problem), conversation, gr.skip()
             return
+        text = with_typed_text(conversation.turns[index].content, text)  # its attached files stay
         if text == conversation.turns[index].content and index + 1 < len(conversation.turns):
             yield conversation_messages(conversation), gr.skip(), "", conversation, gr.skip()  # nothing changed
             return
@@ -329,7 +333,7 @@ class ChatHandlers:
                 return
             # The question is stored before the model starts: a reload from now on keeps it.
             with stop.drawing():
-                yield [*earlier, user_message(message), *live.messages()], "", "", conversation, grown
+                yield [*earlier, *user_messages(message), *live.messages()], "", "", conversation, grown
             try:
                 next_update = next_save = 0.0
                 backend = self.app.backend
@@ -356,7 +360,7 @@ class ChatHandlers:
                     saved = record(True, self._tokens_so_far(live)) if saving else gr.skip()
                     with stop.drawing() as shown_here:
                         if shown_here:
-                            shown = [*earlier, user_message(message), *live.messages()]
+                            shown = [*earlier, *user_messages(message), *live.messages()]
                             # The notice is left alone: one saying why a Send during this reply was
                             # refused would otherwise be wiped by the next piece, 0.1 s later.
                             yield shown, gr.skip(), gr.skip(), conversation, saved
@@ -649,13 +653,21 @@ class ChatHandlers:
         return gr.update(choices=choices, value=chat_id if chat_id in ids else None)
 
     def context_meter(
-        self, message: str, system_prompt: str, enable_thinking: bool, max_new_tokens: float, conversation: Conversation
+        self,
+        message: str,
+        system_prompt: str,
+        enable_thinking: bool,
+        max_new_tokens: float,
+        conversation: Conversation,
+        attached: Any = None,
     ) -> str:
-        """Tokens of the system prompt, the chat and the typed message against the context window (counted by
-        the model's tokenizer); over it, whether the oldest turns will be left out or the message refused."""
+        """Tokens of the system prompt, the chat and the typed message (with the files ``attached`` to it) against
+        the context window (counted by the model's tokenizer); over it, whether the oldest turns will be left
+        out or the message refused."""
         loaded = self.app.backend.loaded
         if loaded is None:
             return ""
+        message = compose(message, attachments_of(attached))
         probe = Conversation(system_prompt.strip(), conversation.turns)
         context = loaded.max_context
         reply_room = min(int(max_new_tokens), max_new_tokens_bound(context))

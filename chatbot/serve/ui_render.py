@@ -23,6 +23,7 @@ from typing import Any
 from ..chat.backend import BackendStatus
 from ..chat.conversation import Conversation, Turn
 from ..chat.events import AnswerDelta, ChatDone, ChatEvent, Loading, QueuePosition, ThinkingDelta
+from .attachments import describe_size, fence_language, split
 from .remote_view import remote_badge_html
 from .ui_actions import turn_actions
 from .ui_styles import without_positioning
@@ -30,6 +31,7 @@ from .ui_versions import version_nav
 
 STATS_CLASS = "qc-stats"
 TITLE_PREVIEW = 80  # characters of a tool call's arguments or result shown in its folded block's title
+ATTACHMENT_SHOWN_CHARS = 20_000  # of an attached file's text drawn in its folded block (the model reads it all)
 Message = dict[str, Any]
 # Tags the page shows as text wherever they appear. Gradio escapes them in the HTML rendered from the
 # Markdown, so they must be tags neither Markdown nor Gradio's code blocks write (<a>, <code>, <span>,
@@ -83,6 +85,22 @@ def format_seconds(seconds: float) -> str:
 
 def user_message(text: str) -> Message:
     return {"role": "user", "content": shown_markdown(text)}
+
+
+def user_messages(text: str) -> list[Message]:
+    """A question as drawn: each attached file folded under its name (``attachments``), then the typed text."""
+    typed, files = split(text)
+    drawn = []
+    for item in files:
+        shown = item.text[:ATTACHMENT_SHOWN_CHARS]
+        if len(item.text) > len(shown):
+            shown += f"\n… ({len(item.text) - len(shown):,} more characters, all read by the model)"
+        fence = "`" * max(3, max((len(run) for run in re.findall(r"`+", shown)), default=0) + 1)
+        name = re.sub(r"([\\`*_\[\]<>#|~$])", r"\\\1", item.name)  # a name, not Markdown or math
+        title = f"{name} · {describe_size(item.text)}"  # after a paperclip (attach.css)
+        content = f"{fence}{fence_language(item.name)}\n{shown}\n{fence}"
+        drawn.append({"role": "user", "content": content, "metadata": {"title": title, "status": "done"}})
+    return [*drawn, user_message(typed)] if typed.strip() or not files else drawn
 
 
 def answer_message(text: str) -> Message:
@@ -200,7 +218,7 @@ def turn_messages(
     """One turn's messages; ``navs``: version switches shown in its stats line (see ``ui_versions``);
     ``tool_name``: for a tool's result, the tool that gave it; ``actions``: drawn at the end of its stats line."""
     if turn.role == "user":
-        return [user_message(turn.content), *([stats_message("", navs)] if navs else [])]
+        return [*user_messages(turn.content), *([stats_message("", navs)] if navs else [])]
     if turn.role == "tool":
         return [tool_result_message(turn.content, tool_name)]
     messages = []

@@ -31,6 +31,7 @@ from ..authoring.modelgen import demo_model_path
 from ..chat.reply import Conversation
 from ..engine.sampling import NON_THINKING_DEFAULTS, THINKING_DEFAULTS
 from ..errors import ChatbotError
+from .attachments import split
 from .ui_versions import turn_record, turns_from_records
 
 log = logging.getLogger(__name__)
@@ -207,7 +208,8 @@ def saved_form(
 def title_of(messages: list[dict[str, Any]]) -> str:
     """A chat's default title: the start of its first question."""
     first = next((m.get("content", "") for m in messages if m.get("role") == "user"), "")
-    line = " ".join(str(first).split())
+    typed, files = split(str(first))  # a question of attached files only is named by them
+    line = " ".join((typed if typed.strip() else " ".join(item.name for item in files)).split())
     return (line[:TITLE_LENGTH].rstrip() + "…" if len(line) > TITLE_LENGTH else line) or "New chat"
 
 

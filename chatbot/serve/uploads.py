@@ -1,4 +1,4 @@
-"""Files uploaded to the web chat (conversation imports) are deleted after use and bounded per client.
+"""Files uploaded to the web chat (conversation imports, attached files) are deleted after use and bounded per client.
 
 Gradio keeps every upload (``/gradio_api/upload``) in ``GRADIO_TEMP_DIR`` until the process ends, and
 anyone who can reach the page may upload: forty 9 MiB files took 2.7 s and stayed. Here:
@@ -6,7 +6,8 @@ anyone who can reach the page may upload: forty 9 MiB files took 2.7 s and staye
 * ``UploadQuota`` (ASGI middleware on Gradio's app) lets one address hold at most ``MAX_HELD_UPLOADS``
   uploads at a time, counting those still arriving; beyond that it answers 429 with Retry-After. Files
   it saw arrive are deleted ``UPLOAD_TTL_SECONDS`` after they came, used or not;
-* ``discard_upload`` deletes an upload as soon as its event has read it (the import handler's wrapper).
+* ``discard_upload`` deletes an upload as soon as its event has read it (the import handler's wrapper,
+  ``ui_attach.attach`` for attached files).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from .security import send_json_error
 
 log = logging.getLogger(__name__)
 UPLOAD_PATH = "/gradio_api/upload"
-MAX_HELD_UPLOADS = 4  # the page uploads one file per import, and the import deletes it at once
+MAX_HELD_UPLOADS = 4  # the page uploads one file per import (files picked together: one upload), deleted once read
 UPLOAD_TTL_SECONDS = 300.0
 ADDRESSES_KEPT = 10_000
 
@@ -64,7 +65,10 @@ class UploadQuota:
         address = (scope.get("client") or ("unknown", 0))[0]
         if self.count(address) + self.arriving.get(address, 0) >= self.limit:
             log.warning("Refused an upload from %s: it holds %d uploads already", address, self.limit)
-            message = f"Too many uploads at once from this address (at most {self.limit}): import one file at a time."
+            message = (
+                f"Too many uploads at once from this address (at most {self.limit}): "
+                "wait for those under way, then try again."
+            )
             await send_json_error(send, 429, message, "too_many_uploads", [(b"retry-after", b"10")])
             return
         self.arriving[address] = self.arriving.get(address, 0) + 1

@@ -113,3 +113,15 @@ def open_settings(page) -> None:
         page.click("#qc-sidebar > .toggle-button")
     page.wait_for_selector("#qc-sidebar.open")
     page.wait_for_timeout(400)  # the sliding animation
+
+
+# What Gradio's script may log when a page is left (its event stream and heartbeat aborted), by timing.
+LEAVING_NOISE = ("AbortError: signal is aborted", "Connection errored out")
+
+
+def reload_page(page) -> None:
+    """Reload the page; only the messages of leaving it (``LEAVING_NOISE``), and only from the reload itself,
+    are dropped from ``page.errors``."""
+    before = len(page.errors)
+    page.reload()
+    page.errors[before:] = [e for e in page.errors[before:] if not any(n in e for n in LEAVING_NOISE)]
