@@ -1,7 +1,7 @@
 """Chats kept on the server (``chatbot/serve/chat_store.py``) and their settings: one store per login, bounded,
 kept across a restart; and the page's own copy standing behind the same four operations. Pure, a temp file.
 
-.venv/bin/python -m pytest tests/unit/test_chat_store.py -q
+.venv/bin/python -m pytest tests/unit/test_chat_store_sqlite.py -q
 """
 
 from __future__ import annotations
