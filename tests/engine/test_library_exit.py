@@ -94,6 +94,7 @@ SCRIPTS = {
                 if isinstance(event, AnswerDelta) and not started:
                     started = True
                     print("generating", flush=True)  # the test presses Ctrl+C now
+            print(f"the reply ended, no KeyboardInterrupt: {event.finish_reason} {event.stats}")  # for a failure
         except KeyboardInterrupt:
             print("end of script")
     """,
@@ -104,6 +105,7 @@ SCRIPTS = {
             if isinstance(event, AnswerDelta) and not started:
                 started = True
                 print("generating", flush=True)  # the test presses Ctrl+C now
+        print(f"the reply ended, no KeyboardInterrupt: {event.finish_reason} {event.stats}")  # for a failure
     """,
 }
 CTRL_C = {"ctrl_c_caught", "ctrl_c_uncaught"}
@@ -140,8 +142,11 @@ def run_scripts(names: list[str], where: str, folder: Path) -> dict[str, list[di
 def check_runs(name: str, runs: list[dict], local: bool) -> None:
     assert len(runs) == RUNS
     for run in runs:
-        stderr, where = run["stderr"], f"{name}, a run's stderr:\n{run['stderr'][-3000:]}"
+        stderr = run["stderr"]
+        where = f"{name}, a run's stdout:\n{run['stdout'][-1000:]}\nits stderr:\n{stderr[-3000:]}"
         assert ABORTED not in stderr, where
+        if name in CTRL_C:  # the test saw "generating" and sent SIGINT (else the run ended first)
+            assert run["interrupted"], where
         if name == "ctrl_c_uncaught":  # Python's own ending for Ctrl+C: the traceback, then killed by SIGINT
             assert run["status"] == -signal.SIGINT, where
             assert "\nKeyboardInterrupt\n" in stderr, where
