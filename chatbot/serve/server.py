@@ -146,8 +146,6 @@ def drain_then_stop(draining: DrainingBackend, grace: float) -> None:
     def drain() -> None:
         draining.drain(grace)
         time.sleep(FLUSH_SECONDS)  # the last events reach their clients before the servers close
-        # A real SIGINT, not _thread.interrupt_main(): that only sets a flag, which a main thread blocked in
-        # launch()'s start-up (a SIGTERM right after the page first answered) never looked at again.
         os.kill(os.getpid(), signal.SIGINT)  # launch() returns or raises as on Ctrl+C; serve() stops the API
 
     threading.Thread(target=drain, name="drain", daemon=True).start()
@@ -163,6 +161,10 @@ def serve(settings: Settings, warnings: list[str] | None = None) -> None:
     private_temp_dir()
     # SIGTERM (docker stop, systemd, kill) while starting ends the process like Ctrl+C.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    # Ctrl+C stops the servers, and the SIGTERM drain stops them the same way, even when the process was
+    # started with SIGINT ignored (a background job of a script: `./start.sh &`), where Python would not
+    # install its handler and both would do nothing: the process never ended after a drain.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     app = create_app(settings)
     draining = DrainingBackend(app.backend)
     app.backend = draining  # the same Backend, with a count of running replies

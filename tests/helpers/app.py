@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -78,6 +79,7 @@ def start_app(
     timeout: float = 2 * WAIT_LIMIT_SECONDS,
     env: dict[str, str] | None = None,
     ports: tuple[int, int] | None = None,
+    sigint_ignored: bool = False,
 ) -> RunningApp:
     """Start ``python app.py ARGS`` on free ports (or ``ports``: UI, API) and wait until the UI answers
     and the model is ready. The caller stops it (``stop_app``); prefer ``running_app``, which always does."""
@@ -92,6 +94,8 @@ def start_app(
         stdout=log_file,
         stderr=subprocess.STDOUT,
         env={**store, **os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+        # As a background job of a script starts it (`./start.sh &`): Python then installs no Ctrl+C handler.
+        preexec_fn=(lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if sigint_ignored else None,
     )
     app = RunningApp(process, f"http://127.0.0.1:{ui_port}", f"http://127.0.0.1:{api_port}" if api else None, log_path)
     deadline = time.monotonic() + timeout
@@ -137,14 +141,16 @@ def running_app(
     timeout: float = 2 * WAIT_LIMIT_SECONDS,
     env: dict[str, str] | None = None,
     ports: tuple[int, int] | None = None,
+    sigint_ignored: bool = False,
 ) -> Iterator[RunningApp]:
     """``with running_app(["--model", path], tmp_path / "app.log") as app:`` the app, ready, stopped on exit.
 
     ``api=False`` starts the web chat only; ``env`` adds environment variables; ``ports`` (UI, API) fixes
-    the ports (a test that restarts a server on the same ports). Raises ``RuntimeError`` with the app's
+    the ports (a test that restarts a server on the same ports); ``sigint_ignored`` starts it with SIGINT
+    ignored, as a script's background job is. Raises ``RuntimeError`` with the app's
     log if it exits or is not ready within ``timeout`` seconds.
     """
-    app = start_app(args, log_path, api=api, timeout=timeout, env=env, ports=ports)
+    app = start_app(args, log_path, api=api, timeout=timeout, env=env, ports=ports, sigint_ignored=sigint_ignored)
     try:
         yield app
     finally:
