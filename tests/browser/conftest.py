@@ -1,7 +1,10 @@
-"""The browser tier's fixture: one headless Chromium per test module (``helpers.browser``)."""
+"""The browser tier's fixtures: one headless Chromium per test module (``helpers.browser``), and a model
+whose replies outlast the steps a test takes during them."""
 
 from __future__ import annotations
 
+import json
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,3 +24,25 @@ def browser() -> Iterator[object]:
             yield browser
         finally:
             browser.close()
+
+
+LONG_CONTEXT = 32768  # the loader's default context bound: "Max new tokens" then goes up to the server's cap, 16,384
+
+
+@pytest.fixture(scope="session")
+def long_context_fp8(random_fp8: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The random model with a 32K context instead of 8K: a reply may then be 16,000 tokens (the server's cap).
+
+    A test that acts during a reply (Stop, Esc, scrolling, another chat, a refused Send) needs the reply
+    still running when its action lands. With 4,000 tokens (about 40 s here on one core) the one-core run
+    of the suite failed as a reply that had already ended would: Stop gone before its click, a Send or a
+    Regenerate not refused, an answer that stopped growing.
+    """
+    folder = tmp_path_factory.mktemp("long-context")
+    shutil.copytree(random_fp8, folder, dirs_exist_ok=True)
+    for name, key in (("config.json", "max_position_embeddings"), ("tokenizer_config.json", "model_max_length")):
+        path = folder / name
+        values = json.loads(path.read_text(encoding="utf-8"))
+        values[key] = LONG_CONTEXT
+        path.write_text(json.dumps(values, indent=2), encoding="utf-8")
+    return folder

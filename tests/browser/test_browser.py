@@ -25,7 +25,7 @@ from helpers.browser import open_page, open_settings, send, set_slider, snap, wa
 from chatbot.authoring.modelgen import SCRIPTED_THINKING
 
 SCREENSHOT = ROOT / "assets" / "screenshot.png"
-LONG_REPLY_TOKENS = 4000  # below the random model's max-new-tokens bound (its context less room for a prompt)
+LONG_REPLY_TOKENS = 16000  # within the server's cap and the long-context model: still running when a test acts
 LOGIN = ("tester", "s3cret")
 XSS_PAYLOADS = '<img src=x onerror="window.__xss = 1"> <script>window.__xss = 2</script>'
 
@@ -39,10 +39,10 @@ def demo_app_ui(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningApp
 
 
 @pytest.fixture(scope="module")
-def long_answer_app(random_fp8: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningApp]:
+def long_answer_app(long_context_fp8: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningApp]:
     """The random model behind a login (long answers come from the "Min new tokens" control)."""
     with running_app(
-        ["--model", str(random_fp8), "--auth", ":".join(LOGIN)],
+        ["--model", str(long_context_fp8), "--auth", ":".join(LOGIN)],
         tmp_path_factory.mktemp("browser") / "random.log",
         api=False,
     ) as app:

@@ -18,15 +18,15 @@ from gradio_client import Client
 from helpers.app import WAIT_LIMIT_SECONDS, RunningApp, free_port, running_app, start_app, stop_app
 from helpers.browser import open_page, open_settings, send, set_slider, wait_for_stats
 
-LONG_REPLY_TOKENS = 4000  # below the random model's max-new-tokens bound (its context less room for a prompt)
+LONG_REPLY_TOKENS = 16000  # within the server's cap (16,384) and the long-context model: still running when a test acts
 LOG = "document.querySelector('#qc-chat .bubble-wrap')"
 BUSY = "A reply is still being written"
 
 
 @pytest.fixture(scope="module")
-def one_at_a_time(random_fp8: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningApp]:
+def one_at_a_time(long_context_fp8: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningApp]:
     with running_app(
-        ["--model", str(random_fp8), "--max-batch", "1", "--queue-size", "4"],
+        ["--model", str(long_context_fp8), "--max-batch", "1", "--queue-size", "4"],
         tmp_path_factory.mktemp("browser") / "state.log",  # with the API: its /health says when all is idle
     ) as app:
         yield app
