@@ -158,32 +158,24 @@ class GrammarCompiler:
         if worker is not None:
             worker.kill()
         worker = self._worker = _Worker(self.memory_mb)
-        deadline = time.monotonic() + START_SECONDS
-        while not worker.answers.poll(POLL_SECONDS):
-            if cancel is not None and cancel.is_set():
-                self._let_go(worker)
-                raise Cancelled
-            if not worker.alive() or time.monotonic() > deadline:
-                self._let_go(worker)
-                raise InvalidRequestError(
-                    "The grammar compiler could not be started, so constrained output (response_format, "
-                    "tool_choice required or a named function) is not available now.",
-                    param="response_format",
-                    fix="See the server's log; send the request without response_format or tool_choice.",
-                )
-        worker.answers.recv_bytes()
+        self._await_answer(worker, cancel, "could not be started")
         worker.ready = True
         return worker
 
     def _load_vocabulary(self, worker: _Worker, vocabulary: str, info: str, cancel: threading.Event | None) -> None:
         """Send ``vocabulary`` to ``worker`` and wait until it is loaded (bounded as a start, not as a compile)."""
         worker.jobs.send_bytes(json.dumps({"vocab": vocabulary, "info": info, "grammar": None}).encode())
+        self._await_answer(worker, cancel, "could not load the vocabulary")
+        worker.vocabularies.add(vocabulary)
+
+    def _await_answer(self, worker: _Worker, cancel: threading.Event | None, failure: str) -> None:
+        """Wait (bounded as a start, ``START_SECONDS``) for the worker's next answer and read it; a worker that
+        ends or takes too long is let go and the request refused, saying the compiler ``failure``."""
         deadline = time.monotonic() + START_SECONDS
         while True:
             try:
                 if worker.answers.poll(POLL_SECONDS):
-                    json.loads(worker.answers.recv_bytes())
-                    worker.vocabularies.add(vocabulary)
+                    worker.answers.recv_bytes()
                     return
             except EOFError:
                 pass
@@ -193,7 +185,7 @@ class GrammarCompiler:
             if not worker.alive() or time.monotonic() > deadline:
                 self._let_go(worker)
                 raise InvalidRequestError(
-                    "The grammar compiler could not load the vocabulary, so constrained output (response_format, "
+                    f"The grammar compiler {failure}, so constrained output (response_format, "
                     "tool_choice required or a named function) is not available now.",
                     param="response_format",
                     fix="See the server's log; send the request without response_format or tool_choice.",
