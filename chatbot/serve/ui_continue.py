@@ -211,7 +211,9 @@ def _stream(
             yield LEAVE_THE_PAGE_ALONE
             return
         if live.done is not None and (live.done.thinking or live.done.answer):
-            turn.content, turn.thinking, turn.stats = live.answer, live.thinking, live.stats
+            interrupted = stop.interrupted(live.done.finish_reason)
+            turn.content, turn.thinking = live.answer, live.thinking
+            turn.stats = live.stats | ({"finish_reason": "interrupted"} if interrupted else {})
         saved = as_text(saved_form(conversation, chat_id, title))
         with stop.drawing() as shown_here:
             if not shown_here:

@@ -378,7 +378,7 @@ class ChatHandlers:
             if stop.discarded == "dropped":  # the chat was cleared: nothing of this reply is kept
                 yield LEAVE_THE_PAGE_ALONE
                 return
-            interrupted = live.done is not None and live.done.finish_reason == "cancelled" and not stop.is_set()
+            interrupted = live.done is not None and stop.interrupted(live.done.finish_reason)
             if live.done is None or (live.done.finish_reason == "cancelled" and not live.done.full_response.strip()):
                 # Stopped before the model wrote anything: nothing to keep, the text goes back in the box.
                 conversation.turns.extend(restore)
@@ -390,7 +390,7 @@ class ChatHandlers:
                     yield conversation_messages(conversation), message, notice_html(text), conversation, record(False)
                 return
             conversation.add_exchange(message, live.done)
-            # Cancelled by the server (shutting down), not by the user's Stop: said so, not "stopped".
+            # Cancelled by the server (shutting down) or a closed tab, not by the user's Stop: said so, not "stopped".
             conversation.turns[-1].stats = live.stats | ({"finish_reason": "interrupted"} if interrupted else {})
             if branch is not None:  # edited or regenerated: what was there stays as a version to switch back to
                 add_version(conversation.turns[-2 if branch.role == "user" else -1], branch.versions)
@@ -422,7 +422,7 @@ class ChatHandlers:
 
     def stop_on_unload(self, request: gr.Request) -> None:
         """A closed or reloaded tab stops its reply (the page saved it as far as it got)."""
-        self.stops.stop(session_of(request), everywhere=True)
+        self.stops.stop(session_of(request), everywhere=True, closed=True)
 
     # --- editing the chat ---------------------------------------------------------------------------------
 

@@ -49,11 +49,13 @@ class ReplySignal(threading.Event):
     ``discarded``: "detached" while its tab shows another chat (the reply goes on and is saved, not drawn),
     "dropped" once its chat was deleted (nothing of it is kept); "" while its chat is on the screen.
     ``chat_id`` and ``conversation`` say which chat it grows, so opening that chat again shows it live.
+    ``closed``: set by the tab closing or reloading (not by its Stop button), so the reply is kept as interrupted.
     """
 
     def __init__(self, chat_id: str = "", conversation: Conversation | None = None) -> None:
         super().__init__()
         self.discarded = ""
+        self.closed = False
         self.chat_id = chat_id
         self.conversation = conversation
         self._drawing = threading.Condition()
@@ -74,6 +76,10 @@ class ReplySignal(threading.Event):
             with self._drawing:
                 self._busy = False
                 self._drawing.notify_all()
+
+    def interrupted(self, finish_reason: str | None) -> bool:
+        """Whether a reply that ended with ``finish_reason`` was cut by the server or a closed tab, not by Stop."""
+        return finish_reason == "cancelled" and (self.closed or not self.is_set())
 
     def discard(self, how: str, timeout: float) -> None:
         """Mark the reply "detached" or "dropped", then wait (at most ``timeout`` s) for a draw under way."""
@@ -117,11 +123,13 @@ class StopSignals:
         with self._lock:
             return [signal for signal in self._by_session.get(session, ()) if not signal.discarded]
 
-    def stop(self, session: str, *, everywhere: bool = False) -> int:
-        """Set the signals of the replies ``session`` shows (``everywhere``: its other chats' too); returns how many."""
+    def stop(self, session: str, *, everywhere: bool = False, closed: bool = False) -> int:
+        """Set the signals of the replies ``session`` shows (``everywhere``: its other chats' too; ``closed``: the
+        tab closed or reloaded, see ``ReplySignal.closed``); returns how many."""
         with self._lock:
             signals = list(self._by_session.get(session, ())) if everywhere else self._shown(session)
         for signal in signals:
+            signal.closed = signal.closed or closed
             signal.set()
         return len(signals)
 

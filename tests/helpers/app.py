@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -54,8 +55,27 @@ class RunningApp:
         return httpx.get(self.api_url + "/health", timeout=30).json()
 
     def cancelled_generations(self) -> list[tuple[int, int]]:
-        """(tokens generated, most asked for) of each generation the engine stopped on a cancel (from the log)."""
+        """(tokens generated, most asked for) of each generation the engine stopped on a cancel (from the log).
+
+        The server logs at most 20 lines of one kind a minute (``log_limits.py``): a module that cancels more
+        than that counts cancels with ``replies_counted``, not with this list's length."""
         return [(int(made), int(most)) for made, most in CANCELLED_LINE.findall(self.log())]
+
+    def replies_counted(self, key: str = "") -> dict[str, float]:
+        """From the API's ``/metrics``: replies ended by outcome (stop, length, cancelled...) over every source,
+        and "tokens": the tokens generated in all."""
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        response = httpx.get(self.api_url + "/metrics", headers=headers, timeout=30)
+        response.raise_for_status()
+        counted: dict[str, float] = {}
+        for family in text_string_to_metric_families(response.text):
+            for sample in family.samples:
+                if sample.name == "qwen3_replies_total":
+                    outcome = sample.labels["outcome"]
+                    counted[outcome] = counted.get(outcome, 0.0) + sample.value
+                elif sample.name == "qwen3_generation_tokens_total":
+                    counted["tokens"] = counted.get("tokens", 0.0) + sample.value
+        return counted
 
     def wait_for_log(self, text: str, limit: float = WAIT_LIMIT_SECONDS) -> None:
         """Wait until the app has logged ``text`` (servers log asynchronously); fail after ``limit`` seconds."""
