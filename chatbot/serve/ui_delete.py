@@ -13,7 +13,6 @@ LM Studio): the chat, its saved record and the context meter follow.
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 from typing import Any
 
 import gradio as gr
@@ -23,7 +22,7 @@ from ..errors import ChatbotError
 from .ui_handlers import BUSY, ChatHandlers, as_text, info_html, notice_html, session_of
 from .ui_render import conversation_messages, indexed_messages
 from .ui_session import saved_form
-from .ui_versions import turns_from_records, versions_before_change
+from .ui_versions import restore_version, versions_before_change
 
 
 def delete_turn(conversation: Conversation, index: int) -> str:
@@ -38,20 +37,7 @@ def delete_turn(conversation: Conversation, index: int) -> str:
     if len(turn.versions) > 1:
         versions = versions_before_change(conversation, index)
         del versions[turn.version]
-        chosen = max(0, turn.version - 1)
-        version = versions[chosen]
-        after = turns_from_records(version.get("after") or [])
-        kept = versions if len(versions) > 1 else []
-        shown = replace(
-            turn,
-            content=version["content"],
-            thinking=version.get("thinking") or "",
-            stats=dict(version.get("stats") or {}),
-            tool_calls=list(version.get("tool_calls") or []),
-            versions=kept,
-            version=chosen if kept else 0,
-        )
-        conversation.turns[index:] = [shown, *after]
+        restore_version(conversation, index, versions, max(0, turn.version - 1))
         return f"Deleted that version; {len(versions)} left."
     end = index + 1
     calls = {str(call.get("id")) for call in turn.tool_calls if isinstance(call, dict)}
