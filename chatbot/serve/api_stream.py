@@ -16,11 +16,12 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from fastapi import Request
+from fastapi.responses import Response
 from sse_starlette import EventSourceResponse
 from sse_starlette.sse import SendTimeoutError
 
@@ -32,6 +33,7 @@ from ..errors import ChatbotError
 from .api_errors import APIError, ClientDisconnected, api_error_from, shutting_down
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # How often a request that has not started streaming checks whether its client is still there.
 DISCONNECT_POLL_SECONDS = 0.25
@@ -140,6 +142,24 @@ class ReplyStream:
         while not isinstance(event, ChatDone):
             event = await self.next_event(request)
         return event
+
+
+CLIENT_CLOSED_STATUS = 499  # nginx's "client closed request": what a client that left before its reply gets
+
+
+async def until_accepted(waiting: Awaitable[T], cancel: Callable[[], None], name: str) -> T | Response:
+    """``waiting`` (a reply's first event or its whole result), or the 499 response when the client went away
+    meanwhile; either way out but the answer, the reply is cancelled (``cancel``), so nothing generates for
+    nobody."""
+    try:
+        return await waiting
+    except ClientDisconnected:
+        cancel()
+        log.info("%s: the client disconnected before the reply; generation stopped", name)
+        return Response(status_code=CLIENT_CLOSED_STATUS)
+    except BaseException:
+        cancel()
+        raise
 
 
 @dataclass(frozen=True)
