@@ -23,6 +23,7 @@ import pytest
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AuthenticationError
 from helpers.app import WAIT_LIMIT_SECONDS, RunningApp, running_app
+from helpers.web_chat import reply_parts, text_of
 
 from chatbot.authoring.modelgen import SCRIPTED_ANSWER, SCRIPTED_THINKING
 from chatbot.chat.reply import AnswerDelta, ChatDone, Conversation, QueuePosition, ThinkingDelta, Turn
@@ -46,27 +47,6 @@ LONG_REPLY_TOKENS = 6000  # the random model writes ~500 tokens/s here: long eno
 
 
 # --- helpers ----------------------------------------------------------------------------------------------
-
-
-def text_of(message: dict[str, Any]) -> str:
-    content = message["content"]
-    if isinstance(content, list):  # gradio_client gives [{"type": "text", "text": ...}]
-        return "".join(part.get("text", "") for part in content)
-    return content
-
-
-def reply_parts(chat: list[dict[str, Any]]) -> dict[str, Any]:
-    """The last reply of a chat value: its thinking message, answer text and stats line."""
-    last_user = max(i for i, message in enumerate(chat) if message["role"] == "user")
-    parts: dict[str, Any] = {"user": text_of(chat[last_user]), "thinking": None, "answer": None, "stats": None}
-    for message in chat[last_user + 1 :]:
-        if (message.get("metadata") or {}).get("title"):
-            parts["thinking"] = message
-        elif is_stats_message(message):
-            parts["stats"] = re.sub(r"<[^>]+>", "", text_of(message))
-        else:
-            parts["answer"] = text_of(message)
-    return parts
 
 
 def user_texts(chat: list[dict[str, Any]]) -> list[str]:

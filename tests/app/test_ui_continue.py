@@ -10,41 +10,19 @@ import json
 import re
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from gradio_client import Client
 from helpers.app import RunningApp, running_app
+from helpers.web_chat import last_reply, text_of
 from transformers import AutoTokenizer
 
 from chatbot.authoring.modelgen import SCRIPTED_ANSWER, SCRIPTED_THINKING
 from chatbot.chat.conversation import Conversation, Turn
 from chatbot.chat.prompt import encode
 from chatbot.serve.ui_delete import delete_turn
-from chatbot.serve.ui_render import is_stats_message
 from chatbot.serve.ui_session import from_saved_form, saved_form
 from chatbot.serve.ui_versions import add_version, versions_before_change
-
-
-def text_of(message: dict[str, Any]) -> str:
-    content = message["content"]
-    if isinstance(content, list):  # gradio_client gives [{"type": "text", "text": ...}]
-        return "".join(part.get("text", "") for part in content)
-    return content
-
-
-def last_reply(chat: list[dict[str, Any]]) -> dict[str, str]:
-    """The thinking, answer and stats line (tags taken out) of the chat's last reply."""
-    last_user = max(i for i, message in enumerate(chat) if message["role"] == "user")
-    parts = {"thinking": "", "answer": "", "stats": ""}
-    for message in chat[last_user + 1 :]:
-        if (message.get("metadata") or {}).get("title"):
-            parts["thinking"] = text_of(message)
-        elif is_stats_message(message):
-            parts["stats"] = html.unescape(re.sub(r"<[^>]+>", "", text_of(message)))
-        else:
-            parts["answer"] = text_of(message)
-    return parts
 
 
 def tokens_in(stats: str) -> int:

@@ -61,6 +61,15 @@ class RunningApp:
         than that counts cancels with ``replies_counted``, not with this list's length."""
         return [(int(made), int(most)) for made, most in CANCELLED_LINE.findall(self.log())]
 
+    def next_cancelled_generation(self, before: int) -> tuple[int, int]:
+        """Wait for a cancel line after the first ``before`` (a count of ``cancelled_generations``); its
+        (tokens generated, most asked for). Fails after WAIT_LIMIT_SECONDS with the log's tail."""
+        deadline = time.monotonic() + WAIT_LIMIT_SECONDS
+        while len(cancelled := self.cancelled_generations()) <= before:
+            assert time.monotonic() < deadline, f"the engine never stopped the generation:\n{self.log()[-2000:]}"
+            time.sleep(0.1)
+        return cancelled[before]
+
     def replies_counted(self, key: str = "") -> dict[str, float]:
         """From the API's ``/metrics``: replies ended by outcome (stop, length, cancelled...) over every source,
         and "tokens": the tokens generated in all."""
