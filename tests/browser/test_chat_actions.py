@@ -11,7 +11,7 @@ import json
 import re
 
 from helpers.app import RunningApp
-from helpers.browser import open_page, open_settings, send, set_slider, wait_for_stats
+from helpers.browser import open_page, open_settings, send, set_slider, snap, wait_for_stats
 
 LOG = "document.querySelector('#qc-chat .bubble-wrap')"
 DESKTOP = {"width": 1366, "height": 850}
@@ -39,13 +39,14 @@ def saved_messages(page) -> list[dict]:
     )
 
 
-def test_continue_grows_an_answer_cut_at_max_tokens(browser, demo_app: RunningApp) -> None:
+def test_continue_grows_an_answer_cut_at_max_tokens(browser, demo_app: RunningApp, tmp_path) -> None:
     page = open_page(browser, demo_app)
     open_settings(page)
     set_slider(page, "Max new tokens", 16)
     reply(page, "Tell me about yourself", 1)
     cut = wait_for_stats(page, 1, "cut at the max new tokens limit")
     assert "Continue" in cut and "checkpoint." not in page.inner_text("#qc-chat")
+    snap(page, "screenshot-continue.png", tmp_path)  # docs/web-chat.md (QWEN_UPDATE_SCREENSHOT=1)
     page.click("#qc-chat .qc-continue")
     page.wait_for_function(
         "() => /tokens\\/s/.test([...document.querySelectorAll('#qc-chat .qc-stats')].pop().textContent)"
@@ -62,7 +63,7 @@ def test_continue_grows_an_answer_cut_at_max_tokens(browser, demo_app: RunningAp
     page.context.close()
 
 
-def test_deleting_one_message_keeps_the_rest_and_the_meter_follows(browser, demo_app: RunningApp) -> None:
+def test_deleting_one_message_keeps_the_rest_and_the_meter_follows(browser, demo_app: RunningApp, tmp_path) -> None:
     page = open_page(browser, demo_app)
     page.uncheck("#qc-thinking input")
     reply(page, "First question", 1)
@@ -72,6 +73,8 @@ def test_deleting_one_message_keeps_the_rest_and_the_meter_follows(browser, demo
     first_answer = page.locator("#qc-chat .message-row.bot-row").first
     first_answer.hover()
     bar = page.locator("#qc-chat .message-buttons").nth(1)  # the bars follow the messages: question, answer...
+    bar.locator(".qc-delete-message").hover()
+    snap(page, "screenshot-delete.png", tmp_path, keep_mouse=True)  # docs/web-chat.md
     bar.locator(".qc-delete-message").click()
     page.wait_for_function(
         "() => document.querySelectorAll('#qc-chat .message-row.bot-row').length === 2"

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 from helpers.app import RunningApp, running_app
-from helpers.browser import open_page, send, wait_for_stats
+from helpers.browser import open_page, send, snap, wait_for_stats
 
 from chatbot.authoring.modelgen import SCRIPTED_ANSWER, SCRIPTED_THINKING
 
@@ -76,7 +76,7 @@ def test_markdown_export_reads_as_a_chat_and_imports_back_in_another_browser(
 
 
 def test_a_second_browser_of_the_same_login_finds_the_chats_and_another_login_none(
-    browser, server_app: RunningApp
+    browser, server_app: RunningApp, tmp_path
 ) -> None:
     laptop = open_page(browser, server_app, login=ALICE)
     assert "on this server" in laptop.inner_text("#qc-chats")
@@ -101,6 +101,7 @@ def test_a_second_browser_of_the_same_login_finds_the_chats_and_another_login_no
     laptop.reload()
     laptop.wait_for_selector("#qc-list label:has-text('Asked on the phone')")
     assert "Asked on the laptop" in laptop.inner_text("#qc-chat")  # the tab's own chat is back after the reload
+    snap(laptop, "screenshot-server-chats.png", tmp_path)  # docs/web-chat.md (QWEN_UPDATE_SCREENSHOT=1)
     laptop.fill("#qc-search textarea, #qc-search input", "phone")  # the server searches them
     laptop.wait_for_function("() => document.querySelectorAll('#qc-list label').length === 1")
     assert listed(laptop) == ["Asked on the phone"]

@@ -67,10 +67,12 @@ def open_page(
     return page
 
 
-def snap(page, name: str, tmp_path: Path) -> Path:
-    """A screenshot: into assets/ with QWEN_UPDATE_SCREENSHOT=1 (the README shows them), else a temp folder."""
+def snap(page, name: str, tmp_path: Path, *, keep_mouse: bool = False) -> Path:
+    """A screenshot: into assets/ with QWEN_UPDATE_SCREENSHOT=1 (the README shows them), else a temp folder.
+    The mouse moves out of the way first unless ``keep_mouse`` (a hover the picture shows)."""
     folder = ROOT / "assets" if os.environ.get("QWEN_UPDATE_SCREENSHOT") == "1" else tmp_path
-    page.mouse.move(0, 0)
+    if not keep_mouse:
+        page.mouse.move(0, 0)
     target = folder / name
     page.screenshot(path=str(target))
     assert target.stat().st_size > 10_000
