@@ -127,15 +127,27 @@ def request_body(
 class RemoteReply:
     """Chunks in, chat events out; one per request. ``finish`` gives the closing ``ChatDone``."""
 
-    def __init__(self, thinking: bool, continues: bool, submitted: float | None = None) -> None:
+    def __init__(self, thinking: bool, continues: str = "", submitted: float | None = None) -> None:
+        """``continues``: "thinking" or "answer" when the reply writes on from a message cut there
+        (``prompt.continued_part``), "" for a new reply. A continuation keeps its leading spaces, which
+        join it to the text already written, as a local model's does."""
         self.thinking = thinking
+        self.continues = continues
         self.submitted = submitted if submitted is not None else time.perf_counter()
         self.started: float | None = None  # when the first text came
-        # With thinking on, the splitter is known at once; with it off, the reply's opening decides.
-        self.splitter = ThinkingStreamSplitter(True) if thinking and not continues else None
+        # With thinking on, or writing on from a cut message, the splitter is known at once; with thinking
+        # off, the reply's opening decides.
+        self.splitter: ThinkingStreamSplitter | None = None
+        if continues:
+            self.splitter = ThinkingStreamSplitter(False, continues=continues)
+        elif thinking:
+            self.splitter = ThinkingStreamSplitter(True)
         self._opening = ""  # content held until it shows whether the reply opens with <think>
         self.reasoning_channel = TrimmedChannel()
         self.answer_channel = TrimmedChannel()
+        # The part written on from starts at once: its leading spaces are text, not the reply's opening.
+        self.reasoning_channel.started = continues == "thinking"
+        self.answer_channel.started = continues == "answer"
         self.reasoning = ""  # from reasoning_content / reasoning
         self.content = ""
         self.pieces = 0  # text-bearing chunks: the token count when the server sends no usage
@@ -234,8 +246,12 @@ class RemoteReply:
             )
         else:
             reason = self.finish_reason if self.finish_reason in REMOTE_FINISH_REASONS else "stop"
-        if self.reasoning:
-            thinking, answer = self.reasoning.strip(), self.content.strip()
+        if self.reasoning and self.continues == "thinking":  # written on from thinking cut mid-way
+            thinking, answer = self.reasoning.rstrip(), self.content.strip()
+            full = f"{self.reasoning}{THINK_CLOSE}\n\n{self.content}" if self.content else self.reasoning
+        elif self.reasoning:
+            thinking = self.reasoning.strip()
+            answer = self.content.rstrip() if self.continues == "answer" else self.content.strip()
             full = f"{THINK_OPEN}\n{thinking}\n{THINK_CLOSE}\n\n{self.content}" if thinking else self.content
         else:
             if self.splitter is None:  # the whole reply was blank or a piece of "<think>": answer text

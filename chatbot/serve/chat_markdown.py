@@ -28,6 +28,10 @@ the way in, so any text round-trips::
     No: 91 = 7 × 13.
 
 Plain Python; ``to_markdown`` takes and ``from_markdown`` gives a ``ui_session.saved_form`` record.
+
+"Export all as Markdown" writes every chat into one file, each as ``to_markdown`` writes it (its first line
+and its title as a ``#`` heading), one after the other; ``chats_from_markdown`` splits such a file at those
+first lines, so Import brings each back as a chat of its own (a file of one chat gives one).
 """
 
 from __future__ import annotations
@@ -117,6 +121,27 @@ def from_markdown(text: str) -> Record:
         messages.append(message)
     record["messages"] = messages
     return record
+
+
+def archive_to_markdown(records: list[Record]) -> str:
+    """Every chat of ``records`` (saved chats, newest first) in one Markdown file, each under its title;
+    ``chats_from_markdown`` gives them back."""
+    return "".join(to_markdown(record) for record in records)
+
+
+def chats_from_markdown(text: str) -> list[Record]:
+    """The saved chats a file holds: one for a ``to_markdown`` file, each chat of an ``archive_to_markdown`` one.
+
+    A chat starts at its first line (``<!-- qwen3-chat-conversation ... -->``); text of a message that looks
+    like one was escaped on the way out (as a message marker is), so only a chat's own first line splits.
+
+    Raises:
+        ChatbotError: a part holds no message markers, or a marker's JSON is broken (as ``from_markdown``).
+    """
+    text = text.replace("\r\n", "\n")
+    starts = [found.start() for found in HEAD_LINE.finditer(text)][1:]  # whatever precedes the first is its chat's
+    bounds = zip([0, *starts], [*starts, len(text)], strict=True)
+    return [from_markdown(text[start:end]) for start, end in bounds]
 
 
 def looks_like_markdown(name: str) -> bool:

@@ -19,7 +19,7 @@ them:
 
 Endpoints for ``gradio_client``: /chat, /regenerate, /edit_message (the Chatbot's own edit event),
 /switch_version, /previous_answer, /next_answer, /continue_reply, /delete_message, /stop, /undo, /edit_last,
-/clear, /new_chat, /export_conversation, /import_conversation, /model_status, /context_meter.
+/clear, /new_chat, /export_conversation, /export_all_markdown, /import_conversation, /model_status, /context_meter.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from typing import Any
 import gradio as gr
 
 from ..engine.sampling import DEFAULT_MAX_NEW_TOKENS, NON_THINKING_DEFAULTS, THINKING_DEFAULTS
-from . import ui_attach, ui_prompts
+from . import ui_attach, ui_export, ui_prompts
 from .app_state import App
 from .security import ui_middleware
 from .session_budget import SessionBudget
@@ -196,6 +196,7 @@ class ChatsPanel:
     export_all_button: gr.Button
     import_button: gr.UploadButton
     export_markdown_button: gr.Button
+    export_all_markdown_button: gr.Button
 
 
 def chats_panel(where: str = "in this browser") -> ChatsPanel:
@@ -234,6 +235,9 @@ def chats_panel(where: str = "in this browser") -> ChatsPanel:
         export_markdown_button = gr.Button(
             "Export as Markdown", size="sm", variant="secondary", elem_id="qc-export-md", min_width=60
         )
+        export_all_markdown_button = gr.Button(
+            "Export all as Markdown", size="sm", variant="secondary", elem_id="qc-export-all-md", min_width=60
+        )
         with gr.Accordion("Keyboard shortcuts", open=False, elem_id="qc-shortcuts"):
             gr.Markdown(SHORTCUTS, elem_classes="qc-hint")
     return ChatsPanel(
@@ -248,6 +252,7 @@ def chats_panel(where: str = "in this browser") -> ChatsPanel:
         export_all_button,
         import_button,
         export_markdown_button,
+        export_all_markdown_button,
     )
 
 
@@ -507,6 +512,7 @@ def build_ui(app: App) -> gr.Blocks:
         chats.export_all_button.click(
             handlers.export_all, None, export_file, js="() => { qcStore.downloadAll(); }", api_name="export_all"
         ).then(None, export_file, None, js="(file) => { qcStore.downloadFile(file); }", **private)
+        ui_export.wire(handlers, chats.export_all_markdown_button, export_file)
         chats.import_button.upload(
             imported_and_deleted(handlers),
             [chats.import_button, system_prompt],

@@ -29,7 +29,7 @@ from ..engine.sampling import DEFAULT_MAX_NEW_TOKENS, NON_THINKING_DEFAULTS, THI
 from ..errors import ChatbotError
 from .app_state import App
 from .attachments import attachments_of, compose, with_typed_text
-from .chat_markdown import from_markdown, looks_like_markdown, to_markdown
+from .chat_markdown import chats_from_markdown, looks_like_markdown, to_markdown
 from .chat_store import Chats, PageChats, open_chat_store
 from .session_quota import web_client
 from .ui_render import LiveReply, badge_html, conversation_messages, indexed_messages, user_messages
@@ -573,7 +573,11 @@ class ChatHandlers:
             return gr.skip(), notice_html("Choose a .json or .md file to import."), *unchanged, gr.skip()
         try:
             text = Path(file).read_text(encoding="utf-8")
-            data = from_markdown(text) if looks_like_markdown(file) else json.loads(text)
+            if looks_like_markdown(file):  # one chat, or every chat of "Export all as Markdown"
+                found = chats_from_markdown(text)
+                data = found[0] if len(found) == 1 else {"format": ARCHIVE_FORMAT, "chats": found}
+            else:
+                data = json.loads(text)
             items = data["chats"] if isinstance(data, dict) and data.get("format") == ARCHIVE_FORMAT else [data]
             for item in items:  # each chat is held by the server when opened: none may be over the limit
                 check_chat_size(item, self.app.settings.max_chat_mb)

@@ -20,7 +20,7 @@ from gradio_client import Client, handle_file
 from helpers.app import RunningApp, running_app
 
 from chatbot.authoring.modelgen import SCRIPTED_ANSWER, SCRIPTED_THINKING
-from chatbot.serve.chat_markdown import from_markdown
+from chatbot.serve.chat_markdown import chats_from_markdown, from_markdown
 
 ALICE = ("alice", "alice-pw")
 BOB = ("bob", "bob-pw")
@@ -99,6 +99,28 @@ def test_markdown_export_reads_well_and_imports_back_into_the_store(app: Running
     elsewhere.write_text("# My notes\n\nNot a chat.\n", encoding="utf-8")
     _, notice, *_ = reader.predict(handle_file(str(elsewhere)), api_name="/import_conversation")
     assert "no chat exported by Qwen3 Chat" in html.unescape(notice)
+
+
+def test_every_chat_as_one_markdown_file_imports_back_as_separate_chats(app: RunningApp, tmp_path: Path) -> None:
+    writer = Client(app.ui_url, auth=BOB, verbose=False)
+    for question in ("First of all", "Second of all"):
+        _, new_id, _, _ = writer.predict(api_name="/new_chat")
+        writer.predict(message=question, chat_id=new_id, enable_thinking=True, api_name="/chat")
+    kept = kept_chats(writer)
+    text = Path(writer.predict(api_name="/export_all_markdown")).read_text(encoding="utf-8")
+    assert "# First of all\n" in text and "# Second of all\n" in text  # each chat under its title
+    assert [chat["messages"] for chat in chats_from_markdown(text)] == [chat["messages"] for chat in kept]
+
+    saved = tmp_path / "all.md"
+    saved.write_text(text, encoding="utf-8")
+    reader = Client(app.ui_url, auth=ALICE, verbose=False)  # another login: its store gets copies
+    before = {chat["id"] for chat in kept_chats(reader)}
+    _, notice, *_ = reader.predict(handle_file(str(saved)), api_name="/import_conversation")
+    assert f"Imported {len(kept)} chats." in notice
+    imported = [chat for chat in kept_chats(reader) if chat["id"] not in before]
+    assert sorted((chat["title"], json.dumps(chat["messages"])) for chat in imported) == sorted(
+        (chat["title"], json.dumps(chat["messages"])) for chat in kept
+    )
 
 
 def test_a_restart_keeps_every_chat_and_a_full_share_is_refused_saying_why(

@@ -4,12 +4,13 @@ The second instance (the "remote") serves the scripted model and sends thinking 
 ``reasoning_content``; the front instance loads nothing and answers from it. Covered: what /health
 and /v1/models say, streaming with the thinking split, Stop reaching the remote (its engine logs the
 cancel), the remote's errors, the remote going away and coming back, ``Qwen3ChatBot(backend=...)``,
-the terminal chat and ``doctor --backend``.
+the terminal chat, ``doctor --backend`` and the web chat's Continue (joined as on the model's own server).
 Run: ``.venv/bin/python -m pytest tests/app/test_remote.py -q``.
 """
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import threading
@@ -18,13 +19,16 @@ import time
 import httpx
 import openai
 import pytest
+from gradio_client import Client
 from helpers.app import ROOT, WAIT_LIMIT_SECONDS, RunningApp, free_port, start_app, stop_app
 from helpers.clients import carries_text, openai_client
 
 from chatbot import Qwen3ChatBot
+from chatbot.authoring.modelgen import SCRIPTED_ANSWER, SCRIPTED_THINKING
 from chatbot.chat.remote import RemoteBackend
 from chatbot.chat.reply import AnswerDelta, ChatDone, QueuePosition, stream_reply
 from chatbot.errors import ContextLengthError, QueueFullError
+from chatbot.serve.ui_render import is_stats_message
 
 LONG_REPLY_TOKENS = 7000
 LONG_REPLY = {"max_tokens": LONG_REPLY_TOKENS, "extra_body": {"min_tokens": LONG_REPLY_TOKENS}}
@@ -224,3 +228,42 @@ def test_the_oldest_turns_make_room_as_for_a_local_model(remote: RunningApp) -> 
             list(stream_reply(backend, history, max_new_tokens=16, strict_context=True))
     finally:
         backend.close()
+
+
+def web_reply(chat: list[dict]) -> tuple[str, str, str]:
+    """(thinking, answer, stats line) of the last reply in a web chat as ``gradio_client`` gives it."""
+
+    def text(message: dict) -> str:
+        content = message["content"]
+        return "".join(part.get("text", "") for part in content) if isinstance(content, list) else content
+
+    last_user = max(i for i, message in enumerate(chat) if message["role"] == "user")
+    thinking = answer = stats = ""
+    for message in chat[last_user + 1 :]:
+        if (message.get("metadata") or {}).get("title"):
+            thinking = text(message)
+        elif is_stats_message(message):
+            stats = text(message)
+        else:
+            answer = text(message)
+    return thinking, answer, stats
+
+
+@pytest.mark.parametrize("thinking", [True, False], ids=["thinking", "no-thinking"])
+def test_web_chat_continue_over_the_remote_writes_what_the_model_wrote(
+    front: RunningApp, remote: RunningApp, thinking: bool
+) -> None:
+    """Continue behind --backend joins the continuation exactly (its leading space kept), as on the model's server."""
+    replies = []
+    for app in (remote, front):  # the model's own server first: what Continue gives there is what the model wrote
+        client = Client(app.ui_url, verbose=False)
+        chat, *_ = client.predict(message="Hi", enable_thinking=thinking, max_new_tokens=16, api_name="/chat")
+        assert "Continue" in web_reply(chat)[2]
+        chat, _, notice, record = client.predict(enable_thinking=thinking, api_name="/continue_reply")
+        assert notice == ""
+        replies.append((web_reply(chat)[:2], json.loads(record)["messages"][-1]))
+    (local_shown, local_saved), (front_shown, front_saved) = replies
+    assert local_shown == (SCRIPTED_THINKING if thinking else "", SCRIPTED_ANSWER)
+    assert front_shown == local_shown
+    assert front_saved["content"] == local_saved["content"] == SCRIPTED_ANSWER
+    assert front_saved.get("thinking", "") == local_saved.get("thinking", "")

@@ -516,6 +516,25 @@ def test_export_then_import_in_another_session(scripted_app: RunningApp, tmp_pat
     assert "not valid JSON" in html.unescape(notice)
 
 
+def test_browser_chats_export_as_one_markdown_file_and_import_back(scripted_app: RunningApp, tmp_path: Path) -> None:
+    """Without --auth the page sends its own chats with "Export all as Markdown" (gradio_client passes them here)."""
+    writer, reader = Client(scripted_app.ui_url, verbose=False), Client(scripted_app.ui_url, verbose=False)
+    records = []
+    for question in ("Kept in the browser", "And another 对话"):
+        _, _, _, record = writer.predict(message=question, enable_thinking=True, api_name="/chat")
+        records.append(json.loads(record))
+        writer.predict(api_name="/new_chat")
+    page_chats = json.dumps([*records, {"id": "x", "messages": []}])
+    path = writer.predict(page_chats=page_chats, api_name="/export_all_markdown")
+    text = Path(path).read_text(encoding="utf-8")
+    assert "# Kept in the browser\n" in text and "# And another 对话\n" in text  # the empty chat is left out
+    saved = tmp_path / "qwen3-chats.md"
+    saved.write_text(text, encoding="utf-8")
+    chat, notice, _, _, record, _ = reader.predict(handle_file(str(saved)), api_name="/import_conversation")
+    assert "Imported 2 chats." in notice and user_texts(chat) == ["Kept in the browser"]
+    assert json.loads(record)["messages"] == records[0]["messages"]
+
+
 def test_messages_go_to_the_page_as_written(client: Client) -> None:
     # The page shows tags as text and runs nothing (tests/browser/test_browser.py); the value keeps the source, so
     # copying a message gives what was typed, "a < b" included.

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from chatbot.errors import ChatbotError
-from chatbot.serve.chat_markdown import from_markdown, to_markdown
+from chatbot.serve.chat_markdown import archive_to_markdown, chats_from_markdown, from_markdown, to_markdown
 from chatbot.serve.ui_session import from_saved_form, saved_form
 
 RECORD = {
@@ -103,3 +103,40 @@ def test_markdown_from_elsewhere_is_refused_saying_why() -> None:
     assert "made by Export" in (refused.value.fix or "")
     with pytest.raises(ChatbotError, match="broken"):
         from_markdown("<!-- qwen3-chat:user {not json} -->\n### You\n\nhi\n\n")
+
+
+# --- every chat in one file ("Export all as Markdown") ---------------------------------------------------
+
+
+def test_every_chat_in_one_file_reads_under_its_title_and_imports_back_as_separate_chats() -> None:
+    other = {
+        "format": "qwen3-chat-conversation",
+        "id": "a1b2",
+        "title": "Second chat",
+        "system_prompt": "",
+        "messages": [{"role": "user", "content": "<!-- qwen3-chat-conversation {} -->\nHi"}, RECORD["messages"][3]],
+    }
+    text = archive_to_markdown([RECORD, other])
+    assert "# Primes --> and more\n" in text and "\n# Second chat\n" in text
+    assert chats_from_markdown(text) == [RECORD, other]
+    assert chats_from_markdown(to_markdown(other)) == [other]  # a file of one chat is one chat
+    assert chats_from_markdown(text.replace("\n", "\r\n")) == [RECORD, other]
+
+
+@settings(max_examples=100, deadline=None)
+@given(texts=st.lists(st.one_of(TEXT, st.sampled_from(SAMPLES)), min_size=2, max_size=8))
+def test_any_chats_round_trip_through_one_file(texts: list[str]) -> None:
+    records = [
+        {
+            "format": "qwen3-chat-conversation",
+            "id": f"chat{index}",
+            "title": f"Chat {index}",
+            "system_prompt": "",
+            "messages": [
+                {"role": "user", "content": text.replace("\r", "")},
+                {"role": "assistant", "content": text.replace("\r", "")[::-1], "thinking": ""},
+            ],
+        }
+        for index, text in enumerate(texts)
+    ]
+    assert chats_from_markdown(archive_to_markdown(records)) == records
