@@ -22,13 +22,13 @@ import pytest
 from gradio_client import Client
 from helpers.app import ROOT, WAIT_LIMIT_SECONDS, RunningApp, free_port, start_app, stop_app
 from helpers.clients import carries_text, openai_client
+from helpers.web_chat import last_reply
 
 from chatbot import Qwen3ChatBot
 from chatbot.authoring.modelgen import SCRIPTED_ANSWER, SCRIPTED_THINKING
 from chatbot.chat.remote import RemoteBackend
 from chatbot.chat.reply import AnswerDelta, ChatDone, QueuePosition, stream_reply
 from chatbot.errors import ContextLengthError, QueueFullError
-from chatbot.serve.ui_render import is_stats_message
 
 LONG_REPLY_TOKENS = 7000
 LONG_REPLY = {"max_tokens": LONG_REPLY_TOKENS, "extra_body": {"min_tokens": LONG_REPLY_TOKENS}}
@@ -230,25 +230,6 @@ def test_the_oldest_turns_make_room_as_for_a_local_model(remote: RunningApp) -> 
         backend.close()
 
 
-def web_reply(chat: list[dict]) -> tuple[str, str, str]:
-    """(thinking, answer, stats line) of the last reply in a web chat as ``gradio_client`` gives it."""
-
-    def text(message: dict) -> str:
-        content = message["content"]
-        return "".join(part.get("text", "") for part in content) if isinstance(content, list) else content
-
-    last_user = max(i for i, message in enumerate(chat) if message["role"] == "user")
-    thinking = answer = stats = ""
-    for message in chat[last_user + 1 :]:
-        if (message.get("metadata") or {}).get("title"):
-            thinking = text(message)
-        elif is_stats_message(message):
-            stats = text(message)
-        else:
-            answer = text(message)
-    return thinking, answer, stats
-
-
 @pytest.mark.parametrize("thinking", [True, False], ids=["thinking", "no-thinking"])
 def test_web_chat_continue_over_the_remote_writes_what_the_model_wrote(
     front: RunningApp, remote: RunningApp, thinking: bool
@@ -258,10 +239,11 @@ def test_web_chat_continue_over_the_remote_writes_what_the_model_wrote(
     for app in (remote, front):  # the model's own server first: what Continue gives there is what the model wrote
         client = Client(app.ui_url, verbose=False)
         chat, *_ = client.predict(message="Hi", enable_thinking=thinking, max_new_tokens=16, api_name="/chat")
-        assert "Continue" in web_reply(chat)[2]
+        assert "Continue" in last_reply(chat)["stats"]
         chat, _, notice, record = client.predict(enable_thinking=thinking, api_name="/continue_reply")
         assert notice == ""
-        replies.append((web_reply(chat)[:2], json.loads(record)["messages"][-1]))
+        shown = last_reply(chat)
+        replies.append(((shown["thinking"], shown["answer"]), json.loads(record)["messages"][-1]))
     (local_shown, local_saved), (front_shown, front_saved) = replies
     assert local_shown == (SCRIPTED_THINKING if thinking else "", SCRIPTED_ANSWER)
     assert front_shown == local_shown
