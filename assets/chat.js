@@ -231,6 +231,27 @@
     if (hidden) hidden.click();
   }, true);
 
+  // Replies asked for whose first step (Send swapped for Stop) has not come back yet. A chat switch (new,
+  // opened, cleared, deleted) or a Stop clicked meanwhile waits for it, a few seconds at most: the server
+  // then knows of the reply before the switch, keeps it in the chat it was sent in, and waits for it to start.
+  const asking = { count: 0, waiters: [] };
+  window.qcAsking = {
+    start() {
+      asking.count += 1;
+    },
+    done() {
+      asking.count = Math.max(0, asking.count - 1);
+      if (!asking.count) asking.waiters.splice(0).forEach((resolve) => resolve());
+    },
+    settled(limit = 5000) {
+      if (!asking.count) return Promise.resolve();
+      return new Promise((resolve) => {
+        asking.waiters.push(resolve);
+        setTimeout(resolve, limit);
+      });
+    },
+  };
+
   // The unsent text is kept on every keystroke by the page itself, not through Gradio's events: once the
   // server is out of reach Gradio sends no event at all (its own script hooks included) until it is back,
   // then reloads the page, which puts the kept text back in the box. The server empties it (a change of the

@@ -42,10 +42,11 @@ from .security import ui_middleware
 from .session_budget import SessionBudget
 from .session_owner import SessionOwnership, cookie_key
 from .slow_clients import deadline_by_default
+from .ui_asked import AskedReplies, arriving
 from .ui_continue import continue_reply
 from .ui_delete import delete_message
 from .ui_errors import EventErrors, log_event_errors
-from .ui_handlers import ChatHandlers, ReplyInputs
+from .ui_handlers import ChatHandlers, ReplyInputs, session_of
 from .ui_render import ESCAPED_TAGS
 from .ui_session import storage_secret
 from .uploads import UPLOAD_TTL_SECONDS, UploadQuota, discard_upload
@@ -77,8 +78,13 @@ SHORTCUTS = """| keys | does |
 # js hooks of events (run in the page before the Python function; their values replace the inputs)
 JS_RESTORE = "(record, draft, prompt) => [qcStore.readText(qcStore.current()), qcStore.draft(), prompt]"
 JS_INDEX = "(index, id) => [JSON.stringify(qcStore.index(qcStore.searchText())), id]"
-JS_OPEN = "(id, record, ...rest) => { qcScrollDown(); return [id, qcStore.readText(id), ...rest]; }"
-JS_SCROLL = "(...args) => { qcScrollDown(); return args; }"
+# A chat switch or a Stop waits for the first step of a reply asked for just before (assets/chat.js, ui_asked.py).
+JS_OPEN = (
+    "async (id, record, ...rest) => { await qcAsking.settled(); qcScrollDown(); "
+    "return [id, qcStore.readText(id), ...rest]; }"
+)
+JS_AFTER_ASKED = "async (...args) => { await qcAsking.settled(); return args; }"
+JS_ASKING = "(...args) => { qcScrollDown(); qcAsking.start(); return args; }"
 JS_SWITCH = "(request, ...rest) => [qcVersions.request, ...rest]"
 JS_DELETE = "(request, ...rest) => [qcDelete.request, ...rest]"
 
@@ -374,11 +380,13 @@ def build_ui(app: App) -> gr.Blocks:
             chat_id=chat_id,
             title=title,
         )
+        # The first step notes the reply as asked for: a chat switch right after it waits until it has started.
+        show_stop, take_edit = asking_steps(handlers.stops.asked)
         for triggers, start, start_outputs, handler, first, api_name in (
-            ([message_box.submit, send_button.click], show_stop_button, buttons, send, message_box, "chat"),
-            ([regenerate_button.click, chat.retry], show_stop_button, buttons, handlers.regenerate, None, "regenerate"),
+            ([message_box.submit, send_button.click], show_stop, buttons, send, message_box, "chat"),
+            ([regenerate_button.click, chat.retry], show_stop, buttons, handlers.regenerate, None, "regenerate"),
             ([chat.edit], take_edit, [edit_request, *buttons], handlers.edit_message, edit_request, "edit_message"),
-            ([continue_button.click], show_stop_button, buttons, continue_reply(handlers), None, "continue_reply"),
+            ([continue_button.click], show_stop, buttons, continue_reply(handlers), None, "continue_reply"),
         ):
             started = gr.on(
                 triggers,
@@ -387,15 +395,16 @@ def build_ui(app: App) -> gr.Blocks:
                 start_outputs,
                 concurrency_limit=None,
                 trigger_mode="multiple",  # one during a reply is refused at once, saying why (not ignored)
-                js=JS_SCROLL,
+                js=JS_ASKING,
                 **private,
             )
+            started.then(None, None, None, js="() => { qcAsking.done(); }", trigger_mode="multiple", **private)
             leading = {} if first is None else {"message" if first is message_box else "edit_request": first}
             files = {"attached": attaching.pending} if first is message_box else {}  # then emptied once sent
             # Every step "multiple": a chained step defaults to "once", which makes the page drop a second
             # Enter's reply step while the first reply (the same step) still streams, without a word.
             reply = started.then(
-                reply_event(handler, *leading, *files),
+                reply_event(handler, *leading, *files, asked=handlers.stops.asked),
                 None,
                 reply_outputs + list(files.values()),
                 inputs_kwargs={**leading, **files, **controls},
@@ -409,7 +418,7 @@ def build_ui(app: App) -> gr.Blocks:
             reply.then(
                 handlers.context_meter, meter_inputs, meter, show_progress="hidden", trigger_mode="multiple", **private
             )
-        stop_button.click(handlers.stop, None, notice, api_name="stop", queue=False)
+        stop_button.click(handlers.stop, None, notice, api_name="stop", queue=False, js=JS_AFTER_ASKED)
         demo.unload(handlers.stop_on_unload)
 
         # Another chat shown (a version, fewer turns, another or a new chat): the context meter counts it again.
@@ -468,7 +477,14 @@ def build_ui(app: App) -> gr.Blocks:
         refresh_list.click(handlers.chat_list, [chat_index, chat_id], chats.chats, js=JS_INDEX, queue=False, **private)
         new_outputs = [chat, conversation, chat_id, title, notice, record]
         # A reply running in the chat left goes on (saved, not drawn): Send or Stop follow the chat shown.
-        new = gr.on([chats.new_button.click], handlers.new_chat, system_prompt, new_outputs, api_name="new_chat")
+        new = gr.on(
+            [chats.new_button.click],
+            handlers.new_chat,
+            system_prompt,
+            new_outputs,
+            api_name="new_chat",
+            js=JS_AFTER_ASKED,
+        )
         new.then(handlers.chat_list, [chat_index, chat_id], chats.chats, js=JS_INDEX, queue=False, **private).then(
             **meter_again, **private
         )
@@ -495,11 +511,13 @@ def build_ui(app: App) -> gr.Blocks:
             chat_states,
             [chat, conversation, chat_id, title, record, deleted_id, kept_for_undo, chats.undo_delete_button],
             api_name="clear",
+            js=JS_AFTER_ASKED,
         ).then(**meter_again, **private).then(handlers.reply_buttons, None, buttons, **private)
         chats.undo_delete_button.click(
             handlers.undo_delete,
             kept_for_undo,
             [chat, conversation, chat_id, title, record, chats.undo_delete_button],
+            js=JS_AFTER_ASKED,
             **private,
         ).then(**meter_again, **private).then(handlers.reply_buttons, None, buttons, **private)
         chats.export_button.click(
@@ -570,13 +588,17 @@ def reply_components(**components: Any) -> dict[str, Any]:
     return components
 
 
-def reply_event(handler: Callable[..., Iterator[Any]], *leading: str) -> Callable[..., Iterator[Any]]:
+def reply_event(
+    handler: Callable[..., Iterator[Any]], *leading: str, asked: AskedReplies | None = None
+) -> Callable[..., Iterator[Any]]:
     """Gradio's function for a reply event: the values come by name (``inputs_kwargs``) and go to ``handler``
-    as its ``leading`` arguments (the message, or the edit) then one ``ReplyInputs``."""
+    as its ``leading`` arguments (the message, or the edit) then one ``ReplyInputs``; ``asked``: where the
+    reply's first step noted it, to count it as arrived (``ui_asked``)."""
 
     def event(request: gr.Request, **values: Any) -> Iterator[Any]:
         first = [values.pop(name) for name in leading]
-        yield from handler(*first, ReplyInputs(**values), request)
+        outputs = handler(*first, ReplyInputs(**values), request)
+        yield from outputs if asked is None else arriving(outputs, asked, session_of(request))
 
     event.__name__ = handler.__name__
     return event
@@ -586,10 +608,20 @@ def show_stop_button() -> tuple[Any, Any]:
     return gr.update(visible=False), gr.update(visible=True)
 
 
-def take_edit(edit: gr.EditData) -> tuple[Any, ...]:
-    """An edited question as JSON text for the next step (which position in the chat, the new text)."""
-    request = json.dumps({"index": edit.index, "value": edit.value}, ensure_ascii=False)
-    return request, *show_stop_button()
+def asking_steps(asked: AskedReplies) -> tuple[Callable[..., Any], Callable[..., Any]]:
+    """A reply's first steps (Send swapped for Stop; an edit's, which also keeps what was edited), each noting
+    the reply as asked for in ``asked``."""
+
+    def show_stop(request: gr.Request) -> tuple[Any, Any]:
+        asked.expect(session_of(request))
+        return show_stop_button()
+
+    def take_edit(edit: gr.EditData, request: gr.Request) -> tuple[Any, ...]:
+        """An edited question as JSON text for the next step (which position in the chat, the new text)."""
+        asked.expect(session_of(request))
+        return json.dumps({"index": edit.index, "value": edit.value}, ensure_ascii=False), *show_stop_button()
+
+    return show_stop, take_edit
 
 
 def save_settings(*values: Any) -> dict[str, Any]:

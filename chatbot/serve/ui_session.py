@@ -32,6 +32,7 @@ from ..chat.reply import Conversation
 from ..engine.sampling import NON_THINKING_DEFAULTS, THINKING_DEFAULTS
 from ..errors import ChatbotError
 from .attachments import split
+from .ui_asked import AskedReplies
 from .ui_versions import turn_record, turns_from_records
 
 log = logging.getLogger(__name__)
@@ -89,11 +90,16 @@ class ReplySignal(threading.Event):
 
 
 class StopSignals:
-    """The stop signals of the replies each browser session has running (shown or not)."""
+    """The stop signals of the replies each browser session has running (shown or not).
+
+    ``asked``: the replies asked for and not started yet. Detaching, dropping or stopping a session's replies
+    first waits for those (bounded), so a reply asked for just before a chat switch or a Stop is one of them.
+    """
 
     def __init__(self) -> None:
         self._lock = threading.Condition()
         self._by_session: dict[str, set[ReplySignal]] = {}
+        self.asked = AskedReplies()
 
     @contextmanager
     def reply(
@@ -126,6 +132,8 @@ class StopSignals:
     def stop(self, session: str, *, everywhere: bool = False, closed: bool = False) -> int:
         """Set the signals of the replies ``session`` shows (``everywhere``: its other chats' too; ``closed``: the
         tab closed or reloaded, see ``ReplySignal.closed``); returns how many."""
+        if not everywhere:  # Stop pressed as a reply is starting stops that reply
+            self.asked.wait(session, self.asked.limit)
         with self._lock:
             signals = list(self._by_session.get(session, ())) if everywhere else self._shown(session)
         for signal in signals:
@@ -139,6 +147,7 @@ class StopSignals:
 
     def detach(self, session: str, timeout: float) -> None:
         """The tab moves to another chat: its reply goes on, saved but not drawn (see ``ReplySignal.discard``)."""
+        self.asked.wait(session, timeout)  # a reply asked for in the chat left stays there
         for signal in self._shown(session):
             signal.discard("detached", timeout)
 
@@ -155,6 +164,7 @@ class StopSignals:
         """Stop the replies ``session`` shows (``drop``: nothing of them is kept), then wait (at most ``timeout``
         s) until they have ended, so that nothing they still send can land on the page after what the caller
         returns; False on timeout."""
+        self.asked.wait(session, timeout)
         signals = self._shown(session)
         for signal in signals:
             if drop:

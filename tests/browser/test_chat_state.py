@@ -165,11 +165,15 @@ def test_stop_on_a_reply_queued_behind_others_cancels_at_once(browser, one_at_a_
         long_replies(page)
         send(page, "Me after them")
         page.wait_for_selector("#qc-chat .qc-stats:has-text('In the queue: position 2')")
+        page.wait_for_selector("#qc-list label:has-text('Me after them')")  # listed while it waits
         page.click("#qc-stop")
         page.wait_for_selector("#qc-notice:has-text('Stopped before the model started')", timeout=10_000)
         page.wait_for_selector("#qc-send", state="visible")
         assert page.input_value("#qc-message textarea") == "Me after them"
         assert page.locator("#qc-chat .message").count() == 0
+        # The chat list at once too: the chat, empty again, leaves it, and nothing there says a reply runs.
+        page.wait_for_selector("#qc-list label:has-text('Me after them')", state="detached", timeout=10_000)
+        assert page.locator("#qc-chats [data-testid=status-tracker]:not(.hide)").count() == 0
         page.context.close()
     finally:
         for client in others:
