@@ -131,6 +131,82 @@ def test_files_past_the_context_are_refused_before_the_model_and_nothing_is_lost
     page.context.close()
 
 
+# --- files waiting in the box survive a reload (the page keeps them beside the unsent text) -----------------
+
+
+def box_is(page, text: str) -> None:
+    page.wait_for_function("(text) => document.querySelector('#qc-message textarea').value === text", arg=text)
+
+
+def sent_with(page, names: list[str]) -> None:
+    """Send the message in the box; once answered, its files show in the chat and no chip is left."""
+    page.press("#qc-message textarea", "Enter")
+    wait_for_stats(page, 1)
+    chips(page, 0)
+    for name in names:
+        assert file_block(page, name).count() == 1, name
+
+
+def test_files_waiting_to_be_sent_survive_a_reload_and_go_with_the_message(browser, demo_app) -> None:
+    page = open_page(browser, demo_app)
+    page.uncheck("#qc-thinking input")
+    pick(page, "notes.md", "text/markdown", b"# Shopping\n\n- apples\n")
+    hand_over(page, "drop", "prices.csv", "text/csv", b"fruit,price\napples,3\n")
+    chips(page, 2)
+    page.fill("#qc-message textarea", "Compare them")
+    reload_page(page)  # as the page does itself when the server comes back after a restart
+    assert chips(page, 2) == ["notes.md", "prices.csv"]
+    box_is(page, "Compare them")
+    page.wait_for_selector("#qc-meter .qc-meter")  # the files are counted again
+    sent_with(page, ["notes.md", "prices.csv"])
+    reload_page(page)  # sent: the files are the message's now, none waits in the box again
+    file_block(page, "prices.csv").wait_for()
+    page.wait_for_timeout(1000)
+    assert page.locator(CHIPS).count() == 0
+    assert not page.errors, page.errors
+    page.context.close()
+
+
+def test_files_given_back_by_a_refused_message_survive_a_reload(browser, demo_app) -> None:
+    page = open_page(browser, demo_app)
+    page.uncheck("#qc-thinking input")
+    pick(page, "book.txt", "text/plain", ("word " * 50_000).encode())
+    pick(page, "notes.md", "text/markdown", b"# Shopping\n\n- pears\n")
+    chips(page, 2)
+    send(page, "What happens in the end?")  # too long for the context: refused, all given back
+    page.wait_for_selector("#qc-notice .qc-notice")
+    box_is(page, "What happens in the end?")
+    chips(page, 2)
+    reload_page(page)
+    assert chips(page, 2) == ["book.txt", "notes.md"]
+    box_is(page, "What happens in the end?")
+    page.click("#qc-attached .qc-detach-0")  # the book off: the rest fits
+    assert chips(page, 1) == ["notes.md"]
+    sent_with(page, ["notes.md"])
+    assert not page.errors, page.errors
+    page.context.close()
+
+
+def test_files_taken_back_by_edit_last_survive_a_reload(browser, demo_app) -> None:
+    page = open_page(browser, demo_app)
+    page.uncheck("#qc-thinking input")
+    pick(page, "notes.md", "text/markdown", b"# Shopping\n\n- plums\n")
+    chips(page, 1)
+    send(page, "Summarize")
+    sent_with(page, ["notes.md"])
+    page.click("#qc-message textarea")
+    page.keyboard.press("ArrowUp")  # Edit last: the question back in the box, its file back in its chip
+    box_is(page, "Summarize")
+    assert chips(page, 1) == ["notes.md"]
+    page.wait_for_function("() => !document.querySelector('#qc-chat .user-row')")  # saved without the question
+    reload_page(page)
+    assert chips(page, 1) == ["notes.md"]
+    box_is(page, "Summarize")
+    sent_with(page, ["notes.md"])
+    assert not page.errors, page.errors
+    page.context.close()
+
+
 # --- saved system prompts ---------------------------------------------------------------------------------
 
 PROMPT_BOX = "#qc-sidebar textarea[placeholder^='e.g. You are']"
