@@ -100,9 +100,10 @@ def not_kept_notice(outcome: str) -> Any:
     if not named:
         return gr.skip()
     listed = ", ".join(f"“{item['name']}” ({int(item.get('chars') or 0):,} characters)" for item in named)
+    them, are = ("them", "They are") if len(named) > 1 else ("it", "It is")
     return info_html(
-        f"Too large for this tab's storage: {listed}. It is attached, but a reload before sending would take it off "
-        "the message (you would be asked to attach it again)."
+        f"Too large for this tab's storage: {listed}. {are} attached, but a reload before sending would take "
+        f"{them} off the message (the page would then ask you to attach {them} again)."
     )
 
 
@@ -133,13 +134,14 @@ def restore_kept(kept: str, pending: Any, max_chars: int) -> tuple[Any, Any, Any
         waiting.append(found[0].as_dict())
     notes = []
     if missing:
+        them = "them" if len(missing) > 1 else "it"
         notes.append(
-            f"Not kept across the reload (too large for this tab's storage): {', '.join(missing)}. Attach it again."
+            f"Not kept across the reload (too large for this tab's storage): {', '.join(missing)}. Attach {them} again."
         )
     if lost:
         notes.append(
             f"Not put back: {', '.join(lost)} (a message takes at most {MAX_ATTACHED} files, {max_chars:,} "
-            "characters together). Attach a part of it."
+            "characters together). Send the files attached first, or attach a part of a file."
         )
     notice = "".join(f'<div class="qc-notice" role="alert">{html.escape(text)}</div>' for text in notes)
     return waiting, notice or gr.skip(), shown(waiting)[1]

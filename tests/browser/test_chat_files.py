@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import base64
 
-from helpers.app import RunningApp
+from helpers.app import WAIT_LIMIT_SECONDS, RunningApp
 from helpers.browser import open_page, open_settings, reload_page, send, snap, wait_for_stats
 from helpers.pdf import tiny_pdf
 
@@ -151,6 +151,7 @@ def test_files_waiting_to_be_sent_survive_a_reload_and_go_with_the_message(brows
     page = open_page(browser, demo_app)
     page.uncheck("#qc-thinking input")
     pick(page, "notes.md", "text/markdown", b"# Shopping\n\n- apples\n")
+    chips(page, 1)
     hand_over(page, "drop", "prices.csv", "text/csv", b"fruit,price\napples,3\n")
     chips(page, 2)
     page.fill("#qc-message textarea", "Compare them")
@@ -171,6 +172,7 @@ def test_files_given_back_by_a_refused_message_survive_a_reload(browser, demo_ap
     page = open_page(browser, demo_app)
     page.uncheck("#qc-thinking input")
     pick(page, "book.txt", "text/plain", ("word " * 50_000).encode())
+    chips(page, 1)
     pick(page, "notes.md", "text/markdown", b"# Shopping\n\n- pears\n")
     chips(page, 2)
     send(page, "What happens in the end?")  # too long for the context: refused, all given back
@@ -205,6 +207,43 @@ def test_files_taken_back_by_edit_last_survive_a_reload(browser, demo_app) -> No
     sent_with(page, ["notes.md"])
     assert not page.errors, page.errors
     page.context.close()
+
+
+# The browser's storage made small for the waiting files (a real quota is a few MB per site, past what a test uploads).
+SMALL_STORAGE = """(() => {
+    const setItem = Storage.prototype.setItem;
+    Storage.prototype.setItem = function (key, value) {
+        if (key === "qwen3-chat:attached" && String(value).length > 20000) {
+            throw new DOMException("The quota has been exceeded.", "QuotaExceededError");
+        }
+        return setItem.call(this, key, value);
+    };
+})()"""
+
+
+def test_files_past_the_browsers_storage_are_named_not_dropped_simulated_small_quota(browser, demo_app) -> None:
+    context = browser.new_context(viewport={"width": 1360, "height": 1000})
+    context.set_default_timeout(WAIT_LIMIT_SECONDS * 1000)
+    context.add_init_script(SMALL_STORAGE)
+    page = open_page(browser, demo_app, context=context)
+    page.uncheck("#qc-thinking input")
+    pick(page, "notes.md", "text/markdown", b"# Shopping\n\n- figs\n")
+    chips(page, 1)
+    pick(page, "big.txt", "text/plain", ("many words " * 3_000).encode())
+    chips(page, 2)
+    page.wait_for_selector("#qc-notice :text('big.txt')")
+    assert "Too large for this tab's storage" in page.inner_text("#qc-notice")
+    reload_page(page)
+    assert chips(page, 1) == ["notes.md"]  # the one that fit; the other is named, to attach again
+    page.wait_for_selector("#qc-notice :text('Attach it again')")
+    assert "big.txt" in page.inner_text("#qc-notice")
+    sent_with(page, ["notes.md"])
+    reload_page(page)  # said once: nothing is kept any more
+    file_block(page, "notes.md").wait_for()
+    page.wait_for_timeout(1000)
+    assert "big.txt" not in page.inner_text("#qc-notice") and page.locator(CHIPS).count() == 0
+    assert not page.errors, page.errors
+    context.close()
 
 
 # --- saved system prompts ---------------------------------------------------------------------------------
