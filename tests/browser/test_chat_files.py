@@ -194,7 +194,7 @@ def test_files_taken_back_by_edit_last_survive_a_reload(browser, demo_app) -> No
     page.uncheck("#qc-thinking input")
     pick(page, "notes.md", "text/markdown", b"# Shopping\n\n- plums\n")
     chips(page, 1)
-    send(page, "Summarize")
+    page.fill("#qc-message textarea", "Summarize")
     sent_with(page, ["notes.md"])
     page.click("#qc-message textarea")
     page.keyboard.press("ArrowUp")  # Edit last: the question back in the box, its file back in its chip
