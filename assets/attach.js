@@ -3,8 +3,52 @@
 // A file dropped anywhere on the page, or pasted into the message box, is handed to the paperclip button's file
 // input as if picked there: Gradio uploads it and the server reads it. A chip's × asks the server, through a
 // hidden button, to take that file off the message.
+//
+// The files waiting (their names and text, as the server read them) are kept in the tab's sessionStorage beside
+// the unsent text, so a reload (or the server restarting: the page reloads once it is back) loses none: on load
+// they go back to the server and are chips again.
 (() => {
-  window.qcAttach = { remove: "" };
+  const KEPT = "qwen3-chat:attached";
+  const parse = (text) => {
+    try {
+      return JSON.parse(text);
+    } catch (error) {
+      return null;
+    }
+  };
+
+  // Keep `text` (the server's JSON list of the waiting files, [{name, text}]). Past the browser's storage (a
+  // few MB per site, shared with the unsent text and, in this tab, nothing else) the largest files are kept by
+  // name only, so that a reload can say which to attach again. Returns the files kept by name only, as JSON
+  // ({name, chars} each; "" when all were kept): the server shows a notice naming them.
+  const keep = (text) => {
+    const files = parse(text);
+    if (!Array.isArray(files) || !files.length) {
+      sessionStorage.removeItem(KEPT);
+      return "";
+    }
+    const bySize = files.map((file, index) => index).sort((a, b) => files[b].text.length - files[a].text.length);
+    const stored = files.map((file) => ({ ...file }));
+    const dropped = [];
+    for (;;) {
+      try {
+        sessionStorage.setItem(KEPT, JSON.stringify(stored));
+        break;
+      } catch (error) {  // QuotaExceededError
+        const index = bySize.shift();
+        if (index === undefined) {
+          sessionStorage.removeItem(KEPT);
+          break;
+        }
+        stored[index] = { name: files[index].name, chars: files[index].text.length };
+        dropped.push(stored[index]);
+      }
+    }
+    if (!dropped.length) return "";
+    console.warn("Qwen3 Chat: too large for this tab's storage, kept by name only:", dropped.map((f) => f.name));
+    return JSON.stringify(dropped);
+  };
+  window.qcAttach = { remove: "", keep, kept: () => sessionStorage.getItem(KEPT) || "" };
 
   const fileInput = () => {
     const button = document.querySelector("#qc-attach");

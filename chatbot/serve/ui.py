@@ -462,7 +462,7 @@ def build_ui(app: App) -> gr.Blocks:
         )
 
         max_chars = int(app.settings.max_chat_mb * 2**20)  # of the files waiting, together: a chat holds no more
-        ui_attach.wire(attaching, attach_button, notice=notice, max_chars=max_chars)
+        files_back = ui_attach.wire(attaching, attach_button, notice=notice, max_chars=max_chars)  # kept by the page
         ui_prompts.wire(panel.prompts, system_prompt, notice, meter_again)
 
         # Chats: every change of this tab's chat is written to the browser, then the list is redrawn.
@@ -577,7 +577,7 @@ def build_ui(app: App) -> gr.Blocks:
             **private,
         ).then(handlers.chat_list, [chat_index, chat_id], chats.chats, js=JS_INDEX, queue=False, **private).then(
             handlers.context_meter, meter_inputs, meter, show_progress="hidden", **private
-        ).then(**fresh_prompt, **private).then(**meter_again, **private)
+        ).then(**fresh_prompt, **private).then(**meter_again, **private).then(**files_back)
     return demo
 
 

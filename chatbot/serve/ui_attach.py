@@ -8,11 +8,18 @@ message (``attachments.compose``); the files are let go once the server has stor
 it empties the box), and stay attached, with the typed text back in the box, when the message is refused
 (too long for the context, a reply still running). "Edit last" (or ↑) takes a message's files back into
 the chips.
+
+The page keeps the waiting files too, beside the unsent text (the tab's sessionStorage, ``assets/attach.js``),
+so a reload, or the server restarting (the page reloads once it is back), loses none: on load the page hands
+them back and they are chips again. The server takes them back as it takes typed text, within the same
+bounds as files attached (``MAX_ATTACHED``, the characters a chat holds). A file too large for the
+browser's storage is kept by name only, and the page says so, when attached and again after a reload.
 """
 
 from __future__ import annotations
 
 import html
+import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -26,6 +33,10 @@ from .uploads import discard_upload
 MAX_ATTACHED = 8  # files waiting on one message
 FILES_COUNT = "The attached files are part of the message: take one off with its ×, or attach a part of it."
 JS_DETACH = "(request, ...rest) => [window.qcAttach.remove, ...rest]"
+# The page's copy of the waiting files: written on every change (the page answers with the files it could not
+# keep), read back on load.
+JS_KEEP = "(text) => [window.qcAttach.keep(text)]"
+JS_KEPT = "(text, pending) => [window.qcAttach.kept(), pending]"
 
 
 @dataclass
@@ -36,6 +47,7 @@ class AttachControls:
     pending: gr.State  # [{"name": ..., "text": ...}, ...] waiting for the next message
     remove_request: gr.Textbox  # which chip's × was clicked (set by the page's script)
     remove_button: gr.Button  # clicked by the page's script
+    kept: gr.Textbox  # the waiting list as JSON, for the page to keep in the tab (hidden)
 
 
 def attach_button() -> gr.UploadButton:
@@ -57,7 +69,8 @@ def attach_controls() -> AttachControls:
     pending = gr.State([])
     remove_request = gr.Textbox("", visible="hidden")
     remove_button = gr.Button(visible="hidden", elem_id="qc-detach")
-    return AttachControls(chips, pending, remove_request, remove_button)
+    kept = gr.Textbox("", visible="hidden", elem_id="qc-attached-kept")
+    return AttachControls(chips, pending, remove_request, remove_button, kept)
 
 
 def chips_html(pending: Any) -> str:
@@ -72,6 +85,73 @@ def chips_html(pending: Any) -> str:
             f'<button type="button" class="qc-chip-x qc-detach-{index}" aria-label="Remove {name}">×</button></span>'
         )
     return f'<div class="qc-chips">{"".join(chips)}</div>' if chips else ""
+
+
+def shown(pending: Any) -> tuple[str, str]:
+    """The chips of the waiting files, and the list as JSON for the page to keep (outputs: chips, kept)."""
+    return chips_html(pending), json.dumps([item.as_dict() for item in attachments_of(pending)], ensure_ascii=False)
+
+
+def not_kept_notice(outcome: str) -> Any:
+    """What the page says when the browser's storage could not keep some waiting files (``outcome``: the page's
+    JSON list of them, each {"name", "chars"}; empty when all were kept: the notice is left alone)."""
+    items = from_json(outcome)
+    named = [item for item in items or [] if isinstance(item, dict) and isinstance(item.get("name"), str)]
+    if not named:
+        return gr.skip()
+    listed = ", ".join(f"“{item['name']}” ({int(item.get('chars') or 0):,} characters)" for item in named)
+    them, are = ("them", "They are") if len(named) > 1 else ("it", "It is")
+    return info_html(
+        f"Too large for this tab's storage: {listed}. {are} attached, but a reload before sending would take "
+        f"{them} off the message (the page would then ask you to attach {them} again)."
+    )
+
+
+def restore_kept(kept: str, pending: Any, max_chars: int) -> tuple[Any, Any, Any]:
+    """The files the page kept for the tab (``kept``: JSON, ``shown``'s) back in the waiting list, after those
+    already attached since the load (outputs: waiting list, notice, the list for the page to keep from now on).
+
+    The page's copy is taken back as typed text is, within the bounds of files attached: at most ``MAX_ATTACHED``
+    files, ``max_chars`` characters together. A file the page kept by name only (too large for its storage),
+    or past those bounds (a server restarted with a smaller --max-chat-mb), is not put back; the notice names it.
+    """
+    items = from_json(kept)
+    if not isinstance(items, list) or not items:
+        return gr.skip(), gr.skip(), gr.skip()
+    waiting = [item.as_dict() for item in attachments_of(pending)]
+    missing: list[str] = []
+    lost: list[str] = []
+    for item in items:
+        found = attachments_of([item])
+        if not found:
+            if isinstance(item, dict) and isinstance(item.get("name"), str):
+                missing.append(f"“{item['name']}”")
+            continue
+        used = sum(len(entry["text"]) for entry in waiting)
+        if len(waiting) >= MAX_ATTACHED or used + len(found[0].text) > max_chars:
+            lost.append(f"“{found[0].name}”")
+            continue
+        waiting.append(found[0].as_dict())
+    notes = []
+    if missing:
+        them = "them" if len(missing) > 1 else "it"
+        notes.append(
+            f"Not kept across the reload (too large for this tab's storage): {', '.join(missing)}. Attach {them} again."
+        )
+    if lost:
+        notes.append(
+            f"Not put back: {', '.join(lost)} (a message takes at most {MAX_ATTACHED} files, {max_chars:,} "
+            "characters together). Send the files attached first, or attach a part of a file."
+        )
+    notice = "".join(f'<div class="qc-notice" role="alert">{html.escape(text)}</div>' for text in notes)
+    return waiting, notice or gr.skip(), shown(waiting)[1]
+
+
+def from_json(text: str | None) -> Any:
+    try:
+        return json.loads(text) if text else None
+    except json.JSONDecodeError:
+        return None
 
 
 def attach(files: Any, pending: Any, max_chars: int) -> tuple[Any, str]:
@@ -148,15 +228,30 @@ def info_html(text: str) -> str:
     return f'<div class="qc-notice qc-info" role="status">{html.escape(text)}</div>'
 
 
-def wire(controls: AttachControls, button: gr.UploadButton, *, notice: gr.HTML, max_chars: int) -> None:
-    """The events of attaching: upload (button, drop, paste), the chips redrawn, a chip's × (private events)."""
+def wire(controls: AttachControls, button: gr.UploadButton, *, notice: gr.HTML, max_chars: int) -> dict[str, Any]:
+    """The events of attaching: upload (button, drop, paste), the chips redrawn and kept by the page, a chip's ×
+    (private events). Returns the page load's step that puts the files the page kept back (for ``.then``)."""
     private: dict[str, Any] = {"api_visibility": "private"}
 
     def read(files: Any, pending: Any) -> tuple[Any, str]:
         return attach(files, pending, max_chars)
 
+    def put_back(kept: str, pending: Any) -> tuple[Any, Any, Any]:
+        return restore_kept(kept, pending, max_chars)
+
     button.upload(read, [button, controls.pending], [controls.pending, notice], show_progress="hidden", **private)
-    controls.pending.change(chips_html, controls.pending, controls.chips, show_progress="hidden", **private)
+    controls.pending.change(shown, controls.pending, [controls.chips, controls.kept], show_progress="hidden", **private)
+    controls.kept.change(
+        not_kept_notice, controls.kept, notice, js=JS_KEEP, queue=False, show_progress="hidden", **private
+    )
     controls.remove_button.click(
         detach, [controls.remove_request, controls.pending], controls.pending, js=JS_DETACH, **private
+    )
+    return dict(
+        fn=put_back,
+        inputs=[controls.kept, controls.pending],
+        outputs=[controls.pending, notice, controls.kept],
+        js=JS_KEPT,
+        show_progress="hidden",
+        **private,
     )

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import base64
 
-from helpers.app import RunningApp
+from helpers.app import WAIT_LIMIT_SECONDS, RunningApp
 from helpers.browser import open_page, open_settings, reload_page, send, snap, wait_for_stats
 from helpers.pdf import tiny_pdf
 
@@ -129,6 +129,121 @@ def test_files_past_the_context_are_refused_before_the_model_and_nothing_is_lost
     assert page.evaluate(f"() => ({SAVED_CHATS})().length") == 0
     assert page.locator("#qc-chat .message-row.user-row").count() == 0
     page.context.close()
+
+
+# --- files waiting in the box survive a reload (the page keeps them beside the unsent text) -----------------
+
+
+def box_is(page, text: str) -> None:
+    page.wait_for_function("(text) => document.querySelector('#qc-message textarea').value === text", arg=text)
+
+
+def sent_with(page, names: list[str]) -> None:
+    """Send the message in the box; once answered, its files show in the chat and no chip is left."""
+    page.press("#qc-message textarea", "Enter")
+    wait_for_stats(page, 1)
+    chips(page, 0)
+    for name in names:
+        assert file_block(page, name).count() == 1, name
+
+
+def test_files_waiting_to_be_sent_survive_a_reload_and_go_with_the_message(browser, demo_app) -> None:
+    page = open_page(browser, demo_app)
+    page.uncheck("#qc-thinking input")
+    pick(page, "notes.md", "text/markdown", b"# Shopping\n\n- apples\n")
+    chips(page, 1)
+    hand_over(page, "drop", "prices.csv", "text/csv", b"fruit,price\napples,3\n")
+    chips(page, 2)
+    page.fill("#qc-message textarea", "Compare them")
+    reload_page(page)  # as the page does itself when the server comes back after a restart
+    assert chips(page, 2) == ["notes.md", "prices.csv"]
+    box_is(page, "Compare them")
+    page.wait_for_selector("#qc-meter .qc-meter")  # the files are counted again
+    sent_with(page, ["notes.md", "prices.csv"])
+    reload_page(page)  # sent: the files are the message's now, none waits in the box again
+    file_block(page, "prices.csv").wait_for()
+    page.wait_for_timeout(1000)
+    assert page.locator(CHIPS).count() == 0
+    assert not page.errors, page.errors
+    page.context.close()
+
+
+def test_files_given_back_by_a_refused_message_survive_a_reload(browser, demo_app) -> None:
+    page = open_page(browser, demo_app)
+    page.uncheck("#qc-thinking input")
+    pick(page, "book.txt", "text/plain", ("word " * 50_000).encode())
+    chips(page, 1)
+    pick(page, "notes.md", "text/markdown", b"# Shopping\n\n- pears\n")
+    chips(page, 2)
+    send(page, "What happens in the end?")  # too long for the context: refused, all given back
+    page.wait_for_selector("#qc-notice .qc-notice")
+    box_is(page, "What happens in the end?")
+    chips(page, 2)
+    reload_page(page)
+    assert chips(page, 2) == ["book.txt", "notes.md"]
+    box_is(page, "What happens in the end?")
+    page.click("#qc-attached .qc-detach-0")  # the book off: the rest fits
+    assert chips(page, 1) == ["notes.md"]
+    sent_with(page, ["notes.md"])
+    assert not page.errors, page.errors
+    page.context.close()
+
+
+def test_files_taken_back_by_edit_last_survive_a_reload(browser, demo_app) -> None:
+    page = open_page(browser, demo_app)
+    page.uncheck("#qc-thinking input")
+    pick(page, "notes.md", "text/markdown", b"# Shopping\n\n- plums\n")
+    chips(page, 1)
+    page.fill("#qc-message textarea", "Summarize")
+    sent_with(page, ["notes.md"])
+    page.click("#qc-message textarea")
+    page.keyboard.press("ArrowUp")  # Edit last: the question back in the box, its file back in its chip
+    box_is(page, "Summarize")
+    assert chips(page, 1) == ["notes.md"]
+    page.wait_for_function("() => !document.querySelector('#qc-chat .user-row')")  # saved without the question
+    reload_page(page)
+    assert chips(page, 1) == ["notes.md"]
+    box_is(page, "Summarize")
+    sent_with(page, ["notes.md"])
+    assert not page.errors, page.errors
+    page.context.close()
+
+
+# The browser's storage made small for the waiting files (a real quota is a few MB per site, past what a test uploads).
+SMALL_STORAGE = """(() => {
+    const setItem = Storage.prototype.setItem;
+    Storage.prototype.setItem = function (key, value) {
+        if (key === "qwen3-chat:attached" && String(value).length > 20000) {
+            throw new DOMException("The quota has been exceeded.", "QuotaExceededError");
+        }
+        return setItem.call(this, key, value);
+    };
+})()"""
+
+
+def test_files_past_the_browsers_storage_are_named_not_dropped_simulated_small_quota(browser, demo_app) -> None:
+    context = browser.new_context(viewport={"width": 1360, "height": 1000})
+    context.set_default_timeout(WAIT_LIMIT_SECONDS * 1000)
+    context.add_init_script(SMALL_STORAGE)
+    page = open_page(browser, demo_app, context=context)
+    page.uncheck("#qc-thinking input")
+    pick(page, "notes.md", "text/markdown", b"# Shopping\n\n- figs\n")
+    chips(page, 1)
+    pick(page, "big.txt", "text/plain", ("many words " * 3_000).encode())
+    chips(page, 2)
+    page.wait_for_selector("#qc-notice :text('big.txt')")
+    assert "Too large for this tab's storage" in page.inner_text("#qc-notice")
+    reload_page(page)
+    assert chips(page, 1) == ["notes.md"]  # the one that fit; the other is named, to attach again
+    page.wait_for_selector("#qc-notice :text('Attach it again')")
+    assert "big.txt" in page.inner_text("#qc-notice")
+    sent_with(page, ["notes.md"])
+    reload_page(page)  # said once: nothing is kept any more
+    file_block(page, "notes.md").wait_for()
+    page.wait_for_timeout(1000)
+    assert "big.txt" not in page.inner_text("#qc-notice") and page.locator(CHIPS).count() == 0
+    assert not page.errors, page.errors
+    context.close()
 
 
 # --- saved system prompts ---------------------------------------------------------------------------------

@@ -5,6 +5,7 @@ Pure Python, no model: ``.venv/bin/python -m pytest tests/unit/test_attachments.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,16 @@ from helpers.pdf import tiny_pdf
 
 from chatbot.errors import ChatbotError
 from chatbot.serve.attachments import Attachment, clean_name, compose, read_attachment, split, with_typed_text
-from chatbot.serve.ui_attach import attach, chips_html, detach, reclaim
+from chatbot.serve.ui_attach import (
+    MAX_ATTACHED,
+    attach,
+    chips_html,
+    detach,
+    not_kept_notice,
+    reclaim,
+    restore_kept,
+    shown,
+)
 from chatbot.serve.ui_render import user_messages
 from chatbot.serve.ui_session import title_of
 
@@ -108,6 +118,31 @@ def test_attaching_reads_each_file_and_refuses_the_rest(tmp_path: Path) -> None:
 def test_edit_last_takes_the_files_back_to_the_chips() -> None:
     box, pending = reclaim(compose("Question", [Attachment("a.txt", "A")]), [])
     assert box == "Question" and pending == [{"name": "a.txt", "text": "A"}]
+
+
+def test_the_files_the_page_kept_come_back_within_the_bounds_of_attaching() -> None:
+    waiting = [{"name": "a.md", "text": "# A"}, {"name": "b.csv", "text": "x,y"}]
+    chips, kept = shown(waiting)
+    assert "b.csv" in chips and json.loads(kept) == waiting
+    back, _, kept_now = restore_kept(kept, [], LIMIT)
+    assert back == waiting and kept_now == kept
+    assert not isinstance(restore_kept("", [], LIMIT)[0], list)  # nothing kept: nothing changes (gr.skip)
+    # Added since the load first; past the count or the characters a chat holds, named, not put back.
+    later = [{"name": "c.txt", "text": "C"}]
+    back, notice, kept_now = restore_kept(kept, later, 5)
+    assert back == [*later, waiting[0]] and "b.csv" in notice and "a.md" not in notice
+    assert json.loads(kept_now) == back  # the page keeps what came back, no more
+    many = json.dumps([{"name": f"{i}.txt", "text": "t"} for i in range(MAX_ATTACHED + 1)])
+    assert len(restore_kept(many, [], LIMIT)[0]) == MAX_ATTACHED
+    # A file the browser could keep by name only: named, to attach again; a page's malformed entry: left out.
+    back, notice, _ = restore_kept(json.dumps([{"name": "big.pdf", "chars": 9}, {"text": 3}, *waiting]), [], LIMIT)
+    assert back == waiting and "big.pdf" in notice and "Attach it again" in notice
+
+
+def test_files_the_browser_cannot_keep_are_named_when_attached() -> None:
+    notice = not_kept_notice(json.dumps([{"name": "big<1>.txt", "chars": 6_000_000}]))
+    assert "big&lt;1&gt;.txt" in notice and "6,000,000 characters" in notice and "reload" in notice
+    assert not isinstance(not_kept_notice(""), str) and not isinstance(not_kept_notice("[]"), str)
 
 
 def test_a_question_with_files_is_drawn_as_its_text_then_each_file_folded() -> None:
