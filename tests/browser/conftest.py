@@ -9,7 +9,22 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers.browser import CHROMIUM, CHROMIUM_ARGS
+from helpers.app import RunningApp
+from helpers.browser import CHROMIUM, CHROMIUM_ARGS, page_report
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Iterator[None]:
+    """A failed browser test's report carries what its pages did (navigations, console lines, Send/Stop
+    shown, the notice) and its apps' log tails: a failure on a loaded CI machine explains itself."""
+    report = yield
+    if report.when == "call" and report.failed:
+        arguments = getattr(item, "funcargs", {})
+        browser = arguments.get("browser")
+        if browser is not None:
+            apps = [value for value in arguments.values() if isinstance(value, RunningApp)]
+            report.sections.append(("pages and app logs", page_report(browser, apps)))
+    return report
 
 
 @pytest.fixture(scope="module")
