@@ -437,7 +437,10 @@ class ChatHandlers:
     def edit_last(
         self, message: str, conversation: Conversation, chat_id: str, title: str, request: gr.Request
     ) -> tuple[Any, ...]:
-        """Remove the last exchange and put its question back in the message box to be edited and sent."""
+        """Remove the last exchange and put its question back in the message box to be edited and sent.
+        Refused while a reply is being written in this chat (what is typed in the box stays)."""
+        if self.stops.running(session_of(request)):
+            return gr.skip(), message, notice_html(BUSY), conversation, gr.skip()
         last = last_question(conversation)
         if last is None:
             notice = notice_html("There is no message to edit yet.")

@@ -607,6 +607,19 @@ def test_stop_halts_generation_and_the_next_message_works(busy_app: RunningApp) 
     assert user_texts(chat) == ["Write forever", "Short one"]
 
 
+def test_edit_last_during_a_reply_is_refused_and_keeps_the_typed_text(busy_app: RunningApp) -> None:
+    client = Client(busy_app.ui_url, auth=LOGIN, verbose=False)
+    client.predict(message="First question", enable_thinking=False, max_new_tokens=16, api_name="/chat")
+    job = long_reply(client)
+    wait_for(lambda: len(answer_so_far(job)) > 20, what="the answer to start")
+    _, box, notice, _ = client.predict(message="A follow-up I typed", api_name="/edit_last")
+    assert box == "A follow-up I typed" and "still being written" in html.unescape(notice)
+    assert not job.done()  # the reply goes on
+    client.predict(api_name="/stop")
+    job.result(timeout=WAIT_LIMIT_SECONDS)
+    assert user_texts(last_chat(job)) == ["First question", "Write forever"]
+
+
 def test_queue_position_is_shown_and_stop_only_cancels_its_own_request(busy_app: RunningApp) -> None:
     first, second, third = (Client(busy_app.ui_url, auth=LOGIN, verbose=False) for _ in range(3))
     running = long_reply(first)
