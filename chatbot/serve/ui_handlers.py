@@ -300,7 +300,7 @@ class ChatHandlers:
         restore = branch.removed if branch is not None else []
 
         def record_data(pending: bool, tokens: int | None = None) -> dict[str, Any]:
-            stats = live.stats if tokens is None else {**live.stats, "new_tokens": tokens}
+            stats = live.progress_stats(tokens) if pending else live.stats
             exchange = pending_exchange(message, live.thinking, live.answer, stats) if pending else None
             if exchange and branch is not None:  # a reload mid-reply keeps the earlier versions too
                 changed = exchange[0 if branch.role == "user" else 1]

@@ -191,9 +191,10 @@ def is_stats_message(message: dict[str, Any]) -> bool:
 def format_stats(stats: dict[str, Any]) -> str:
     """ "0.21 s to first token · 35.2 tokens/s · 42 tokens", plus how the reply ended when unusual."""
     parts = []
-    if stats.get("new_tokens"):
-        parts.append(f"{stats.get('time_to_first_token', 0.0):.2f} s to first token")
-        parts.append(f"{stats.get('tokens_per_second', 0.0):.1f} tokens/s")
+    if stats.get("new_tokens") and "time_to_first_token" in stats:  # (a reply saved mid-way may lack its times)
+        parts.append(f"{stats['time_to_first_token']:.2f} s to first token")
+        if "tokens_per_second" in stats:
+            parts.append(f"{stats['tokens_per_second']:.1f} tokens/s")
     tokens = stats.get("new_tokens", 0)
     parts.append(f"{tokens} token" + ("" if tokens == 1 else "s"))
     if stats.get("queue_seconds", 0.0) >= 0.5:
@@ -281,10 +282,13 @@ class LiveReply:
     status: str = "Waiting for the model…"
     thinking_started: float | None = None
     thinking_seconds: float | None = None
+    first_text: float | None = None  # when the first thinking or answer text came
     done: ChatDone | None = None
 
     def apply(self, event: ChatEvent) -> None:
         now = time.perf_counter()
+        if isinstance(event, (ThinkingDelta, AnswerDelta)) and self.first_text is None:
+            self.first_text = now
         if isinstance(event, Loading):
             self.status = f"Loading the model… {event.fraction:.0%} ({event.stage})"
         elif isinstance(event, QueuePosition) and event.paused:
@@ -320,6 +324,23 @@ class LiveReply:
             "finish_reason": self.done.finish_reason,
             "dropped_messages": self.done.dropped_messages,
         }
+
+    def progress_stats(self, tokens: int | None) -> dict[str, Any]:
+        """The stats of the reply as far as it got (``tokens`` so far, None when not counted): what is saved
+        while it streams, so a reload shows its real time to first token, speed and thinking time."""
+        if self.done is not None:
+            return self.stats
+        now = time.perf_counter()
+        stats: dict[str, Any] = {"new_tokens": tokens} if tokens else {}
+        if self.first_text is not None:
+            stats["time_to_first_token"] = round(self.first_text - self.started, 2)
+            writing = now - self.first_text
+            if tokens and tokens > 1 and writing > 0:
+                stats["tokens_per_second"] = round((tokens - 1) / writing, 1)
+        if self.thinking_started is not None:
+            thought = self.thinking_seconds if self.thinking_seconds is not None else now - self.thinking_started
+            stats["thinking_seconds"] = round(thought, 2)
+        return stats
 
     def messages(self) -> list[Message]:
         """Fresh message dicts for this reply (never the same objects twice, so streaming diffs work)."""

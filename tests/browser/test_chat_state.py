@@ -195,6 +195,9 @@ def test_reload_mid_reply_leaves_the_box_empty_and_counts_the_tokens_so_far(brow
     stats = page.locator("#qc-chat .qc-stats").last.inner_text()
     tokens = int(re.search(r"(?<![\d.])(\d+) tokens?(?!/)", stats).group(1))
     assert tokens > 10, stats
+    # its real figures as far as it got, not "0.00 s to first token · 0.0 tokens/s"
+    speed = float(re.search(r"([\d.]+) tokens/s", stats).group(1))
+    assert speed > 0 and re.search(r"[\d.]+ s to first token", stats), stats
     page.context.close()
 
 
