@@ -9,14 +9,12 @@ the page with the click (its own list, as "Export all" as JSON would download th
 from __future__ import annotations
 
 import json
-import tempfile
-from pathlib import Path
 from typing import Any
 
 import gradio as gr
 
 from .chat_markdown import archive_to_markdown
-from .ui_handlers import ChatHandlers, from_text
+from .ui_handlers import ChatHandlers, export_file, from_text
 
 ARCHIVE_NAME = "qwen3-chats.md"
 # The page's chats (or "[]" when the server keeps them), newest first, as the click's input.
@@ -36,11 +34,7 @@ def export_all_markdown(handlers: ChatHandlers):
         kept = handlers.chats(request).all()
         records = kept if kept is not None else page_records(from_text(page_chats))
         records = [record for record in records if record.get("messages")]  # an empty chat is never kept
-        folder = Path(tempfile.mkdtemp(prefix="qwen3-chat-export-"))
-        path = folder / ARCHIVE_NAME
-        text = archive_to_markdown(records) if records else "# No chats yet\n"
-        path.write_text(text, encoding="utf-8")
-        return str(path)
+        return export_file(ARCHIVE_NAME, archive_to_markdown(records) if records else "# No chats yet\n")
 
     return export_all_markdown
 

@@ -135,6 +135,13 @@ def info_html(text: str) -> str:
     return f'<div class="qc-notice qc-info" role="status">{html.escape(text)}</div>'
 
 
+def export_file(name: str, text: str) -> str:
+    """``text`` written to a file called ``name`` in a folder of its own; its path, for the page to download."""
+    path = Path(tempfile.mkdtemp(prefix="qwen3-chat-export-")) / name
+    path.write_text(text, encoding="utf-8")
+    return str(path)
+
+
 class ChatHandlers:
     """The functions behind the page's events; one instance per app, state passed in by Gradio."""
 
@@ -543,28 +550,21 @@ class ChatHandlers:
 
     def export_conversation(self, conversation: Conversation, chat_id: str, title: str) -> str:
         """Write the conversation to a JSON file and return its path (the page downloads it)."""
-        folder = Path(tempfile.mkdtemp(prefix="qwen3-chat-export-"))
-        path = folder / "conversation.json"
         data = saved_form(conversation, chat_id, title)
-        path.write_text(json.dumps(data, ensure_ascii=False, indent=2), encoding="utf-8")
-        return str(path)
+        return export_file("conversation.json", json.dumps(data, ensure_ascii=False, indent=2))
 
     def export_markdown(self, conversation: Conversation, chat_id: str, title: str) -> str:
         """Write the conversation as Markdown (``chat_markdown``) and return its path (the page downloads it)."""
-        folder = Path(tempfile.mkdtemp(prefix="qwen3-chat-export-"))
-        path = folder / "conversation.md"
-        path.write_text(to_markdown(saved_form(conversation, chat_id, title)), encoding="utf-8")
-        return str(path)
+        return export_file("conversation.md", to_markdown(saved_form(conversation, chat_id, title)))
 
     def export_all(self, request: gr.Request) -> str | None:
         """ "Export all" of the chats kept on the server, as a JSON archive file (None: the page exports its own)."""
         records = self.chats(request).all()
         if records is None:
             return None
-        folder = Path(tempfile.mkdtemp(prefix="qwen3-chat-export-"))
-        path = folder / "qwen3-chats.json"
-        path.write_text(json.dumps({"format": ARCHIVE_FORMAT, "chats": records}, ensure_ascii=False), encoding="utf-8")
-        return str(path)
+        return export_file(
+            "qwen3-chats.json", json.dumps({"format": ARCHIVE_FORMAT, "chats": records}, ensure_ascii=False)
+        )
 
     def import_conversation(self, file: str | None, system_prompt: str, request: gr.Request) -> tuple[Any, ...]:
         """Open an exported chat (JSON or Markdown, or every chat of an "Export all" file) as new chats.
