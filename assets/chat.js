@@ -167,15 +167,23 @@
     if (onServer() && document.visibilityState === "visible") store.refreshSoon();
   });
 
+  // A click on an element matching ``selector`` (drawn by the server inside the chat) is ours alone: Gradio's own
+  // handlers never see it; ``act`` gets the element.
+  const onChatClick = (selector, act) => {
+    document.addEventListener("click", (event) => {
+      const target = event.target && event.target.closest && event.target.closest(selector);
+      if (!target) return;
+      event.preventDefault();
+      event.stopPropagation();
+      act(target);
+    }, true);
+  };
+
   // The ‹ › arrows under a message with versions (drawn by the server as spans whose classes name the
   // turn and the direction, "qc-turn-3 qc-step-prev"): a click asks the server, through a hidden button,
   // to show that message's other version.
   window.qcVersions = { request: "" };
-  document.addEventListener("click", (event) => {
-    const arrow = event.target && event.target.closest && event.target.closest("#qc-chat .qc-ver-step");
-    if (!arrow) return;
-    event.preventDefault();
-    event.stopPropagation();
+  onChatClick("#qc-chat .qc-ver-step", (arrow) => {
     const turn = [...arrow.classList].find((name) => name.startsWith("qc-turn-"));
     if (!turn) return;
     window.qcVersions.request = `${turn.slice("qc-turn-".length)}:${arrow.classList.contains("qc-step-prev") ? -1 : 1}`;
@@ -183,17 +191,13 @@
     scroll.follow = false;
     const button = document.querySelector("#qc-switch-version");
     if (button) button.click();
-  }, true);
+  });
 
   // "Continue ▸" under a cut answer: a click runs the hidden Continue event.
-  document.addEventListener("click", (event) => {
-    const action = event.target && event.target.closest && event.target.closest("#qc-chat .qc-continue");
-    if (!action) return;
-    event.preventDefault();
-    event.stopPropagation();
+  onChatClick("#qc-chat .qc-continue", () => {
     const button = document.querySelector("#qc-continue-reply");
     if (button) button.click();
-  }, true);
+  });
 
   // A trash can beside each message's copy button: deletes that message (the server maps its position in the chat as
   // drawn to the turn, as for Gradio's own edit event). Gradio redraws its button bars, so they are checked
@@ -216,11 +220,7 @@
       (bar.querySelector(".icon-button-wrapper") || bar).appendChild(button);
     });
   };
-  document.addEventListener("click", (event) => {
-    const button = event.target && event.target.closest && event.target.closest("#qc-chat .qc-delete-message");
-    if (!button) return;
-    event.preventDefault();
-    event.stopPropagation();
+  onChatClick("#qc-chat .qc-delete-message", (button) => {
     const bar = button.closest(".message-buttons");
     const rows = [...document.querySelectorAll("#qc-chat .message-row")];
     // The message a bar belongs to: the last row before it in the page.
@@ -229,7 +229,7 @@
     window.qcDelete.request = JSON.stringify({ index });
     const hidden = document.querySelector("#qc-delete-message");
     if (hidden) hidden.click();
-  }, true);
+  });
 
   // Replies asked for whose first step (Send swapped for Stop) has not come back yet. A chat switch (new,
   // opened, cleared, deleted) or a Stop clicked meanwhile waits for it, a few seconds at most: the server
