@@ -357,8 +357,16 @@ def build_ui(app: App) -> gr.Blocks:
         private: dict[str, Any] = {"api_visibility": "private"}
         # The context meter: counted on the server with the model's tokenizer, after typing pauses
         # (wired first: the later private events that count again would otherwise take its API name).
+        # On "change", not "input": Gradio's textbox sends "input" for keys only, so pasted, dropped or
+        # filled-in text would not be counted until Send refused it.
         gr.on(
-            [message_box.input, thinking.change, max_new_tokens.change, system_prompt.input, attaching.pending.change],
+            [
+                message_box.change,
+                thinking.change,
+                max_new_tokens.change,
+                system_prompt.change,
+                attaching.pending.change,
+            ],
             handlers.context_meter,
             meter_inputs,
             meter,
