@@ -261,6 +261,72 @@
     if (box && event.target.tagName === "TEXTAREA") store.draft(event.target.value);
   }, true);
 
+  // The server out of reach during a reply (stopped, restarted, the network gone): Gradio says so in a toast
+  // and reloads the page once the server is back, but sends nothing meanwhile, so the reply would go on saying
+  // "Writing…" beside a Stop button that can do nothing, and the chat list would keep its spinner. The page
+  // says it itself when one of its own requests cannot reach the server, and takes it back on the next that does.
+  const OFFLINE =
+    "The server cannot be reached, so the reply stops here; what it wrote so far is kept. This page reconnects " +
+    "by itself once the server is back, and a message typed meanwhile waits in the box.";
+  const connection = {
+    lost: false,
+    markLost() {
+      if (connection.lost) return;
+      connection.lost = true;
+      document.body.classList.add("qc-offline");
+      document.querySelectorAll("#qc-chat .qc-live").forEach((live) => {
+        live.dataset.qcWas = live.textContent;
+        live.textContent = "interrupted: the server cannot be reached";
+      });
+      const stop = document.querySelector("#qc-stop");
+      if (stop) {
+        stop.dataset.qcWas = stop.textContent;
+        stop.textContent = "Offline";
+        stop.disabled = true;
+      }
+      const notice = document.querySelector("#qc-notice");
+      if (notice) {
+        const line = document.createElement("div");
+        line.className = "qc-notice qc-offline-notice";
+        line.setAttribute("role", "alert");
+        line.textContent = OFFLINE;
+        notice.appendChild(line);
+      }
+    },
+    markBack() {
+      if (!connection.lost) return;
+      connection.lost = false;
+      document.body.classList.remove("qc-offline");
+      document.querySelectorAll("#qc-chat .qc-live[data-qc-was], #qc-stop[data-qc-was]").forEach((element) => {
+        element.textContent = element.dataset.qcWas;
+        delete element.dataset.qcWas;
+        element.disabled = false;
+      });
+      document.querySelectorAll(".qc-offline-notice").forEach((line) => line.remove());
+    },
+  };
+  const sameOrigin = (resource) => {
+    try {
+      const url = resource instanceof Request ? resource.url : String(resource);
+      return new URL(url, location.href).origin === location.origin;
+    } catch (error) {
+      return false;
+    }
+  };
+  const pageFetch = window.fetch.bind(window);
+  window.fetch = (resource, init) =>
+    pageFetch(resource, init).then(
+      (response) => {
+        if (sameOrigin(resource)) connection.markBack();
+        return response;
+      },
+      (error) => {
+        // A TypeError is a request that never got an answer; an abort (a DOMException) is the page's own doing.
+        if (error instanceof TypeError && sameOrigin(resource)) connection.markLost();
+        throw error;
+      },
+    );
+
   // Scrolling as in the chat apps people know: the chat follows a reply only while the reader is at the
   // bottom; scrolled up, it stays put and a "Jump to latest" button brings the reader back (and following).
   // (Gradio's own autoscroll is off: it scrolls 300 ms after each update, undoing a reader's scroll.)
@@ -268,7 +334,7 @@
   const chatLog = () =>
     document.querySelector("#qc-chat .bubble-wrap") || document.querySelector("#qc-chat [role=log]");
   const atBottom = (log) => log.scrollHeight - log.scrollTop - log.clientHeight <= NEAR_BOTTOM;
-  const scroll = { follow: true, button: null };
+  const scroll = { follow: true, button: null, lastTop: 0 };
   const showJump = (shown) => {
     const chat = document.querySelector("#qc-chat");
     if (!chat) return;
@@ -299,14 +365,20 @@
     const log = chatLog();
     if (!log || !event.target || !event.target.closest || !event.target.closest("#qc-chat")) return;
     if (event.type === "wheel" && event.deltaY < 0) scroll.follow = false;
+    if (event.type === "keydown" && ["PageUp", "ArrowUp", "Home"].includes(event.key)) scroll.follow = false;
     if (event.type === "scroll") {
-      if (atBottom(log)) scroll.follow = true;
+      // Following resumes when the reader comes down to the end, never on the way up: a wheel's smooth
+      // scroll starts with a step of a few pixels, still "at the bottom", which must not undo the wheel.
+      const up = log.scrollTop < scroll.lastTop;
+      scroll.lastTop = log.scrollTop;
+      if (atBottom(log) && !up) scroll.follow = true;
       else if (event.isTrusted && scroll.dragging) scroll.follow = false;
       showJump(!scroll.follow && !atBottom(log));
     }
   };
   document.addEventListener("wheel", readerMoved, { capture: true, passive: true });
   document.addEventListener("scroll", readerMoved, true);
+  document.addEventListener("keydown", readerMoved, true);
   document.addEventListener("pointerdown", (event) => {
     scroll.dragging = Boolean(event.target && event.target.closest && event.target.closest("#qc-chat"));
   }, true);

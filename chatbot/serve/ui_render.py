@@ -160,10 +160,13 @@ def laid_out(value: Any) -> str:
     return f"{fence}json\n{code}\n{fence}"
 
 
-def stats_message(text: str, navs: tuple[str, ...] = (), actions: tuple[str, ...] = ()) -> Message:
-    """The small line under an answer (status while it streams, stats once done), after its ``navs``, before
-    its ``actions`` (``ui_actions``)."""
-    parts = [*navs, html.escape(text), *actions] if text else [*navs, *actions]
+def stats_message(
+    text: str, navs: tuple[str, ...] = (), actions: tuple[str, ...] = (), *, live: bool = False
+) -> Message:
+    """The small line under an answer (status while it streams, ``live``; stats once done), after its ``navs``,
+    before its ``actions`` (``ui_actions``)."""
+    shown = f'<span class="qc-live">{html.escape(text)}</span>' if live else html.escape(text)
+    parts = [*navs, shown, *actions] if text else [*navs, *actions]
     return {"role": "assistant", "content": f'<span class="{STATS_CLASS}">{" · ".join(parts)}</span>'}
 
 
@@ -354,7 +357,10 @@ class LiveReply:
             messages.append(thinking_message(self.thinking, seconds, done=finished, ended=ended))
         if self.answer:
             messages.append(answer_message(self.answer))
-        messages.append(stats_message(format_stats(self.stats) if self.done else self.status))
+        if self.done:
+            messages.append(stats_message(format_stats(self.stats)))
+        else:  # marked live: the page says so itself when the server goes out of reach (assets/chat.js)
+            messages.append(stats_message(self.status, live=True))
         return messages
 
 

@@ -90,6 +90,23 @@ def test_scrolling_up_during_a_reply_stays_put_and_jump_to_latest_follows_again(
     page.context.close()
 
 
+def test_a_touchpad_step_up_during_a_reply_is_not_undone(browser, one_at_a_time) -> None:
+    """A touchpad (or a wheel's smooth scroll) moves a few pixels at a time: the first step up still leaves the
+    view near the end, and must stop the following all the same."""
+    page = open_page(browser, one_at_a_time)
+    long_replies(page)
+    send(page, "Write a long story")
+    page.wait_for_function(f"() => {LOG}.scrollHeight > {LOG}.clientHeight * 2")
+    page.hover("#qc-chat .message.bot")
+    page.mouse.wheel(0, -15)
+    wait_for_answer(page, answer_length(page) + 400)  # it goes on growing below the reader
+    away = page.evaluate(f"() => {LOG}.scrollHeight - {LOG}.scrollTop - {LOG}.clientHeight")
+    assert away > 60, f"the chat went back to the bottom after a small step up ({away} px from it)"
+    page.wait_for_selector("#qc-jump", state="visible")
+    stop_and_wait(page)
+    page.context.close()
+
+
 def test_regenerate_send_and_edit_during_a_reply_say_why_and_stop_stays(browser, one_at_a_time) -> None:
     page = open_page(browser, one_at_a_time)
     long_replies(page)
@@ -229,4 +246,36 @@ def test_a_message_sent_while_the_server_is_down_is_back_in_the_box_when_it_retu
         page.wait_for_selector("#qc-chat .message.user:has-text('Typed while the server was away')")
         wait_for_stats(page, 1)
         assert box.input_value() == ""
+        page.context.close()
+
+
+def test_a_reply_cut_by_the_server_going_away_says_so_and_is_kept_when_it_returns(
+    browser, long_context_fp8: Path, tmp_path: Path
+) -> None:
+    ports = (free_port(), free_port())
+    args = ["--model", str(long_context_fp8)]
+    with running_app(args, tmp_path / "first.log", ports=ports) as app:
+        page = open_page(browser, app)
+        long_replies(page)
+        send(page, "A story the server will not finish")
+        wait_for_answer(page, 300)
+        page.wait_for_timeout(1200)  # saved twice a second while it streams
+        stop_app(app)  # the server goes away mid-reply (a restart, a crash)
+        # Not "Writing…" beside a Stop that can do nothing, nor a spinner in the chat list: the page says why.
+        page.wait_for_selector("#qc-notice:has-text('The server cannot be reached')")
+        assert "interrupted" in page.locator("#qc-chat .qc-stats").last.inner_text()
+        assert not page.locator("#qc-stop").is_enabled()
+        assert page.locator("#qc-chats [data-testid=status-tracker]:visible").count() == 0
+        page.evaluate("() => { window.qcBeforeTheRestart = true; }")
+        app.process = start_app(args, tmp_path / "second.log", ports=ports).process
+        # Back: the page reconnects by itself and the reply is there as far as it got, marked interrupted.
+        page.wait_for_function(
+            "() => !window.qcBeforeTheRestart && document.querySelector('#qc-badge [data-status=ready]')"
+        )
+        page.wait_for_selector("#qc-chat .qc-stats:has-text('interrupted')")
+        stats = page.locator("#qc-chat .qc-stats").last.inner_text()
+        assert int(re.search(r"(?<![\d.])(\d+) tokens?(?!/)", stats).group(1)) > 10, stats
+        assert len(page.locator("#qc-chat .message.bot").nth(-2).inner_text()) > 300  # the answer so far
+        page.wait_for_selector("#qc-send", state="visible")
+        assert page.inner_text("#qc-notice").strip() == ""
         page.context.close()
