@@ -338,14 +338,18 @@ def build_ui(app: App) -> gr.Blocks:
                 thinking_default, label="Think before answering", elem_id="qc-thinking", scale=0, min_width=210
             )
             meter = gr.HTML("", elem_id="qc-meter")
-            previous_button = gr.Button("‹", size="sm", variant="secondary", scale=0, min_width=36, elem_id="qc-prev")
-            next_button = gr.Button("›", size="sm", variant="secondary", scale=0, min_width=36, elem_id="qc-next")
-            regenerate_button = gr.Button("↻ Regenerate", size="sm", variant="secondary", scale=0, min_width=110)
-            undo_button = gr.Button("↶ Undo", size="sm", variant="secondary", scale=0, min_width=80)
-            edit_button = gr.Button(
-                "✎ Edit last", size="sm", variant="secondary", scale=0, min_width=100, elem_id="qc-edit"
-            )
-            clear_button = gr.Button("✕ Clear", size="sm", variant="secondary", scale=0, min_width=80)
+            # The chat's buttons in a row of their own: on a phone it takes a line under the switch and the meter.
+            with gr.Row(elem_id="qc-tools"):
+                previous_button = gr.Button(
+                    "‹", size="sm", variant="secondary", scale=0, min_width=36, elem_id="qc-prev"
+                )
+                next_button = gr.Button("›", size="sm", variant="secondary", scale=0, min_width=36, elem_id="qc-next")
+                regenerate_button = gr.Button("↻ Regenerate", size="sm", variant="secondary", scale=0, min_width=110)
+                undo_button = gr.Button("↶ Undo", size="sm", variant="secondary", scale=0, min_width=80)
+                edit_button = gr.Button(
+                    "✎ Edit last", size="sm", variant="secondary", scale=0, min_width=100, elem_id="qc-edit"
+                )
+                clear_button = gr.Button("✕ Clear", size="sm", variant="secondary", scale=0, min_width=80)
         # The badge follows the load, and a remote server's reachability for as long as the page is open.
         status = app.backend.status()
         loading = status.state in ("not loaded", "loading")
@@ -674,6 +678,7 @@ def launch_ui(app: App) -> None:
         " (login required)" if app.settings.auth else "",
     )
     script = "\n".join((ASSETS / name).read_text(encoding="utf-8") for name in ("chat.js", "attach.js"))
+    page_css = (ASSETS / "page.css").read_text(encoding="utf-8")  # as it is: not scoped to the app by Gradio
     # Where the page's chats are kept (assets/chat.js reads it): "server" (one store per login) or "browser".
     keeper = "server" if app.settings.keeps_chats_on_server() else "browser"
     deadline_by_default()  # Gradio's own uvicorn closes connections that never finish their headers, too
@@ -685,7 +690,7 @@ def launch_ui(app: App) -> None:
         auth=app.settings.auth_pairs() or None,
         auth_message="Qwen3 Chat: log in with the user and password given to --auth.",
         css_paths=[ASSETS / "style.css", ASSETS / "attach.css"],
-        head=f'<script>window.qcChatStore = "{keeper}";</script><script>{script}</script>',
+        head=f'<style>{page_css}</style><script>window.qcChatStore = "{keeper}";</script><script>{script}</script>',
         theme=gr.themes.Soft(
             primary_hue="violet",
             neutral_hue="slate",

@@ -393,6 +393,15 @@ def test_a_phone_shows_the_chat_first(browser, demo_app_ui: RunningApp, tmp_path
     header = page.locator("#qc-header").bounding_box()
     assert header["height"] < 120
     assert page.evaluate("() => document.documentElement.scrollWidth") <= 390  # nothing overflows sideways
+    # Every button of the chat on the screen (not on a line that scrolls sideways without a hint), the context
+    # meter whole, and no footer.
+    for name in ("‹", "›", "↻ Regenerate", "↶ Undo", "✎ Edit last", "✕ Clear"):
+        button = page.get_by_role("button", name=name, exact=True).bounding_box()
+        assert button and button["x"] >= 0 and button["x"] + button["width"] <= 390 and button["y"] < 844, name
+    meter = page.locator("#qc-meter .qc-meter")
+    assert meter.bounding_box()["x"] + meter.bounding_box()["width"] <= 390
+    assert meter.evaluate("(m) => m.scrollWidth <= m.clientWidth + 1"), "the meter is cut"
+    assert not page.locator("footer").is_visible()
     snap(page, "screenshot-phone.png", tmp_path)
     page.context.close()
 
