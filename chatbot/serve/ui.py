@@ -211,8 +211,16 @@ def chats_panel(where: str = "in this browser") -> ChatsPanel:
     with gr.Sidebar(label="Chats", position="left", open=True, width=280, elem_id="qc-chats"):
         new_button = gr.Button("+ New chat", variant="primary", size="sm", elem_id="qc-new")
         search = gr.Textbox(
-            placeholder="Search chats…", show_label=False, container=False, elem_id="qc-search", max_lines=1
+            placeholder="Search chats…",
+            label="Search chats",  # not shown: what a screen reader says (Gradio's default is "Textbox")
+            show_label=False,
+            container=False,
+            elem_id="qc-search",
+            max_lines=1,
         )
+        # Where they are kept, said once (a shared computer's user reads whether clearing the browser loses them).
+        kept = "on this server, for your login" if where == "on this server" else "in this browser"
+        gr.Markdown(f"Chats kept {kept}", elem_id="qc-where", elem_classes="qc-hint")
         chats = gr.Radio([], label=f"Chats {where}", elem_id="qc-list", container=False)
         with gr.Row(elem_id="qc-chat-tools"):
             delete_button = gr.Button("Delete", size="sm", variant="secondary", elem_id="qc-delete", min_width=60)
@@ -221,7 +229,12 @@ def chats_panel(where: str = "in this browser") -> ChatsPanel:
             )
         with gr.Row(elem_id="qc-rename"):
             title_box = gr.Textbox(
-                placeholder="Rename this chat…", show_label=False, container=False, max_lines=1, scale=3
+                placeholder="Rename this chat…",
+                label="Chat title",
+                show_label=False,
+                container=False,
+                max_lines=1,
+                scale=3,
             )
             rename_button = gr.Button("Rename", size="sm", variant="secondary", scale=1, min_width=60)
         with gr.Row(elem_id="qc-files"):
@@ -322,6 +335,7 @@ def build_ui(app: App) -> gr.Blocks:
         with gr.Row(elem_id="qc-composer"):
             attach_button = ui_attach.attach_button()
             message_box = gr.Textbox(
+                label="Message",
                 show_label=False,
                 placeholder="Message Qwen3…  (Enter sends, Shift+Enter starts a new line)",
                 lines=1,

@@ -43,7 +43,11 @@ def prompt_controls() -> PromptControls:
             [], value=None, label="Use a saved prompt", elem_id="qc-preset", allow_custom_value=False, interactive=True
         )
         name = gr.Textbox(
-            placeholder="Name, to save the prompt above…", show_label=False, max_lines=1, elem_id="qc-preset-name"
+            placeholder="Name, to save the prompt above…",
+            label="Prompt name",
+            show_label=False,
+            max_lines=1,
+            elem_id="qc-preset-name",
         )
         with gr.Row():
             small: dict[str, Any] = {"size": "sm", "variant": "secondary", "min_width": 60}

@@ -51,6 +51,7 @@ def test_markdown_export_reads_as_a_chat_and_imports_back_in_another_browser(
     browser, browser_app: RunningApp, tmp_path: Path
 ) -> None:
     page = open_page(browser, browser_app)
+    assert page.inner_text("#qc-where") == "Chats kept in this browser"
     send(page, "Export me as Markdown")
     wait_for_stats(page, 1)
     page.wait_for_selector("#qc-send", state="visible")
@@ -79,7 +80,9 @@ def test_a_second_browser_of_the_same_login_finds_the_chats_and_another_login_no
     browser, server_app: RunningApp, tmp_path
 ) -> None:
     laptop = open_page(browser, server_app, login=ALICE)
-    assert "on this server" in laptop.inner_text("#qc-chats")
+    # Said where the reader sees it (the list's own label is only for screen readers).
+    assert laptop.locator("#qc-where").is_visible()
+    assert "on this server" in laptop.inner_text("#qc-where")
     send(laptop, "Asked on the laptop")
     wait_for_stats(laptop, 1)
     laptop.wait_for_selector("#qc-list label:has-text('Asked on the laptop')")
