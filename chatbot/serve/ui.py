@@ -480,7 +480,7 @@ def build_ui(app: App) -> gr.Blocks:
         ).then(**meter_again, **private)
         edit_button.click(
             handlers.edit_last,
-            [message_box, *chat_states],
+            [message_box, conversation],
             [chat, message_box, notice, conversation, record],
             api_name="edit_last",
         ).then(ui_attach.reclaim, [message_box, attaching.pending], [message_box, attaching.pending], **private).then(

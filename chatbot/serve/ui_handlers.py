@@ -441,9 +441,7 @@ class ChatHandlers:
         record = self._kept(self.chats(request), saved_form(conversation, chat_id, title))
         return conversation_messages(conversation), conversation, record
 
-    def edit_last(
-        self, message: str, conversation: Conversation, chat_id: str, title: str, request: gr.Request
-    ) -> tuple[Any, ...]:
+    def edit_last(self, message: str, conversation: Conversation, request: gr.Request) -> tuple[Any, ...]:
         """Remove the last exchange and put its question back in the message box to be edited and sent.
         Refused while a reply is being written in this chat (what is typed in the box stays)."""
         if self.stops.running(session_of(request)):
@@ -455,8 +453,9 @@ class ChatHandlers:
         question = conversation.turns[last].content
         hold_pending_edit(conversation, last)
         del conversation.turns[last:]
-        record = self._kept(self.chats(request), saved_form(conversation, chat_id, title))
-        return conversation_messages(conversation), question, "", conversation, record
+        # Not saved until the edited question is sent (it keeps the old one as a version then): a reload or
+        # another chat opened meanwhile finds the exchange still there, not lost with this tab's state.
+        return conversation_messages(conversation), question, "", conversation, gr.skip()
 
     def switch_version(
         self, request_text: str, conversation: Conversation, chat_id: str, title: str, request: gr.Request

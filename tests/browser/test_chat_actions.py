@@ -11,7 +11,7 @@ import json
 import re
 
 from helpers.app import RunningApp
-from helpers.browser import open_page, open_settings, send, set_slider, snap, wait_for_stats
+from helpers.browser import open_page, open_settings, reload_page, send, set_slider, snap, wait_for_stats
 
 LOG = "document.querySelector('#qc-chat .bubble-wrap')"
 DESKTOP = {"width": 1366, "height": 850}
@@ -143,4 +143,31 @@ def test_a_phone_gives_the_conversation_the_screen(browser, demo_app: RunningApp
     page.uncheck("#qc-thinking input")
     reply(page, "Hello from a phone", 1)
     assert json.dumps(saved_messages(page))  # it works as on a desktop
+    page.context.close()
+
+
+def test_edit_last_then_a_reload_or_another_chat_loses_nothing(browser, demo_app: RunningApp) -> None:
+    """Edit last takes the last exchange out to be edited; until the edit is sent it is still kept, so a reload or
+    another chat opened meanwhile finds it (it was saved without it, and lost with the tab's state)."""
+    page = open_page(browser, demo_app)
+    page.uncheck("#qc-thinking input")
+    reply(page, "An older chat", 1)
+    page.click("#qc-new")
+    page.wait_for_function("() => document.querySelectorAll('#qc-chat .message').length === 0")
+    reply(page, "First question", 1)
+    reply(page, "Second question", 2)
+    page.click("#qc-edit")
+    page.wait_for_function("() => document.querySelector('#qc-message textarea').value === 'Second question'")
+    page.wait_for_timeout(1000)  # a save would have landed by now
+    reload_page(page)
+    page.wait_for_selector("#qc-chat .message.user:has-text('Second question')")
+    wait_for_stats(page, 2)
+    assert page.input_value("#qc-message textarea") == "Second question"  # the text taken out, still in the box
+
+    page.click("#qc-edit")
+    page.wait_for_function("() => document.querySelectorAll('#qc-chat .message.user').length === 1")
+    page.locator("#qc-list label", has_text="An older chat").click()
+    page.wait_for_selector("#qc-chat .message.user:has-text('An older chat')")
+    page.locator("#qc-list label", has_text="First question").click()
+    page.wait_for_selector("#qc-chat .message.user:has-text('Second question')")
     page.context.close()
