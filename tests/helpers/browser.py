@@ -91,6 +91,10 @@ def page_report(browser, apps: list[RunningApp]) -> str:
                     " return s + (e ? (e.offsetParent ? ' shown' : ' hidden') : ' absent'); }).join(', ')"
                 )
                 lines.append(f"  now: {shown}; notice: {page.inner_text('#qc-notice', timeout=2000)[:300]!r}")
+                stats = page.evaluate(
+                    "() => [...document.querySelectorAll('#qc-chat .qc-stats')].map(s => s.innerText).slice(-3)"
+                )
+                lines.append(f"  last stats lines: {stats!r}")
             except Exception as exc:  # a closed or crashed page: what it did above is the report
                 lines.append(f"  (its state could not be read: {exc.__class__.__name__})")
     for app in apps:
