@@ -61,6 +61,20 @@ def wait_for_answer(page, length: int) -> None:
     )
 
 
+def tokens_in(stats: str) -> int:
+    """The token count of a stats line ("… · 1109 tokens · …", not "… tokens/s")."""
+    return int(re.search(r"(?<![\d.])(\d+) tokens?(?!/)", stats).group(1))
+
+
+def restart_and_reconnect(page, app: RunningApp, args: list[str], ports: tuple[int, int], tmp_path: Path) -> None:
+    """Start ``app`` again on its ports, and wait until the page has reconnected by itself (Gradio reloads it)."""
+    page.evaluate("() => { window.qcBeforeTheRestart = true; }")
+    app.process = start_app(args, tmp_path / "second.log", ports=ports).process
+    page.wait_for_function(
+        "() => !window.qcBeforeTheRestart && document.querySelector('#qc-badge [data-status=ready]')"
+    )
+
+
 def stop_and_wait(page) -> None:
     page.click("#qc-stop")
     page.wait_for_selector("#qc-send", state="visible")
@@ -161,8 +175,7 @@ def test_opening_another_chat_mid_reply_keeps_it_writing_and_it_is_there_on_retu
     wait_for_answer(page, grown + 200)
     page.click("#qc-stop")
     stats = wait_for_stats(page, 1, pattern="stopped")
-    tokens = int(re.search(r"(?<![\d.])(\d+) tokens?(?!/)", stats).group(1))
-    assert one_at_a_time.cancelled_generations()[-1] == (tokens, LONG_REPLY_TOKENS)
+    assert one_at_a_time.cancelled_generations()[-1] == (tokens_in(stats), LONG_REPLY_TOKENS)
     page.context.close()
 
 
@@ -211,8 +224,7 @@ def test_reload_mid_reply_leaves_the_box_empty_and_counts_the_tokens_so_far(brow
     page.wait_for_timeout(1000)  # the box's unsent text is restored by now
     assert page.input_value("#qc-message textarea") == ""
     stats = page.locator("#qc-chat .qc-stats").last.inner_text()
-    tokens = int(re.search(r"(?<![\d.])(\d+) tokens?(?!/)", stats).group(1))
-    assert tokens > 10, stats
+    assert tokens_in(stats) > 10, stats
     # its real figures as far as it got, not "0.00 s to first token · 0.0 tokens/s"
     speed = float(re.search(r"([\d.]+) tokens/s", stats).group(1))
     assert speed > 0 and re.search(r"[\d.]+ s to first token", stats), stats
@@ -233,12 +245,8 @@ def test_a_message_sent_while_the_server_is_down_is_back_in_the_box_when_it_retu
         box.press("Enter")
         page.wait_for_timeout(3000)  # whatever the page tries meanwhile fails
         assert box.input_value() == "Typed while the server was away"
-        page.evaluate("() => { window.qcBeforeTheRestart = true; }")
-        app.process = start_app(args, tmp_path / "second.log", ports=ports).process
-        # The page reconnects by itself (Gradio reloads it) and the message is offered again, in the box.
-        page.wait_for_function(
-            "() => !window.qcBeforeTheRestart && document.querySelector('#qc-badge [data-status=ready]')"
-        )
+        restart_and_reconnect(page, app, args, ports, tmp_path)
+        # The message is offered again, in the box.
         page.wait_for_function("() => sessionStorage.getItem('qwen3-chat:current')")
         page.wait_for_function(
             "() => document.querySelector('#qc-message textarea').value === 'Typed while the server was away'"
@@ -267,15 +275,11 @@ def test_a_reply_cut_by_the_server_going_away_says_so_and_is_kept_when_it_return
         assert "interrupted" in page.locator("#qc-chat .qc-stats").last.inner_text()
         assert not page.locator("#qc-stop").is_enabled()
         assert page.locator("#qc-chats [data-testid=status-tracker]:visible").count() == 0
-        page.evaluate("() => { window.qcBeforeTheRestart = true; }")
-        app.process = start_app(args, tmp_path / "second.log", ports=ports).process
-        # Back: the page reconnects by itself and the reply is there as far as it got, marked interrupted.
-        page.wait_for_function(
-            "() => !window.qcBeforeTheRestart && document.querySelector('#qc-badge [data-status=ready]')"
-        )
+        restart_and_reconnect(page, app, args, ports, tmp_path)
+        # The reply is there as far as it got, marked interrupted.
         page.wait_for_selector("#qc-chat .qc-stats:has-text('interrupted')")
         stats = page.locator("#qc-chat .qc-stats").last.inner_text()
-        assert int(re.search(r"(?<![\d.])(\d+) tokens?(?!/)", stats).group(1)) > 10, stats
+        assert tokens_in(stats) > 10, stats
         # the answer as far as its last save (twice a second; on a busy core that may be well before the stop)
         assert page.locator("#qc-chat .message.bot").nth(-2).inner_text().strip()
         page.wait_for_selector("#qc-send", state="visible")
