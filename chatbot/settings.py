@@ -21,6 +21,9 @@ DEFAULT_MODEL = "Qwen/Qwen3-0.6B-FP8"
 PrecisionChoice = Literal["auto", "fp8", "int8", "fp16", "bf16", "fp32"]
 
 
+MIN_SESSIONS = 16  # the fewest tabs a derived --max-sessions holds (the memory budget still bounds them)
+
+
 def cache_dir(environ: Mapping[str, str] | None = None) -> Path:
     """Where this app keeps what it makes or fetches once (the demo model, Qwen3's tokenizer, llama.cpp):
     ``$XDG_CACHE_HOME/qwen3-chat``, by default ``~/.cache/qwen3-chat``."""
@@ -128,7 +131,9 @@ class Settings(BaseSettings, Tuning):
     port: int = Field(7860, ge=1, le=65535, description="Web UI port.")
     api_port: int = Field(8000, ge=0, le=65535, description="OpenAI-compatible API port; 0 turns the API off.")
     auth: SecretStr | None = Field(None, description="user:password login for the web UI (as a flag it shows in `ps`).")
-    auth_file: Path | None = Field(None, description="File holding user:password (keeps it out of `ps`).")
+    auth_file: Path | None = Field(
+        None, description="File holding user:password, one a line for several logins (keeps it out of `ps`)."
+    )
     api_key: SecretStr | None = Field(None, description="Key the API then requires as 'Authorization: Bearer KEY'.")
     api_key_file: Path | None = Field(None, description="File holding the API key (keeps it out of `ps`).")
     allowed_hosts: str = Field(
@@ -138,21 +143,49 @@ class Settings(BaseSettings, Tuning):
         "", description="Web origins (https://app.example) whose pages may call the API, comma-separated."
     )
     max_upload_mb: float = Field(
-        10.0, gt=0, description="Largest file the web page accepts (conversation imports), in MB."
+        10.0, gt=0, description="Largest file the web page accepts (conversation imports, attached files), in MB."
     )
     max_chat_mb: float = Field(
         2.0, gt=0, description="Largest chat the server holds for a tab (imported, opened or restored), in MB."
     )
-    max_sessions: int = Field(1000, ge=1, description="Web chat tabs whose chat the server holds at once.")
+    max_sessions: int | None = Field(
+        None,
+        ge=1,
+        description="Web chat tabs whose chat the server holds at once (default: --session-memory-mb / --max-chat-mb, "
+        "at least 16).",
+    )
+    chat_store: Literal["auto", "browser", "server"] = Field(
+        "auto",
+        description="Where the web chat keeps chats: server (SQLite, one store per login; needs --auth), "
+        "browser (its localStorage) or auto (server with --auth, else browser).",
+    )
+    chat_store_file: Path | None = Field(
+        None, description="SQLite file of the chats kept on the server (default: chats.sqlite3 in the cache folder)."
+    )
+    chat_store_mb: float = Field(
+        256.0, gt=0, description="Chats one login may keep on the server, in MB (and at most 1000 chats)."
+    )
+    session_memory_mb: float = Field(
+        1024.0, gt=0, description="Memory the held web chats may take together, in MB (oldest idle let go beyond)."
+    )
     max_request_mb: float = Field(8.0, gt=0, description="Largest request body either server reads, in MB (413 above).")
     responses_store: int = Field(
-        256, ge=0, description="Replies /v1/responses keeps for previous_response_id, in memory (0: off)."
+        256,
+        ge=0,
+        description="Replies /v1/responses keeps, in memory, for previous_response_id and GET /v1/responses/{id} "
+        "(0: none).",
     )
     max_new_tokens_cap: int = Field(
         16384, ge=1, description="Most tokens one reply may generate (API: asking for more is a 400)."
     )
     max_generation_seconds: float = Field(
         600.0, gt=0, description="Longest one reply may generate, in seconds; it then ends with finish_reason length."
+    )
+    stream_write_seconds: float = Field(
+        30.0, gt=0, description="How long a streamed reply waits for its client to read before it is cancelled."
+    )
+    shutdown_grace_seconds: float = Field(
+        30.0, ge=0, description="On SIGTERM, how long running replies may finish before they are stopped."
     )
     queue_size: int = Field(
         16, ge=1, le=1024, description="Requests that may wait for the model at once (the API answers 429 beyond)."
@@ -211,8 +244,9 @@ class Settings(BaseSettings, Tuning):
     @field_validator("auth")
     @classmethod
     def _auth_has_user_and_password(cls, value: SecretStr | None) -> SecretStr | None:
-        if value is not None and ":" not in value.get_secret_value():
-            raise ValueError("auth must look like user:password")
+        # A file may hold several logins, one user:password a line (each gets its own chats on the server).
+        if value is not None and not all(":" in line for line in _login_lines(value.get_secret_value())):
+            raise ValueError("auth must look like user:password (an auth file: one user:password a line)")
         return value
 
     @model_validator(mode="after")
@@ -232,6 +266,8 @@ class Settings(BaseSettings, Tuning):
             setattr(self, name, SecretStr(secret))
         if self.auth is not None:
             self._auth_has_user_and_password(self.auth)
+        if self.chat_store == "server" and self.auth is None:
+            raise ValueError("chat_store server keeps one store per login: give --auth or --auth-file too")
         return self
 
     @classmethod
@@ -250,8 +286,31 @@ class Settings(BaseSettings, Tuning):
                     ("1" if value else "0") if isinstance(value, bool) else str(value)
                 )
 
+    @property
+    def session_capacity(self) -> int:
+        """``max_sessions`` as given, else as sized from the memory budget."""
+        return self.max_sessions or max(MIN_SESSIONS, int(self.session_memory_mb / self.max_chat_mb))
+
     def auth_pair(self) -> tuple[str, str] | None:
+        """The first login (the only one unless the auth file lists several)."""
+        pairs = self.auth_pairs()
+        return pairs[0] if pairs else None
+
+    def auth_pairs(self) -> list[tuple[str, str]]:
+        """Every login: ``--auth`` gives one, an auth file one per non-empty line."""
         if self.auth is None:
-            return None
-        user, _, password = self.auth.get_secret_value().partition(":")
-        return user, password
+            return []
+        return [_split_login(line) for line in _login_lines(self.auth.get_secret_value())]
+
+    def keeps_chats_on_server(self) -> bool:
+        """Whether the web chat keeps chats on the server (``chat_store``: server, or auto with a login)."""
+        return self.chat_store == "server" or (self.chat_store == "auto" and self.auth is not None)
+
+
+def _login_lines(secret: str) -> list[str]:
+    return [line.strip() for line in secret.splitlines() if line.strip()] or [secret]
+
+
+def _split_login(line: str) -> tuple[str, str]:
+    user, _, password = line.partition(":")
+    return user, password

@@ -21,7 +21,7 @@ from __future__ import annotations
 import inspect
 import threading
 import weakref
-from collections.abc import Generator, Iterator
+from collections.abc import Generator
 from types import TracebackType
 from typing import Any
 
@@ -150,7 +150,7 @@ class Qwen3ChatBot:
         *,
         cancel: threading.Event | None = None,
         **generation_kwargs: Any,
-    ) -> Iterator[ChatEvent]:
+    ) -> Generator[ChatEvent, None, None]:
         """Send ``message`` and stream the reply; the exchange joins the history when it ends.
 
         Yields Loading, QueuePosition, ThinkingDelta and AnswerDelta events, then one ChatDone.

@@ -52,6 +52,7 @@ class ChatDone:
     dropped_messages: int = 0
     tool_calls: tuple[ToolCall, ...] = ()
     logprobs: dict[str, Any] | None = None  # OpenAI's {"content": [...]} when asked for
+    stop_sequence: str | None = None  # the request's stop string that ended the reply, when one did
 
     def as_dict(self) -> dict[str, Any]:
         return {

@@ -169,7 +169,15 @@ class LocalBackend:
             split = split_thinking(result.text, expect_thinking=prompt.enable_thinking, cut=cut)
             stats = result.stats.to_dict() | {"prompt_tokens": len(prompt.ids), "new_tokens": len(result.token_ids)}
             replies.append(
-                ChatDone(split.thinking, split.answer, result.text, result.finish_reason, prompt.enable_thinking, stats)
+                ChatDone(
+                    split.thinking,
+                    split.answer,
+                    result.text,
+                    result.finish_reason,
+                    prompt.enable_thinking,
+                    stats,
+                    stop_sequence=result.stop_sequence,
+                )
             )
         return replies
 
@@ -223,11 +231,13 @@ def run_reply(
     (at most ``max_calls``: ``parallel_tool_calls: false`` keeps the first). ``engine`` is anything with
     the ``ChatEngine.stream`` method; ``shared``: the prompt read once for a request's choices."""
     expect_thinking = thinking and not prompt.continues
-    splitter = ThinkingStreamSplitter(expect_thinking=expect_thinking)
+    # A continued reply starts inside the part it was cut in (its thinking or its answer).
+    splitter = ThinkingStreamSplitter(expect_thinking=expect_thinking, continues=prompt.continued_part)
     calls_stream = ToolCallStream() if parse_tools else None
     streamed_calls: list[ToolCall] = []
     eos_ids = loaded.eos_token_ids if loaded is not None else ()
-    stream_logprobs = StreamedLogprobs(vocab, expect_thinking, eos_ids) if options.logprobs else None
+    thinking_first = expect_thinking or prompt.continues_thinking  # tokens before </think> are no answer
+    stream_logprobs = StreamedLogprobs(vocab, thinking_first, eos_ids) if options.logprobs else None
 
     def answer_events(kind: str, text: str) -> Iterator[ChatEvent]:
         if kind == "thinking":
@@ -274,7 +284,7 @@ def run_reply(
                 finish = "tool_calls"
             logprobs = None
             if options.logprobs and vocab is not None:
-                records = answer_records(result.logprobs, vocab, thinking=expect_thinking, eos_ids=eos_ids)
+                records = answer_records(result.logprobs, vocab, thinking=thinking_first, eos_ids=eos_ids)
                 logprobs = openai_logprobs(records, vocab)
             yield ChatDone(
                 split.thinking,
@@ -286,6 +296,7 @@ def run_reply(
                 prompt.dropped_messages,
                 tuple(calls),
                 logprobs,
+                result.stop_sequence,
             )
         elif isinstance(event, Failed):
             raise event.error

@@ -8,7 +8,9 @@
   API the oldest whole turns are dropped, never the system prompt or the newest message; the API
   refuses instead (``trim=False``), with OpenAI's ``context_length_exceeded`` wording.
 * ``tools`` are rendered by the model's own chat template; the last message may be the assistant's,
-  which the reply then continues (``continue_final_message``).
+  which the reply then continues (``continue_final_message``). That message keeps its thinking
+  (``reasoning_content``, or ``<think>`` in its content): with no answer yet, the prompt ends inside
+  the thinking (a reply cut there goes on thinking); otherwise inside the answer.
 """
 
 from __future__ import annotations
@@ -38,6 +40,12 @@ class Prompt:
     enable_thinking: bool
     dropped_messages: int  # oldest messages left out to fit the window
     continues: bool = False  # the last message is the assistant's, and the reply continues it
+    continues_thinking: bool = False  # ... and it was cut in its thinking: the prompt ends inside it
+
+    @property
+    def continued_part(self) -> str:
+        """Where the reply starts: "thinking" or "answer" (a continued message), "" (a new reply)."""
+        return ("thinking" if self.continues_thinking else "answer") if self.continues else ""
 
 
 def soft_switch(text: str) -> bool | None:
@@ -100,7 +108,12 @@ def normalize_messages(messages: Sequence[dict[str, Any]]) -> list[dict[str, Any
             )
         item: dict[str, Any] = {"role": "system" if role == "developer" else role, "content": content}
         if role == "assistant":
-            item["content"] = split_thinking(content).answer
+            split = split_thinking(content)
+            item["content"] = split.answer
+            if i == len(messages) - 1:  # the message the reply continues: its thinking is part of the prompt
+                reasoning = continued_reasoning(message, split.thinking, i)
+                if reasoning is not None:
+                    item["reasoning_content"] = reasoning
             if message.get("tool_calls"):
                 item["tool_calls"] = _tool_calls(message["tool_calls"], i)
         if role == "tool" and message.get("tool_call_id") is not None:
@@ -109,6 +122,27 @@ def normalize_messages(messages: Sequence[dict[str, Any]]) -> list[dict[str, Any
     if clean[-1]["role"] == "user" and not clean[-1]["content"].strip():
         raise InvalidRequestError("the last user message is empty", param="messages", fix="Type a message.")
     return clean
+
+
+def continued_reasoning(message: dict[str, Any], split_off: str, index: int) -> str | None:
+    """The thinking of an assistant message to continue: its ``reasoning_content`` (or ``reasoning``, vLLM's
+    newer name), else the ``<think>`` part of its content; None when it has none.
+
+    Raises:
+        InvalidRequestError: a reasoning field that is not text.
+    """
+    for key in ("reasoning_content", "reasoning"):
+        value = message.get(key)
+        if value is not None:
+            if not isinstance(value, str) or not _is_encodable(value):
+                raise InvalidRequestError(f"messages[{index}].{key} must be text", param=f"messages[{index}].{key}")
+            return value
+    return split_off or None
+
+
+def thinking_is_open(message: dict[str, Any]) -> bool:
+    """A normalized assistant message cut in its thinking: thinking given, no answer and no tool calls yet."""
+    return "reasoning_content" in message and not message["content"] and not message.get("tool_calls")
 
 
 def _is_encodable(text: str) -> bool:
@@ -130,19 +164,30 @@ def encode(
     tokenizer: Any, messages: list[dict[str, Any]], enable_thinking: bool, tools: list[dict[str, Any]] | None = None
 ) -> list[int]:
     continues = messages[-1]["role"] == "assistant"
+    # A message cut in its thinking is continued there (transformers cuts the render after that field).
+    continued: bool | str = "reasoning_content" if continues and thinking_is_open(messages[-1]) else continues
     with _tokenizing:
-        return list(
-            tokenizer.apply_chat_template(
+        try:
+            ids = tokenizer.apply_chat_template(
                 messages,
                 tools=tools or None,
                 add_generation_prompt=not continues,
-                continue_final_message=continues,
+                continue_final_message=continued,
                 tokenize=True,
                 return_dict=False,
                 sanitize_control_tokens=True,
                 enable_thinking=enable_thinking,
             )
-        )
+        except ValueError as exc:
+            if not continues:
+                raise
+            # A template that drops the message's text (or has no reasoning_content): said plainly, a 400.
+            raise InvalidRequestError(
+                f"This model's chat template cannot continue the last assistant message ({exc}).".split("\n")[0],
+                param="messages",
+                fix="Send the conversation without the unfinished assistant message to get a new reply.",
+            ) from exc
+    return list(ids)
 
 
 def context_error(max_context: int, prompt_tokens: int, max_new_tokens: int | None) -> ContextLengthError:
@@ -184,6 +229,7 @@ def build_prompt(
     clean = normalize_messages(messages)
     thinking = effective_thinking(clean, enable_thinking)
     continues = clean[-1]["role"] == "assistant"
+    in_thinking = continues and thinking_is_open(clean[-1])
     room = 1 if max_new_tokens is None else max_new_tokens
     budget = max_context - room
     if not trim:
@@ -197,13 +243,17 @@ def build_prompt(
         ids = encode(tokenizer, clean, thinking, tools)
         if len(ids) > budget:
             raise context_error(max_context, len(ids), max_new_tokens)
-        return Prompt(ids, thinking, 0, continues)
+        return Prompt(ids, thinking, 0, continues, in_thinking)
     has_system = clean[0]["role"] == "system"
     head = clean[:1] if has_system else []
     body = clean[len(head) :]
-    if not could_fit([*head, body[-1]], max_context):
+    # What always stays: the newest message, and for a continued reply the question it answers too.
+    newest = len(body) - 1
+    if continues:
+        newest = max((i for i, m in enumerate(body) if m["role"] == "user"), default=newest)
+    if not could_fit([*head, *body[newest:]], max_context):
         raise ContextLengthError(
-            f"The message is {_chars(body[-1])} characters long, far more than the context window of "
+            f"The message is {sum(map(_chars, body[newest:]))} characters long, far more than the context window of "
             f"{max_context} tokens holds.",
             param="messages",
             fix="Shorten the message (or the system prompt).",
@@ -212,12 +262,15 @@ def build_prompt(
     dropped = 0
     while not could_fit(head + body, max_context):
         later = next((i for i in range(1, len(body)) if body[i]["role"] == "user"), len(body) - 1)
+        if later > newest - dropped:
+            break
         dropped += later
         body = body[later:]
+    newest -= dropped
     # Where the kept part may start: the oldest whole turns (a user message and its replies) go
     # first, and the newest message always stays. Fewer kept turns never make a longer prompt, so
     # a binary search finds the longest tail that fits with a handful of encodings.
-    starts = sorted({0, *(i for i in range(1, len(body)) if body[i]["role"] == "user" or i == len(body) - 1)})
+    starts = sorted({0, *(i for i in range(1, newest + 1) if body[i]["role"] == "user" or i == newest)})
     encoded: dict[int, list[int]] = {}
 
     def kept_from(k: int) -> list[int]:
@@ -226,8 +279,15 @@ def build_prompt(
         return encoded[k]
 
     if len(kept_from(0)) <= budget:  # the usual case: everything fits
-        return Prompt(encoded[0], thinking, dropped, continues)
+        return Prompt(encoded[0], thinking, dropped, continues, in_thinking)
     low, high = 1, len(starts) - 1
+    if len(kept_from(high)) > budget and continues:
+        raise ContextLengthError(
+            f"The reply to continue, with its question, takes {len(encoded[high])} tokens of the context window's "
+            f"{max_context}: no room is left for {room} more.",
+            param="messages",
+            fix="Lower max new tokens, or start a new chat (ask for the rest there).",
+        )
     if len(kept_from(high)) > budget:
         raise ContextLengthError(
             f"The message needs {len(encoded[high])} tokens of prompt"
@@ -242,7 +302,7 @@ def build_prompt(
             low = middle + 1
         else:
             high = middle
-    return Prompt(kept_from(low), thinking, dropped + starts[low], continues)
+    return Prompt(kept_from(low), thinking, dropped + starts[low], continues, in_thinking)
 
 
 # Cheap bounds, checked before tokenizing (megabytes of text cost seconds and gigabytes to tokenize): a

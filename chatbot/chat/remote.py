@@ -38,6 +38,7 @@ from ..engine.shutdown import close_at_exit
 from ..errors import BackendError, ChatbotError, ContextLengthError
 from .backend import BackendInfo, BackendStatus
 from .events import ChatDone, ChatEvent
+from .prompt import thinking_is_open
 from .remote_slots import RemoteSlots
 from .remote_stream import RemoteReply, backend_error, remote_messages, request_body
 from .remote_trim import leave_out_what_cannot_fit, trim_to_report
@@ -293,11 +294,13 @@ class RemoteBackend:
         cancel = cancel or threading.Event()
         submitted = time.perf_counter()
         if not (yield from self.slots.take(cancel)):
-            yield from RemoteReply(thinking, False, submitted).finish(cancelled=True)
+            yield from RemoteReply(thinking, "", submitted).finish(cancelled=True)
             return
         limit = request.limits.max_generation_seconds
         deadline = time.perf_counter() + limit if limit else None  # from the start, not the wait for a slot
         dropped, trimmed = 0, False
+        # A continued message is written on in the part it was cut in, as by a local model.
+        continued = ("thinking" if thinking_is_open(clean[-1]) else "answer") if request.continues else ""
         context = self._info.max_model_len
         if context and not request.strict_context:  # what certainly cannot fit is not sent at all
             clean, dropped = leave_out_what_cannot_fit(clean, context)
@@ -314,7 +317,7 @@ class RemoteBackend:
                     parallel_tool_calls=request.parallel_tool_calls,
                     response_format=request.response_format,
                 )
-                reply = RemoteReply(thinking, clean[-1]["role"] == "assistant", submitted)
+                reply = RemoteReply(thinking, continued, submitted)
                 reply.queue_seconds = time.perf_counter() - submitted
                 reply.dropped_messages = dropped
                 started = False

@@ -127,15 +127,27 @@ def request_body(
 class RemoteReply:
     """Chunks in, chat events out; one per request. ``finish`` gives the closing ``ChatDone``."""
 
-    def __init__(self, thinking: bool, continues: bool, submitted: float | None = None) -> None:
+    def __init__(self, thinking: bool, continues: str = "", submitted: float | None = None) -> None:
+        """``continues``: "thinking" or "answer" when the reply writes on from a message cut there
+        (``prompt.continued_part``), "" for a new reply. A continuation keeps its leading spaces, which
+        join it to the text already written, as a local model's does."""
         self.thinking = thinking
+        self.continues = continues
         self.submitted = submitted if submitted is not None else time.perf_counter()
         self.started: float | None = None  # when the first text came
-        # With thinking on, the splitter is known at once; with it off, the reply's opening decides.
-        self.splitter = ThinkingStreamSplitter(True) if thinking and not continues else None
+        # With thinking on, or writing on from a cut message, the splitter is known at once; with thinking
+        # off, the reply's opening decides.
+        self.splitter: ThinkingStreamSplitter | None = None
+        if continues:
+            self.splitter = ThinkingStreamSplitter(False, continues=continues)
+        elif thinking:
+            self.splitter = ThinkingStreamSplitter(True)
         self._opening = ""  # content held until it shows whether the reply opens with <think>
         self.reasoning_channel = TrimmedChannel()
         self.answer_channel = TrimmedChannel()
+        # The part written on from starts at once: its leading spaces are text, not the reply's opening.
+        self.reasoning_channel.started = continues == "thinking"
+        self.answer_channel.started = continues == "answer"
         self.reasoning = ""  # from reasoning_content / reasoning
         self.content = ""
         self.pieces = 0  # text-bearing chunks: the token count when the server sends no usage
@@ -143,6 +155,7 @@ class RemoteReply:
         self.usage: dict[str, int] = {}
         self.calls: dict[int, dict[str, str]] = {}
         self.logprobs: list[dict[str, Any]] = []
+        self.stop_sequence: str | None = None  # vLLM's stop_reason: the stop string that ended the reply
         self.queue_seconds = 0.0
         self.dropped_messages = 0  # oldest messages left out to fit the server's context
         self.time_limited = False  # cut by this server's --max-generation-seconds
@@ -187,6 +200,9 @@ class RemoteReply:
                 self.logprobs.extend(item.model_dump() for item in choice.logprobs.content)
             if choice.finish_reason:
                 self.finish_reason = choice.finish_reason
+                # vLLM (and this server) name the stop string in stop_reason; a token id or None is no string.
+                stop_reason = getattr(choice, "stop_reason", None)
+                self.stop_sequence = stop_reason if isinstance(stop_reason, str) and stop_reason else None
         return events
 
     def _split(self, text: str) -> list[tuple[str, str]]:
@@ -230,8 +246,12 @@ class RemoteReply:
             )
         else:
             reason = self.finish_reason if self.finish_reason in REMOTE_FINISH_REASONS else "stop"
-        if self.reasoning:
-            thinking, answer = self.reasoning.strip(), self.content.strip()
+        if self.reasoning and self.continues == "thinking":  # written on from thinking cut mid-way
+            thinking, answer = self.reasoning.rstrip(), self.content.strip()
+            full = f"{self.reasoning}{THINK_CLOSE}\n\n{self.content}" if self.content else self.reasoning
+        elif self.reasoning:
+            thinking = self.reasoning.strip()
+            answer = self.content.rstrip() if self.continues == "answer" else self.content.strip()
             full = f"{THINK_OPEN}\n{thinking}\n{THINK_CLOSE}\n\n{self.content}" if thinking else self.content
         else:
             if self.splitter is None:  # the whole reply was blank or a piece of "<think>": answer text
@@ -252,6 +272,7 @@ class RemoteReply:
                 dropped_messages=self.dropped_messages,
                 tool_calls=calls,
                 logprobs={"content": self.logprobs} if self.logprobs else None,
+                stop_sequence=self.stop_sequence if reason == "stop" else None,
             )
         )
         return events

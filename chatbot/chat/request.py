@@ -19,7 +19,7 @@ from ..engine.limits import ReplyLimits
 from ..engine.sampling import SamplingOptions, sampling_options
 from ..engine.shared_prefill import SharedPrefill
 from ..errors import InvalidRequestError
-from .prompt import effective_thinking, normalize_messages
+from .prompt import effective_thinking, normalize_messages, thinking_is_open
 from .structured import response_format_constraint
 from .tools import check_tools_size, tool_call_constraint
 
@@ -34,6 +34,8 @@ class ChatRequest:
     Attributes:
         messages: the normalized conversation (``prompt.normalize_messages``); ending with an assistant
             message continues it.
+        continue_final_message: the reply writes on from that last assistant message (its thinking, if it
+            was cut there, or its answer) instead of starting a new one; the same message grows.
         thinking: the thinking switch after the newest user message's ``/think`` or ``/no_think``.
         options: sampling options with the mode's defaults, the grammar constraint of ``tool_choice`` or
             ``response_format``, and ``logit_bias``; ``max_new_tokens`` is within the server's cap.
@@ -64,6 +66,7 @@ class ChatRequest:
     limits: ReplyLimits = field(default_factory=ReplyLimits)
     choice: int = 0
     shared_prefill: SharedPrefill | None = None
+    continue_final_message: bool = False
 
     @classmethod
     def build(
@@ -78,6 +81,7 @@ class ChatRequest:
         strict_context: bool = False,
         client: str = LOCAL_CLIENT,
         limits: ReplyLimits | None = None,
+        continue_final_message: bool | None = None,
         **sampling: Any,
     ) -> ChatRequest:
         """Validate a request.
@@ -93,6 +97,8 @@ class ChatRequest:
             strict_context: the API's rules (see the class); no ``max_new_tokens`` then means the room left.
             client: who asks, for fair turns.
             limits: the server's bounds on one reply (``backend.limits``); None: none.
+            continue_final_message: True asks to continue the last message, which must be the assistant's
+                (vLLM's field); None (or False) lets the last message decide: an assistant's is continued.
             **sampling: ``SamplingOptions`` fields (temperature, max_new_tokens, logit_bias, logprobs, ...);
                 None values take the mode's defaults.
         Raises:
@@ -102,8 +108,14 @@ class ChatRequest:
         limits = limits or ReplyLimits()
         check_tools_size(list(tools or []))  # counted before any work is spent on them
         clean = normalize_messages(messages)
+        continues = clean[-1]["role"] == "assistant"
+        if continue_final_message and not continues:
+            raise InvalidRequestError(
+                "continue_final_message needs the last message to be the assistant's (the reply to continue)",
+                param="continue_final_message",
+            )
         thinking = effective_thinking(clean, enable_thinking)
-        after_thinking = thinking and clean[-1]["role"] != "assistant"
+        after_thinking = thinking and (not continues or thinking_is_open(clean[-1]))
         constraint = tool_call_constraint(
             list(tools or []), tool_choice, parallel=parallel_tool_calls, after_thinking=after_thinking
         )
@@ -136,12 +148,13 @@ class ChatRequest:
             strict_context=strict_context,
             client=client,
             limits=limits,
+            continue_final_message=continues,
         )
 
     @property
     def continues(self) -> bool:
         """The conversation ends with an assistant message: the reply writes on from it."""
-        return self.messages[-1]["role"] == "assistant"
+        return self.continue_final_message
 
     @property
     def max_calls(self) -> int | None:

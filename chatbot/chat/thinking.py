@@ -73,13 +73,19 @@ class ThinkingStreamSplitter:
     split (``finish``).
     """
 
-    def __init__(self, expect_thinking: bool) -> None:
+    def __init__(self, expect_thinking: bool, continues: str = "") -> None:
+        """``continues``: "thinking" or "answer" when the reply writes on from a message cut there (the
+        prompt ends inside it): the stream starts in that part, and its leading spaces are kept, since
+        they join it to the text already written."""
         self.expect_thinking = expect_thinking
+        self.continues = continues
         self.text = ""
-        self._state = "start"  # start -> thinking -> answer
+        self._state = continues or "start"  # start -> thinking -> answer
         self._buffer = ""
         self._thinking = TrimmedChannel()
         self._answer = TrimmedChannel()
+        if continues:
+            (self._thinking if continues == "thinking" else self._answer).started = True
 
     def feed(self, delta: str) -> list[tuple[str, str]]:
         self.text += delta
@@ -120,7 +126,18 @@ class ThinkingStreamSplitter:
 
     def finish(self, cut: bool = False) -> ThoughtSplit:
         """The final split; ``cut``: the reply ended early (max tokens, Stop), not at its end of turn."""
+        if self.continues:
+            return continuation_split(self.text, self.continues)
         return split_thinking(self.text, expect_thinking=self.expect_thinking, cut=cut)
+
+
+def continuation_split(text: str, continues: str) -> ThoughtSplit:
+    """Split what a reply wrote on from a message cut in its thinking (``continues`` "thinking") or in its
+    answer ("answer"). Leading spaces of the continued part stay: they join it to the text before."""
+    if continues == "answer":
+        return ThoughtSplit("", text.rstrip(), False)
+    head, sep, tail = text.partition(THINK_CLOSE)
+    return ThoughtSplit(head.rstrip(), tail.strip(), bool(sep))
 
 
 def _partial_suffix(text: str, tag: str) -> int:

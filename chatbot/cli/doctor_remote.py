@@ -26,7 +26,7 @@ CHAT_TIMEOUT_SECONDS = 120.0
 
 def stream_once(client: openai.OpenAI, body: dict, thinking: bool) -> tuple[RemoteReply, float]:
     """Run one streamed request; returns what came back and the seconds it took."""
-    reply = RemoteReply(thinking, continues=False)
+    reply = RemoteReply(thinking)
     started = time.perf_counter()
     stream = client.chat.completions.create(**body, timeout=CHAT_TIMEOUT_SECONDS)
     with stream:

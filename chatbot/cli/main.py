@@ -52,6 +52,7 @@ METAVARS = {
     "max_upload_mb": "MB",
     "max_request_mb": "MB",
     "max_chat_mb": "MB",
+    "chat_store_mb": "MB",
     "max_generation_seconds": "SECONDS",
     "kernel_cache": "FOLDER",
 }

@@ -13,15 +13,17 @@ Ctrl+A/E, ↑ for the previous lines of this session) and a progress bar is draw
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import sys
 import time
+from collections.abc import Iterator
 from typing import TextIO
 
 from ..chat.backend import Backend, BackendStatus
 from ..chat.backends import backend_from_settings
 from ..chat.bot import Qwen3ChatBot
-from ..chat.events import AnswerDelta, ChatDone, Loading, ThinkingDelta
+from ..chat.events import AnswerDelta, ChatDone, ChatEvent, Loading, ThinkingDelta
 from ..errors import ChatbotError
 from ..settings import Settings
 
@@ -35,6 +37,7 @@ HELP = """Commands (alone on a line):
 /think or /no_think inside a message switches thinking for that message only.
 Arrows edit the line; up and down recall earlier lines."""
 LOAD_POLL_SECONDS = 0.2
+STOP_WAIT_SECONDS = 5.0  # at most, for a stopped reply's last decode step (then the prompt comes anyway)
 
 
 def chat_loop(model: str, settings: Settings, think: bool = True) -> int:
@@ -91,6 +94,9 @@ def _converse(engine: Backend, model: str, settings: Settings, think: bool) -> i
         try:
             print_reply(bot, message, think)
         except KeyboardInterrupt:
+            # The prompt comes once the engine has ended the reply: nothing it still logs or prints about
+            # that reply lands in the middle of the next prompt, and the next message does not wait behind it.
+            wait_until_idle(engine)
             print("\n(stopped)")
         except ChatbotError as exc:
             print(f"\nerror: {exc}")
@@ -135,10 +141,23 @@ def progress_line(status: BackendStatus, width: int | None = None) -> str:
     return line[: max(width - 1, 10)]
 
 
+def wait_until_idle(backend: Backend, limit: float = STOP_WAIT_SECONDS) -> None:
+    """Wait (at most ``limit`` s) until ``backend`` runs no reply."""
+    deadline = time.monotonic() + limit
+    while backend.status().queue.get("busy") and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
 def print_reply(bot: Qwen3ChatBot, message: str, think: bool) -> None:
-    """Stream one reply: a "thinking:" section (dimmed), then an "answer:" section, then the stats."""
+    """Stream one reply: a "thinking:" section (dimmed), then an "answer:" section, then the stats.
+    Left early (Ctrl+C), the stream is closed at once, which cancels the reply."""
+    with contextlib.closing(bot.stream_chat(message, enable_thinking=think)) as stream:
+        _print_events(stream)
+
+
+def _print_events(stream: Iterator[ChatEvent]) -> None:
     section = None
-    for event in bot.stream_chat(message, enable_thinking=think):
+    for event in stream:
         if isinstance(event, Loading):
             print(f"\r(loading: {event.stage}, {event.fraction:.0%})", end="", flush=True)
         elif isinstance(event, ThinkingDelta):

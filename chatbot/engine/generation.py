@@ -39,6 +39,7 @@ class GenerationResult:
     finish_reason: str
     stats: GenerationStats
     logprobs: tuple[TokenLogprob, ...] = ()  # one per generated token when options.logprobs
+    stop_sequence: str | None = None  # the stop string that ended the reply (left out of ``text``)
 
 
 class IncrementalDetokenizer:
@@ -83,6 +84,7 @@ class StopStringMatcher:
         self.pending = ""
         self._fallback = [_prefix_function(stop) for stop in self.stops]
         self._state = [0] * len(self.stops)
+        self.hit: str | None = None  # the stop string found (the one that starts first)
         self.steps = 0  # automaton steps taken (what the work is; tests check that it stays linear)
 
     def push(self, text: str) -> tuple[str, bool]:
@@ -93,6 +95,7 @@ class StopStringMatcher:
             return buffer, False
         offset = len(self.pending)  # where ``text`` starts in ``buffer``
         first_hit: int | None = None
+        hit: str | None = None
         steps = 0
         for k, stop in enumerate(self.stops):
             state, fallback, length = self._state[k], self._fallback[k], len(stop)
@@ -105,12 +108,13 @@ class StopStringMatcher:
                     state += 1
                     if state == length:  # the first occurrence of this stop string: where it starts
                         start = offset + i + 1 - length
-                        first_hit = start if first_hit is None else min(first_hit, start)
+                        if first_hit is None or start < first_hit:
+                            first_hit, hit = start, stop
                         break
             self._state[k] = state
         self.steps += steps
         if first_hit is not None:
-            self.pending = ""
+            self.pending, self.hit = "", hit
             self._state = [0] * len(self.stops)
             return buffer[:first_hit], True
         keep = max(self._state)  # the longest held-back start of a stop string

@@ -4,8 +4,10 @@ A request's grammar (``constraints.Constraint``: a JSON schema, tool calls) is c
 request is admitted to the engine, by ``GrammarCompiler.compile`` on the request's own thread: the
 engine's worker then only reads the compiled grammar the request carries, and never waits for one.
 The compilation itself runs in a worker process (``grammar_worker.py``), one job at a time; past
-``COMPILE_SECONDS``, or when the client goes away, the process is killed (a thread cannot be stopped,
-and xgrammar has no bound of its own) and a fresh one is started for the next job. A schema that
+``COMPILE_SECONDS`` of the worker's CPU time, or when the client goes away, the process is killed (a thread
+cannot be stopped, and xgrammar has no bound of its own) and a fresh one is started for the next job. The
+bound is CPU time, not wall time: the worker runs niced, so on a busy core a small schema may wait seconds
+for its turn, and that must not refuse it. Loading a vocabulary (once per worker) is not counted. A schema that
 needs more than ``WORKER_MEMORY_MB`` fails inside the worker. Both are refused with a 400 that says
 what to send instead; ``constraints.Vocabulary`` caches what compiled and what was refused, so a
 repeated schema costs nothing.
@@ -25,13 +27,17 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 from ..errors import InvalidRequestError, QueueFullError
 
 log = logging.getLogger(__name__)
 
-# Longest one grammar may compile. Schemas clients really use (a tool's arguments, a response format)
-# compile in well under a second against Qwen3's 151k-token vocabulary, also on one slow core.
+# Most CPU time one grammar may take to compile. Schemas clients really use (a tool's arguments, a response
+# format) compile in well under a second against Qwen3's 151k-token vocabulary, also on one slow core.
 COMPILE_SECONDS = 10.0
+# Wall-clock bound on the same job, however starved the niced worker is: a multiple of the CPU bound.
+COMPILE_WALL_FACTOR = 12
 # Memory the worker may map beyond what it holds once started (xgrammar and torch imported).
 WORKER_MEMORY_MB = 2048
 # Starting a worker imports xgrammar (and torch with it): seconds on a busy machine, not counted as compiling.
@@ -71,6 +77,14 @@ class _Worker:
 
     def alive(self) -> bool:
         return self.process.poll() is None
+
+    def cpu_seconds(self) -> float:
+        """CPU time the worker has used (user and system); 0 once it has ended."""
+        try:
+            times = psutil.Process(self.process.pid).cpu_times()
+        except psutil.Error:
+            return 0.0
+        return times.user + times.system
 
     def kill(self) -> None:
         self.process.kill()
@@ -120,12 +134,10 @@ class GrammarCompiler:
                 )
         try:
             worker = self._ready_worker(cancel)
-            job = {"vocab": vocabulary, "info": None, "grammar": grammar}
             if vocabulary not in worker.vocabularies:
-                job["info"] = info_json()
-            worker.jobs.send_bytes(json.dumps(job).encode())
-            worker.vocabularies.add(vocabulary)
-            answer = self._answer(worker, time.monotonic() + self.seconds, cancel, param)
+                self._load_vocabulary(worker, vocabulary, info_json(), cancel)
+            worker.jobs.send_bytes(json.dumps({"vocab": vocabulary, "info": None, "grammar": grammar}).encode())
+            answer = self._answer(worker, cancel, param)
         finally:
             self._turn.release()
         if "error" in answer:
@@ -146,24 +158,42 @@ class GrammarCompiler:
         if worker is not None:
             worker.kill()
         worker = self._worker = _Worker(self.memory_mb)
+        self._await_answer(worker, cancel, "could not be started")
+        worker.ready = True
+        return worker
+
+    def _load_vocabulary(self, worker: _Worker, vocabulary: str, info: str, cancel: threading.Event | None) -> None:
+        """Send ``vocabulary`` to ``worker`` and wait until it is loaded (bounded as a start, not as a compile)."""
+        worker.jobs.send_bytes(json.dumps({"vocab": vocabulary, "info": info, "grammar": None}).encode())
+        self._await_answer(worker, cancel, "could not load the vocabulary")
+        worker.vocabularies.add(vocabulary)
+
+    def _await_answer(self, worker: _Worker, cancel: threading.Event | None, failure: str) -> None:
+        """Wait (bounded as a start, ``START_SECONDS``) for the worker's next answer and read it; a worker that
+        ends or takes too long is let go and the request refused, saying the compiler ``failure``."""
         deadline = time.monotonic() + START_SECONDS
-        while not worker.answers.poll(POLL_SECONDS):
+        while True:
+            try:
+                if worker.answers.poll(POLL_SECONDS):
+                    worker.answers.recv_bytes()
+                    return
+            except EOFError:
+                pass
             if cancel is not None and cancel.is_set():
                 self._let_go(worker)
                 raise Cancelled
             if not worker.alive() or time.monotonic() > deadline:
                 self._let_go(worker)
                 raise InvalidRequestError(
-                    "The grammar compiler could not be started, so constrained output (response_format, "
+                    f"The grammar compiler {failure}, so constrained output (response_format, "
                     "tool_choice required or a named function) is not available now.",
                     param="response_format",
                     fix="See the server's log; send the request without response_format or tool_choice.",
                 )
-        worker.answers.recv_bytes()
-        worker.ready = True
-        return worker
 
-    def _answer(self, worker: _Worker, deadline: float, cancel: threading.Event | None, param: str) -> dict[str, Any]:
+    def _answer(self, worker: _Worker, cancel: threading.Event | None, param: str) -> dict[str, Any]:
+        started_cpu = worker.cpu_seconds()
+        wall_deadline = time.monotonic() + COMPILE_WALL_FACTOR * self.seconds
         while True:
             try:
                 if worker.answers.poll(POLL_SECONDS):
@@ -175,11 +205,12 @@ class GrammarCompiler:
             if cancel is not None and cancel.is_set():
                 self._let_go(worker)
                 raise Cancelled
-            if time.monotonic() > deadline:
+            if worker.cpu_seconds() - started_cpu > self.seconds or time.monotonic() > wall_deadline:
                 self._let_go(worker)
                 log.warning("A grammar for %s ran past %g s; its compilation was stopped", param, self.seconds)
                 raise InvalidRequestError(
-                    f"The grammar for {param} did not compile within {self.seconds:g} s, this server's bound.",
+                    f"The grammar for {param} did not compile within {self.seconds:g} s of CPU time, this "
+                    "server's bound.",
                     param=param,
                     fix=FIX,
                 )

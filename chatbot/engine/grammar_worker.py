@@ -9,8 +9,9 @@ path, so that the server's package is not imported a second time), and ``constra
 grammars with the same ``build_grammar``.
 
 Protocol: length-prefixed JSON frames (``multiprocessing.connection``) on two inherited pipe ends.
-Job: ``{"vocab": KEY, "info": TOKENIZER_INFO_JSON or null, "grammar": GRAMMAR_FIELDS}``; the info is
-sent once per vocabulary. Answer: ``{"compiled": COMPILED_GRAMMAR_JSON}`` or ``{"error": MESSAGE}``.
+Job: ``{"vocab": KEY, "info": TOKENIZER_INFO_JSON or null, "grammar": GRAMMAR_FIELDS or null}``; the info is
+sent once per vocabulary, in a job of its own (answered ``{"loaded": KEY}``). Answer:
+``{"compiled": COMPILED_GRAMMAR_JSON}`` or ``{"error": MESSAGE}``.
 """
 
 from __future__ import annotations
@@ -74,6 +75,8 @@ def answer(job: dict[str, Any], compilers: dict[str, xgr.GrammarCompiler]) -> di
     if job.get("info") is not None:
         info = xgr.TokenizerInfo.deserialize_json(job["info"])
         compilers[key] = xgr.GrammarCompiler(info, max_threads=1, cache_enabled=False)
+    if job.get("grammar") is None:  # the vocabulary alone, before its first grammar
+        return {"loaded": key}
     compiler = compilers.get(key)
     if compiler is None:
         return {"error": "no vocabulary was sent for this grammar"}

@@ -151,5 +151,10 @@ class ActiveRequest:
             self.prefix.put(fed[: self.cache.get_seq_length()], self.cache)
         finish = self.finish or "cancelled"
         return GenerationResult(
-            "".join(self.pieces), tuple(self.generated), finish, stats, tuple(self.sampler.logprobs)
+            "".join(self.pieces),
+            tuple(self.generated),
+            finish,
+            stats,
+            tuple(self.sampler.logprobs),
+            self.stopper.hit if self.stop_hit else None,
         )

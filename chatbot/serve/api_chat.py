@@ -8,19 +8,25 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
-from sse_starlette import EventSourceResponse
 
 from .api_choices import answer_choices
-from .api_errors import ERROR_RESPONSES, APIError, ClientDisconnected, shutting_down
+from .api_errors import ERROR_RESPONSES, APIError, shutting_down
 from .api_keys import client_key
 from .api_models import ChatCompletion, ChatCompletionRequest, ErrorResponse
-from .api_stream import Completion, ReplyStream, completion_body, log_reply, sse_chunks
+from .api_stream import (
+    Completion,
+    ReplyEvents,
+    ReplyStream,
+    completion_body,
+    log_reply,
+    sse_chunks,
+    until_accepted,
+)
 from .app_state import App
 
 log = logging.getLogger(__name__)
 
 # nginx's "client closed request": nobody reads it, but the access log says what happened.
-CLIENT_CLOSED_STATUS = 499
 STREAM_RESPONSE = {
     "description": "With stream false: a chat.completion. With stream true: Server-Sent Events, one "
     "chat.completion.chunk per data line, then data: [DONE].",
@@ -56,21 +62,20 @@ def add_completion_routes(app: App, v1: APIRouter) -> None:
             return await answer_choices(app, body, request, client_key(request))
         meta = Completion.new(app.model_name)
         reply = ReplyStream(app.backend, body, client_key(request))
-        try:
-            if body.stream:
-                # Wait until the request is accepted, so that bad input or a full queue is still an
-                # HTTP error status rather than an error inside a 200 stream.
-                first = await reply.first_event(request)
-                include_usage = body.stream_options is not None and body.stream_options.include_usage
-                return EventSourceResponse(sse_chunks(reply, first, meta, include_usage), sep="\n")
-            done = await reply.result(request)
-        except ClientDisconnected:
-            reply.cancel()
-            log.info("%s: the client disconnected before the reply; generation stopped", meta.id)
-            return Response(status_code=CLIENT_CLOSED_STATUS)
-        except BaseException:
-            reply.cancel()
-            raise
+        if body.stream:
+            # Wait until the request is accepted, so that bad input or a full queue is still an
+            # HTTP error status rather than an error inside a 200 stream.
+            first = await until_accepted(reply.first_event(request), reply.cancel, meta.id)
+            if isinstance(first, Response):
+                return first
+            include_usage = body.stream_options is not None and body.stream_options.include_usage
+            # A client that stops reading holds the reply's memory and its batch slot: after
+            # --stream-write-seconds without taking the next piece, the stream is cut and the generation cancelled.
+            chunks = sse_chunks(reply, first, meta, include_usage)
+            return ReplyEvents(chunks, meta.id, app.settings.stream_write_seconds)
+        done = await until_accepted(reply.result(request), reply.cancel, meta.id)
+        if isinstance(done, Response):
+            return done
         if done.finish_reason == "cancelled":
             raise shutting_down()
         log_reply(meta, done)

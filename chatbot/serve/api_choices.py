@@ -21,20 +21,28 @@ from typing import Any
 
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response
-from sse_starlette import EventSourceResponse
 
 from ..chat.backend import Backend
 from ..chat.events import ChatDone, ChatEvent
 from ..chat.request import ChatRequest
 from ..engine.limits import ReplyLimits
 from ..engine.shared_prefill import SharedPrefill
-from .api_errors import APIError, ClientDisconnected, shutting_down
+from .api_errors import APIError, shutting_down
 from .api_models import ChatCompletionRequest
-from .api_stream import ChoiceChunks, Completion, ReplyStream, chunk_json, completion_body, log_reply, usage
+from .api_stream import (
+    ChoiceChunks,
+    Completion,
+    ReplyEvents,
+    ReplyStream,
+    chunk_json,
+    completion_body,
+    log_reply,
+    until_accepted,
+    usage,
+)
 from .app_state import App
 
 log = logging.getLogger(__name__)
-CLIENT_CLOSED_STATUS = 499  # as api_chat answers a client that left before its reply
 
 
 class ChoiceBody:
@@ -73,19 +81,17 @@ async def answer_choices(app: App, body: ChatCompletionRequest, request: Request
     """The response to a chat completion with ``n`` > 1, streamed or not (see the module docstring)."""
     meta = Completion.new(app.model_name)
     choices = Choices(app.backend, body, client)
-    try:
-        if body.stream:
-            firsts = await choices.first_events(request)
-            include_usage = body.stream_options is not None and body.stream_options.include_usage
-            return EventSourceResponse(sse_choices(choices, firsts, meta, include_usage), sep="\n")
-        dones = await choices.results(request)
-    except ClientDisconnected:
-        choices.cancel()
-        log.info("%s: the client disconnected before the reply; generation stopped", meta.id)
-        return Response(status_code=CLIENT_CLOSED_STATUS)
-    except BaseException:
-        choices.cancel()
-        raise
+    if body.stream:
+        firsts = await until_accepted(choices.first_events(request), choices.cancel, meta.id)
+        if isinstance(firsts, Response):
+            return firsts
+        include_usage = body.stream_options is not None and body.stream_options.include_usage
+        return ReplyEvents(
+            sse_choices(choices, firsts, meta, include_usage), meta.id, app.settings.stream_write_seconds
+        )
+    dones = await until_accepted(choices.results(request), choices.cancel, meta.id)
+    if isinstance(dones, Response):
+        return dones
     if any(done.finish_reason == "cancelled" for done in dones):
         raise shutting_down()
     for done in dones:

@@ -5,7 +5,6 @@ The key comes as ``Authorization: Bearer KEY`` or, as Anthropic's clients send i
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 from collections.abc import Callable
 from typing import Annotated, Any
@@ -35,11 +34,14 @@ def has_key(request: Request, key: SecretStr) -> bool:
 
 
 def client_key(request: Request) -> str:
-    """Who is asking, for fair turns: the remote address, and the key (hashed, never kept) if one is sent."""
+    """Who is asking, for fair turns: the remote address.
+
+    Never the key as sent (``Authorization: Bearer`` or ``x-api-key``): without ``--api-key`` any token is
+    accepted, so each made-up token would be a new client with its own turns and queue places. With a key,
+    every request that gets here carries that one key, which tells its holders apart no better than their
+    addresses do.
+    """
     address = request.client.host if request.client else "unknown"
-    token = given_key(request)
-    if token:
-        return f"api:{address}:{hashlib.sha256(token.encode()).hexdigest()[:12]}"
     return f"api:{address}"
 
 

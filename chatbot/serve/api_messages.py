@@ -24,7 +24,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
-from sse_starlette import EventSourceResponse, ServerSentEvent
+from sse_starlette import ServerSentEvent
 
 from ..chat.events import AnswerDelta, ChatDone, ThinkingDelta, ToolCallDelta
 from ..chat.tools import ToolCall
@@ -42,7 +42,7 @@ from .api_replies import (
     stream_response,
     translate,
 )
-from .api_stream import ReplyStream
+from .api_stream import ReplyEvents, ReplyStream
 from .app_state import App
 
 STOP_REASONS = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use"}
@@ -274,6 +274,14 @@ def tool_use_block(call: ToolCall) -> dict[str, Any]:
     }
 
 
+def stop_fields(done: ChatDone) -> dict[str, Any]:
+    """``stop_reason`` and ``stop_sequence``: "stop_sequence" with the string when one of the request's
+    ``stop_sequences`` ended the reply (it is left out of the text, as Anthropic does)."""
+    if done.finish_reason == "stop" and done.stop_sequence is not None:
+        return {"stop_reason": "stop_sequence", "stop_sequence": done.stop_sequence}
+    return {"stop_reason": STOP_REASONS.get(done.finish_reason, "end_turn"), "stop_sequence": None}
+
+
 def usage(done: ChatDone | None) -> dict[str, int]:
     stats = done.stats if done is not None else {}
     return {
@@ -299,8 +307,7 @@ def message_body(message_id: str, model: str, done: ChatDone | None) -> dict[str
         "role": "assistant",
         "model": model,
         "content": content,
-        "stop_reason": STOP_REASONS.get(done.finish_reason, "end_turn") if done is not None else None,
-        "stop_sequence": None,
+        **(stop_fields(done) if done is not None else {"stop_reason": None, "stop_sequence": None}),
         "usage": usage(done),
     }
 
@@ -346,14 +353,7 @@ async def message_events(reply: ReplyStream, first: Any, message_id: str, model:
             elif isinstance(event, ChatDone):
                 if open_kind is not None:
                     yield stop()
-                reason = STOP_REASONS.get(event.finish_reason, "end_turn")
-                yield sse(
-                    {
-                        "type": "message_delta",
-                        "delta": {"stop_reason": reason, "stop_sequence": None},
-                        "usage": usage(event),
-                    }
-                )
+                yield sse({"type": "message_delta", "delta": stop_fields(event), "usage": usage(event)})
                 yield sse({"type": "message_stop"})
                 log_done(message_id, event)
     except APIError as exc:
@@ -431,7 +431,8 @@ def add_messages_routes(app: App, v1: APIRouter) -> None:
             return started
         reply, event = started
         if body.stream:
-            return EventSourceResponse(message_events(reply, event, message_id, app.model_name), sep="\n")
+            events = message_events(reply, event, message_id, app.model_name)
+            return ReplyEvents(events, message_id, app.settings.stream_write_seconds)  # with the write deadline
         assert isinstance(event, ChatDone)
         log_done(message_id, event)
         return JSONResponse(message_body(message_id, app.model_name, event))

@@ -86,6 +86,11 @@ class ChatMessage(BaseModel):
         "are re-sent answer-only.",
     )
     tool_calls: list[ToolCallIn] | None = Field(None, description="The calls an earlier assistant message made.")
+    reasoning_content: str | None = Field(
+        None,
+        description="The thinking of a last assistant message that is continued (with an empty content, the reply "
+        "goes on thinking from it); ignored on earlier messages.",
+    )
     tool_call_id: str | None = Field(None, description="For a tool message: the call it answers.")
     name: str | None = Field(None, description="Accepted and ignored.")
 
@@ -122,6 +127,8 @@ class ChatMessage(BaseModel):
             message["tool_calls"] = [call.model_dump() for call in self.tool_calls]
         if self.tool_call_id is not None:
             message["tool_call_id"] = self.tool_call_id
+        if self.role == "assistant" and self.reasoning_content is not None:
+            message["reasoning_content"] = self.reasoning_content
         return message
 
 
@@ -251,6 +258,22 @@ class ChatCompletionRequest(BaseModel):
         None, description="auto (default with tools), none, required, or a named function."
     )
     parallel_tool_calls: bool | None = Field(None, description="With required: allow several calls (default true).")
+    continue_final_message: bool | None = Field(
+        None,
+        description="vLLM's field: true continues the last message, which must be the assistant's (a reply cut at "
+        "max_tokens, say); the reply holds only what comes next. A conversation ending with an assistant message "
+        "is continued either way.",
+    )
+    add_generation_prompt: bool | None = Field(
+        None, description="vLLM's field, accepted; it cannot be true together with continue_final_message."
+    )
+
+    @field_validator("add_generation_prompt")
+    @classmethod
+    def _continue_or_new_turn(cls, value: bool | None, info: ValidationInfo) -> bool | None:
+        if value and info.data.get("continue_final_message"):
+            raise ValueError("continue_final_message and add_generation_prompt cannot both be true")
+        return value
 
     @field_validator("top_logprobs")
     @classmethod
@@ -309,6 +332,7 @@ class ChatCompletionRequest(BaseModel):
             strict_context=True,
             client=client,
             limits=limits,
+            continue_final_message=self.continue_final_message,
             logprobs=self.logprobs,
             top_logprobs=self.top_logprobs,
             logit_bias=self.logit_bias,
@@ -387,6 +411,7 @@ class Choice(BaseModel):
         description="stop: end of turn or a stop string; length: limit; tool_calls: the answer calls tools."
     )
     logprobs: ChoiceLogprobs | None = Field(None, description="With logprobs: the answer's tokens.")
+    stop_reason: str | None = Field(None, description="vLLM's field: the stop string that ended the reply, if one did.")
 
 
 class ChatCompletion(BaseModel):

@@ -22,15 +22,14 @@ from ..chat.events import ChatDone, ChatEvent, Loading, QueuePosition
 from ..chat.request import ChatRequest
 from ..engine.limits import ReplyLimits
 from ..errors import ChatbotError
-from .api_errors import ClientDisconnected, api_error_from, shutting_down
+from .api_errors import api_error_from, shutting_down
 from .api_keys import client_key
-from .api_stream import ReplyStream
+from .api_stream import ReplyStream, until_accepted
 from .app_state import App
 
 log = logging.getLogger(__name__)
 
 # nginx's "client closed request", as chat completions answer a client that left before its reply.
-CLIENT_CLOSED_STATUS = 499
 
 
 @dataclass(frozen=True)
@@ -64,15 +63,9 @@ async def start_reply(
         APIError: the request's error (400, 429, 503...).
     """
     reply = ReplyStream(app.backend, translated, client_key(request))
-    try:
-        event = await (reply.first_event(request) if stream else reply.result(request))
-    except ClientDisconnected:
-        reply.cancel()
-        log.info("%s: the client disconnected before the reply; generation stopped", name)
-        return Response(status_code=CLIENT_CLOSED_STATUS)
-    except BaseException:
-        reply.cancel()
-        raise
+    event = await until_accepted(reply.first_event(request) if stream else reply.result(request), reply.cancel, name)
+    if isinstance(event, Response):
+        return event
     if not stream and isinstance(event, ChatDone) and event.finish_reason == "cancelled":
         raise shutting_down()
     return reply, event

@@ -3,17 +3,20 @@
 A translation, not a second pipeline: ``instructions`` and the ``input`` items (messages,
 ``function_call`` and ``function_call_output`` items; ``reasoning`` items are dropped, as earlier
 thinking is) become one ``ChatRequest`` that runs through the same backend, queue, caps and key check
-as a chat completion. ``reasoning.effort`` medium or high turns Qwen3's thinking on (none, minimal,
-low or no ``reasoning`` leave it off), function ``tools`` and ``tool_choice`` map onto chat
+as a chat completion. Qwen3 thinks first unless ``reasoning.effort`` is none, minimal or low (no
+``reasoning``, or medium, high or xhigh: it thinks, as chat completions here and vLLM serving Qwen3 do by
+default), function ``tools`` and ``tool_choice`` map onto chat
 completions' tools, ``text.format`` onto ``response_format``. The reply comes back as ``reasoning``,
 ``message`` and ``function_call`` output items, or as the Responses event stream (``response.created``,
 ``response.output_item.added``, ``response.reasoning_text.delta``, ``response.output_text.delta``,
-``response.function_call_arguments.delta``, ... ``response.completed``).
+``response.function_call_arguments.delta``, ... ``response.completed``). With
+``include: ["message.output_text.logprobs"]`` (or ``top_logprobs`` above 0) the answer's text carries the
+log-probability of each of its tokens.
 
-``previous_response_id`` continues a reply this server kept (``ResponseStore``: at most
-``--responses-store`` replies, 256 by default, and ``STORE_BYTES`` of conversation in all, oldest
-dropped first, in memory only, each readable by the client that made it); 0 turns it off, and a
-request naming one then gets a 400.
+``previous_response_id`` continues a reply this server kept; ``api_responses_store`` keeps them (at most
+``--responses-store`` replies, in memory only, each readable by the client that made it) and serves
+``GET`` / ``DELETE /v1/responses/{id}`` and its ``input_items``. With ``--responses-store 0`` nothing is
+kept, and a request naming a previous response gets a 400.
 
     curl http://127.0.0.1:8000/v1/responses -H "Content-Type: application/json" \\
       -d '{"model": "qwen3", "input": "Hello"}'
@@ -22,30 +25,28 @@ request naming one then gets a 400.
 from __future__ import annotations
 
 import logging
-import threading
 import time
-from collections import OrderedDict
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
-from sse_starlette import EventSourceResponse
 
 from ..chat.events import ChatDone
-from ..chat.tools import json_size
+from ..engine.sampling import MAX_TOP_LOGPROBS
 from ..errors import InvalidRequestError
 from .api_errors import ERROR_RESPONSES, APIError
-from .api_keys import client_key
 from .api_models import sampling_field
 from .api_replies import Translated, function_tool, log_done, start_reply, stream_response, translate
 from .api_responses_items import finished_fields, new_id, output_items, response_events
+from .api_responses_store import ResponseStore, StoredResponse, add_stored_routes, item_resources, owner_of
+from .api_stream import ReplyEvents
 from .app_state import App
 
 log = logging.getLogger(__name__)
 
-THINKING_EFFORTS = ("medium", "high", "xhigh")
-STORE_BYTES = 64 * 2**20  # conversation kept for previous_response_id, all replies together
+QUICK_EFFORTS = ("none", "minimal", "low")  # Qwen3 answers at once; any other effort, or none given: it thinks
+LOGPROBS = "message.output_text.logprobs"  # the include value that asks for the answer's log-probabilities
 TEXT_PARTS = ("input_text", "output_text", "text")
 
 
@@ -56,7 +57,9 @@ class ReasoningConfig(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     effort: Literal["none", "minimal", "low", "medium", "high", "xhigh"] | None = Field(
-        None, description="medium, high or xhigh: Qwen3 thinks first; none, minimal or low: it answers at once."
+        None,
+        description="none, minimal or low: Qwen3 answers at once; medium, high, xhigh or none given (the "
+        "default): it thinks first.",
     )
 
 
@@ -67,7 +70,7 @@ class TextConfig(BaseModel):
 
 
 class ResponsesRequest(BaseModel):
-    """POST /v1/responses. Unknown fields clients commonly send (include, truncation, user...) are ignored."""
+    """POST /v1/responses. Unknown fields clients commonly send (truncation, user...) are ignored."""
 
     model_config = ConfigDict(extra="ignore")
 
@@ -77,7 +80,13 @@ class ResponsesRequest(BaseModel):
     max_output_tokens: int | None = sampling_field("max_new_tokens", "Most tokens to generate, thinking included.")
     temperature: float | None = sampling_field("temperature")
     top_p: float | None = sampling_field("top_p")
-    reasoning: ReasoningConfig | None = None
+    top_logprobs: Annotated[int, Field(ge=0, le=MAX_TOP_LOGPROBS)] | None = Field(
+        None, description="This many most likely tokens per answer token, with their log-probabilities."
+    )
+    include: list[str] | None = Field(
+        None, description=f"{LOGPROBS}: the answer's log-probabilities; other values are accepted and ignored."
+    )
+    reasoning: ReasoningConfig | None = Field(None, description="Thinking: on unless effort is none, minimal or low.")
     tools: list[dict[str, Any]] | None = Field(None, description="Function tools only.")
     tool_choice: Literal["none", "auto", "required"] | dict[str, Any] | None = None
     parallel_tool_calls: bool | None = None
@@ -188,7 +197,13 @@ def response_format(body: ResponsesRequest) -> dict[str, Any] | None:
 
 
 def thinking(body: ResponsesRequest) -> bool:
-    return body.reasoning is not None and body.reasoning.effort in THINKING_EFFORTS
+    """Qwen3's thinking switch: on unless the effort asked for is none, minimal or low (on by default, as
+    chat completions here and vLLM's Responses API with Qwen3 have it)."""
+    return body.reasoning is None or body.reasoning.effort not in QUICK_EFFORTS
+
+
+def logprobs(body: ResponsesRequest) -> bool:
+    return LOGPROBS in (body.include or []) or bool(body.top_logprobs)
 
 
 def translated(body: ResponsesRequest, history: list[dict[str, Any]]) -> Translated:
@@ -212,40 +227,21 @@ def translated(body: ResponsesRequest, history: list[dict[str, Any]]) -> Transla
             "temperature": body.temperature,
             "top_p": body.top_p,
             "max_new_tokens": body.max_output_tokens,
+            "logprobs": logprobs(body),
+            "top_logprobs": body.top_logprobs or 0,
         },
     )
 
 
-class ResponseStore:
-    """The conversations behind replies kept for ``previous_response_id``: at most ``capacity`` replies and
-    ``max_bytes`` of messages (as JSON) in all, the oldest dropped first; each is found only by the client
-    that made it. Thread-safe."""
+def history_of(
+    store: ResponseStore, body: ResponsesRequest, owner: str
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(the conversation as chat messages, its items as kept): the kept conversation of
+    ``previous_response_id`` (nothing without one), then this request's input.
 
-    def __init__(self, capacity: int, max_bytes: int = STORE_BYTES) -> None:
-        self.capacity, self.max_bytes = capacity, max_bytes
-        self._items: OrderedDict[str, tuple[str, list[dict[str, Any]], int]] = OrderedDict()
-        self._bytes = 0
-        self._lock = threading.Lock()
-
-    def put(self, response_id: str, client: str, messages: list[dict[str, Any]]) -> None:
-        size = json_size(messages)
-        if self.capacity == 0 or size > self.max_bytes:
-            return
-        with self._lock:
-            self._items[response_id] = (client, messages, size)
-            self._bytes += size
-            while len(self._items) > self.capacity or self._bytes > self.max_bytes:
-                _, (_, _, dropped) = self._items.popitem(last=False)
-                self._bytes -= dropped
-
-    def get(self, response_id: str, client: str) -> list[dict[str, Any]] | None:
-        with self._lock:
-            item = self._items.get(response_id)
-        return list(item[1]) if item is not None and item[0] == client else None
-
-
-def history_of(store: ResponseStore, body: ResponsesRequest, client: str) -> list[dict[str, Any]]:
-    """The kept conversation of ``previous_response_id`` (empty without one) and this request's input."""
+    Raises:
+        APIError: 400 for a previous response that is not kept here, or input this server does not read.
+    """
     previous: list[dict[str, Any]] = []
     if body.previous_response_id is not None:
         if store.capacity == 0:
@@ -255,19 +251,20 @@ def history_of(store: ResponseStore, body: ResponsesRequest, client: str) -> lis
                 "as input items instead.",
                 param="previous_response_id",
             )
-        kept = store.get(body.previous_response_id, client)
+        kept = store.get(body.previous_response_id, owner)
         if kept is None:
             raise APIError(
                 400,
                 f"previous_response_id {body.previous_response_id!r} is not kept on this server: it never existed, "
-                f"was made by another client, was stored with store: false, or was dropped (the server keeps the "
-                f"latest {store.capacity} replies, in memory only). Send the whole conversation as input items.",
+                f"was made by another client, was stored with store: false, was deleted, or was dropped (the "
+                f"server keeps the latest {store.capacity} replies, in memory only). Send the whole conversation "
+                "as input items.",
                 param="previous_response_id",
                 code="previous_response_not_found",
             )
-        previous = kept
+        previous = kept.conversation()
     try:
-        return previous + input_messages(body.input)
+        return input_messages(previous) + input_messages(body.input), previous + item_resources(body.input)
     except InvalidRequestError as exc:
         raise APIError(400, str(exc).replace("\nFix: ", " Fix: "), param=exc.param) from exc
 
@@ -307,6 +304,7 @@ def response_body(
         "store": body.store is not False,
         "temperature": body.temperature,
         "top_p": body.top_p,
+        "top_logprobs": body.top_logprobs,
         "text": {"format": (body.text.format if body.text is not None else None) or {"type": "text"}},
         "tool_choice": body.tool_choice or "auto",
         "tools": tools,
@@ -320,8 +318,10 @@ def response_body(
 
 
 def add_responses_routes(app: App, v1: APIRouter) -> None:
-    """Add ``/responses`` to ``v1``, answering from ``app.backend``, with its own ``ResponseStore``."""
+    """Add ``/responses`` to ``v1``, answering from ``app.backend``, and the routes of the replies it keeps
+    (``api_responses_store``)."""
     store = ResponseStore(app.settings.responses_store)
+    add_stored_routes(store, v1)
 
     stream = stream_response(
         "With stream false: a response. With stream true: the Responses events, response.created to "
@@ -330,16 +330,14 @@ def add_responses_routes(app: App, v1: APIRouter) -> None:
 
     @v1.post("/responses", responses={200: stream, **ERROR_RESPONSES}, summary="OpenAI Responses API, streaming or not")
     async def responses(body: ResponsesRequest, request: Request) -> Any:
-        response_id, created, client = new_id("resp"), int(time.time()), client_key(request)
-        history = history_of(store, body, client)
+        response_id, created, owner = new_id("resp"), int(time.time()), owner_of(request)
+        history, items = history_of(store, body, owner)
         chat = translate(app, translated, body, history)
 
-        def keep(done: ChatDone) -> None:
+        def keep(done: ChatDone, final: dict[str, Any]) -> None:
             log_done(response_id, done)
             if body.store is not False:
-                calls = [call.as_openai() for call in done.tool_calls]
-                turn = {"role": "assistant", "content": done.answer, **({"tool_calls": calls} if calls else {})}
-                store.put(response_id, client, [*history, turn])
+                store.put(StoredResponse(owner, final, tuple(items)))
 
         started = await start_reply(app, chat, request, stream=bool(body.stream), name=response_id)
         if isinstance(started, Response):
@@ -347,7 +345,9 @@ def add_responses_routes(app: App, v1: APIRouter) -> None:
         reply, event = started
         start = response_body(response_id, created, app.model_name, body)
         if body.stream:
-            return EventSourceResponse(response_events(reply, event, start, keep), sep="\n")
+            events = response_events(reply, event, start, keep)
+            return ReplyEvents(events, response_id, app.settings.stream_write_seconds)  # with the write deadline
         assert isinstance(event, ChatDone)
-        keep(event)
-        return JSONResponse({**start, **finished_fields(event, output_items(event))})
+        final = {**start, **finished_fields(event, output_items(event))}
+        keep(event, final)
+        return JSONResponse(final)

@@ -31,12 +31,32 @@ def reasoning_item(item_id: str, text: str, status: str = "completed") -> dict[s
     return {"id": item_id, "type": "reasoning", "summary": [], "content": content, "status": status}
 
 
-def text_part(text: str) -> dict[str, Any]:
-    return {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
+def text_part(text: str, logprobs: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """An ``output_text`` part; ``logprobs``: chat completions' entries (token, logprob, bytes, top_logprobs),
+    which are the Responses API's ``LogProb`` too."""
+    return {"type": "output_text", "text": text, "annotations": [], "logprobs": logprobs or []}
 
 
-def message_item(item_id: str, text: str, status: str = "completed") -> dict[str, Any]:
-    content = [text_part(text)] if status == "completed" else []
+def delta_logprobs(entries: Any) -> list[dict[str, Any]]:
+    """Entries as the stream's text events carry them (``ResponseLogProb``: no bytes)."""
+    return [
+        {
+            "token": entry["token"],
+            "logprob": entry["logprob"],
+            "top_logprobs": [{"token": top["token"], "logprob": top["logprob"]} for top in entry["top_logprobs"]],
+        }
+        for entry in entries
+    ]
+
+
+def answer_logprobs(done: ChatDone) -> list[dict[str, Any]]:
+    return list((done.logprobs or {}).get("content") or [])
+
+
+def message_item(
+    item_id: str, text: str, status: str = "completed", logprobs: list[dict[str, Any]] | None = None
+) -> dict[str, Any]:
+    content = [text_part(text, logprobs)] if status == "completed" else []
     return {"id": item_id, "type": "message", "role": "assistant", "status": status, "content": content}
 
 
@@ -55,7 +75,7 @@ def call_item(item_id: str, call: ToolCall, status: str = "completed") -> dict[s
 def output_items(done: ChatDone) -> list[dict[str, Any]]:
     items = [reasoning_item(new_id("rs"), done.thinking)] if done.thinking else []
     if done.answer or not done.tool_calls:
-        items.append(message_item(new_id("msg"), done.answer))
+        items.append(message_item(new_id("msg"), done.answer, logprobs=answer_logprobs(done)))
     items.extend(call_item(new_id("fc"), call) for call in done.tool_calls)
     return items
 
@@ -91,11 +111,13 @@ def sse(data: dict[str, Any]) -> ServerSentEvent:
 async def response_events(
     reply: ReplyStream, first: Any, start: dict[str, Any], on_done: Any
 ) -> AsyncIterator[ServerSentEvent]:
-    """The Responses event stream of one reply, from the in-progress ``start`` body; ``on_done(done)``
-    keeps the finished reply. An error after the headers is an ``error`` event, then ``response.failed``."""
+    """The Responses event stream of one reply, from the in-progress ``start`` body; ``on_done(done, final)``
+    keeps the finished reply and its response object. An error after the headers is an ``error`` event, then
+    ``response.failed``."""
     sequence = 0
     output: list[dict[str, Any]] = []
     current: dict[str, Any] | None = None  # the open reasoning or message item, with its text so far
+    sent_logprobs: list[dict[str, Any]] = []  # the answer's entries streamed so far
 
     def event(kind: str, **fields: Any) -> ServerSentEvent:
         nonlocal sequence
@@ -108,7 +130,7 @@ async def response_events(
 
     def open_item(kind: str) -> list[ServerSentEvent]:
         nonlocal current
-        current = {"id": new_id("rs" if kind == "reasoning" else "msg"), "kind": kind, "text": ""}
+        current = {"id": new_id("rs" if kind == "reasoning" else "msg"), "kind": kind, "text": "", "logprobs": []}
         if kind == "reasoning":
             item, part = reasoning_item(current["id"], "", "in_progress"), {"type": "reasoning_text", "text": ""}
         else:
@@ -127,8 +149,10 @@ async def response_events(
             item, part = reasoning_item(current["id"], text), {"type": "reasoning_text", "text": text}
             done = event("response.reasoning_text.done", **item_fields({**index, "text": text}))
         else:
-            item, part = message_item(current["id"], text), text_part(text)
-            done = event("response.output_text.done", **item_fields({**index, "text": text, "logprobs": []}))
+            entries = current["logprobs"]
+            item, part = message_item(current["id"], text, logprobs=entries), text_part(text, entries)
+            fields = {**index, "text": text, "logprobs": delta_logprobs(entries)}
+            done = event("response.output_text.done", **item_fields(fields))
         events = [
             done,
             event("response.content_part.done", **item_fields({**index, "part": part})),
@@ -154,7 +178,10 @@ async def response_events(
                         "response.reasoning_text.delta", **item_fields({"content_index": 0, "delta": reply_event.text})
                     )
                 else:
-                    fields = {"content_index": 0, "delta": reply_event.text, "logprobs": []}
+                    entries = list(reply_event.logprobs) if isinstance(reply_event, AnswerDelta) else []
+                    current["logprobs"].extend(entries)
+                    sent_logprobs.extend(entries)
+                    fields = {"content_index": 0, "delta": reply_event.text, "logprobs": delta_logprobs(entries)}
                     yield event("response.output_text.delta", **item_fields(fields))
             elif isinstance(reply_event, ToolCallDelta):
                 for item_event in close_item():
@@ -169,6 +196,8 @@ async def response_events(
                 output.append(call_item(item_id, call))
                 yield event("response.output_item.done", output_index=index, item=output[-1])
             elif isinstance(reply_event, ChatDone):
+                if current is not None and current["kind"] == "message":  # entries whose text came last
+                    current["logprobs"].extend(answer_logprobs(reply_event)[len(sent_logprobs) :])
                 for item_event in close_item():
                     yield item_event
                 if not output:  # nothing was said: one empty message, as the body without streaming has
@@ -177,7 +206,7 @@ async def response_events(
                 final = {**start, **finished_fields(reply_event, output)}
                 kind = "response.completed" if final["status"] == "completed" else "response.incomplete"
                 yield event(kind, response=final)
-                on_done(reply_event)
+                on_done(reply_event, final)
     except APIError as exc:
         log.warning("%s failed while streaming: %s", start["id"], exc.message)
         yield event("error", code=exc.code or exc.type, message=exc.message, param=exc.param)

@@ -16,11 +16,14 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from fastapi import Request
+from fastapi.responses import Response
+from sse_starlette import EventSourceResponse
+from sse_starlette.sse import SendTimeoutError
 
 from ..chat.backend import Backend
 from ..chat.events import AnswerDelta, ChatDone, ChatEvent, Loading, ThinkingDelta, ToolCallDelta
@@ -30,9 +33,13 @@ from ..errors import ChatbotError
 from .api_errors import APIError, ClientDisconnected, api_error_from, shutting_down
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # How often a request that has not started streaming checks whether its client is still there.
 DISCONNECT_POLL_SECONDS = 0.25
+# Events generated but not yet sent: past this many the client is not reading (a stream waits for its
+# socket) and the reply is cancelled, so an unread stream holds a bounded amount of memory.
+MAX_UNREAD_EVENTS = 4096
 
 
 _FINISHED = object()
@@ -82,6 +89,9 @@ class ReplyStream:
             self._hand_over(_FINISHED)
 
     def _hand_over(self, item: Any) -> None:
+        if self._events.qsize() >= MAX_UNREAD_EVENTS and not self._cancel.is_set():
+            log.warning("A reply's client left %d pieces unread: generation stopped", MAX_UNREAD_EVENTS)
+            self._cancel.set()
         try:
             self._loop.call_soon_threadsafe(self._events.put_nowait, item)
         except RuntimeError:  # the event loop is closed: the server is stopping, nobody is listening
@@ -134,6 +144,24 @@ class ReplyStream:
         return event
 
 
+CLIENT_CLOSED_STATUS = 499  # nginx's "client closed request": what a client that left before its reply gets
+
+
+async def until_accepted(waiting: Awaitable[T], cancel: Callable[[], None], name: str) -> T | Response:
+    """``waiting`` (a reply's first event or its whole result), or the 499 response when the client went away
+    meanwhile; either way out but the answer, the reply is cancelled (``cancel``), so nothing generates for
+    nobody."""
+    try:
+        return await waiting
+    except ClientDisconnected:
+        cancel()
+        log.info("%s: the client disconnected before the reply; generation stopped", name)
+        return Response(status_code=CLIENT_CLOSED_STATUS)
+    except BaseException:
+        cancel()
+        raise
+
+
 @dataclass(frozen=True)
 class Completion:
     """What every chunk or reply of one request repeats."""
@@ -164,7 +192,13 @@ def choice_body(done: ChatDone, index: int = 0) -> dict[str, Any]:
     }
     if done.tool_calls:
         message["tool_calls"] = [call.as_openai() for call in done.tool_calls]
-    return {"index": index, "message": message, "finish_reason": done.finish_reason, "logprobs": done.logprobs}
+    return {
+        "index": index,
+        "message": message,
+        "finish_reason": done.finish_reason,
+        "logprobs": done.logprobs,
+        "stop_reason": done.stop_sequence,  # vLLM's field: the stop string that ended the reply
+    }
 
 
 def completion_body(meta: Completion, done: ChatDone, *more: ChatDone) -> dict[str, Any]:
@@ -187,6 +221,7 @@ def chunk_json(
     with_usage: bool = False,
     logprobs: dict[str, Any] | None = None,
     index: int = 0,
+    stop_reason: str | None = None,
 ) -> str:
     """One ``chat.completion.chunk`` of choice ``index``; ``delta=None`` makes the usage chunk (no choices)."""
     chunk: dict[str, Any] = {
@@ -198,6 +233,8 @@ def chunk_json(
         if delta is None
         else [{"index": index, "delta": delta, "finish_reason": finish_reason, "logprobs": logprobs}],
     }
+    if stop_reason is not None:
+        chunk["choices"][0]["stop_reason"] = stop_reason  # vLLM's field, on the finish chunk
     if with_usage:
         chunk["usage"] = usage_field
     return json.dumps(chunk, ensure_ascii=False, separators=(",", ":"))
@@ -235,7 +272,7 @@ class ChoiceChunks:
         """The finish chunk; tokens whose text went out with no answer piece (a tool call's, say) travel with it."""
         rest = (done.logprobs or {}).get("content", [])[self.sent_logprobs :]
         logprobs = {"content": rest, "refusal": None} if rest else None
-        return self.chunk({}, done.finish_reason, logprobs=logprobs)
+        return self.chunk({}, done.finish_reason, logprobs=logprobs, stop_reason=done.stop_sequence)
 
 
 async def sse_chunks(reply: ReplyStream, first: ChatEvent, meta: Completion, include_usage: bool) -> AsyncIterator[str]:
@@ -270,6 +307,23 @@ async def sse_chunks(reply: ReplyStream, first: ChatEvent, meta: Completion, inc
         if not ended:
             log.info("%s: the client disconnected mid-stream; generation stopped", meta.id)
     yield "[DONE]"
+
+
+class ReplyEvents(EventSourceResponse):
+    """The SSE response of one streamed reply (any of the APIs); its ``send_timeout`` is the write deadline:
+    a client that takes no piece for that long has its stream cut (the generation is cancelled as on a
+    disconnect: the cut closes the events' generator, which cancels its reply)."""
+
+    def __init__(self, events: AsyncIterator[Any], name: str, write_seconds: float) -> None:
+        super().__init__(events, sep="\n", send_timeout=write_seconds)
+        self.name = name
+
+    async def __call__(self, scope, receive, send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        except SendTimeoutError:
+            seconds = self.send_timeout
+            log.info("%s: the client read nothing for %.0f s; stream cut, generation stopped", self.name, seconds)
 
 
 def log_reply(meta: Completion, done: ChatDone) -> None:

@@ -16,6 +16,7 @@ import signal
 import sys
 import tempfile
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -29,10 +30,12 @@ from ..model.checkpoint import inspect_checkpoint, resolve_checkpoint
 from ..settings import Settings
 from . import log_limits
 from .app_state import App, served_name
+from .drain import DrainingBackend
 from .slow_clients import DeadlineH11Protocol
 
 log = logging.getLogger(__name__)
 API_CONNECTION_LIMIT = 1000
+FLUSH_SECONDS = 1.0
 
 
 def configure_logging(level: str) -> None:
@@ -106,6 +109,7 @@ def start_api(app: App) -> Any | None:
         access_log=False,
         http=DeadlineH11Protocol,  # connections that never finish their headers are closed
         limit_concurrency=API_CONNECTION_LIMIT,  # beyond it: 503 at once, instead of running out of files
+        timeout_graceful_shutdown=5,  # after the drain: connections still open are closed, not waited for
     )
     server = uvicorn.Server(config)
     threading.Thread(target=server.run, name="api-server", daemon=True).start()
@@ -134,6 +138,19 @@ def raise_open_file_limit(wanted: int = 65536) -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
 
 
+def drain_then_stop(draining: DrainingBackend, grace: float) -> None:
+    """SIGTERM's handler: drain the replies on a thread of its own, then stop the servers as Ctrl+C does."""
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    log.info("SIGTERM: shutting down (at most %.0f s for the running replies)", grace)
+
+    def drain() -> None:
+        draining.drain(grace)
+        time.sleep(FLUSH_SECONDS)  # the last events reach their clients before the servers close
+        os.kill(os.getpid(), signal.SIGINT)  # launch() returns or raises as on Ctrl+C; serve() stops the API
+
+    threading.Thread(target=drain, name="drain", daemon=True).start()
+
+
 def serve(settings: Settings, warnings: list[str] | None = None) -> None:
     """Run the web UI and the API until interrupted; ``warnings`` are logged first."""
     configure_logging(settings.log_level)
@@ -142,15 +159,27 @@ def serve(settings: Settings, warnings: list[str] | None = None) -> None:
             log.warning(warning)
     raise_open_file_limit()
     private_temp_dir()
-    # SIGTERM (docker stop, systemd, kill) ends the process like Ctrl+C: requests are cancelled and the
-    # temporary files removed.
+    # SIGTERM (docker stop, systemd, kill) while starting ends the process like Ctrl+C.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    # Ctrl+C stops the servers, and the SIGTERM drain stops them the same way, even when the process was
+    # started with SIGINT ignored (a background job of a script: `./start.sh &`), where Python would not
+    # install its handler and both would do nothing: the process never ended after a drain.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     app = create_app(settings)
+    draining = DrainingBackend(app.backend)
+    app.backend = draining  # the same Backend, with a count of running replies
     api_server = start_api(app)
+    # From now on SIGTERM drains first: no new requests, running replies get the grace period, the rest
+    # end with a message; a second SIGTERM ends the process at once.
+    signal.signal(signal.SIGTERM, lambda *_: drain_then_stop(draining, settings.shutdown_grace_seconds))
     from .ui import launch_ui
 
     try:
         launch_ui(app)
+    except KeyboardInterrupt:
+        if not draining.closing.is_set():
+            raise
+        # The drain's own stop reached launch() before Gradio's loop that catches it: a clean stop all the same.
     finally:
         if api_server is not None:
             api_server.should_exit = True

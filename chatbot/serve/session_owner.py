@@ -18,7 +18,9 @@ learns it (a shared screen, a proxy log, a browser extension) could otherwise re
   ``/call/{api}/{id}``) are traced to their session through Gradio's queue.
 
 A session Gradio already holds but that has no owner here (its binding was pushed out by 100,000
-newer sessions) is refused too: failing closed costs that tab a reload, never its chat.
+newer sessions) is refused too: failing closed costs that tab a reload, never its chat. New sessions are
+rate-limited per address and per browser, and one address holds at most its share of them
+(``session_quota.py``), so one client cannot push the other tabs' chats out.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from typing import Any
 from urllib.parse import parse_qs
 
 from .security import send_json_error
+from .session_quota import SessionQuota
 
 log = logging.getLogger(__name__)
 COOKIE_PREFIX = "qwen3-chat-browser-"
@@ -50,9 +53,10 @@ def cookie_key(storage_secret: str) -> bytes:
 class SessionOwnership:
     """ASGI middleware: session hashes answer only to the browser (cookie) that first used them."""
 
-    def __init__(self, app, key: bytes, capacity: int = SESSION_CAPACITY) -> None:
+    def __init__(self, app, key: bytes, capacity: int = SESSION_CAPACITY, max_sessions: int = 1000) -> None:
         self.app, self.key, self.capacity = app, key, capacity
         self.owners: OrderedDict[str, str] = OrderedDict()  # session hash -> browser token
+        self.quota = SessionQuota(max_sessions)
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
@@ -74,6 +78,11 @@ class SessionOwnership:
                 return
             receive = replay(body, receive)
         problem = self.refusal(scope, path, body, browser)
+        if isinstance(problem, tuple):  # too many new sessions: a 429 with Retry-After
+            message, seconds = problem
+            log.warning("Refused a new session from %s: %s", client_address(scope), message)
+            await send_json_error(send, 429, message, "too_many_sessions", [(b"retry-after", str(seconds).encode())])
+            return
         if problem is not None:
             log.warning("Refused %s %s: %s", scope.get("method"), path, problem)
             await send_json_error(send, 403, problem, "session_owner")
@@ -116,8 +125,9 @@ class SessionOwnership:
 
     # --- the session a request names, and whether this browser owns it --------------------------------------
 
-    def refusal(self, scope, path: str, body: Any, browser: str | None) -> str | None:
-        """Why this request may not touch the session it names (None: it may)."""
+    def refusal(self, scope, path: str, body: Any, browser: str | None) -> str | tuple[str, int] | None:
+        """Why this request may not touch the session it names (None: it may; a message and the seconds
+        to wait: it would start one session too many)."""
         sessions = sessions_named(scope, path, body)
         if not isinstance(sessions, list):
             return "This page does not use that kind of request; send JSON."
@@ -127,7 +137,7 @@ class SessionOwnership:
                 return problem
         return None
 
-    def owner_problem(self, scope, session: str, browser: str | None) -> str | None:
+    def owner_problem(self, scope, session: str, browser: str | None) -> str | tuple[str, int] | None:
         """Why ``browser`` may not use ``session`` (None: it owns it, or now does as its first user)."""
         if browser is None:
             return (
@@ -138,11 +148,19 @@ class SessionOwnership:
         if owner is None:
             if gradio_holds(scope, session):
                 return "This page's session has expired on the server: reload the page."
+            address = client_address(scope)
+            too_many = self.quota.refusal(address, browser)
+            if too_many is not None:
+                return too_many
+            for released in self.quota.started(address, browser, session):
+                let_go(scope, released)  # its binding stays: that tab is told to reload, no one else gets it
             self.owners[session] = browser
             if len(self.owners) > self.capacity:
                 self.owners.popitem(last=False)
             return None
         self.owners.move_to_end(session)
+        for released in self.quota.used(client_address(scope), session):
+            let_go(scope, released)
         if hmac.compare_digest(owner.encode(), browser.encode()):
             return None
         return f"Session {session[:4]}… belongs to another browser: only the page that started a chat can use it."
@@ -188,6 +206,21 @@ def gradio_holds(scope, session: str) -> bool:
     queue = gradio_queue(scope)
     pending = getattr(queue, "pending_event_ids_session", {})
     return (holder is not None and session in holder) or session in pending
+
+
+def client_address(scope) -> str:
+    return (scope.get("client") or ("unknown", 0))[0]
+
+
+def let_go(scope, session: str) -> None:
+    """Drop ``session``'s state from Gradio's holder (the address that made it holds too many); its tab is
+    told to reload, its chat stays in its browser."""
+    holder = getattr(scope.get("app"), "state_holder", None)
+    if holder is None:
+        return
+    with holder.lock:
+        holder.session_data.pop(session, None)  # as Gradio itself evicts beyond its capacity
+        holder.time_last_used.pop(session, None)
 
 
 def session_of_event(scope, event_id: str) -> str:

@@ -10,14 +10,16 @@ them:
 * the chats live in the browser (``assets/chat.js``: one localStorage entry per chat, the tab's
   current chat in sessionStorage), listed in the left panel (new, open, rename, delete with undo,
   search, export and import one chat or all);
-* the settings (theme, thinking, sampling) are kept per browser in a ``gr.BrowserState``;
+* the settings (theme, thinking, sampling) and the saved system prompts (``ui_prompts``) are kept per
+  browser in a ``gr.BrowserState``;
+* files dropped, pasted or picked are attached to the next message (``ui_attach``, ``attachments``);
 * every reply gets its own stop signal; Stop (or Esc) sets the signals of its own session only;
 * the reply handler has no Gradio concurrency limit, so every request reaches the engine's own
   bounded FIFO queue, whose position is shown under the pending answer.
 
 Endpoints for ``gradio_client``: /chat, /regenerate, /edit_message (the Chatbot's own edit event),
-/switch_version, /previous_answer, /next_answer, /stop, /undo, /edit_last, /clear, /new_chat,
-/export_conversation, /import_conversation, /model_status, /context_meter.
+/switch_version, /previous_answer, /next_answer, /continue_reply, /delete_message, /stop, /undo, /edit_last,
+/clear, /new_chat, /export_conversation, /export_all_markdown, /import_conversation, /model_status, /context_meter.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import html
 import json
 import logging
 import os
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,14 +36,20 @@ from typing import Any
 import gradio as gr
 
 from ..engine.sampling import DEFAULT_MAX_NEW_TOKENS, NON_THINKING_DEFAULTS, THINKING_DEFAULTS
+from . import ui_attach, ui_export, ui_prompts
 from .app_state import App
 from .security import ui_middleware
+from .session_budget import SessionBudget
 from .session_owner import SessionOwnership, cookie_key
 from .slow_clients import deadline_by_default
+from .ui_asked import AskedReplies, arriving
+from .ui_continue import continue_reply
+from .ui_delete import delete_message
 from .ui_errors import EventErrors, log_event_errors
-from .ui_handlers import ChatHandlers
+from .ui_handlers import ChatHandlers, ReplyInputs, session_of
 from .ui_render import ESCAPED_TAGS
 from .ui_session import storage_secret
+from .uploads import UPLOAD_TTL_SECONDS, UploadQuota, discard_upload
 
 log = logging.getLogger(__name__)
 # The page's script, style and logo: inside the package once installed (pip install .), else the checkout's assets/.
@@ -57,6 +66,7 @@ LATEX_DELIMITERS: list[dict[str, str | bool]] = [
 ]
 SETTING_NAMES: tuple[str, ...] = ("theme", "thinking", *("temperature", "top_p", "top_k", "max_new_tokens"))
 SETTING_NAMES += ("presence_penalty", "repetition_penalty", "min_new_tokens")
+KEPT_NAMES = (*SETTING_NAMES, "prompts")  # what the browser keeps: the settings' controls, then the saved prompts
 SHORTCUTS = """| keys | does |
 |---|---|
 | Enter / Shift+Enter | send / new line |
@@ -68,9 +78,15 @@ SHORTCUTS = """| keys | does |
 # js hooks of events (run in the page before the Python function; their values replace the inputs)
 JS_RESTORE = "(record, draft, prompt) => [qcStore.readText(qcStore.current()), qcStore.draft(), prompt]"
 JS_INDEX = "(index, id) => [JSON.stringify(qcStore.index(qcStore.searchText())), id]"
-JS_OPEN = "(id, record, ...rest) => [id, qcStore.readText(id), ...rest]"
-JS_SCROLL = "(...args) => { qcScrollDown(); return args; }"
+# A chat switch or a Stop waits for the first step of a reply asked for just before (assets/chat.js, ui_asked.py).
+JS_OPEN = (
+    "async (id, record, ...rest) => { await qcAsking.settled(); qcScrollDown(); "
+    "return [id, qcStore.readText(id), ...rest]; }"
+)
+JS_AFTER_ASKED = "async (...args) => { await qcAsking.settled(); return args; }"
+JS_ASKING = "(...args) => { qcScrollDown(); qcAsking.start(); return args; }"
 JS_SWITCH = "(request, ...rest) => [qcVersions.request, ...rest]"
+JS_DELETE = "(request, ...rest) => [qcDelete.request, ...rest]"
 
 
 # --- layout -----------------------------------------------------------------------------------------------
@@ -119,6 +135,7 @@ def api_help(app: App, request: gr.Request | None) -> tuple[str, str]:
 @dataclass
 class SettingsPanel:
     system_prompt: gr.Textbox
+    prompts: ui_prompts.PromptControls  # saved prompts and the one new chats start with
     theme: gr.Radio
     # temperature, top_p, top_k, max_new_tokens, presence_penalty, repetition_penalty, min_new_tokens
     sampling: list[gr.Slider]
@@ -139,6 +156,7 @@ def settings_panel(app: App, mode: dict[str, Any]) -> SettingsPanel:
             lines=3,
             max_lines=10,
         )
+        prompts = ui_prompts.prompt_controls()
         theme = gr.Radio(["System", "Light", "Dark"], value="System", label="Theme", elem_id="qc-theme")
         with gr.Accordion("Sampling", open=True):
             sampling = [
@@ -168,7 +186,7 @@ def settings_panel(app: App, mode: dict[str, Any]) -> SettingsPanel:
         with gr.Accordion("Use from code (OpenAI API)", open=False, elem_id="qc-api"):
             api_text = gr.Markdown(elem_id="qc-api-url")
             api_snippet = gr.Code(language="python", interactive=False, show_label=False, elem_id="qc-api-snippet")
-    return SettingsPanel(system_prompt, theme, sampling, reset_button, api_text, api_snippet)
+    return SettingsPanel(system_prompt, prompts, theme, sampling, reset_button, api_text, api_snippet)
 
 
 @dataclass
@@ -183,16 +201,27 @@ class ChatsPanel:
     export_button: gr.Button
     export_all_button: gr.Button
     import_button: gr.UploadButton
+    export_markdown_button: gr.Button
+    export_all_markdown_button: gr.Button
 
 
-def chats_panel() -> ChatsPanel:
-    """The left panel: the chats kept in this browser, newest first, and what can be done with them."""
+def chats_panel(where: str = "in this browser") -> ChatsPanel:
+    """The left panel: the chats kept ``where`` (this browser, or this server), newest first, and what can be
+    done with them."""
     with gr.Sidebar(label="Chats", position="left", open=True, width=280, elem_id="qc-chats"):
         new_button = gr.Button("+ New chat", variant="primary", size="sm", elem_id="qc-new")
         search = gr.Textbox(
-            placeholder="Search chats…", show_label=False, container=False, elem_id="qc-search", max_lines=1
+            placeholder="Search chats…",
+            label="Search chats",  # not shown: what a screen reader says (Gradio's default is "Textbox")
+            show_label=False,
+            container=False,
+            elem_id="qc-search",
+            max_lines=1,
         )
-        chats = gr.Radio([], label="Chats in this browser", elem_id="qc-list", container=False)
+        # Where they are kept, said once (a shared computer's user reads whether clearing the browser loses them).
+        kept = "on this server, for your login" if where == "on this server" else "in this browser"
+        gr.Markdown(f"Chats kept {kept}", elem_id="qc-where", elem_classes="qc-hint")
+        chats = gr.Radio([], label=f"Chats {where}", elem_id="qc-list", container=False)
         with gr.Row(elem_id="qc-chat-tools"):
             delete_button = gr.Button("Delete", size="sm", variant="secondary", elem_id="qc-delete", min_width=60)
             undo_delete_button = gr.Button(
@@ -200,7 +229,12 @@ def chats_panel() -> ChatsPanel:
             )
         with gr.Row(elem_id="qc-rename"):
             title_box = gr.Textbox(
-                placeholder="Rename this chat…", show_label=False, container=False, max_lines=1, scale=3
+                placeholder="Rename this chat…",
+                label="Chat title",
+                show_label=False,
+                container=False,
+                max_lines=1,
+                scale=3,
             )
             rename_button = gr.Button("Rename", size="sm", variant="secondary", scale=1, min_width=60)
         with gr.Row(elem_id="qc-files"):
@@ -210,13 +244,19 @@ def chats_panel() -> ChatsPanel:
             )
             import_button = gr.UploadButton(
                 "Import",
-                file_types=[".json"],
+                file_types=[".json", ".md"],
                 file_count="single",
                 size="sm",
                 variant="secondary",
                 elem_id="qc-import",
                 min_width=60,
             )
+        export_markdown_button = gr.Button(
+            "Export as Markdown", size="sm", variant="secondary", elem_id="qc-export-md", min_width=60
+        )
+        export_all_markdown_button = gr.Button(
+            "Export all as Markdown", size="sm", variant="secondary", elem_id="qc-export-all-md", min_width=60
+        )
         with gr.Accordion("Keyboard shortcuts", open=False, elem_id="qc-shortcuts"):
             gr.Markdown(SHORTCUTS, elem_classes="qc-hint")
     return ChatsPanel(
@@ -230,6 +270,8 @@ def chats_panel() -> ChatsPanel:
         export_button,
         export_all_button,
         import_button,
+        export_markdown_button,
+        export_all_markdown_button,
     )
 
 
@@ -238,7 +280,9 @@ def build_ui(app: App) -> gr.Blocks:
     handlers = ChatHandlers(app)
     thinking_default = True
     mode = THINKING_DEFAULTS if thinking_default else NON_THINKING_DEFAULTS
-    with gr.Blocks(title="Qwen3 Chat", analytics_enabled=False, fill_height=True) as demo:
+    # Files Gradio made (uploads, exports) are deleted once they are UPLOAD_TTL_SECONDS old, used or not.
+    cache_sweep = (60, int(UPLOAD_TTL_SECONDS))
+    with gr.Blocks(title="Qwen3 Chat", analytics_enabled=False, fill_height=True, delete_cache=cache_sweep) as demo:
         conversation = gr.State(handlers.unrestored_conversation())
         title = gr.State("")
         kept_for_undo = gr.State(None)
@@ -257,8 +301,11 @@ def build_ui(app: App) -> gr.Blocks:
         version_request = gr.Textbox("", visible="hidden")  # "TURN:STEP", set by the page's script
         edit_request = gr.Textbox("", visible="hidden")  # an edited question: {"index": ..., "value": ...}
         switch_button = gr.Button(visible="hidden", elem_id="qc-switch-version")  # clicked by the page's script
+        continue_button = gr.Button(visible="hidden", elem_id="qc-continue-reply")  # "Continue ▸" under a cut answer
+        delete_request = gr.Textbox("", visible="hidden")  # {"index": position of the message as drawn}
+        delete_button = gr.Button(visible="hidden", elem_id="qc-delete-message")  # a message's 🗑, via the script
 
-        chats = chats_panel()
+        chats = chats_panel("on this server" if handlers.store is not None else "in this browser")
         panel = settings_panel(app, mode)
         system_prompt, sampling = panel.system_prompt, panel.sampling
         temperature, top_p, top_k, max_new_tokens = sampling[:4]
@@ -280,12 +327,15 @@ def build_ui(app: App) -> gr.Blocks:
             editable="user",  # any question can be edited: answered again from there, earlier version kept
             feedback_options=None,
             group_consecutive_messages=False,
-            autoscroll=True,
+            autoscroll=False,  # the page follows a reply only while the reader is at the bottom (chat.js)
             placeholder="<div class='qc-empty'><b>Ask anything.</b><br>English, 中文, code, Markdown, math…</div>",
         )
         notice = gr.HTML("", elem_id="qc-notice")
+        attaching = ui_attach.attach_controls()  # the files waiting for the next message, as chips
         with gr.Row(elem_id="qc-composer"):
+            attach_button = ui_attach.attach_button()
             message_box = gr.Textbox(
+                label="Message",
                 show_label=False,
                 placeholder="Message Qwen3…  (Enter sends, Shift+Enter starts a new line)",
                 lines=1,
@@ -302,27 +352,39 @@ def build_ui(app: App) -> gr.Blocks:
                 thinking_default, label="Think before answering", elem_id="qc-thinking", scale=0, min_width=210
             )
             meter = gr.HTML("", elem_id="qc-meter")
-            previous_button = gr.Button("‹", size="sm", variant="secondary", scale=0, min_width=36, elem_id="qc-prev")
-            next_button = gr.Button("›", size="sm", variant="secondary", scale=0, min_width=36, elem_id="qc-next")
-            regenerate_button = gr.Button("↻ Regenerate", size="sm", variant="secondary", scale=0, min_width=110)
-            undo_button = gr.Button("↶ Undo", size="sm", variant="secondary", scale=0, min_width=80)
-            edit_button = gr.Button(
-                "✎ Edit last", size="sm", variant="secondary", scale=0, min_width=100, elem_id="qc-edit"
-            )
-            clear_button = gr.Button("✕ Clear", size="sm", variant="secondary", scale=0, min_width=80)
+            # The chat's buttons in a row of their own: on a phone it takes a line under the switch and the meter.
+            with gr.Row(elem_id="qc-tools"):
+                previous_button = gr.Button(
+                    "‹", size="sm", variant="secondary", scale=0, min_width=36, elem_id="qc-prev"
+                )
+                next_button = gr.Button("›", size="sm", variant="secondary", scale=0, min_width=36, elem_id="qc-next")
+                regenerate_button = gr.Button("↻ Regenerate", size="sm", variant="secondary", scale=0, min_width=110)
+                undo_button = gr.Button("↶ Undo", size="sm", variant="secondary", scale=0, min_width=80)
+                edit_button = gr.Button(
+                    "✎ Edit last", size="sm", variant="secondary", scale=0, min_width=100, elem_id="qc-edit"
+                )
+                clear_button = gr.Button("✕ Clear", size="sm", variant="secondary", scale=0, min_width=80)
         # The badge follows the load, and a remote server's reachability for as long as the page is open.
         status = app.backend.status()
         loading = status.state in ("not loaded", "loading")
         timer = gr.Timer(0.5 if loading else REMOTE_BADGE_SECONDS, active=not status.settled)
 
         chat_states = [conversation, chat_id, title]
-        meter_inputs = [message_box, system_prompt, thinking, max_new_tokens, conversation]
+        meter_inputs = [message_box, system_prompt, thinking, max_new_tokens, conversation, attaching.pending]
         reply_outputs = [chat, message_box, notice, conversation, record]
         private: dict[str, Any] = {"api_visibility": "private"}
         # The context meter: counted on the server with the model's tokenizer, after typing pauses
         # (wired first: the later private events that count again would otherwise take its API name).
+        # On "change", not "input": Gradio's textbox sends "input" for keys only, so pasted, dropped or
+        # filled-in text would not be counted until Send refused it.
         gr.on(
-            [message_box.input, thinking.change, max_new_tokens.change, system_prompt.input],
+            [
+                message_box.change,
+                thinking.change,
+                max_new_tokens.change,
+                system_prompt.change,
+                attaching.pending.change,
+            ],
             handlers.context_meter,
             meter_inputs,
             meter,
@@ -335,10 +397,22 @@ def build_ui(app: App) -> gr.Blocks:
         # (not beside the reply) so that a quick reply cannot finish before it. An edit's first step also
         # keeps what was edited: the Chatbot's event data does not reach the steps chained after it.
         buttons = [send_button, stop_button]
-        for triggers, start, start_outputs, handler, inputs, api_name in (
-            ([message_box.submit, send_button.click], show_stop_button, buttons, handlers.send, [message_box], "chat"),
-            ([regenerate_button.click, chat.retry], show_stop_button, buttons, handlers.regenerate, [], "regenerate"),
-            ([chat.edit], take_edit, [edit_request, *buttons], handlers.edit_message, [edit_request], "edit_message"),
+        send = ui_attach.with_attached(handlers.send)  # the message with its attached files written in
+        controls = reply_components(
+            enable_thinking=thinking,
+            system_prompt=system_prompt,
+            **dict(zip(SETTING_NAMES[2:], sampling, strict=True)),
+            conversation=conversation,
+            chat_id=chat_id,
+            title=title,
+        )
+        # The first step notes the reply as asked for: a chat switch right after it waits until it has started.
+        show_stop, take_edit = asking_steps(handlers.stops.asked)
+        for triggers, start, start_outputs, handler, first, api_name in (
+            ([message_box.submit, send_button.click], show_stop, buttons, send, message_box, "chat"),
+            ([regenerate_button.click, chat.retry], show_stop, buttons, handlers.regenerate, None, "regenerate"),
+            ([chat.edit], take_edit, [edit_request, *buttons], handlers.edit_message, edit_request, "edit_message"),
+            ([continue_button.click], show_stop, buttons, continue_reply(handlers), None, "continue_reply"),
         ):
             started = gr.on(
                 triggers,
@@ -346,21 +420,31 @@ def build_ui(app: App) -> gr.Blocks:
                 None,
                 start_outputs,
                 concurrency_limit=None,
-                trigger_mode="once",
-                js=JS_SCROLL,
+                trigger_mode="multiple",  # one during a reply is refused at once, saying why (not ignored)
+                js=JS_ASKING,
                 **private,
             )
+            started.then(None, None, None, js="() => { qcAsking.done(); }", trigger_mode="multiple", **private)
+            leading = {} if first is None else {"message" if first is message_box else "edit_request": first}
+            files = {"attached": attaching.pending} if first is message_box else {}  # then emptied once sent
+            # Every step "multiple": a chained step defaults to "once", which makes the page drop a second
+            # Enter's reply step while the first reply (the same step) still streams, without a word.
             reply = started.then(
-                handler,
-                [*inputs, thinking, system_prompt, *sampling, *chat_states],
-                reply_outputs,
+                reply_event(handler, *leading, *files, asked=handlers.stops.asked),
+                None,
+                reply_outputs + list(files.values()),
+                inputs_kwargs={**leading, **files, **controls},
                 api_name=api_name,
                 concurrency_limit=None,
                 show_progress="hidden",
+                trigger_mode="multiple",
             )
-            reply.then(show_send_button, None, buttons, **private)
-            reply.then(handlers.context_meter, meter_inputs, meter, show_progress="hidden", **private)
-        stop_button.click(handlers.stop, None, notice, api_name="stop", queue=False)
+            # Send again unless a reply is still being written in the chat shown (this one was refused, say).
+            reply.then(handlers.reply_buttons, None, buttons, trigger_mode="multiple", **private)
+            reply.then(
+                handlers.context_meter, meter_inputs, meter, show_progress="hidden", trigger_mode="multiple", **private
+            )
+        stop_button.click(handlers.stop, None, notice, api_name="stop", queue=False, js=JS_AFTER_ASKED)
         demo.unload(handlers.stop_on_unload)
 
         # Another chat shown (a version, fewer turns, another or a new chat): the context meter counts it again.
@@ -387,12 +471,25 @@ def build_ui(app: App) -> gr.Blocks:
             js=JS_SWITCH,
             api_name="switch_version",
         ).then(**meter_again, **private)
+        delete_button.click(
+            delete_message(handlers),
+            [delete_request, *chat_states],
+            [chat, conversation, record, notice],
+            js=JS_DELETE,
+            api_name="delete_message",
+        ).then(**meter_again, **private)
         edit_button.click(
             handlers.edit_last,
-            [message_box, *chat_states],
+            [message_box, conversation],
             [chat, message_box, notice, conversation, record],
             api_name="edit_last",
-        ).then(**meter_again, **private)
+        ).then(ui_attach.reclaim, [message_box, attaching.pending], [message_box, attaching.pending], **private).then(
+            **meter_again, **private
+        )
+
+        max_chars = int(app.settings.max_chat_mb * 2**20)  # of the files waiting, together: a chat holds no more
+        files_back = ui_attach.wire(attaching, attach_button, notice=notice, max_chars=max_chars)  # kept by the page
+        ui_prompts.wire(panel.prompts, system_prompt, notice, meter_again)
 
         # Chats: every change of this tab's chat is written to the browser, then the list is redrawn.
         # (the page redraws the list itself when a chat is new or renamed, not on every save of a streaming reply)
@@ -405,16 +502,29 @@ def build_ui(app: App) -> gr.Blocks:
         # Typing in the search box and other tabs' changes redraw the list through the page's debounced refresh.
         refresh_list.click(handlers.chat_list, [chat_index, chat_id], chats.chats, js=JS_INDEX, queue=False, **private)
         new_outputs = [chat, conversation, chat_id, title, notice, record]
-        gr.on([chats.new_button.click], handlers.new_chat, system_prompt, new_outputs, api_name="new_chat").then(
-            handlers.chat_list, [chat_index, chat_id], chats.chats, js=JS_INDEX, queue=False, **private
-        ).then(**meter_again, **private)
-        chats.chats.input(
+        # A reply running in the chat left goes on (saved, not drawn): Send or Stop follow the chat shown.
+        new = gr.on(
+            [chats.new_button.click],
+            handlers.new_chat,
+            system_prompt,
+            new_outputs,
+            api_name="new_chat",
+            js=JS_AFTER_ASKED,
+        )
+        new.then(handlers.chat_list, [chat_index, chat_id], chats.chats, js=JS_INDEX, queue=False, **private).then(
+            **meter_again, **private
+        )
+        new.then(handlers.reply_buttons, None, buttons, **private)
+        new.then(ui_prompts.for_new_chat, panel.prompts.store, system_prompt, **private).then(**meter_again, **private)
+        opened = chats.chats.input(
             handlers.open_chat,
             [chats.chats, read_record, conversation],
             [chat, conversation, chat_id, title, notice, system_prompt],
             js=JS_OPEN,
             **private,
-        ).then(handlers.context_meter, meter_inputs, meter, show_progress="hidden", **private)
+        )
+        opened.then(handlers.context_meter, meter_inputs, meter, show_progress="hidden", **private)
+        opened.then(handlers.reply_buttons, None, buttons, **private)
         chats.rename_button.click(
             handlers.rename,
             [chats.title_box, conversation, chat_id],
@@ -427,30 +537,40 @@ def build_ui(app: App) -> gr.Blocks:
             chat_states,
             [chat, conversation, chat_id, title, record, deleted_id, kept_for_undo, chats.undo_delete_button],
             api_name="clear",
-        ).then(**meter_again, **private)
+            js=JS_AFTER_ASKED,
+        ).then(**meter_again, **private).then(handlers.reply_buttons, None, buttons, **private)
         chats.undo_delete_button.click(
             handlers.undo_delete,
             kept_for_undo,
             [chat, conversation, chat_id, title, record, chats.undo_delete_button],
+            js=JS_AFTER_ASKED,
             **private,
-        ).then(**meter_again, **private)
+        ).then(**meter_again, **private).then(handlers.reply_buttons, None, buttons, **private)
         chats.export_button.click(
             handlers.export_conversation, chat_states, export_file, api_name="export_conversation"
         ).then(None, export_file, None, js="(file) => { qcStore.downloadFile(file); }", **private)
-        chats.export_all_button.click(None, None, None, js="() => { qcStore.downloadAll(); }", **private)
+        chats.export_markdown_button.click(
+            handlers.export_markdown, chat_states, export_file, api_name="export_markdown"
+        ).then(None, export_file, None, js="(file) => { qcStore.downloadFile(file); }", **private)
+        # The page exports the chats it keeps itself; chats kept on the server come as a file from there.
+        chats.export_all_button.click(
+            handlers.export_all, None, export_file, js="() => { qcStore.downloadAll(); }", api_name="export_all"
+        ).then(None, export_file, None, js="(file) => { qcStore.downloadFile(file); }", **private)
+        ui_export.wire(handlers, chats.export_all_markdown_button, export_file)
         chats.import_button.upload(
-            handlers.import_conversation,
+            imported_and_deleted(handlers),
             [chats.import_button, system_prompt],
             [chat, notice, system_prompt, conversation, chat_id, title, record, records],
             api_name="import_conversation",
         ).then(**meter_again, **private)
 
-        message_box.input(None, message_box, None, js="(text) => { qcStore.draft(text); }", **private)
-        message_box.submit(None, None, None, js="() => { qcStore.draft(''); }", **private)
-        send_button.click(None, None, None, js="() => { qcStore.draft(''); }", **private)
+        # The unsent text is kept in the tab: typed, or put back by the server (a refused message). It is
+        # emptied only when the server has stored the message (its reply's first step empties the box),
+        # so a message that never reached the server (it was down) stays, and a sent one never comes back.
+        message_box.change(None, message_box, None, js="(text) => { qcStore.draft(text); }", **private)
 
         # Settings: kept per browser, restored on load; the theme applies at once.
-        setting_controls = [panel.theme, thinking, *sampling]
+        setting_controls = [panel.theme, thinking, *sampling, panel.prompts.store]
         for control in setting_controls:
             # Every control of the list has .change (gradio types the list as its common base, FormComponent).
             control.change(save_settings, setting_controls, settings_store, queue=False, **private)  # type: ignore[attr-defined]
@@ -464,7 +584,12 @@ def build_ui(app: App) -> gr.Blocks:
         timer.tick(handlers.poll_model_status, token_sliders, [badge, timer, *token_sliders], queue=False, **private)
         demo.load(handlers.model_status, None, badge, api_name="model_status")
         demo.load(handlers.max_tokens_controls, token_sliders, token_sliders, **private)
-        demo.load(restore_settings, settings_store, setting_controls, **private)
+        # A new chat in this tab starts with the default system prompt, once both the settings and the chat are back.
+        fresh_inputs = [panel.prompts.store, conversation]
+        fresh_prompt = dict(fn=ui_prompts.for_fresh_chat, inputs=fresh_inputs, outputs=system_prompt)
+        demo.load(restore_settings, settings_store, setting_controls, **private).then(**fresh_prompt, **private).then(
+            **meter_again, **private
+        )
 
         def show_api_help(request: gr.Request) -> tuple[str, str]:
             return api_help(app, request)
@@ -478,41 +603,82 @@ def build_ui(app: App) -> gr.Blocks:
             **private,
         ).then(handlers.chat_list, [chat_index, chat_id], chats.chats, js=JS_INDEX, queue=False, **private).then(
             handlers.context_meter, meter_inputs, meter, show_progress="hidden", **private
-        )
+        ).then(**fresh_prompt, **private).then(**meter_again, **private).then(**files_back)
     return demo
+
+
+def reply_components(**components: Any) -> dict[str, Any]:
+    """The components a reply reads, by ``ReplyInputs`` field name (all of them, no other)."""
+    if tuple(components) != ReplyInputs.names():
+        raise ValueError(f"reply inputs {tuple(components)} differ from ReplyInputs {ReplyInputs.names()}")
+    return components
+
+
+def reply_event(
+    handler: Callable[..., Iterator[Any]], *leading: str, asked: AskedReplies | None = None
+) -> Callable[..., Iterator[Any]]:
+    """Gradio's function for a reply event: the values come by name (``inputs_kwargs``) and go to ``handler``
+    as its ``leading`` arguments (the message, or the edit) then one ``ReplyInputs``; ``asked``: where the
+    reply's first step noted it, to count it as arrived (``ui_asked``)."""
+
+    def event(request: gr.Request, **values: Any) -> Iterator[Any]:
+        first = [values.pop(name) for name in leading]
+        outputs = handler(*first, ReplyInputs(**values), request)
+        yield from outputs if asked is None else arriving(outputs, asked, session_of(request))
+
+    event.__name__ = handler.__name__
+    return event
 
 
 def show_stop_button() -> tuple[Any, Any]:
     return gr.update(visible=False), gr.update(visible=True)
 
 
-def take_edit(edit: gr.EditData) -> tuple[Any, ...]:
-    """An edited question as JSON text for the next step (which position in the chat, the new text)."""
-    request = json.dumps({"index": edit.index, "value": edit.value}, ensure_ascii=False)
-    return request, *show_stop_button()
+def asking_steps(asked: AskedReplies) -> tuple[Callable[..., Any], Callable[..., Any]]:
+    """A reply's first steps (Send swapped for Stop; an edit's, which also keeps what was edited), each noting
+    the reply as asked for in ``asked``."""
 
+    def show_stop(request: gr.Request) -> tuple[Any, Any]:
+        asked.expect(session_of(request))
+        return show_stop_button()
 
-def show_send_button() -> tuple[Any, Any]:
-    return gr.update(visible=True), gr.update(visible=False)
+    def take_edit(edit: gr.EditData, request: gr.Request) -> tuple[Any, ...]:
+        """An edited question as JSON text for the next step (which position in the chat, the new text)."""
+        asked.expect(session_of(request))
+        return json.dumps({"index": edit.index, "value": edit.value}, ensure_ascii=False), *show_stop_button()
+
+    return show_stop, take_edit
 
 
 def save_settings(*values: Any) -> dict[str, Any]:
-    return dict(zip(SETTING_NAMES, values, strict=True))
+    return dict(zip(KEPT_NAMES, values, strict=True))
 
 
 def restore_settings(saved: Any) -> tuple[Any, ...]:
     """The settings this browser kept (a value missing or from an older version keeps the default)."""
     if not isinstance(saved, dict):
-        return (gr.skip(),) * len(SETTING_NAMES)
-    return tuple(saved[name] if name in saved else gr.skip() for name in SETTING_NAMES)
+        return (gr.skip(),) * len(KEPT_NAMES)
+    return tuple(saved[name] if name in saved else gr.skip() for name in KEPT_NAMES)
+
+
+def imported_and_deleted(handlers: ChatHandlers):
+    """The import handler, deleting the uploaded file once it has been read (the chat is then in the browser)."""
+
+    def import_conversation(file: str | None, system_prompt: str, request: gr.Request) -> tuple[Any, ...]:
+        try:
+            return handlers.import_conversation(file, system_prompt, request)
+        finally:
+            discard_upload(file)
+
+    return import_conversation
 
 
 def page_middleware(app: App) -> list:
     """The door's middleware (Host/Origin, sizes, login), then each session's owner check innermost."""
     from starlette.middleware import Middleware
 
-    owner = Middleware(SessionOwnership, key=cookie_key(storage_secret()))
-    return [*ui_middleware(app.settings), owner, Middleware(EventErrors)]
+    owner = Middleware(SessionOwnership, key=cookie_key(storage_secret()), max_sessions=app.settings.session_capacity)
+    return [*ui_middleware(app.settings), Middleware(UploadQuota), owner, Middleware(EventErrors)]
 
 
 def launch_ui(app: App) -> None:
@@ -525,16 +691,20 @@ def launch_ui(app: App) -> None:
         app.settings.port,
         " (login required)" if app.settings.auth else "",
     )
-    script = (ASSETS / "chat.js").read_text(encoding="utf-8")
+    script = "\n".join((ASSETS / name).read_text(encoding="utf-8") for name in ("chat.js", "attach.js"))
+    page_css = (ASSETS / "page.css").read_text(encoding="utf-8")  # as it is: not scoped to the app by Gradio
+    # Where the page's chats are kept (assets/chat.js reads it): "server" (one store per login) or "browser".
+    keeper = "server" if app.settings.keeps_chats_on_server() else "browser"
     deadline_by_default()  # Gradio's own uvicorn closes connections that never finish their headers, too
+    SessionBudget(demo, int(app.settings.session_memory_mb * 2**20)).start()  # held chats within a total
     log_event_errors()  # one rate-limited log line per failed event, not a traceback on stderr
     demo.launch(
         server_name=app.settings.host,
         server_port=app.settings.port,
-        auth=app.settings.auth_pair(),
+        auth=app.settings.auth_pairs() or None,
         auth_message="Qwen3 Chat: log in with the user and password given to --auth.",
-        css_paths=[ASSETS / "style.css"],
-        head=f"<script>{script}</script>",
+        css_paths=[ASSETS / "style.css", ASSETS / "attach.css"],
+        head=f'<style>{page_css}</style><script>window.qcChatStore = "{keeper}";</script><script>{script}</script>',
         theme=gr.themes.Soft(
             primary_hue="violet",
             neutral_hue="slate",
@@ -550,8 +720,10 @@ def launch_ui(app: App) -> None:
         run_history=False,
         ssr_mode=False,
         show_error=False,  # no Python error text reaches a browser; handlers show their own notices
+        # Gradio's /monitoring would show usage to anyone without --auth and print its key's URL on each visit.
+        enable_monitoring=False,
         quiet=True,
         app_kwargs={"middleware": page_middleware(app)},
         max_file_size=int(app.settings.max_upload_mb * 2**20),
-        state_session_capacity=app.settings.max_sessions,  # beyond: the least recently used tab's chat is let go
+        state_session_capacity=app.settings.session_capacity,  # beyond: the least recently used tab's chat is let go
     )

@@ -26,8 +26,9 @@ BAD_CALL = (
 
 
 class EventErrors:
-    """ASGI middleware for Gradio: a 500 from an event route becomes a 400 with a short message (Gradio's
-    own message for a value it refused, such as a number out of range; else a general one)."""
+    """ASGI middleware for Gradio: a 500 from an event route, or an exception it raised, becomes a 400 with
+    a short message (Gradio's own message for a value it refused, such as a number out of range; else a
+    general one) and one log line."""
 
     def __init__(self, app) -> None:
         self.app = app
@@ -36,14 +37,15 @@ class EventErrors:
         if scope["type"] != "http" or not scope.get("path", "").startswith("/gradio_api/"):
             await self.app(scope, receive, send)
             return
-        failed = False
+        failed = started = False
         body = b""
 
         async def rewrite(message) -> None:
-            nonlocal failed, body
+            nonlocal failed, started, body
             if message["type"] == "http.response.start" and message["status"] == 500:
                 failed = True
                 return
+            started = True
             if not failed:
                 await send(message)
                 return
@@ -52,7 +54,12 @@ class EventErrors:
                 if not message.get("more_body", False):
                     await send_json_error(send, 400, short_message(body), "bad_event_call")
 
-        await self.app(scope, receive, rewrite)
+        try:
+            await self.app(scope, receive, rewrite)
+        except Exception:  # a Gradio route that raised (a made-up fn_index...): one line, not a traceback
+            _log_current_exception()
+            if not started:  # else the server ends the half-sent response
+                await send_json_error(send, 400, BAD_CALL, "bad_event_call")
 
 
 def short_message(body: bytes) -> str:
@@ -77,15 +84,15 @@ def _log_current_exception(*_args, **_kwargs) -> None:
 
 
 def log_event_errors() -> None:
-    """Gradio's event routes and queue print tracebacks with ``traceback.print_exc()``: give those two modules
+    """Gradio's event routes, queue and route helpers print tracebacks with ``traceback.print_exc()``: give them
     a ``traceback`` whose ``print_exc`` logs one line instead (the stdlib module itself stays as it is)."""
     import traceback
 
-    from gradio import queueing, routes
+    from gradio import queueing, route_utils, routes
 
     public = {name: getattr(traceback, name) for name in dir(traceback) if not name.startswith("__")}
     shim = types.SimpleNamespace(**public)
     shim.print_exc = _log_current_exception
-    for module in (routes, queueing):
+    for module in (routes, queueing, route_utils):
         if getattr(module, "traceback", None) is traceback:
             module.traceback = shim  # type: ignore[attr-defined]

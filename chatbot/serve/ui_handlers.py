@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import html
 import json
+import logging
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,11 @@ from ..chat.request import ChatRequest
 from ..engine.sampling import DEFAULT_MAX_NEW_TOKENS, NON_THINKING_DEFAULTS, THINKING_DEFAULTS
 from ..errors import ChatbotError
 from .app_state import App
-from .ui_render import LiveReply, badge_html, conversation_messages, indexed_messages, user_message
+from .attachments import attachments_of, compose, with_typed_text
+from .chat_markdown import chats_from_markdown, looks_like_markdown, to_markdown
+from .chat_store import Chats, PageChats, open_chat_store
+from .session_quota import web_client
+from .ui_render import LiveReply, badge_html, conversation_messages, indexed_messages, user_messages
 from .ui_session import (
     StopSignals,
     check_chat_size,
@@ -41,6 +46,7 @@ from .ui_session import (
 )
 from .ui_versions import add_version, show_version, versions_before_change
 
+log = logging.getLogger(__name__)
 # Screen updates are batched: at most ~10 a second however fast the model writes, so a long reply
 # costs the browser a few hundred re-renders, not one per token (the first piece of the thinking and
 # of the answer are shown at once).
@@ -50,7 +56,15 @@ SAVE_INTERVAL_SECONDS = 0.5  # how often a streaming reply is written to the bro
 # normally); a bound, so a stuck reply cannot hold the page.
 STOP_WAIT_SECONDS = 10.0
 ARCHIVE_FORMAT = "qwen3-chat-archive"  # "Export all": {"format": ..., "chats": [record, ...]}
-BUSY = "A reply is still being written: wait for it or press Stop, then try again."
+# A reply's last outputs when its chat was deleted under it. Gradio ends a streaming event by sending its
+# last value of every output again; without this, the chat as last drawn (question and partial reply) would
+# come back after Clear, and its record would save the deleted chat again.
+LEAVE_THE_PAGE_ALONE = (gr.skip(),) * 5
+BUSY = "A reply is still being written in this chat: wait for it or press Stop (Esc), then try again."
+BUSY_SEND = (
+    "A reply is still being written in this chat: your message stays in the box; "
+    "send it once the reply ends, or press Stop (Esc) first."
+)
 FULL_CHAT = "Start a new chat (this one stays saved in this browser), or start the server with a larger --max-chat-mb."
 
 
@@ -81,6 +95,37 @@ def take_pending_edit(conversation: Conversation) -> Branch | None:
     return branch if conversation.to_list() == before else None
 
 
+@dataclass(frozen=True)
+class ReplyInputs:
+    """What a reply reads from the page besides its message: the chat controls' values and the tab's chat.
+
+    ``ui.py`` wires one component to each field by name (``reply_components``), so the page and the
+    handlers cannot drift apart; the names are also the parameters of /chat, /regenerate and /edit_message.
+    """
+
+    enable_thinking: bool
+    system_prompt: str
+    temperature: float
+    top_p: float
+    top_k: float
+    max_new_tokens: float
+    presence_penalty: float
+    repetition_penalty: float
+    min_new_tokens: float
+    conversation: Conversation
+    chat_id: str
+    title: str
+
+    @classmethod
+    def names(cls) -> tuple[str, ...]:
+        return tuple(item.name for item in fields(cls))
+
+    def sampling(self) -> dict[str, float]:
+        """The sampling sliders' values, as ``sampling_kwargs`` takes them."""
+        names = ("temperature", "top_p", "top_k", "max_new_tokens", "presence_penalty", "repetition_penalty")
+        return {name: getattr(self, name) for name in (*names, "min_new_tokens")}
+
+
 def notice_html(error: ChatbotError | str) -> str:
     text = error if isinstance(error, str) else error.message + (f" {error.fix}" if error.fix else "")
     return f'<div class="qc-notice" role="alert">{html.escape(text)}</div>'
@@ -90,6 +135,13 @@ def info_html(text: str) -> str:
     return f'<div class="qc-notice qc-info" role="status">{html.escape(text)}</div>'
 
 
+def export_file(name: str, text: str) -> str:
+    """``text`` written to a file called ``name`` in a folder of its own; its path, for the page to download."""
+    path = Path(tempfile.mkdtemp(prefix="qwen3-chat-export-")) / name
+    path.write_text(text, encoding="utf-8")
+    return str(path)
+
+
 class ChatHandlers:
     """The functions behind the page's events; one instance per app, state passed in by Gradio."""
 
@@ -97,6 +149,30 @@ class ChatHandlers:
         self.app = app
         self.stops = StopSignals()
         self.initial_chat_id = new_chat_id()  # what a session has before its page restores its chat
+        self.store = open_chat_store(app.settings)  # None: the chats are kept by each browser
+
+    def chats(self, request: gr.Request) -> Chats:
+        """Where the chats of this event's login are kept: on the server (one store per login), or in the page."""
+        if self.store is None:
+            return PageChats()
+        if not request.username:  # the login middleware lets no event through without one
+            log.warning("An event came without a login; its chat is not kept on the server")
+            return PageChats()
+        # A session that never loaded the page (gradio_client) has the id every session starts with: its own here.
+        return self.store.user(
+            request.username, {self.initial_chat_id: f"{self.initial_chat_id}-{session_of(request)}"}
+        )
+
+    def _kept(self, chats: Chats, data: dict[str, Any]) -> str:
+        """``data`` (a saved chat) kept where ``chats`` keeps them; its JSON for the page's hidden record.
+
+        A store that refuses it (full) leaves the chat as it was kept, and says so in a pop-up."""
+        try:
+            chats.save(data)
+        except ChatbotError as error:
+            log.warning("A chat was not saved: %s", error.message)
+            gr.Warning(error.message + (f" {error.fix}" if error.fix else ""))
+        return as_text(data)
 
     def unrestored_conversation(self) -> Conversation:
         """The chat a session starts with (Gradio gives each new session a copy), marked as such."""
@@ -107,13 +183,17 @@ class ChatHandlers:
     def session_lost(self, conversation: Conversation, chat_id: str) -> str | None:
         """A notice when the page shows a chat but the server has only a new session's empty one.
 
-        That happens when Gradio let the session go (more than --max-sessions tabs since) while the tab
-        stayed open; answering from the empty chat would overwrite the chat kept in the browser.
+        That happens when the server let the session go (more than --max-sessions tabs since, the held chats
+        over --session-memory-mb, or this address holding half the tabs) while the tab stayed open; answering
+        from the empty chat would overwrite the chat kept in the browser.
         """
         if getattr(conversation, "unrestored", False) and chat_id != self.initial_chat_id:
+            settings = self.app.settings
+            kept = "on this server" if self.store else "in this browser"
             return notice_html(
                 "The server no longer holds this tab's chat (it keeps the chats of at most "
-                f"{self.app.settings.max_sessions} tabs): reload the page. Your chats are kept in this browser."
+                f"{settings.session_capacity} tabs within {settings.session_memory_mb:g} MB, the least recently "
+                f"used let go first): reload the page. Your chats are kept {kept}."
             )
         return None
 
@@ -126,24 +206,9 @@ class ChatHandlers:
         context = backend.context_window()
         return backend.limits.bound(max_new_tokens_bound(context)) if context else None
 
-    def send(
-        self,
-        message: str,
-        enable_thinking: bool,
-        system_prompt: str,
-        temperature: float,
-        top_p: float,
-        top_k: float,
-        max_new_tokens: float,
-        presence_penalty: float,
-        repetition_penalty: float,
-        min_new_tokens: float,
-        conversation: Conversation,
-        chat_id: str,
-        title: str,
-        request: gr.Request,
-    ) -> Iterator[tuple[Any, ...]]:
+    def send(self, message: str, inputs: ReplyInputs, request: gr.Request) -> Iterator[tuple[Any, ...]]:
         """Stream the reply to ``message``; outputs (chat, message box, notice, conversation, record)."""
+        conversation, chat_id = inputs.conversation, inputs.chat_id
         lost = self.session_lost(conversation, chat_id)
         if lost is not None:  # nothing is saved: the browser keeps the chat as it was
             yield gr.skip(), message, lost, conversation, gr.skip()
@@ -152,32 +217,16 @@ class ChatHandlers:
             text = "Type a message first." if not message else "The message is only blank space: type some text."
             yield conversation_messages(conversation), message, notice_html(text), conversation, gr.skip()
             return
-        options = self._options(
-            temperature, top_p, top_k, max_new_tokens, presence_penalty, repetition_penalty, min_new_tokens
-        )
+        if self.stops.running(session_of(request)):  # the message stays in the box, to send once it ends
+            yield gr.skip(), message, notice_html(BUSY_SEND), conversation, gr.skip()
+            return
         branch = take_pending_edit(conversation)  # after Edit last (or ↑): the old exchange stays a version
-        yield from self._reply(
-            conversation, message, enable_thinking, system_prompt, options, session_of(request), chat_id, title, branch
-        )
+        yield from self._reply(inputs, message, session_of(request), branch, web_client(request), self.chats(request))
 
-    def regenerate(
-        self,
-        enable_thinking: bool,
-        system_prompt: str,
-        temperature: float,
-        top_p: float,
-        top_k: float,
-        max_new_tokens: float,
-        presence_penalty: float,
-        repetition_penalty: float,
-        min_new_tokens: float,
-        conversation: Conversation,
-        chat_id: str,
-        title: str,
-        request: gr.Request,
-    ) -> Iterator[tuple[Any, ...]]:
+    def regenerate(self, inputs: ReplyInputs, request: gr.Request) -> Iterator[tuple[Any, ...]]:
         """Answer the last message again (the previous answer comes back if this one fails)."""
-        lost = self.session_lost(conversation, chat_id)
+        conversation = inputs.conversation
+        lost = self.session_lost(conversation, inputs.chat_id)
         if lost is not None:
             yield gr.skip(), gr.skip(), lost, conversation, gr.skip()
             return
@@ -189,49 +238,30 @@ class ChatHandlers:
         if self.stops.running(session_of(request)):
             yield gr.skip(), gr.skip(), notice_html(BUSY), conversation, gr.skip()
             return
-        options = self._options(
-            temperature, top_p, top_k, max_new_tokens, presence_penalty, repetition_penalty, min_new_tokens
-        )
         branch = Branch("assistant", versions_before_change(conversation, last), conversation.turns[last - 1 :])
         del conversation.turns[last - 1 :]
         question = branch.removed[0].content
-        session = session_of(request)
-        yield from self._reply(
-            conversation, question, enable_thinking, system_prompt, options, session, chat_id, title, branch
-        )
+        yield from self._reply(inputs, question, session_of(request), branch, web_client(request), self.chats(request))
 
-    def edit_message(
-        self,
-        edit_request: str,
-        enable_thinking: bool,
-        system_prompt: str,
-        temperature: float,
-        top_p: float,
-        top_k: float,
-        max_new_tokens: float,
-        presence_penalty: float,
-        repetition_penalty: float,
-        min_new_tokens: float,
-        conversation: Conversation,
-        chat_id: str,
-        title: str,
-        request: gr.Request,
-    ) -> Iterator[tuple[Any, ...]]:
+    def edit_message(self, edit_request: str, inputs: ReplyInputs, request: gr.Request) -> Iterator[tuple[Any, ...]]:
         """A question edited in place (any of them): answered again from there; what followed it before
         is kept as the question's earlier version (‹ › under the answer switch back).
 
         ``edit_request``: JSON {"index": position of the message in the chat as drawn, "value": new text}.
         """
+        conversation = inputs.conversation
         edit = from_text(edit_request)
         edit = edit if isinstance(edit, dict) else {}
         drawn = indexed_messages(conversation)
         position = edit.get("index")
-        index = drawn[position][0] if isinstance(position, int) and 0 <= position < len(drawn) else -1
+        index, edited = drawn[position] if isinstance(position, int) and 0 <= position < len(drawn) else (-1, {})
         value = edit.get("value")
         text = value if isinstance(value, str) else ""
         problem = ""
         if index < 0 or conversation.turns[index].role != "user":
             problem = "Only your own messages can be edited, once their reply has ended."
+        elif edited.get("metadata"):  # a file attached to the question, drawn folded
+            problem = "An attached file cannot be edited: edit the message's text, or send the file again."
         elif self.stops.running(session_of(request)):
             problem = BUSY
         elif not text.strip():
@@ -239,21 +269,16 @@ class ChatHandlers:
         if problem:
             yield conversation_messages(conversation), gr.skip(), notice_html(problem), conversation, gr.skip()
             return
+        text = with_typed_text(conversation.turns[index].content, text)  # its attached files stay
         if text == conversation.turns[index].content and index + 1 < len(conversation.turns):
             yield conversation_messages(conversation), gr.skip(), "", conversation, gr.skip()  # nothing changed
             return
-        options = self._options(
-            temperature, top_p, top_k, max_new_tokens, presence_penalty, repetition_penalty, min_new_tokens
-        )
         branch = Branch("user", versions_before_change(conversation, index), conversation.turns[index:])
         del conversation.turns[index:]
-        session = session_of(request)
-        yield from self._reply(
-            conversation, text, enable_thinking, system_prompt, options, session, chat_id, title, branch
-        )
+        yield from self._reply(inputs, text, session_of(request), branch, web_client(request), self.chats(request))
 
-    def _options(self, *values: float) -> dict[str, Any]:
-        options = sampling_kwargs(*values)
+    def _options(self, inputs: ReplyInputs) -> dict[str, Any]:
+        options = sampling_kwargs(**inputs.sampling())
         limit = self.max_new_tokens_limit() or self.app.backend.limits.max_new_tokens_cap
         if limit is not None and options["max_new_tokens"] > limit:
             # A value past the context (an old saved setting, an API call) would make every message fail.
@@ -263,48 +288,66 @@ class ChatHandlers:
 
     def _reply(
         self,
-        conversation: Conversation,
+        inputs: ReplyInputs,
         message: str,
-        enable_thinking: bool,
-        system_prompt: str,
-        options: dict[str, Any],
         session: str,
-        chat_id: str,
-        title: str,
         branch: Branch | None = None,
+        client: str = "ui:unknown",
+        chats: Chats | None = None,
     ) -> Iterator[tuple[Any, ...]]:
-        """Stream a reply to ``message`` after ``conversation``; ``branch``: what an edit or a regeneration
-        replaced (put back if this reply fails, kept as a version once it succeeds)."""
-        conversation.system_prompt = system_prompt.strip()
+        """Stream a reply to ``message`` after ``inputs.conversation``; ``branch``: what an edit or a regeneration
+        replaced (put back if this reply fails, kept as a version once it succeeds); ``client``: whose fair
+        turn it takes (``web_client``); ``chats``: where the chat is kept as it grows (default: the page)."""
+        chats = chats or PageChats()
+        conversation, chat_id, title = inputs.conversation, inputs.chat_id, inputs.title
+        options = self._options(inputs)
+        conversation.system_prompt = inputs.system_prompt.strip()
         earlier = conversation_messages(conversation)
         live = LiveReply()
         restore = branch.removed if branch is not None else []
 
-        def record(pending: bool) -> str:
-            exchange = pending_exchange(message, live.thinking, live.answer, live.stats) if pending else None
+        def record_data(pending: bool, tokens: int | None = None) -> dict[str, Any]:
+            stats = live.progress_stats(tokens) if pending else live.stats
+            exchange = pending_exchange(message, live.thinking, live.answer, stats) if pending else None
             if exchange and branch is not None:  # a reload mid-reply keeps the earlier versions too
                 changed = exchange[0 if branch.role == "user" else 1]
                 shown = {key: changed[key] for key in ("content", "thinking", "stats") if key in changed}
                 changed |= {"versions": [*branch.versions, shown | {"after": []}], "version": len(branch.versions)}
-            return as_text(saved_form(conversation, chat_id, title, exchange))
+            return saved_form(conversation, chat_id, title, exchange)
 
-        grown = record(True)
+        def record(pending: bool, tokens: int | None = None) -> str:
+            return self._kept(chats, record_data(pending, tokens))
+
+        grown_data = record_data(True)
+        grown = as_text(grown_data)
         try:  # a chat grows by typing too: held, it stays within the same bounds as an imported one
             check_chat_size(json.loads(grown), self.app.settings.max_chat_mb, grown, fix=FULL_CHAT)
         except ChatbotError as error:
             conversation.turns.extend(restore)
             yield conversation_messages(conversation), message, notice_html(error), conversation, gr.skip()
             return
-        # The question is stored before the model starts: a reload from now on keeps it.
-        yield [*earlier, user_message(message), *live.messages()], "", "", conversation, grown
-        with self.stops.reply(session) as stop:
+        with self.stops.reply(session, chat_id, conversation) as stop:
+            if stop is None:  # another reply started in this chat meanwhile (a second Enter, say)
+                conversation.turns.extend(restore)
+                busy = notice_html(BUSY if branch else BUSY_SEND)
+                yield gr.skip(), message if branch is None else gr.skip(), busy, conversation, gr.skip()
+                return
+            try:
+                chats.save(grown_data)  # the question is kept before the model starts; a full store refuses it
+            except ChatbotError as error:
+                conversation.turns.extend(restore)
+                yield conversation_messages(conversation), message, notice_html(error), conversation, gr.skip()
+                return
+            # The question is stored before the model starts: a reload from now on keeps it.
+            with stop.drawing():
+                yield [*earlier, *user_messages(message), *live.messages()], "", "", conversation, grown
             try:
                 next_update = next_save = 0.0
                 backend = self.app.backend
                 request = ChatRequest.build(
                     conversation.messages_with(message),
-                    enable_thinking=enable_thinking,
-                    client=f"ui:{session}",  # each browser session takes its own turns
+                    enable_thinking=inputs.enable_thinking,
+                    client=client,  # the login or the address: a new tab is no new client
                     limits=backend.limits,
                     **options,
                 )
@@ -314,59 +357,95 @@ class ChatHandlers:
                     first_of_its_kind = isinstance(event, QueuePosition) or _starts_a_part(event, live)
                     live.apply(event)
                     now = time.perf_counter()
-                    if stop.discarded or live.done is not None or (now < next_update and not first_of_its_kind):
+                    if stop.discarded == "dropped" or live.done is not None:
+                        continue
+                    if now < next_update and not first_of_its_kind:
                         continue
                     next_update = now + STREAM_INTERVAL_SECONDS
                     saving = now >= next_save
                     next_save = now + SAVE_INTERVAL_SECONDS if saving else next_save
-                    shown = [*earlier, user_message(message), *live.messages()]
-                    yield shown, gr.skip(), "", conversation, record(True) if saving else gr.skip()
+                    saved = record(True, self._tokens_so_far(live)) if saving else gr.skip()
+                    with stop.drawing() as shown_here:
+                        if shown_here:
+                            shown = [*earlier, *user_messages(message), *live.messages()]
+                            # The notice is left alone: one saying why a Send during this reply was
+                            # refused would otherwise be wiped by the next piece, 0.1 s later.
+                            yield shown, gr.skip(), gr.skip(), conversation, saved
+                        elif saving:  # its tab shows another chat: saved, not drawn
+                            yield gr.skip(), gr.skip(), gr.skip(), gr.skip(), saved
             except ChatbotError as error:
                 conversation.turns.extend(restore)
                 if stop.discarded == "dropped":
+                    yield LEAVE_THE_PAGE_ALONE
                     return
-                yield conversation_messages(conversation), message, notice_html(error), conversation, record(False)
+                refused = conversation_messages(conversation), message, notice_html(error), conversation
+                with stop.drawing() as shown_here:
+                    yield *(refused if shown_here else (gr.skip(),) * 4), record(False)
                 return
-        if stop.discarded == "dropped":
-            return  # the chat was cleared: nothing of this reply is kept
-        if live.done is None or (live.done.finish_reason == "cancelled" and not live.done.full_response.strip()):
-            # Stopped before the model wrote anything: nothing to keep, the text goes back in the box.
-            conversation.turns.extend(restore)
-            if stop.discarded:
-                yield gr.skip(), gr.skip(), gr.skip(), gr.skip(), record(False)
+            if stop.discarded == "dropped":  # the chat was cleared: nothing of this reply is kept
+                yield LEAVE_THE_PAGE_ALONE
                 return
-            text = "Stopped before the model started on this message."
-            yield conversation_messages(conversation), message, notice_html(text), conversation, record(False)
-            return
-        conversation.add_exchange(message, live.done)
-        conversation.turns[-1].stats = live.stats
-        if branch is not None:  # edited or regenerated: what was there stays as a version to switch back to
-            add_version(conversation.turns[-2 if branch.role == "user" else -1], branch.versions)
-        if stop.discarded:  # the tab moved to another chat: this one is saved, the screen is left alone
-            yield gr.skip(), gr.skip(), gr.skip(), gr.skip(), record(False)
-            return
-        yield conversation_messages(conversation), gr.skip(), "", conversation, record(False)
+            interrupted = live.done is not None and stop.interrupted(live.done.finish_reason)
+            if live.done is None or (live.done.finish_reason == "cancelled" and not live.done.full_response.strip()):
+                # Stopped before the model wrote anything: nothing to keep, the text goes back in the box.
+                conversation.turns.extend(restore)
+                with stop.drawing() as shown_here:
+                    if not shown_here:
+                        yield gr.skip(), gr.skip(), gr.skip(), gr.skip(), record(False)
+                        return
+                    text = "Stopped before the model started on this message."
+                    yield conversation_messages(conversation), message, notice_html(text), conversation, record(False)
+                return
+            conversation.add_exchange(message, live.done)
+            # Cancelled by the server (shutting down) or a closed tab, not by the user's Stop: said so, not "stopped".
+            conversation.turns[-1].stats = live.stats | ({"finish_reason": "interrupted"} if interrupted else {})
+            if branch is not None:  # edited or regenerated: what was there stays as a version to switch back to
+                add_version(conversation.turns[-2 if branch.role == "user" else -1], branch.versions)
+            with stop.drawing() as shown_here:
+                if not shown_here:  # the tab shows another chat: this one is saved, the screen is left alone
+                    yield gr.skip(), gr.skip(), gr.skip(), gr.skip(), record(False)
+                    return
+                yield conversation_messages(conversation), gr.skip(), "", conversation, record(False)
 
-    def stop(self, request: gr.Request) -> str:
-        """Stop this session's running reply (other sessions keep theirs)."""
+    def _tokens_so_far(self, live: LiveReply) -> int | None:
+        """The tokens of a reply still streaming, counted with the model's tokenizer (None without one)."""
+        loaded = self.app.backend.loaded
+        if loaded is None:
+            return None
+        return len(loaded.tokenizer.encode(live.thinking + live.answer, add_special_tokens=False))
+
+    def reply_buttons(self, request: gr.Request) -> tuple[Any, Any]:
+        """Send, or Stop while a reply is being written in the chat this tab shows (outputs: send, stop)."""
+        running = self.stops.running(session_of(request))
+        return gr.update(visible=not running), gr.update(visible=running)
+
+    def stop(self, request: gr.Request) -> Any:
+        """Stop the reply this tab shows (its other chats' replies and other sessions keep theirs).
+
+        The notice is left alone when a reply was stopped: a queued one says "Stopped before the model
+        started" at once, and an answer to this click arriving after it must not wipe that."""
         stopped = self.stops.stop(session_of(request))
-        return "" if stopped else notice_html("Nothing to stop.")
+        return gr.skip() if stopped else notice_html("Nothing to stop.")
 
     def stop_on_unload(self, request: gr.Request) -> None:
         """A closed or reloaded tab stops its reply (the page saved it as far as it got)."""
-        self.stops.stop(session_of(request))
+        self.stops.stop(session_of(request), everywhere=True, closed=True)
 
     # --- editing the chat ---------------------------------------------------------------------------------
 
-    def undo(self, conversation: Conversation, chat_id: str, title: str) -> tuple[Any, ...]:
+    def undo(self, conversation: Conversation, chat_id: str, title: str, request: gr.Request) -> tuple[Any, ...]:
         """Remove the last exchange (the last question and everything after it: answer, tool calls, results)."""
         last = last_question(conversation)
         if last is not None:
             del conversation.turns[last:]
-        return conversation_messages(conversation), conversation, as_text(saved_form(conversation, chat_id, title))
+        record = self._kept(self.chats(request), saved_form(conversation, chat_id, title))
+        return conversation_messages(conversation), conversation, record
 
-    def edit_last(self, message: str, conversation: Conversation, chat_id: str, title: str) -> tuple[Any, ...]:
-        """Remove the last exchange and put its question back in the message box to be edited and sent."""
+    def edit_last(self, message: str, conversation: Conversation, request: gr.Request) -> tuple[Any, ...]:
+        """Remove the last exchange and put its question back in the message box to be edited and sent.
+        Refused while a reply is being written in this chat (what is typed in the box stays)."""
+        if self.stops.running(session_of(request)):
+            return gr.skip(), message, notice_html(BUSY), conversation, gr.skip()
         last = last_question(conversation)
         if last is None:
             notice = notice_html("There is no message to edit yet.")
@@ -374,62 +453,74 @@ class ChatHandlers:
         question = conversation.turns[last].content
         hold_pending_edit(conversation, last)
         del conversation.turns[last:]
-        record = as_text(saved_form(conversation, chat_id, title))
-        return conversation_messages(conversation), question, "", conversation, record
+        # Not saved until the edited question is sent (it keeps the old one as a version then): a reload or
+        # another chat opened meanwhile finds the exchange still there, not lost with this tab's state.
+        return conversation_messages(conversation), question, "", conversation, gr.skip()
 
     def switch_version(
-        self, request_text: str, conversation: Conversation, chat_id: str, title: str
+        self, request_text: str, conversation: Conversation, chat_id: str, title: str, request: gr.Request
     ) -> tuple[Any, ...]:
         """Show another version of a message; ``request_text`` is "TURN:STEP" (from the arrows in the
         chat, STEP -1 or +1). Outputs: chat, record, notice."""
         turn_text, _, step_text = (request_text or "").partition(":")
         if not turn_text.isdigit() or step_text not in ("-1", "1"):
             return gr.skip(), gr.skip(), gr.skip()
-        return self._switch(int(turn_text), int(step_text), conversation, chat_id, title)
+        return self._switch(int(turn_text), int(step_text), conversation, chat_id, title, self.chats(request))
 
-    def _switch(self, index: int, step: int, conversation: Conversation, chat_id: str, title: str) -> tuple[Any, ...]:
+    def _switch(
+        self, index: int, step: int, conversation: Conversation, chat_id: str, title: str, chats: Chats
+    ) -> tuple[Any, ...]:
         turn = conversation.turns[index] if 0 <= index < len(conversation.turns) else None
         if turn is None or len(turn.versions) < 2:
             return gr.skip(), gr.skip(), notice_html("That message has no other version (the chat changed?).")
         show_version(conversation, index, (turn.version + step) % len(turn.versions))
-        return conversation_messages(conversation), as_text(saved_form(conversation, chat_id, title)), ""
+        return conversation_messages(conversation), self._kept(chats, saved_form(conversation, chat_id, title)), ""
 
-    def previous_answer(self, conversation: Conversation, chat_id: str, title: str) -> tuple[Any, ...]:
+    def previous_answer(
+        self, conversation: Conversation, chat_id: str, title: str, request: gr.Request
+    ) -> tuple[Any, ...]:
         """The previous version of the last answer; outputs chat, record, notice."""
-        return self._switch(len(conversation.turns) - 1, -1, conversation, chat_id, title)
+        return self._switch(len(conversation.turns) - 1, -1, conversation, chat_id, title, self.chats(request))
 
-    def next_answer(self, conversation: Conversation, chat_id: str, title: str) -> tuple[Any, ...]:
-        return self._switch(len(conversation.turns) - 1, 1, conversation, chat_id, title)
+    def next_answer(self, conversation: Conversation, chat_id: str, title: str, request: gr.Request) -> tuple[Any, ...]:
+        return self._switch(len(conversation.turns) - 1, 1, conversation, chat_id, title, self.chats(request))
 
     # --- chats: new, open, rename, delete and undo --------------------------------------------------------
 
     def new_chat(self, system_prompt: str, request: gr.Request) -> tuple[Any, ...]:
-        """A fresh chat in this tab; a reply still running in the old one finishes there and is saved."""
-        self.stops.stop_and_wait(session_of(request), STOP_WAIT_SECONDS, detach=True)
+        """A fresh chat in this tab; a reply still running in the old one goes on there and is saved."""
+        self.stops.detach(session_of(request), STOP_WAIT_SECONDS)
         fresh = Conversation(system_prompt.strip())
         return [], fresh, new_chat_id(), "", "", as_text(saved_form(fresh, ""))
 
     def open_chat(self, chosen: str, saved: str, conversation: Conversation, request: gr.Request) -> tuple[Any, ...]:
-        """Show the chat ``chosen`` in the list (``saved``: its saved form as JSON, read from this browser)."""
-        record = from_text(saved)
+        """Show the chat ``chosen`` in the list (``saved``: what the page holds of it, as JSON: the chat itself
+        when the browser keeps the chats)."""
+        chats = self.chats(request)
+        record = chats.load(chosen, from_text(saved))
         if not chosen or not isinstance(record, dict):
-            notice = notice_html("That chat is no longer saved in this browser (deleted in another tab?).")
+            notice = notice_html(f"That chat is no longer saved {chats.where} (deleted in another tab?).")
             return gr.skip(), conversation, gr.skip(), gr.skip(), notice, gr.skip()
-        self.stops.stop_and_wait(session_of(request), STOP_WAIT_SECONDS, detach=True)
+        session = session_of(request)
+        self.stops.detach(session, STOP_WAIT_SECONDS)  # a reply running here goes on, saved, not drawn
         try:
-            check_chat_size(record, self.app.settings.max_chat_mb, saved)
+            check_chat_size(record, self.app.settings.max_chat_mb)
             opened = from_saved_form(record, "")
         except ChatbotError as error:
             return gr.skip(), conversation, gr.skip(), gr.skip(), notice_html(error), gr.skip()
         title = str(record.get("title") or "")
+        running = self.stops.attach(session, chosen)
+        if running is not None and running.conversation is not None:
+            # Its reply is still being written: shown as saved so far, then drawn live again from its next piece.
+            return conversation_messages(opened), running.conversation, chosen, title, "", opened.system_prompt
         return conversation_messages(opened), opened, chosen, title, "", opened.system_prompt
 
-    def rename(self, new_title: str, conversation: Conversation, chat_id: str) -> tuple[Any, ...]:
+    def rename(self, new_title: str, conversation: Conversation, chat_id: str, request: gr.Request) -> tuple[Any, ...]:
         """Outputs: title, rename box, record, notice."""
         title = " ".join(new_title.split())[:120]
         if not conversation.turns:
             return gr.skip(), gr.skip(), gr.skip(), notice_html("Send a message first: an empty chat is not saved.")
-        return title, "", as_text(saved_form(conversation, chat_id, title)), ""
+        return title, "", self._kept(self.chats(request), saved_form(conversation, chat_id, title)), ""
 
     def delete(self, conversation: Conversation, chat_id: str, title: str, request: gr.Request) -> tuple[Any, ...]:
         """Delete this tab's chat (its reply, if running, is dropped); Undo brings it back.
@@ -437,6 +528,7 @@ class ChatHandlers:
         Outputs: chat, conversation, chat id, title, record, deleted id, kept-for-undo, undo button.
         """
         self.stops.stop_and_wait(session_of(request), STOP_WAIT_SECONDS, drop=True)
+        self.chats(request).delete(chat_id)
         kept = saved_form(conversation, chat_id, title) if conversation.turns else None
         fresh = Conversation(conversation.system_prompt)
         undo = gr.update(visible=kept is not None)
@@ -446,32 +538,48 @@ class ChatHandlers:
         """Bring the last deleted chat back (outputs: chat, conversation, chat id, title, record, undo button)."""
         if not isinstance(kept, dict):
             return gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.update(visible=False)
-        self.stops.stop_and_wait(session_of(request), STOP_WAIT_SECONDS, detach=True)
+        self.stops.detach(session_of(request), STOP_WAIT_SECONDS)
         restored = from_saved_form(kept, "")
         title = str(kept.get("title") or "")
         record = saved_form(restored, str(kept["id"]), title) | {"undeleted": True}  # the page lifts its tombstone
-        return conversation_messages(restored), restored, kept["id"], title, as_text(record), gr.update(visible=False)
+        record_text = self._kept(self.chats(request), record)
+        return conversation_messages(restored), restored, kept["id"], title, record_text, gr.update(visible=False)
 
     # --- files --------------------------------------------------------------------------------------------
 
     def export_conversation(self, conversation: Conversation, chat_id: str, title: str) -> str:
         """Write the conversation to a JSON file and return its path (the page downloads it)."""
-        folder = Path(tempfile.mkdtemp(prefix="qwen3-chat-export-"))
-        path = folder / "conversation.json"
         data = saved_form(conversation, chat_id, title)
-        path.write_text(json.dumps(data, ensure_ascii=False, indent=2), encoding="utf-8")
-        return str(path)
+        return export_file("conversation.json", json.dumps(data, ensure_ascii=False, indent=2))
 
-    def import_conversation(self, file: str | None, system_prompt: str) -> tuple[Any, ...]:
-        """Open an exported chat (or every chat of an "Export all" file) as new chats of this browser.
+    def export_markdown(self, conversation: Conversation, chat_id: str, title: str) -> str:
+        """Write the conversation as Markdown (``chat_markdown``) and return its path (the page downloads it)."""
+        return export_file("conversation.md", to_markdown(saved_form(conversation, chat_id, title)))
+
+    def export_all(self, request: gr.Request) -> str | None:
+        """ "Export all" of the chats kept on the server, as a JSON archive file (None: the page exports its own)."""
+        records = self.chats(request).all()
+        if records is None:
+            return None
+        return export_file(
+            "qwen3-chats.json", json.dumps({"format": ARCHIVE_FORMAT, "chats": records}, ensure_ascii=False)
+        )
+
+    def import_conversation(self, file: str | None, system_prompt: str, request: gr.Request) -> tuple[Any, ...]:
+        """Open an exported chat (JSON or Markdown, or every chat of an "Export all" file) as new chats.
 
         Outputs: chat, notice, system prompt, conversation, chat id, title, record, all imported records.
         """
         unchanged = (gr.skip(),) * 5
         if not file:
-            return gr.skip(), notice_html("Choose a JSON file to import."), *unchanged, gr.skip()
+            return gr.skip(), notice_html("Choose a .json or .md file to import."), *unchanged, gr.skip()
         try:
-            data = json.loads(Path(file).read_text(encoding="utf-8"))
+            text = Path(file).read_text(encoding="utf-8")
+            if looks_like_markdown(file):  # one chat, or every chat of "Export all as Markdown"
+                found = chats_from_markdown(text)
+                data = found[0] if len(found) == 1 else {"format": ARCHIVE_FORMAT, "chats": found}
+            else:
+                data = json.loads(text)
             items = data["chats"] if isinstance(data, dict) and data.get("format") == ARCHIVE_FORMAT else [data]
             for item in items:  # each chat is held by the server when opened: none may be over the limit
                 check_chat_size(item, self.app.settings.max_chat_mb)
@@ -486,6 +594,11 @@ class ChatHandlers:
             return gr.skip(), notice_html("The file holds no chats."), *unchanged, gr.skip()
         titles = [str(item.get("title") or "") if isinstance(item, dict) else "" for item in items]
         records = [saved_form(chat, new_chat_id(), title) for chat, title in zip(opened, titles, strict=True)]
+        chats = self.chats(request)
+        try:
+            chats.save_all(records)  # all of them or none
+        except ChatbotError as error:
+            return gr.skip(), notice_html(error), *unchanged, gr.skip()
         first = opened[0]
         note = info_html(f"Imported {len(records)} chats.") if len(records) > 1 else ""
         return (
@@ -501,15 +614,17 @@ class ChatHandlers:
 
     # --- page load, chat list, settings -------------------------------------------------------------------
 
-    def restore(self, saved: str, draft: str, system_prompt: str) -> tuple[Any, ...]:
-        """On page load: this tab's chat (kept in the browser, as JSON) and its unsent text, or a fresh chat.
+    def restore(self, saved: str, draft: str, system_prompt: str, request: gr.Request) -> tuple[Any, ...]:
+        """On page load: this tab's chat and its unsent text, or a fresh chat. ``saved``: what the page holds of
+        the tab's chat, as JSON (the chat itself when the browser keeps the chats, else its id).
 
         Outputs: chat, system prompt, conversation, chat id, title, message box, notice.
         """
-        record = from_text(saved)
+        sent = from_text(saved)
+        record = self.chats(request).load(str(sent.get("id") or ""), sent) if isinstance(sent, dict) else None
         if isinstance(record, dict) and record.get("id"):
             try:
-                check_chat_size(record, self.app.settings.max_chat_mb, saved)
+                check_chat_size(record, self.app.settings.max_chat_mb)
             except ChatbotError as error:  # the chat stays in the browser; this tab starts a new one
                 return (
                     [],
@@ -536,21 +651,29 @@ class ChatHandlers:
                 pass  # storage from an older version: start afresh
         return [], gr.skip(), Conversation(system_prompt.strip()), new_chat_id(), "", draft or "", ""
 
-    def chat_list(self, index_text: str, chat_id: str) -> Any:
-        """The sidebar's list from the page's index of saved chats (JSON [[title, id], ...], newest first)."""
-        index = from_text(index_text)
-        choices = [(str(title), str(key)) for title, key in index] if isinstance(index, list) else []
+    def chat_list(self, index_text: str, chat_id: str, request: gr.Request) -> Any:
+        """The sidebar's list of saved chats, newest first. ``index_text``: the page's own index (JSON [[title,
+        id], ...]) when the browser keeps the chats, else {"query": the search box's text}."""
+        choices = self.chats(request).index(from_text(index_text))
         ids = {key for _, key in choices}
         return gr.update(choices=choices, value=chat_id if chat_id in ids else None)
 
     def context_meter(
-        self, message: str, system_prompt: str, enable_thinking: bool, max_new_tokens: float, conversation: Conversation
+        self,
+        message: str,
+        system_prompt: str,
+        enable_thinking: bool,
+        max_new_tokens: float,
+        conversation: Conversation,
+        attached: Any = None,
     ) -> str:
-        """Tokens of the system prompt, the chat and the typed message against the context window (counted by
-        the model's tokenizer); over it, whether the oldest turns will be left out or the message refused."""
+        """Tokens of the system prompt, the chat and the typed message (with the files ``attached`` to it) against
+        the context window (counted by the model's tokenizer); over it, whether the oldest turns will be left
+        out or the message refused."""
         loaded = self.app.backend.loaded
         if loaded is None:
             return ""
+        message = compose(message, attachments_of(attached))
         probe = Conversation(system_prompt.strip(), conversation.turns)
         context = loaded.max_context
         reply_room = min(int(max_new_tokens), max_new_tokens_bound(context))

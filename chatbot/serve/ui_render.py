@@ -23,11 +23,15 @@ from typing import Any
 from ..chat.backend import BackendStatus
 from ..chat.conversation import Conversation, Turn
 from ..chat.events import AnswerDelta, ChatDone, ChatEvent, Loading, QueuePosition, ThinkingDelta
+from .attachments import describe_size, fence_language, split
 from .remote_view import remote_badge_html
+from .ui_actions import turn_actions
+from .ui_styles import without_positioning
 from .ui_versions import version_nav
 
 STATS_CLASS = "qc-stats"
 TITLE_PREVIEW = 80  # characters of a tool call's arguments or result shown in its folded block's title
+ATTACHMENT_SHOWN_CHARS = 20_000  # of an attached file's text drawn in its folded block (the model reads it all)
 Message = dict[str, Any]
 # Tags the page shows as text wherever they appear. Gradio escapes them in the HTML rendered from the
 # Markdown, so they must be tags neither Markdown nor Gradio's code blocks write (<a>, <code>, <span>,
@@ -66,8 +70,8 @@ def inline_math(text: str) -> str:
 
 def shown_markdown(text: str) -> str:
     """The Markdown the page draws for ``text``: fences that break Gradio's highlighter renamed, inline
-    ``$...$`` math in the page's own delimiters."""
-    return inline_math(CPP_FENCE_RE.sub(r"\1c++", text))
+    ``$...$`` math in the page's own delimiters, positioning styles taken out of its HTML (``ui_styles``)."""
+    return without_positioning(inline_math(CPP_FENCE_RE.sub(r"\1c++", text)))
 
 
 # --- messages ---------------------------------------------------------------------------------------------
@@ -81,6 +85,22 @@ def format_seconds(seconds: float) -> str:
 
 def user_message(text: str) -> Message:
     return {"role": "user", "content": shown_markdown(text)}
+
+
+def user_messages(text: str) -> list[Message]:
+    """A question as drawn: each attached file folded under its name (``attachments``), then the typed text."""
+    typed, files = split(text)
+    drawn = []
+    for item in files:
+        shown = item.text[:ATTACHMENT_SHOWN_CHARS]
+        if len(item.text) > len(shown):
+            shown += f"\n… ({len(item.text) - len(shown):,} more characters, all read by the model)"
+        fence = "`" * max(3, max((len(run) for run in re.findall(r"`+", shown)), default=0) + 1)
+        name = re.sub(r"([\\`*_\[\]<>#|~$])", r"\\\1", item.name)  # a name, not Markdown or math
+        title = f"{name} · {describe_size(item.text)}"  # after a paperclip (attach.css)
+        content = f"{fence}{fence_language(item.name)}\n{shown}\n{fence}"
+        drawn.append({"role": "user", "content": content, "metadata": {"title": title, "status": "done"}})
+    return [*drawn, user_message(typed)] if typed.strip() or not files else drawn
 
 
 def answer_message(text: str) -> Message:
@@ -140,9 +160,13 @@ def laid_out(value: Any) -> str:
     return f"{fence}json\n{code}\n{fence}"
 
 
-def stats_message(text: str, navs: tuple[str, ...] = ()) -> Message:
-    """The small line under an answer (status while it streams, stats once done), after its ``navs``."""
-    parts = [*navs, html.escape(text)] if text else list(navs)
+def stats_message(
+    text: str, navs: tuple[str, ...] = (), actions: tuple[str, ...] = (), *, live: bool = False
+) -> Message:
+    """The small line under an answer (status while it streams, ``live``; stats once done), after its ``navs``,
+    before its ``actions`` (``ui_actions``)."""
+    shown = f'<span class="qc-live">{html.escape(text)}</span>' if live else html.escape(text)
+    parts = [*navs, shown, *actions] if text else [*navs, *actions]
     return {"role": "assistant", "content": f'<span class="{STATS_CLASS}">{" · ".join(parts)}</span>'}
 
 
@@ -170,9 +194,10 @@ def is_stats_message(message: dict[str, Any]) -> bool:
 def format_stats(stats: dict[str, Any]) -> str:
     """ "0.21 s to first token · 35.2 tokens/s · 42 tokens", plus how the reply ended when unusual."""
     parts = []
-    if stats.get("new_tokens"):
-        parts.append(f"{stats.get('time_to_first_token', 0.0):.2f} s to first token")
-        parts.append(f"{stats.get('tokens_per_second', 0.0):.1f} tokens/s")
+    if stats.get("new_tokens") and "time_to_first_token" in stats:  # (a reply saved mid-way may lack its times)
+        parts.append(f"{stats['time_to_first_token']:.2f} s to first token")
+        if "tokens_per_second" in stats:
+            parts.append(f"{stats['tokens_per_second']:.1f} tokens/s")
     tokens = stats.get("new_tokens", 0)
     parts.append(f"{tokens} token" + ("" if tokens == 1 else "s"))
     if stats.get("queue_seconds", 0.0) >= 0.5:
@@ -181,7 +206,7 @@ def format_stats(stats: dict[str, Any]) -> str:
     if finish == "cancelled":
         parts.append("stopped")
     elif finish == "interrupted":
-        parts.append("interrupted: the page was closed or reloaded during the reply")
+        parts.append("interrupted: the page was closed or reloaded, or the server stopped, during the reply")
     elif finish == "length" and stats.get("time_limited"):
         parts.append("cut at the server's time limit for one reply")
     elif finish == "length":
@@ -191,11 +216,13 @@ def format_stats(stats: dict[str, Any]) -> str:
     return " · ".join(parts)
 
 
-def turn_messages(turn: Turn, navs: tuple[str, ...] = (), tool_name: str = "") -> list[Message]:
+def turn_messages(
+    turn: Turn, navs: tuple[str, ...] = (), tool_name: str = "", actions: tuple[str, ...] = ()
+) -> list[Message]:
     """One turn's messages; ``navs``: version switches shown in its stats line (see ``ui_versions``);
-    ``tool_name``: for a tool's result, the tool that gave it."""
+    ``tool_name``: for a tool's result, the tool that gave it; ``actions``: drawn at the end of its stats line."""
     if turn.role == "user":
-        return [user_message(turn.content), *([stats_message("", navs)] if navs else [])]
+        return [*user_messages(turn.content), *([stats_message("", navs)] if navs else [])]
     if turn.role == "tool":
         return [tool_result_message(turn.content, tool_name)]
     messages = []
@@ -206,7 +233,7 @@ def turn_messages(turn: Turn, navs: tuple[str, ...] = (), tool_name: str = "") -
         messages.append(answer_message(turn.content))
     messages += [tool_call_message(call) for call in turn.tool_calls if isinstance(call, dict)]
     if turn.stats or navs:
-        messages.append(stats_message(format_stats(turn.stats) if turn.stats else "", navs))
+        messages.append(stats_message(format_stats(turn.stats) if turn.stats else "", navs, actions))
     return messages
 
 
@@ -235,10 +262,13 @@ def indexed_messages(conversation: Conversation) -> list[tuple[int, Message]]:
         for call in turn.tool_calls
         if isinstance(call, dict) and isinstance(call.get("function") or {}, dict)
     }
+    actions = turn_actions(conversation)
     return [
         (index, message)
         for index, turn in enumerate(conversation.turns)
-        for message in turn_messages(turn, tuple(navs.get(index, ())), names.get(turn.tool_call_id, ""))
+        for message in turn_messages(
+            turn, tuple(navs.get(index, ())), names.get(turn.tool_call_id, ""), tuple(actions.get(index, ()))
+        )
     ]
 
 
@@ -255,10 +285,13 @@ class LiveReply:
     status: str = "Waiting for the model…"
     thinking_started: float | None = None
     thinking_seconds: float | None = None
+    first_text: float | None = None  # when the first thinking or answer text came
     done: ChatDone | None = None
 
     def apply(self, event: ChatEvent) -> None:
         now = time.perf_counter()
+        if isinstance(event, (ThinkingDelta, AnswerDelta)) and self.first_text is None:
+            self.first_text = now
         if isinstance(event, Loading):
             self.status = f"Loading the model… {event.fraction:.0%} ({event.stage})"
         elif isinstance(event, QueuePosition) and event.paused:
@@ -295,6 +328,23 @@ class LiveReply:
             "dropped_messages": self.done.dropped_messages,
         }
 
+    def progress_stats(self, tokens: int | None) -> dict[str, Any]:
+        """The stats of the reply as far as it got (``tokens`` so far, None when not counted): what is saved
+        while it streams, so a reload shows its real time to first token, speed and thinking time."""
+        if self.done is not None:
+            return self.stats
+        now = time.perf_counter()
+        stats: dict[str, Any] = {"new_tokens": tokens} if tokens else {}
+        if self.first_text is not None:
+            stats["time_to_first_token"] = round(self.first_text - self.started, 2)
+            writing = now - self.first_text
+            if tokens and tokens > 1 and writing > 0:
+                stats["tokens_per_second"] = round((tokens - 1) / writing, 1)
+        if self.thinking_started is not None:
+            thought = self.thinking_seconds if self.thinking_seconds is not None else now - self.thinking_started
+            stats["thinking_seconds"] = round(thought, 2)
+        return stats
+
     def messages(self) -> list[Message]:
         """Fresh message dicts for this reply (never the same objects twice, so streaming diffs work)."""
         ended = ""
@@ -307,7 +357,10 @@ class LiveReply:
             messages.append(thinking_message(self.thinking, seconds, done=finished, ended=ended))
         if self.answer:
             messages.append(answer_message(self.answer))
-        messages.append(stats_message(format_stats(self.stats) if self.done else self.status))
+        if self.done:
+            messages.append(stats_message(format_stats(self.stats)))
+        else:  # marked live: the page says so itself when the server goes out of reach (assets/chat.js)
+            messages.append(stats_message(self.status, live=True))
         return messages
 
 
@@ -321,6 +374,17 @@ def format_bytes(size: int) -> str:
     return f"{size} B"
 
 
+SHORT_REASON_CHARS = 60
+
+
+def short_reason(reason: str) -> str:
+    """The precision reason's first clause, without the mode's name: "FP16 fallback: no CUDA GPU (cpu) to run FP8
+    matmuls, so ..." -> "no CUDA GPU (cpu) to run FP8 matmuls" (at most ``SHORT_REASON_CHARS`` characters)."""
+    text = reason.split(": ", 1)[1] if ": " in reason[:48] else reason
+    text = re.split(r", |; | \u2014 ", text, maxsplit=1)[0].strip()
+    return text if len(text) <= SHORT_REASON_CHARS else text[: SHORT_REASON_CHARS - 1].rstrip() + "…"
+
+
 def badge_html(backend: BackendStatus, *, demo: bool) -> str:
     """The precision badge: mode, reason, device and weights' memory; progress while loading; for a remote
     server, what it reported of itself."""
@@ -332,12 +396,15 @@ def badge_html(backend: BackendStatus, *, demo: bool) -> str:
     decision = backend.precision
     if decision is not None and backend.state != "failed":
         mode_class = "fp8" if decision.mode == "fp8" else "fallback" if "fallback" in decision.label else "plain"
+        # Compact: the mode and one short reason; the device, the weights and the whole reason on a click.
         return (
-            f'<div class="qc-badge qc-badge-{mode_class}" data-status="ready">'
-            f'<span class="qc-badge-mode">{html.escape(decision.label)}</span>{demo_note}'
-            f'<span class="qc-badge-device">{html.escape(decision.device_name or decision.device)}'
+            f'<details class="qc-badge qc-badge-{mode_class}" data-status="ready">'
+            f'<summary title="Click for the details"><span class="qc-badge-mode">{html.escape(decision.label)}</span>'
+            f'{demo_note}<span class="qc-badge-short">{html.escape(short_reason(decision.reason))}</span></summary>'
+            f'<div class="qc-badge-more"><span class="qc-badge-device">'
+            f"{html.escape(decision.device_name or decision.device)}"
             f" · weights {format_bytes(backend.weights_bytes or 0)}</span>"
-            f'<div class="qc-badge-reason">{html.escape(decision.reason)}</div></div>'
+            f'<div class="qc-badge-reason">{html.escape(decision.reason)}</div></div></details>'
         )
     if backend.state == "failed":
         error = (backend.error or "unknown error").split(" Fix: ")[0]

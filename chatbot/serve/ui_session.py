@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import secrets
 import threading
 import time
@@ -30,6 +31,8 @@ from ..authoring.modelgen import demo_model_path
 from ..chat.reply import Conversation
 from ..engine.sampling import NON_THINKING_DEFAULTS, THINKING_DEFAULTS
 from ..errors import ChatbotError
+from .attachments import split
+from .ui_asked import AskedReplies
 from .ui_versions import turn_record, turns_from_records
 
 log = logging.getLogger(__name__)
@@ -42,25 +45,76 @@ MAX_CHAT_MESSAGES = 2000
 
 
 class ReplySignal(threading.Event):
-    """A reply's stop signal. ``discarded``: "detached" when its tab moved to another chat (the reply is
-    saved, not shown), "dropped" when its chat was deleted (nothing of it is kept); "" otherwise."""
+    """A reply's stop signal, and where the reply is shown.
 
-    discarded = ""
+    ``discarded``: "detached" while its tab shows another chat (the reply goes on and is saved, not drawn),
+    "dropped" once its chat was deleted (nothing of it is kept); "" while its chat is on the screen.
+    ``chat_id`` and ``conversation`` say which chat it grows, so opening that chat again shows it live.
+    ``closed``: set by the tab closing or reloading (not by its Stop button), so the reply is kept as interrupted.
+    """
+
+    def __init__(self, chat_id: str = "", conversation: Conversation | None = None) -> None:
+        super().__init__()
+        self.discarded = ""
+        self.closed = False
+        self.chat_id = chat_id
+        self.conversation = conversation
+        self._drawing = threading.Condition()
+        self._busy = False
+
+    @contextmanager
+    def drawing(self) -> Iterator[bool]:
+        """Around a yield of the reply's screen outputs: True while its chat is on the screen.
+
+        ``discard`` waits for the draw under way, so nothing drawn for this reply can land on the page
+        after what a chat switch or a deletion returns.
+        """
+        with self._drawing:
+            self._busy = True
+        try:
+            yield not self.discarded
+        finally:
+            with self._drawing:
+                self._busy = False
+                self._drawing.notify_all()
+
+    def interrupted(self, finish_reason: str | None) -> bool:
+        """Whether a reply that ended with ``finish_reason`` was cut by the server or a closed tab, not by Stop."""
+        return finish_reason == "cancelled" and (self.closed or not self.is_set())
+
+    def discard(self, how: str, timeout: float) -> None:
+        """Mark the reply "detached" or "dropped", then wait (at most ``timeout`` s) for a draw under way."""
+        self.discarded = how
+        with self._drawing:
+            self._drawing.wait_for(lambda: not self._busy, timeout)
 
 
 class StopSignals:
-    """The stop signals of the replies each browser session has running."""
+    """The stop signals of the replies each browser session has running (shown or not).
+
+    ``asked``: the replies asked for and not started yet. Detaching, dropping or stopping a session's replies
+    first waits for those (bounded), so a reply asked for just before a chat switch or a Stop is one of them.
+    """
 
     def __init__(self) -> None:
         self._lock = threading.Condition()
         self._by_session: dict[str, set[ReplySignal]] = {}
+        self.asked = AskedReplies()
 
     @contextmanager
-    def reply(self, session: str) -> Iterator[ReplySignal]:
-        """A fresh signal registered for ``session`` while the reply runs."""
-        signal = ReplySignal()
+    def reply(
+        self, session: str, chat_id: str = "", conversation: Conversation | None = None
+    ) -> Iterator[ReplySignal | None]:
+        """A fresh signal registered for ``session`` while the reply runs; None (nothing registered) when
+        the session already has a reply running in the chat it shows (one reply at a time per chat shown)."""
+        signal = ReplySignal(chat_id, conversation)
         with self._lock:
-            self._by_session.setdefault(session, set()).add(signal)
+            taken = any(not other.discarded for other in self._by_session.get(session, ()))
+            if not taken:
+                self._by_session.setdefault(session, set()).add(signal)
+        if taken:
+            yield None
+            return
         try:
             yield signal
         finally:
@@ -71,26 +125,55 @@ class StopSignals:
                     self._by_session.pop(session, None)
                 self._lock.notify_all()
 
-    def stop(self, session: str, *, detach: bool = False, drop: bool = False) -> int:
-        """Set every signal of ``session`` (see ``ReplySignal`` for ``detach``/``drop``); returns how many ran."""
+    def _shown(self, session: str) -> list[ReplySignal]:
         with self._lock:
-            signals = list(self._by_session.get(session, ()))
+            return [signal for signal in self._by_session.get(session, ()) if not signal.discarded]
+
+    def stop(self, session: str, *, everywhere: bool = False, closed: bool = False) -> int:
+        """Set the signals of the replies ``session`` shows (``everywhere``: its other chats' too; ``closed``: the
+        tab closed or reloaded, see ``ReplySignal.closed``); returns how many."""
+        if not everywhere:  # Stop pressed as a reply is starting stops that reply
+            self.asked.wait(session, self.asked.limit)
+        with self._lock:
+            signals = list(self._by_session.get(session, ())) if everywhere else self._shown(session)
         for signal in signals:
-            signal.discarded = "dropped" if drop else "detached" if detach else signal.discarded
+            signal.closed = signal.closed or closed
             signal.set()
         return len(signals)
 
     def running(self, session: str) -> bool:
-        """Whether ``session`` has a reply running."""
-        with self._lock:
-            return bool(self._by_session.get(session))
+        """Whether ``session`` has a reply running in the chat it shows."""
+        return bool(self._shown(session))
 
-    def stop_and_wait(self, session: str, timeout: float, *, detach: bool = False, drop: bool = False) -> bool:
-        """``stop``, then wait (at most ``timeout`` s) until the session's replies have ended, so that
-        nothing they still send can land on the page after what the caller returns; False on timeout."""
-        self.stop(session, detach=detach, drop=drop)
+    def detach(self, session: str, timeout: float) -> None:
+        """The tab moves to another chat: its reply goes on, saved but not drawn (see ``ReplySignal.discard``)."""
+        self.asked.wait(session, timeout)  # a reply asked for in the chat left stays there
+        for signal in self._shown(session):
+            signal.discard("detached", timeout)
+
+    def attach(self, session: str, chat_id: str) -> ReplySignal | None:
+        """The tab shows ``chat_id`` again: its reply still running (if any) is drawn again; returned."""
         with self._lock:
-            return self._lock.wait_for(lambda: session not in self._by_session, timeout)
+            for signal in self._by_session.get(session, ()):
+                if signal.discarded == "detached" and signal.chat_id == chat_id and not signal.is_set():
+                    signal.discarded = ""
+                    return signal
+        return None
+
+    def stop_and_wait(self, session: str, timeout: float, *, drop: bool = False) -> bool:
+        """Stop the replies ``session`` shows (``drop``: nothing of them is kept), then wait (at most ``timeout``
+        s) until they have ended, so that nothing they still send can land on the page after what the caller
+        returns; False on timeout."""
+        self.asked.wait(session, timeout)
+        signals = self._shown(session)
+        for signal in signals:
+            if drop:
+                signal.discard("dropped", timeout)
+            signal.set()
+        with self._lock:
+            return self._lock.wait_for(
+                lambda: not any(signal in self._by_session.get(session, ()) for signal in signals), timeout
+            )
 
 
 def is_mode_default(values: dict[str, Any]) -> bool:
@@ -143,7 +226,8 @@ def saved_form(
 def title_of(messages: list[dict[str, Any]]) -> str:
     """A chat's default title: the start of its first question."""
     first = next((m.get("content", "") for m in messages if m.get("role") == "user"), "")
-    line = " ".join(str(first).split())
+    typed, files = split(str(first))  # a question of attached files only is named by them
+    line = " ".join((typed if typed.strip() else " ".join(item.name for item in files)).split())
     return (line[:TITLE_LENGTH].rstrip() + "…" if len(line) > TITLE_LENGTH else line) or "New chat"
 
 
@@ -219,14 +303,27 @@ def from_saved_form(data: Any, system_prompt: str) -> Conversation:
 
 
 def storage_secret() -> str:
-    """The key of the browser-side history, kept across restarts (a fresh one would orphan saved chats)."""
+    """The key of the browser-side history, kept across restarts (a fresh one would orphan saved chats).
+
+    It also seeds the browser cookie's signing key, so the file is this user's only (0600): made so, and an
+    older one readable by others is made so once, with a log line.
+    """
     path = demo_model_path().parent / "ui-storage-secret"  # the app's cache folder
     try:
         if path.exists():
+            if path.stat().st_mode & 0o077:
+                path.chmod(0o600)
+                log.warning("%s was readable by other users; it is now readable by this user only", path)
             return path.read_text(encoding="utf-8").strip()
         secret = secrets.token_urlsafe(24)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(secret, encoding="utf-8")
+        try:
+            descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)  # never readable by others
+        except FileExistsError:  # another app process made it just now
+            time.sleep(0.1)
+            return path.read_text(encoding="utf-8").strip()
+        with os.fdopen(descriptor, "w", encoding="utf-8") as file:
+            file.write(secret)
         return secret
     except OSError as exc:
         log.warning("Cannot keep the chat storage key in %s (%s); saved chats last until a restart", path, exc)

@@ -78,18 +78,27 @@ def show_version(conversation: Conversation, index: int, chosen: int) -> None:
     """
     if not 0 <= index < len(conversation.turns) or not 0 <= chosen < len(conversation.turns[index].versions):
         raise ChatbotError("That message has no such version (the chat changed meanwhile?).")
-    turn = conversation.turns[index]
-    versions = versions_before_change(conversation, index)
+    restore_version(conversation, index, versions_before_change(conversation, index), chosen)
+
+
+def restore_version(conversation: Conversation, index: int, versions: list[Record], chosen: int) -> None:
+    """Turn ``index`` becomes ``versions[chosen]``, followed by the line that followed it then; it keeps
+    ``versions`` (none when one is left: a single version is no choice).
+
+    Raises:
+        ChatbotError: the version's saved line is not a conversation.
+    """
     version = versions[chosen]
     after = turns_from_records(version.get("after") or [])
+    kept = versions if len(versions) > 1 else []
     shown = replace(
-        turn,
+        conversation.turns[index],
         content=version["content"],
         thinking=version.get("thinking") or "",
         stats=dict(version.get("stats") or {}),
         tool_calls=list(version.get("tool_calls") or []),
-        versions=versions,
-        version=chosen,
+        versions=kept,
+        version=chosen if kept else 0,
     )
     conversation.turns[index:] = [shown, *after]
 

@@ -146,6 +146,7 @@ def test_stop_strings_end_the_reply_before_them(client) -> None:
     reply = client.chat.completions.create(model="qwen3", messages=HELLO, stop="demo", extra_body=THINKING_OFF)
     assert reply.choices[0].message.content == SCRIPTED_ANSWER.split("demo")[0]
     assert reply.choices[0].finish_reason == "stop"
+    assert getattr(reply.choices[0], "stop_reason", None) == "demo"  # vLLM's field: which string it was
     chunks = list(
         client.chat.completions.create(
             model="qwen3", messages=HELLO, stop=["weights", "xyz"], stream=True, extra_body=THINKING_OFF
@@ -155,6 +156,10 @@ def test_stop_strings_end_the_reply_before_them(client) -> None:
     assert (
         streamed == SCRIPTED_ANSWER.split("weights")[0].rstrip()
     )  # trailing space of an unfinished answer is held back
+    finish = next(chunk.choices[0] for chunk in chunks if chunk.choices and chunk.choices[0].finish_reason)
+    assert getattr(finish, "stop_reason", None) == "weights"
+    unused = client.chat.completions.create(model="qwen3", messages=HELLO, stop="xyz", extra_body=THINKING_OFF)
+    assert getattr(unused.choices[0], "stop_reason", None) is None
 
 
 def test_max_tokens_cuts_the_reply_with_finish_reason_length(client) -> None:

@@ -25,7 +25,7 @@ CHOICES = 3
 SAMPLED = {
     "temperature": 1.0,
     "max_tokens": 12,
-    "extra_body": {"min_tokens": 12, "top_k": 0},
+    "extra_body": {"min_tokens": 12, "top_k": 0, "chat_template_kwargs": {"enable_thinking": False}},  # all answer
 }
 ASK = [{"role": "user", "content": "Give me a name for a boat."}]
 

@@ -1,6 +1,7 @@
 """The Messages and Responses APIs behind the doors chat completions has: the API key (``x-api-key`` or
-``Authorization: Bearer``), the body size limit, the small ``--responses-store``, and ``--backend``
-(this app in front of a second copy of it: the requests are translated to the remote's chat completions).
+``Authorization: Bearer``), the body size limit, the small ``--responses-store`` and who may read a kept
+reply, and ``--backend`` (this app in front of a second copy of it: the requests are translated to the
+remote's chat completions).
 
 Run: ``.venv/bin/python -m pytest tests/app/test_api_families_doors.py -q``.
 """
@@ -66,6 +67,20 @@ def test_the_body_limit_holds_and_the_store_keeps_the_latest_reply(keyed) -> Non
         client.responses.create(model="qwen3", input="Hello", previous_response_id=first.id)
 
 
+def test_a_kept_response_is_read_only_with_the_key_from_the_same_address(keyed) -> None:
+    made = openai_client(keyed, api_key=KEY).responses.create(model="qwen3", input="Hello")
+    url, bearer = f"{keyed.api_url}/v1/responses/{made.id}", {"Authorization": f"Bearer {KEY}"}
+    assert httpx.get(url, headers={"x-api-key": KEY}, timeout=60).json()["output"][-1]["id"] == made.output[-1].id
+    assert httpx.get(url, headers={"Authorization": "Bearer sk-wrong"}, timeout=60).status_code == 401
+    with httpx.Client(transport=httpx.HTTPTransport(local_address="127.0.0.2"), timeout=60) as elsewhere:
+        assert elsewhere.get(url, headers=bearer).status_code == 404
+        assert elsewhere.delete(url, headers=bearer).status_code == 404
+        assert elsewhere.get(url + "/input_items", headers=bearer).status_code == 404
+    deleted = httpx.delete(url, headers=bearer, timeout=60)
+    assert deleted.json() == {"id": made.id, "object": "response", "deleted": True}
+    assert httpx.get(url, headers=bearer, timeout=60).status_code == 404
+
+
 def test_both_apis_work_behind_backend(front: RunningApp) -> None:
     claude = claude_client(front, api_key="x")
     thinking = {"type": "enabled", "budget_tokens": 512}
@@ -76,7 +91,13 @@ def test_both_apis_work_behind_backend(front: RunningApp) -> None:
     client = openai_client(front, validate=True)
     tool = {"type": "function", **WEATHER["function"]}
     asked = client.responses.create(model="qwen3", input="Weather?", tools=[tool], tool_choice="required")
-    assert asked.output[0].type == "function_call" and asked.output[0].name == "get_weather"
+    assert [item.type for item in asked.output] == ["reasoning", "function_call"]
+    assert asked.output[1].name == "get_weather"
+    assert client.responses.retrieve(asked.id).output[1].call_id == asked.output[1].call_id
+    claude = claude_client(front, api_key="x")
+    word = SCRIPTED_ANSWER.split()[2]
+    stopped = claude.messages.create(model="qwen3", max_tokens=256, messages=HELLO, stop_sequences=[word])
+    assert stopped.stop_reason == "stop_sequence" and stopped.stop_sequence == word  # from the remote's stop_reason
     with client.responses.stream(model="qwen3", input="Hello", reasoning={"effort": "high"}) as stream:
         final = stream.get_final_response()
     assert final.output[0].type == "reasoning" and final.output_text == SCRIPTED_ANSWER

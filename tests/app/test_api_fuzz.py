@@ -39,6 +39,8 @@ def cap_lengths(body: object) -> None:
         ("/v1/messages", "POST"),
         ("/v1/messages/count_tokens", "POST"),
         ("/v1/responses", "POST"),
+        ("/v1/responses/{response_id}", "GET"),
+        ("/v1/responses/{response_id}/input_items", "GET"),
         ("/v1/models", "GET"),
         ("/health", "GET"),
     ],

@@ -115,8 +115,18 @@ def test_count_tokens_is_the_prompt_the_reply_reads(claude) -> None:
 
 def test_stop_sequences_and_max_tokens(claude) -> None:
     word = SCRIPTED_ANSWER.split()[2]
-    stopped = claude.messages.create(model="qwen3", max_tokens=256, messages=HELLO, stop_sequences=[word])
+    stops = ["never-said", word]
+    stopped = claude.messages.create(model="qwen3", max_tokens=256, messages=HELLO, stop_sequences=stops)
     assert stopped.content[0].text == SCRIPTED_ANSWER[: SCRIPTED_ANSWER.index(word)].rstrip()
+    assert stopped.stop_reason == "stop_sequence" and stopped.stop_sequence == word
+    with claude.messages.stream(model="qwen3", max_tokens=256, messages=HELLO, stop_sequences=stops) as stream:
+        events = list(stream)
+        final = stream.get_final_message()
+    delta = next(event for event in events if event.type == "message_delta")
+    assert delta.delta.stop_reason == "stop_sequence" and delta.delta.stop_sequence == word
+    assert final.stop_reason == "stop_sequence" and final.stop_sequence == word
+    unused = claude.messages.create(model="qwen3", max_tokens=256, messages=HELLO, stop_sequences=["never-said"])
+    assert unused.stop_reason == "end_turn" and unused.stop_sequence is None
     cut = claude.messages.create(model="qwen3", max_tokens=2, messages=HELLO)
     assert cut.stop_reason == "max_tokens" and cut.usage.output_tokens == 2
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from typing import Literal
 
+import httpx
 import openai
 import pytest
 from helpers.app import RunningApp
@@ -32,7 +33,8 @@ class Weather(BaseModel):
 def test_a_text_reply(client) -> None:
     response = client.responses.create(model="qwen3", input="Hello", instructions="Be brief.")
     assert response.status == "completed" and response.id.startswith("resp_")
-    assert [item.type for item in response.output] == ["message"]
+    # No reasoning asked for: Qwen3 thinks, as chat completions and vLLM's Responses API do by default.
+    assert [item.type for item in response.output] == ["reasoning", "message"]
     assert response.output_text == SCRIPTED_ANSWER
     assert response.usage.input_tokens > 0 and response.usage.output_tokens > 0
 
@@ -41,8 +43,9 @@ def test_reasoning_effort_switches_thinking(client) -> None:
     thought = client.responses.create(model="qwen3", input="Hello", reasoning={"effort": "high"})
     assert [item.type for item in thought.output] == ["reasoning", "message"]
     assert thought.output[0].content[0].text == SCRIPTED_THINKING and thought.output_text == SCRIPTED_ANSWER
-    quick = client.responses.create(model="qwen3", input="Hello", reasoning={"effort": "low"})
-    assert [item.type for item in quick.output] == ["message"]
+    for effort in ("none", "minimal", "low"):
+        quick = client.responses.create(model="qwen3", input="Hello", reasoning={"effort": effort})
+        assert [item.type for item in quick.output] == ["message"] and quick.output_text == SCRIPTED_ANSWER
 
 
 def test_streaming_sends_the_responses_events(client) -> None:
@@ -87,7 +90,7 @@ def test_a_function_tool_round_trip(client) -> None:
         assert_valid("ResponseStreamEvent", event.model_dump(mode="json", exclude_unset=True))
     arguments = "".join(e.delta for e in events if e.type == "response.function_call_arguments.delta")
     assert set(json.loads(arguments)) == {"city", "unit"}
-    assert [item.type for item in events[-1].response.output] == ["function_call"]
+    assert [item.type for item in events[-1].response.output] == ["reasoning", "function_call"]
 
 
 def test_structured_output(client) -> None:
@@ -137,6 +140,91 @@ def test_an_agent_with_one_function_tool(api: RunningApp) -> None:
     result = agents.Runner.run_sync(agent, "What is the weather in Paris?", max_turns=4)
     assert calls and calls[0] in {"Paris", "Tokyo"}
     assert result.final_output == SCRIPTED_ANSWER
+
+
+def test_a_kept_response_can_be_read_listed_and_deleted(client) -> None:
+    first = client.responses.create(model="qwen3", input="Hello", instructions="Be brief.", metadata={"k": "v"})
+    kept = client.responses.retrieve(first.id)
+    assert kept.model_dump() == first.model_dump()  # the response object as it was returned
+    weather = {"type": "function_call_output", "call_id": "call_1", "output": "18 degrees"}
+    second = client.responses.create(
+        model="qwen3", input=[{"role": "user", "content": "And now?"}, weather], previous_response_id=first.id
+    )
+    # The items the reply read: the kept conversation (first's input and output), then its own input.
+    listed = list(client.responses.input_items.list(second.id, order="asc"))
+    assert [item.type for item in listed] == ["message", "reasoning", "message", "message", "function_call_output"]
+    assert [getattr(item, "role", None) for item in listed[:4]] == ["user", None, "assistant", "user"]
+    assert listed[0].content[0].text == "Hello" and listed[2].content[0].text == SCRIPTED_ANSWER
+    assert listed[1].id == first.output[0].id and listed[2].id == first.output[1].id
+    assert listed[4].call_id == "call_1" and listed[4].output == "18 degrees"
+    assert len({item.id for item in listed}) == len(listed)
+    newest = client.responses.input_items.list(second.id, limit=2)  # desc by default, as OpenAI lists them
+    assert [item.id for item in newest.data] == [listed[4].id, listed[3].id] and newest.has_more
+    assert [item.id for item in newest.get_next_page().data] == [listed[2].id, listed[1].id]
+    assert [item.id for item in client.responses.input_items.list(second.id, limit=100)] == [
+        item.id for item in reversed(listed)
+    ]
+    assert client.responses.delete(first.id) is None  # the openai package returns nothing on success
+    for gone in (
+        lambda: client.responses.retrieve(first.id),
+        lambda: client.responses.delete(first.id),
+        lambda: client.responses.input_items.list(first.id),
+        lambda: client.responses.create(model="qwen3", input="Hi", previous_response_id=first.id),
+    ):
+        with pytest.raises((openai.NotFoundError, openai.BadRequestError)):
+            gone()
+    assert client.responses.retrieve(second.id).output_text == SCRIPTED_ANSWER  # the one after it stays
+
+
+def test_kept_responses_are_found_only_by_their_client(api: RunningApp, client) -> None:
+    made = client.responses.create(model="qwen3", input="Hello")
+    with pytest.raises(openai.NotFoundError) as unknown:
+        client.responses.retrieve("resp_unknown")
+    assert unknown.value.body["type"] == "invalid_request_error" and "resp_unknown" in unknown.value.body["message"]
+    other_token = openai_client(api, api_key="another-token")
+    with pytest.raises(openai.NotFoundError):
+        other_token.responses.retrieve(made.id)
+    with pytest.raises(openai.NotFoundError):
+        other_token.responses.delete(made.id)
+    not_kept = client.responses.create(model="qwen3", input="Hello", store=False)
+    with pytest.raises(openai.NotFoundError):
+        client.responses.retrieve(not_kept.id)
+    streamed = client.responses.create(model="qwen3", input="Hello", stream=True)
+    final = [event for event in streamed][-1].response
+    assert client.responses.retrieve(final.id).output_text == SCRIPTED_ANSWER == final.output_text
+    replay = httpx.get(f"{api.api_url}/v1/responses/{made.id}?stream=true", headers=BEARER_X, timeout=60)
+    assert replay.status_code == 400 and replay.json()["error"]["param"] == "stream"
+    assert httpx.get(f"{api.api_url}/v1/responses/{made.id}", headers=BEARER_X, timeout=60).json()["id"] == made.id
+    with httpx.Client(transport=httpx.HTTPTransport(local_address="127.0.0.2"), timeout=60) as elsewhere:
+        assert elsewhere.get(f"{api.api_url}/v1/responses/{made.id}", headers=BEARER_X).status_code == 404
+
+
+BEARER_X = {"Authorization": "Bearer x"}  # the token openai_client sends
+
+
+def test_logprobs_when_asked_for(client) -> None:
+    plain = client.responses.create(model="qwen3", input="Hello", reasoning={"effort": "low"})
+    assert plain.output[0].content[0].logprobs == []
+    asked = client.responses.create(
+        model="qwen3", input="Hello", include=["message.output_text.logprobs"], top_logprobs=2
+    )
+    part = asked.output[-1].content[0]
+    assert "".join(entry.token for entry in part.logprobs) == part.text == SCRIPTED_ANSWER
+    assert all(len(entry.top_logprobs) == 2 and entry.logprob <= 0 for entry in part.logprobs)
+    assert asked.top_logprobs == 2
+    only_include = client.responses.create(model="qwen3", input="Hello", include=["message.output_text.logprobs"])
+    tokens = only_include.output[-1].content[0].logprobs
+    assert [entry.token for entry in tokens] == [entry.token for entry in part.logprobs]
+    assert all(entry.top_logprobs == [] for entry in tokens)
+    events = list(client.responses.create(model="qwen3", input="Hello", top_logprobs=1, stream=True))
+    for event in events:
+        assert_valid("ResponseStreamEvent", event.model_dump(mode="json", exclude_unset=True))
+    deltas = [entry for event in events if event.type == "response.output_text.delta" for entry in event.logprobs]
+    assert "".join(entry.token for entry in deltas) == SCRIPTED_ANSWER
+    done = next(event for event in events if event.type == "response.output_text.done")
+    assert [entry.token for entry in done.logprobs] == [entry.token for entry in deltas]
+    final = events[-1].response.output[-1].content[0]
+    assert [entry.token for entry in final.logprobs] == [entry.token for entry in deltas]
 
 
 @pytest.fixture(scope="module")

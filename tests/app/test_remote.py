@@ -4,12 +4,13 @@ The second instance (the "remote") serves the scripted model and sends thinking 
 ``reasoning_content``; the front instance loads nothing and answers from it. Covered: what /health
 and /v1/models say, streaming with the thinking split, Stop reaching the remote (its engine logs the
 cancel), the remote's errors, the remote going away and coming back, ``Qwen3ChatBot(backend=...)``,
-the terminal chat and ``doctor --backend``.
+the terminal chat, ``doctor --backend`` and the web chat's Continue (joined as on the model's own server).
 Run: ``.venv/bin/python -m pytest tests/app/test_remote.py -q``.
 """
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import threading
@@ -18,10 +19,13 @@ import time
 import httpx
 import openai
 import pytest
+from gradio_client import Client
 from helpers.app import ROOT, WAIT_LIMIT_SECONDS, RunningApp, free_port, start_app, stop_app
-from helpers.clients import openai_client
+from helpers.clients import carries_text, openai_client
+from helpers.web_chat import last_reply
 
 from chatbot import Qwen3ChatBot
+from chatbot.authoring.modelgen import SCRIPTED_ANSWER, SCRIPTED_THINKING
 from chatbot.chat.remote import RemoteBackend
 from chatbot.chat.reply import AnswerDelta, ChatDone, QueuePosition, stream_reply
 from chatbot.errors import ContextLengthError, QueueFullError
@@ -88,17 +92,13 @@ def test_a_client_hanging_up_cancels_the_remote_request(front: RunningApp, remot
     stream = openai_client(front).chat.completions.create(model="any", messages=ask("Talk."), stream=True, **LONG_REPLY)
     received = 0
     for chunk in stream:
-        received += bool(chunk.choices and chunk.choices[0].delta.content)
+        received += carries_text(chunk)
         if received == 5:
             break
     stream.close()
     front.wait_for_log("the client disconnected mid-stream; generation stopped")
     # The front closed its stream to the remote, and the remote's engine stopped the generation.
-    deadline = time.monotonic() + WAIT_LIMIT_SECONDS
-    while len(remote.cancelled_generations()) == before:
-        assert time.monotonic() < deadline, remote.log()[-2000:]
-        time.sleep(0.1)
-    made, most = remote.cancelled_generations()[-1]
+    made, most = remote.next_cancelled_generation(before)
     assert most == LONG_REPLY_TOKENS and made < LONG_REPLY_TOKENS
     remote.wait_until_idle()
 
@@ -228,3 +228,24 @@ def test_the_oldest_turns_make_room_as_for_a_local_model(remote: RunningApp) -> 
             list(stream_reply(backend, history, max_new_tokens=16, strict_context=True))
     finally:
         backend.close()
+
+
+@pytest.mark.parametrize("thinking", [True, False], ids=["thinking", "no-thinking"])
+def test_web_chat_continue_over_the_remote_writes_what_the_model_wrote(
+    front: RunningApp, remote: RunningApp, thinking: bool
+) -> None:
+    """Continue behind --backend joins the continuation exactly (its leading space kept), as on the model's server."""
+    replies = []
+    for app in (remote, front):  # the model's own server first: what Continue gives there is what the model wrote
+        client = Client(app.ui_url, verbose=False)
+        chat, *_ = client.predict(message="Hi", enable_thinking=thinking, max_new_tokens=16, api_name="/chat")
+        assert "Continue" in last_reply(chat)["stats"]
+        chat, _, notice, record = client.predict(enable_thinking=thinking, api_name="/continue_reply")
+        assert notice == ""
+        shown = last_reply(chat)
+        replies.append(((shown["thinking"], shown["answer"]), json.loads(record)["messages"][-1]))
+    (local_shown, local_saved), (front_shown, front_saved) = replies
+    assert local_shown == (SCRIPTED_THINKING if thinking else "", SCRIPTED_ANSWER)
+    assert front_shown == local_shown
+    assert front_saved["content"] == local_saved["content"] == SCRIPTED_ANSWER
+    assert front_saved.get("thinking", "") == local_saved.get("thinking", "")

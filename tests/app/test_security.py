@@ -12,7 +12,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from helpers.app import WAIT_LIMIT_SECONDS, RunningApp, running_app, stop_app
+from helpers.app import WAIT_LIMIT_SECONDS, RunningApp, running_app
 
 from chatbot.serve.security import HostOriginGuard, allowed_hosts, host_name
 
@@ -165,7 +165,10 @@ def test_uploads_go_to_a_private_folder_removed_at_exit_and_big_ones_are_refused
     big = httpx.post(app.ui_url + "/gradio_api/upload", files={"files": ("big.json", b"x" * (2 * 2**20))}, timeout=60)
     assert big.status_code == 413
     assert app.process.poll() is None  # still serving
-    stop_app(app)
+    # SIGTERM, then the app's own exit (atexit removes the folder): waited for, not cut by a kill after a
+    # fixed time (a busy single core can take longer than stop_app's 15 s to close the servers).
+    app.process.terminate()
+    assert app.process.wait(timeout=WAIT_LIMIT_SECONDS) == 0, app.log()[-3000:]
     assert not folder.exists()  # removed on SIGTERM
 
 
@@ -297,7 +300,7 @@ def test_another_client_with_the_victims_session_hash_can_neither_read_nor_stop(
     from gradio_client import Client
 
     victim = Client(demo_app.ui_url, verbose=False)
-    victim.predict(message="my bank PIN is 4242", enable_thinking=False, api_name="/chat")
+    victim.predict(message="my bank PIN is tulip-4242", enable_thinking=False, api_name="/chat")
     long_reply = victim.submit(
         message="and a long story", enable_thinking=False, max_new_tokens=256, min_new_tokens=256, api_name="/chat"
     )
@@ -327,12 +330,13 @@ def test_another_client_with_the_victims_session_hash_can_neither_read_nor_stop(
             with httpx.stream(method, demo_app.ui_url + path, json=body, cookies=jar, timeout=30) as response:
                 assert response.status_code == 403, (path, bool(jar), response.status_code)
                 assert "browser" in json.loads(response.read())["error"]["message"]
-    assert "4242" not in demo_app.log()  # refusals do not log what they protect
+    # The secret is a word, not digits: the log is full of random hex ids.
+    assert "tulip" not in demo_app.log()  # refusals do not log what they protect
 
     _, _, _, record = long_reply.result(timeout=WAIT_LIMIT_SECONDS)
     assert json.loads(record)["messages"][-1]["stats"]["finish_reason"] == "length"  # not stopped by the thief
     exported = Path(victim.predict(api_name="/export_conversation")).read_text(encoding="utf-8")
-    assert "my bank PIN is 4242" in exported  # the owner still reads it
+    assert "my bank PIN is tulip-4242" in exported  # the owner still reads it
     assert "belongs to another browser" in demo_app.log()
 
 

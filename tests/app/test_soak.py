@@ -27,7 +27,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import openai
-import psutil
 import pytest
 from gradio_client import Client
 from helpers.app import WAIT_LIMIT_SECONDS, RunningApp, running_app
@@ -52,10 +51,6 @@ def soak_app(random_fp8: Path, tmp_path_factory: pytest.TempPathFactory) -> Iter
     env = {"QWEN_CPU_DECODE_ROWS": "16", "QWEN_BATCH_INVARIANT": "1"}  # batched replies compared with solo ones
     with running_app(args, tmp_path_factory.mktemp("soak") / "soak.log", env=env) as app:
         yield app
-
-
-def rss(app: RunningApp) -> int:
-    return psutil.Process(app.process.pid).memory_info().rss
 
 
 def api_reply(app: RunningApp, prompt: str, seed: int) -> str:
@@ -92,7 +87,7 @@ def test_soak_api_streams_and_ui_sessions(soak_app: RunningApp) -> None:
     warm_up = Client(soak_app.ui_url, verbose=False)
     for turn in range(UI_CONVERSATION_TURNS):
         assert ui_message(warm_up, f"Warm-up message {turn}")[1] == ""
-    rss_start = rss(soak_app)
+    rss_start = soak_app.rss()
     deadline = time.monotonic() + SOAK_SECONDS
     # Past the window, a client that has not been served yet keeps trying, up to this bound.
     give_up = deadline + 3 * WAIT_LIMIT_SECONDS
@@ -163,11 +158,11 @@ def test_soak_api_streams_and_ui_sessions(soak_app: RunningApp) -> None:
         futures = [pool.submit(api_client, i) for i in range(API_CLIENTS)]
         futures += [pool.submit(ui_client, i) for i in range(UI_CLIENTS)]
         while not all(f.done() for f in futures):
-            samples.append(rss(soak_app))
+            samples.append(soak_app.rss())
             time.sleep(1)
         for future in futures:
             future.result()
-    rss_end = rss(soak_app)
+    rss_end = soak_app.rss()
     figures = {
         "test": "soak",
         "seconds": SOAK_SECONDS,

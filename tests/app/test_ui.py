@@ -23,6 +23,7 @@ import pytest
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AuthenticationError
 from helpers.app import WAIT_LIMIT_SECONDS, RunningApp, running_app
+from helpers.web_chat import reply_parts, text_of
 
 from chatbot.authoring.modelgen import SCRIPTED_ANSWER, SCRIPTED_THINKING
 from chatbot.chat.reply import AnswerDelta, ChatDone, Conversation, QueuePosition, ThinkingDelta, Turn
@@ -46,27 +47,6 @@ LONG_REPLY_TOKENS = 6000  # the random model writes ~500 tokens/s here: long eno
 
 
 # --- helpers ----------------------------------------------------------------------------------------------
-
-
-def text_of(message: dict[str, Any]) -> str:
-    content = message["content"]
-    if isinstance(content, list):  # gradio_client gives [{"type": "text", "text": ...}]
-        return "".join(part.get("text", "") for part in content)
-    return content
-
-
-def reply_parts(chat: list[dict[str, Any]]) -> dict[str, Any]:
-    """The last reply of a chat value: its thinking message, answer text and stats line."""
-    last_user = max(i for i, message in enumerate(chat) if message["role"] == "user")
-    parts: dict[str, Any] = {"user": text_of(chat[last_user]), "thinking": None, "answer": None, "stats": None}
-    for message in chat[last_user + 1 :]:
-        if (message.get("metadata") or {}).get("title"):
-            parts["thinking"] = message
-        elif is_stats_message(message):
-            parts["stats"] = re.sub(r"<[^>]+>", "", text_of(message))
-        else:
-            parts["answer"] = text_of(message)
-    return parts
 
 
 def user_texts(chat: list[dict[str, Any]]) -> list[str]:
@@ -154,12 +134,17 @@ def test_max_new_tokens_is_bounded_by_the_context_and_leaves_room_for_a_prompt()
 
 def test_stop_signals_detach_or_drop_only_their_own_session() -> None:
     signals = StopSignals()
-    with signals.reply("a") as mine, signals.reply("b") as other:
-        assert signals.stop("a", drop=True) == 1
+    with signals.reply("a") as mine, signals.reply("b", "chat-1") as other:
+        assert signals.stop_and_wait("a", 0.01, drop=True) is False  # still inside its reply
         assert mine.is_set() and mine.discarded == "dropped"
         assert not other.is_set() and other.discarded == ""
-        signals.stop("b", detach=True)
-        assert other.discarded == "detached"
+        signals.detach("b", 1.0)  # its tab opened another chat: the reply goes on, not drawn
+        assert other.discarded == "detached" and not other.is_set() and not signals.running("b")
+        with signals.reply("b", "chat-2") as second:  # the other chat can have its own reply
+            assert second is not None and signals.stop("b") == 1 and second.is_set() and not other.is_set()
+        with signals.reply("b", "chat-3") as third, signals.reply("b", "chat-3") as fourth:
+            assert third is not None and fourth is None  # one reply at a time in the chat shown
+        assert signals.attach("b", "chat-1") is other and other.discarded == "" and signals.running("b")
 
 
 def test_a_streaming_reply_is_saved_marked_interrupted() -> None:
@@ -439,8 +424,8 @@ def test_regenerate_edit_undo_and_clear(client: Client) -> None:
     )
     chat, _, _ = client.predict(api_name="/next_answer")
     assert reply_parts(chat)["thinking"] is not None
-    chat, box, _, record = client.predict(message="", api_name="/edit_last")
-    assert box == "Two" and user_texts(chat) == ["One"] and len(json.loads(record)["messages"]) == 2
+    chat, box, _, _ = client.predict(message="", api_name="/edit_last")
+    assert box == "Two" and user_texts(chat) == ["One"]  # kept as it was until the edit is sent
     chat, _ = client.predict(api_name="/undo")
     assert chat == []
     client.predict(message="Three", enable_thinking=False, api_name="/chat")
@@ -531,6 +516,25 @@ def test_export_then_import_in_another_session(scripted_app: RunningApp, tmp_pat
     assert "not valid JSON" in html.unescape(notice)
 
 
+def test_browser_chats_export_as_one_markdown_file_and_import_back(scripted_app: RunningApp, tmp_path: Path) -> None:
+    """Without --auth the page sends its own chats with "Export all as Markdown" (gradio_client passes them here)."""
+    writer, reader = Client(scripted_app.ui_url, verbose=False), Client(scripted_app.ui_url, verbose=False)
+    records = []
+    for question in ("Kept in the browser", "And another 对话"):
+        _, _, _, record = writer.predict(message=question, enable_thinking=True, api_name="/chat")
+        records.append(json.loads(record))
+        writer.predict(api_name="/new_chat")
+    page_chats = json.dumps([*records, {"id": "x", "messages": []}])
+    path = writer.predict(page_chats=page_chats, api_name="/export_all_markdown")
+    text = Path(path).read_text(encoding="utf-8")
+    assert "# Kept in the browser\n" in text and "# And another 对话\n" in text  # the empty chat is left out
+    saved = tmp_path / "qwen3-chats.md"
+    saved.write_text(text, encoding="utf-8")
+    chat, notice, _, _, record, _ = reader.predict(handle_file(str(saved)), api_name="/import_conversation")
+    assert "Imported 2 chats." in notice and user_texts(chat) == ["Kept in the browser"]
+    assert json.loads(record)["messages"] == records[0]["messages"]
+
+
 def test_messages_go_to_the_page_as_written(client: Client) -> None:
     # The page shows tags as text and runs nothing (tests/browser/test_browser.py); the value keeps the source, so
     # copying a message gives what was typed, "a < b" included.
@@ -601,6 +605,19 @@ def test_stop_halts_generation_and_the_next_message_works(busy_app: RunningApp) 
     chat, _, notice, _ = client.predict(message="Short one", enable_thinking=False, max_new_tokens=16, api_name="/chat")
     assert notice == "" and "16 tokens" in reply_parts(chat)["stats"]
     assert user_texts(chat) == ["Write forever", "Short one"]
+
+
+def test_edit_last_during_a_reply_is_refused_and_keeps_the_typed_text(busy_app: RunningApp) -> None:
+    client = Client(busy_app.ui_url, auth=LOGIN, verbose=False)
+    client.predict(message="First question", enable_thinking=False, max_new_tokens=16, api_name="/chat")
+    job = long_reply(client)
+    wait_for(lambda: len(answer_so_far(job)) > 20, what="the answer to start")
+    _, box, notice, _ = client.predict(message="A follow-up I typed", api_name="/edit_last")
+    assert box == "A follow-up I typed" and "still being written" in html.unescape(notice)
+    assert not job.done()  # the reply goes on
+    client.predict(api_name="/stop")
+    job.result(timeout=WAIT_LIMIT_SECONDS)
+    assert user_texts(last_chat(job)) == ["First question", "Write forever"]
 
 
 def test_queue_position_is_shown_and_stop_only_cancels_its_own_request(busy_app: RunningApp) -> None:

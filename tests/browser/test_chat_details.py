@@ -59,8 +59,10 @@ def test_prices_stay_text_and_gradio_has_no_second_settings(browser, demo_app: R
 
 def test_a_refused_first_message_leaves_no_chat_and_the_meter_follows_clear(browser, demo_app: RunningApp) -> None:
     page = open_page(browser, demo_app)
-    page.fill("#qc-message textarea", "word " * 50_000)  # far past the context: refused
-    page.type("#qc-message textarea", "s")  # a keystroke: what the meter follows
+    page.fill("#qc-message textarea", "Summarize this:")
+    page.wait_for_function("() => /[\\d,]+ \\//.test(document.querySelector('#qc-meter').innerText)")
+    # Then text put in without a keystroke (as a paste or a drop is): the meter counts it before Send.
+    page.fill("#qc-message textarea", "Summarize this: " + "word " * 50_000)  # far past the context: refused
     page.wait_for_function("() => document.querySelector('#qc-meter').innerText.includes('Shorten the message')")
     assert "oldest turns" not in page.inner_text("#qc-meter")
     page.click("#qc-send")

@@ -155,6 +155,14 @@ def test_stop_matcher_holds_back_partial_matches() -> None:
     matcher = StopStringMatcher(("STOP",))
     assert matcher.push("ST") == ("", False)
     assert matcher.push("ay") == ("STay", False)
+    assert matcher.hit is None
+
+
+def test_stop_matcher_names_the_stop_string_that_starts_first() -> None:
+    matcher = StopStringMatcher(("later", "END", "x"))
+    assert matcher.push("ab EN") == ("ab ", False)
+    assert matcher.push("D later x") == ("", True)  # "END" starts before "later" and "x"
+    assert matcher.hit == "END"
 
 
 def test_extreme_but_valid_sampling_values_still_pick_a_token(noisy) -> None:

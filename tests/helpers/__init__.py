@@ -7,6 +7,7 @@
 * ``helpers.qwen3``: the real Qwen3 tokenizer files (npm, checksum verified, cached).
 * ``helpers.browser``: headless Chromium and the page actions (send, wait for stats, settings).
 * ``helpers.llamacpp``: ``llama-server`` on a GGUF, started and stopped.
+* ``helpers.pdf``: ``tiny_pdf(pages)``, a PDF written by hand (for attaching one).
 * ``helpers.tools``: the tool definitions both the parser tests and the API tests use.
 * ``helpers/litellm_client.py``: a script run in litellm's own environment (not imported).
 

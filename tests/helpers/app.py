@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -18,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -43,12 +45,46 @@ class RunningApp:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
+    def rss(self) -> int:
+        """The server process's resident memory, in bytes."""
+        import psutil
+
+        return psutil.Process(self.process.pid).memory_info().rss
+
     def health(self) -> dict:
         return httpx.get(self.api_url + "/health", timeout=30).json()
 
     def cancelled_generations(self) -> list[tuple[int, int]]:
-        """(tokens generated, most asked for) of each generation the engine stopped on a cancel (from the log)."""
+        """(tokens generated, most asked for) of each generation the engine stopped on a cancel (from the log).
+
+        The server logs at most 20 lines of one kind a minute (``log_limits.py``): a module that cancels more
+        than that counts cancels with ``replies_counted``, not with this list's length."""
         return [(int(made), int(most)) for made, most in CANCELLED_LINE.findall(self.log())]
+
+    def next_cancelled_generation(self, before: int) -> tuple[int, int]:
+        """Wait for a cancel line after the first ``before`` (a count of ``cancelled_generations``); its
+        (tokens generated, most asked for). Fails after WAIT_LIMIT_SECONDS with the log's tail."""
+        deadline = time.monotonic() + WAIT_LIMIT_SECONDS
+        while len(cancelled := self.cancelled_generations()) <= before:
+            assert time.monotonic() < deadline, f"the engine never stopped the generation:\n{self.log()[-2000:]}"
+            time.sleep(0.1)
+        return cancelled[before]
+
+    def replies_counted(self, key: str = "") -> dict[str, float]:
+        """From the API's ``/metrics``: replies ended by outcome (stop, length, cancelled...) over every source,
+        and "tokens": the tokens generated in all."""
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        response = httpx.get(self.api_url + "/metrics", headers=headers, timeout=30)
+        response.raise_for_status()
+        counted: dict[str, float] = {}
+        for family in text_string_to_metric_families(response.text):
+            for sample in family.samples:
+                if sample.name == "qwen3_replies_total":
+                    outcome = sample.labels["outcome"]
+                    counted[outcome] = counted.get(outcome, 0.0) + sample.value
+                elif sample.name == "qwen3_generation_tokens_total":
+                    counted["tokens"] = counted.get("tokens", 0.0) + sample.value
+        return counted
 
     def wait_for_log(self, text: str, limit: float = WAIT_LIMIT_SECONDS) -> None:
         """Wait until the app has logged ``text`` (servers log asynchronously); fail after ``limit`` seconds."""
@@ -72,18 +108,23 @@ def start_app(
     timeout: float = 2 * WAIT_LIMIT_SECONDS,
     env: dict[str, str] | None = None,
     ports: tuple[int, int] | None = None,
+    sigint_ignored: bool = False,
 ) -> RunningApp:
     """Start ``python app.py ARGS`` on free ports (or ``ports``: UI, API) and wait until the UI answers
     and the model is ready. The caller stops it (``stop_app``); prefer ``running_app``, which always does."""
     ui_port, api_port = ports or (free_port(), free_port() if api else 0)
     command = [sys.executable, str(ROOT / "app.py"), *args, "--port", str(ui_port), "--api-port", str(api_port)]
     log_file = log_path.open("w")
+    # Chats kept on the server (with --auth) go beside the log, never into the user's own store.
+    store = {"QWEN_CHAT_STORE_FILE": str(log_path.parent / "chats.sqlite3")}
     process = subprocess.Popen(
         command,
         cwd=ROOT,
         stdout=log_file,
         stderr=subprocess.STDOUT,
-        env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+        env={**store, **os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+        # As a background job of a script starts it (`./start.sh &`): Python then installs no Ctrl+C handler.
+        preexec_fn=(lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if sigint_ignored else None,
     )
     app = RunningApp(process, f"http://127.0.0.1:{ui_port}", f"http://127.0.0.1:{api_port}" if api else None, log_path)
     deadline = time.monotonic() + timeout
@@ -129,14 +170,16 @@ def running_app(
     timeout: float = 2 * WAIT_LIMIT_SECONDS,
     env: dict[str, str] | None = None,
     ports: tuple[int, int] | None = None,
+    sigint_ignored: bool = False,
 ) -> Iterator[RunningApp]:
     """``with running_app(["--model", path], tmp_path / "app.log") as app:`` the app, ready, stopped on exit.
 
     ``api=False`` starts the web chat only; ``env`` adds environment variables; ``ports`` (UI, API) fixes
-    the ports (a test that restarts a server on the same ports). Raises ``RuntimeError`` with the app's
+    the ports (a test that restarts a server on the same ports); ``sigint_ignored`` starts it with SIGINT
+    ignored, as a script's background job is. Raises ``RuntimeError`` with the app's
     log if it exits or is not ready within ``timeout`` seconds.
     """
-    app = start_app(args, log_path, api=api, timeout=timeout, env=env, ports=ports)
+    app = start_app(args, log_path, api=api, timeout=timeout, env=env, ports=ports, sigint_ignored=sigint_ignored)
     try:
         yield app
     finally:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 from pathlib import Path
 
 from helpers.app import ROOT, WAIT_LIMIT_SECONDS, RunningApp
@@ -52,6 +53,16 @@ def open_page(
     page.errors = []
     page.on("pageerror", lambda error: page.errors.append(str(error)))
     page.on("console", lambda message: message.type == "error" and page.errors.append(message.text))
+    page.story = []  # what the page did, for the report of a failed test (tests/browser/conftest.py)
+    started = time.monotonic()
+
+    def note(what: str) -> None:
+        page.story.append(f"{time.monotonic() - started:7.1f} s  {what}"[:300])
+        del page.story[:-60]  # the last ones are the ones that tell
+
+    page.on("console", lambda message: note(f"console {message.type}: {message.text}"))
+    page.on("framenavigated", lambda frame: frame == page.main_frame and note(f"navigated to {frame.url}"))
+    page.on("crash", lambda _: note("the page crashed"))
     page.goto(app.ui_url)
     if login is not None:
         page.fill("input[data-testid=textbox]", login[0])
@@ -67,10 +78,37 @@ def open_page(
     return page
 
 
-def snap(page, name: str, tmp_path: Path) -> Path:
-    """A screenshot: into assets/ with QWEN_UPDATE_SCREENSHOT=1 (the README shows them), else a temp folder."""
+def page_report(browser, apps: list[RunningApp]) -> str:
+    """What the open pages did and showed, and the apps' log tails: the report of a failed browser test."""
+    lines = []
+    for context in browser.contexts:
+        for page in context.pages:
+            lines.append(f"page {page.url}:")
+            lines.extend(f"  {line}" for line in getattr(page, "story", []))
+            try:
+                shown = page.evaluate(
+                    "() => ['#qc-send', '#qc-stop'].map(s => { const e = document.querySelector(s);"
+                    " return s + (e ? (e.offsetParent ? ' shown' : ' hidden') : ' absent'); }).join(', ')"
+                )
+                lines.append(f"  now: {shown}; notice: {page.inner_text('#qc-notice', timeout=2000)[:300]!r}")
+                stats = page.evaluate(
+                    "() => [...document.querySelectorAll('#qc-chat .qc-stats')].map(s => s.innerText).slice(-3)"
+                )
+                lines.append(f"  last stats lines: {stats!r}")
+            except Exception as exc:  # a closed or crashed page: what it did above is the report
+                lines.append(f"  (its state could not be read: {exc.__class__.__name__})")
+    for app in apps:
+        lines.append(f"log of the app on {app.ui_url} (last 4,000 characters):")
+        lines.append(app.log()[-4000:])
+    return "\n".join(lines)
+
+
+def snap(page, name: str, tmp_path: Path, *, keep_mouse: bool = False) -> Path:
+    """A screenshot: into assets/ with QWEN_UPDATE_SCREENSHOT=1 (the README shows them), else a temp folder.
+    The mouse moves out of the way first unless ``keep_mouse`` (a hover the picture shows)."""
     folder = ROOT / "assets" if os.environ.get("QWEN_UPDATE_SCREENSHOT") == "1" else tmp_path
-    page.mouse.move(0, 0)
+    if not keep_mouse:
+        page.mouse.move(0, 0)
     target = folder / name
     page.screenshot(path=str(target))
     assert target.stat().st_size > 10_000
@@ -113,3 +151,15 @@ def open_settings(page) -> None:
         page.click("#qc-sidebar > .toggle-button")
     page.wait_for_selector("#qc-sidebar.open")
     page.wait_for_timeout(400)  # the sliding animation
+
+
+# What Gradio's script may log when a page is left (its event stream and heartbeat aborted), by timing.
+LEAVING_NOISE = ("AbortError: signal is aborted", "Connection errored out")
+
+
+def reload_page(page) -> None:
+    """Reload the page; only the messages of leaving it (``LEAVING_NOISE``), and only from the reload itself,
+    are dropped from ``page.errors``."""
+    before = len(page.errors)
+    page.reload()
+    page.errors[before:] = [e for e in page.errors[before:] if not any(n in e for n in LEAVING_NOISE)]

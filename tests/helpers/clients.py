@@ -23,3 +23,10 @@ def openai_client(
 
         options["http_client"] = validating_http_client()
     return openai.OpenAI(base_url=base_url, api_key=api_key, **{"max_retries": 0, **options})
+
+
+def carries_text(chunk: Any) -> bool:
+    """Whether a streamed chat chunk brings text, answer or thinking (a random model may never end its thinking,
+    and thinking is on by default)."""
+    delta = chunk.choices[0].delta if chunk.choices else None
+    return bool(delta and (delta.content or getattr(delta, "reasoning_content", None)))

@@ -48,6 +48,11 @@ def start_run(script: dict, folder: Path, index: int) -> tuple[int, Path, Path]:
 
 
 def main(spec_path: str) -> None:
+    # Ctrl+C raises KeyboardInterrupt in every run, as in `python script.py` typed at a terminal. Python
+    # installs that handler only where SIGINT was not ignored when it started, and an ignored SIGINT is
+    # inherited (a test run started in the background, `cmd &` in a script, ignores it): the runs would
+    # then ignore the test's SIGINT and finish their replies.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     spec = json.loads(Path(spec_path).read_text())
     folder = Path(spec["folder"])
     folder.mkdir(parents=True, exist_ok=True)

@@ -46,7 +46,8 @@ def assert_valid(name: str, body: Any) -> None:
 
 def validating_http_client() -> Any:
     """An httpx client for ``openai.OpenAI(http_client=...)`` that checks every JSON body it receives
-    (completions, models, errors) against OpenAI's schemas; streams are checked chunk by chunk elsewhere."""
+    (completions, responses, input items, models, errors) against OpenAI's schemas; streams are checked
+    chunk by chunk elsewhere."""
     import httpx
 
     def check(response: httpx.Response) -> None:
@@ -59,7 +60,9 @@ def validating_http_client() -> Any:
             assert_valid("ErrorResponse", body)
         elif path.endswith("/chat/completions"):
             assert_valid("CreateChatCompletionResponse", body)
-        elif path.endswith("/responses"):
+        elif path.endswith("/input_items"):
+            assert_valid("ResponseItemList", body)
+        elif path.endswith("/responses") or ("/responses/" in path and response.request.method == "GET"):
             assert_valid("Response", body)
         elif path.endswith("/models"):
             assert_valid("ListModelsResponse", body)

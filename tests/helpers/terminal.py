@@ -27,8 +27,12 @@ class Terminal:
 
         self.master, slave = pty.openpty()
         # A session of its own with this terminal as its controlling one, so that Ctrl+C is a real SIGINT.
+        # SIGINT back to its default first, as a shell at a terminal starts a program: an ignored SIGINT
+        # is inherited through exec (a test run started in the background, `cmd &` in a script, ignores
+        # it), and Python then leaves it ignored, so Ctrl+C would do nothing.
         launcher = (
-            "import fcntl, os, sys, termios; fcntl.ioctl(0, termios.TIOCSCTTY, 0); os.execv(sys.argv[1], sys.argv[1:])"
+            "import fcntl, os, signal, sys, termios; signal.signal(signal.SIGINT, signal.SIG_DFL); "
+            "fcntl.ioctl(0, termios.TIOCSCTTY, 0); os.execv(sys.argv[1], sys.argv[1:])"
         )
         self.process = subprocess.Popen(
             [sys.executable, "-c", launcher, *command],

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 from helpers.app import ROOT, WAIT_LIMIT_SECONDS, RunningApp, running_app
-from helpers.clients import openai_client
+from helpers.clients import carries_text, openai_client
 from helpers.llamacpp import running_llama_server
 from helpers.qwen3 import fetch_qwen3_tokenizer
 
@@ -108,7 +108,7 @@ def test_a_client_hanging_up_ends_llama_servers_task(llama_random_front) -> None
     )
     received = 0
     for chunk in chunks:
-        received += bool(chunk.choices and chunk.choices[0].delta.content)
+        received += carries_text(chunk)
         if received == 5:
             break
     chunks.close()

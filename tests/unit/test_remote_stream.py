@@ -168,3 +168,21 @@ def test_drop_oldest_turn_keeps_the_system_prompt_and_the_new_message() -> None:
     assert (shorter, count) == ([system, {"role": "user", "content": "q2"}, new], 4)
     assert drop_oldest_turn(shorter) == ([system, new], 1)
     assert drop_oldest_turn([system, new]) is None
+
+
+@pytest.mark.parametrize("thinking", [True, False])
+def test_a_continued_answer_keeps_the_space_that_joins_it(thinking: bool) -> None:
+    chunks = [chunk(" generated"), chunk(" on your"), chunk(" machine.\n", "stop")]
+    _, answer, done = run(RemoteReply(thinking, continues="answer"), chunks)
+    assert (answer, done.answer, done.thinking) == (" generated on your machine.", " generated on your machine.", "")
+
+
+@pytest.mark.parametrize("field", ["content", "reasoning_content"])
+def test_continued_thinking_keeps_the_space_that_joins_it(field: str) -> None:
+    if field == "content":  # a server without a reasoning parser: the close tag comes as text
+        chunks = [chunk(" and then"), chunk(" answer.</think>\n\n"), chunk("Hi.", "stop")]
+    else:
+        chunks = [chunk(reasoning_content=" and then"), chunk(reasoning_content=" answer."), chunk("\n\nHi.", "stop")]
+    thinking, answer, done = run(RemoteReply(True, continues="thinking"), chunks)
+    assert (thinking, answer) == (" and then answer.", "Hi.")
+    assert (done.thinking, done.answer) == (" and then answer.", "Hi.")

@@ -48,3 +48,11 @@ def test_this_check_sees_an_import_of_a_test_module(tmp_path: Path) -> None:
     module = tmp_path / "test_example.py"
     module.write_text("from test_browser import open_page\nimport conftest\nfrom helpers.app import ROOT\n")
     assert imported_names(module) == {"test_browser", "conftest", "helpers.app"}
+
+
+def test_test_module_names_are_unique_across_tiers() -> None:
+    """pytest imports test modules by their base name (no packages): two tiers' test_x.py stop collection."""
+    names: dict[str, list[str]] = {}
+    for path in TESTS.rglob("test_*.py"):
+        names.setdefault(path.name, []).append(str(path.relative_to(TESTS)))
+    assert not {name: paths for name, paths in names.items() if len(paths) > 1}
