@@ -127,7 +127,7 @@ def _decode_logprobs(loaded: Any, ids: list[int]) -> Any:
                 logits = step([token], [cache])[0]
             else:
                 ids_in = torch.tensor([[token]], device=loaded.device)
-                logits = loaded.model(input_ids=ids_in, past_key_values=cache, use_cache=True).logits[0, -1]
+                logits = loaded.model(input_ids=ids_in, cache=cache, use_cache=True).logits[0, -1]
             rows.append(logits.float().cpu())
     return torch.log_softmax(torch.stack(rows), dim=-1)
 

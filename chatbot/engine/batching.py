@@ -108,7 +108,7 @@ def decode_rows(model: Any, tokens: list[int], caches: list[Any], device: torch.
         input_ids=torch.tensor(tokens, device=device).unsqueeze(1),
         position_ids=torch.tensor(positions, device=device).unsqueeze(1),
         attention_mask={"full_attention": None},
-        past_key_values=rows,
+        cache=rows,
         use_cache=True,
         logits_to_keep=1,
         row_caches=rows,

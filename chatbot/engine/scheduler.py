@@ -116,7 +116,7 @@ class Batch:
         if step is not None:
             return step(ids, [cache])
         chunk = torch.tensor([ids], device=self.device)
-        return self.model(input_ids=chunk, past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1]
+        return self.model(input_ids=chunk, cache=cache, use_cache=True, logits_to_keep=1).logits[:, -1]
 
     def _prefill(self, request: ActiveRequest) -> None:
         before = request.cache.get_seq_length()

@@ -270,9 +270,9 @@ def check_against_transformers(model: nn.Module, step: CompiledDecodeStep) -> fl
     with torch.inference_mode():
         ours, theirs = DynamicCache(config=model.config), DynamicCache(config=model.config)
         for cache in (ours, theirs):
-            model(input_ids=prompt, past_key_values=cache, use_cache=True, logits_to_keep=1)
+            model(input_ids=prompt, cache=cache, use_cache=True, logits_to_keep=1)
         token = prompt[:, -1:]
-        reference = model(input_ids=token, past_key_values=theirs, use_cache=True, logits_to_keep=1).logits[0, -1]
+        reference = model(input_ids=token, cache=theirs, use_cache=True, logits_to_keep=1).logits[0, -1]
         logits = step([int(token)], [ours])[0]
     error = float((logits - reference).abs().max() / reference.abs().max().clamp(min=1e-6))
     if not error <= step.tolerance:

@@ -600,7 +600,7 @@ def probe_forward(model: nn.Module, tokenizer: Any, device: torch.device) -> Non
     input_ids = torch.tensor([ids], device=device)
     with torch.inference_mode():
         out = model(input_ids=input_ids, use_cache=True, logits_to_keep=1)
-        step = model(input_ids=input_ids[:, -1:], past_key_values=out.past_key_values, use_cache=True)
+        step = model(input_ids=input_ids[:, -1:], cache=out.cache, use_cache=True)
     for logits, what in ((out.logits, "prompt"), (step.logits, "decode step")):
         if not bool(torch.isfinite(logits).all()):
             raise ProbeError(f"probe forward returned non-finite logits (inf/NaN) on the {what}")

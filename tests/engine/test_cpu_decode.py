@@ -33,13 +33,13 @@ def step_logits(loaded, prompt: list[int], tokens: list[int], fast: bool) -> lis
     cache = new_cache(model.config)
     out = []
     with torch.inference_mode():
-        model(input_ids=torch.tensor([prompt]), past_key_values=cache, use_cache=True, logits_to_keep=1)
+        model(input_ids=torch.tensor([prompt]), cache=cache, use_cache=True, logits_to_keep=1)
         for token in tokens:
             if fast:
                 out.append(step([token], [cache])[0])
             else:
                 ids = torch.tensor([[token]])
-                out.append(model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1).logits[0, -1])
+                out.append(model(input_ids=ids, cache=cache, use_cache=True, logits_to_keep=1).logits[0, -1])
     return out
 
 
@@ -80,11 +80,11 @@ worst = 0.0
 with torch.inference_mode():
     caches = [new_cache(model.config), new_cache(model.config)]
     for cache in caches:
-        model(input_ids=torch.tensor([[5, 9, 13, 17, 21]]), past_key_values=cache, use_cache=True, logits_to_keep=1)
+        model(input_ids=torch.tensor([[5, 9, 13, 17, 21]]), cache=cache, use_cache=True, logits_to_keep=1)
     for token in (3, 8, 30, 60):
         mine = step([token], [caches[0]])[0]
         ids = torch.tensor([[token]])
-        reference = model(input_ids=ids, past_key_values=caches[1], use_cache=True, logits_to_keep=1).logits[0, -1]
+        reference = model(input_ids=ids, cache=caches[1], use_cache=True, logits_to_keep=1).logits[0, -1]
         worst = max(worst, float((mine - reference).abs().max() / reference.abs().max()))
 print(torch.backends.cpu.get_cpu_capability(), worst, step.tolerance, loaded.precision.details["decode_step"])
 """

@@ -16,18 +16,18 @@ def test_growing_cache_matches_dynamic_cache_token_by_token(random_fp8) -> None:
     ours, theirs = new_cache(model.config), DynamicCache(config=model.config)
     assert all(isinstance(layer, GrowingLayer) for layer in ours.layers)
     with torch.inference_mode():
-        a = model(ids[:, :30], past_key_values=ours, use_cache=True).logits
-        b = model(ids[:, :30], past_key_values=theirs, use_cache=True).logits
+        a = model(ids[:, :30], cache=ours, use_cache=True).logits
+        b = model(ids[:, :30], cache=theirs, use_cache=True).logits
         torch.testing.assert_close(a, b)
         for i in range(30, 40):  # decode steps append in place
-            a = model(ids[:, i : i + 1], past_key_values=ours, use_cache=True).logits
-            b = model(ids[:, i : i + 1], past_key_values=theirs, use_cache=True).logits
+            a = model(ids[:, i : i + 1], cache=ours, use_cache=True).logits
+            b = model(ids[:, i : i + 1], cache=theirs, use_cache=True).logits
             torch.testing.assert_close(a, b)
         ours.crop(-5)
         theirs.crop(-5)
         assert ours.get_seq_length() == theirs.get_seq_length() == 35
-        a = model(ids[:, 35:37], past_key_values=ours, use_cache=True).logits
-        b = model(ids[:, 35:37], past_key_values=theirs, use_cache=True).logits
+        a = model(ids[:, 35:37], cache=ours, use_cache=True).logits
+        b = model(ids[:, 35:37], cache=theirs, use_cache=True).logits
         torch.testing.assert_close(a, b)
 
 

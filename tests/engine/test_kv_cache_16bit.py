@@ -65,7 +65,7 @@ def prefill(model, ids: list[int], cache) -> torch.Tensor:
     with torch.inference_mode():
         for start in range(0, len(ids), CHUNK):
             chunk = torch.tensor([ids[start : start + CHUNK]])
-            logits = model(input_ids=chunk, past_key_values=cache, use_cache=True, logits_to_keep=1).logits[0, -1]
+            logits = model(input_ids=chunk, cache=cache, use_cache=True, logits_to_keep=1).logits[0, -1]
     return logits
 
 

@@ -95,7 +95,7 @@ def test_copy_prefix_copies_the_first_tokens_and_refuses_a_short_cache(noisy) ->
     cache = new_cache(config)
     ids = prompt_ids(noisy)
     with torch.inference_mode():
-        noisy.model(input_ids=torch.tensor([ids]), past_key_values=cache, use_cache=True)
+        noisy.model(input_ids=torch.tensor([ids]), cache=cache, use_cache=True)
     copy = copy_prefix(cache, 5, config)
     assert copy is not None and copy.get_seq_length() == 5
     for source, target in zip(cache.layers, copy.layers, strict=True):

@@ -10,7 +10,7 @@ from packaging.requirements import Requirement
 from packaging.version import Version
 
 ROOT = Path(__file__).resolve().parents[2]
-PAST_KEY_VALUES_REMOVED = Version("5.40.0")  # transformers' deprecate_kwarg("past_key_values", "5.40.0", "cache")
+CACHE_ARGUMENT_ADDED = Version("5.24.0")  # transformers renamed `past_key_values` to `cache` (the old name warns)
 
 
 def requirement(name: str) -> Requirement:
@@ -21,14 +21,15 @@ def requirement(name: str) -> Requirement:
     raise AssertionError(f"{name} is not in requirements.txt")
 
 
-def test_transformers_is_bounded_below_the_release_that_removes_past_key_values() -> None:
-    passes_it = [
+def test_the_code_passes_transformers_cache_argument_and_requires_a_release_that_has_it() -> None:
+    """The old name prints two deprecation warnings on a user's first reply and goes in 5.40."""
+    old_name = [
         path.relative_to(ROOT)
         for path in (ROOT / "chatbot").rglob("*.py")
-        if re.search(r"\bpast_key_values=", path.read_text(encoding="utf-8"))
+        if re.search(r"\bpast_key_values\b", path.read_text(encoding="utf-8"))
     ]
+    assert old_name == [], f"{old_name} use past_key_values; pass cache= (transformers >= 5.24)"
     specifier = requirement("transformers").specifier
-    if passes_it:
-        assert PAST_KEY_VALUES_REMOVED not in specifier, f"{passes_it} pass past_key_values; bound it below 5.40"
+    assert CACHE_ARGUMENT_ADDED in specifier and Version("5.23.9") not in specifier
     assert Version("6.0") not in specifier and Version("5.3") not in specifier  # only what the suite has run with
     assert Version(version("transformers")) in specifier, "the installed transformers is outside requirements.txt"
