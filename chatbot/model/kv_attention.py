@@ -136,7 +136,7 @@ def kv16_attention(
     return out.transpose(1, 2).contiguous().to(query.dtype), None
 
 
-def use_kv16_attention(model: nn.Module, choice: KvCacheChoice) -> str:
+def use_kv16_attention(model: Any, choice: KvCacheChoice) -> str:
     """Record ``choice`` on ``model`` (``kv_cache_dtype``) and let its attention read such a cache;
     returns the sentence for the precision details.
 
