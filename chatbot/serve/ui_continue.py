@@ -164,14 +164,18 @@ def _stream(
         stats = {**turn.stats, "finish_reason": "interrupted"} | ({"new_tokens": tokens} if tokens else {})
         grown = replace(turn, content=live.answer, thinking=live.thinking, stats=stats)
         line = Conversation(conversation.system_prompt, [*conversation.turns[:-1], grown])
-        return as_text(saved_form(line, chat_id, title))
+        text = as_text(saved_form(line, chat_id, title))
+        return stop.saving(text) if stop is not None else text  # (called only once ``stop`` is set)
 
     with handlers.stops.reply(session, chat_id, conversation) as stop:
         if stop is None:
             yield gr.skip(), gr.skip(), notice_html(BUSY), conversation, gr.skip()
             return
-        with stop.drawing():
-            yield [*earlier, *live.messages()], gr.skip(), "", conversation, gr.skip()
+        with stop.drawing() as shown_here:
+            if shown_here:
+                yield [*earlier, *live.messages()], gr.skip(), "", conversation, gr.skip()
+            else:  # the tab left this chat as Continue was pressed (``StopSignals.detach``): not drawn
+                yield (gr.skip(),) * 5
         try:
             backend = handlers.app.backend
             request = ChatRequest.build(
@@ -214,7 +218,7 @@ def _stream(
             interrupted = stop.interrupted(live.done.finish_reason)
             turn.content, turn.thinking = live.answer, live.thinking
             turn.stats = live.stats | ({"finish_reason": "interrupted"} if interrupted else {})
-        saved = as_text(saved_form(conversation, chat_id, title))
+        saved = stop.saving(as_text(saved_form(conversation, chat_id, title)))
         with stop.drawing() as shown_here:
             if not shown_here:
                 yield gr.skip(), gr.skip(), gr.skip(), gr.skip(), saved

@@ -316,7 +316,8 @@ class ChatHandlers:
             return saved_form(conversation, chat_id, title, exchange)
 
         def record(pending: bool, tokens: int | None = None) -> str:
-            return self._kept(chats, record_data(pending, tokens))
+            text = self._kept(chats, record_data(pending, tokens))
+            return stop.saving(text) if stop is not None else text  # (called only once ``stop`` is set)
 
         grown_data = record_data(True)
         grown = as_text(grown_data)
@@ -339,8 +340,11 @@ class ChatHandlers:
                 yield conversation_messages(conversation), message, notice_html(error), conversation, gr.skip()
                 return
             # The question is stored before the model starts: a reload from now on keeps it.
-            with stop.drawing():
-                yield [*earlier, *user_messages(message), *live.messages()], "", "", conversation, grown
+            with stop.drawing() as shown_here:
+                if shown_here:
+                    yield [*earlier, *user_messages(message), *live.messages()], "", "", conversation, grown
+                else:  # the tab left this chat as it was sent (``StopSignals.detach``): saved, not drawn
+                    yield gr.skip(), "", gr.skip(), gr.skip(), grown
             try:
                 next_update = next_save = 0.0
                 backend = self.app.backend
@@ -497,11 +501,12 @@ class ChatHandlers:
         """Show the chat ``chosen`` in the list (``saved``: what the page holds of it, as JSON: the chat itself
         when the browser keeps the chats)."""
         chats = self.chats(request)
-        record = chats.load(chosen, from_text(saved))
+        session = session_of(request)
+        # A reply that ended after this tab left its chat: its last save, if the page has not written it yet.
+        record = self.stops.newer_than_page(session, chosen, chats.load(chosen, from_text(saved)))
         if not chosen or not isinstance(record, dict):
             notice = notice_html(f"That chat is no longer saved {chats.where} (deleted in another tab?).")
             return gr.skip(), conversation, gr.skip(), gr.skip(), notice, gr.skip()
-        session = session_of(request)
         self.stops.detach(session, STOP_WAIT_SECONDS)  # a reply running here goes on, saved, not drawn
         try:
             check_chat_size(record, self.app.settings.max_chat_mb)

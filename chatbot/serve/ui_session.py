@@ -23,6 +23,7 @@ import os
 import secrets
 import threading
 import time
+from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -51,6 +52,7 @@ class ReplySignal(threading.Event):
     "dropped" once its chat was deleted (nothing of it is kept); "" while its chat is on the screen.
     ``chat_id`` and ``conversation`` say which chat it grows, so opening that chat again shows it live.
     ``closed``: set by the tab closing or reloading (not by its Stop button), so the reply is kept as interrupted.
+    ``saved``: the chat as last sent to be saved (JSON text), see ``StopSignals.newer_than_page``.
     """
 
     def __init__(self, chat_id: str = "", conversation: Conversation | None = None) -> None:
@@ -59,6 +61,7 @@ class ReplySignal(threading.Event):
         self.closed = False
         self.chat_id = chat_id
         self.conversation = conversation
+        self.saved = ""
         self._drawing = threading.Condition()
         self._busy = False
 
@@ -78,6 +81,11 @@ class ReplySignal(threading.Event):
                 self._busy = False
                 self._drawing.notify_all()
 
+    def saving(self, text: str) -> str:
+        """``text`` (the chat as JSON) is on its way to be saved; returned."""
+        self.saved = text
+        return text
+
     def interrupted(self, finish_reason: str | None) -> bool:
         """Whether a reply that ended with ``finish_reason`` was cut by the server or a closed tab, not by Stop."""
         return finish_reason == "cancelled" and (self.closed or not self.is_set())
@@ -94,11 +102,20 @@ class StopSignals:
 
     ``asked``: the replies asked for and not started yet. Detaching, dropping or stopping a session's replies
     first waits for those (bounded), so a reply asked for just before a chat switch or a Stop is one of them.
+
+    A reply that ended in a chat the tab had left keeps its last save here for a while (``ENDED_KEPT_SECONDS``,
+    ``ENDED_KEPT`` per session): a page that is behind (a busy machine) may not have written it yet when that
+    chat is opened again, and the chat would open as it was mid-reply (``newer_than_page``).
     """
+
+    ENDED_KEPT = 4
+    ENDED_KEPT_SECONDS = 120.0
 
     def __init__(self) -> None:
         self._lock = threading.Condition()
         self._by_session: dict[str, set[ReplySignal]] = {}
+        self._ended: dict[str, deque[tuple[float, str, str]]] = {}  # session: (when, chat id, saved JSON)
+        self._switching: dict[str, int] = {}  # session: chat switches under way (see ``detach``)
         self.asked = AskedReplies()
 
     @contextmanager
@@ -112,6 +129,8 @@ class StopSignals:
             taken = any(not other.discarded for other in self._by_session.get(session, ()))
             if not taken:
                 self._by_session.setdefault(session, set()).add(signal)
+            if session in self._switching:  # the tab is leaving its chat: this reply is not drawn, not even once
+                signal.discarded = "detached"
         if taken:
             yield None
             return
@@ -123,7 +142,28 @@ class StopSignals:
                 signals.discard(signal)
                 if not signals:
                     self._by_session.pop(session, None)
+                if signal.discarded == "detached" and signal.saved and signal.chat_id:
+                    ended = self._ended.setdefault(session, deque(maxlen=self.ENDED_KEPT))
+                    ended.append((time.monotonic(), signal.chat_id, signal.saved))
                 self._lock.notify_all()
+
+    def newer_than_page(self, session: str, chat_id: str, record: Any) -> Any:
+        """``record`` (a chat as the page or the store holds it), or this session's last save of that chat by a
+        reply that ended while the tab showed another chat, if that save is newer (``updated``)."""
+        with self._lock:
+            ended = self._ended.get(session)
+            if not ended:
+                return record
+            too_old = time.monotonic() - self.ENDED_KEPT_SECONDS
+            while ended and ended[0][0] < too_old:
+                ended.popleft()
+            if not ended:
+                self._ended.pop(session, None)
+            saved = next((text for _, kept_id, text in reversed(ended) if kept_id == chat_id), "")
+        if not saved or not isinstance(record, dict):
+            return record  # a chat no longer kept (deleted meanwhile) is not brought back
+        kept = json.loads(saved)
+        return kept if float(kept.get("updated") or 0) > float(record.get("updated") or 0) else record
 
     def _shown(self, session: str) -> list[ReplySignal]:
         with self._lock:
@@ -146,10 +186,22 @@ class StopSignals:
         return bool(self._shown(session))
 
     def detach(self, session: str, timeout: float) -> None:
-        """The tab moves to another chat: its reply goes on, saved but not drawn (see ``ReplySignal.discard``)."""
-        self.asked.wait(session, timeout)  # a reply asked for in the chat left stays there
-        for signal in self._shown(session):
-            signal.discard("detached", timeout)
+        """The tab moves to another chat: its reply goes on, saved but not drawn (see ``ReplySignal.discard``).
+
+        A reply asked for in the chat left is waited for and stays there. One that starts during the wait is
+        detached from its start: the page can apply two events' outputs out of order, so its first draw (the
+        question) could otherwise land over the chat switched to."""
+        with self._lock:
+            self._switching[session] = self._switching.get(session, 0) + 1
+        try:
+            self.asked.wait(session, timeout)
+            for signal in self._shown(session):
+                signal.discard("detached", timeout)
+        finally:
+            with self._lock:
+                left = self._switching.pop(session) - 1
+                if left:
+                    self._switching[session] = left
 
     def attach(self, session: str, chat_id: str) -> ReplySignal | None:
         """The tab shows ``chat_id`` again: its reply still running (if any) is drawn again; returned."""
