@@ -27,12 +27,12 @@ from .session_quota import web_client
 from .ui_handlers import (
     BUSY,
     LEAVE_THE_PAGE_ALONE,
-    STREAM_INTERVAL_SECONDS,
     ChatHandlers,
     ReplyInputs,
     as_text,
     notice_html,
     session_of,
+    stream_interval,
 )
 from .ui_render import LiveReply, conversation_messages
 from .ui_session import saved_form
@@ -194,7 +194,7 @@ def _stream(
                 now = time.perf_counter()
                 if stop.discarded == "dropped" or live.done is not None or now < next_update:
                     continue
-                next_update = now + STREAM_INTERVAL_SECONDS
+                next_update = now + stream_interval(live.thinking, live.answer)
                 saving = now >= next_save
                 next_save = now + SAVE_INTERVAL_SECONDS if saving else next_save
                 saved = record(handlers._tokens_so_far(live)) if saving else gr.skip()

@@ -51,6 +51,11 @@ log = logging.getLogger(__name__)
 # costs the browser a few hundred re-renders, not one per token (the first piece of the thinking and
 # of the answer are shown at once).
 STREAM_INTERVAL_SECONDS = 0.1
+# Each screen update renders the whole message's Markdown again in the page, so past a few thousand characters
+# updates come less often (one per this many characters shown, in seconds): the page's drawing work per second
+# stays bounded however long the reply grows. Without it a 16,000-token reply at 100 tokens/s kept a busy
+# browser drawing minutes behind the model, and clicks (Stop, another chat) waited as long.
+REDRAW_CHARACTERS_PER_SECOND = 40_000
 SAVE_INTERVAL_SECONDS = 0.5  # how often a streaming reply is written to the browser's storage
 # How long switching or deleting a chat waits for the tab's running reply to wind down (one decode step,
 # normally); a bound, so a stuck reply cannot hold the page.
@@ -365,7 +370,7 @@ class ChatHandlers:
                         continue
                     if now < next_update and not first_of_its_kind:
                         continue
-                    next_update = now + STREAM_INTERVAL_SECONDS
+                    next_update = now + stream_interval(live.thinking, live.answer)
                     saving = now >= next_save
                     next_save = now + SAVE_INTERVAL_SECONDS if saving else next_save
                     saved = record(True, self._tokens_so_far(live)) if saving else gr.skip()
@@ -769,3 +774,9 @@ def _starts_a_part(event: ChatEvent, live: LiveReply) -> bool:
 def session_of(request: gr.Request) -> str:
     """The browser session's hash (Gradio sets it on every event from a page)."""
     return request.session_hash or ""
+
+
+def stream_interval(*shown: str) -> float:
+    """Seconds until a streaming reply's next screen update: ``STREAM_INTERVAL_SECONDS``, longer once the reply
+    (``shown``: its thinking and answer) is long enough that drawing it again costs the page more."""
+    return max(STREAM_INTERVAL_SECONDS, sum(len(text) for text in shown) / REDRAW_CHARACTERS_PER_SECOND)

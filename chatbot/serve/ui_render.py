@@ -31,6 +31,9 @@ from .ui_versions import version_nav
 
 STATS_CLASS = "qc-stats"
 TITLE_PREVIEW = 80  # characters of a tool call's arguments or result shown in its folded block's title
+# A reply saved mid-stream shows its speed only after this long: tokens that arrive together would read as
+# thousands a second (seen: "10810 tokens/s" for 4 tokens).
+MIN_SPEED_SECONDS = 0.25
 ATTACHMENT_SHOWN_CHARS = 20_000  # of an attached file's text drawn in its folded block (the model reads it all)
 Message = dict[str, Any]
 # Tags the page shows as text wherever they appear. Gradio escapes them in the HTML rendered from the
@@ -338,7 +341,7 @@ class LiveReply:
         if self.first_text is not None:
             stats["time_to_first_token"] = round(self.first_text - self.started, 2)
             writing = now - self.first_text
-            if tokens and tokens > 1 and writing > 0:
+            if tokens and tokens > 1 and writing >= MIN_SPEED_SECONDS:  # not a few tokens that came at once
                 stats["tokens_per_second"] = round((tokens - 1) / writing, 1)
         if self.thinking_started is not None:
             thought = self.thinking_seconds if self.thinking_seconds is not None else now - self.thinking_started

@@ -30,6 +30,7 @@ from chatbot.chat.reply import AnswerDelta, ChatDone, Conversation, QueuePositio
 from chatbot.chat.thinking import split_thinking
 from chatbot.errors import ChatbotError
 from chatbot.model.loader import load_model
+from chatbot.serve.ui_handlers import STREAM_INTERVAL_SECONDS, stream_interval
 from chatbot.serve.ui_render import LiveReply, conversation_messages, indexed_messages, is_stats_message, shown_markdown
 from chatbot.serve.ui_session import (
     StopSignals,
@@ -324,6 +325,20 @@ def test_live_reply_says_when_it_is_paused_for_someone_else_and_goes_on() -> Non
     assert live.status.startswith("Paused to give someone else a turn") and live.answer == "Hel"
     live.apply(AnswerDelta("lo"))
     assert live.status == "Writing…" and live.answer == "Hello"
+
+
+def test_a_reply_saved_mid_stream_gives_no_speed_for_tokens_that_came_at_once() -> None:
+    live = LiveReply()
+    live.apply(AnswerDelta("Four tokens at once"))
+    assert "tokens_per_second" not in live.progress_stats(4)  # not "10810 tokens/s"
+    live.first_text = (live.first_text or 0) - 2.0  # two seconds of writing later
+    assert 1.0 < live.progress_stats(5)["tokens_per_second"] < 3.0
+
+
+def test_a_long_reply_is_redrawn_less_often_so_the_page_keeps_up() -> None:
+    assert stream_interval("", "short answer") == STREAM_INTERVAL_SECONDS
+    assert stream_interval("t" * 20_000, "a" * 20_000) == pytest.approx(1.0)  # 40,000 characters: once a second
+    assert stream_interval("", "a" * 400_000) == pytest.approx(10.0)
 
 
 # --- the running app: scripted model ----------------------------------------------------------------------
