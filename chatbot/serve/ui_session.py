@@ -142,10 +142,16 @@ class StopSignals:
                 signals.discard(signal)
                 if not signals:
                     self._by_session.pop(session, None)
+                self._forget_ended(time.monotonic() - self.ENDED_KEPT_SECONDS)  # tabs gone for good too
                 if signal.discarded == "detached" and signal.saved and signal.chat_id:
                     ended = self._ended.setdefault(session, deque(maxlen=self.ENDED_KEPT))
                     ended.append((time.monotonic(), signal.chat_id, signal.saved))
                 self._lock.notify_all()
+
+    def _forget_ended(self, before: float) -> None:
+        """Drop the kept saves (``newer_than_page``) made before ``before``, in every session (under the lock)."""
+        for session in [s for s, ended in self._ended.items() if ended[-1][0] < before]:
+            del self._ended[session]
 
     def newer_than_page(self, session: str, chat_id: str, record: Any) -> Any:
         """``record`` (a chat as the page or the store holds it), or this session's last save of that chat by a

@@ -86,3 +86,9 @@ def test_a_reply_that_ended_in_a_chat_left_is_what_opens_while_the_page_has_an_o
         signal.saving('{"id": "shown", "updated": 101.0, "messages": []}')
     shown_copy = {"id": "shown", "updated": 100.0, "messages": ["as drawn"]}
     assert stops.newer_than_page("tab", "shown", shown_copy) is shown_copy
+
+    stops.ENDED_KEPT_SECONDS = 0.0  # and what a tab that never comes back left is dropped at the next reply's end
+    with stops.reply("another tab", "x"):
+        pass
+    assert stops.newer_than_page("tab", "left", page_copy) is page_copy
+    assert not stops._ended
