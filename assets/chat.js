@@ -392,10 +392,17 @@
     if (!chat || chat === chatObserved) return;
     chatObserved = chat;
     addDeleteButtons();
-    new MutationObserver(() => requestAnimationFrame(() => {
-      followIfReading();
-      addDeleteButtons();
-    })).observe(chat, {
+    // One pass per frame however many changes a redraw makes (each pass reads the layout).
+    let queued = false;
+    new MutationObserver(() => {
+      if (queued) return;
+      queued = true;
+      requestAnimationFrame(() => {
+        queued = false;
+        followIfReading();
+        addDeleteButtons();
+      });
+    }).observe(chat, {
       childList: true,
       subtree: true,
       characterData: true,
