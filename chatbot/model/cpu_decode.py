@@ -52,7 +52,7 @@ from transformers import DynamicCache
 
 from ..settings import tuning
 from .cpu_int8 import CpuInt8Linear, _aten_matvec, _int8_matvec
-from .cpu_layers import CpuLinear, _vector_isa
+from .cpu_layers import CpuLinear, vector_isa
 from .kv_attention import attend
 
 log = logging.getLogger(__name__)
@@ -118,7 +118,7 @@ def vectorize_ok() -> bool:
     int8 -> FP32 one does for ``cpu_int8``. Scalar C++ is exact, and the fused code around the matmuls
     is a few thousand numbers per token, so it costs little.
     """
-    return _vector_isa().upper().startswith("AVX512")
+    return vector_isa().upper().startswith("AVX512")
 
 
 def _step_functions(linear: Callable[..., torch.Tensor], heads: int, kv_heads: int, head_dim: int, eps: float) -> Any:

@@ -51,7 +51,7 @@ def short_name(dtype: torch.dtype) -> str:
     return {v: k for k, v in DTYPE_NAMES.items()}[dtype].upper()
 
 
-def _vector_isa() -> str:
+def vector_isa() -> str:
     """The instruction set torch's CPU kernels use ("AVX512", "AVX2"...; ATEN_CPU_CAPABILITY can lower it)."""
     return torch.backends.cpu.get_cpu_capability()
 
@@ -69,7 +69,7 @@ def choose_prefill_dtype(
     """
     switches = tuning(environ)
     flags = cpu_flags() if flags is None else flags
-    isa = _vector_isa() if isa is None else isa
+    isa = vector_isa() if isa is None else isa
     copy = switches.cpu_prefill_copy
     forced = switches.cpu_prefill_dtype
     if forced != "auto":

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..settings import tuning
-from .cpu_layers import NATIVE_BF16_FLAGS, _vector_isa
+from .cpu_layers import NATIVE_BF16_FLAGS, vector_isa
 from .device import cpu_flags
 
 KV_DTYPE_VAR = "QWEN_KV_CACHE_DTYPE"
@@ -71,7 +71,7 @@ def choose_kv_cache_dtype(
     if mode == "fp32":
         return KvCacheChoice(torch.float32, "FP32 as the precision asks")
     flags = cpu_flags() if flags is None else flags
-    isa = _vector_isa() if isa is None else isa
+    isa = vector_isa() if isa is None else isa
     if any(flag in flags for flag in NATIVE_BF16_FLAGS) and isa != "AVX2":
         return KvCacheChoice(torch.bfloat16, "half the bytes of FP32; this CPU has native BF16 instructions")
     return KvCacheChoice(torch.float16, "half the bytes of FP32; FP16, as this CPU has no native BF16")

@@ -51,12 +51,12 @@ from .cpu_int8 import (
 from .cpu_layers import (
     CpuLinear,
     PrefillChoice,
-    _vector_isa,
     batched_decode_rows,
     choose_prefill_dtype,
     convert_to_cpu_layers,
     keep_prefill_copies,
     short_name,
+    vector_isa,
 )
 from .device import DeviceInfo, detect_device, is_sticky_cuda_fault
 from .formats import PROJECTION_RE, FormatKind
@@ -246,7 +246,7 @@ def _int8_rule(info: CheckpointInfo, dev: DeviceInfo, progress: LoadProgress) ->
     except Int8KernelUnavailable as exc:
         log.warning("INT8 not considered: %s", exc)
         return None
-    rule = Int8Rule(kernel.name, _vector_isa())
+    rule = Int8Rule(kernel.name, vector_isa())
     log.info("INT8 %s: %s", "chosen" if rule.faster else "not chosen", rule.describe())
     return rule
 

@@ -152,7 +152,7 @@ def test_the_int8_choice_is_a_rule_not_a_timing_so_the_same_machine_always_gets_
     device = detect_device("cpu")
     for kernel, isa, expected in (("inductor", "AVX512", True), ("aten", "AVX2", False), ("aten", "AVX512", False)):
         monkeypatch.setattr(loader, "select_int8_kernel", lambda shapes, name=kernel: cpu_int8.Int8Kernel(name, None))
-        monkeypatch.setattr(loader, "_vector_isa", lambda isa=isa: isa)
+        monkeypatch.setattr(loader, "vector_isa", lambda isa=isa: isa)
         answers = {loader._int8_rule(info, device, LoadProgress()).faster for _ in range(5)}
         assert answers == {expected}, (kernel, isa)
 
