@@ -377,13 +377,52 @@ class LoginRequired:
         return False
 
 
+class PagePolicy:
+    """ASGI middleware: the web chat's pages load images, sound, video, frames and form posts from this
+    server only (a Content-Security-Policy header; scripts and styles are left to Gradio).
+
+    A chat shows text that neither the user nor this server wrote: the model's answers (which can repeat
+    what a document or a tool result told it to) and imported files. Markdown images and the HTML the
+    sanitizer keeps (``<img>``, ``<video>``, ``<form>``) would otherwise make the reader's browser fetch
+    any address, carrying in its query whatever the text put there.
+    """
+
+    POLICY = (
+        b"img-src 'self' data: blob:; media-src 'self' data: blob:; frame-src 'self'; object-src 'none'; "
+        b"form-action 'self'; base-uri 'self'"
+    )
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def with_policy(message) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                if not any(name.lower() == b"content-security-policy" for name, _ in headers):
+                    headers.append((b"content-security-policy", self.POLICY))
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, with_policy)
+
+
 def ui_middleware(settings) -> list:
-    """Middleware for Gradio's app: the Host/Origin guard, and login throttling when there is a login."""
+    """Middleware for Gradio's app: the Host/Origin guard, the page policy, and login throttling when there
+    is a login."""
     from starlette.middleware import Middleware
 
     # Uploads have their own limit (Gradio's max_file_size), checked with a clear message in the page.
     body_limit = int(max(settings.max_request_mb, settings.max_upload_mb + 1) * 2**20)
-    middleware = [Middleware(HostOriginGuard, **guard_options(settings)), Middleware(BodySizeLimit, limit=body_limit)]
+    middleware = [
+        Middleware(HostOriginGuard, **guard_options(settings)),
+        Middleware(PagePolicy),
+        Middleware(BodySizeLimit, limit=body_limit),
+    ]
     if settings.auth is not None:
         middleware.append(Middleware(FailedLoginThrottle, outcome=ui_login_outcome, attempt=is_login, what="logins"))
         middleware.append(Middleware(LoginRequired))

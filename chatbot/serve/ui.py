@@ -47,7 +47,6 @@ from .ui_continue import continue_reply
 from .ui_delete import delete_message
 from .ui_errors import EventErrors, log_event_errors
 from .ui_handlers import ChatHandlers, ReplyInputs, session_of
-from .ui_render import ESCAPED_TAGS
 from .ui_session import storage_secret
 from .uploads import UPLOAD_TTL_SECONDS, UploadQuota, discard_upload
 
@@ -320,7 +319,10 @@ def build_ui(app: App) -> gr.Blocks:
             min_height=300,
             layout="bubble",
             sanitize_html=True,
-            allow_tags=ESCAPED_TAGS,
+            # Any tag that is not HTML's own is shown as text: sanitized away, "cp <src> <dest>", "List<T>" or a
+            # stray <think> took the rest of its paragraph with it. HTML's own is sanitized (scripts, styles,
+            # frames and handlers removed); security.PagePolicy stops what is left loading from elsewhere.
+            allow_tags=True,
             render_markdown=True,
             latex_delimiters=LATEX_DELIMITERS,
             buttons=["copy", "copy_all"],

@@ -6,8 +6,9 @@ Pure functions and one small accumulator (``LiveReply``), kept apart from the Gr
 duration), which Gradio draws as a collapsible block.
 
 Text from users, the model and imported files is sent as written (so the copy buttons copy the
-Markdown source); the Chatbot is told to show the tags in ``ESCAPED_TAGS`` as text and sanitizes
-the rest (``ui.py``), so markup in a message is shown, never run.
+Markdown source). The Chatbot shows every tag that is not HTML's own (``<think>``, ``List<T>``,
+``cp <src> <dest>``) as text and sanitizes HTML's own; the page's policy keeps what it leaves from
+loading anything from elsewhere (``ui.py``, ``security.PagePolicy``): markup in a message is never run.
 """
 
 from __future__ import annotations
@@ -36,15 +37,6 @@ TITLE_PREVIEW = 80  # characters of a tool call's arguments or result shown in i
 MIN_SPEED_SECONDS = 0.25
 ATTACHMENT_SHOWN_CHARS = 20_000  # of an attached file's text drawn in its folded block (the model reads it all)
 Message = dict[str, Any]
-# Tags the page shows as text wherever they appear. Gradio escapes them in the HTML rendered from the
-# Markdown, so they must be tags neither Markdown nor Gradio's code blocks write (<a>, <code>, <span>,
-# <div>, <button>, <svg>... are not here; those are cleaned by Gradio's sanitizer instead).
-ESCAPED_TAGS = [
-    *("script", "style", "iframe", "frame", "frameset", "object", "embed", "applet", "img", "picture"),
-    *("video", "audio", "source", "track", "math", "form", "textarea", "select", "option", "link", "meta"),
-    *("base", "title", "template", "noscript", "xmp", "plaintext", "marquee", "dialog", "canvas", "html"),
-    *("head", "body", "details", "summary", "label", "fieldset"),
-]
 # The Prism grammar bundled for ```cpp extends the C one but Gradio does not load C first (PrismJS
 # issue 3029): the whole message fails to draw. "c++" is drawn as plain code and keeps the meaning.
 CPP_FENCE_RE = re.compile(r"^( {0,3}(?:`{3,}|~{3,})[ \t]*)cpp\b", re.MULTILINE | re.IGNORECASE)

