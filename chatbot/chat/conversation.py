@@ -61,7 +61,9 @@ class Conversation:
 
     @classmethod
     def from_list(cls, items: Sequence[dict[str, Any]], system_prompt: str = "") -> Conversation:
-        """Rebuild from ``to_list()`` output (e.g. an imported JSON file); assistant text is split at </think>."""
+        """Rebuild from ``to_list()`` output (e.g. an imported JSON file). An assistant message with no
+        ``thinking`` field is raw model output: its text is split at </think>. One with the field (every
+        chat this app saves) keeps its text as it is: an answer that mentions </think> stays whole."""
         turns = []
         for i, item in enumerate(items):
             role, content = item.get("role"), item.get("content")
@@ -73,7 +75,7 @@ class Conversation:
             if calls is not None and not (isinstance(calls, list) and all(isinstance(c, dict) for c in calls)):
                 raise ChatbotError(f"Item {i} has tool_calls that are not a list of calls.")
             thinking = item.get("thinking") or ""
-            if role == "assistant" and "</think>" in content:
+            if role == "assistant" and "thinking" not in item and "</think>" in content:
                 split = split_thinking(content)
                 content, thinking = split.answer, thinking or split.thinking
             turn = Turn(role, content, thinking if isinstance(thinking, str) else "", tool_calls=calls or [])

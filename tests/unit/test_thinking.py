@@ -6,7 +6,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from chatbot.chat.conversation import Conversation, Turn
 from chatbot.chat.thinking import ThinkingStreamSplitter, split_thinking
+from chatbot.serve.ui_session import from_saved_form, saved_form
 
 
 @pytest.mark.parametrize(
@@ -100,3 +102,18 @@ def test_a_reply_cut_while_thinking_keeps_its_thinking_even_without_the_opening_
     cut = splitter.finish(cut=True)
     assert (cut.thinking, cut.answer) == ("Weighing option A against option B", "")
     assert splitter.finish(cut=False).answer == "Weighing option A against option B"  # ended on its own: an answer
+
+
+@pytest.mark.parametrize("thinking", ["", "Weighing it."])
+def test_a_saved_answer_that_mentions_the_close_tag_opens_again_whole(thinking: str) -> None:
+    """A chat is saved at every step and opened again at each reload: an answer that talks about the tag
+    (thinking off, or the model quoting it) lost all it said before it each time."""
+    answer = "Qwen3 ends its thinking with </think>, then answers."
+    chat = Conversation("", [Turn("user", "How does Qwen3 end its thinking?"), Turn("assistant", answer, thinking)])
+    back = from_saved_form(saved_form(chat, "id-1"), "")
+    assert [(turn.content, turn.thinking) for turn in back.turns] == [(t.content, t.thinking) for t in chat.turns]
+
+
+def test_raw_model_output_imported_is_still_split_at_the_close_tag() -> None:
+    back = Conversation.from_list([{"role": "assistant", "content": "<think>Hm.</think>Yes."}])
+    assert (back.turns[0].thinking, back.turns[0].content) == ("Hm.", "Yes.")
