@@ -27,6 +27,7 @@ from .session_quota import web_client
 from .ui_handlers import (
     BUSY,
     LEAVE_THE_PAGE_ALONE,
+    SAVE_INTERVAL_SECONDS,
     ChatHandlers,
     ReplyInputs,
     as_text,
@@ -38,7 +39,6 @@ from .ui_render import LiveReply, conversation_messages
 from .ui_session import saved_form
 
 MIN_ROOM_TOKENS = 16  # fewer tokens of room than this and a continuation is refused: the context is full
-SAVE_INTERVAL_SECONDS = 0.5
 NO_ROOM = (
     "This answer fills the context window ({used:,} of {context:,} tokens with its question): it cannot go on. "
     "Start a new chat and ask for the rest there."
