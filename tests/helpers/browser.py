@@ -95,6 +95,11 @@ def page_report(browser, apps: list[RunningApp]) -> str:
                     "() => [...document.querySelectorAll('#qc-chat .qc-stats')].map(s => s.innerText).slice(-3)"
                 )
                 lines.append(f"  last stats lines: {stats!r}")
+                counts = page.evaluate(
+                    "() => ['user', 'bot'].map(r => document.querySelectorAll(`#qc-chat .message.${r}`).length)"
+                )
+                box = page.input_value("#qc-message textarea", timeout=2000)
+                lines.append(f"  messages (user, bot): {counts}; message box: {box[:200]!r}")
             except Exception as exc:  # a closed or crashed page: what it did above is the report
                 lines.append(f"  (its state could not be read: {exc.__class__.__name__})")
     for app in apps:
