@@ -27,13 +27,12 @@ from .session_quota import web_client
 from .ui_handlers import (
     BUSY,
     LEAVE_THE_PAGE_ALONE,
-    SAVE_INTERVAL_SECONDS,
     ChatHandlers,
     ReplyInputs,
+    StreamPace,
     as_text,
     notice_html,
     session_of,
-    stream_interval,
 )
 from .ui_render import LiveReply, conversation_messages
 from .ui_session import saved_form
@@ -186,17 +185,15 @@ def _stream(
                 continue_final_message=True,
                 **options,
             )
-            next_update = next_save = 0.0
+            pace = StreamPace()
             for event in backend.stream(request, stop):
                 if stop.is_set() and isinstance(event, Loading):
                     break
                 live.apply(event)
                 now = time.perf_counter()
-                if stop.discarded == "dropped" or live.done is not None or now < next_update:
+                if stop.discarded == "dropped" or live.done is not None or not pace.draw_due(now, live):
                     continue
-                next_update = now + stream_interval(live.thinking, live.answer)
-                saving = now >= next_save
-                next_save = now + SAVE_INTERVAL_SECONDS if saving else next_save
+                saving = pace.save_due(now)
                 saved = record(handlers._tokens_so_far(live)) if saving else gr.skip()
                 with stop.drawing() as shown_here:
                     if shown_here:

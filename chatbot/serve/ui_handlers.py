@@ -351,7 +351,7 @@ class ChatHandlers:
                 else:  # the tab left this chat as it was sent (``StopSignals.detach``): saved, not drawn
                     yield gr.skip(), "", gr.skip(), gr.skip(), grown
             try:
-                next_update = next_save = 0.0
+                pace = StreamPace()
                 backend = self.app.backend
                 request = ChatRequest.build(
                     conversation.messages_with(message),
@@ -368,11 +368,9 @@ class ChatHandlers:
                     now = time.perf_counter()
                     if stop.discarded == "dropped" or live.done is not None:
                         continue
-                    if now < next_update and not first_of_its_kind:
+                    if not pace.draw_due(now, live, at_once=first_of_its_kind):
                         continue
-                    next_update = now + stream_interval(live.thinking, live.answer)
-                    saving = now >= next_save
-                    next_save = now + SAVE_INTERVAL_SECONDS if saving else next_save
+                    saving = pace.save_due(now)
                     saved = record(True, self._tokens_so_far(live)) if saving else gr.skip()
                     with stop.drawing() as shown_here:
                         if shown_here:
@@ -774,6 +772,28 @@ def _starts_a_part(event: ChatEvent, live: LiveReply) -> bool:
 def session_of(request: gr.Request) -> str:
     """The browser session's hash (Gradio sets it on every event from a page)."""
     return request.session_hash or ""
+
+
+class StreamPace:
+    """When a streaming reply next draws on the screen (``stream_interval``) and next saves to the tab's
+    storage (``SAVE_INTERVAL_SECONDS``): a new reply's and a continued one's loops keep the same pace."""
+
+    def __init__(self) -> None:
+        self.next_draw = self.next_save = 0.0
+
+    def draw_due(self, now: float, live: LiveReply, *, at_once: bool = False) -> bool:
+        """Whether to draw now (``at_once``: the first piece of a part, drawn without waiting)."""
+        if now < self.next_draw and not at_once:
+            return False
+        self.next_draw = now + stream_interval(live.thinking, live.answer)
+        return True
+
+    def save_due(self, now: float) -> bool:
+        """Whether this draw also saves (asked only when a draw is due)."""
+        if now < self.next_save:
+            return False
+        self.next_save = now + SAVE_INTERVAL_SECONDS
+        return True
 
 
 def stream_interval(*shown: str) -> float:
