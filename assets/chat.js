@@ -13,6 +13,7 @@
   const PREFIX = "qwen3-chat:chat:";
   const CURRENT = "qwen3-chat:current";
   const DRAFT = "qwen3-chat:draft";
+  const EDITING = "qwen3-chat:editing";  // Edit last's marker while the edited question is not sent (a reload resumes it)
   // Chats deleted in this tab: a save of a reply still on its way must not bring one back (Undo does).
   const deleted = new Set();
   const onServer = () => window.qcChatStore === "server";
@@ -108,11 +109,18 @@
       return sessionStorage.getItem(CURRENT) || "";
     },
     setCurrent(id) {
-      if (id) sessionStorage.setItem(CURRENT, id);
+      if (!id) return;
+      if (id !== store.current()) sessionStorage.removeItem(EDITING);  // an edit belongs to the chat it was made in
+      sessionStorage.setItem(CURRENT, id);
     },
     draft(text) {
       if (text === undefined) return sessionStorage.getItem(DRAFT) || "";
       sessionStorage.setItem(DRAFT, text || "");
+      if (!text) sessionStorage.removeItem(EDITING);  // sent (or emptied): no edit is waiting any more
+    },
+    editing(marker) {
+      if (marker === undefined) return sessionStorage.getItem(EDITING) || "";
+      if (marker) sessionStorage.setItem(EDITING, marker);
     },
     download(name, data) {
       const blob = new Blob([JSON.stringify(data, null, 2)], { type: "application/json" });

@@ -75,7 +75,10 @@ SHORTCUTS = """| keys | does |
 | Ctrl+/ | show these shortcuts |"""
 
 # js hooks of events (run in the page before the Python function; their values replace the inputs)
-JS_RESTORE = "(record, draft, prompt) => [qcStore.readText(qcStore.current()), qcStore.draft(), prompt]"
+JS_RESTORE = (
+    "(record, draft, prompt, editing) => "
+    "[qcStore.readText(qcStore.current()), qcStore.draft(), prompt, qcStore.editing()]"
+)
 JS_INDEX = "(index, id) => [JSON.stringify(qcStore.index(qcStore.searchText())), id]"
 # A chat switch or a Stop waits for the first step of a reply asked for just before (assets/chat.js, ui_asked.py).
 JS_OPEN = (
@@ -298,6 +301,7 @@ def build_ui(app: App) -> gr.Blocks:
         export_file = gr.File(visible="hidden")
         refresh_list = gr.Button(visible="hidden", elem_id="qc-refresh-list")  # clicked by the page's script
         version_request = gr.Textbox("", visible="hidden")  # "TURN:STEP", set by the page's script
+        editing = gr.Textbox("", visible="hidden")  # Edit last's marker, kept in the tab until the edit is sent
         edit_request = gr.Textbox("", visible="hidden")  # an edited question: {"index": ..., "value": ...}
         switch_button = gr.Button(visible="hidden", elem_id="qc-switch-version")  # clicked by the page's script
         continue_button = gr.Button(visible="hidden", elem_id="qc-continue-reply")  # "Continue ▸" under a cut answer
@@ -482,8 +486,8 @@ def build_ui(app: App) -> gr.Blocks:
         ).then(**meter_again, **private)
         edit_button.click(
             handlers.edit_last,
-            [message_box, conversation],
-            [chat, message_box, notice, conversation, record],
+            [message_box, conversation, chat_id],
+            [chat, message_box, notice, conversation, record, editing],
             api_name="edit_last",
         ).then(ui_attach.reclaim, [message_box, attaching.pending], [message_box, attaching.pending], **private).then(
             **meter_again, **private
@@ -498,6 +502,7 @@ def build_ui(app: App) -> gr.Blocks:
         record.change(None, record, None, js="(r) => { qcStore.writeText(r); }", **private)
         records.change(None, records, None, js="(rs) => { qcStore.writeAllText(rs); }", **private)
         chat_id.change(None, chat_id, None, js="(id) => { qcStore.setCurrent(id); }", **private)
+        editing.change(None, editing, None, js="(marker) => { qcStore.editing(marker); }", **private)
         deleted_id.change(None, deleted_id, None, js="(id) => { qcStore.remove(id); }", **private).then(
             handlers.chat_list, [chat_index, chat_id], chats.chats, js=JS_INDEX, queue=False, **private
         )
@@ -599,7 +604,7 @@ def build_ui(app: App) -> gr.Blocks:
         demo.load(show_api_help, None, [panel.api_text, panel.api_snippet], **private)
         demo.load(
             handlers.restore,
-            [read_record, message_box, system_prompt],
+            [read_record, message_box, system_prompt, editing],
             [chat, system_prompt, conversation, chat_id, title, message_box, notice],
             js=JS_RESTORE,
             **private,

@@ -90,6 +90,26 @@ def hold_pending_edit(conversation: Conversation, index: int) -> None:
     conversation.pending_edit = (branch, conversation.to_list()[:index])  # type: ignore[attr-defined]
 
 
+def edit_marker(chat_id: str, index: int, question: str) -> str:
+    """What the page keeps in the tab while an Edit last is not sent yet: which chat, which question."""
+    # "at" makes each marker new to the page, so that its change event always fires
+    return json.dumps({"id": chat_id, "index": index, "question": question, "at": time.time()}, ensure_ascii=False)
+
+
+def resume_pending_edit(conversation: Conversation, chat_id: str, marker: str) -> bool:
+    """After a reload: take the exchange out again if the tab's marker names this chat's last question, as Edit
+    last did before the reload (the chat was not saved without it). Returns whether it did."""
+    held = from_text(marker)
+    if not isinstance(held, dict) or held.get("id") != chat_id or not isinstance(held.get("index"), int):
+        return False
+    index = held["index"]
+    if index != last_question(conversation) or conversation.turns[index].content != held.get("question"):
+        return False  # the chat changed since (sent, undone, edited elsewhere): nothing to resume
+    hold_pending_edit(conversation, index)
+    del conversation.turns[index:]
+    return True
+
+
 def take_pending_edit(conversation: Conversation) -> Branch | None:
     """The branch Edit last took out, if the chat is still as it left it (not undone, switched or cleared)."""
     pending = getattr(conversation, "pending_edit", None)
@@ -448,21 +468,25 @@ class ChatHandlers:
         record = self._kept(self.chats(request), saved_form(conversation, chat_id, title))
         return conversation_messages(conversation), conversation, record
 
-    def edit_last(self, message: str, conversation: Conversation, request: gr.Request) -> tuple[Any, ...]:
+    def edit_last(self, message: str, conversation: Conversation, chat_id: str, request: gr.Request) -> tuple[Any, ...]:
         """Remove the last exchange and put its question back in the message box to be edited and sent.
-        Refused while a reply is being written in this chat (what is typed in the box stays)."""
+        Refused while a reply is being written in this chat (what is typed in the box stays).
+
+        Outputs: chat, message box, notice, conversation, record, and the edit's marker (``edit_marker``),
+        which the page keeps in the tab so that a reload before sending picks the edit up again."""
         if self.stops.running(session_of(request)):
-            return gr.skip(), message, notice_html(BUSY), conversation, gr.skip()
+            return gr.skip(), message, notice_html(BUSY), conversation, gr.skip(), gr.skip()
         last = last_question(conversation)
         if last is None:
             notice = notice_html("There is no message to edit yet.")
-            return gr.skip(), message, notice, conversation, gr.skip()
+            return gr.skip(), message, notice, conversation, gr.skip(), gr.skip()
         question = conversation.turns[last].content
+        marker = edit_marker(chat_id, last, question)
         hold_pending_edit(conversation, last)
         del conversation.turns[last:]
         # Not saved until the edited question is sent (it keeps the old one as a version then): a reload or
         # another chat opened meanwhile finds the exchange still there, not lost with this tab's state.
-        return conversation_messages(conversation), question, "", conversation, gr.skip()
+        return conversation_messages(conversation), question, "", conversation, gr.skip(), marker
 
     def switch_version(
         self, request_text: str, conversation: Conversation, chat_id: str, title: str, request: gr.Request
@@ -622,9 +646,10 @@ class ChatHandlers:
 
     # --- page load, chat list, settings -------------------------------------------------------------------
 
-    def restore(self, saved: str, draft: str, system_prompt: str, request: gr.Request) -> tuple[Any, ...]:
+    def restore(self, saved: str, draft: str, system_prompt: str, editing: str, request: gr.Request) -> tuple[Any, ...]:
         """On page load: this tab's chat and its unsent text, or a fresh chat. ``saved``: what the page holds of
-        the tab's chat, as JSON (the chat itself when the browser keeps the chats, else its id).
+        the tab's chat, as JSON (the chat itself when the browser keeps the chats, else its id); ``editing``: the
+        tab's Edit last marker (``edit_marker``), if an edited question was not sent before the reload.
 
         Outputs: chat, system prompt, conversation, chat id, title, message box, notice.
         """
@@ -646,6 +671,8 @@ class ChatHandlers:
             try:
                 conversation = from_saved_form(record, system_prompt.strip())
                 title = str(record.get("title") or "")
+                if draft:  # the question being edited is still in the box: the chat is shown without it again
+                    resume_pending_edit(conversation, str(record["id"]), editing)
                 return (
                     conversation_messages(conversation),
                     conversation.system_prompt,

@@ -439,7 +439,7 @@ def test_regenerate_edit_undo_and_clear(client: Client) -> None:
     )
     chat, _, _ = client.predict(api_name="/next_answer")
     assert reply_parts(chat)["thinking"] is not None
-    chat, box, _, _ = client.predict(message="", api_name="/edit_last")
+    chat, box, _, _, _ = client.predict(message="", api_name="/edit_last")
     assert box == "Two" and user_texts(chat) == ["One"]  # kept as it was until the edit is sent
     chat, _ = client.predict(api_name="/undo")
     assert chat == []
@@ -474,7 +474,7 @@ def test_the_context_meter_counts_the_system_prompt_and_tells_a_refusal_from_tri
 def test_edit_last_keeps_the_old_exchange_as_a_version(client: Client) -> None:
     client.predict(message="One", enable_thinking=False, api_name="/chat")
     client.predict(message="Two", enable_thinking=False, api_name="/chat")
-    chat, box, _, _ = client.predict(message="", api_name="/edit_last")
+    chat, box, _, _, _ = client.predict(message="", api_name="/edit_last")
     assert box == "Two" and user_texts(chat) == ["One"]
     chat, _, notice, record = client.predict(message="Two, edited", enable_thinking=False, api_name="/chat")
     assert notice == "" and user_texts(chat) == ["One", "Two, edited"]
@@ -627,7 +627,7 @@ def test_edit_last_during_a_reply_is_refused_and_keeps_the_typed_text(busy_app: 
     client.predict(message="First question", enable_thinking=False, max_new_tokens=16, api_name="/chat")
     job = long_reply(client)
     wait_for(lambda: len(answer_so_far(job)) > 20, what="the answer to start")
-    _, box, notice, _ = client.predict(message="A follow-up I typed", api_name="/edit_last")
+    _, box, notice, _, _ = client.predict(message="A follow-up I typed", api_name="/edit_last")
     assert box == "A follow-up I typed" and "still being written" in html.unescape(notice)
     assert not job.done()  # the reply goes on
     client.predict(api_name="/stop")

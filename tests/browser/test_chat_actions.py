@@ -147,8 +147,9 @@ def test_a_phone_gives_the_conversation_the_screen(browser, demo_app: RunningApp
 
 
 def test_edit_last_then_a_reload_or_another_chat_loses_nothing(browser, demo_app: RunningApp) -> None:
-    """Edit last takes the last exchange out to be edited; until the edit is sent it is still kept, so a reload or
-    another chat opened meanwhile finds it (it was saved without it, and lost with the tab's state)."""
+    """Edit last takes the last exchange out to be edited. A reload before sending resumes the edit (the edited
+    text sent then becomes the question's new version, not a second question); the chat is saved with the
+    exchange until then, so another chat opened meanwhile, or a reload after it, finds it whole."""
     page = open_page(browser, demo_app)
     page.uncheck("#qc-thinking input")
     reply(page, "An older chat", 1)
@@ -158,16 +159,27 @@ def test_edit_last_then_a_reload_or_another_chat_loses_nothing(browser, demo_app
     reply(page, "Second question", 2)
     page.click("#qc-edit")
     page.wait_for_function("() => document.querySelector('#qc-message textarea').value === 'Second question'")
+    page.fill("#qc-message textarea", "Second question, edited")
     page.wait_for_timeout(1000)  # a save would have landed by now
+    assert [m["content"] for m in saved_messages(page) if m["role"] == "user"] == ["First question", "Second question"]
     reload_page(page)
-    page.wait_for_selector("#qc-chat .message.user:has-text('Second question')")
-    wait_for_stats(page, 2)
-    assert page.input_value("#qc-message textarea") == "Second question"  # the text taken out, still in the box
+    page.wait_for_selector("#qc-chat .message.user:has-text('First question')")
+    wait_for_stats(page, 1)
+    page.wait_for_function("() => document.querySelector('#qc-message textarea').value === 'Second question, edited'")
+    assert page.locator("#qc-chat .message.user").count() == 1  # still being edited, as before the reload
+    page.press("#qc-message textarea", "Enter")
+    stats = wait_for_stats(page, 2)
+    assert "question 2 of 2" in stats  # the edit is a version of the question, the old exchange kept
+    users = [m for m in saved_messages(page) if m["role"] == "user"]
+    assert [v["content"] for v in users[1]["versions"]] == ["Second question", "Second question, edited"]
 
     page.click("#qc-edit")
     page.wait_for_function("() => document.querySelectorAll('#qc-chat .message.user').length === 1")
     page.locator("#qc-list label", has_text="An older chat").click()
     page.wait_for_selector("#qc-chat .message.user:has-text('An older chat')")
     page.locator("#qc-list label", has_text="First question").click()
-    page.wait_for_selector("#qc-chat .message.user:has-text('Second question')")
+    page.wait_for_selector("#qc-chat .message.user:has-text('Second question, edited')")
+    reload_page(page)  # the edit was left with the chat: a reload shows the chat whole
+    page.wait_for_selector("#qc-chat .message.user:has-text('Second question, edited')")
+    assert page.locator("#qc-chat .message.user").count() == 2
     page.context.close()

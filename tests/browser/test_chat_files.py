@@ -204,9 +204,9 @@ def test_files_taken_back_by_edit_last_survive_a_reload(browser, demo_app) -> No
     reload_page(page)
     assert chips(page, 1) == ["notes.md"]
     box_is(page, "Summarize")
-    # The exchange itself is still kept too (it is replaced only once the edit is sent).
-    page.wait_for_selector("#qc-chat .user-row")
-    assert file_block(page, "notes.md").count() == 1
+    assert page.locator("#qc-chat .user-row").count() == 0  # the edit goes on after the reload
+    sent_with(page, ["notes.md"])  # and, sent, is the question's new version: the old exchange is kept
+    assert "question 2 of 2" in page.locator("#qc-chat .qc-stats").last.inner_text()
     assert not page.errors, page.errors
     page.context.close()
 
