@@ -48,7 +48,7 @@ from .ui_delete import delete_message
 from .ui_errors import EventErrors, log_event_errors
 from .ui_handlers import ChatHandlers, ReplyInputs, session_of
 from .ui_session import storage_secret
-from .uploads import UPLOAD_TTL_SECONDS, UploadQuota, discard_upload
+from .uploads import UPLOAD_TTL_SECONDS, UploadQuota
 
 log = logging.getLogger(__name__)
 # The page's script, style and logo: inside the package once installed (pip install .), else the checkout's assets/.
@@ -554,18 +554,22 @@ def build_ui(app: App) -> gr.Blocks:
             **private,
         ).then(**meter_again, **private).then(handlers.reply_buttons, None, buttons, **private)
         chats.export_button.click(
-            handlers.export_conversation, chat_states, export_file, api_name="export_conversation"
+            ui_export.export_conversation, chat_states, export_file, api_name="export_conversation"
         ).then(None, export_file, None, js="(file) => { qcStore.downloadFile(file); }", **private)
         chats.export_markdown_button.click(
-            handlers.export_markdown, chat_states, export_file, api_name="export_markdown"
+            ui_export.export_markdown, chat_states, export_file, api_name="export_markdown"
         ).then(None, export_file, None, js="(file) => { qcStore.downloadFile(file); }", **private)
         # The page exports the chats it keeps itself; chats kept on the server come as a file from there.
         chats.export_all_button.click(
-            handlers.export_all, None, export_file, js="() => { qcStore.downloadAll(); }", api_name="export_all"
+            ui_export.export_all(handlers),
+            None,
+            export_file,
+            js="() => { qcStore.downloadAll(); }",
+            api_name="export_all",
         ).then(None, export_file, None, js="(file) => { qcStore.downloadFile(file); }", **private)
         ui_export.wire(handlers, chats.export_all_markdown_button, export_file)
         chats.import_button.upload(
-            imported_and_deleted(handlers),
+            ui_export.import_conversation(handlers),
             [chats.import_button, system_prompt],
             [chat, notice, system_prompt, conversation, chat_id, title, record, records],
             api_name="import_conversation",
@@ -666,18 +670,6 @@ def restore_settings(saved: Any) -> tuple[Any, ...]:
     if not isinstance(saved, dict):
         return (gr.skip(),) * len(KEPT_NAMES)
     return tuple(saved[name] if name in saved else gr.skip() for name in KEPT_NAMES)
-
-
-def imported_and_deleted(handlers: ChatHandlers):
-    """The import handler, deleting the uploaded file once it has been read (the chat is then in the browser)."""
-
-    def import_conversation(file: str | None, system_prompt: str, request: gr.Request) -> tuple[Any, ...]:
-        try:
-            return handlers.import_conversation(file, system_prompt, request)
-        finally:
-            discard_upload(file)
-
-    return import_conversation
 
 
 def page_middleware(app: App) -> list:

@@ -21,7 +21,7 @@ from typing import Any
 
 import gradio as gr
 
-from ..chat.conversation import Conversation, Turn
+from ..chat.conversation import Conversation
 from ..chat.events import AnswerDelta, ChatEvent, Loading, QueuePosition, ThinkingDelta
 from ..chat.prompt import build_prompt, could_fit, encode, normalize_messages
 from ..chat.request import ChatRequest
@@ -29,7 +29,6 @@ from ..engine.sampling import DEFAULT_MAX_NEW_TOKENS, NON_THINKING_DEFAULTS, THI
 from ..errors import ChatbotError
 from .app_state import App
 from .attachments import attachments_of, compose, with_typed_text
-from .chat_markdown import chats_from_markdown, looks_like_markdown, to_markdown
 from .chat_store import Chats, PageChats, open_chat_store
 from .session_quota import web_client
 from .ui_render import LiveReply, badge_html, conversation_messages, indexed_messages, user_messages
@@ -44,7 +43,17 @@ from .ui_session import (
     sampling_kwargs,
     saved_form,
 )
-from .ui_versions import add_version, show_version, versions_before_change
+from .ui_versions import (
+    Branch,
+    add_version,
+    edit_marker,
+    hold_pending_edit,
+    last_question,
+    resume_pending_edit,
+    show_version,
+    take_pending_edit,
+    versions_before_change,
+)
 
 log = logging.getLogger(__name__)
 # Screen updates are batched: at most ~10 a second however fast the model writes, so a long reply
@@ -71,53 +80,6 @@ BUSY_SEND = (
     "send it once the reply ends, or press Stop (Esc) first."
 )
 FULL_CHAT = "Start a new chat (this one stays saved in this browser), or start the server with a larger --max-chat-mb."
-
-
-@dataclass
-class Branch:
-    """What an edit or a regeneration takes out of the chat: the turns from the changed one on, and the
-    changed turn's versions (role "user": an edited question; "assistant": an answer given again)."""
-
-    role: str
-    versions: list[dict[str, Any]]
-    removed: list[Turn]
-
-
-def hold_pending_edit(conversation: Conversation, index: int) -> None:
-    """Edit last (or ↑) takes question ``index`` and what followed it out of the chat: kept with the chat
-    (server side, this tab only), the question sent next becomes its new version, as the pencil's edit does."""
-    branch = Branch("user", versions_before_change(conversation, index), conversation.turns[index:])
-    conversation.pending_edit = (branch, conversation.to_list()[:index])  # type: ignore[attr-defined]
-
-
-def edit_marker(chat_id: str, index: int, question: str) -> str:
-    """What the page keeps in the tab while an Edit last is not sent yet: which chat, which question."""
-    # "at" makes each marker new to the page, so that its change event always fires
-    return json.dumps({"id": chat_id, "index": index, "question": question, "at": time.time()}, ensure_ascii=False)
-
-
-def resume_pending_edit(conversation: Conversation, chat_id: str, marker: str) -> bool:
-    """After a reload: take the exchange out again if the tab's marker names this chat's last question, as Edit
-    last did before the reload (the chat was not saved without it). Returns whether it did."""
-    held = from_text(marker)
-    if not isinstance(held, dict) or held.get("id") != chat_id or not isinstance(held.get("index"), int):
-        return False
-    index = held["index"]
-    if index != last_question(conversation) or conversation.turns[index].content != held.get("question"):
-        return False  # the chat changed since (sent, undone, edited elsewhere): nothing to resume
-    hold_pending_edit(conversation, index)
-    del conversation.turns[index:]
-    return True
-
-
-def take_pending_edit(conversation: Conversation) -> Branch | None:
-    """The branch Edit last took out, if the chat is still as it left it (not undone, switched or cleared)."""
-    pending = getattr(conversation, "pending_edit", None)
-    conversation.pending_edit = None  # type: ignore[attr-defined]  # one message uses it, or it is stale
-    if pending is None:
-        return None
-    branch, before = pending
-    return branch if conversation.to_list() == before else None
 
 
 @dataclass(frozen=True)
@@ -577,73 +539,6 @@ class ChatHandlers:
         record_text = self._kept(self.chats(request), record)
         return conversation_messages(restored), restored, kept["id"], title, record_text, gr.update(visible=False)
 
-    # --- files --------------------------------------------------------------------------------------------
-
-    def export_conversation(self, conversation: Conversation, chat_id: str, title: str) -> str:
-        """Write the conversation to a JSON file and return its path (the page downloads it)."""
-        data = saved_form(conversation, chat_id, title)
-        return export_file("conversation.json", json.dumps(data, ensure_ascii=False, indent=2))
-
-    def export_markdown(self, conversation: Conversation, chat_id: str, title: str) -> str:
-        """Write the conversation as Markdown (``chat_markdown``) and return its path (the page downloads it)."""
-        return export_file("conversation.md", to_markdown(saved_form(conversation, chat_id, title)))
-
-    def export_all(self, request: gr.Request) -> str | None:
-        """ "Export all" of the chats kept on the server, as a JSON archive file (None: the page exports its own)."""
-        records = self.chats(request).all()
-        if records is None:
-            return None
-        return export_file(
-            "qwen3-chats.json", json.dumps({"format": ARCHIVE_FORMAT, "chats": records}, ensure_ascii=False)
-        )
-
-    def import_conversation(self, file: str | None, system_prompt: str, request: gr.Request) -> tuple[Any, ...]:
-        """Open an exported chat (JSON or Markdown, or every chat of an "Export all" file) as new chats.
-
-        Outputs: chat, notice, system prompt, conversation, chat id, title, record, all imported records.
-        """
-        unchanged = (gr.skip(),) * 5
-        if not file:
-            return gr.skip(), notice_html("Choose a .json or .md file to import."), *unchanged, gr.skip()
-        try:
-            text = Path(file).read_text(encoding="utf-8")
-            if looks_like_markdown(file):  # one chat, or every chat of "Export all as Markdown"
-                found = chats_from_markdown(text)
-                data = found[0] if len(found) == 1 else {"format": ARCHIVE_FORMAT, "chats": found}
-            else:
-                data = json.loads(text)
-            items = data["chats"] if isinstance(data, dict) and data.get("format") == ARCHIVE_FORMAT else [data]
-            for item in items:  # each chat is held by the server when opened: none may be over the limit
-                check_chat_size(item, self.app.settings.max_chat_mb)
-            opened = [from_saved_form(item, system_prompt.strip()) for item in items]
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            error = ChatbotError(f"The file is not valid JSON ({exc}).", fix="Import a file made by Export.")
-            return gr.skip(), notice_html(error), *unchanged, gr.skip()
-        except (ChatbotError, KeyError, TypeError) as exc:
-            error = exc if isinstance(exc, ChatbotError) else ChatbotError(f"The file is not a chat archive ({exc}).")
-            return gr.skip(), notice_html(error), *unchanged, gr.skip()
-        if not opened:
-            return gr.skip(), notice_html("The file holds no chats."), *unchanged, gr.skip()
-        titles = [str(item.get("title") or "") if isinstance(item, dict) else "" for item in items]
-        records = [saved_form(chat, new_chat_id(), title) for chat, title in zip(opened, titles, strict=True)]
-        chats = self.chats(request)
-        try:
-            chats.save_all(records)  # all of them or none
-        except ChatbotError as error:
-            return gr.skip(), notice_html(error), *unchanged, gr.skip()
-        first = opened[0]
-        note = info_html(f"Imported {len(records)} chats.") if len(records) > 1 else ""
-        return (
-            conversation_messages(first),
-            note,
-            first.system_prompt,
-            first,
-            records[0]["id"],
-            records[0]["title"],
-            as_text(records[0]),
-            as_text(records),
-        )
-
     # --- page load, chat list, settings -------------------------------------------------------------------
 
     def restore(self, saved: str, draft: str, system_prompt: str, editing: str, request: gr.Request) -> tuple[Any, ...]:
@@ -771,11 +666,6 @@ class ChatHandlers:
         limit = self.max_new_tokens_limit() or DEFAULT_MAX_NEW_TOKENS
         max_tokens = min(DEFAULT_MAX_NEW_TOKENS, limit)
         return defaults["temperature"], defaults["top_p"], defaults["top_k"], max_tokens, 0.0, 1.0, 0
-
-
-def last_question(conversation: Conversation) -> int | None:
-    """The index of the last user turn, or None."""
-    return next((i for i in range(len(conversation.turns) - 1, -1, -1) if conversation.turns[i].role == "user"), None)
 
 
 def as_text(data: Any) -> str:

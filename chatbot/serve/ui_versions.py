@@ -12,12 +12,18 @@ line re-sent to the model. Saved and exported chats carry the versions as writte
 version's ``after`` is left empty there (it is the line itself). Older saved chats, whose answers
 kept versions without ``after``, load unchanged.
 
+Edit last (or ↑) takes the last exchange out of the chat without saving the chat (``hold_pending_edit``):
+the question sent next becomes that question's new version (``take_pending_edit``), and the page keeps a
+marker of it (``edit_marker``) so that a reload before sending goes on with the edit (``resume_pending_edit``).
+
 Plain Python over ``chatbot.chat.reply.Conversation``; no Gradio.
 """
 
 from __future__ import annotations
 
-from dataclasses import replace
+import json
+import time
+from dataclasses import dataclass, replace
 from typing import Any
 
 from ..chat.reply import Conversation, Turn
@@ -149,3 +155,61 @@ def version_nav(conversation: Conversation) -> dict[int, int]:
             follows = index + 1 if turn.role == "user" and index + 1 < len(conversation.turns) else index
             shown[index] = follows
     return shown
+
+
+# --- what an edit takes out, and Edit last waiting to be sent --------------------------------------------
+
+
+def last_question(conversation: Conversation) -> int | None:
+    """The index of the last user turn, or None."""
+    return next((i for i in range(len(conversation.turns) - 1, -1, -1) if conversation.turns[i].role == "user"), None)
+
+
+@dataclass
+class Branch:
+    """What an edit or a regeneration takes out of the chat: the turns from the changed one on, and the
+    changed turn's versions (role "user": an edited question; "assistant": an answer given again)."""
+
+    role: str
+    versions: list[dict[str, Any]]
+    removed: list[Turn]
+
+
+def hold_pending_edit(conversation: Conversation, index: int) -> None:
+    """Edit last (or ↑) takes question ``index`` and what followed it out of the chat: kept with the chat
+    (server side, this tab only), the question sent next becomes its new version, as the pencil's edit does."""
+    branch = Branch("user", versions_before_change(conversation, index), conversation.turns[index:])
+    conversation.pending_edit = (branch, conversation.to_list()[:index])  # type: ignore[attr-defined]
+
+
+def edit_marker(chat_id: str, index: int, question: str) -> str:
+    """What the page keeps in the tab while an Edit last is not sent yet: which chat, which question."""
+    # "at" makes each marker new to the page, so that its change event always fires
+    return json.dumps({"id": chat_id, "index": index, "question": question, "at": time.time()}, ensure_ascii=False)
+
+
+def resume_pending_edit(conversation: Conversation, chat_id: str, marker: str) -> bool:
+    """After a reload: take the exchange out again if the tab's marker names this chat's last question, as Edit
+    last did before the reload (the chat was not saved without it). Returns whether it did."""
+    try:
+        held = json.loads(marker) if marker else None
+    except json.JSONDecodeError:
+        return False
+    if not isinstance(held, dict) or held.get("id") != chat_id or not isinstance(held.get("index"), int):
+        return False
+    index = held["index"]
+    if index != last_question(conversation) or conversation.turns[index].content != held.get("question"):
+        return False  # the chat changed since (sent, undone, edited elsewhere): nothing to resume
+    hold_pending_edit(conversation, index)
+    del conversation.turns[index:]
+    return True
+
+
+def take_pending_edit(conversation: Conversation) -> Branch | None:
+    """The branch Edit last took out, if the chat is still as it left it (not undone, switched or cleared)."""
+    pending = getattr(conversation, "pending_edit", None)
+    conversation.pending_edit = None  # type: ignore[attr-defined]  # one message uses it, or it is stale
+    if pending is None:
+        return None
+    branch, before = pending
+    return branch if conversation.to_list() == before else None
