@@ -217,13 +217,13 @@ class ChatHandlers:
         if lost is not None:
             yield gr.skip(), gr.skip(), lost, conversation, gr.skip()
             return
+        if self.stops.running(session_of(request)):  # first: the reply running is not in ``conversation`` yet
+            yield gr.skip(), gr.skip(), notice_html(BUSY), conversation, gr.skip()
+            return
         last = len(conversation.turns) - 1
         if last < 1 or conversation.turns[last].role != "assistant" or conversation.turns[last - 1].role != "user":
             notice = notice_html("There is no answer to regenerate yet (Regenerate answers your last message again).")
-            yield conversation_messages(conversation), gr.skip(), notice, conversation, gr.skip()
-            return
-        if self.stops.running(session_of(request)):
-            yield gr.skip(), gr.skip(), notice_html(BUSY), conversation, gr.skip()
+            yield gr.skip(), gr.skip(), notice, conversation, gr.skip()
             return
         branch = Branch("assistant", versions_before_change(conversation, last), conversation.turns[last - 1 :])
         del conversation.turns[last - 1 :]

@@ -635,6 +635,20 @@ def test_edit_last_during_a_reply_is_refused_and_keeps_the_typed_text(busy_app: 
     assert user_texts(last_chat(job)) == ["First question", "Write forever"]
 
 
+def test_regenerate_during_a_chats_first_reply_says_it_is_busy_and_leaves_the_chat_alone(busy_app: RunningApp) -> None:
+    """The first reply is not in the tab's chat until it ends: Regenerate then is busy, not "no answer yet"."""
+    client = Client(busy_app.ui_url, auth=LOGIN, verbose=False)
+    job = long_reply(client)
+    wait_for(lambda: len(answer_so_far(job)) > 20, what="the answer to start")
+    chat, _, notice, _ = client.predict(enable_thinking=False, api_name="/regenerate")
+    assert "still being written" in html.unescape(notice) and "no answer" not in notice
+    assert chat != []  # the chat is not redrawn from the tab's chat, which lacks the reply being written
+    assert not job.done()
+    client.predict(api_name="/stop")
+    job.result(timeout=WAIT_LIMIT_SECONDS)
+    assert user_texts(last_chat(job)) == ["Write forever"]
+
+
 def test_queue_position_is_shown_and_stop_only_cancels_its_own_request(busy_app: RunningApp) -> None:
     first, second, third = (Client(busy_app.ui_url, auth=LOGIN, verbose=False) for _ in range(3))
     running = long_reply(first)
