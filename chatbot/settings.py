@@ -63,13 +63,20 @@ class Tuning(BaseModel):
     batch_invariant: bool = Field(
         False, description="Decode batched rows one by one, so a seeded reply is the same alone or in a batch (slower)."
     )
+    cpu_attention: Literal["auto", "kernel", "sdpa"] = Field(
+        "auto",
+        description="CPU decode attention over a 16-bit cache: auto or kernel (ours, where it builds and checks "
+        "out), sdpa (PyTorch's flash attention).",
+    )
     kv_cache_dtype: Literal["auto", "bf16", "fp16", "fp32"] = Field(
         "auto",
         description="CPU key/value cache dtype: auto (BF16 where the CPU has BF16 instructions, else FP16; "
         "FP32 with --precision fp32), bf16, fp16 or fp32.",
     )
 
-    @field_validator("cpu_decode_step", "cpu_prefill_dtype", "int8_isa", "kv_cache_dtype", mode="before")
+    @field_validator(
+        "cpu_decode_step", "cpu_prefill_dtype", "int8_isa", "cpu_attention", "kv_cache_dtype", mode="before"
+    )
     @classmethod
     def _lower_case(cls, value: Any) -> Any:
         return value.strip().lower() or "auto" if isinstance(value, str) else value

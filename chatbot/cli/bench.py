@@ -428,7 +428,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=0,
         help="with --peer: also decode after this many tokens of context (llama-bench -d), and beside our "
-        "default mode the same mode with an FP32 key/value cache (e.g. 2048)",
+        "default mode the same mode with PyTorch's attention instead of our decode attention kernel (e.g. 2048)",
     )
     parser.add_argument("--out", type=Path, default=Path("bench-out"))
     parser.add_argument("--timeout", type=float, default=900, help="seconds allowed per precision")

@@ -19,8 +19,8 @@ worker process's main thread, and the report gives served / main thread.
 
 ``--depth 2048`` adds decode after 2,048 tokens of context (llama-bench ``-d 2048``; ours: a request
 whose 2,048-token prompt was read once and is kept in the engine's conversation cache, so each round
-prefills one token and then decodes 64), and a third worker of ours in the default mode with its
-key/value cache in FP32 (``QWEN_KV_CACHE_DTYPE=fp32``), the cache before it was kept in 16 bits.
+prefills one token and then decodes 64), and a third worker of ours in the default mode with PyTorch's
+attention reading the cache (``QWEN_CPU_ATTENTION=sdpa``), as before our decode attention kernel.
 
 ``--peer-isa avx2`` measures both sides with AVX2 kernels only on a CPU that has AVX-512: llama.cpp
 built for AVX2, ours with PyTorch, oneDNN and MKL held to AVX2 (``AVX2_ONLY``). That is the code an
@@ -45,6 +45,7 @@ PEERS = ("llama.cpp",)
 AVX2_ONLY = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"}
 PROMPT_TOKENS = 512  # llama-bench's pp512
 NEW_TOKENS = 64  # llama-bench's tg64
+SDPA_VAR = "QWEN_CPU_ATTENTION"  # =sdpa: PyTorch's attention reads the cache (the third worker at --depth)
 SERVED_TARGET = 0.97  # served decode (engine worker thread) against the same decode on the main thread
 
 
@@ -228,7 +229,6 @@ def run_peer(
     if peer not in PEERS:
         raise SystemExit(f"error: unknown peer {peer!r}; choose from {', '.join(PEERS)}")
     from ..model.device import detect_device
-    from ..model.kv_attention import KV_DTYPE_VAR
 
     threads = threads or len(os.sched_getaffinity(0))
     build, gguf = gguf_copies(Path(model), log, gguf_dir, isa)
@@ -237,8 +237,8 @@ def run_peer(
     default = workers[0]
     try:
         workers.append(OurWorker(model, "fp16" if default.info["mode"] == "int8" else "int8", threads, isa, depth))
-        if depth:  # the default mode as it was before its key/value cache was kept in 16 bits
-            workers.append(OurWorker(model, default.info["mode"], threads, isa, depth, {KV_DTYPE_VAR: "fp32"}))
+        if depth:  # the default mode as it was before our decode attention kernel
+            workers.append(OurWorker(model, default.info["mode"], threads, isa, depth, {SDPA_VAR: "sdpa"}))
     except BaseException:
         for worker in workers:
             worker.kill()
@@ -251,9 +251,9 @@ def run_peer(
         Contestant("llama.cpp Q8_0", "peer", lambda: llama_bench_round(bench, gguf["q8_0"], threads, depth)),
     ]
     if depth:
-        fp32_cache = workers[2]
-        name = f"ours, {fp32_cache.info['label']}, FP32 key/value cache"
-        contestants.append(Contestant(name, "ours", fp32_cache.measure, info=fp32_cache.info))
+        sdpa = workers[2]
+        name = f"ours, {sdpa.info['label']}, PyTorch's attention"
+        contestants.append(Contestant(name, "ours", sdpa.measure, info=sdpa.info))
     try:
         report = interleave(contestants, rounds, log)
     except BaseException:
@@ -295,7 +295,7 @@ def ratios(report: dict[str, Any]) -> list[tuple[str, str, float, float | None]]
     """(comparison, figure, ratio of medians, target or None) for the pairs the targets are about."""
     by_name = {c["name"]: c for c in report["contestants"]}
     ours = [c for c in report["contestants"] if c["kind"] == "ours"]
-    default, other = ours[0], ours[1]  # a third, with --depth: the default mode with an FP32 key/value cache
+    default, other = ours[0], ours[1]  # a third, with --depth: the default mode with PyTorch's attention
     eight_bit = other if other.get("mode") == "int8" else default
     sixteen_bit = default if eight_bit is other else other
     f16, q8 = by_name["llama.cpp F16"], by_name["llama.cpp Q8_0"]
@@ -332,7 +332,8 @@ def _depth_ratios(
     sixteen_bit: dict[str, Any],
     eight_bit: dict[str, Any],
 ) -> list[tuple[str, str, float, float | None]]:
-    """The rows about decode after ``depth`` tokens: against llama.cpp, against the FP32 cache, against depth 0."""
+    """The rows about decode after ``depth`` tokens: against llama.cpp, against PyTorch's attention, against
+    depth 0."""
     figure = f"decode at depth {report['depth']}"
     f16, q8 = by_name["llama.cpp F16"], by_name["llama.cpp Q8_0"]
     rows: list[tuple[str, str, float, float | None]] = [
@@ -341,7 +342,7 @@ def _depth_ratios(
     ]
     if len(ours) > 2:
         ratio = _ratio(ours[0], ours[2], "decode_at_depth")
-        rows.append((f"ours {ours[0]['label']}: 16-bit / FP32 key/value cache", figure, ratio, None))
+        rows.append((f"ours {ours[0]['label']}: our / PyTorch's decode attention", figure, ratio, None))
     for contestant in [*ours, f16, q8]:
         flat = statistics.median(contestant["decode_at_depth"]) / statistics.median(contestant["decode"])
         rows.append((f"{contestant['name']}: at depth / at the start", "decode", flat, None))

@@ -75,20 +75,22 @@ def compiler(environ: dict[str, str] | None = None) -> str:
         return "g++"
 
 
-def _build_command(cxx: str, output: Path) -> list[str]:
+def _build_command(cxx: str, output: Path, source: Path = SOURCE) -> list[str]:
     from torch.utils.cpp_extension import include_paths, library_paths
 
     abi = int(torch._C._GLIBCXX_USE_CXX11_ABI)
     command = [cxx, "-O3", "-std=c++20", "-fPIC", "-shared", f"-D_GLIBCXX_USE_CXX11_ABI={abi}", "-w"]
+    command += ["-fopenmp-simd"]  # honours "#pragma omp simd" (vectorized loops), without OpenMP itself
     command += [f"-I{path}" for path in include_paths()]
-    command += [str(SOURCE), "-o", str(output)]
+    command += [str(source), "-o", str(output)]
     for path in library_paths():
         command += [f"-L{path}", f"-Wl,-rpath,{path}"]
     return [*command, "-lc10", "-ltorch_cpu"]
 
 
-def build_library(folder: Path, cxx: str) -> Path:
-    """Compile the library into ``folder`` unless a build of this source, torch and compiler is there.
+def build_library(folder: Path, cxx: str, source: Path = SOURCE, what: str = "the int8 dot-product kernel") -> Path:
+    """Compile ``source`` (a C++ file of torch operators; this module's kernel by default) into a library in
+    ``folder`` unless a build of that source, torch and compiler is there. ``what`` names it in the log.
 
     Returns the library's path. Raises ``KernelBuildError`` (no compiler, a failed compile, not x86-64).
     """
@@ -98,9 +100,9 @@ def build_library(folder: Path, cxx: str) -> Path:
     if resolved is None:
         raise KernelBuildError(f"no C++ compiler {cxx!r} found: install g++ (Debian/Ubuntu: apt-get install g++)")
     key = hashlib.sha256(
-        SOURCE.read_bytes() + f"{torch.__version__}|{resolved}|{sys.version_info[:2]}".encode()
+        source.read_bytes() + f"{torch.__version__}|{resolved}|{sys.version_info[:2]}".encode()
     ).hexdigest()[:16]
-    library = folder / f"cpu_int8_dot-{key}.so"
+    library = folder / f"{source.stem}-{key}.so"
     if library.exists():
         return library
     try:
@@ -109,10 +111,10 @@ def build_library(folder: Path, cxx: str) -> Path:
         raise KernelBuildError(f"cannot create the kernel cache {folder}: {exc} (set QWEN_KERNEL_CACHE)") from exc
     partial = folder / f".{library.name}.{os.getpid()}.tmp"  # renamed when done: another process may build too
     started = time.perf_counter()
-    log.info("Building the int8 dot-product kernel with %s (once; cached in %s)", resolved, folder)
+    log.info("Building %s with %s (once; cached in %s)", what, resolved, folder)
     try:
         result = subprocess.run(
-            _build_command(resolved, partial), capture_output=True, text=True, timeout=BUILD_TIMEOUT_SECONDS
+            _build_command(resolved, partial, source), capture_output=True, text=True, timeout=BUILD_TIMEOUT_SECONDS
         )
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise KernelBuildError(f"{resolved} could not compile the kernel: {exc}") from exc
@@ -121,7 +123,7 @@ def build_library(folder: Path, cxx: str) -> Path:
         errors = [line for line in result.stderr.splitlines() if "error" in line] or result.stderr.splitlines()
         raise KernelBuildError(f"{resolved} failed to compile the kernel: {(errors or ['no output'])[0][:300]}")
     os.replace(partial, library)
-    log.info("Built the int8 dot-product kernel in %.0f s", time.perf_counter() - started)
+    log.info("Built %s in %.0f s", what, time.perf_counter() - started)
     return library
 
 

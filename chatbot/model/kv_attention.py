@@ -12,13 +12,14 @@ the last decade; a value beyond FP16's range moves that layer's cache to FP32, s
 ``--precision fp32`` keeps FP32, as ``--kv-cache-dtype fp32`` (``QWEN_KV_CACHE_DTYPE``) does in any
 mode; ``bf16`` or ``fp16`` forces one.
 
-The attention never converts the cache: the query is rounded to the cache's dtype and PyTorch's
-``scaled_dot_product_attention`` runs its CPU flash-attention kernel, which reads 16-bit keys and
-values block by block and accumulates the scores, the softmax and the weighted sum in FP32. The
-grouped query heads go in as a few query rows per key/value head (no copies of the keys for each
-head). The same function serves the compiled decode step (``attend``) and transformers' forward
-(prompt chunks and batched decode rows, registered as the attention implementation
-``ATTENTION_NAME``), so a row's attention is computed alike whichever path decodes it.
+The attention never converts the cache. A single decode row (the compiled decode step, and a lone
+row in transformers' forward) runs our decode attention kernel (``cpu_attention``: the FP32 query
+against the keys and values as stored, a few times faster than PyTorch's kernel for one row) where it
+built and checked out at load. Prompt chunks and batched rows (transformers' forward, registered as the
+attention implementation ``ATTENTION_NAME``), and single rows where the kernel is off, round the query
+to the cache's dtype and run PyTorch's ``scaled_dot_product_attention`` CPU flash-attention kernel,
+which reads 16-bit keys and values block by block and accumulates in FP32. The grouped query heads go
+in as a few query rows per key/value head (no copies of the keys for each head).
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ from .cpu_layers import NATIVE_BF16_FLAGS, vector_isa
 from .device import cpu_flags
 
 KV_DTYPE_VAR = "QWEN_KV_CACHE_DTYPE"
+# The decode attention kernel chosen at the last load (``use_kv16_attention``); None: SDPA for every row.
+_decode_kernel: Any = None
 KV_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 ATTENTION_NAME = "cpu_kv16"  # transformers' attention implementation that reads a 16-bit cache
 
@@ -86,6 +89,8 @@ def attend(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, scaling: f
         grouped = q.view(kv_heads, -1, dim)
         scores = torch.bmm(grouped, keys.transpose(1, 2)).mul_(scaling)
         return torch.bmm(torch.softmax(scores, dim=-1), values).view(-1)
+    if _decode_kernel is not None and keys.stride(-1) == 1 and values.stride(-1) == 1:
+        return _decode_kernel(q, keys, values, scaling).view(-1).to(q.dtype)
     # The query heads that share a key/value head are that head's query rows; one position sees
     # every cached token, so no mask is needed.
     grouped = q.to(keys.dtype).view(1, kv_heads, -1, dim)
@@ -152,11 +157,17 @@ def use_kv16_attention(model: Any, choice: KvCacheChoice) -> str:
     if config._attn_implementation not in ("sdpa", ATTENTION_NAME):
         model.qwen_kv_cache_dtype = torch.float32
         return f"key/value cache in FP32 (the {config._attn_implementation!r} attention reads FP32 only)"
+    from .cpu_attention import choose
+
+    global _decode_kernel
     AttentionInterface.register(ATTENTION_NAME, kv16_attention)
     AttentionMaskInterface.register(ATTENTION_NAME, ALL_MASK_ATTENTION_FUNCTIONS["sdpa"])
     config._attn_implementation = ATTENTION_NAME
     model.qwen_kv_cache_dtype = choice.dtype
-    return f"{choice.describe()}, read by PyTorch's flash-attention kernel"
+    _decode_kernel, why = choose()
+    if _decode_kernel is None:
+        return f"{choice.describe()}, read by PyTorch's flash-attention kernel ({why})"
+    return f"{choice.describe()}, read by our {why} when decoding one row, else PyTorch's flash attention"
 
 
 def kv_cache_dtype(model: Any) -> torch.dtype | None:

@@ -98,7 +98,7 @@ def test_report_gives_each_round_the_medians_and_the_ratios_of_medians() -> None
     assert "| ours INT8 / ours FP16 fallback | peak memory | 0.40x | <= 0.65x (met) |" in text
 
 
-def test_a_depth_adds_decode_after_that_context_beside_the_fp32_cache_and_llama_cpp() -> None:
+def test_a_depth_adds_decode_after_that_context_beside_pytorchs_attention_and_llama_cpp() -> None:
     deep = json.dumps([{"n_prompt": 0, "n_gen": 64, "n_depth": 2048, "avg_ts": 9.5}])
     assert parse_llama_bench(deep, depth=2048) == {"decode_at_depth": 9.5}
     with pytest.raises(RuntimeError, match="at depth 2048"):
@@ -108,12 +108,12 @@ def test_a_depth_adds_decode_after_that_context_beside_the_fp32_cache_and_llama_
     at_depth = ([4, 5, 2], [10, 11, 8], [8, 9, 3], [15, 16, 15])
     for contestant, figures in zip(report["contestants"], at_depth, strict=True):
         contestant["decode_at_depth"] = figures
-    fp32 = {**report["contestants"][0], "name": "ours, FP16 fallback, FP32 key/value cache"}
-    report["contestants"].append({**fp32, "decode_at_depth": [2, 3, 1]})
+    sdpa = {**report["contestants"][0], "name": "ours, FP16 fallback, PyTorch's attention"}
+    report["contestants"].append({**sdpa, "decode_at_depth": [2, 3, 1]})
     rows = {(name, figure): (ratio, target) for name, figure, ratio, target in ratios(report)}
     assert rows[("ours FP16 fallback / llama.cpp F16", "decode at depth 2048")] == (4 / 10, 1.0)
     assert rows[("ours INT8 / llama.cpp Q8_0", "decode at depth 2048")] == (8 / 15, 1.0)
-    assert rows[("ours FP16 fallback: 16-bit / FP32 key/value cache", "decode at depth 2048")] == (2.0, None)
+    assert rows[("ours FP16 fallback: our / PyTorch's decode attention", "decode at depth 2048")] == (2.0, None)
     assert rows[("llama.cpp F16: at depth / at the start", "decode")] == (10 / 12, None)
     text = "\n".join(markdown_lines(report))
     assert "| decode at depth 2048, each round | median | peak RSS MiB |" in text
