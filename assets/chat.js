@@ -121,6 +121,7 @@
     editing(marker) {
       if (marker === undefined) return sessionStorage.getItem(EDITING) || "";
       if (marker) sessionStorage.setItem(EDITING, marker);
+      else sessionStorage.removeItem(EDITING);
     },
     download(name, data) {
       const blob = new Blob([JSON.stringify(data, null, 2)], { type: "application/json" });

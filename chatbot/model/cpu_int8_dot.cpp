@@ -21,6 +21,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstdint>
 #include <vector>
 
@@ -275,9 +276,23 @@ at::Tensor matvec(const at::Tensor& x_in, const at::Tensor& q, const at::Tensor&
 
 }  // namespace
 
+// How many of torch's threads took part in a parallel_for over 64 items: torch's thread count when the
+// library runs its loops in parallel, 1 if it was built without OpenMP (the loops then run on one thread).
+int64_t team_size() {
+  std::atomic<int64_t> widest{0};
+  at::parallel_for(0, 64, 1, [&](int64_t, int64_t) {
+    const int64_t mine = at::get_thread_num() + 1;
+    int64_t seen = widest.load();
+    while (mine > seen && !widest.compare_exchange_weak(seen, mine)) {
+    }
+  });
+  return widest.load();
+}
+
 TORCH_LIBRARY(qwen_int8, m) {
   m.def("matvec(Tensor x, Tensor q, Tensor scale, int isa) -> Tensor");
   m.def("supported_isas() -> int", &supported_isas);
+  m.def("team_size() -> int", &team_size);
 }
 
 TORCH_LIBRARY_IMPL(qwen_int8, CPU, m) { m.impl("matvec", matvec); }

@@ -75,12 +75,18 @@ def compiler(environ: dict[str, str] | None = None) -> str:
         return "g++"
 
 
+# -fopenmp: torch is built with OpenMP, and ``at::parallel_for`` is an inline "#pragma omp parallel" that a
+# library compiled without it runs on one thread. The library then needs libgomp.so.1, which resolves to the
+# copy torch has already loaded (the same soname), so torch.set_num_threads sets its threads too, as it does
+# for Inductor's generated code. Part of the cached library's name (a change of flags builds it again).
+FLAGS = ("-O3", "-std=c++20", "-fPIC", "-shared", "-fopenmp", "-w")
+
+
 def _build_command(cxx: str, output: Path, source: Path = SOURCE) -> list[str]:
     from torch.utils.cpp_extension import include_paths, library_paths
 
     abi = int(torch._C._GLIBCXX_USE_CXX11_ABI)
-    command = [cxx, "-O3", "-std=c++20", "-fPIC", "-shared", f"-D_GLIBCXX_USE_CXX11_ABI={abi}", "-w"]
-    command += ["-fopenmp-simd"]  # honours "#pragma omp simd" (vectorized loops), without OpenMP itself
+    command = [cxx, *FLAGS, f"-D_GLIBCXX_USE_CXX11_ABI={abi}"]
     command += [f"-I{path}" for path in include_paths()]
     command += [str(source), "-o", str(output)]
     for path in library_paths():
@@ -100,7 +106,7 @@ def build_library(folder: Path, cxx: str, source: Path = SOURCE, what: str = "th
     if resolved is None:
         raise KernelBuildError(f"no C++ compiler {cxx!r} found: install g++ (Debian/Ubuntu: apt-get install g++)")
     key = hashlib.sha256(
-        source.read_bytes() + f"{torch.__version__}|{resolved}|{sys.version_info[:2]}".encode()
+        source.read_bytes() + f"{torch.__version__}|{resolved}|{sys.version_info[:2]}|{FLAGS}".encode()
     ).hexdigest()[:16]
     library = folder / f"{source.stem}-{key}.so"
     if library.exists():

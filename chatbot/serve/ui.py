@@ -82,7 +82,7 @@ JS_RESTORE = (
 JS_INDEX = "(index, id) => [JSON.stringify(qcStore.index(qcStore.searchText())), id]"
 # A chat switch or a Stop waits for the first step of a reply asked for just before (assets/chat.js, ui_asked.py).
 JS_OPEN = (
-    "async (id, record, ...rest) => { await qcAsking.settled(); qcScrollDown(); "
+    "async (id, record, ...rest) => { await qcAsking.settled(); qcScrollDown(); qcStore.editing(''); "
     "return [id, qcStore.readText(id), ...rest]; }"
 )
 JS_AFTER_ASKED = "async (...args) => { await qcAsking.settled(); return args; }"

@@ -79,6 +79,10 @@ BUSY_SEND = (
     "A reply is still being written in this chat: your message stays in the box; "
     "send it once the reply ends, or press Stop (Esc) first."
 )
+EDITING = (
+    "You were editing your last message (Edit last): send it and it becomes that question's new version, "
+    "the earlier one kept under ‹ ›. Opening the chat again from the list shows it as it was."
+)
 FULL_CHAT = "Start a new chat (this one stays saved in this browser), or start the server with a larger --max-chat-mb."
 
 
@@ -566,8 +570,8 @@ class ChatHandlers:
             try:
                 conversation = from_saved_form(record, system_prompt.strip())
                 title = str(record.get("title") or "")
-                if draft:  # the question being edited is still in the box: the chat is shown without it again
-                    resume_pending_edit(conversation, str(record["id"]), editing)
+                # The question being edited is still in the box: the chat is shown without it again, and says so.
+                resumed = bool(draft) and resume_pending_edit(conversation, str(record["id"]), editing)
                 return (
                     conversation_messages(conversation),
                     conversation.system_prompt,
@@ -575,7 +579,7 @@ class ChatHandlers:
                     str(record["id"]),
                     title,
                     draft or "",
-                    "",
+                    info_html(EDITING) if resumed else "",
                 )
             except ChatbotError:
                 pass  # storage from an older version: start afresh

@@ -167,6 +167,7 @@ def test_edit_last_then_a_reload_or_another_chat_loses_nothing(browser, demo_app
     wait_for_stats(page, 1)
     page.wait_for_function("() => document.querySelector('#qc-message textarea').value === 'Second question, edited'")
     assert page.locator("#qc-chat .message.user").count() == 1  # still being edited, as before the reload
+    assert "You were editing your last message" in page.inner_text("#qc-notice")  # and the page says so
     page.press("#qc-message textarea", "Enter")
     stats = wait_for_stats(page, 2)
     assert "question 2 of 2" in stats  # the edit is a version of the question, the old exchange kept

@@ -124,6 +124,20 @@ def test_the_instruction_set_follows_the_cpu_and_the_settings() -> None:
             cpu_int8_dot.chosen_isa({"QWEN_INT8_ISA": "avx512-vnni", "ATEN_CPU_CAPABILITY": "avx2"})
 
 
+def test_the_kernel_runs_on_all_of_torchs_threads() -> None:
+    """Built with OpenMP, the library's parallel loops use torch's threads (without it they ran on one: the
+    INT8 products took the same time on two cores as on one). Counts threads, not time: true on one core too."""
+    _available()
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        assert torch.ops.qwen_int8.team_size() == 2
+        torch.set_num_threads(1)
+        assert torch.ops.qwen_int8.team_size() == 1
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_the_cache_folder_follows_the_environment(tmp_path) -> None:
     assert cpu_int8_dot.cache_dir({"QWEN_KERNEL_CACHE": str(tmp_path)}) == tmp_path
     assert cpu_int8_dot.cache_dir({"XDG_CACHE_HOME": str(tmp_path)}) == tmp_path / "qwen3-chat" / "kernels"
