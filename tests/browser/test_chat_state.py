@@ -156,6 +156,31 @@ def test_regenerate_send_and_edit_during_a_reply_say_why_and_stop_stays(browser,
     page.context.close()
 
 
+def test_regenerate_during_a_chats_first_reply_says_why_and_never_blanks_the_chat(browser, one_at_a_time) -> None:
+    """The first reply of a chat is not in the tab's chat until it ends: Regenerate then said "no answer yet"
+    and redrew the chat empty for a moment."""
+    page = open_page(browser, one_at_a_time)
+    long_replies(page)
+    send(page, "The first message of this chat")
+    wait_for_answer(page, 100)
+    # The fewest questions the chat showed in any frame from here on.
+    page.evaluate(
+        """() => { const count = () => document.querySelectorAll('#qc-chat .message.user').length;
+        window.qcFewest = count();
+        const look = () => { window.qcFewest = Math.min(window.qcFewest, count());
+            if (!window.qcLookDone) requestAnimationFrame(look); };
+        requestAnimationFrame(look); }"""
+    )
+    page.get_by_role("button", name="↻ Regenerate").click()
+    page.wait_for_selector(f"#qc-notice:has-text('{BUSY}')")
+    wait_for_answer(page, answer_length(page) + 50)  # the reply goes on, drawn in the chat
+    page.evaluate("() => { window.qcLookDone = true; }")
+    assert page.evaluate("() => window.qcFewest") == 1, "the chat was drawn without its question"
+    assert page.is_visible("#qc-stop") and not page.is_visible("#qc-send")
+    stop_and_wait(page)
+    page.context.close()
+
+
 def test_opening_another_chat_mid_reply_keeps_it_writing_and_it_is_there_on_return(browser, one_at_a_time) -> None:
     page = open_page(browser, one_at_a_time)
     long_replies(page)
