@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from ..settings import tuning
-from .cpu_int8_dot import KernelBuildError, build_library, cache_dir, compiler
+from .cpu_int8_dot import KernelBuildError, build_library, cache_dir, compiler, held_to_avx2
 
 log = logging.getLogger(__name__)
 SOURCE = Path(__file__).with_suffix(".cpp")
@@ -55,7 +55,7 @@ def chosen_isa(environ: Mapping[str, str] | None = None) -> str:
     load_library()
     mask = int(torch.ops.qwen_attention.supported_isas())
     names = [name for name, bit in ISAS.items() if mask & bit]
-    if environ.get("ATEN_CPU_CAPABILITY", "").strip().lower() in ("avx2", "default"):
+    if held_to_avx2(environ):
         names = [name for name in names if name == "avx2"]
     if not names:
         raise KernelBuildError("this CPU has no AVX2 with F16C")
@@ -74,6 +74,15 @@ def decode_kernel(isa: str) -> AttentionFn:
     return decode
 
 
+def reference(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, scaling: float) -> torch.Tensor:
+    """The same attention in FP64 with PyTorch's own operations: q [heads, d], keys/values [kv_heads, length, d]
+    -> [heads, d] (the check below, and the tests)."""
+    kv_heads, _, dim = keys.shape
+    grouped = q.double().view(kv_heads, -1, dim)
+    weights = torch.softmax(grouped @ keys.double().transpose(1, 2) * scaling, dim=-1)
+    return (weights @ values.double()).view(q.shape)
+
+
 def check(kernel: AttentionFn) -> float:
     """The kernel's largest error, relative to the largest output, against FP64 on random BF16 and FP16
     caches of Qwen3's head shapes (16 query heads over 8 key/value heads of 128, and one other shape)."""
@@ -84,12 +93,9 @@ def check(kernel: AttentionFn) -> float:
             keys = torch.randn(kv_heads, length + 5, dim, generator=generator).to(dtype)[:, :length]
             values = torch.randn(kv_heads, length + 5, dim, generator=generator).to(dtype)[:, :length]
             q = torch.randn(heads, dim, generator=generator) * 2
-            scaling = dim**-0.5
-            grouped = q.double().view(kv_heads, -1, dim)
-            weights = torch.softmax(grouped @ keys.double().transpose(1, 2) * scaling, dim=-1)
-            reference = (weights @ values.double()).view(heads, dim)
-            out = kernel(q, keys, values, scaling).double()
-            worst = max(worst, ((out - reference).abs().max() / reference.abs().max()).item())
+            expected = reference(q, keys, values, dim**-0.5)
+            out = kernel(q, keys, values, dim**-0.5).double()
+            worst = max(worst, ((out - expected).abs().max() / expected.abs().max()).item())
     return worst
 
 

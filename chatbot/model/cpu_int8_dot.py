@@ -32,7 +32,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from functools import cache
 from pathlib import Path
 
@@ -150,6 +150,12 @@ def load_library() -> None:
         return x.new_empty((x.shape[0], q.shape[0]), dtype=torch.float32)
 
 
+def held_to_avx2(environ: Mapping[str, str]) -> bool:
+    """Whether ``ATEN_CPU_CAPABILITY`` holds torch to AVX2 or less (as ``bench --peer-isa avx2`` does): our
+    kernels then keep to AVX2 too, as llama.cpp's AVX2 build does."""
+    return environ.get("ATEN_CPU_CAPABILITY", "").strip().lower() in ("avx2", "default")
+
+
 def supported_isas(environ: dict[str, str] | None = None) -> tuple[str, ...]:
     """The instruction sets this CPU runs, fastest first, limited by ``ATEN_CPU_CAPABILITY=avx2``.
 
@@ -159,7 +165,7 @@ def supported_isas(environ: dict[str, str] | None = None) -> tuple[str, ...]:
     load_library()
     mask = int(torch.ops.qwen_int8.supported_isas())
     names = tuple(name for name, bit in ISAS.items() if mask & bit)
-    if environ.get("ATEN_CPU_CAPABILITY", "").strip().lower() in ("avx2", "default"):
+    if held_to_avx2(environ):
         names = tuple(name for name in names if name == "avx2")
     return names
 

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from chatbot.model import cpu_attention, kv_attention
+from chatbot.model.cpu_attention import reference
 from chatbot.model.cpu_int8_dot import KernelBuildError
 
 
@@ -17,13 +18,6 @@ def isas() -> list[str]:
     except KernelBuildError as exc:
         pytest.skip(f"the kernel cannot be built here: {exc}")
     return [name for name in cpu_attention.ISAS if name == load or name == "avx2"]
-
-
-def reference(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, scaling: float) -> torch.Tensor:
-    kv_heads, _, dim = keys.shape
-    grouped = q.double().view(kv_heads, -1, dim)
-    weights = torch.softmax(grouped @ keys.double().transpose(1, 2) * scaling, dim=-1)
-    return (weights @ values.double()).view(q.shape)
 
 
 def cache_like(kv_heads: int, length: int, dim: int, dtype: torch.dtype, generator: torch.Generator) -> torch.Tensor:
